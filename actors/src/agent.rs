@@ -1,0 +1,1085 @@
+//! `AgentActor`: one per managed agent. It owns the agent's state machine,
+//! health timer, restart counters and budget.
+//!
+//! Every change is written through the [`Store`](crate::ports::Store) and
+//! only then applied in memory, published to the tenant's read index and
+//! broadcast; a failed write leaves the actor as it was and answers an error.
+//! Deployer work (which can take minutes) runs in spawned tasks that report
+//! back with [`AgentMsg::OpDone`], so the mailbox stays responsive. Results
+//! of superseded operations are recognised by their generation and ignored.
+//!
+//! On start the actor *reconciles*: agents caught in a transitional state
+//! resume the operation (every deployer operation is idempotent), running
+//! agents re-attach to their deployment and let the probes decide, and
+//! everything else — draft, stopped, error — waits for an operator.
+
+use crate::budget::{BudgetLevel, Period, level};
+use crate::context::{Ctx, Settings};
+use crate::domain::{
+    AgentEvent, AgentPatch, AgentRecord, AgentSnapshot, AgentView, HealthView, Transition, Who,
+};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::lifecycle::{self, Command, State, Trigger};
+use crate::ports::{AgentWrite, DeployError, DeployRequest, DeploymentStatus, StoreError, WriteOutcome, constant_time_eq};
+use crate::tenant::TenantMsg;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Exit reason of an actor whose agent was deleted (the supervisor does not restart it).
+pub const EXIT_DELETED: &str = "cadre:deleted";
+/// Exit reason of an actor that found a newer incarnation of itself.
+pub const EXIT_FENCED: &str = "cadre:fenced";
+/// `state_reason` marking a teardown that ends in deletion (survives restarts).
+const DELETE_REQUESTED: &str = "delete requested";
+
+/// The actor.
+#[derive(Debug, Default)]
+pub struct AgentActor;
+
+/// What the supervisor hands a new incarnation.
+pub struct AgentArgs {
+    /// The claimed record (its epoch is this incarnation's fencing token).
+    pub record: AgentRecord,
+    /// Shared context.
+    pub ctx: Arc<Ctx>,
+    /// The supervising tenant, which keeps the read index.
+    pub tenant: ActorRef<TenantMsg>,
+}
+
+/// A usage report from the runtime.
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    /// Idempotency key: a report is counted once however often it is sent.
+    pub report_id: String,
+    /// Model that was used.
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// Answer to a runtime hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloAck {
+    /// Connection number; later messages must carry it.
+    pub conn: u64,
+    /// How often to send heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// `false` when the agent is not supposed to run (the runtime should exit).
+    pub should_run: bool,
+}
+
+/// Answer to a usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageAck {
+    /// `false` when the report id had been counted already.
+    pub counted: bool,
+    /// `false` when the agent stopped (e.g. budget exceeded).
+    pub should_run: bool,
+}
+
+/// Outcome of DELETE.
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    /// The agent is gone.
+    Deleted,
+    /// The deployment is being torn down; the agent is removed afterwards.
+    Accepted(Arc<AgentSnapshot>),
+}
+
+/// A finished background operation.
+#[derive(Debug)]
+pub enum OpResult {
+    /// `provision` finished.
+    Provisioned(std::result::Result<String, DeployError>),
+    /// `deploy` finished.
+    Deployed(std::result::Result<(), DeployError>),
+    /// `start` (or stop + start) finished.
+    Started(std::result::Result<(), DeployError>),
+    /// A configuration change was rolled out.
+    Updated(std::result::Result<(), DeployError>),
+    /// `stop` + `destroy` finished.
+    Destroyed(std::result::Result<(), DeployError>),
+}
+
+/// Messages.
+#[derive(Debug)]
+pub enum AgentMsg {
+    /// The current view.
+    Get(RpcReplyPort<Arc<AgentSnapshot>>),
+    /// An operator command (deploy, start, stop, restart, destroy).
+    Command {
+        /// The command.
+        cmd: Command,
+        /// Who asks.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
+    },
+    /// A configuration change.
+    Patch {
+        /// The change (validated).
+        patch: AgentPatch,
+        /// Who asks.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
+    },
+    /// Remove the agent.
+    Delete {
+        /// Who asks.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<DeleteOutcome>>,
+    },
+    /// A runtime connected and authenticates with its token.
+    RuntimeHello {
+        /// The token from its configuration.
+        token: String,
+        /// Answer.
+        reply: RpcReplyPort<Result<HelloAck>>,
+    },
+    /// A runtime heartbeat.
+    Heartbeat {
+        /// Connection from the hello.
+        conn: u64,
+        /// Answer (`Ok(should_run)`).
+        reply: RpcReplyPort<Result<bool>>,
+    },
+    /// A usage report.
+    Usage {
+        /// Connection from the hello.
+        conn: u64,
+        /// The report.
+        report: UsageReport,
+        /// Answer.
+        reply: RpcReplyPort<Result<UsageAck>>,
+    },
+    /// Health timer.
+    Tick,
+    /// A probe finished.
+    ProbeDone(std::result::Result<DeploymentStatus, DeployError>),
+    /// A background operation finished.
+    OpDone {
+        /// Its generation.
+        op: u64,
+        /// What happened.
+        result: OpResult,
+    },
+    /// A scheduled auto-recovery is due.
+    RecoverNow {
+        /// Generation of the schedule.
+        generation: u64,
+    },
+    /// Chaos: panic inside `handle` (tests and the chaos endpoint).
+    Panic,
+}
+
+/// The actor's state.
+pub struct AgentState {
+    rec: AgentRecord,
+    ctx: Arc<Ctx>,
+    tenant: ActorRef<TenantMsg>,
+    snapshot: Arc<AgentSnapshot>,
+    /// Generation of the current background operation.
+    op: u64,
+    ticker: Option<(JoinHandle<()>, Duration)>,
+    probe_in_flight: bool,
+    failures: u32,
+    recoveries: u32,
+    recovering: bool,
+    recovery_generation: u64,
+    recovery_pending: bool,
+    healthy_since: Option<Instant>,
+    last_seen: Instant,
+    starting_since: Instant,
+    conn: Option<u64>,
+    next_conn: u64,
+}
+
+impl AgentState {
+    fn now(&self) -> i64 {
+        self.ctx.clock.now_ms()
+    }
+
+    fn health(&self) -> HealthView {
+        health_of(&self.rec, &self.ctx.settings)
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.health().interval_ms)
+    }
+
+    fn request(&self, token: String) -> DeployRequest {
+        DeployRequest {
+            agent_id: self.rec.id.clone(),
+            org_id: self.rec.org_id.clone(),
+            target: self.rec.spec.target,
+            model: self.rec.spec.model.clone().unwrap_or_default(),
+            runtime_token: token,
+            heartbeat_interval_ms: Settings::heartbeat_interval(self.interval()).as_millis() as u64,
+        }
+    }
+
+    /// Applies `trigger` to `rec` through the transition table, recording the
+    /// history entry (self-edges are not recorded).
+    fn apply(
+        &self,
+        rec: &mut AgentRecord,
+        trigger: Trigger,
+        reason: Option<String>,
+        by: &Who,
+        out: &mut Vec<Transition>,
+    ) -> bool {
+        let Some(to) = lifecycle::step(rec.state, trigger) else {
+            return false;
+        };
+        if to != rec.state {
+            out.push(Transition {
+                from: Some(rec.state),
+                to,
+                reason: reason.clone(),
+                by: by.to_text(),
+                at: self.now(),
+            });
+        }
+        rec.state = to;
+        rec.state_reason = reason;
+        true
+    }
+
+    fn illegal(&self, command: Command) -> Error {
+        Error::IllegalTransition {
+            state: self.rec.state,
+            command,
+            allowed: lifecycle::allowed_commands(self.rec.state),
+        }
+    }
+
+    /// Writes `next` (with its history and event) and, once committed, makes it
+    /// the actor's state. On failure nothing in memory changes.
+    async fn commit(
+        &mut self,
+        myself: &ActorRef<AgentMsg>,
+        mut next: AgentRecord,
+        transitions: Vec<Transition>,
+        event: Option<AgentEvent>,
+        usage_report: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        next.updated_at = self.now();
+        let write = AgentWrite {
+            record: &next,
+            transitions: &transitions,
+            event: event.as_ref(),
+            usage_report,
+        };
+        let outcome = match self.ctx.store.write_agent(write).await {
+            Ok(o) => o,
+            Err(StoreError::Fenced) => {
+                // A newer incarnation owns the agent: this one must go quietly.
+                myself.stop(Some(EXIT_FENCED.into()));
+                return Err(Error::Unavailable("agent actor was replaced; retry".into()));
+            }
+            Err(StoreError::Conflict(_)) => return Err(Error::NameTaken(next.spec.name.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        if outcome == WriteOutcome::Duplicate {
+            return Ok(outcome);
+        }
+        let entered_starting = transitions.iter().any(|t| t.to == State::Starting);
+        self.rec = next;
+        if entered_starting {
+            self.starting_since = Instant::now();
+        }
+        self.publish(transitions, event);
+        self.sync_ticker(myself);
+        Ok(outcome)
+    }
+
+    fn publish(&mut self, transitions: Vec<Transition>, event: Option<AgentEvent>) {
+        self.snapshot = AgentSnapshot::new(AgentView::of(&self.rec, self.health()));
+        let _ = self.tenant.cast(TenantMsg::Changed(self.snapshot.clone()));
+        for transition in transitions {
+            metrics::counter!("cadre_agent_transitions_total", "to" => transition.to.as_str()).increment(1);
+            let _ = self.ctx.events.send(Arc::new(Event::Transition {
+                org_id: self.rec.org_id.clone(),
+                agent_id: self.rec.id.clone(),
+                transition,
+            }));
+        }
+        if let Some(event) = event {
+            let _ = self.ctx.events.send(Arc::new(Event::Agent {
+                org_id: self.rec.org_id.clone(),
+                agent_id: self.rec.id.clone(),
+                event,
+            }));
+        }
+    }
+
+    /// Runs the health timer exactly while the state is supervised, at the
+    /// agent's current interval.
+    fn sync_ticker(&mut self, myself: &ActorRef<AgentMsg>) {
+        let want = self.rec.state.is_supervised().then(|| self.interval());
+        match (&self.ticker, want) {
+            (Some((_, cur)), Some(w)) if *cur == w => {}
+            (_, want) => {
+                if let Some((handle, _)) = self.ticker.take() {
+                    handle.abort();
+                }
+                if let Some(interval) = want {
+                    self.ticker = Some((myself.send_interval(interval, || AgentMsg::Tick), interval));
+                }
+            }
+        }
+    }
+
+    /// Spawns deployer work; its result comes back as `OpDone` with a new generation.
+    fn spawn_op<F>(&mut self, myself: &ActorRef<AgentMsg>, work: F)
+    where
+        F: std::future::Future<Output = OpResult> + Send + 'static,
+    {
+        self.op += 1;
+        let op = self.op;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = work.await;
+            // The actor may have been replaced meanwhile; its successor reconciles.
+            let _ = me.cast(AgentMsg::OpDone { op, result });
+        });
+    }
+
+    /// Fire-and-forget deployer stop (after stop, budget or give-up). A
+    /// failure is logged and counted; the next deploy/start retries it.
+    fn stop_in_background(&mut self) {
+        // Supersede any running operation so its result is ignored.
+        self.op += 1;
+        if let Some(dep) = self.rec.deployment_ref.clone() {
+            let deployer = self.ctx.deployer.clone();
+            let id = self.rec.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = deployer.stop(&dep).await {
+                    metrics::counter!("cadre_deployer_errors_total", "op" => "stop").increment(1);
+                    tracing::warn!(agent = %id, error = %e, "stopping the runtime failed");
+                }
+            });
+        }
+    }
+
+    fn start_op(&mut self, myself: &ActorRef<AgentMsg>, restart: bool) {
+        let deployer = self.ctx.deployer.clone();
+        match self.rec.deployment_ref.clone() {
+            Some(dep) => self.spawn_op(myself, async move {
+                if restart {
+                    let _ = deployer.stop(&dep).await;
+                }
+                OpResult::Started(deployer.start(&dep).await)
+            }),
+            // Never provisioned (an early deploy failed): bring it up from scratch.
+            None => {
+                let token = self.ctx.secrets.generate_token();
+                let req = self.request(token);
+                self.spawn_op(myself, async move {
+                    let run = async {
+                        let dep = deployer.provision(&req).await?;
+                        deployer.deploy(&dep, &req).await?;
+                        deployer.start(&dep).await?;
+                        Ok::<_, DeployError>(dep)
+                    };
+                    match run.await {
+                        Ok(_) => OpResult::Started(Ok(())),
+                        Err(e) => OpResult::Started(Err(e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn budget_check(&self, rec: &mut AgentRecord) -> Result<()> {
+        rec.usage = rec.usage.rolled_to(Period::of(self.now()));
+        if rec.usage.is_exhausted(&rec.spec.budget) {
+            return Err(Error::BudgetExceeded {
+                period: rec.usage.period.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Effective health settings of `rec`.
+pub fn health_of(rec: &AgentRecord, settings: &Settings) -> HealthView {
+    HealthView {
+        interval_ms: rec
+            .spec
+            .health
+            .interval_ms
+            .unwrap_or(settings.health_interval.as_millis() as u64),
+        failure_threshold: rec
+            .spec
+            .health
+            .failure_threshold
+            .unwrap_or(settings.failure_threshold),
+    }
+}
+
+impl Actor for AgentActor {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> std::result::Result<AgentState, ActorProcessingErr> {
+        let health = health_of(&args.record, &args.ctx.settings);
+        let snapshot = AgentSnapshot::new(AgentView::of(&args.record, health));
+        Ok(AgentState {
+            rec: args.record,
+            ctx: args.ctx,
+            tenant: args.tenant,
+            snapshot,
+            op: 0,
+            ticker: None,
+            probe_in_flight: false,
+            failures: 0,
+            recoveries: 0,
+            recovering: false,
+            recovery_generation: 0,
+            recovery_pending: false,
+            healthy_since: None,
+            // Grace after (re-)attaching: staleness counts from now.
+            last_seen: Instant::now(),
+            starting_since: Instant::now(),
+            conn: None,
+            next_conn: 1,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        st: &mut AgentState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let _ = st.tenant.cast(TenantMsg::Changed(st.snapshot.clone()));
+        reconcile(&myself, st).await;
+        st.sync_ticker(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        st: &mut AgentState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some((h, _)) = st.ticker.take() {
+            h.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        st: &mut AgentState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            AgentMsg::Get(reply) => {
+                let _ = reply.send(st.snapshot.clone());
+            }
+            AgentMsg::Command { cmd, by, reply } => {
+                let r = command(&myself, st, cmd, &by).await;
+                let _ = reply.send(r);
+            }
+            AgentMsg::Patch { patch, by, reply } => {
+                let r = patch_agent(&myself, st, patch, &by).await;
+                let _ = reply.send(r);
+            }
+            AgentMsg::Delete { by, reply } => {
+                let r = delete(&myself, st, &by).await;
+                let _ = reply.send(r);
+            }
+            AgentMsg::RuntimeHello { token, reply } => {
+                let r = hello(&myself, st, &token).await;
+                let _ = reply.send(r);
+            }
+            AgentMsg::Heartbeat { conn, reply } => {
+                let r = if st.conn == Some(conn) {
+                    st.last_seen = Instant::now();
+                    Ok(should_run(st.rec.state))
+                } else {
+                    Err(Error::Unauthorized)
+                };
+                let _ = reply.send(r);
+            }
+            AgentMsg::Usage { conn, report, reply } => {
+                let r = if st.conn == Some(conn) {
+                    usage(&myself, st, report).await
+                } else {
+                    Err(Error::Unauthorized)
+                };
+                let _ = reply.send(r);
+            }
+            AgentMsg::Tick => tick(&myself, st),
+            AgentMsg::ProbeDone(status) => probe_done(&myself, st, status).await,
+            AgentMsg::OpDone { op, result } => {
+                if op == st.op {
+                    op_done(&myself, st, result).await;
+                }
+            }
+            AgentMsg::RecoverNow { generation } => {
+                if generation == st.recovery_generation && st.recovery_pending {
+                    recover(&myself, st).await;
+                }
+            }
+            AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),
+        }
+        Ok(())
+    }
+}
+
+fn should_run(state: State) -> bool {
+    matches!(
+        state,
+        State::Starting | State::Running | State::Degraded | State::Updating
+    )
+}
+
+/// Resumes whatever the previous incarnation was in the middle of.
+async fn reconcile(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    match st.rec.state {
+        State::Provisioning => provision_op(myself, st),
+        State::Deploying => {
+            // The token the old incarnation wrote may never have reached the
+            // deployment; issue a fresh one.
+            deploy_with_new_token(myself, st, Vec::new()).await;
+        }
+        State::Starting => st.start_op(myself, false),
+        State::Updating => update_op(myself, st).await,
+        State::Destroying => destroy_op(myself, st),
+        // Running and degraded re-attach: the probes decide. Everything else
+        // waits for an operator and is never probed.
+        _ => {}
+    }
+}
+
+fn provision_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    let deployer = st.ctx.deployer.clone();
+    let req = st.request(String::new());
+    let old = st.rec.deployment_ref.clone();
+    st.spawn_op(myself, async move {
+        if let Some(old) = old {
+            let _ = deployer.stop(&old).await;
+        }
+        OpResult::Provisioned(deployer.provision(&req).await)
+    });
+}
+
+/// Issues a runtime token, persists its hash, then hands it to the deployer.
+async fn deploy_with_new_token(myself: &ActorRef<AgentMsg>, st: &mut AgentState, transitions: Vec<Transition>) {
+    let token = st.ctx.secrets.generate_token();
+    let mut next = st.rec.clone();
+    next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
+    if let Err(e) = st.commit(myself, next, transitions, None, None).await {
+        tracing::warn!(agent = %st.rec.id, error = %e, "could not persist the runtime token; will retry on restart");
+        return;
+    }
+    let Some(dep) = st.rec.deployment_ref.clone() else {
+        return;
+    };
+    let deployer = st.ctx.deployer.clone();
+    let req = st.request(token);
+    st.spawn_op(myself, async move { OpResult::Deployed(deployer.deploy(&dep, &req).await) });
+}
+
+async fn update_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    let token = st.ctx.secrets.generate_token();
+    let mut next = st.rec.clone();
+    next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
+    if st.commit(myself, next, Vec::new(), None, None).await.is_err() {
+        return;
+    }
+    let deployer = st.ctx.deployer.clone();
+    let req = st.request(token);
+    let dep = st.rec.deployment_ref.clone();
+    st.spawn_op(myself, async move {
+        let run = async {
+            let dep = match dep {
+                Some(d) => d,
+                None => deployer.provision(&req).await?,
+            };
+            let _ = deployer.stop(&dep).await;
+            deployer.deploy(&dep, &req).await?;
+            deployer.start(&dep).await
+        };
+        OpResult::Updated(run.await)
+    });
+}
+
+fn destroy_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    let deployer = st.ctx.deployer.clone();
+    let dep = st.rec.deployment_ref.clone();
+    st.spawn_op(myself, async move {
+        let run = async {
+            if let Some(dep) = dep {
+                deployer.stop(&dep).await?;
+                deployer.destroy(&dep).await?;
+            }
+            Ok(())
+        };
+        OpResult::Destroyed(run.await)
+    });
+}
+
+async fn command(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    cmd: Command,
+    by: &Who,
+) -> Result<Arc<AgentSnapshot>> {
+    if lifecycle::step(st.rec.state, Trigger::Cmd(cmd)).is_none() || matches!(cmd, Command::Update | Command::Delete) {
+        return Err(st.illegal(cmd));
+    }
+    let mut next = st.rec.clone();
+    let mut tr = Vec::new();
+    match cmd {
+        Command::Deploy => {
+            st.budget_check(&mut next)?;
+            if next.state != State::Ready {
+                st.apply(&mut next, Trigger::Cmd(Command::Deploy), None, by, &mut tr);
+                let missing = next.spec.missing_fields();
+                if !missing.is_empty() {
+                    next.state_reason = Some(format!("missing required fields: {}", missing.join(", ")));
+                    st.commit(myself, next, tr, None, None).await?;
+                    return Ok(st.snapshot.clone());
+                }
+                st.apply(&mut next, Trigger::ConfigComplete, None, by, &mut tr);
+            }
+            st.apply(&mut next, Trigger::Cmd(Command::Deploy), None, by, &mut tr);
+            st.commit(myself, next, tr, None, None).await?;
+            st.recoveries = 0;
+            st.recovering = false;
+            provision_op(myself, st);
+        }
+        Command::Start | Command::Restart => {
+            st.budget_check(&mut next)?;
+            st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
+            if cmd == Command::Restart {
+                next.restart_count = next.restart_count.saturating_add(1);
+            }
+            st.commit(myself, next, tr, None, None).await?;
+            // An operator (re)start resets auto-recovery.
+            st.recoveries = 0;
+            st.recovering = false;
+            st.recovery_pending = false;
+            st.failures = 0;
+            st.start_op(myself, cmd == Command::Restart);
+        }
+        Command::Stop => {
+            st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
+            st.commit(myself, next, tr, None, None).await?;
+            st.recovery_pending = false;
+            st.stop_in_background();
+        }
+        Command::Destroy => {
+            st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
+            st.commit(myself, next, tr, None, None).await?;
+            st.recovery_pending = false;
+            destroy_op(myself, st);
+        }
+        Command::Update | Command::Delete => return Err(st.illegal(cmd)),
+    }
+    Ok(st.snapshot.clone())
+}
+
+async fn patch_agent(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    patch: AgentPatch,
+    by: &Who,
+) -> Result<Arc<AgentSnapshot>> {
+    let rollout = patch.touches_deployment(&st.rec.spec);
+    let state = st.rec.state;
+    let live = matches!(state, State::Running | State::Degraded);
+    if state == State::Destroying
+        || (rollout
+            && matches!(
+                state,
+                State::Provisioning | State::Deploying | State::Starting | State::Updating
+            ))
+    {
+        return Err(st.illegal(Command::Update));
+    }
+    let mut next = st.rec.clone();
+    next.spec = patch.apply(&st.rec.spec);
+    let mut tr = Vec::new();
+    let complete = next.spec.missing_fields().is_empty();
+    match state {
+        State::Configuring if complete => {
+            st.apply(&mut next, Trigger::ConfigComplete, None, by, &mut tr);
+        }
+        State::Configuring => {
+            let missing = next.spec.missing_fields();
+            next.state_reason = Some(format!("missing required fields: {}", missing.join(", ")));
+        }
+        State::Ready if !complete => {
+            st.apply(&mut next, Trigger::ConfigIncomplete, Some("required field removed".into()), by, &mut tr);
+        }
+        _ => {}
+    }
+    if live && rollout {
+        if !complete {
+            return Err(Error::Invalid(format!(
+                "a running agent needs {}",
+                next.spec.missing_fields().join(", ")
+            )));
+        }
+        st.apply(&mut next, Trigger::Cmd(Command::Update), Some("configuration changed".into()), by, &mut tr);
+    }
+    // A lowered budget takes effect at once.
+    let mut event = None;
+    next.usage = next.usage.rolled_to(Period::of(st.now()));
+    if next.usage.is_exhausted(&next.spec.budget)
+        && st.apply(&mut next, Trigger::BudgetExceeded, Some("budget_exceeded".into()), &Who::System, &mut tr)
+    {
+        event = Some(budget_event(st, &next, "budget_exceeded"));
+    }
+    st.commit(myself, next, tr, event, None).await?;
+    match st.rec.state {
+        State::Updating => {
+            st.recovery_pending = false;
+            update_op(myself, st).await;
+        }
+        State::Stopped if live => st.stop_in_background(),
+        _ => {}
+    }
+    Ok(st.snapshot.clone())
+}
+
+async fn delete(myself: &ActorRef<AgentMsg>, st: &mut AgentState, by: &Who) -> Result<DeleteOutcome> {
+    if lifecycle::deletes_without_teardown(st.rec.state) {
+        return finish_delete(myself, st).await.map(|()| DeleteOutcome::Deleted);
+    }
+    let mut next = st.rec.clone();
+    let mut tr = Vec::new();
+    if !st.apply(&mut next, Trigger::Cmd(Command::Delete), Some(DELETE_REQUESTED.into()), by, &mut tr) {
+        return Err(st.illegal(Command::Delete));
+    }
+    st.commit(myself, next, tr, None, None).await?;
+    destroy_op(myself, st);
+    Ok(DeleteOutcome::Accepted(st.snapshot.clone()))
+}
+
+async fn finish_delete(myself: &ActorRef<AgentMsg>, st: &mut AgentState) -> Result<()> {
+    match st.ctx.store.delete_agent(&st.rec, st.now()).await {
+        Ok(()) => {}
+        Err(StoreError::Fenced) => {
+            myself.stop(Some(EXIT_FENCED.into()));
+            return Err(Error::Unavailable("agent actor was replaced; retry".into()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let _ = st.tenant.cast(TenantMsg::Removed(st.rec.id.clone()));
+    let _ = st.ctx.events.send(Arc::new(Event::Deleted {
+        org_id: st.rec.org_id.clone(),
+        agent_id: st.rec.id.clone(),
+    }));
+    myself.stop(Some(EXIT_DELETED.into()));
+    Ok(())
+}
+
+async fn hello(myself: &ActorRef<AgentMsg>, st: &mut AgentState, token: &str) -> Result<HelloAck> {
+    let valid = st
+        .rec
+        .runtime_token_hash
+        .as_deref()
+        .is_some_and(|h| constant_time_eq(h, &st.ctx.secrets.hash_token(token)));
+    if !valid {
+        return Err(Error::Unauthorized);
+    }
+    let conn = st.next_conn;
+    st.next_conn += 1;
+    st.conn = Some(conn);
+    st.last_seen = Instant::now();
+    if st.rec.state == State::Starting {
+        let mut next = st.rec.clone();
+        let mut tr = Vec::new();
+        st.apply(&mut next, Trigger::RuntimeUp, None, &Who::System, &mut tr);
+        st.commit(myself, next, tr, None, None).await?;
+        st.failures = 0;
+        st.recovering = false;
+        st.healthy_since = Some(Instant::now());
+    }
+    Ok(HelloAck {
+        conn,
+        heartbeat_interval_ms: Settings::heartbeat_interval(st.interval()).as_millis() as u64,
+        should_run: should_run(st.rec.state),
+    })
+}
+
+fn budget_event(st: &AgentState, rec: &AgentRecord, kind: &str) -> AgentEvent {
+    AgentEvent {
+        kind: kind.to_string(),
+        detail: serde_json::json!({
+            "period": rec.usage.period.to_string(),
+            "tokens": rec.usage.tokens,
+            "cost_micros": rec.usage.cost_micros,
+            "monthly_tokens": rec.spec.budget.monthly_tokens,
+            "monthly_cost_micros": rec.spec.budget.monthly_cost_micros,
+        }),
+        at: st.now(),
+    }
+}
+
+async fn usage(myself: &ActorRef<AgentMsg>, st: &mut AgentState, report: UsageReport) -> Result<UsageAck> {
+    let mut next = st.rec.clone();
+    next.usage = next.usage.rolled_to(Period::of(st.now()));
+    let tokens = report.input_tokens.saturating_add(report.output_tokens);
+    let cost = st
+        .ctx
+        .pricing
+        .cost_micros(&report.model, report.input_tokens, report.output_tokens);
+    next.usage = next.usage.add(tokens, cost);
+    let mut tr = Vec::new();
+    let mut event = None;
+    let was_live = should_run(next.state);
+    match level(&next.usage, &next.spec.budget) {
+        BudgetLevel::Ok => {}
+        BudgetLevel::Warn => {
+            next.usage.warned = true;
+            event = Some(budget_event(st, &next, "budget_warning"));
+        }
+        BudgetLevel::Exceeded => {
+            next.usage.warned = true;
+            st.apply(&mut next, Trigger::BudgetExceeded, Some("budget_exceeded".into()), &Who::System, &mut tr);
+            event = Some(budget_event(st, &next, "budget_exceeded"));
+        }
+    }
+    let outcome = st
+        .commit(myself, next, tr, event, Some(&report.report_id))
+        .await?;
+    metrics::counter!("cadre_usage_tokens_total").increment(tokens);
+    if was_live && st.rec.state == State::Stopped {
+        st.recovery_pending = false;
+        st.stop_in_background();
+    }
+    Ok(UsageAck {
+        counted: outcome == WriteOutcome::Written,
+        should_run: should_run(st.rec.state),
+    })
+}
+
+fn tick(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    match st.rec.state {
+        State::Starting => {
+            if st.starting_since.elapsed() > st.ctx.settings.start_timeout && !st.probe_in_flight {
+                // Reuse the probe path so that a slow start is handled like a failed one.
+                st.probe_in_flight = true;
+                let _ = myself.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(
+                    "runtime did not say hello in time".into(),
+                ))));
+            }
+        }
+        State::Running | State::Degraded => {
+            if st.probe_in_flight {
+                return;
+            }
+            let Some(dep) = st.rec.deployment_ref.clone() else {
+                return;
+            };
+            st.probe_in_flight = true;
+            let deployer = st.ctx.deployer.clone();
+            let me = myself.clone();
+            let limit = st.interval().max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                let status = match tokio::time::timeout(limit, deployer.status(&dep)).await {
+                    Ok(s) => s,
+                    Err(_) => Ok(DeploymentStatus::Stopped("status check timed out".into())),
+                };
+                let _ = me.cast(AgentMsg::ProbeDone(status));
+            });
+        }
+        _ => {}
+    }
+}
+
+async fn probe_done(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    status: std::result::Result<DeploymentStatus, DeployError>,
+) {
+    st.probe_in_flight = false;
+    let state = st.rec.state;
+    if !matches!(state, State::Running | State::Degraded | State::Starting) {
+        return;
+    }
+    let stale_after = Settings::stale_after(st.interval());
+    let problem = match &status {
+        Ok(DeploymentStatus::Running) if st.last_seen.elapsed() <= stale_after => None,
+        Ok(DeploymentStatus::Running) => Some(format!(
+            "no heartbeat for {} ms",
+            st.last_seen.elapsed().as_millis()
+        )),
+        Ok(DeploymentStatus::Stopped(why)) => Some(format!("runtime not running: {why}")),
+        Ok(DeploymentStatus::Missing) => Some("deployment missing".to_string()),
+        Err(e) => Some(format!("status check failed: {e}")),
+    };
+    metrics::counter!("cadre_probes_total", "ok" => if problem.is_none() { "true" } else { "false" }).increment(1);
+    match problem {
+        None => {
+            st.failures = 0;
+            let since = *st.healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= st.ctx.settings.recovery_reset_after {
+                st.recoveries = 0;
+            }
+            if state == State::Degraded {
+                let mut next = st.rec.clone();
+                let mut tr = Vec::new();
+                st.apply(&mut next, Trigger::ProbeOk, None, &Who::System, &mut tr);
+                if st.commit(myself, next, tr, None, None).await.is_ok() {
+                    st.recovery_pending = false;
+                }
+            }
+        }
+        Some(why) => {
+            st.failures = st.failures.saturating_add(1);
+            st.healthy_since = None;
+            let mut next = st.rec.clone();
+            let mut tr = Vec::new();
+            let trigger = if state == State::Starting {
+                Trigger::StartFailed
+            } else {
+                Trigger::ProbeFailed
+            };
+            st.apply(&mut next, trigger, Some(why), &Who::System, &mut tr);
+            if !tr.is_empty() && st.commit(myself, next, tr, None, None).await.is_err() {
+                return;
+            }
+            let threshold = st.health().failure_threshold;
+            if (state == State::Starting || st.failures >= threshold) && !st.recovery_pending {
+                schedule_recovery(myself, st).await;
+            }
+        }
+    }
+}
+
+/// Schedules the next auto-recovery with back-off, or gives up at the limit.
+async fn schedule_recovery(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    let settings = &st.ctx.settings;
+    if st.recoveries >= settings.max_recoveries {
+        let mut next = st.rec.clone();
+        let mut tr = Vec::new();
+        let reason = format!(
+            "restart limit reached: {} auto-recoveries without {} s healthy",
+            st.recoveries,
+            settings.recovery_reset_after.as_secs()
+        );
+        st.apply(&mut next, Trigger::GiveUp, Some(reason.clone()), &Who::System, &mut tr);
+        let event = AgentEvent {
+            kind: "restart_limit_reached".into(),
+            detail: serde_json::json!({ "recoveries": st.recoveries, "reason": reason }),
+            at: st.now(),
+        };
+        if st.commit(myself, next, tr, Some(event), None).await.is_ok() {
+            st.stop_in_background();
+        }
+        return;
+    }
+    let delay = settings.recovery_backoff.delay(st.recoveries);
+    st.recovery_pending = true;
+    st.recovery_generation += 1;
+    let generation = st.recovery_generation;
+    myself.send_after(delay, move || AgentMsg::RecoverNow { generation });
+}
+
+async fn recover(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    st.recovery_pending = false;
+    if st.rec.state != State::Degraded {
+        return;
+    }
+    let mut next = st.rec.clone();
+    let mut tr = Vec::new();
+    let attempt = st.recoveries + 1;
+    let reason = format!("auto-recovery attempt {attempt} after {} failed probes", st.failures);
+    st.apply(&mut next, Trigger::Recover, Some(reason), &Who::System, &mut tr);
+    next.restart_count = next.restart_count.saturating_add(1);
+    if st.commit(myself, next, tr, None, None).await.is_err() {
+        return;
+    }
+    metrics::counter!("cadre_agent_recoveries_total").increment(1);
+    st.recoveries = attempt;
+    st.recovering = true;
+    st.failures = 0;
+    st.start_op(myself, true);
+}
+
+async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpResult) {
+    let mut next = st.rec.clone();
+    let mut tr = Vec::new();
+    let sys = Who::System;
+    match result {
+        OpResult::Provisioned(Ok(dep)) if st.rec.state == State::Provisioning => {
+            next.deployment_ref = Some(dep);
+            st.apply(&mut next, Trigger::Provisioned, None, &sys, &mut tr);
+            let mut staged = next;
+            staged.updated_at = st.now();
+            // Persist the handle and the move to deploying together with the token.
+            let token = st.ctx.secrets.generate_token();
+            staged.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
+            if st.commit(myself, staged, tr, None, None).await.is_ok() {
+                if let Some(dep) = st.rec.deployment_ref.clone() {
+                    let deployer = st.ctx.deployer.clone();
+                    let req = st.request(token);
+                    st.spawn_op(myself, async move { OpResult::Deployed(deployer.deploy(&dep, &req).await) });
+                }
+            }
+        }
+        OpResult::Deployed(Ok(())) if st.rec.state == State::Deploying => {
+            st.apply(&mut next, Trigger::Deployed, None, &sys, &mut tr);
+            if st.commit(myself, next, tr, None, None).await.is_ok() {
+                st.start_op(myself, false);
+            }
+        }
+        OpResult::Updated(Ok(())) if st.rec.state == State::Updating => {
+            st.apply(&mut next, Trigger::Updated, None, &sys, &mut tr);
+            let _ = st.commit(myself, next, tr, None, None).await;
+        }
+        OpResult::Destroyed(Ok(())) if st.rec.state == State::Destroying => {
+            if st.rec.state_reason.as_deref() == Some(DELETE_REQUESTED) {
+                if let Err(e) = finish_delete(myself, st).await {
+                    tracing::warn!(agent = %st.rec.id, error = %e, "delete after teardown failed; retried on restart");
+                }
+                return;
+            }
+            next.deployment_ref = None;
+            next.runtime_token_hash = None;
+            st.apply(&mut next, Trigger::Destroyed, None, &sys, &mut tr);
+            let _ = st.commit(myself, next, tr, None, None).await;
+        }
+        OpResult::Started(Ok(())) => {
+            // Running only once the runtime says hello.
+        }
+        OpResult::Started(Err(e)) if st.rec.state == State::Starting => {
+            metrics::counter!("cadre_deployer_errors_total", "op" => "start").increment(1);
+            st.probe_in_flight = true;
+            let _ = myself.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(format!(
+                "start failed: {e}"
+            )))));
+        }
+        OpResult::Provisioned(Err(e))
+        | OpResult::Deployed(Err(e))
+        | OpResult::Updated(Err(e))
+        | OpResult::Destroyed(Err(e)) => {
+            metrics::counter!("cadre_deployer_errors_total", "op" => "deploy").increment(1);
+            if st.apply(&mut next, Trigger::Failed, Some(e.to_string()), &sys, &mut tr) {
+                let _ = st.commit(myself, next, tr, None, None).await;
+            }
+        }
+        // A result that no longer matches the state (superseded by a command).
+        _ => {}
+    }
+}

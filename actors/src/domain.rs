@@ -1,0 +1,395 @@
+//! The agent's persisted record and the read model the actor publishes.
+//!
+//! These are owned, validated types: the HTTP layer parses its DTOs into them
+//! at the edge, and the store maps them to rows. Nothing here does I/O.
+
+use crate::budget::{BudgetLimits, Usage};
+use crate::lifecycle::{Command, State, allowed_commands};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An agent's id (a UUIDv7, so ids sort by creation time).
+    AgentId
+);
+id_type!(
+    /// An organization's (tenant's) id.
+    OrgId
+);
+
+/// Who caused a change: a user or the system itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// A user, by id.
+    User(String),
+    /// Cadre itself (health loop, budget, supervisor).
+    System,
+}
+
+impl Who {
+    /// The stored form: `user:<id>` or `system`.
+    pub fn to_text(&self) -> String {
+        match self {
+            Who::User(id) => format!("user:{id}"),
+            Who::System => "system".to_string(),
+        }
+    }
+
+    /// Parses the stored form; anything unknown reads as the system.
+    pub fn from_text(s: &str) -> Who {
+        match s.strip_prefix("user:") {
+            Some(id) => Who::User(id.to_string()),
+            None => Who::System,
+        }
+    }
+}
+
+/// Where an agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployTarget {
+    /// A child process of the control plane (`cadre runtime`).
+    #[default]
+    Local,
+}
+
+impl DeployTarget {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployTarget::Local => "local",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<DeployTarget> {
+        match s {
+            "local" => Some(DeployTarget::Local),
+            _ => None,
+        }
+    }
+}
+
+/// Per-agent health settings; `None` fields take the global default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthOverrides {
+    /// Probe interval in milliseconds.
+    pub interval_ms: Option<u64>,
+    /// Consecutive failed probes before auto-recovery.
+    pub failure_threshold: Option<u32>,
+}
+
+/// What the operator described: the desired configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSpec {
+    /// Display name, unique within the organization.
+    pub name: String,
+    /// The agent's job.
+    pub role: Option<String>,
+    /// The model it uses.
+    pub model: Option<String>,
+    /// Where it runs.
+    pub target: DeployTarget,
+    /// Health overrides.
+    pub health: HealthOverrides,
+    /// Monthly budget.
+    pub budget: BudgetLimits,
+}
+
+impl AgentSpec {
+    /// Fields a deploy needs that are not set yet, by their API names.
+    pub fn missing_fields(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.role.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            missing.push("role");
+        }
+        if self.model.as_deref().is_none_or(|m| m.trim().is_empty()) {
+            missing.push("model");
+        }
+        missing
+    }
+}
+
+/// A change to an agent's configuration (PATCH); `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New role; `Some(None)` clears it.
+    pub role: Option<Option<String>>,
+    /// New model; `Some(None)` clears it.
+    pub model: Option<Option<String>>,
+    /// New deployment target.
+    pub target: Option<DeployTarget>,
+    /// New health overrides (replace the old ones).
+    pub health: Option<HealthOverrides>,
+    /// New monthly token budget; `Some(None)` removes the limit.
+    pub monthly_tokens: Option<Option<u64>>,
+    /// New monthly cost budget in micro-dollars; `Some(None)` removes the limit.
+    pub monthly_cost_micros: Option<Option<u64>>,
+}
+
+impl AgentPatch {
+    /// Whether the change must be rolled out to a live deployment.
+    pub fn touches_deployment(&self, spec: &AgentSpec) -> bool {
+        self.model.as_ref().is_some_and(|m| *m != spec.model)
+            || self.target.is_some_and(|t| t != spec.target)
+    }
+
+    /// The spec with this patch applied.
+    pub fn apply(&self, spec: &AgentSpec) -> AgentSpec {
+        let mut s = spec.clone();
+        if let Some(n) = &self.name {
+            s.name = n.clone();
+        }
+        if let Some(r) = &self.role {
+            s.role = r.clone();
+        }
+        if let Some(m) = &self.model {
+            s.model = m.clone();
+        }
+        if let Some(t) = self.target {
+            s.target = t;
+        }
+        if let Some(h) = self.health {
+            s.health = h;
+        }
+        if let Some(t) = self.monthly_tokens {
+            s.budget.monthly_tokens = t;
+        }
+        if let Some(c) = self.monthly_cost_micros {
+            s.budget.monthly_cost_micros = c;
+        }
+        s
+    }
+}
+
+/// The persisted agent: everything needed to rebuild its actor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    /// Id.
+    pub id: AgentId,
+    /// Owning organization.
+    pub org_id: OrgId,
+    /// Desired configuration.
+    pub spec: AgentSpec,
+    /// Lifecycle state.
+    pub state: State,
+    /// Why it is in that state (e.g. `budget_exceeded`).
+    pub state_reason: Option<String>,
+    /// Restarts of the deployment so far (auto-recovery and operator restarts).
+    pub restart_count: u32,
+    /// Usage this month.
+    pub usage: Usage,
+    /// The deployer's handle on the deployment, when one exists.
+    pub deployment_ref: Option<String>,
+    /// Hash of the runtime token issued at deploy time.
+    pub runtime_token_hash: Option<String>,
+    /// Fencing token: each actor incarnation claims a new epoch, and writes from
+    /// an older incarnation are refused by the store.
+    pub epoch: i64,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last change, unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// One row of the state history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    /// Previous state; `None` for the creation entry.
+    pub from: Option<State>,
+    /// New state.
+    pub to: State,
+    /// Why.
+    pub reason: Option<String>,
+    /// Who caused it (`user:<id>` or `system`).
+    pub by: String,
+    /// When, unix milliseconds.
+    pub at: i64,
+}
+
+/// Something notable that happened to an agent, persisted with the change
+/// that caused it (budget warnings, supervisor escalations).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentEvent {
+    /// A stable kind, e.g. `budget_warning`.
+    pub kind: String,
+    /// Details as JSON.
+    pub detail: serde_json::Value,
+    /// When, unix milliseconds.
+    pub at: i64,
+}
+
+/// Effective health settings (overrides merged with the global defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthView {
+    /// Probe interval in milliseconds.
+    pub interval_ms: u64,
+    /// Consecutive failures before auto-recovery.
+    pub failure_threshold: u32,
+}
+
+/// The deployment part of the view.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeploymentView {
+    /// Target name.
+    pub target: &'static str,
+    /// The deployer's handle, once deployed.
+    #[serde(rename = "ref")]
+    pub deployment_ref: Option<String>,
+}
+
+/// The budget part of the view.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BudgetView {
+    /// Monthly token limit.
+    pub monthly_tokens: Option<u64>,
+    /// Monthly cost limit in USD.
+    pub monthly_cost_usd: Option<f64>,
+}
+
+/// The usage part of the view.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageView {
+    /// Tokens used this period.
+    pub tokens: u64,
+    /// Cost this period in USD.
+    pub cost_usd: f64,
+    /// The period, `YYYY-MM` (UTC).
+    pub period: String,
+}
+
+/// The agent as the API shows it: the read model its actor publishes after
+/// every committed change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentView {
+    /// Id.
+    pub id: AgentId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Option<String>,
+    /// Model.
+    pub model: Option<String>,
+    /// State.
+    pub state: State,
+    /// Why it is in that state.
+    pub state_reason: Option<String>,
+    /// Commands accepted in this state.
+    pub allowed_commands: Vec<Command>,
+    /// Fields a deploy still needs.
+    pub missing_fields: Vec<&'static str>,
+    /// Restarts so far.
+    pub restart_count: u32,
+    /// Deployment.
+    pub deployment: DeploymentView,
+    /// Effective health settings.
+    pub health: HealthView,
+    /// Budget.
+    pub budget: BudgetView,
+    /// Usage.
+    pub usage: UsageView,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl AgentView {
+    /// Builds the view of `rec` with effective health `health`.
+    pub fn of(rec: &AgentRecord, health: HealthView) -> AgentView {
+        AgentView {
+            id: rec.id.clone(),
+            org_id: rec.org_id.clone(),
+            name: rec.spec.name.clone(),
+            role: rec.spec.role.clone(),
+            model: rec.spec.model.clone(),
+            state: rec.state,
+            state_reason: rec.state_reason.clone(),
+            allowed_commands: allowed_commands(rec.state),
+            missing_fields: rec.spec.missing_fields(),
+            restart_count: rec.restart_count,
+            deployment: DeploymentView {
+                target: rec.spec.target.as_str(),
+                deployment_ref: rec.deployment_ref.clone(),
+            },
+            health,
+            budget: BudgetView {
+                monthly_tokens: rec.spec.budget.monthly_tokens,
+                monthly_cost_usd: rec.spec.budget.monthly_cost_micros.map(micros_to_usd),
+            },
+            usage: UsageView {
+                tokens: rec.usage.tokens,
+                cost_usd: micros_to_usd(rec.usage.cost_micros),
+                period: rec.usage.period.to_string(),
+            },
+            created_at: rfc3339(rec.created_at),
+            updated_at: rfc3339(rec.updated_at),
+        }
+    }
+}
+
+/// A published view with its JSON rendered once, so list pages are built by
+/// concatenation instead of re-serializing every agent on every request.
+#[derive(Debug)]
+pub struct AgentSnapshot {
+    /// The view.
+    pub view: AgentView,
+    /// `serde_json` rendering of `view`.
+    pub json: Box<str>,
+}
+
+impl AgentSnapshot {
+    /// Renders `view`.
+    pub fn new(view: AgentView) -> Arc<AgentSnapshot> {
+        // Serializing a struct of plain fields cannot fail; fall back to an
+        // empty object rather than panicking if that ever changes.
+        let json = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_string());
+        Arc::new(AgentSnapshot {
+            view,
+            json: json.into_boxed_str(),
+        })
+    }
+}
+
+/// Micro-dollars to dollars.
+pub fn micros_to_usd(micros: u64) -> f64 {
+    micros as f64 / 1_000_000.0
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}

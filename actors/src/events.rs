@@ -1,0 +1,41 @@
+//! Events the actors broadcast after a change is committed.
+//!
+//! Actors never know who listens: streams and tests subscribe to the
+//! broadcast channel in [`crate::Ctx::events`]. A slow subscriber sees
+//! `Lagged` from tokio's broadcast and must resync; it never blocks an actor.
+
+use crate::domain::{AgentEvent, AgentId, OrgId, Transition};
+use serde::Serialize;
+
+/// A committed change.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// An agent changed state.
+    Transition {
+        /// Organization.
+        org_id: OrgId,
+        /// Agent.
+        agent_id: AgentId,
+        /// The history entry.
+        #[serde(flatten)]
+        transition: Transition,
+    },
+    /// Something notable happened to an agent.
+    Agent {
+        /// Organization.
+        org_id: OrgId,
+        /// Agent.
+        agent_id: AgentId,
+        /// The event.
+        #[serde(flatten)]
+        event: AgentEvent,
+    },
+    /// An agent was deleted.
+    Deleted {
+        /// Organization.
+        org_id: OrgId,
+        /// Agent.
+        agent_id: AgentId,
+    },
+}

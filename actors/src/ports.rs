@@ -1,0 +1,166 @@
+//! Ports: what the actors need from the outside world, as traits.
+//!
+//! The root crate implements them (sqlx store, process deployer, system
+//! clock, aws-lc-rs secrets); tests implement them with in-memory fakes. This
+//! module must not name a concrete database, HTTP client or container API.
+
+use crate::domain::{AgentEvent, AgentId, AgentRecord, DeployTarget, OrgId, Transition};
+use async_trait::async_trait;
+
+/// Why the store refused or failed a write.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A unique key was violated (e.g. an agent name within an org).
+    #[error("conflict on {0}")]
+    Conflict(String),
+    /// The write came from an actor incarnation that has been replaced.
+    #[error("fenced: a newer incarnation owns this agent")]
+    Fenced,
+    /// The database could not be reached or the write failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Result of an agent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed.
+    Written,
+    /// A usage report with this id was already counted; nothing was written.
+    Duplicate,
+}
+
+/// One atomic write of an agent: its full record, the history entries the
+/// change produced, an optional event and, for usage reports, the report id
+/// that makes the write idempotent.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentWrite<'a> {
+    /// The record as it must be after the write.
+    pub record: &'a AgentRecord,
+    /// History entries, in order.
+    pub transitions: &'a [Transition],
+    /// An event to record with the change.
+    pub event: Option<&'a AgentEvent>,
+    /// Usage report id (idempotency key).
+    pub usage_report: Option<&'a str>,
+}
+
+/// Durable storage of critical state. Every method returns only after the
+/// change is committed.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new agent and its creation history entry.
+    async fn insert_agent(&self, record: &AgentRecord, created: &Transition) -> Result<(), StoreError>;
+
+    /// Writes an agent atomically, fenced by `record.epoch`.
+    async fn write_agent(&self, write: AgentWrite<'_>) -> Result<WriteOutcome, StoreError>;
+
+    /// Marks an agent deleted, fenced by `record.epoch`.
+    async fn delete_agent(&self, record: &AgentRecord, at: i64) -> Result<(), StoreError>;
+
+    /// Claims one agent for a new actor incarnation: bumps its epoch and returns
+    /// the record with the new epoch (`None` if it does not exist or was deleted).
+    async fn claim_agent(&self, org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Claims every live agent of an organization (bumps every epoch).
+    async fn claim_org(&self, org: &OrgId) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// All organization ids.
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A deployer failure, with its cause as text.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{target} deployer: {message}")]
+pub struct DeployError {
+    /// Which target failed.
+    pub target: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What a deployer needs to run an agent's runtime.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// Agent.
+    pub agent_id: AgentId,
+    /// Organization.
+    pub org_id: OrgId,
+    /// Target.
+    pub target: DeployTarget,
+    /// Model the runtime uses.
+    pub model: String,
+    /// The runtime's credential (plain text; only its hash is stored).
+    pub runtime_token: String,
+    /// How often the runtime sends heartbeats.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// What a status check observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    /// The runtime process/container is alive.
+    Running,
+    /// It exited or was never started.
+    Stopped(String),
+    /// The deployment does not exist.
+    Missing,
+}
+
+/// One deployment target.
+#[async_trait]
+pub trait Deployer: Send + Sync + 'static {
+    /// Creates the deployment's resources; returns its handle.
+    async fn provision(&self, req: &DeployRequest) -> Result<String, DeployError>;
+    /// Writes the runtime's configuration into the deployment.
+    async fn deploy(&self, deployment: &str, req: &DeployRequest) -> Result<(), DeployError>;
+    /// Starts the runtime.
+    async fn start(&self, deployment: &str) -> Result<(), DeployError>;
+    /// Stops the runtime (idempotent).
+    async fn stop(&self, deployment: &str) -> Result<(), DeployError>;
+    /// Removes the deployment (idempotent).
+    async fn destroy(&self, deployment: &str) -> Result<(), DeployError>;
+    /// Observes the runtime.
+    async fn status(&self, deployment: &str) -> Result<DeploymentStatus, DeployError>;
+    /// The last `lines` lines of the runtime's log.
+    async fn logs(&self, deployment: &str, lines: usize) -> Result<String, DeployError>;
+}
+
+/// Wall-clock time, injectable so tests can move across a month boundary.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Token generation and hashing (implemented with the process's crypto backend).
+pub trait Secrets: Send + Sync + 'static {
+    /// A fresh random token, URL-safe text.
+    fn generate_token(&self) -> String;
+    /// A one-way hash of `token`, as text.
+    fn hash_token(&self, token: &str) -> String;
+}
+
+/// Compares two strings in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,413 @@
+//! `TenantSupervisor`: one per organization. It creates agents, supervises
+//! their actors one-for-one, and keeps the organization's read index.
+//!
+//! Restart policy: a child that exits for any reason but deletion or fencing
+//! is respawned from the *store* (never from memory), at once the first time
+//! and with back-off after that. Past `supervisor_max_restarts` in
+//! `supervisor_window` the supervisor escalates: it writes the agent to
+//! `error` with the reason, records a `supervisor_escalated` event, and
+//! spawns it once more in `error` (where no timer runs, so it stays quiet
+//! until an operator acts). If even that incarnation keeps failing, the
+//! agent is left unsupervised and counted in `cadre_agents_abandoned_total`.
+//!
+//! The read index holds the snapshots the agents publish after each commit.
+//! It answers list pages without touching every agent's mailbox; it is
+//! rebuilt from the store whenever the supervisor itself restarts.
+
+use crate::agent::{AgentActor, AgentArgs, AgentMsg, EXIT_DELETED, EXIT_FENCED, health_of};
+use crate::budget::{Period, Usage};
+use crate::context::Ctx;
+use crate::domain::{AgentEvent, AgentId, AgentRecord, AgentSnapshot, AgentSpec, AgentView, OrgId, Transition, Who};
+use crate::error::{Error, Result};
+use crate::lifecycle::{self, State, Trigger};
+use crate::ports::{AgentWrite, StoreError};
+use crate::registry::{AgentHandle, Gate};
+use crate::restart::RestartIntensity;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The actor.
+#[derive(Debug, Default)]
+pub struct TenantSupervisor;
+
+/// Spawn arguments.
+pub struct TenantArgs {
+    /// The organization.
+    pub org: OrgId,
+    /// Shared context.
+    pub ctx: Arc<Ctx>,
+}
+
+/// A list request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only agents in this state.
+    pub state: Option<State>,
+    /// Start after this id.
+    pub cursor: Option<AgentId>,
+    /// Page size (1–200).
+    pub limit: usize,
+}
+
+/// A list page.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// Agents, ordered by id (creation time).
+    pub items: Vec<Arc<AgentSnapshot>>,
+    /// Cursor for the next page, when there is one.
+    pub next_cursor: Option<AgentId>,
+}
+
+/// Messages.
+#[derive(Debug)]
+pub enum TenantMsg {
+    /// Create an agent in `draft`.
+    Create {
+        /// Validated configuration.
+        spec: AgentSpec,
+        /// Who asks.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
+    },
+    /// A page of the read index.
+    List {
+        /// The query.
+        query: ListQuery,
+        /// Answer.
+        reply: RpcReplyPort<ListPage>,
+    },
+    /// An agent committed a change (sent by the agent before it answers its caller,
+    /// so a list after a write sees the write).
+    Changed(Arc<AgentSnapshot>),
+    /// An agent was deleted.
+    Removed(AgentId),
+    /// A delayed restart is due.
+    Respawn(AgentId),
+    /// Chaos: panic inside `handle`.
+    Panic,
+}
+
+struct Child {
+    actor: Option<ActorRef<AgentMsg>>,
+    intensity: RestartIntensity,
+    escalated: bool,
+}
+
+/// Supervisor state.
+pub struct TenantState {
+    org: OrgId,
+    ctx: Arc<Ctx>,
+    by_actor: HashMap<ActorId, AgentId>,
+    children: HashMap<AgentId, Child>,
+    index: BTreeMap<AgentId, Arc<AgentSnapshot>>,
+}
+
+impl TenantState {
+    fn new_child(&self) -> Child {
+        Child {
+            actor: None,
+            intensity: RestartIntensity::new(
+                self.ctx.settings.supervisor_max_restarts,
+                self.ctx.settings.supervisor_window,
+            ),
+            escalated: false,
+        }
+    }
+
+    /// Spawns an incarnation for `record` (already claimed) and registers it.
+    async fn spawn_agent(&mut self, myself: &ActorRef<TenantMsg>, record: AgentRecord) -> std::result::Result<(), String> {
+        let id = record.id.clone();
+        let args = AgentArgs {
+            record,
+            ctx: self.ctx.clone(),
+            tenant: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, AgentActor, args, myself.get_cell())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.by_actor.insert(actor.get_id(), id.clone());
+        self.ctx.registry.put_agent(
+            id.clone(),
+            AgentHandle {
+                org: self.org.clone(),
+                actor: actor.clone(),
+                gate: Gate::new(self.ctx.settings.mailbox_capacity, "agent"),
+            },
+        );
+        let fresh = self.new_child();
+        self.children.entry(id).or_insert(fresh).actor = Some(actor);
+        Ok(())
+    }
+
+    fn publish_record(&mut self, record: &AgentRecord) {
+        let view = AgentView::of(record, health_of(record, &self.ctx.settings));
+        self.index.insert(record.id.clone(), AgentSnapshot::new(view));
+    }
+
+    fn forget(&mut self, id: &AgentId) {
+        self.children.remove(id);
+        self.index.remove(id);
+    }
+
+    /// Restarts `id` from the store, or escalates past the intensity limit.
+    async fn restart(&mut self, myself: &ActorRef<TenantMsg>, id: AgentId, why: String) {
+        let Some(child) = self.children.get_mut(&id) else {
+            return;
+        };
+        child.actor = None;
+        metrics::counter!("cadre_actor_restarts_total", "actor" => "agent").increment(1);
+        let recent = child.intensity.recent() as u32;
+        if child.intensity.allow_restart(Instant::now()) {
+            let delay = if recent == 0 {
+                std::time::Duration::ZERO
+            } else {
+                self.ctx.settings.supervisor_backoff.delay(recent - 1)
+            };
+            if delay.is_zero() {
+                self.respawn(myself, id).await;
+            } else {
+                myself.send_after(delay, move || TenantMsg::Respawn(id));
+            }
+            return;
+        }
+        if child.escalated {
+            // It failed again in `error`, where it does nothing by itself: give up.
+            metrics::counter!("cadre_agents_abandoned_total").increment(1);
+            tracing::error!(org = %self.org, agent = %id, %why, "agent actor keeps failing; left unsupervised");
+            return;
+        }
+        child.escalated = true;
+        tracing::error!(org = %self.org, agent = %id, %why, "restart intensity exceeded; moving agent to error");
+        metrics::counter!("cadre_supervisor_escalations_total").increment(1);
+        if let Err(e) = self.escalate(myself, &id, &why).await {
+            tracing::error!(org = %self.org, agent = %id, error = %e, "escalation failed; agent left unsupervised");
+        }
+    }
+
+    async fn escalate(&mut self, myself: &ActorRef<TenantMsg>, id: &AgentId, why: &str) -> std::result::Result<(), String> {
+        let settings = &self.ctx.settings;
+        let Some(mut rec) = self.ctx.store.claim_agent(&self.org, id).await.map_err(|e| e.to_string())? else {
+            self.forget(id);
+            return Ok(());
+        };
+        let reason = format!(
+            "restart intensity exceeded: more than {} restarts in {} ms (last: {why})",
+            settings.supervisor_max_restarts,
+            settings.supervisor_window.as_millis()
+        );
+        let now = self.ctx.clock.now_ms();
+        let mut transitions = Vec::new();
+        if let Some(to) = lifecycle::step(rec.state, Trigger::Escalated) {
+            transitions.push(Transition {
+                from: Some(rec.state),
+                to,
+                reason: Some(reason.clone()),
+                by: Who::System.to_text(),
+                at: now,
+            });
+            rec.state = to;
+        }
+        rec.state_reason = Some(reason.clone());
+        rec.updated_at = now;
+        let event = AgentEvent {
+            kind: "supervisor_escalated".into(),
+            detail: serde_json::json!({ "reason": reason }),
+            at: now,
+        };
+        self.ctx
+            .store
+            .write_agent(AgentWrite {
+                record: &rec,
+                transitions: &transitions,
+                event: Some(&event),
+                usage_report: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.publish_record(&rec);
+        self.spawn_agent(myself, rec).await
+    }
+
+    async fn respawn(&mut self, myself: &ActorRef<TenantMsg>, id: AgentId) {
+        match self.ctx.store.claim_agent(&self.org, &id).await {
+            Ok(Some(rec)) => {
+                self.publish_record(&rec);
+                if let Err(e) = self.spawn_agent(myself, rec).await {
+                    tracing::error!(agent = %id, error = %e, "respawn failed");
+                    Box::pin(self.restart(myself, id, e)).await;
+                }
+            }
+            Ok(None) => self.forget(&id),
+            Err(e) => {
+                // The store is down: try again later rather than lose the agent.
+                tracing::warn!(agent = %id, error = %e, "cannot reload agent; retrying");
+                myself.send_after(self.ctx.settings.supervisor_backoff.max, move || TenantMsg::Respawn(id));
+            }
+        }
+    }
+
+    async fn create(&mut self, myself: &ActorRef<TenantMsg>, spec: AgentSpec, by: Who) -> Result<Arc<AgentSnapshot>> {
+        let now = self.ctx.clock.now_ms();
+        let record = AgentRecord {
+            id: AgentId(uuid::Uuid::now_v7().to_string()),
+            org_id: self.org.clone(),
+            spec,
+            state: State::Draft,
+            state_reason: None,
+            restart_count: 0,
+            usage: Usage::empty(Period::of(now)),
+            deployment_ref: None,
+            runtime_token_hash: None,
+            epoch: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = Transition {
+            from: None,
+            to: State::Draft,
+            reason: Some("created".into()),
+            by: by.to_text(),
+            at: now,
+        };
+        match self.ctx.store.insert_agent(&record, &created).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(Error::NameTaken(record.spec.name.clone())),
+            Err(e) => return Err(e.into()),
+        }
+        self.publish_record(&record);
+        let snapshot = self.index.get(&record.id).cloned();
+        if let Err(e) = self.spawn_agent(myself, record).await {
+            // Committed but not running: the periodic restart path brings it up.
+            tracing::error!(org = %self.org, error = %e, "spawning a new agent failed");
+        }
+        snapshot.ok_or_else(|| Error::Unavailable("agent created but not indexed".into()))
+    }
+
+    fn list(&self, q: &ListQuery) -> ListPage {
+        let start = match &q.cursor {
+            Some(c) => Bound::Excluded(c.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut items = Vec::with_capacity(q.limit);
+        let mut more = false;
+        for (_, snap) in self.index.range((start, Bound::Unbounded)) {
+            if q.state.is_some_and(|s| s != snap.view.state) {
+                continue;
+            }
+            if items.len() == q.limit {
+                more = true;
+                break;
+            }
+            items.push(snap.clone());
+        }
+        let next_cursor = if more { items.last().map(|s| s.view.id.clone()) } else { None };
+        ListPage { items, next_cursor }
+    }
+}
+
+impl Actor for TenantSupervisor {
+    type Msg = TenantMsg;
+    type State = TenantState;
+    type Arguments = TenantArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> std::result::Result<TenantState, ActorProcessingErr> {
+        Ok(TenantState {
+            org: args.org,
+            ctx: args.ctx,
+            by_actor: HashMap::new(),
+            children: HashMap::new(),
+            index: BTreeMap::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        st: &mut TenantState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        // Hydrate from the store, claiming every agent for a new incarnation
+        // (so writes still in flight from killed predecessors are refused).
+        let records = st.ctx.store.claim_org(&st.org).await?;
+        for rec in records {
+            st.publish_record(&rec);
+            let id = rec.id.clone();
+            if let Err(e) = st.spawn_agent(&myself, rec).await {
+                tracing::error!(agent = %id, error = %e, "hydration spawn failed");
+                st.restart(&myself, id, e).await;
+            }
+        }
+        st.ctx.registry.put_tenant(
+            st.org.clone(),
+            crate::registry::TenantHandle {
+                actor: myself.clone(),
+                gate: Gate::new(st.ctx.settings.mailbox_capacity * 4, "tenant"),
+            },
+        );
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        st: &mut TenantState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Create { spec, by, reply } => {
+                let r = st.create(&myself, spec, by).await;
+                let _ = reply.send(r);
+            }
+            TenantMsg::List { query, reply } => {
+                let _ = reply.send(st.list(&query));
+            }
+            TenantMsg::Changed(snap) => {
+                if st.children.contains_key(&snap.view.id) {
+                    st.index.insert(snap.view.id.clone(), snap);
+                }
+            }
+            TenantMsg::Removed(id) => st.forget(&id),
+            TenantMsg::Respawn(id) => {
+                if st.children.get(&id).is_some_and(|c| c.actor.is_none()) {
+                    st.respawn(&myself, id).await;
+                }
+            }
+            TenantMsg::Panic => panic!("chaos: tenant {} panicked on request", st.org),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        evt: SupervisionEvent,
+        st: &mut TenantState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let (cell, why): (ActorCell, String) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            _ => return Ok(()),
+        };
+        let Some(id) = st.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let actor: ActorRef<AgentMsg> = cell.into();
+        st.ctx.registry.remove_agent(&id, &actor);
+        match why.as_str() {
+            EXIT_DELETED => st.forget(&id),
+            // A newer incarnation already took over.
+            EXIT_FENCED => {}
+            _ => st.restart(&myself, id, why).await,
+        }
+        Ok(())
+    }
+}
