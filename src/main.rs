@@ -1,1 +1,89 @@
-fn main(){}
+//! The `cadre` binary: `serve`, `migrate`, `runtime`.
+
+use anyhow::Context;
+use cadre::config::Config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cadre", version, about = "Run AI agents as employees of an organization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane (API, dashboard, actors) on the configured database.
+    Serve {
+        /// A TOML file layered over the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        /// A TOML file layered over the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run an agent runtime (started by a deployer).
+    Runtime {
+        /// The runtime.json written at deploy time.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Serve { config } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            let mut running = cadre::app::start(config).await?;
+            eprintln!("cadre: listening on http://{}", running.addr);
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                r = running.wait() => return r,
+            }
+            tracing::info!("shutting down");
+            running.shutdown().await;
+            Ok(())
+        }
+        Cmd::Migrate { config } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            let store = cadre::app::open_store(&config).await?;
+            store.close().await;
+            eprintln!("cadre: migrations applied to {}", config.database_url());
+            Ok(())
+        }
+        Cmd::Runtime { config } => cadre::runtime::run(&config).await.context("runtime"),
+    }
+}

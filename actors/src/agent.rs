@@ -214,6 +214,12 @@ impl AgentState {
         Duration::from_millis(self.health().interval_ms)
     }
 
+    /// A fresh runtime token: `<agent id>.<random>`, so the connect endpoint
+    /// knows which actor to ask without a lookup table.
+    fn new_runtime_token(&self) -> String {
+        format!("{}.{}", self.rec.id, self.ctx.secrets.generate_token())
+    }
+
     fn request(&self, token: String) -> DeployRequest {
         DeployRequest {
             agent_id: self.rec.id.clone(),
@@ -380,7 +386,7 @@ impl AgentState {
             }),
             // Never provisioned (an early deploy failed): bring it up from scratch.
             None => {
-                let token = self.ctx.secrets.generate_token();
+                let token = self.new_runtime_token();
                 let req = self.request(token);
                 self.spawn_op(myself, async move {
                     let run = async {
@@ -581,7 +587,7 @@ fn provision_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
 
 /// Issues a runtime token, persists its hash, then hands it to the deployer.
 async fn deploy_with_new_token(myself: &ActorRef<AgentMsg>, st: &mut AgentState, transitions: Vec<Transition>) {
-    let token = st.ctx.secrets.generate_token();
+    let token = st.new_runtime_token();
     let mut next = st.rec.clone();
     next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
     if let Err(e) = st.commit(myself, next, transitions, None, None).await {
@@ -597,7 +603,7 @@ async fn deploy_with_new_token(myself: &ActorRef<AgentMsg>, st: &mut AgentState,
 }
 
 async fn update_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
-    let token = st.ctx.secrets.generate_token();
+    let token = st.new_runtime_token();
     let mut next = st.rec.clone();
     next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
     if st.commit(myself, next, Vec::new(), None, None).await.is_err() {
@@ -1026,9 +1032,8 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
             next.deployment_ref = Some(dep);
             st.apply(&mut next, Trigger::Provisioned, None, &sys, &mut tr);
             let mut staged = next;
-            staged.updated_at = st.now();
             // Persist the handle and the move to deploying together with the token.
-            let token = st.ctx.secrets.generate_token();
+            let token = st.new_runtime_token();
             staged.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
             if st.commit(myself, staged, tr, None, None).await.is_ok() {
                 if let Some(dep) = st.rec.deployment_ref.clone() {

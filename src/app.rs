@@ -1,0 +1,189 @@
+//! Wiring: open and migrate the store, bootstrap the first owner, start the
+//! actor tree, bind and serve, and shut down in order (stop accepting, stop
+//! the actors, close the database).
+
+use crate::auth::{AwsLcSecrets, JwtKeys};
+use crate::config::Config;
+use crate::deploy::LocalDeployer;
+use crate::http::state::AppState;
+use crate::store::{Durability, SqlStore};
+use anyhow::Context;
+use cadre_actors::ports::{Clock, SystemClock};
+use cadre_actors::{Cadre, Ctx};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+/// A running control plane.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The actor tree.
+    pub cadre: Cadre,
+    /// The store.
+    pub store: Arc<SqlStore>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, drains them, stops the actors and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
+            Err(_) => tracing::warn!("requests still running after 10 s; shutting down anyway"),
+            _ => {}
+        }
+        self.cadre.shutdown().await;
+        self.store.close().await;
+    }
+
+    /// Waits until the server stops by itself (it only does on error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await.context("server task")?.context("server")
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; tests start many apps).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Opens the store and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let durability = if config.database.synchronous == "full" {
+        Durability::Full
+    } else {
+        Durability::Normal
+    };
+    let url = config.database_url();
+    let store = SqlStore::open(&url, durability, config.database.read_connections)
+        .await
+        .with_context(|| format!("opening database {url}"))?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+/// On an empty database: creates the default organization and its owner.
+async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
+    if store.org_count().await? > 0 {
+        return Ok(());
+    }
+    let email = config.auth.bootstrap_email.trim().to_string();
+    let (password, generated) = if config.auth.bootstrap_password.is_empty() {
+        (crate::auth::random_text::<18>(), true)
+    } else {
+        (config.auth.bootstrap_password.clone(), false)
+    };
+    let hash = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??
+    };
+    let now = SystemClock.now_ms();
+    store
+        .create_org_with_owner(
+            &uuid::Uuid::now_v7().to_string(),
+            "default",
+            &uuid::Uuid::now_v7().to_string(),
+            &email,
+            &hash,
+            now,
+        )
+        .await?;
+    if generated {
+        // Shown once, on the terminal that started Cadre; never logged to files.
+        eprintln!("cadre: created organization \"default\" with owner {email}; generated password (shown once): {password}");
+    } else {
+        eprintln!("cadre: created organization \"default\" with owner {email}");
+    }
+    Ok(())
+}
+
+/// Starts the control plane.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let store = Arc::new(open_store(&config).await?);
+    bootstrap(&store, &config).await.context("bootstrapping the first owner")?;
+    let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &config.data_dir)?;
+    let jwt = Arc::new(JwtKeys::new(&secret, config.auth.token_ttl_secs));
+
+    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let connect_url = if config.server.public_url.is_empty() {
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        format!("ws://{host}/api/v1/runtime/connect")
+    } else {
+        let base = config.server.public_url.trim_end_matches('/');
+        let ws = base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        format!("{ws}/api/v1/runtime/connect")
+    };
+    let runtime_bin = if config.deploy.local.runtime_bin.is_empty() {
+        std::env::current_exe().context("locating this binary for the local runtime")?
+    } else {
+        PathBuf::from(&config.deploy.local.runtime_bin)
+    };
+    let deployer = LocalDeployer::new(
+        config.data_dir.join("agents"),
+        runtime_bin,
+        connect_url,
+        Duration::from_millis(config.deploy.local.stop_grace_ms),
+    );
+    let (events, _) = broadcast::channel(4096);
+    let ctx = Arc::new(Ctx {
+        store: store.clone(),
+        deployer: Arc::new(deployer),
+        clock: Arc::new(SystemClock),
+        secrets: Arc::new(AwsLcSecrets),
+        pricing: Arc::new(config.pricing.clone()),
+        settings: config.settings(),
+        events,
+        registry: Default::default(),
+    });
+    let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
+    let state = AppState {
+        cadre: cadre.clone(),
+        store: store.clone(),
+        jwt,
+        config: config.clone(),
+        metrics: prometheus(),
+    };
+    let router = crate::http::router(state);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "cadre listening");
+    Ok(Running {
+        addr,
+        cadre,
+        store,
+        stop,
+        server,
+    })
+}

@@ -1,0 +1,412 @@
+//! Configuration: `config/default.toml` (embedded) ← an optional file ←
+//! `CADRE_*` environment variables, deserialized once into [`Config`].
+//!
+//! Unknown keys and bad values fail at start with a message naming the key
+//! (`health.interval_ms: invalid type: …`). Nothing else reads the
+//! environment for settings.
+
+use cadre_actors::Settings;
+use cadre_actors::budget::Pricing;
+use cadre_actors::restart::Backoff;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables with a short name, and the key each sets.
+const SHORT_ENV: &[(&str, &str)] = &[
+    ("CADRE_LISTEN", "server.listen"),
+    ("CADRE_DATA_DIR", "data_dir"),
+    ("CADRE_DATABASE_URL", "database.url"),
+    ("CADRE_JWT_SECRET", "auth.jwt_secret"),
+    ("CADRE_BOOTSTRAP_EMAIL", "auth.bootstrap_email"),
+    ("CADRE_BOOTSTRAP_PASSWORD", "auth.bootstrap_password"),
+];
+
+/// A configuration error, naming the key or source at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Health loop defaults.
+    pub health: HealthConfig,
+    /// Supervision.
+    pub supervisor: SupervisorConfig,
+    /// Actor calls and mailboxes.
+    pub actors: ActorsConfig,
+    /// Deployment targets.
+    pub deploy: DeployConfig,
+    /// Pricing table.
+    pub pricing: Pricing,
+    /// Chaos hook.
+    pub chaos: ChaosConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: String,
+    /// URL runtimes dial back to.
+    pub public_url: String,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL.
+    pub url: String,
+    /// `normal` or `full`.
+    pub synchronous: String,
+    /// Read pool size.
+    pub read_connections: u32,
+}
+
+/// `[auth]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret.
+    pub jwt_secret: String,
+    /// Token lifetime.
+    pub token_ttl_secs: u64,
+    /// First owner's email.
+    pub bootstrap_email: String,
+    /// First owner's password.
+    pub bootstrap_password: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("bootstrap_email", &self.bootstrap_email)
+            .field("bootstrap_password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Probe interval.
+    pub interval_ms: u64,
+    /// Failures before recovery.
+    pub failure_threshold: u32,
+    /// Hello deadline.
+    pub start_timeout_ms: u64,
+    /// Recovery back-off base.
+    pub backoff_base_ms: u64,
+    /// Recovery back-off ceiling.
+    pub backoff_max_ms: u64,
+    /// Healthy time that resets back-off and the restart limit.
+    pub backoff_reset_after_ms: u64,
+    /// Restart limit.
+    pub max_restarts: u32,
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Restarts per window.
+    pub max_restarts: u32,
+    /// The window.
+    pub window_ms: u64,
+    /// Back-off base.
+    pub backoff_base_ms: u64,
+    /// Back-off ceiling.
+    pub backoff_max_ms: u64,
+}
+
+/// `[actors]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorsConfig {
+    /// Call timeout.
+    pub call_timeout_ms: u64,
+    /// Requests in flight per actor.
+    pub mailbox_capacity: usize,
+    /// Wait for a mailbox slot.
+    pub mailbox_wait_ms: u64,
+}
+
+/// `[deploy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// `[deploy.local]`.
+    pub local: LocalDeployConfig,
+}
+
+/// `[deploy.local]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDeployConfig {
+    /// Runtime binary ("" = this one).
+    pub runtime_bin: String,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace_ms: u64,
+}
+
+/// `[chaos]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosConfig {
+    /// Whether the kill endpoint exists.
+    pub enabled: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// Filter.
+    pub level: String,
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut cur = table;
+    for p in parts {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        cur = t;
+    }
+    cur.insert(last.to_string(), value);
+}
+
+/// An environment value: a TOML scalar when it parses as one (`500`, `true`),
+/// else a string.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_))) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the variables in `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let over: toml::Table =
+                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut table, over);
+        }
+        for (key, raw) in env {
+            if let Some((_, path)) = SHORT_ENV.iter().find(|(k, _)| *k == key) {
+                set_path(&mut table, path, toml::Value::String(raw));
+            } else if let Some(rest) = key.strip_prefix("CADRE_") {
+                if rest.contains("__") {
+                    let path = rest.to_ascii_lowercase().replace("__", ".");
+                    set_path(&mut table, &path, env_value(&raw));
+                }
+            }
+        }
+        let de = toml::Value::Table(table);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("{path}: {}", e.into_inner()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process environment.
+    pub fn from_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load(file, std::env::vars())
+    }
+
+    /// Checks invariants serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return bad("server.listen", "expected host:port, e.g. 127.0.0.1:8080");
+        }
+        if !self.server.public_url.is_empty()
+            && !(self.server.public_url.starts_with("http://") || self.server.public_url.starts_with("https://"))
+        {
+            return bad("server.public_url", "must start with http:// or https://");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if !matches!(self.database.synchronous.as_str(), "normal" | "full") {
+            return bad("database.synchronous", "expected \"normal\" or \"full\"");
+        }
+        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
+            return bad("database.url", "only sqlite: URLs are supported so far");
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return bad("auth.token_ttl_secs", "must be positive");
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return bad("auth.jwt_secret", "must be at least 32 characters");
+        }
+        if self.health.interval_ms == 0 {
+            return bad("health.interval_ms", "must be at least 1");
+        }
+        if self.health.failure_threshold == 0 {
+            return bad("health.failure_threshold", "must be at least 1");
+        }
+        if self.health.backoff_base_ms > self.health.backoff_max_ms {
+            return bad("health.backoff_base_ms", "must not exceed health.backoff_max_ms");
+        }
+        if self.supervisor.window_ms == 0 {
+            return bad("supervisor.window_ms", "must be at least 1");
+        }
+        if self.supervisor.backoff_base_ms > self.supervisor.backoff_max_ms {
+            return bad("supervisor.backoff_base_ms", "must not exceed supervisor.backoff_max_ms");
+        }
+        if self.actors.call_timeout_ms == 0 {
+            return bad("actors.call_timeout_ms", "must be at least 1");
+        }
+        if self.actors.mailbox_capacity == 0 {
+            return bad("actors.mailbox_capacity", "must be at least 1");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "expected \"text\" or \"json\"");
+        }
+        self.pricing.validate().map_err(ConfigError)?;
+        Ok(())
+    }
+
+    /// The listen address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    /// The database URL, defaulting to a file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("cadre.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Actor-tree settings.
+    pub fn settings(&self) -> Settings {
+        let ms = Duration::from_millis;
+        Settings {
+            health_interval: ms(self.health.interval_ms),
+            failure_threshold: self.health.failure_threshold,
+            start_timeout: ms(self.health.start_timeout_ms),
+            recovery_backoff: Backoff {
+                base: ms(self.health.backoff_base_ms),
+                max: ms(self.health.backoff_max_ms),
+            },
+            recovery_reset_after: ms(self.health.backoff_reset_after_ms),
+            max_recoveries: self.health.max_restarts,
+            supervisor_max_restarts: self.supervisor.max_restarts,
+            supervisor_window: ms(self.supervisor.window_ms),
+            supervisor_backoff: Backoff {
+                base: ms(self.supervisor.backoff_base_ms),
+                max: ms(self.supervisor.backoff_max_ms),
+            },
+            call_timeout: ms(self.actors.call_timeout_ms),
+            mailbox_capacity: self.actors.mailbox_capacity,
+            mailbox_wait: ms(self.actors.mailbox_wait_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(None, env(&[])).expect("defaults are valid");
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.health.interval_ms, 30_000);
+        assert!(!c.chaos.enabled);
+        assert!(c.database_url().ends_with("cadre.db"));
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[health]\ninterval_ms = 100\nfailure_threshold = 2\n").expect("write");
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("CADRE_LISTEN", "0.0.0.0:9000"),
+                ("CADRE_HEALTH__FAILURE_THRESHOLD", "7"),
+                ("CADRE_CHAOS__ENABLED", "true"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen, "0.0.0.0:9000");
+        assert_eq!(c.health.interval_ms, 100);
+        assert_eq!(c.health.failure_threshold, 7);
+        assert!(c.chaos.enabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load(None, env(&[("CADRE_HEALTH__INTERVAL_MS", "soon")])).expect_err("must fail");
+        assert!(err.to_string().contains("health.interval_ms"), "{err}");
+        let err = Config::load(None, env(&[("CADRE_LISTEN", "nowhere")])).expect_err("must fail");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = Config::load(None, env(&[("CADRE_HEALTH__NO_SUCH_KEY", "1")])).expect_err("must fail");
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+        let err = Config::load(None, env(&[("CADRE_DATABASE__SYNCHRONOUS", "off")])).expect_err("must fail");
+        assert!(err.to_string().contains("database.synchronous"), "{err}");
+    }
+}

@@ -1,0 +1,265 @@
+//! The `local` target: the agent runtime as a child process of this binary
+//! (`cadre runtime --config <dir>/runtime.json`), one working directory per
+//! agent under `<data_dir>/agents/`.
+//!
+//! Runtimes outlive the control plane on purpose: a restart of `cadre serve`
+//! must not stop the agents. The pid file lets a new control plane re-attach;
+//! the runtime reconnects by itself. Every operation is idempotent and
+//! serialized per deployment.
+
+use async_trait::async_trait;
+use cadre_actors::ports::{DeployError, DeployRequest, Deployer, DeploymentStatus};
+use dashmap::DashMap;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// What the runtime reads at start (`runtime.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// WebSocket URL of `/api/v1/runtime/connect`.
+    pub connect_url: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Credential (`<agent id>.<secret>`).
+    pub token: String,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Model to use.
+    pub model: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    child: Option<Child>,
+}
+
+/// The local deployer.
+pub struct LocalDeployer {
+    root: PathBuf,
+    runtime_bin: PathBuf,
+    connect_url: String,
+    stop_grace: Duration,
+    slots: DashMap<String, Arc<Mutex<Slot>>>,
+}
+
+impl std::fmt::Debug for LocalDeployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDeployer").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+fn err(message: impl Into<String>) -> DeployError {
+    DeployError {
+        target: "local",
+        message: message.into(),
+    }
+}
+
+/// Whether `pid` is a live (non-zombie) process running `cadre runtime` for `dir`.
+fn pid_is_our_runtime(pid: i32, dir: &Path) -> bool {
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state letter follows the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline.contains("runtime") && cmdline.contains(&*dir.to_string_lossy())
+}
+
+impl LocalDeployer {
+    /// A deployer keeping deployments under `root`, starting `runtime_bin`,
+    /// whose runtimes dial `connect_url`.
+    pub fn new(root: PathBuf, runtime_bin: PathBuf, connect_url: String, stop_grace: Duration) -> LocalDeployer {
+        LocalDeployer {
+            root,
+            runtime_bin,
+            connect_url,
+            stop_grace,
+            slots: DashMap::new(),
+        }
+    }
+
+    fn dir(&self, deployment: &str) -> Result<PathBuf, DeployError> {
+        // Deployment refs are agent ids we generated; refuse anything that could
+        // escape the root.
+        if deployment.is_empty() || !deployment.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(err(format!("invalid deployment ref {deployment:?}")));
+        }
+        Ok(self.root.join(deployment))
+    }
+
+    fn slot(&self, deployment: &str) -> Arc<Mutex<Slot>> {
+        self.slots.entry(deployment.to_string()).or_default().clone()
+    }
+
+    fn pid_from_file(dir: &Path) -> Option<i32> {
+        std::fs::read_to_string(dir.join("runtime.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// The pid of the live runtime, if any (our child, or one re-attached by pid file).
+    fn live_pid(slot: &mut Slot, dir: &Path) -> Option<i32> {
+        if let Some(child) = slot.child.as_mut() {
+            match child.try_wait() {
+                Ok(None) => return child.id().map(|p| p as i32),
+                _ => slot.child = None,
+            }
+        }
+        Self::pid_from_file(dir).filter(|p| pid_is_our_runtime(*p, dir))
+    }
+
+    async fn stop_locked(&self, slot: &mut Slot, dir: &Path) -> Result<(), DeployError> {
+        let Some(pid) = Self::live_pid(slot, dir) else {
+            let _ = std::fs::remove_file(dir.join("runtime.pid"));
+            return Ok(());
+        };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + self.stop_grace;
+        loop {
+            if Self::live_pid(slot, dir).is_none() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(child) = slot.child.as_mut() {
+                    let _ = child.wait().await;
+                }
+                slot.child = None;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_file(dir.join("runtime.pid"));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Deployer for LocalDeployer {
+    async fn provision(&self, req: &DeployRequest) -> Result<String, DeployError> {
+        let deployment = req.agent_id.to_string();
+        let dir = self.dir(&deployment)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+        Ok(deployment)
+    }
+
+    async fn deploy(&self, deployment: &str, req: &DeployRequest) -> Result<(), DeployError> {
+        let dir = self.dir(deployment)?;
+        let slot = self.slot(deployment);
+        let _guard = slot.lock().await;
+        let config = RuntimeConfig {
+            connect_url: self.connect_url.clone(),
+            agent_id: req.agent_id.to_string(),
+            token: req.runtime_token.clone(),
+            heartbeat_interval_ms: req.heartbeat_interval_ms,
+            model: req.model.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
+        let path = dir.join("runtime.json");
+        tokio::task::spawn_blocking(move || crate::auth::write_private(&path, &bytes))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(format!("writing runtime.json: {e}")))
+    }
+
+    async fn start(&self, deployment: &str) -> Result<(), DeployError> {
+        let dir = self.dir(deployment)?;
+        let slot = self.slot(deployment);
+        let mut slot = slot.lock().await;
+        if Self::live_pid(&mut slot, &dir).is_some() {
+            return Ok(());
+        }
+        let config = dir.join("runtime.json");
+        if !config.exists() {
+            return Err(err("not deployed: runtime.json missing"));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("runtime.log"))
+            .map_err(|e| err(format!("opening runtime.log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
+        let child = Command::new(&self.runtime_bin)
+            .arg("runtime")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Own process group: a Ctrl-C aimed at the control plane does not
+            // take the agents down with it.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| err(format!("spawning {}: {e}", self.runtime_bin.display())))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(dir.join("runtime.pid"), pid.to_string()).map_err(|e| err(format!("writing pid file: {e}")))?;
+        }
+        slot.child = Some(child);
+        Ok(())
+    }
+
+    async fn stop(&self, deployment: &str) -> Result<(), DeployError> {
+        let dir = self.dir(deployment)?;
+        let slot = self.slot(deployment);
+        let mut slot = slot.lock().await;
+        self.stop_locked(&mut slot, &dir).await
+    }
+
+    async fn destroy(&self, deployment: &str) -> Result<(), DeployError> {
+        let dir = self.dir(deployment)?;
+        let slot = self.slot(deployment);
+        {
+            let mut guard = slot.lock().await;
+            self.stop_locked(&mut guard, &dir).await?;
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(format!("removing {}: {e}", dir.display()))),
+            }
+        }
+        self.slots.remove(deployment);
+        Ok(())
+    }
+
+    async fn status(&self, deployment: &str) -> Result<DeploymentStatus, DeployError> {
+        let dir = self.dir(deployment)?;
+        if !dir.exists() {
+            return Ok(DeploymentStatus::Missing);
+        }
+        let slot = self.slot(deployment);
+        let mut slot = slot.lock().await;
+        if let Some(child) = slot.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                slot.child = None;
+                return Ok(DeploymentStatus::Stopped(format!("runtime exited: {status}")));
+            }
+        }
+        Ok(match Self::live_pid(&mut slot, &dir) {
+            Some(_) => DeploymentStatus::Running,
+            None => DeploymentStatus::Stopped("runtime process not found".into()),
+        })
+    }
+
+    async fn logs(&self, deployment: &str, lines: usize) -> Result<String, DeployError> {
+        let dir = self.dir(deployment)?;
+        let text = tokio::fs::read_to_string(dir.join("runtime.log")).await.unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+}

@@ -1,0 +1,56 @@
+//! Operator tools: the chaos hook (only with `chaos.enabled = true`).
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson};
+use super::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use cadre_actors::domain::AgentId;
+use cadre_actors::{ChaosMode, ChaosTarget};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillRequest {
+    target: String,
+    id: String,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+async fn kill(State(state): State<AppState>, principal: Principal, ApiJson(req): ApiJson<KillRequest>) -> Result<Response, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(ApiError::not_found("route"));
+    }
+    if principal.role != "owner" {
+        return Err(ApiError::forbidden("only an owner may use the chaos hook"));
+    }
+    let target = match req.target.as_str() {
+        "agent" => ChaosTarget::Agent,
+        "tenant" => ChaosTarget::Tenant,
+        other => return Err(ApiError::invalid("target", format!("expected \"agent\" or \"tenant\", got {other:?}"))),
+    };
+    let mode = match req.mode.as_deref() {
+        None | Some("kill") => ChaosMode::Kill,
+        Some("panic") => ChaosMode::Panic,
+        Some(other) => return Err(ApiError::invalid("mode", format!("expected \"kill\" or \"panic\", got {other:?}"))),
+    };
+    // Owners may only break their own organization.
+    let own = match target {
+        ChaosTarget::Agent => state.cadre.org_of(&AgentId(req.id.clone())).is_some_and(|o| o == principal.org),
+        ChaosTarget::Tenant => req.id == principal.org.as_str(),
+    };
+    if !own {
+        return Err(ApiError::not_found(&req.target));
+    }
+    state.cadre.chaos(target, &req.id, mode)?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "target": req.target, "id": req.id }))).into_response())
+}
+
+/// `/admin` routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/admin/chaos/kill", post(kill))
+}

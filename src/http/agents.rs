@@ -1,0 +1,376 @@
+//! `/agents` routes: create, list, get, patch, delete, lifecycle commands,
+//! history and events.
+//!
+//! Each handler validates its input into domain types, makes one call to the
+//! actor tree (or one store read for history) and maps the answer. Agent
+//! bodies are the JSON the owning actor rendered when it committed.
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cadre_actors::agent::DeleteOutcome;
+use cadre_actors::budget::BudgetLimits;
+use cadre_actors::domain::{AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides};
+use cadre_actors::lifecycle::{Command, State as AgentState};
+use cadre_actors::tenant::ListQuery;
+use serde::{Deserialize, Deserializer};
+use std::sync::Arc;
+
+const MAX_NAME: usize = 200;
+const MAX_ROLE: usize = 4000;
+const MAX_MODEL: usize = 200;
+const MAX_INTERVAL_MS: u64 = 24 * 3600 * 1000;
+const MAX_COST_USD: f64 = 1e12;
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentIn {
+    target: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthIn {
+    interval_ms: Option<u64>,
+    failure_threshold: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BudgetIn {
+    #[serde(default, deserialize_with = "nullable")]
+    monthly_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    monthly_cost_usd: Option<Option<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAgent {
+    name: String,
+    role: Option<String>,
+    model: Option<String>,
+    deployment: Option<DeploymentIn>,
+    health: Option<HealthIn>,
+    budget: Option<BudgetIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchAgent {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    role: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    model: Option<Option<String>>,
+    deployment: Option<DeploymentIn>,
+    health: Option<HealthIn>,
+    budget: Option<BudgetIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageParams {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if v.chars().count() > max {
+        return Err(ApiError::invalid(field, format!("at most {max} characters")));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::invalid(field, "must not contain control characters"));
+    }
+    Ok(v.to_string())
+}
+
+fn opt_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    value.map(|v| text(field, v, max)).transpose()
+}
+
+fn target(d: &DeploymentIn) -> Result<DeployTarget, ApiError> {
+    DeployTarget::parse(&d.target)
+        .ok_or_else(|| ApiError::invalid("deployment.target", format!("unsupported target {:?}; supported: local", d.target)))
+}
+
+fn health(h: &HealthIn) -> Result<HealthOverrides, ApiError> {
+    if let Some(ms) = h.interval_ms {
+        if !(1..=MAX_INTERVAL_MS).contains(&ms) {
+            return Err(ApiError::invalid("health.interval_ms", format!("must be between 1 and {MAX_INTERVAL_MS}")));
+        }
+    }
+    if let Some(n) = h.failure_threshold {
+        if !(1..=1000).contains(&n) {
+            return Err(ApiError::invalid("health.failure_threshold", "must be between 1 and 1000"));
+        }
+    }
+    Ok(HealthOverrides {
+        interval_ms: h.interval_ms,
+        failure_threshold: h.failure_threshold,
+    })
+}
+
+fn tokens(v: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match v {
+        Some(t) if t > i64::MAX as u64 => Err(ApiError::invalid("budget.monthly_tokens", "too large")),
+        other => Ok(other),
+    }
+}
+
+fn cost_micros(v: Option<f64>) -> Result<Option<u64>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(usd) if usd.is_finite() && (0.0..=MAX_COST_USD).contains(&usd) => Ok(Some((usd * 1_000_000.0).round() as u64)),
+        Some(_) => Err(ApiError::invalid("budget.monthly_cost_usd", format!("must be between 0 and {MAX_COST_USD}"))),
+    }
+}
+
+impl CreateAgent {
+    fn into_spec(self) -> Result<AgentSpec, ApiError> {
+        let budget = self.budget.unwrap_or_default();
+        Ok(AgentSpec {
+            name: text("name", &self.name, MAX_NAME)?,
+            role: opt_text("role", self.role.as_deref(), MAX_ROLE)?,
+            model: opt_text("model", self.model.as_deref(), MAX_MODEL)?,
+            target: self.deployment.as_ref().map(target).transpose()?.unwrap_or_default(),
+            health: self.health.as_ref().map(health).transpose()?.unwrap_or_default(),
+            budget: BudgetLimits {
+                monthly_tokens: tokens(budget.monthly_tokens.flatten())?,
+                monthly_cost_micros: cost_micros(budget.monthly_cost_usd.flatten())?,
+            },
+        })
+    }
+}
+
+impl PatchAgent {
+    fn into_patch(self) -> Result<AgentPatch, ApiError> {
+        let budget = self.budget.unwrap_or_default();
+        Ok(AgentPatch {
+            name: self.name.as_deref().map(|n| text("name", n, MAX_NAME)).transpose()?,
+            role: self.role.map(|r| opt_text("role", r.as_deref(), MAX_ROLE)).transpose()?,
+            model: self.model.map(|m| opt_text("model", m.as_deref(), MAX_MODEL)).transpose()?,
+            target: self.deployment.as_ref().map(target).transpose()?,
+            health: self.health.as_ref().map(health).transpose()?,
+            monthly_tokens: budget.monthly_tokens.map(tokens).transpose()?,
+            monthly_cost_micros: budget.monthly_cost_usd.map(cost_micros).transpose()?,
+        })
+    }
+}
+
+/// Agent ids are UUIDs; anything else cannot exist.
+fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
+    if raw.len() == 36 && raw.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        Ok(AgentId(raw.to_ascii_lowercase()))
+    } else {
+        Err(ApiError::not_found("agent"))
+    }
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn agent_response(status: StatusCode, snap: &Arc<AgentSnapshot>) -> Response {
+    json_response(status, snap.json.to_string())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateAgent>,
+) -> Result<Response, ApiError> {
+    let spec = body.into_spec()?;
+    let snap = state.cadre.create_agent(&principal.org, spec, principal.who()).await?;
+    let mut resp = agent_response(StatusCode::CREATED, &snap);
+    if let Ok(loc) = format!("/api/v1/agents/{}", snap.view.id).parse() {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let filter = params
+        .state
+        .as_deref()
+        .map(|s| {
+            AgentState::parse(s).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))
+            })
+        })
+        .transpose()?;
+    let query = ListQuery {
+        state: filter,
+        cursor: params.cursor.map(AgentId),
+        limit: page_limit(params.limit)?,
+    };
+    let page = state.cadre.list_agents(&principal.org, query).await?;
+    let mut body = String::with_capacity(64 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
+    body.push_str("{\"items\":[");
+    for (i, snap) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&snap.json);
+    }
+    body.push_str("],\"next_cursor\":");
+    body.push_str(&serde_json::to_string(&page.next_cursor).map_err(ApiError::internal)?);
+    body.push('}');
+    Ok(json_response(StatusCode::OK, body))
+}
+
+async fn get_one(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let snap = state.cadre.get_agent(&principal.org, &agent_id(&id)?).await?;
+    Ok(agent_response(StatusCode::OK, &snap))
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchAgent>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let patch = body.into_patch()?;
+    let snap = state.cadre.patch_agent(&principal.org, &id, patch, principal.who()).await?;
+    Ok(agent_response(StatusCode::OK, &snap))
+}
+
+async fn delete(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    match state.cadre.delete_agent(&principal.org, &id, principal.who()).await? {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::Accepted(snap) => Ok(agent_response(StatusCode::ACCEPTED, &snap)),
+    }
+}
+
+async fn command(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, command)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let cmd = match Command::parse(&command) {
+        Some(c @ (Command::Deploy | Command::Start | Command::Stop | Command::Restart | Command::Destroy)) => c,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_command",
+                format!("unknown command {command:?}; expected deploy, start, stop, restart or destroy"),
+            ));
+        }
+    };
+    let snap = state.cadre.command(&principal.org, &id, cmd, principal.who()).await?;
+    Ok(agent_response(StatusCode::ACCEPTED, &snap))
+}
+
+fn cursor_id(cursor: Option<&str>) -> Result<i64, ApiError> {
+    match cursor {
+        None => Ok(0),
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")),
+    }
+}
+
+fn page_json<T: serde::Serialize>(mut rows: Vec<T>, limit: usize, id_of: impl Fn(&T) -> i64) -> Result<Response, ApiError> {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(|r| id_of(r).to_string()) } else { None };
+    let body = serde_json::json!({ "items": rows, "next_cursor": next });
+    Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let limit = page_limit(params.limit)?;
+    let after = cursor_id(params.cursor.as_deref())?;
+    if !state.store.agent_exists(principal.org.as_str(), id.as_str()).await? {
+        return Err(ApiError::not_found("agent"));
+    }
+    let rows = state
+        .store
+        .history(principal.org.as_str(), id.as_str(), after, limit as i64 + 1)
+        .await?;
+    page_json(rows, limit, |r| r.id)
+}
+
+async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(&id)?;
+    let limit = page_limit(params.limit)?;
+    let after = cursor_id(params.cursor.as_deref())?;
+    if !state.store.agent_exists(principal.org.as_str(), id.as_str()).await? {
+        return Err(ApiError::not_found("agent"));
+    }
+    let rows = state
+        .store
+        .events(principal.org.as_str(), id.as_str(), after, limit as i64 + 1)
+        .await?;
+    page_json(rows, limit, |r| r.id)
+}
+
+/// `/agents` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agents", post(create).get(list))
+        .route("/agents/{id}", get(get_one).patch(patch).delete(delete))
+        .route("/agents/{id}/history", get(history))
+        .route("/agents/{id}/events", get(events))
+        .route("/agents/{id}/{command}", post(command))
+}

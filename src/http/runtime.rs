@@ -1,0 +1,171 @@
+//! `GET /api/v1/runtime/connect`: the WebSocket the agent runtime dials.
+//!
+//! The token (`Authorization: Bearer <agent id>.<secret>`) is checked by the
+//! agent's actor before the upgrade, so a bad token gets a plain 401. After
+//! the upgrade each frame becomes one actor call; the connection waits for
+//! the answer before reading the next frame, so one runtime can never have
+//! more than one request queued at its actor.
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::protocol::{PROTOCOL_VERSION, RuntimeMessage, ServerMessage};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use cadre_actors::agent::UsageReport;
+use cadre_actors::domain::{AgentId, OrgId};
+use cadre_actors::Cadre;
+use std::time::Duration;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_FRAME: usize = 64 * 1024;
+
+async fn connect(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthenticated("missing runtime token"))?
+        .trim()
+        .to_string();
+    let agent = token
+        .split_once('.')
+        .map(|(id, _)| AgentId(id.to_string()))
+        .ok_or_else(|| ApiError::unauthenticated("malformed runtime token"))?;
+    let org = state
+        .cadre
+        .org_of(&agent)
+        .ok_or_else(|| ApiError::unauthenticated("invalid runtime token"))?;
+    let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
+    let cadre = state.cadre.clone();
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| serve(socket, cadre, org, agent, ack.conn, ack.heartbeat_interval_ms, ack.should_run)))
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn stop(reason: &str) -> ServerMessage {
+    ServerMessage::Stop { reason: reason.to_string() }
+}
+
+fn error(code: &str, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    cadre: Cadre,
+    org: OrgId,
+    agent: AgentId,
+    conn: u64,
+    heartbeat_interval_ms: u64,
+    should_run: bool,
+) {
+    // The first frame must be a hello in a protocol version we speak.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
+    let hello = match first {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<RuntimeMessage>(&t).ok(),
+        _ => None,
+    };
+    match hello {
+        Some(RuntimeMessage::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => {}
+        Some(RuntimeMessage::Hello { protocol, .. }) => {
+            let _ = send(
+                &mut socket,
+                &error("unsupported_protocol", format!("protocol {protocol} unsupported; this server speaks {PROTOCOL_VERSION}")),
+            )
+            .await;
+            return;
+        }
+        _ => {
+            let _ = send(&mut socket, &error("bad_message", "the first frame must be a hello")).await;
+            return;
+        }
+    }
+    let welcome = ServerMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        conn,
+        heartbeat_interval_ms,
+    };
+    if !send(&mut socket, &welcome).await {
+        return;
+    }
+    if !should_run {
+        let _ = send(&mut socket, &stop("agent is not supposed to run")).await;
+        return;
+    }
+    while let Some(frame) = socket.recv().await {
+        let text = match frame {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        let reply = match serde_json::from_str::<RuntimeMessage>(&text) {
+            Err(e) => error("bad_message", e.to_string()),
+            Ok(RuntimeMessage::Hello { .. }) => error("bad_message", "already said hello"),
+            Ok(RuntimeMessage::Heartbeat { seq }) => match cadre.runtime_heartbeat(&org, &agent, conn).await {
+                Ok(true) => ServerMessage::HeartbeatAck { seq },
+                Ok(false) => stop("agent is not supposed to run"),
+                Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
+                Err(e) => error("unavailable", e.to_string()),
+            },
+            Ok(RuntimeMessage::Usage {
+                report_id,
+                model,
+                input_tokens,
+                output_tokens,
+            }) => {
+                if report_id.is_empty() || report_id.len() > 200 || model.len() > 200 {
+                    error("bad_message", "report_id must be 1-200 characters, model at most 200")
+                } else {
+                    let report = UsageReport {
+                        report_id: report_id.clone(),
+                        model,
+                        input_tokens,
+                        output_tokens,
+                    };
+                    match cadre.runtime_usage(&org, &agent, conn, report).await {
+                        Ok(ack) => {
+                            let msg = ServerMessage::UsageAck {
+                                report_id,
+                                counted: ack.counted,
+                            };
+                            if !send(&mut socket, &msg).await {
+                                return;
+                            }
+                            if ack.should_run {
+                                continue;
+                            }
+                            stop("budget_exceeded")
+                        }
+                        Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
+                        Err(e) => error("unavailable", e.to_string()),
+                    }
+                }
+            }
+        };
+        let end = matches!(&reply, ServerMessage::Stop { .. })
+            || matches!(&reply, ServerMessage::Error { code, .. } if code == "unauthorized");
+        if !send(&mut socket, &reply).await || end {
+            return;
+        }
+    }
+}
+
+/// `/runtime` routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/runtime/connect", get(connect))
+}

@@ -1,0 +1,24 @@
+//! What every handler can reach: the actor handle, the store's read API,
+//! token keys, configuration and the metrics handle. No mutable state.
+
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::store::SqlStore;
+use cadre_actors::Cadre;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+/// Shared handler state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    /// The actor tree (all writes go through it).
+    pub cadre: Cadre,
+    /// Read API for historical reads and login.
+    pub store: Arc<SqlStore>,
+    /// Access-token keys.
+    pub jwt: Arc<JwtKeys>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}

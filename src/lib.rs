@@ -1,0 +1,21 @@
+//! Cadre: a control plane that runs AI agents as employees of an organization.
+//!
+//! # Layout
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`config`]: layered configuration (defaults ← file ← `CADRE_*`).
+//! - [`http`]: the REST/WebSocket surface; handlers only message actors.
+//! - [`store`]: the SQL store (the `Store` port plus historical reads).
+//! - [`deploy`]: deployment targets (the `Deployer` port).
+//! - [`auth`]: passwords, access tokens, runtime-token secrets.
+//! - [`protocol`] and [`runtime`]: the agent runtime and what it speaks.
+//!
+//! The actor runtime and the domain live in the `cadre-actors` crate.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod deploy;
+pub mod http;
+pub mod protocol;
+pub mod runtime;
+pub mod store;

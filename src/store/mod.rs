@@ -1,0 +1,67 @@
+//! Durable storage: the `Store` port for the actors plus the read API the
+//! HTTP layer may use for historical reads (history pages, login lookups).
+//!
+//! Only the SQLite backend exists so far (`sqlite.rs`); queries are runtime
+//! `query`/`query_as` so the same code paths can later serve PostgreSQL and
+//! MySQL. Nothing here knows about actors or HTTP.
+
+mod sqlite;
+
+pub use sqlite::{Durability, SqlStore};
+
+use serde::Serialize;
+
+/// A user row, for login.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// Id.
+    pub id: String,
+    /// Organization.
+    pub org_id: String,
+    /// Email.
+    pub email: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// Role name.
+    pub role: String,
+}
+
+/// One history entry as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    /// Monotonic id (the cursor).
+    pub id: i64,
+    /// Previous state (null for creation).
+    pub from: Option<String>,
+    /// New state.
+    pub to: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// `user:<id>` or `system`.
+    pub by: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// One agent event as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// Monotonic id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Details.
+    pub detail: serde_json::Value,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Saturating conversion for counters stored in signed 64-bit columns.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Reads a non-negative column back.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
