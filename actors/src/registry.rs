@@ -91,6 +91,13 @@ impl Registry {
         metrics::gauge!("cadre_agents_live").set(self.agents.len() as f64);
     }
 
+    /// Drops `org`'s entries for agents not in `keep` (a re-hydrating tenant
+    /// clears what its dead predecessor registered for since-deleted agents).
+    pub fn retain_org_agents(&self, org: &OrgId, keep: &std::collections::HashSet<AgentId>) {
+        self.agents.retain(|id, h| &h.org != org || keep.contains(id));
+        metrics::gauge!("cadre_agents_live").set(self.agents.len() as f64);
+    }
+
     /// Registers (or replaces) a tenant supervisor.
     pub fn put_tenant(&self, org: OrgId, handle: TenantHandle) {
         self.tenants.insert(org, handle);

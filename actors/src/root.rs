@@ -110,27 +110,22 @@ impl Actor for RootSupervisor {
     type State = RootState;
     type Arguments = Arc<Ctx>;
 
+    /// Tenants are spawned (and hydrate) here: `Cadre::start` returns only
+    /// once every organization's agents are registered.
     async fn pre_start(
         &self,
-        _myself: ActorRef<RootMsg>,
+        myself: ActorRef<RootMsg>,
         ctx: Arc<Ctx>,
     ) -> std::result::Result<RootState, ActorProcessingErr> {
-        Ok(RootState {
+        let mut st = RootState {
             ctx,
             by_actor: HashMap::new(),
             tenants: HashMap::new(),
-        })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<RootMsg>,
-        st: &mut RootState,
-    ) -> std::result::Result<(), ActorProcessingErr> {
+        };
         for org in st.ctx.store.list_orgs().await? {
             st.spawn_tenant(&myself, org).await?;
         }
-        Ok(())
+        Ok(st)
     }
 
     async fn handle(
@@ -175,8 +170,8 @@ impl Actor for RootSupervisor {
             _ => return Ok(()),
         };
         if let Some(org) = st.by_actor.remove(&cell.get_id()) {
-            let actor: ActorRef<TenantMsg> = cell.into();
-            st.ctx.registry.remove_tenant(&org, &actor);
+            // The registry keeps the dead tenant until the replacement
+            // overwrites it, so callers retry rather than see a 404.
             tracing::warn!(%org, %why, "tenant supervisor exited; restarting");
             st.restart(&myself, org).await;
         }

@@ -148,14 +148,26 @@ impl TenantState {
         self.index.insert(record.id.clone(), AgentSnapshot::new(view));
     }
 
+    /// Drops every trace of an agent that no longer exists, including a
+    /// registry entry still pointing at its dead actor (else callers would be
+    /// told "restarting" forever instead of 404).
     fn forget(&mut self, id: &AgentId) {
         self.children.remove(id);
         self.index.remove(id);
+        if let Some(handle) = self.ctx.registry.agent(&self.org, id) {
+            if handle.actor.get_status() == ractor::ActorStatus::Stopped
+                || !self.by_actor.contains_key(&handle.actor.get_id())
+            {
+                self.ctx.registry.remove_agent(id, &handle.actor);
+            }
+        }
     }
 
     /// Restarts `id` from the store, or escalates past the intensity limit.
     async fn restart(&mut self, myself: &ActorRef<TenantMsg>, id: AgentId, why: String) {
         let Some(child) = self.children.get_mut(&id) else {
+            // Already forgotten (deleted just before it died).
+            self.forget(&id);
             return;
         };
         child.actor = None;
@@ -176,6 +188,9 @@ impl TenantState {
         }
         if child.escalated {
             // It failed again in `error`, where it does nothing by itself: give up.
+            if let Some(handle) = self.ctx.registry.agent(&self.org, &id) {
+                self.ctx.registry.remove_agent(&id, &handle.actor);
+            }
             metrics::counter!("cadre_agents_abandoned_total").increment(1);
             tracing::error!(org = %self.org, agent = %id, %why, "agent actor keeps failing; left unsupervised");
             return;
@@ -314,33 +329,33 @@ impl Actor for TenantSupervisor {
     type State = TenantState;
     type Arguments = TenantArgs;
 
+    /// Hydration happens here, not in `post_start`: `spawn` awaits `pre_start`,
+    /// so when a (re)started tenant is handed back every agent is registered
+    /// and nobody sees a 404 for an agent that exists.
     async fn pre_start(
         &self,
-        _myself: ActorRef<TenantMsg>,
+        myself: ActorRef<TenantMsg>,
         args: TenantArgs,
     ) -> std::result::Result<TenantState, ActorProcessingErr> {
-        Ok(TenantState {
+        let mut st = TenantState {
             org: args.org,
             ctx: args.ctx,
             by_actor: HashMap::new(),
             children: HashMap::new(),
             index: BTreeMap::new(),
-        })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<TenantMsg>,
-        st: &mut TenantState,
-    ) -> std::result::Result<(), ActorProcessingErr> {
-        // Hydrate from the store, claiming every agent for a new incarnation
-        // (so writes still in flight from killed predecessors are refused).
+        };
+        // Claim every agent for a new incarnation, so that writes still in
+        // flight from killed predecessors are refused by the store.
         let records = st.ctx.store.claim_org(&st.org).await?;
+        let keep = records.iter().map(|r| r.id.clone()).collect();
+        st.ctx.registry.retain_org_agents(&st.org, &keep);
         for rec in records {
             st.publish_record(&rec);
             let id = rec.id.clone();
             if let Err(e) = st.spawn_agent(&myself, rec).await {
                 tracing::error!(agent = %id, error = %e, "hydration spawn failed");
+                let fresh = st.new_child();
+                st.children.entry(id.clone()).or_insert(fresh);
                 st.restart(&myself, id, e).await;
             }
         }
@@ -351,7 +366,7 @@ impl Actor for TenantSupervisor {
                 gate: Gate::new(st.ctx.settings.mailbox_capacity * 4, "tenant"),
             },
         );
-        Ok(())
+        Ok(st)
     }
 
     async fn handle(
@@ -401,11 +416,13 @@ impl Actor for TenantSupervisor {
             return Ok(());
         };
         let actor: ActorRef<AgentMsg> = cell.into();
-        st.ctx.registry.remove_agent(&id, &actor);
         match why.as_str() {
             EXIT_DELETED => st.forget(&id),
-            // A newer incarnation already took over.
-            EXIT_FENCED => {}
+            // A newer incarnation already took over (and replaced the entry).
+            EXIT_FENCED => st.ctx.registry.remove_agent(&id, &actor),
+            // The registry keeps pointing at the dead actor until the
+            // replacement overwrites it: callers see "not delivered" and retry
+            // instead of a 404 for an agent that exists.
             _ => st.restart(&myself, id, why).await,
         }
         Ok(())

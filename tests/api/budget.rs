@@ -1,0 +1,127 @@
+//! Budget enforcement with usage reported over the runtime protocol.
+//!
+//! The test speaks the protocol itself, with the agent's token read from its
+//! `runtime.json`. The agent's probe interval is long so that the real
+//! runtime, superseded by the test's connection, is not restarted meanwhile.
+
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_as_runtime(app: &TestApp, token: &str) -> Result<Ws, StatusCode> {
+    let mut req = format!("ws://{}/api/v1/runtime/connect", app.addr).into_client_request().expect("request");
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let mut ws = match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => return Err(StatusCode::from_u16(resp.status().as_u16()).expect("status")),
+        Err(e) => panic!("connect: {e}"),
+    };
+    send(&mut ws, json!({ "type": "hello", "protocol": 1, "runtime_version": "test", "pid": 1 })).await;
+    let welcome = recv(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    Ok(ws)
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.expect("send");
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(LIMIT, ws.next()).await.expect("frame in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("json frame"),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+async fn usage(ws: &mut Ws, report_id: &str, tokens: u64) -> Value {
+    send(ws, json!({ "type": "usage", "report_id": report_id, "model": "gpt-4o", "input_tokens": tokens, "output_tokens": 0 })).await;
+    recv(ws).await
+}
+
+fn token_of(app: &TestApp, id: &str) -> String {
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(app.agent_dir(id).join("runtime.json")).expect("runtime.json")).expect("json");
+    config["token"].as_str().expect("token").to_string()
+}
+
+async fn running_with_budget(app: &TestApp, name: &str, tokens: u64) -> String {
+    let v = app
+        .create(json!({
+            "name": name, "role": "r", "model": "gpt-4o",
+            "health": { "interval_ms": 600000 },
+            "budget": { "monthly_tokens": tokens },
+        }))
+        .await;
+    let id = v["id"].as_str().expect("id").to_string();
+    app.command(&id, "deploy").await;
+    app.wait_state(&id, "running").await;
+    id
+}
+
+#[tokio::test]
+async fn usage_warns_at_80_percent_and_stops_at_100() {
+    let app = spawn_app().await;
+    let id = running_with_budget(&app, "b", 1000).await;
+    let token = token_of(&app, &id);
+    assert_eq!(connect_as_runtime(&app, "nope.nope").await.err(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        connect_as_runtime(&app, &format!("{id}.wrong-secret")).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let mut ws = connect_as_runtime(&app, &token).await.expect("connect");
+
+    let ack = usage(&mut ws, "r1", 850).await;
+    assert_eq!((ack["type"].as_str(), ack["counted"].as_bool()), (Some("usage_ack"), Some(true)), "{ack}");
+    let dup = usage(&mut ws, "r1", 850).await;
+    assert_eq!(dup["counted"], false, "a resent report is not counted twice");
+    let v = app.get(&id).await;
+    assert_eq!(v["usage"]["tokens"], 850);
+    let (_, events) = app.call(Method::GET, &format!("/api/v1/agents/{id}/events"), None).await;
+    let kinds: Vec<&str> = events["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["budget_warning"]);
+
+    let ack = usage(&mut ws, "r2", 200).await;
+    assert_eq!(ack["type"], "usage_ack");
+    let stop = recv(&mut ws).await;
+    assert_eq!((stop["type"].as_str(), stop["reason"].as_str()), (Some("stop"), Some("budget_exceeded")));
+    let v = app.get(&id).await;
+    assert_eq!((v["state"].as_str(), v["state_reason"].as_str()), (Some("stopped"), Some("budget_exceeded")));
+    let cost = v["usage"]["cost_usd"].as_f64().expect("cost");
+    assert!((cost - 1050.0 * 2.5 / 1e6).abs() < 1e-9, "priced from the table: {cost}");
+
+    let (s, e) = app.command(&id, "start").await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("budget_exceeded")), "{e}");
+    let (s, _) = app
+        .call(Method::PATCH, &format!("/api/v1/agents/{id}"), Some(json!({ "budget": { "monthly_tokens": 5000 } })))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.command(&id, "start").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    app.wait_state(&id, "running").await;
+}
+
+#[tokio::test]
+async fn usage_counters_survive_a_server_restart() {
+    let mut app = spawn_app().await;
+    let id = running_with_budget(&app, "u", 1_000_000).await;
+    let token = token_of(&app, &id);
+    let mut ws = connect_as_runtime(&app, &token).await.expect("connect");
+    usage(&mut ws, "before-1", 1234).await;
+    drop(ws);
+    app.restart().await;
+    let v = app.get(&id).await;
+    assert_eq!(v["usage"]["tokens"], 1234);
+    let mut ws = connect_as_runtime(&app, &token).await.expect("reconnect after restart");
+    let dup = usage(&mut ws, "before-1", 1234).await;
+    assert_eq!(dup["counted"], false, "idempotency keys survive the restart too");
+    usage(&mut ws, "after-1", 1).await;
+    assert_eq!(app.get(&id).await["usage"]["tokens"], 1235);
+}

@@ -1,0 +1,183 @@
+//! `TestApp`: a real server on a random port with a temp SQLite file, real
+//! `cadre runtime` child processes, and typed helpers.
+
+use cadre::app::{self, Running};
+use cadre::config::Config;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct-horse-battery";
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub client: Client,
+    pub token: String,
+    pub running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let env = [
+        ("CADRE_DATA_DIR", dir.display().to_string()),
+        ("CADRE_LISTEN", "127.0.0.1:0".to_string()),
+        ("CADRE_BOOTSTRAP_PASSWORD", PASSWORD.to_string()),
+        ("CADRE_HEALTH__INTERVAL_MS", "100".to_string()),
+        ("CADRE_HEALTH__FAILURE_THRESHOLD", "2".to_string()),
+        ("CADRE_HEALTH__BACKOFF_BASE_MS", "50".to_string()),
+        ("CADRE_HEALTH__BACKOFF_MAX_MS", "200".to_string()),
+        ("CADRE_HEALTH__START_TIMEOUT_MS", "10000".to_string()),
+        ("CADRE_DEPLOY__LOCAL__RUNTIME_BIN", env!("CARGO_BIN_EXE_cadre").to_string()),
+        ("CADRE_DEPLOY__LOCAL__STOP_GRACE_MS", "1000".to_string()),
+        ("CADRE_CHAOS__ENABLED", "true".to_string()),
+        ("CADRE_LOG__LEVEL", "warn".to_string()),
+    ];
+    Config::load(None, env.into_iter().map(|(k, v)| (k.to_string(), v))).expect("test config is valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let running = app::start(config.clone()).await.expect("app starts");
+    let addr = running.addr;
+    // Restarts must come back on the same port: runtimes dial it.
+    config.server.listen = addr.to_string();
+    let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let mut app = TestApp {
+        addr,
+        config,
+        client,
+        token: String::new(),
+        running: Some(running),
+        _dir: dir,
+    };
+    app.token = app.login(PASSWORD).await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn login(&self, password: &str) -> String {
+        let resp = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({ "email": "admin@localhost", "password": password }))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(resp.status(), StatusCode::OK, "login failed");
+        let body: Value = resp.json().await.expect("login json");
+        assert_eq!(body["token_type"], "Bearer");
+        body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    /// Sends an authenticated request; returns status and JSON body (Null when empty).
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("json body") };
+        (status, value)
+    }
+
+    pub async fn create(&self, body: Value) -> Value {
+        let (s, v) = self.call(Method::POST, "/api/v1/agents", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+
+    pub async fn command(&self, id: &str, cmd: &str) -> (StatusCode, Value) {
+        self.call(Method::POST, &format!("/api/v1/agents/{id}/{cmd}"), None).await
+    }
+
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}/history?limit=200"), None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls until the agent's state is `state`.
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}"), None).await;
+            if s == StatusCode::OK && v["state"] == state {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "waiting for {state}, agent is {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn agent_dir(&self, id: &str) -> PathBuf {
+        self.config.data_dir.join("agents").join(id)
+    }
+
+    pub fn runtime_pid(&self, id: &str) -> Option<i32> {
+        std::fs::read_to_string(self.agent_dir(id).join("runtime.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Stops the server (runtimes keep running) and starts a new one on the same files and port.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let running = app::start(self.config.clone()).await.expect("app restarts");
+        assert_eq!(running.addr, self.addr);
+        self.running = Some(running);
+    }
+
+    pub fn store(&self) -> &cadre::store::SqlStore {
+        &self.running.as_ref().expect("running").store
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Runtimes outlive the control plane by design; tests must not leak them.
+        if let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("agents")) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("runtime.pid")) {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls an async condition until it holds.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + LIMIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

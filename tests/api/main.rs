@@ -1,0 +1,8 @@
+//! API tests: one binary, a real server per test on a random port with its
+//! own temp SQLite file (see `common::spawn_app`).
+
+mod budget;
+mod chaos;
+mod common;
+mod errors;
+mod lifecycle;
