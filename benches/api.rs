@@ -1,1 +1,292 @@
-fn main(){}
+//! End-to-end benchmarks of the core runtime (figures in BENCHMARKS.md).
+//!
+//! `cargo bench --bench api` runs every scenario several times and prints
+//! medians; `cargo bench --bench api -- --test` is the CI smoke run (tiny
+//! sizes, one round, no targets checked). The load generator runs in this
+//! process on the same two cores as the server, so figures are conservative.
+//!
+//! Scenarios:
+//! - create: `POST /api/v1/agents` at concurrency 8, each a durable commit.
+//! - list: `GET /api/v1/agents?limit=50` at concurrency 8 with 1,000 agents.
+//! - kill: an agent actor is killed; time until its replacement answers.
+//! - hydrate: `cadre serve` on a database of N agents; time to /readyz and peak RSS.
+
+use cadre::app;
+use cadre::config::Config;
+use cadre_actors::domain::{AgentId, OrgId};
+use cadre_actors::ports::Store;
+use cadre_actors::{ChaosMode, ChaosTarget};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: usize = 8;
+
+struct Sizes {
+    rounds: usize,
+    load_for: Duration,
+    list_agents: usize,
+    kills: usize,
+    hydrate_agents: usize,
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let env = [
+        ("CADRE_DATA_DIR", dir.display().to_string()),
+        ("CADRE_LISTEN", "127.0.0.1:0".to_string()),
+        ("CADRE_BOOTSTRAP_PASSWORD", "bench-password".to_string()),
+        ("CADRE_CHAOS__ENABLED", "true".to_string()),
+        ("CADRE_SUPERVISOR__MAX_RESTARTS", "100000000".to_string()),
+        ("CADRE_LOG__LEVEL", "error".to_string()),
+    ];
+    Config::load(None, env.into_iter().map(|(k, v)| (k.to_string(), v))).expect("bench config")
+}
+
+async fn login(client: &reqwest::Client, base: &str) -> String {
+    let v: serde_json::Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "email": "admin@localhost", "password": "bench-password" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login json");
+    v["access_token"].as_str().expect("token").to_string()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `CONCURRENCY` loops of `request` for `dur`; returns successful requests per second.
+async fn load<F, Fut>(dur: Duration, request: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (request, ok, failed, seq) = (request.clone(), ok.clone(), failed.clone(), seq.clone());
+            tokio::spawn(async move {
+                while start.elapsed() < dur {
+                    if request(seq.fetch_add(1, Ordering::Relaxed)).await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    assert_eq!(failed, 0, "{failed} requests failed under load");
+    ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn create_and_list(sizes: &Sizes) -> (Vec<f64>, Vec<f64>) {
+    let mut creates = Vec::new();
+    let mut lists = Vec::new();
+    for round in 0..sizes.rounds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = app::start(config(dir.path())).await.expect("start");
+        let base = format!("http://{}", running.addr);
+        let client = reqwest::Client::new();
+        let token = Arc::new(login(&client, &base).await);
+
+        let (c, b, t) = (client.clone(), base.clone(), token.clone());
+        let create = load(sizes.load_for, move |n| {
+            let (c, b, t) = (c.clone(), b.clone(), t.clone());
+            async move {
+                c.post(format!("{b}/api/v1/agents"))
+                    .bearer_auth(&*t)
+                    .json(&json!({ "name": format!("agent-{n}"), "role": "bench", "model": "gpt-4o" }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 201)
+            }
+        })
+        .await;
+        creates.push(create);
+
+        // Bring the organization to exactly `list_agents` agents for the list run.
+        let fresh = tempfile::tempdir().expect("tempdir");
+        running.shutdown().await;
+        drop(dir);
+        let running = app::start(config(fresh.path())).await.expect("start");
+        let base = format!("http://{}", running.addr);
+        let token = Arc::new(login(&client, &base).await);
+        for i in 0..sizes.list_agents {
+            let r = client
+                .post(format!("{base}/api/v1/agents"))
+                .bearer_auth(&*token)
+                .json(&json!({ "name": format!("l-{i}") }))
+                .send()
+                .await
+                .expect("create");
+            assert_eq!(r.status(), 201);
+        }
+        let (c, b, t) = (client.clone(), base.clone(), token.clone());
+        let list = load(sizes.load_for, move |_| {
+            let (c, b, t) = (c.clone(), b.clone(), t.clone());
+            async move {
+                match c.get(format!("{b}/api/v1/agents?limit=50")).bearer_auth(&*t).send().await {
+                    Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b.len() > 1000),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        lists.push(list);
+        running.shutdown().await;
+        eprintln!("round {round}: create {create:.0} req/s, list {list:.0} req/s");
+    }
+    (creates, lists)
+}
+
+async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = app::start(config(dir.path())).await.expect("start");
+    let org: OrgId = running.store.list_orgs().await.expect("orgs")[0].clone();
+    let cadre = running.cadre.clone();
+    let who = cadre_actors::domain::Who::System;
+    let mut ids: Vec<AgentId> = Vec::new();
+    for i in 0..100 {
+        let spec = cadre_actors::domain::AgentSpec {
+            name: format!("k-{i}"),
+            role: None,
+            model: None,
+            target: Default::default(),
+            health: Default::default(),
+            budget: Default::default(),
+        };
+        ids.push(cadre.create_agent(&org, spec, who.clone()).await.expect("create").view.id.clone());
+    }
+    let registry = cadre.ctx().registry.clone();
+    let mut samples = Vec::with_capacity(sizes.kills);
+    for i in 0..sizes.kills {
+        let id = &ids[i % ids.len()];
+        let old = registry.agent(&org, id).expect("registered").actor.get_id();
+        cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill).expect("kill");
+        let t = Instant::now();
+        loop {
+            // Only an answer from the replacement counts.
+            let replaced = registry.agent(&org, id).is_some_and(|h| h.actor.get_id() != old);
+            if replaced && cadre.get_agent(&org, id).await.is_ok() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    running.shutdown().await;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (p(0.5), p(0.99))
+}
+
+/// Builds a database with `n` agents (mixed idle states) and measures a real
+/// `cadre serve` process hydrating it.
+async fn hydrate(n: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    // Bootstrap the org and owner, then bulk-insert agents in one transaction.
+    app::start(cfg.clone()).await.expect("start").shutdown().await;
+    let url = cfg.database_url();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("connect");
+    let org: String = sqlx::query_scalar("SELECT id FROM orgs").fetch_one(&mut conn).await.expect("org");
+    let mut tx = sqlx::Connection::begin(&mut conn).await.expect("tx");
+    let states = ["draft", "stopped", "ready", "error", "configuring"];
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO agents (id, org_id, name, role, model, target, state, usage_period, usage_tokens, epoch, created_at, updated_at) \
+             VALUES (?, ?, ?, 'bench', 'gpt-4o', 'local', ?, '2026-11', ?, 1, 0, 0)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&org)
+        .bind(format!("h-{i}"))
+        .bind(states[i % states.len()])
+        .bind(i as i64)
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    }
+    tx.commit().await.expect("commit");
+    drop(conn);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let start = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadre"))
+        .arg("serve")
+        .env("CADRE_DATA_DIR", dir.path())
+        .env("CADRE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CADRE_LOG__LEVEL", "error")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cadre serve");
+    let client = reqwest::Client::new();
+    loop {
+        let ready = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "server never became ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    (secs, hwm_kib / 1024.0)
+}
+
+fn main() {
+    let test = std::env::args().any(|a| a == "--test");
+    let sizes = if test {
+        Sizes { rounds: 1, load_for: Duration::from_millis(200), list_agents: 60, kills: 50, hydrate_agents: 1000 }
+    } else {
+        Sizes { rounds: 5, load_for: Duration::from_secs(3), list_agents: 1000, kills: 2000, hydrate_agents: 100_000 }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (creates, lists) = create_and_list(&sizes).await;
+        let (p50, p99) = kill_replacement(&sizes).await;
+        let mut hydrations = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..if test { 1 } else { 3 } {
+            let (s, mib) = hydrate(sizes.hydrate_agents).await;
+            eprintln!("hydrate {}: {s:.2} s, peak RSS {mib:.0} MiB", sizes.hydrate_agents);
+            hydrations.push(s);
+            rss.push(mib);
+        }
+        println!("create agent (durable), c={CONCURRENCY}: median {:.0} req/s (target >= 5000)", median(creates));
+        println!("list page of 50 at {} agents, c={CONCURRENCY}: median {:.0} req/s (target >= 20000)", sizes.list_agents, median(lists));
+        println!("actor killed -> replacement answers: p50 {p50:.0} us, p99 {p99:.0} us (target p99 < 1000 us)");
+        println!(
+            "hydrate {} agents: median {:.2} s (target < 3 s), peak RSS median {:.0} MiB (target < 1229 MiB)",
+            sizes.hydrate_agents,
+            median(hydrations),
+            median(rss)
+        );
+    });
+}

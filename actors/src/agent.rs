@@ -47,6 +47,8 @@ pub struct AgentArgs {
     pub ctx: Arc<Ctx>,
     /// The supervising tenant, which keeps the read index.
     pub tenant: ActorRef<TenantMsg>,
+    /// The view of `record` already in the tenant's index (rendered once there).
+    pub snapshot: Arc<AgentSnapshot>,
 }
 
 /// A usage report from the runtime.
@@ -441,8 +443,7 @@ impl Actor for AgentActor {
         _myself: ActorRef<AgentMsg>,
         args: AgentArgs,
     ) -> std::result::Result<AgentState, ActorProcessingErr> {
-        let health = health_of(&args.record, &args.ctx.settings);
-        let snapshot = AgentSnapshot::new(AgentView::of(&args.record, health));
+        let snapshot = args.snapshot;
         Ok(AgentState {
             rec: args.record,
             ctx: args.ctx,
@@ -470,7 +471,6 @@ impl Actor for AgentActor {
         myself: ActorRef<AgentMsg>,
         st: &mut AgentState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        let _ = st.tenant.cast(TenantMsg::Changed(st.snapshot.clone()));
         reconcile(&myself, st).await;
         st.sync_ticker(&myself);
         Ok(())

@@ -121,10 +121,12 @@ impl TenantState {
     /// Spawns an incarnation for `record` (already claimed) and registers it.
     async fn spawn_agent(&mut self, myself: &ActorRef<TenantMsg>, record: AgentRecord) -> std::result::Result<(), String> {
         let id = record.id.clone();
+        let snapshot = self.publish_record(&record);
         let args = AgentArgs {
             record,
             ctx: self.ctx.clone(),
             tenant: myself.clone(),
+            snapshot,
         };
         let (actor, _) = Actor::spawn_linked(None, AgentActor, args, myself.get_cell())
             .await
@@ -143,9 +145,11 @@ impl TenantState {
         Ok(())
     }
 
-    fn publish_record(&mut self, record: &AgentRecord) {
+    fn publish_record(&mut self, record: &AgentRecord) -> Arc<AgentSnapshot> {
         let view = AgentView::of(record, health_of(record, &self.ctx.settings));
-        self.index.insert(record.id.clone(), AgentSnapshot::new(view));
+        let snapshot = AgentSnapshot::new(view);
+        self.index.insert(record.id.clone(), snapshot.clone());
+        snapshot
     }
 
     /// Drops every trace of an agent that no longer exists, including a
@@ -243,14 +247,12 @@ impl TenantState {
             })
             .await
             .map_err(|e| e.to_string())?;
-        self.publish_record(&rec);
         self.spawn_agent(myself, rec).await
     }
 
     async fn respawn(&mut self, myself: &ActorRef<TenantMsg>, id: AgentId) {
         match self.ctx.store.claim_agent(&self.org, &id).await {
             Ok(Some(rec)) => {
-                self.publish_record(&rec);
                 if let Err(e) = self.spawn_agent(myself, rec).await {
                     tracing::error!(agent = %id, error = %e, "respawn failed");
                     Box::pin(self.restart(myself, id, e)).await;
@@ -293,13 +295,18 @@ impl TenantState {
             Err(StoreError::Conflict(_)) => return Err(Error::NameTaken(record.spec.name.clone())),
             Err(e) => return Err(e.into()),
         }
-        self.publish_record(&record);
-        let snapshot = self.index.get(&record.id).cloned();
+        let id = record.id.clone();
         if let Err(e) = self.spawn_agent(myself, record).await {
-            // Committed but not running: the periodic restart path brings it up.
+            // Committed but not running: hand it to the restart path.
             tracing::error!(org = %self.org, error = %e, "spawning a new agent failed");
+            let fresh = self.new_child();
+            self.children.entry(id.clone()).or_insert(fresh);
+            self.restart(myself, id.clone(), e).await;
         }
-        snapshot.ok_or_else(|| Error::Unavailable("agent created but not indexed".into()))
+        self.index
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::Unavailable("agent created but not indexed".into()))
     }
 
     fn list(&self, q: &ListQuery) -> ListPage {
@@ -350,7 +357,6 @@ impl Actor for TenantSupervisor {
         let keep = records.iter().map(|r| r.id.clone()).collect();
         st.ctx.registry.retain_org_agents(&st.org, &keep);
         for rec in records {
-            st.publish_record(&rec);
             let id = rec.id.clone();
             if let Err(e) = st.spawn_agent(&myself, rec).await {
                 tracing::error!(agent = %id, error = %e, "hydration spawn failed");
