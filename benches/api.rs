@@ -170,7 +170,7 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
             health: Default::default(),
             budget: Default::default(),
         };
-        ids.push(cadre.create_agent(&org, spec, who.clone()).await.expect("create").view.id.clone());
+        ids.push(cadre.create_agent(&org, spec, who.clone()).await.expect("create").view().id.clone());
     }
     let registry = cadre.ctx().registry.clone();
     let mut samples = Vec::with_capacity(sizes.kills);

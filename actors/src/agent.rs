@@ -471,7 +471,9 @@ impl Actor for AgentActor {
         myself: ActorRef<AgentMsg>,
         st: &mut AgentState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        reconcile(&myself, st).await;
+        // Boxed: a task's allocation is the size of its largest future state,
+        // and this one would otherwise be carried by every idle agent for life.
+        Box::pin(reconcile(&myself, st)).await;
         st.sync_ticker(&myself);
         Ok(())
     }
@@ -487,6 +489,9 @@ impl Actor for AgentActor {
         Ok(())
     }
 
+    /// Every arm that awaits is boxed: ractor keeps the future of the message
+    /// loop (which inlines this one) allocated while an actor waits on its
+    /// mailbox, and unboxed this future is kilobytes per idle agent.
     async fn handle(
         &self,
         myself: ActorRef<AgentMsg>,
@@ -498,19 +503,19 @@ impl Actor for AgentActor {
                 let _ = reply.send(st.snapshot.clone());
             }
             AgentMsg::Command { cmd, by, reply } => {
-                let r = command(&myself, st, cmd, &by).await;
+                let r = Box::pin(command(&myself, st, cmd, &by)).await;
                 let _ = reply.send(r);
             }
             AgentMsg::Patch { patch, by, reply } => {
-                let r = patch_agent(&myself, st, patch, &by).await;
+                let r = Box::pin(patch_agent(&myself, st, patch, &by)).await;
                 let _ = reply.send(r);
             }
             AgentMsg::Delete { by, reply } => {
-                let r = delete(&myself, st, &by).await;
+                let r = Box::pin(delete(&myself, st, &by)).await;
                 let _ = reply.send(r);
             }
             AgentMsg::RuntimeHello { token, reply } => {
-                let r = hello(&myself, st, &token).await;
+                let r = Box::pin(hello(&myself, st, &token)).await;
                 let _ = reply.send(r);
             }
             AgentMsg::Heartbeat { conn, reply } => {
@@ -524,22 +529,22 @@ impl Actor for AgentActor {
             }
             AgentMsg::Usage { conn, report, reply } => {
                 let r = if st.conn == Some(conn) {
-                    usage(&myself, st, report).await
+                    Box::pin(usage(&myself, st, report)).await
                 } else {
                     Err(Error::Unauthorized)
                 };
                 let _ = reply.send(r);
             }
             AgentMsg::Tick => tick(&myself, st),
-            AgentMsg::ProbeDone(status) => probe_done(&myself, st, status).await,
+            AgentMsg::ProbeDone(status) => Box::pin(probe_done(&myself, st, status)).await,
             AgentMsg::OpDone { op, result } => {
                 if op == st.op {
-                    op_done(&myself, st, result).await;
+                    Box::pin(op_done(&myself, st, result)).await;
                 }
             }
             AgentMsg::RecoverNow { generation } => {
                 if generation == st.recovery_generation && st.recovery_pending {
-                    recover(&myself, st).await;
+                    Box::pin(recover(&myself, st)).await;
                 }
             }
             AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),

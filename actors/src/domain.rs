@@ -245,7 +245,7 @@ pub struct AgentEvent {
 }
 
 /// Effective health settings (overrides merged with the global defaults).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthView {
     /// Probe interval in milliseconds.
     pub interval_ms: u64,
@@ -254,17 +254,17 @@ pub struct HealthView {
 }
 
 /// The deployment part of the view.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentView {
     /// Target name.
-    pub target: &'static str,
+    pub target: String,
     /// The deployer's handle, once deployed.
     #[serde(rename = "ref")]
     pub deployment_ref: Option<String>,
 }
 
 /// The budget part of the view.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BudgetView {
     /// Monthly token limit.
     pub monthly_tokens: Option<u64>,
@@ -273,7 +273,7 @@ pub struct BudgetView {
 }
 
 /// The usage part of the view.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageView {
     /// Tokens used this period.
     pub tokens: u64,
@@ -285,7 +285,7 @@ pub struct UsageView {
 
 /// The agent as the API shows it: the read model its actor publishes after
 /// every committed change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AgentView {
     /// Id.
     pub id: AgentId,
@@ -304,7 +304,7 @@ pub struct AgentView {
     /// Commands accepted in this state.
     pub allowed_commands: Vec<Command>,
     /// Fields a deploy still needs.
-    pub missing_fields: Vec<&'static str>,
+    pub missing_fields: Vec<String>,
     /// Restarts so far.
     pub restart_count: u32,
     /// Deployment.
@@ -333,10 +333,10 @@ impl AgentView {
             state: rec.state,
             state_reason: rec.state_reason.clone(),
             allowed_commands: allowed_commands(rec.state),
-            missing_fields: rec.spec.missing_fields(),
+            missing_fields: rec.spec.missing_fields().into_iter().map(String::from).collect(),
             restart_count: rec.restart_count,
             deployment: DeploymentView {
-                target: rec.spec.target.as_str(),
+                target: rec.spec.target.as_str().to_string(),
                 deployment_ref: rec.deployment_ref.clone(),
             },
             health,
@@ -355,13 +355,18 @@ impl AgentView {
     }
 }
 
-/// A published view with its JSON rendered once, so list pages are built by
-/// concatenation instead of re-serializing every agent on every request.
+/// A published view, kept as its JSON rendering only: list pages are built
+/// by concatenation instead of re-serializing every agent on every request,
+/// and an idle agent does not carry a dozen heap strings twice (100,000
+/// agents stay resident). [`AgentSnapshot::view`] parses the typed view back
+/// when a caller needs fields.
 #[derive(Debug)]
 pub struct AgentSnapshot {
-    /// The view.
-    pub view: AgentView,
-    /// `serde_json` rendering of `view`.
+    /// The agent.
+    pub id: AgentId,
+    /// Its state (list filters).
+    pub state: State,
+    /// `serde_json` rendering of the view.
     pub json: Box<str>,
 }
 
@@ -372,9 +377,17 @@ impl AgentSnapshot {
         // empty object rather than panicking if that ever changes.
         let json = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_string());
         Arc::new(AgentSnapshot {
-            view,
+            id: view.id,
+            state: view.state,
             json: json.into_boxed_str(),
         })
+    }
+
+    /// The typed view (parsed from the JSON; for callers that need fields).
+    pub fn view(&self) -> AgentView {
+        // The JSON was rendered from an AgentView, so it always parses back;
+        // a failure would be a bug in this module, not bad input.
+        serde_json::from_str(&self.json).unwrap_or_else(|e| panic!("snapshot of {} does not parse: {e}", self.id))
     }
 }
 

@@ -62,8 +62,14 @@ pub trait Store: Send + Sync + 'static {
     /// the record with the new epoch (`None` if it does not exist or was deleted).
     async fn claim_agent(&self, org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
 
-    /// Claims every live agent of an organization (bumps every epoch).
-    async fn claim_org(&self, org: &OrgId) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Claims every live agent of an organization for new incarnations: bumps
+    /// each one's epoch, so writes from older incarnations are refused.
+    async fn claim_org(&self, org: &OrgId) -> Result<(), StoreError>;
+
+    /// A page of an organization's live agents: ids after `after`, in id
+    /// order, at most `limit`. Hydration walks an org page by page so its
+    /// transient memory stays small however many agents there are.
+    async fn org_page(&self, org: &OrgId, after: Option<&AgentId>, limit: usize) -> Result<Vec<AgentRecord>, StoreError>;
 
     /// All organization ids.
     async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError>;

@@ -29,6 +29,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Agents claimed and spawned per store round trip during hydration.
+const HYDRATE_PAGE: usize = 1000;
+
 /// The actor.
 #[derive(Debug, Default)]
 pub struct TenantSupervisor;
@@ -317,7 +320,7 @@ impl TenantState {
         let mut items = Vec::with_capacity(q.limit);
         let mut more = false;
         for (_, snap) in self.index.range((start, Bound::Unbounded)) {
-            if q.state.is_some_and(|s| s != snap.view.state) {
+            if q.state.is_some_and(|s| s != snap.state) {
                 continue;
             }
             if items.len() == q.limit {
@@ -326,7 +329,7 @@ impl TenantState {
             }
             items.push(snap.clone());
         }
-        let next_cursor = if more { items.last().map(|s| s.view.id.clone()) } else { None };
+        let next_cursor = if more { items.last().map(|s| s.id.clone()) } else { None };
         ListPage { items, next_cursor }
     }
 }
@@ -353,18 +356,41 @@ impl Actor for TenantSupervisor {
         };
         // Claim every agent for a new incarnation, so that writes still in
         // flight from killed predecessors are refused by the store.
-        let records = st.ctx.store.claim_org(&st.org).await?;
-        let keep = records.iter().map(|r| r.id.clone()).collect();
-        st.ctx.registry.retain_org_agents(&st.org, &keep);
-        for rec in records {
-            let id = rec.id.clone();
-            if let Err(e) = st.spawn_agent(&myself, rec).await {
-                tracing::error!(agent = %id, error = %e, "hydration spawn failed");
-                let fresh = st.new_child();
-                st.children.entry(id.clone()).or_insert(fresh);
-                st.restart(&myself, id, e).await;
+        let started = Instant::now();
+        let mut loading = std::time::Duration::ZERO;
+        let mut keep = std::collections::HashSet::new();
+        let mut after: Option<AgentId> = None;
+        let t = Instant::now();
+        st.ctx.store.claim_org(&st.org).await?;
+        loading += t.elapsed();
+        loop {
+            let t = Instant::now();
+            let page = st.ctx.store.org_page(&st.org, after.as_ref(), HYDRATE_PAGE).await?;
+            loading += t.elapsed();
+            let full = page.len() == HYDRATE_PAGE;
+            after = page.last().map(|r| r.id.clone());
+            for rec in page {
+                let id = rec.id.clone();
+                keep.insert(id.clone());
+                if let Err(e) = st.spawn_agent(&myself, rec).await {
+                    tracing::error!(agent = %id, error = %e, "hydration spawn failed");
+                    let fresh = st.new_child();
+                    st.children.entry(id.clone()).or_insert(fresh);
+                    st.restart(&myself, id, e).await;
+                }
+            }
+            if !full {
+                break;
             }
         }
+        st.ctx.registry.retain_org_agents(&st.org, &keep);
+        tracing::info!(
+            org = %st.org,
+            agents = keep.len(),
+            total_ms = started.elapsed().as_millis() as u64,
+            store_ms = loading.as_millis() as u64,
+            "tenant hydrated"
+        );
         st.ctx.registry.put_tenant(
             st.org.clone(),
             crate::registry::TenantHandle {
@@ -390,8 +416,8 @@ impl Actor for TenantSupervisor {
                 let _ = reply.send(st.list(&query));
             }
             TenantMsg::Changed(snap) => {
-                if st.children.contains_key(&snap.view.id) {
-                    st.index.insert(snap.view.id.clone(), snap);
+                if st.children.contains_key(&snap.id) {
+                    st.index.insert(snap.id.clone(), snap);
                 }
             }
             TenantMsg::Removed(id) => st.forget(&id),

@@ -14,7 +14,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 async fn running_agent(h: &Harness, name: &str) -> AgentId {
     let snap = h.cadre.create_agent(&h.org, spec(name), user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     id
@@ -33,9 +33,9 @@ async fn restarts_agent_after_kill_with_state_intact() {
     h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill).expect("kill");
     replaced(&h, &id, actor).await;
     let after = h.cadre.get_agent(&h.org, &id).await.expect("get after restart");
-    assert_eq!(after.view.name, before.view.name);
-    assert_eq!(after.view.state, State::Running);
-    assert_eq!(after.view.restart_count, before.view.restart_count);
+    assert_eq!(after.view().name, before.view().name);
+    assert_eq!(after.view().state, State::Running);
+    assert_eq!(after.view().restart_count, before.view().restart_count);
     // Rebuilt from the persisted record, under a new epoch.
     let stored = h.store.record(&id).expect("stored");
     assert!(stored.epoch > 1, "the replacement claimed a new epoch");
@@ -48,15 +48,15 @@ async fn restarts_agent_after_kill_with_state_intact() {
 async fn restarts_agent_after_panic() {
     let h = start(fast_settings()).await;
     let snap = h.cadre.create_agent(&h.org, spec("p"), user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     let patch = AgentPatch { role: Some(Some("writer".into())), ..Default::default() };
     h.cadre.patch_agent(&h.org, &id, patch, user()).await.expect("patch");
     let actor = h.actor_id(&id).expect("actor");
     h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic).expect("panic");
     replaced(&h, &id, actor).await;
     let after = h.cadre.get_agent(&h.org, &id).await.expect("get");
-    assert_eq!(after.view.role.as_deref(), Some("writer"));
-    assert_eq!(after.view.state, State::Draft);
+    assert_eq!(after.view().role.as_deref(), Some("writer"));
+    assert_eq!(after.view().state, State::Draft);
 }
 
 #[tokio::test]
@@ -65,7 +65,7 @@ async fn tenant_restart_rehydrates_all_agents() {
     let mut ids = Vec::new();
     for i in 0..8 {
         let snap = h.cadre.create_agent(&h.org, spec(&format!("t{i}")), user()).await.expect("create");
-        ids.push(snap.view.id.clone());
+        ids.push(snap.id.clone());
     }
     let live = running_agent(&h, "live").await;
     h.cadre.command(&h.org, &ids[0], Command::Deploy, user()).await.expect("deploy");
@@ -74,7 +74,7 @@ async fn tenant_restart_rehydrates_all_agents() {
     ids.push(live.clone());
     let mut before = Vec::new();
     for id in &ids {
-        before.push(h.cadre.get_agent(&h.org, id).await.expect("get").view.clone());
+        before.push(h.cadre.get_agent(&h.org, id).await.expect("get").view().clone());
     }
     let tenant = h.cadre.ctx().registry.tenant(&h.org).expect("tenant").actor.get_id();
     let agent_actors: Vec<_> = ids.iter().map(|id| h.actor_id(id)).collect();
@@ -88,8 +88,8 @@ async fn tenant_restart_rehydrates_all_agents() {
     }
     for (id, view) in ids.iter().zip(before) {
         let now = h.cadre.get_agent(&h.org, id).await.expect("get after tenant restart");
-        assert_eq!(now.view.state, view.state, "{id}");
-        assert_eq!(now.view.name, view.name);
+        assert_eq!(now.view().state, view.state, "{id}");
+        assert_eq!(now.view().name, view.name);
     }
     // The read index came back too.
     let page = h
@@ -105,13 +105,13 @@ async fn tenant_restart_rehydrates_all_agents() {
 async fn escalates_to_error_after_max_restarts() {
     let h = start(fast_settings()).await; // 3 restarts per 60 s
     let snap = h.cadre.create_agent(&h.org, spec("e"), user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     for _ in 0..4 {
         let actor = h.actor_id(&id).expect("actor");
         h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic).expect("panic");
         replaced(&h, &id, actor).await;
     }
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view.clone();
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
     assert_eq!(view.state, State::Error);
     assert!(view.state_reason.as_deref().unwrap_or("").contains("restart intensity exceeded"), "{view:?}");
     let history = h.store.history(&id);
@@ -131,7 +131,7 @@ async fn health_failures_degrade_then_recover() {
     h.wait_state(&id, State::Degraded, LIMIT).await;
     h.wait_state(&id, State::Running, LIMIT).await;
     let view = h.cadre.get_agent(&h.org, &id).await.expect("get");
-    assert_eq!(view.view.restart_count, 1);
+    assert_eq!(view.view().restart_count, 1);
     assert!(h.deployer.starts.load(Ordering::SeqCst) > starts);
     let history = h.store.history(&id);
     let tail: Vec<_> = history.iter().rev().take(3).map(|t| t.to).collect();
@@ -145,7 +145,7 @@ async fn restart_limit_moves_agent_to_error() {
     h.deployer.fail_start.store(true, Ordering::SeqCst);
     h.deployer.crash(id.as_str());
     h.wait_state(&id, State::Error, LIMIT).await;
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view.clone();
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
     assert!(view.state_reason.as_deref().unwrap_or("").contains("restart limit"), "{view:?}");
     assert_eq!(view.restart_count, 2);
     assert!(h.store.events(&id).iter().any(|e| e.kind == "restart_limit_reached"));
@@ -161,7 +161,7 @@ async fn budget_warns_stops_and_rolls_over() {
     let mut s = spec("b");
     s.budget.monthly_tokens = Some(1000);
     let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     let token = h.deployer.token_of(id.as_str()).expect("token");
@@ -183,7 +183,7 @@ async fn budget_warns_stops_and_rolls_over() {
     assert_eq!(h.store.record(&id).expect("rec").usage.tokens, 800);
     let ack = h.cadre.runtime_usage(&h.org, &id, conn, report("r3", 250)).await.expect("usage");
     assert!(!ack.should_run);
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view.clone();
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
     assert_eq!(view.state, State::Stopped);
     assert_eq!(view.state_reason.as_deref(), Some("budget_exceeded"));
     assert_eq!(view.usage.tokens, 1050);
@@ -193,7 +193,7 @@ async fn budget_warns_stops_and_rolls_over() {
     h.clock.0.store(1_796_083_200_000, Ordering::SeqCst);
     h.cadre.command(&h.org, &id, Command::Start, user()).await.expect("start in December");
     h.wait_state(&id, State::Running, LIMIT).await;
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view.clone();
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
     assert_eq!((view.usage.tokens, view.usage.period.as_str()), (0, "2026-12"));
 }
 
@@ -203,7 +203,7 @@ async fn raising_the_budget_allows_a_start() {
     let mut s = spec("r");
     s.budget.monthly_cost_micros = Some(0);
     let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     let err = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect_err("no budget");
     assert!(matches!(err, Error::BudgetExceeded { .. }));
     let patch = AgentPatch { monthly_cost_micros: Some(Some(1_000_000)), ..Default::default() };
@@ -216,13 +216,13 @@ async fn raising_the_budget_allows_a_start() {
 async fn failed_write_changes_nothing() {
     let h = start(fast_settings()).await;
     let snap = h.cadre.create_agent(&h.org, spec("w"), user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     h.store.fail_writes.store(true, Ordering::SeqCst);
     let err = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect_err("store down");
     assert!(matches!(err, Error::Unavailable(_)));
     let patch = AgentPatch { name: Some("renamed".into()), ..Default::default() };
     assert!(h.cadre.patch_agent(&h.org, &id, patch, user()).await.is_err());
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view.clone();
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
     assert_eq!((view.state, view.name.as_str()), (State::Draft, "w"));
     h.store.fail_writes.store(false, Ordering::SeqCst);
     h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy once the store is back");
@@ -243,13 +243,13 @@ async fn deploy_with_missing_fields_stops_in_configuring() {
     let mut s = spec("c");
     s.model = None;
     let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
-    let id = snap.view.id.clone();
+    let id = snap.id.clone();
     let after = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
-    assert_eq!(after.view.state, State::Configuring);
-    assert_eq!(after.view.state_reason.as_deref(), Some("missing required fields: model"));
+    assert_eq!(after.view().state, State::Configuring);
+    assert_eq!(after.view().state_reason.as_deref(), Some("missing required fields: model"));
     let patch = AgentPatch { model: Some(Some("m".into())), ..Default::default() };
     let after = h.cadre.patch_agent(&h.org, &id, patch, user()).await.expect("patch");
-    assert_eq!(after.view.state, State::Ready);
+    assert_eq!(after.view().state, State::Ready);
     h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
@@ -261,7 +261,7 @@ async fn random_operations_only_follow_the_table() {
     let h = start(fast_settings()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(h.cadre.create_agent(&h.org, spec(&format!("r{i}")), user()).await.expect("create").view.id.clone());
+        ids.push(h.cadre.create_agent(&h.org, spec(&format!("r{i}")), user()).await.expect("create").view().id.clone());
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {

@@ -223,7 +223,7 @@ async fn create(
     let spec = body.into_spec()?;
     let snap = state.cadre.create_agent(&principal.org, spec, principal.who()).await?;
     let mut resp = agent_response(StatusCode::CREATED, &snap);
-    if let Ok(loc) = format!("/api/v1/agents/{}", snap.view.id).parse() {
+    if let Ok(loc) = format!("/api/v1/agents/{}", snap.id).parse() {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(resp)

@@ -123,20 +123,25 @@ impl Store for MemStore {
         }))
     }
 
-    async fn claim_org(&self, org: &OrgId) -> Result<Vec<AgentRecord>, StoreError> {
+    async fn claim_org(&self, org: &OrgId) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let deleted = g.deleted.clone();
-        let mut out: Vec<AgentRecord> = g
+        for a in g.agents.values_mut().filter(|a| &a.org_id == org) {
+            a.epoch += 1;
+        }
+        Ok(())
+    }
+
+    async fn org_page(&self, org: &OrgId, after: Option<&AgentId>, limit: usize) -> Result<Vec<AgentRecord>, StoreError> {
+        let g = self.lock();
+        let mut page: Vec<AgentRecord> = g
             .agents
-            .values_mut()
-            .filter(|a| &a.org_id == org && !deleted.contains(&a.id))
-            .map(|a| {
-                a.epoch += 1;
-                a.clone()
-            })
+            .values()
+            .filter(|a| &a.org_id == org && !g.deleted.contains(&a.id) && after.is_none_or(|x| &a.id > x))
+            .cloned()
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        page.sort_by(|a, b| a.id.cmp(&b.id));
+        page.truncate(limit);
+        Ok(page)
     }
 
     async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError> {
@@ -363,10 +368,10 @@ impl Harness {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(s) = self.cadre.get_agent(&self.org, id).await {
-                if s.view.state == state {
+                if s.view().state == state {
                     return;
                 }
-                assert!(Instant::now() < deadline, "agent in {} (reason {:?}), expected {state}", s.view.state, s.view.state_reason);
+                assert!(Instant::now() < deadline, "agent in {} (reason {:?}), expected {state}", s.view().state, s.view().state_reason);
             } else {
                 assert!(Instant::now() < deadline, "agent unreachable, expected {state}");
             }
