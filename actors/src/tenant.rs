@@ -88,6 +88,17 @@ pub enum TenantMsg {
     Changed(Arc<AgentSnapshot>),
     /// An agent was deleted.
     Removed(AgentId),
+    /// A create's insert finished (sent by the insert task).
+    Inserted {
+        /// The new record.
+        record: AgentRecord,
+        /// The store's answer.
+        result: std::result::Result<(), StoreError>,
+        /// The tenant incarnation that started the create.
+        origin: ActorId,
+        /// The caller.
+        reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
+    },
     /// A delayed restart is due.
     Respawn(AgentId),
     /// Chaos: panic inside `handle`.
@@ -270,7 +281,10 @@ impl TenantState {
         }
     }
 
-    async fn create(&mut self, myself: &ActorRef<TenantMsg>, spec: AgentSpec, by: Who) -> Result<Arc<AgentSnapshot>> {
+    /// Starts a create: the insert runs off the mailbox so that concurrent
+    /// creates reach the store together (and share a group commit); the
+    /// result comes back as `Inserted`.
+    fn begin_create(&self, myself: &ActorRef<TenantMsg>, spec: AgentSpec, by: Who, reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>) {
         let now = self.ctx.clock.now_ms();
         let record = AgentRecord {
             id: AgentId(uuid::Uuid::now_v7().to_string()),
@@ -293,23 +307,70 @@ impl TenantState {
             by: by.to_text(),
             at: now,
         };
-        match self.ctx.store.insert_agent(&record, &created).await {
+        let store = self.ctx.store.clone();
+        let registry = self.ctx.registry.clone();
+        let org = self.org.clone();
+        let deadline = Instant::now() + self.ctx.settings.call_timeout;
+        let origin = myself.get_id();
+        let mut target = myself.clone();
+        tokio::spawn(async move {
+            let result = store.insert_agent(&record, &created).await;
+            let mut msg = TenantMsg::Inserted { record, result, origin, reply };
+            // Deliver to the tenant's current incarnation: if the one that
+            // started the insert died meanwhile, its successor adopts the agent
+            // (and answers the caller). Past the deadline the caller gets a
+            // 503 and the agent is picked up by the next hydration.
+            loop {
+                match target.cast(msg) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(m)) => msg = m,
+                    Err(_) => return,
+                }
+                if Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                if let Some(h) = registry.tenant(&org) {
+                    target = h.actor;
+                }
+            }
+        });
+    }
+
+    /// Finishes a create once the insert committed (or failed).
+    async fn finish_create(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        record: AgentRecord,
+        result: std::result::Result<(), StoreError>,
+        origin: ActorId,
+    ) -> Result<Arc<AgentSnapshot>> {
+        match result {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => return Err(Error::NameTaken(record.spec.name.clone())),
             Err(e) => return Err(e.into()),
         }
         let id = record.id.clone();
-        if let Err(e) = self.spawn_agent(myself, record).await {
-            // Committed but not running: hand it to the restart path.
-            tracing::error!(org = %self.org, error = %e, "spawning a new agent failed");
-            let fresh = self.new_child();
-            self.children.entry(id.clone()).or_insert(fresh);
-            self.restart(myself, id.clone(), e).await;
+        if !self.children.contains_key(&id) {
+            if origin == myself.get_id() {
+                if let Err(e) = self.spawn_agent(myself, record).await {
+                    tracing::error!(org = %self.org, error = %e, "spawning a new agent failed");
+                    let fresh = self.new_child();
+                    self.children.entry(id.clone()).or_insert(fresh);
+                    self.restart(myself, id.clone(), e).await;
+                }
+            } else {
+                // Created by a predecessor after this incarnation hydrated:
+                // claim it like any other restart.
+                let fresh = self.new_child();
+                self.children.insert(id.clone(), fresh);
+                self.respawn(myself, id.clone()).await;
+            }
         }
         self.index
             .get(&id)
             .cloned()
-            .ok_or_else(|| Error::Unavailable("agent created but not indexed".into()))
+            .ok_or_else(|| Error::Unavailable("agent created but not running yet; retry".into()))
     }
 
     fn list(&self, q: &ListQuery) -> ListPage {
@@ -408,8 +469,14 @@ impl Actor for TenantSupervisor {
         st: &mut TenantState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Create { spec, by, reply } => {
-                let r = st.create(&myself, spec, by).await;
+            TenantMsg::Create { spec, by, reply } => st.begin_create(&myself, spec, by, reply),
+            TenantMsg::Inserted {
+                record,
+                result,
+                origin,
+                reply,
+            } => {
+                let r = st.finish_create(&myself, record, result, origin).await;
                 let _ = reply.send(r);
             }
             TenantMsg::List { query, reply } => {

@@ -6,6 +6,7 @@
 //! MySQL. Nothing here knows about actors or HTTP.
 
 mod sqlite;
+mod writer;
 
 pub use sqlite::{Durability, SqlStore};
 

@@ -6,7 +6,7 @@
 //! `NORMAL` (default) keeps every acknowledged commit across a crash or kill
 //! of the process; `FULL` also across a power loss.
 
-use super::{EventRow, HistoryRow, UserRow, to_i64, to_u64};
+use super::{EventRow, HistoryRow, UserRow, to_u64};
 use async_trait::async_trait;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
@@ -16,8 +16,10 @@ use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentWrite, Store, StoreError, WriteOutcome};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use super::writer::{self, Job};
 use std::str::FromStr;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +35,17 @@ pub enum Durability {
 pub struct SqlStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// Group-commit queue for agent writes (`writer.rs`).
+    jobs: mpsc::Sender<Job>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-fn unavailable(e: sqlx::Error) -> StoreError {
+pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn classify(e: sqlx::Error) -> StoreError {
+pub(super) fn classify(e: sqlx::Error) -> StoreError {
     if let Some(db) = e.as_database_error() {
         if db.is_unique_violation() {
             return StoreError::Conflict(db.message().to_string());
@@ -178,7 +182,7 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
         .into_record()
 }
 
-async fn insert_transition(
+pub(super) async fn insert_transition(
     conn: &mut sqlx::SqliteConnection,
     rec: &AgentRecord,
     t: &Transition,
@@ -221,7 +225,20 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqlStore { write, read })
+        let jobs = writer::spawn(write.clone());
+        Ok(SqlStore { write, read, jobs })
+    }
+
+    /// Queues a job for the group-commit writer and waits for its commit.
+    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(job(done))
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 
     /// Applies pending migrations (embedded in the binary).
@@ -368,133 +385,32 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn insert_agent(&self, rec: &AgentRecord, created: &Transition) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
-             budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
-             usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rec.id.as_str())
-        .bind(rec.org_id.as_str())
-        .bind(&rec.spec.name)
-        .bind(rec.spec.role.as_deref())
-        .bind(rec.spec.model.as_deref())
-        .bind(rec.spec.target.as_str())
-        .bind(rec.spec.health.interval_ms.map(to_i64))
-        .bind(rec.spec.health.failure_threshold.map(i64::from))
-        .bind(rec.spec.budget.monthly_tokens.map(to_i64))
-        .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
-        .bind(rec.state.as_str())
-        .bind(rec.state_reason.as_deref())
-        .bind(i64::from(rec.restart_count))
-        .bind(to_i64(rec.usage.tokens))
-        .bind(to_i64(rec.usage.cost_micros))
-        .bind(rec.usage.period.to_string())
-        .bind(i64::from(rec.usage.warned))
-        .bind(rec.deployment_ref.as_deref())
-        .bind(rec.runtime_token_hash.as_deref())
-        .bind(rec.epoch)
-        .bind(rec.created_at)
-        .bind(rec.updated_at)
-        .execute(&mut *tx)
+        self.submit(|done| Job::Insert {
+            record: rec.clone(),
+            created: created.clone(),
+            done,
+        })
         .await
-        .map_err(classify)?;
-        insert_transition(&mut tx, rec, created).await.map_err(classify)?;
-        tx.commit().await.map_err(unavailable)
     }
 
     async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        let rec = w.record;
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        if let Some(report) = w.usage_report {
-            let fresh = sqlx::query("INSERT OR IGNORE INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)")
-                .bind(rec.id.as_str())
-                .bind(report)
-                .bind(rec.updated_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            if fresh.rows_affected() == 0 {
-                tx.rollback().await.map_err(unavailable)?;
-                return Ok(WriteOutcome::Duplicate);
-            }
-        }
-        let updated = sqlx::query(
-            "UPDATE agents SET name = ?, role = ?, model = ?, target = ?, health_interval_ms = ?, \
-             health_failure_threshold = ?, budget_tokens = ?, budget_cost_micros = ?, state = ?, state_reason = ?, \
-             restart_count = ?, usage_tokens = ?, usage_cost_micros = ?, usage_period = ?, usage_warned = ?, \
-             deployment_ref = ?, runtime_token_hash = ?, updated_at = ? \
-             WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
-        )
-        .bind(&rec.spec.name)
-        .bind(rec.spec.role.as_deref())
-        .bind(rec.spec.model.as_deref())
-        .bind(rec.spec.target.as_str())
-        .bind(rec.spec.health.interval_ms.map(to_i64))
-        .bind(rec.spec.health.failure_threshold.map(i64::from))
-        .bind(rec.spec.budget.monthly_tokens.map(to_i64))
-        .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
-        .bind(rec.state.as_str())
-        .bind(rec.state_reason.as_deref())
-        .bind(i64::from(rec.restart_count))
-        .bind(to_i64(rec.usage.tokens))
-        .bind(to_i64(rec.usage.cost_micros))
-        .bind(rec.usage.period.to_string())
-        .bind(i64::from(rec.usage.warned))
-        .bind(rec.deployment_ref.as_deref())
-        .bind(rec.runtime_token_hash.as_deref())
-        .bind(rec.updated_at)
-        .bind(rec.id.as_str())
-        .bind(rec.epoch)
-        .execute(&mut *tx)
+        self.submit(|done| Job::Write {
+            record: w.record.clone(),
+            transitions: w.transitions.to_vec(),
+            event: w.event.cloned(),
+            usage_report: w.usage_report.map(str::to_string),
+            done,
+        })
         .await
-        .map_err(classify)?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await.map_err(unavailable)?;
-            return Err(StoreError::Fenced);
-        }
-        for t in w.transitions {
-            insert_transition(&mut tx, rec, t).await.map_err(classify)?;
-        }
-        if let Some(ev) = w.event {
-            sqlx::query("INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?, ?)")
-                .bind(rec.id.as_str())
-                .bind(rec.org_id.as_str())
-                .bind(&ev.kind)
-                .bind(ev.detail.to_string())
-                .bind(ev.at)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(WriteOutcome::Written)
     }
 
     async fn delete_agent(&self, rec: &AgentRecord, at: i64) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        let done = sqlx::query("UPDATE agents SET deleted_at = ?, updated_at = ? WHERE id = ? AND epoch = ? AND deleted_at IS NULL")
-            .bind(at)
-            .bind(at)
-            .bind(rec.id.as_str())
-            .bind(rec.epoch)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await.map_err(unavailable)?;
-            return Err(StoreError::Fenced);
-        }
-        let deleted = Transition {
-            from: Some(rec.state),
-            to: rec.state,
-            reason: Some("deleted".into()),
-            by: "system".into(),
+        self.submit(|done| Job::Delete {
+            record: rec.clone(),
             at,
-        };
-        insert_transition(&mut tx, rec, &deleted).await.map_err(classify)?;
-        tx.commit().await.map_err(unavailable)
+            done,
+        })
+        .await
     }
 
     async fn claim_agent(&self, org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {

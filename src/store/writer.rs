@@ -1,0 +1,383 @@
+//! Group commit: one writer task turns whatever agent writes are queued into
+//! a single transaction, and answers each caller only after that transaction
+//! committed.
+//!
+//! An acknowledgement means exactly what it meant with one transaction per
+//! write (the change is durable at the configured `synchronous` level); the
+//! commit overhead is shared by everything that arrived meanwhile. Each job's
+//! first statement is the only one that can fail on a constraint (unique
+//! name, fencing, duplicate usage report are all decided before anything is
+//! written), and SQLite aborts just that statement, so a refused job does not
+//! disturb its batch. Any other failure rolls the batch back and retries each
+//! job in a transaction of its own, so one bad job cannot fail its neighbours.
+//!
+//! The queue is bounded: when it is full, writers wait (back-pressure), and
+//! its depth is exported as `cadre_store_write_queue`.
+
+use super::sqlite::{classify, insert_transition, unavailable};
+use super::to_i64;
+use cadre_actors::domain::{AgentEvent, AgentRecord, Transition};
+use cadre_actors::ports::{StoreError, WriteOutcome};
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs waiting beyond this make writers wait.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// Most jobs in one transaction (bounds how long one commit holds the lock).
+const MAX_BATCH: usize = 512;
+
+/// One queued write.
+pub enum Job {
+    /// A new agent and its creation entry.
+    Insert {
+        /// Record.
+        record: AgentRecord,
+        /// History entry.
+        created: Transition,
+        /// Answer.
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// A fenced agent update.
+    Write {
+        /// Record.
+        record: AgentRecord,
+        /// History entries.
+        transitions: Vec<Transition>,
+        /// Event.
+        event: Option<AgentEvent>,
+        /// Usage report id.
+        usage_report: Option<String>,
+        /// Answer.
+        done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    },
+    /// A fenced soft delete.
+    Delete {
+        /// Record.
+        record: AgentRecord,
+        /// When.
+        at: i64,
+        /// Answer.
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+enum Outcome {
+    Unit(Result<(), StoreError>),
+    Write(Result<WriteOutcome, StoreError>),
+}
+
+impl Outcome {
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Unit(Err(StoreError::Unavailable(_))) | Outcome::Write(Err(StoreError::Unavailable(_)))
+        )
+    }
+}
+
+impl Job {
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Job::Insert { done, .. } | Job::Delete { done, .. }, Outcome::Unit(r)) => {
+                let _ = done.send(r);
+            }
+            (Job::Write { done, .. }, Outcome::Write(r)) => {
+                let _ = done.send(r);
+            }
+            (job, _) => job.fail(StoreError::Unavailable("internal: mismatched outcome".into())),
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Job::Insert { done, .. } | Job::Delete { done, .. } => {
+                let _ = done.send(Err(e));
+            }
+            Job::Write { done, .. } => {
+                let _ = done.send(Err(e));
+            }
+        }
+    }
+
+    async fn apply(&self, conn: &mut SqliteConnection) -> Outcome {
+        match self {
+            Job::Insert { record, created, .. } => Outcome::Unit(insert(conn, record, created).await),
+            Job::Write {
+                record,
+                transitions,
+                event,
+                usage_report,
+                ..
+            } => Outcome::Write(write(conn, record, transitions, event.as_ref(), usage_report.as_deref()).await),
+            Job::Delete { record, at, .. } => Outcome::Unit(delete(conn, record, *at).await),
+        }
+    }
+}
+
+/// Starts the writer task on `pool` (the single writer connection).
+pub fn spawn(pool: SqlitePool) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    tokio::spawn(run(pool, rx));
+    tx
+}
+
+async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
+    let depth = metrics::gauge!("cadre_store_write_queue");
+    let sizes = metrics::histogram!("cadre_store_batch_size");
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        depth.set(rx.len() as f64);
+        sizes.record(batch.len() as f64);
+        commit_batch(&pool, batch).await;
+    }
+}
+
+async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            let e = unavailable(e);
+            batch.into_iter().for_each(|job| job.fail(e.clone()));
+            return;
+        }
+    };
+    // Creates first, as multi-row statements: sqlx-sqlite runs every statement
+    // as a round trip to its worker thread, and per-row inserts made those
+    // hand-offs the bottleneck of create throughput.
+    let inserted = insert_many(&mut tx, &batch).await;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in &batch {
+        outcomes.push(match (job, &inserted) {
+            (Job::Insert { .. }, Some(result)) => Outcome::Unit(result.clone()),
+            _ => job.apply(&mut tx).await,
+        });
+    }
+    if outcomes.iter().any(Outcome::is_fatal) && batch.len() > 1 {
+        // Something other than a refusal went wrong: do every job alone.
+        let _ = tx.rollback().await;
+        metrics::counter!("cadre_store_flush_failures_total").increment(1);
+        for job in batch {
+            Box::pin(commit_batch(pool, vec![job])).await;
+        }
+        return;
+    }
+    match tx.commit().await {
+        Ok(()) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                job.answer(outcome);
+            }
+        }
+        Err(e) => {
+            metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            let e = unavailable(e);
+            batch.into_iter().for_each(|job| job.fail(e.clone()));
+        }
+    }
+}
+
+/// Inserts every `Insert` job of the batch with one statement per table.
+/// `None` when there are fewer than two; `Some(Err)` when a statement failed
+/// (a duplicate name, say): that marks the batch failed, so it is rolled back
+/// and every job retried in a transaction of its own, and only the offending
+/// create is refused. No savepoint: its sub-journal cost more than it saved.
+async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Result<(), StoreError>> {
+    let jobs: Vec<(&AgentRecord, &Transition)> = batch
+        .iter()
+        .filter_map(|j| match j {
+            Job::Insert { record, created, .. } => Some((record, created)),
+            _ => None,
+        })
+        .collect();
+    if jobs.len() < 2 {
+        return None;
+    }
+    let mut agents = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
+         budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
+         usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) ",
+    );
+    agents.push_values(&jobs, |mut b, (rec, _)| {
+        b.push_bind(rec.id.as_str())
+            .push_bind(rec.org_id.as_str())
+            .push_bind(&rec.spec.name)
+            .push_bind(rec.spec.role.as_deref())
+            .push_bind(rec.spec.model.as_deref())
+            .push_bind(rec.spec.target.as_str())
+            .push_bind(rec.spec.health.interval_ms.map(to_i64))
+            .push_bind(rec.spec.health.failure_threshold.map(i64::from))
+            .push_bind(rec.spec.budget.monthly_tokens.map(to_i64))
+            .push_bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
+            .push_bind(rec.state.as_str())
+            .push_bind(rec.state_reason.as_deref())
+            .push_bind(i64::from(rec.restart_count))
+            .push_bind(to_i64(rec.usage.tokens))
+            .push_bind(to_i64(rec.usage.cost_micros))
+            .push_bind(rec.usage.period.to_string())
+            .push_bind(i64::from(rec.usage.warned))
+            .push_bind(rec.deployment_ref.as_deref())
+            .push_bind(rec.runtime_token_hash.as_deref())
+            .push_bind(rec.epoch)
+            .push_bind(rec.created_at)
+            .push_bind(rec.updated_at);
+    });
+    let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) ",
+    );
+    history.push_values(&jobs, |mut b, (rec, t)| {
+        b.push_bind(rec.id.as_str())
+            .push_bind(rec.org_id.as_str())
+            .push_bind(t.from.map(|s| s.as_str()))
+            .push_bind(t.to.as_str())
+            .push_bind(t.reason.as_deref())
+            .push_bind(&t.by)
+            .push_bind(t.at);
+    });
+    let result = async {
+        agents.build().execute(&mut *conn).await?;
+        history.build().execute(&mut *conn).await
+    }
+    .await;
+    Some(result.map(|_| ()).map_err(|e| StoreError::Unavailable(format!("batched insert failed: {e}"))))
+}
+
+async fn insert(conn: &mut SqliteConnection, rec: &AgentRecord, created: &Transition) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
+         budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
+         usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(rec.id.as_str())
+    .bind(rec.org_id.as_str())
+    .bind(&rec.spec.name)
+    .bind(rec.spec.role.as_deref())
+    .bind(rec.spec.model.as_deref())
+    .bind(rec.spec.target.as_str())
+    .bind(rec.spec.health.interval_ms.map(to_i64))
+    .bind(rec.spec.health.failure_threshold.map(i64::from))
+    .bind(rec.spec.budget.monthly_tokens.map(to_i64))
+    .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
+    .bind(rec.state.as_str())
+    .bind(rec.state_reason.as_deref())
+    .bind(i64::from(rec.restart_count))
+    .bind(to_i64(rec.usage.tokens))
+    .bind(to_i64(rec.usage.cost_micros))
+    .bind(rec.usage.period.to_string())
+    .bind(i64::from(rec.usage.warned))
+    .bind(rec.deployment_ref.as_deref())
+    .bind(rec.runtime_token_hash.as_deref())
+    .bind(rec.epoch)
+    .bind(rec.created_at)
+    .bind(rec.updated_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    insert_transition(conn, rec, created).await.map_err(unavailable)
+}
+
+async fn write(
+    conn: &mut SqliteConnection,
+    rec: &AgentRecord,
+    transitions: &[Transition],
+    event: Option<&AgentEvent>,
+    usage_report: Option<&str>,
+) -> Result<WriteOutcome, StoreError> {
+    // Decide duplicates before writing anything (see the module docs).
+    if let Some(report) = usage_report {
+        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM usage_reports WHERE agent_id = ? AND report_id = ?")
+            .bind(rec.id.as_str())
+            .bind(report)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if seen.is_some() {
+            return Ok(WriteOutcome::Duplicate);
+        }
+    }
+    let updated = sqlx::query(
+        "UPDATE agents SET name = ?, role = ?, model = ?, target = ?, health_interval_ms = ?, \
+         health_failure_threshold = ?, budget_tokens = ?, budget_cost_micros = ?, state = ?, state_reason = ?, \
+         restart_count = ?, usage_tokens = ?, usage_cost_micros = ?, usage_period = ?, usage_warned = ?, \
+         deployment_ref = ?, runtime_token_hash = ?, updated_at = ? \
+         WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+    )
+    .bind(&rec.spec.name)
+    .bind(rec.spec.role.as_deref())
+    .bind(rec.spec.model.as_deref())
+    .bind(rec.spec.target.as_str())
+    .bind(rec.spec.health.interval_ms.map(to_i64))
+    .bind(rec.spec.health.failure_threshold.map(i64::from))
+    .bind(rec.spec.budget.monthly_tokens.map(to_i64))
+    .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
+    .bind(rec.state.as_str())
+    .bind(rec.state_reason.as_deref())
+    .bind(i64::from(rec.restart_count))
+    .bind(to_i64(rec.usage.tokens))
+    .bind(to_i64(rec.usage.cost_micros))
+    .bind(rec.usage.period.to_string())
+    .bind(i64::from(rec.usage.warned))
+    .bind(rec.deployment_ref.as_deref())
+    .bind(rec.runtime_token_hash.as_deref())
+    .bind(rec.updated_at)
+    .bind(rec.id.as_str())
+    .bind(rec.epoch)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::Fenced);
+    }
+    if let Some(report) = usage_report {
+        sqlx::query("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)")
+            .bind(rec.id.as_str())
+            .bind(report)
+            .bind(rec.updated_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    for t in transitions {
+        insert_transition(conn, rec, t).await.map_err(unavailable)?;
+    }
+    if let Some(ev) = event {
+        sqlx::query("INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?, ?)")
+            .bind(rec.id.as_str())
+            .bind(rec.org_id.as_str())
+            .bind(&ev.kind)
+            .bind(ev.detail.to_string())
+            .bind(ev.at)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(WriteOutcome::Written)
+}
+
+async fn delete(conn: &mut SqliteConnection, rec: &AgentRecord, at: i64) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE agents SET deleted_at = ?, updated_at = ? WHERE id = ? AND epoch = ? AND deleted_at IS NULL")
+        .bind(at)
+        .bind(at)
+        .bind(rec.id.as_str())
+        .bind(rec.epoch)
+        .execute(&mut *conn)
+        .await
+        .map_err(classify)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Fenced);
+    }
+    let deleted = Transition {
+        from: Some(rec.state),
+        to: rec.state,
+        reason: Some("deleted".into()),
+        by: "system".into(),
+        at,
+    };
+    insert_transition(conn, rec, &deleted).await.map_err(unavailable)
+}
