@@ -73,7 +73,8 @@ where
     let start = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (request, ok, failed, seq) = (request.clone(), ok.clone(), failed.clone(), seq.clone());
+            let (request, ok, failed, seq) =
+                (request.clone(), ok.clone(), failed.clone(), seq.clone());
             tokio::spawn(async move {
                 while start.elapsed() < dur {
                     if request(seq.fetch_add(1, Ordering::Relaxed)).await {
@@ -139,7 +140,12 @@ async fn create_and_list(sizes: &Sizes) -> (Vec<f64>, Vec<f64>) {
         let list = load(sizes.load_for, move |_| {
             let (c, b, t) = (c.clone(), b.clone(), t.clone());
             async move {
-                match c.get(format!("{b}/api/v1/agents?limit=50")).bearer_auth(&*t).send().await {
+                match c
+                    .get(format!("{b}/api/v1/agents?limit=50"))
+                    .bearer_auth(&*t)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b.len() > 1000),
                     _ => false,
                 }
@@ -174,17 +180,29 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
             health: Default::default(),
             budget: Default::default(),
         };
-        ids.push(cadre.create_agent(&org, spec, who.clone()).await.expect("create").view().id.clone());
+        ids.push(
+            cadre
+                .create_agent(&org, spec, who.clone())
+                .await
+                .expect("create")
+                .view()
+                .id
+                .clone(),
+        );
     }
     let registry = cadre.ctx().registry.clone();
     let mut samples = Vec::with_capacity(sizes.kills);
     for (i, id) in ids.iter().enumerate() {
         let old = registry.agent(&org, id).expect("registered").actor.get_id();
-        cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill).expect("kill");
+        cadre
+            .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill)
+            .expect("kill");
         let t = Instant::now();
         loop {
             // Only an answer from the replacement counts.
-            let replaced = registry.agent(&org, id).is_some_and(|h| h.actor.get_id() != old);
+            let replaced = registry
+                .agent(&org, id)
+                .is_some_and(|h| h.actor.get_id() != old);
             if replaced && cadre.get_agent(&org, id).await.is_ok() {
                 break;
             }
@@ -206,10 +224,19 @@ async fn hydrate(n: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path());
     // Bootstrap the org and owner, then bulk-insert agents in one transaction.
-    app::start(cfg.clone()).await.expect("start").shutdown().await;
+    app::start(cfg.clone())
+        .await
+        .expect("start")
+        .shutdown()
+        .await;
     let url = cfg.database_url();
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("connect");
-    let org: String = sqlx::query_scalar("SELECT id FROM orgs").fetch_one(&mut conn).await.expect("org");
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    let org: String = sqlx::query_scalar("SELECT id FROM orgs")
+        .fetch_one(&mut conn)
+        .await
+        .expect("org");
     let mut tx = sqlx::Connection::begin(&mut conn).await.expect("tx");
     let states = ["draft", "stopped", "ready", "error", "configuring"];
     for i in 0..n {
@@ -229,7 +256,11 @@ async fn hydrate(n: usize) -> (f64, f64) {
     tx.commit().await.expect("commit");
     drop(conn);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let start = Instant::now();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadre"))
         .arg("serve")
@@ -248,11 +279,15 @@ async fn hydrate(n: usize) -> (f64, f64) {
         if ready {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "server never became ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "server never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let hwm_kib: f64 = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -267,11 +302,26 @@ async fn hydrate(n: usize) -> (f64, f64) {
 fn main() {
     let test = std::env::args().any(|a| a == "--test");
     let sizes = if test {
-        Sizes { rounds: 1, load_for: Duration::from_millis(200), list_agents: 60, kills: 50, hydrate_agents: 1000 }
+        Sizes {
+            rounds: 1,
+            load_for: Duration::from_millis(200),
+            list_agents: 60,
+            kills: 50,
+            hydrate_agents: 1000,
+        }
     } else {
-        Sizes { rounds: 5, load_for: Duration::from_secs(3), list_agents: 1000, kills: 2000, hydrate_agents: 100_000 }
+        Sizes {
+            rounds: 5,
+            load_for: Duration::from_secs(3),
+            list_agents: 1000,
+            kills: 2000,
+            hydrate_agents: 100_000,
+        }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let (creates, lists) = create_and_list(&sizes).await;
         let (p50, p99) = kill_replacement(&sizes).await;

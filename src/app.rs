@@ -45,7 +45,10 @@ impl Running {
 
     /// Waits until the server stops by itself (it only does on error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.server).await.context("server task")?.context("server")
+        (&mut self.server)
+            .await
+            .context("server task")?
+            .context("server")
     }
 }
 
@@ -108,7 +111,9 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         .await?;
     if generated {
         // Shown once, on the terminal that started Cadre; never logged to files.
-        eprintln!("cadre: created organization \"default\" with owner {email}; generated password (shown once): {password}");
+        eprintln!(
+            "cadre: created organization \"default\" with owner {email}; generated password (shown once): {password}"
+        );
     } else {
         eprintln!("cadre: created organization \"default\" with owner {email}");
     }
@@ -119,7 +124,9 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let store = Arc::new(open_store(&config).await?);
-    bootstrap(&store, &config).await.context("bootstrapping the first owner")?;
+    bootstrap(&store, &config)
+        .await
+        .context("bootstrapping the first owner")?;
     let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &config.data_dir)?;
     let jwt = Arc::new(JwtKeys::new(&secret, config.auth.token_ttl_secs));
 
@@ -136,7 +143,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         format!("ws://{host}/api/v1/runtime/connect")
     } else {
         let base = config.server.public_url.trim_end_matches('/');
-        let ws = base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        let ws = base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
         format!("{ws}/api/v1/runtime/connect")
     };
     let runtime_bin = if config.deploy.local.runtime_bin.is_empty() {

@@ -5,8 +5,8 @@
 //! and hashing come from aws-lc-rs, the process's one crypto backend.
 
 use anyhow::Context;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use aws_lc_rs::rand::SecureRandom;
 use base64::Engine;
 use cadre_actors::ports::Secrets;
@@ -31,7 +31,8 @@ pub fn random_text<const N: usize>() -> String {
 
 /// Hashes a password (Argon2id, random salt). CPU-heavy: call from `spawn_blocking`.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let salt =
+        SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -41,7 +42,11 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// Verifies a password against a PHC string. CPU-heavy: call from `spawn_blocking`.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -71,7 +76,9 @@ pub struct JwtKeys {
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKeys").field("ttl_secs", &self.ttl_secs).finish_non_exhaustive()
+        f.debug_struct("JwtKeys")
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +111,8 @@ impl JwtKeys {
             iat: now,
             exp: now + self.ttl_secs,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing token")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("signing token")
     }
 
     /// Verifies a token's signature and expiry.
@@ -129,7 +137,8 @@ pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> anyhow::Resul
         }
     }
     let secret = random_text::<48>();
-    write_private(&path, secret.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(secret.into_bytes())
 }
 
@@ -181,7 +190,10 @@ mod tests {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 60);
         let t = keys.issue("u1", "o1", "owner").expect("issue");
         let c = keys.verify(&t).expect("valid");
-        assert_eq!((c.sub.as_str(), c.org.as_str(), c.role.as_str()), ("u1", "o1", "owner"));
+        assert_eq!(
+            (c.sub.as_str(), c.org.as_str(), c.role.as_str()),
+            ("u1", "o1", "owner")
+        );
         let other = JwtKeys::new(b"another-secret-another-secret-xx", 60);
         assert!(other.verify(&t).is_none());
         assert!(keys.verify("garbage").is_none());
@@ -197,7 +209,10 @@ mod tests {
         let b = load_or_create_secret("", dir.path()).expect("reload");
         assert_eq!(a, b);
         assert!(a.len() >= 32);
-        assert_eq!(load_or_create_secret("x".repeat(40).as_str(), dir.path()).expect("cfg"), "x".repeat(40).into_bytes());
+        assert_eq!(
+            load_or_create_secret("x".repeat(40).as_str(), dir.path()).expect("cfg"),
+            "x".repeat(40).into_bytes()
+        );
     }
 
     #[test]

@@ -205,7 +205,9 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
     let Some(last) = parts.pop() else { return };
     let mut cur = table;
     for p in parts {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -220,7 +222,9 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
 fn env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_))) => v,
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_string()),
         },
         Err(_) => toml::Value::String(raw.to_string()),
@@ -229,24 +233,27 @@ fn env_value(raw: &str) -> toml::Value {
 
 impl Config {
     /// Loads defaults, then `file`, then the variables in `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_TOML)
+            .map_err(|e| ConfigError(format!("built-in defaults: {e}")))?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-            let over: toml::Table =
-                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            let over: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             merge(&mut table, over);
         }
         for (key, raw) in env {
             if let Some((_, path)) = SHORT_ENV.iter().find(|(k, _)| *k == key) {
                 set_path(&mut table, path, toml::Value::String(raw));
-            } else if let Some(rest) = key.strip_prefix("CADRE_") {
-                if rest.contains("__") {
-                    let path = rest.to_ascii_lowercase().replace("__", ".");
-                    set_path(&mut table, &path, env_value(&raw));
-                }
+            } else if let Some(rest) = key.strip_prefix("CADRE_")
+                && rest.contains("__")
+            {
+                let path = rest.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut table, &path, env_value(&raw));
             }
         }
         let de = toml::Value::Table(table);
@@ -269,9 +276,8 @@ impl Config {
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return bad("server.listen", "expected host:port, e.g. 127.0.0.1:8080");
         }
-        if !self.server.public_url.is_empty()
-            && !(self.server.public_url.starts_with("http://") || self.server.public_url.starts_with("https://"))
-        {
+        let url = &self.server.public_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad("server.public_url", "must start with http:// or https://");
         }
         if self.server.max_body_bytes < 1024 {
@@ -296,13 +302,19 @@ impl Config {
             return bad("health.failure_threshold", "must be at least 1");
         }
         if self.health.backoff_base_ms > self.health.backoff_max_ms {
-            return bad("health.backoff_base_ms", "must not exceed health.backoff_max_ms");
+            return bad(
+                "health.backoff_base_ms",
+                "must not exceed health.backoff_max_ms",
+            );
         }
         if self.supervisor.window_ms == 0 {
             return bad("supervisor.window_ms", "must be at least 1");
         }
         if self.supervisor.backoff_base_ms > self.supervisor.backoff_max_ms {
-            return bad("supervisor.backoff_base_ms", "must not exceed supervisor.backoff_max_ms");
+            return bad(
+                "supervisor.backoff_base_ms",
+                "must not exceed supervisor.backoff_max_ms",
+            );
         }
         if self.actors.call_timeout_ms == 0 {
             return bad("actors.call_timeout_ms", "must be at least 1");
@@ -365,7 +377,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -381,7 +396,11 @@ mod tests {
     fn env_overrides_file_overrides_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "[health]\ninterval_ms = 100\nfailure_threshold = 2\n").expect("write");
+        std::fs::write(
+            &file,
+            "[health]\ninterval_ms = 100\nfailure_threshold = 2\n",
+        )
+        .expect("write");
         let c = Config::load(
             Some(&file),
             env(&[
@@ -400,13 +419,16 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let err = Config::load(None, env(&[("CADRE_HEALTH__INTERVAL_MS", "soon")])).expect_err("must fail");
+        let err = Config::load(None, env(&[("CADRE_HEALTH__INTERVAL_MS", "soon")]))
+            .expect_err("must fail");
         assert!(err.to_string().contains("health.interval_ms"), "{err}");
         let err = Config::load(None, env(&[("CADRE_LISTEN", "nowhere")])).expect_err("must fail");
         assert!(err.to_string().contains("server.listen"), "{err}");
-        let err = Config::load(None, env(&[("CADRE_HEALTH__NO_SUCH_KEY", "1")])).expect_err("must fail");
+        let err =
+            Config::load(None, env(&[("CADRE_HEALTH__NO_SUCH_KEY", "1")])).expect_err("must fail");
         assert!(err.to_string().contains("no_such_key"), "{err}");
-        let err = Config::load(None, env(&[("CADRE_DATABASE__SYNCHRONOUS", "off")])).expect_err("must fail");
+        let err = Config::load(None, env(&[("CADRE_DATABASE__SYNCHRONOUS", "off")]))
+            .expect_err("must fail");
         assert!(err.to_string().contains("database.synchronous"), "{err}");
     }
 }

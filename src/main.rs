@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cadre", version, about = "Run AI agents as employees of an organization")]
+#[command(
+    name = "cadre",
+    version,
+    about = "Run AI agents as employees of an organization"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -37,7 +41,9 @@ enum Cmd {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {

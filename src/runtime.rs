@@ -27,14 +27,21 @@ enum SessionEnd {
 
 /// Runs until told to stop.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let config: RuntimeConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config: RuntimeConfig = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", config_path.display()))?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut backoff = Duration::from_millis(50);
     // Never wait longer between dials than the control plane waits between
     // heartbeats, so a control-plane restart does not look like a dead agent.
-    let max_backoff = Duration::from_millis(config.heartbeat_interval_ms).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    eprintln!("cadre runtime: agent {} starting (pid {})", config.agent_id, std::process::id());
+    let max_backoff = Duration::from_millis(config.heartbeat_interval_ms)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    eprintln!(
+        "cadre runtime: agent {} starting (pid {})",
+        config.agent_id,
+        std::process::id()
+    );
     loop {
         let end = tokio::select! {
             _ = term.recv() => {
@@ -130,5 +137,7 @@ where
     S::Error: std::fmt::Display,
 {
     let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
-    ws.send(Message::Text(text.into())).await.map_err(|e| e.to_string())
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -21,7 +21,10 @@ use crate::domain::{
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::lifecycle::{self, Command, State, Trigger};
-use crate::ports::{AgentWrite, DeployError, DeployRequest, DeploymentStatus, StoreError, WriteOutcome, constant_time_eq};
+use crate::ports::{
+    AgentWrite, DeployError, DeployRequest, DeploymentStatus, StoreError, WriteOutcome,
+    constant_time_eq,
+};
 use crate::tenant::TenantMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
@@ -312,7 +315,8 @@ impl AgentState {
         self.snapshot = AgentSnapshot::new(AgentView::of(&self.rec, self.health()));
         let _ = self.tenant.cast(TenantMsg::Changed(self.snapshot.clone()));
         for transition in transitions {
-            metrics::counter!("cadre_agent_transitions_total", "to" => transition.to.as_str()).increment(1);
+            metrics::counter!("cadre_agent_transitions_total", "to" => transition.to.as_str())
+                .increment(1);
             let _ = self.ctx.events.send(Arc::new(Event::Transition {
                 org_id: self.rec.org_id.clone(),
                 agent_id: self.rec.id.clone(),
@@ -339,7 +343,8 @@ impl AgentState {
                     handle.abort();
                 }
                 if let Some(interval) = want {
-                    self.ticker = Some((myself.send_interval(interval, || AgentMsg::Tick), interval));
+                    self.ticker =
+                        Some((myself.send_interval(interval, || AgentMsg::Tick), interval));
                 }
             }
         }
@@ -527,7 +532,11 @@ impl Actor for AgentActor {
                 };
                 let _ = reply.send(r);
             }
-            AgentMsg::Usage { conn, report, reply } => {
+            AgentMsg::Usage {
+                conn,
+                report,
+                reply,
+            } => {
                 let r = if st.conn == Some(conn) {
                     Box::pin(usage(&myself, st, report)).await
                 } else {
@@ -591,7 +600,11 @@ fn provision_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
 }
 
 /// Issues a runtime token, persists its hash, then hands it to the deployer.
-async fn deploy_with_new_token(myself: &ActorRef<AgentMsg>, st: &mut AgentState, transitions: Vec<Transition>) {
+async fn deploy_with_new_token(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    transitions: Vec<Transition>,
+) {
     let token = st.new_runtime_token();
     let mut next = st.rec.clone();
     next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
@@ -604,14 +617,20 @@ async fn deploy_with_new_token(myself: &ActorRef<AgentMsg>, st: &mut AgentState,
     };
     let deployer = st.ctx.deployer.clone();
     let req = st.request(token);
-    st.spawn_op(myself, async move { OpResult::Deployed(deployer.deploy(&dep, &req).await) });
+    st.spawn_op(myself, async move {
+        OpResult::Deployed(deployer.deploy(&dep, &req).await)
+    });
 }
 
 async fn update_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     let token = st.new_runtime_token();
     let mut next = st.rec.clone();
     next.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
-    if st.commit(myself, next, Vec::new(), None, None).await.is_err() {
+    if st
+        .commit(myself, next, Vec::new(), None, None)
+        .await
+        .is_err()
+    {
         return;
     }
     let deployer = st.ctx.deployer.clone();
@@ -652,7 +671,9 @@ async fn command(
     cmd: Command,
     by: &Who,
 ) -> Result<Arc<AgentSnapshot>> {
-    if lifecycle::step(st.rec.state, Trigger::Cmd(cmd)).is_none() || matches!(cmd, Command::Update | Command::Delete) {
+    if lifecycle::step(st.rec.state, Trigger::Cmd(cmd)).is_none()
+        || matches!(cmd, Command::Update | Command::Delete)
+    {
         return Err(st.illegal(cmd));
     }
     let mut next = st.rec.clone();
@@ -664,7 +685,8 @@ async fn command(
                 st.apply(&mut next, Trigger::Cmd(Command::Deploy), None, by, &mut tr);
                 let missing = next.spec.missing_fields();
                 if !missing.is_empty() {
-                    next.state_reason = Some(format!("missing required fields: {}", missing.join(", ")));
+                    next.state_reason =
+                        Some(format!("missing required fields: {}", missing.join(", ")));
                     st.commit(myself, next, tr, None, None).await?;
                     return Ok(st.snapshot.clone());
                 }
@@ -738,7 +760,13 @@ async fn patch_agent(
             next.state_reason = Some(format!("missing required fields: {}", missing.join(", ")));
         }
         State::Ready if !complete => {
-            st.apply(&mut next, Trigger::ConfigIncomplete, Some("required field removed".into()), by, &mut tr);
+            st.apply(
+                &mut next,
+                Trigger::ConfigIncomplete,
+                Some("required field removed".into()),
+                by,
+                &mut tr,
+            );
         }
         _ => {}
     }
@@ -749,13 +777,25 @@ async fn patch_agent(
                 next.spec.missing_fields().join(", ")
             )));
         }
-        st.apply(&mut next, Trigger::Cmd(Command::Update), Some("configuration changed".into()), by, &mut tr);
+        st.apply(
+            &mut next,
+            Trigger::Cmd(Command::Update),
+            Some("configuration changed".into()),
+            by,
+            &mut tr,
+        );
     }
     // A lowered budget takes effect at once.
     let mut event = None;
     next.usage = next.usage.rolled_to(Period::of(st.now()));
     if next.usage.is_exhausted(&next.spec.budget)
-        && st.apply(&mut next, Trigger::BudgetExceeded, Some("budget_exceeded".into()), &Who::System, &mut tr)
+        && st.apply(
+            &mut next,
+            Trigger::BudgetExceeded,
+            Some("budget_exceeded".into()),
+            &Who::System,
+            &mut tr,
+        )
     {
         event = Some(budget_event(st, &next, "budget_exceeded"));
     }
@@ -771,13 +811,25 @@ async fn patch_agent(
     Ok(st.snapshot.clone())
 }
 
-async fn delete(myself: &ActorRef<AgentMsg>, st: &mut AgentState, by: &Who) -> Result<DeleteOutcome> {
+async fn delete(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    by: &Who,
+) -> Result<DeleteOutcome> {
     if lifecycle::deletes_without_teardown(st.rec.state) {
-        return finish_delete(myself, st).await.map(|()| DeleteOutcome::Deleted);
+        return finish_delete(myself, st)
+            .await
+            .map(|()| DeleteOutcome::Deleted);
     }
     let mut next = st.rec.clone();
     let mut tr = Vec::new();
-    if !st.apply(&mut next, Trigger::Cmd(Command::Delete), Some(DELETE_REQUESTED.into()), by, &mut tr) {
+    if !st.apply(
+        &mut next,
+        Trigger::Cmd(Command::Delete),
+        Some(DELETE_REQUESTED.into()),
+        by,
+        &mut tr,
+    ) {
         return Err(st.illegal(Command::Delete));
     }
     st.commit(myself, next, tr, None, None).await?;
@@ -846,7 +898,11 @@ fn budget_event(st: &AgentState, rec: &AgentRecord, kind: &str) -> AgentEvent {
     }
 }
 
-async fn usage(myself: &ActorRef<AgentMsg>, st: &mut AgentState, report: UsageReport) -> Result<UsageAck> {
+async fn usage(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    report: UsageReport,
+) -> Result<UsageAck> {
     let mut next = st.rec.clone();
     next.usage = next.usage.rolled_to(Period::of(st.now()));
     let tokens = report.input_tokens.saturating_add(report.output_tokens);
@@ -866,7 +922,13 @@ async fn usage(myself: &ActorRef<AgentMsg>, st: &mut AgentState, report: UsageRe
         }
         BudgetLevel::Exceeded => {
             next.usage.warned = true;
-            st.apply(&mut next, Trigger::BudgetExceeded, Some("budget_exceeded".into()), &Who::System, &mut tr);
+            st.apply(
+                &mut next,
+                Trigger::BudgetExceeded,
+                Some("budget_exceeded".into()),
+                &Who::System,
+                &mut tr,
+            );
             event = Some(budget_event(st, &next, "budget_exceeded"));
         }
     }
@@ -886,14 +948,15 @@ async fn usage(myself: &ActorRef<AgentMsg>, st: &mut AgentState, report: UsageRe
 
 fn tick(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     match st.rec.state {
-        State::Starting => {
-            if st.starting_since.elapsed() > st.ctx.settings.start_timeout && !st.probe_in_flight {
-                // Reuse the probe path so that a slow start is handled like a failed one.
-                st.probe_in_flight = true;
-                let _ = myself.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(
-                    "runtime did not say hello in time".into(),
-                ))));
-            }
+        State::Starting
+            if st.starting_since.elapsed() > st.ctx.settings.start_timeout
+                && !st.probe_in_flight =>
+        {
+            // Reuse the probe path so that a slow start is handled like a failed one.
+            st.probe_in_flight = true;
+            let _ = myself.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(
+                "runtime did not say hello in time".into(),
+            ))));
         }
         State::Running | State::Degraded => {
             if st.probe_in_flight {
@@ -989,7 +1052,13 @@ async fn schedule_recovery(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
             st.recoveries,
             settings.recovery_reset_after.as_secs()
         );
-        st.apply(&mut next, Trigger::GiveUp, Some(reason.clone()), &Who::System, &mut tr);
+        st.apply(
+            &mut next,
+            Trigger::GiveUp,
+            Some(reason.clone()),
+            &Who::System,
+            &mut tr,
+        );
         let event = AgentEvent {
             kind: "restart_limit_reached".into(),
             detail: serde_json::json!({ "recoveries": st.recoveries, "reason": reason }),
@@ -1015,8 +1084,17 @@ async fn recover(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     let mut next = st.rec.clone();
     let mut tr = Vec::new();
     let attempt = st.recoveries + 1;
-    let reason = format!("auto-recovery attempt {attempt} after {} failed probes", st.failures);
-    st.apply(&mut next, Trigger::Recover, Some(reason), &Who::System, &mut tr);
+    let reason = format!(
+        "auto-recovery attempt {attempt} after {} failed probes",
+        st.failures
+    );
+    st.apply(
+        &mut next,
+        Trigger::Recover,
+        Some(reason),
+        &Who::System,
+        &mut tr,
+    );
     next.restart_count = next.restart_count.saturating_add(1);
     if st.commit(myself, next, tr, None, None).await.is_err() {
         return;
@@ -1040,12 +1118,14 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
             // Persist the handle and the move to deploying together with the token.
             let token = st.new_runtime_token();
             staged.runtime_token_hash = Some(st.ctx.secrets.hash_token(&token));
-            if st.commit(myself, staged, tr, None, None).await.is_ok() {
-                if let Some(dep) = st.rec.deployment_ref.clone() {
-                    let deployer = st.ctx.deployer.clone();
-                    let req = st.request(token);
-                    st.spawn_op(myself, async move { OpResult::Deployed(deployer.deploy(&dep, &req).await) });
-                }
+            if st.commit(myself, staged, tr, None, None).await.is_ok()
+                && let Some(dep) = st.rec.deployment_ref.clone()
+            {
+                let deployer = st.ctx.deployer.clone();
+                let req = st.request(token);
+                st.spawn_op(myself, async move {
+                    OpResult::Deployed(deployer.deploy(&dep, &req).await)
+                });
             }
         }
         OpResult::Deployed(Ok(())) if st.rec.state == State::Deploying => {
@@ -1085,7 +1165,13 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
         | OpResult::Updated(Err(e))
         | OpResult::Destroyed(Err(e)) => {
             metrics::counter!("cadre_deployer_errors_total", "op" => "deploy").increment(1);
-            if st.apply(&mut next, Trigger::Failed, Some(e.to_string()), &sys, &mut tr) {
+            if st.apply(
+                &mut next,
+                Trigger::Failed,
+                Some(e.to_string()),
+                &sys,
+                &mut tr,
+            ) {
                 let _ = st.commit(myself, next, tr, None, None).await;
             }
         }

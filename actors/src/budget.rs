@@ -101,7 +101,8 @@ impl Usage {
             Some(0) => 1000,
             Some(l) => (u128::from(used) * 1000 / u128::from(l)).min(u128::from(u64::MAX)) as u64,
         };
-        ratio(self.tokens, limits.monthly_tokens).max(ratio(self.cost_micros, limits.monthly_cost_micros))
+        ratio(self.tokens, limits.monthly_tokens)
+            .max(ratio(self.cost_micros, limits.monthly_cost_micros))
     }
 
     /// Whether any limit is reached.
@@ -168,7 +169,9 @@ impl Pricing {
         }
         for (name, p) in &self.models {
             if !ok(p) {
-                return Err(format!("pricing.models.{name}: prices must be finite and >= 0"));
+                return Err(format!(
+                    "pricing.models.{name}: prices must be finite and >= 0"
+                ));
             }
         }
         Ok(())
@@ -178,7 +181,8 @@ impl Pricing {
     pub fn cost_micros(&self, model: &str, input_tokens: u64, output_tokens: u64) -> u64 {
         let p = self.models.get(model).unwrap_or(&self.default);
         // USD per Mtok == micro-USD per token.
-        let micros = input_tokens as f64 * p.input_per_mtok + output_tokens as f64 * p.output_per_mtok;
+        let micros =
+            input_tokens as f64 * p.input_per_mtok + output_tokens as f64 * p.output_per_mtok;
         if micros >= u64::MAX as f64 {
             u64::MAX
         } else {
@@ -224,10 +228,16 @@ mod tests {
             monthly_tokens: Some(1000),
             monthly_cost_micros: None,
         };
-        let u = Usage::empty(Period { year: 2026, month: 11 });
+        let u = Usage::empty(Period {
+            year: 2026,
+            month: 11,
+        });
         assert_eq!(level(&u.add(799, 0), &limits), BudgetLevel::Ok);
         assert_eq!(level(&u.add(800, 0), &limits), BudgetLevel::Warn);
-        let warned = Usage { warned: true, ..u.add(900, 0) };
+        let warned = Usage {
+            warned: true,
+            ..u.add(900, 0)
+        };
         assert_eq!(level(&warned, &limits), BudgetLevel::Ok);
         assert_eq!(level(&u.add(1000, 0), &limits), BudgetLevel::Exceeded);
         // the cost limit counts as well, whichever is higher
@@ -237,7 +247,10 @@ mod tests {
         };
         assert_eq!(level(&u.add(1, 100), &both), BudgetLevel::Exceeded);
         // unlimited never trips, a zero limit always does
-        assert_eq!(level(&u.add(u64::MAX, u64::MAX), &BudgetLimits::default()), BudgetLevel::Ok);
+        assert_eq!(
+            level(&u.add(u64::MAX, u64::MAX), &BudgetLimits::default()),
+            BudgetLevel::Ok
+        );
         let zero = BudgetLimits {
             monthly_tokens: Some(0),
             monthly_cost_micros: None,
@@ -249,14 +262,29 @@ mod tests {
     #[test]
     fn month_rollover_resets_usage() {
         let nov = Period::parse("2026-11").unwrap_or(Period { year: 0, month: 1 });
-        let dec = Period { year: 2026, month: 12 };
-        let jan = Period { year: 2027, month: 1 };
-        let u = Usage { warned: true, ..Usage::empty(nov).add(500, 7) };
+        let dec = Period {
+            year: 2026,
+            month: 12,
+        };
+        let jan = Period {
+            year: 2027,
+            month: 1,
+        };
+        let u = Usage {
+            warned: true,
+            ..Usage::empty(nov).add(500, 7)
+        };
         assert_eq!(u.rolled_to(nov), u);
         assert_eq!(u.rolled_to(dec), Usage::empty(dec));
         assert_eq!(u.rolled_to(jan).period.to_string(), "2027-01");
         // a clock that goes backwards never resurrects or clears counters
-        assert_eq!(u.rolled_to(Period { year: 2026, month: 10 }), u);
+        assert_eq!(
+            u.rolled_to(Period {
+                year: 2026,
+                month: 10
+            }),
+            u
+        );
         // 2026-11-30T23:59:59.999Z and the next millisecond
         assert_eq!(Period::of(1_796_083_199_999), nov);
         assert_eq!(Period::of(1_796_083_200_000), dec);

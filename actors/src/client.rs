@@ -62,7 +62,10 @@ impl Cadre {
     pub async fn shutdown(&self) {
         let _ = self
             .root
-            .stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10)))
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(std::time::Duration::from_secs(10)),
+            )
             .await;
     }
 
@@ -101,7 +104,13 @@ impl Cadre {
         let org = org.clone();
         match self
             .root
-            .call(|reply| RootMsg::EnsureTenant { org: org.clone(), reply }, Some(self.ctx.settings.call_timeout))
+            .call(
+                |reply| RootMsg::EnsureTenant {
+                    org: org.clone(),
+                    reply,
+                },
+                Some(self.ctx.settings.call_timeout),
+            )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
@@ -113,13 +122,20 @@ impl Cadre {
     /// Whether every tenant supervisor is up.
     pub async fn is_ready(&self) -> bool {
         matches!(
-            self.root.call(RootMsg::IsReady, Some(self.ctx.settings.call_timeout)).await,
+            self.root
+                .call(RootMsg::IsReady, Some(self.ctx.settings.call_timeout))
+                .await,
             Ok(ractor::rpc::CallResult::Success(true))
         )
     }
 
     /// Creates an agent in `draft`.
-    pub async fn create_agent(&self, org: &OrgId, spec: AgentSpec, by: Who) -> Result<Arc<AgentSnapshot>> {
+    pub async fn create_agent(
+        &self,
+        org: &OrgId,
+        spec: AgentSpec,
+        by: Who,
+    ) -> Result<Arc<AgentSnapshot>> {
         self.tenant_call(org, |reply| TenantMsg::Create {
             spec: spec.clone(),
             by: by.clone(),
@@ -143,7 +159,13 @@ impl Cadre {
     }
 
     /// An operator command.
-    pub async fn command(&self, org: &OrgId, id: &AgentId, cmd: Command, by: Who) -> Result<Arc<AgentSnapshot>> {
+    pub async fn command(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        cmd: Command,
+        by: Who,
+    ) -> Result<Arc<AgentSnapshot>> {
         self.agent_call(org, id, |reply| AgentMsg::Command {
             cmd,
             by: by.clone(),
@@ -153,7 +175,13 @@ impl Cadre {
     }
 
     /// A configuration change.
-    pub async fn patch_agent(&self, org: &OrgId, id: &AgentId, patch: AgentPatch, by: Who) -> Result<Arc<AgentSnapshot>> {
+    pub async fn patch_agent(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        patch: AgentPatch,
+        by: Who,
+    ) -> Result<Arc<AgentSnapshot>> {
         self.agent_call(org, id, |reply| AgentMsg::Patch {
             patch: patch.clone(),
             by: by.clone(),
@@ -164,8 +192,11 @@ impl Cadre {
 
     /// Deletes an agent.
     pub async fn delete_agent(&self, org: &OrgId, id: &AgentId, by: Who) -> Result<DeleteOutcome> {
-        self.agent_call(org, id, |reply| AgentMsg::Delete { by: by.clone(), reply })
-            .await?
+        self.agent_call(org, id, |reply| AgentMsg::Delete {
+            by: by.clone(),
+            reply,
+        })
+        .await?
     }
 
     /// The organization an agent belongs to (runtime connections name only the agent).
@@ -184,11 +215,18 @@ impl Cadre {
 
     /// A runtime heartbeat; `Ok(false)` tells the runtime to exit.
     pub async fn runtime_heartbeat(&self, org: &OrgId, id: &AgentId, conn: u64) -> Result<bool> {
-        self.agent_call(org, id, |reply| AgentMsg::Heartbeat { conn, reply }).await?
+        self.agent_call(org, id, |reply| AgentMsg::Heartbeat { conn, reply })
+            .await?
     }
 
     /// A runtime usage report.
-    pub async fn runtime_usage(&self, org: &OrgId, id: &AgentId, conn: u64, report: UsageReport) -> Result<UsageAck> {
+    pub async fn runtime_usage(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conn: u64,
+        report: UsageReport,
+    ) -> Result<UsageAck> {
         self.agent_call(org, id, |reply| AgentMsg::Usage {
             conn,
             report: report.clone(),
@@ -215,7 +253,11 @@ impl Cadre {
                 }
             }
             ChaosTarget::Tenant => {
-                let h = self.ctx.registry.tenant(&OrgId(id.to_string())).ok_or(Error::NotFound)?;
+                let h = self
+                    .ctx
+                    .registry
+                    .tenant(&OrgId(id.to_string()))
+                    .ok_or(Error::NotFound)?;
                 match mode {
                     ChaosMode::Kill => h.actor.kill(),
                     ChaosMode::Panic => {

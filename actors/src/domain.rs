@@ -333,7 +333,12 @@ impl AgentView {
             state: rec.state,
             state_reason: rec.state_reason.clone(),
             allowed_commands: allowed_commands(rec.state),
-            missing_fields: rec.spec.missing_fields().into_iter().map(String::from).collect(),
+            missing_fields: rec
+                .spec
+                .missing_fields()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             restart_count: rec.restart_count,
             deployment: DeploymentView {
                 target: rec.spec.target.as_str().to_string(),
@@ -387,7 +392,8 @@ impl AgentSnapshot {
     pub fn view(&self) -> AgentView {
         // The JSON was rendered from an AgentView, so it always parses back;
         // a failure would be a bug in this module, not bad input.
-        serde_json::from_str(&self.json).unwrap_or_else(|e| panic!("snapshot of {} does not parse: {e}", self.id))
+        serde_json::from_str(&self.json)
+            .unwrap_or_else(|e| panic!("snapshot of {} does not parse: {e}", self.id))
     }
 }
 

@@ -50,7 +50,11 @@ pub struct AgentWrite<'a> {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new agent and its creation history entry.
-    async fn insert_agent(&self, record: &AgentRecord, created: &Transition) -> Result<(), StoreError>;
+    async fn insert_agent(
+        &self,
+        record: &AgentRecord,
+        created: &Transition,
+    ) -> Result<(), StoreError>;
 
     /// Writes an agent atomically, fenced by `record.epoch`.
     async fn write_agent(&self, write: AgentWrite<'_>) -> Result<WriteOutcome, StoreError>;
@@ -60,7 +64,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims one agent for a new actor incarnation: bumps its epoch and returns
     /// the record with the new epoch (`None` if it does not exist or was deleted).
-    async fn claim_agent(&self, org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
+    async fn claim_agent(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+    ) -> Result<Option<AgentRecord>, StoreError>;
 
     /// Claims every live agent of an organization for new incarnations: bumps
     /// each one's epoch, so writes from older incarnations are refused.
@@ -69,7 +77,12 @@ pub trait Store: Send + Sync + 'static {
     /// A page of an organization's live agents: ids after `after`, in id
     /// order, at most `limit`. Hydration walks an org page by page so its
     /// transient memory stays small however many agents there are.
-    async fn org_page(&self, org: &OrgId, after: Option<&AgentId>, limit: usize) -> Result<Vec<AgentRecord>, StoreError>;
+    async fn org_page(
+        &self,
+        org: &OrgId,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError>;
 
     /// All organization ids.
     async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError>;

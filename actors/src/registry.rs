@@ -66,7 +66,10 @@ impl Registry {
     /// The agent's actor, if it belongs to `org`. Another tenant's agent reads
     /// as absent.
     pub fn agent(&self, org: &OrgId, id: &AgentId) -> Option<AgentHandle> {
-        self.agents.get(id).filter(|h| &h.org == org).map(|h| h.clone())
+        self.agents
+            .get(id)
+            .filter(|h| &h.org == org)
+            .map(|h| h.clone())
     }
 
     /// The agent's actor whatever its org (runtime connections, chaos).
@@ -87,14 +90,16 @@ impl Registry {
 
     /// Removes an agent's entry if it still points at `actor`.
     pub fn remove_agent(&self, id: &AgentId, actor: &ActorRef<AgentMsg>) {
-        self.agents.remove_if(id, |_, h| h.actor.get_id() == actor.get_id());
+        self.agents
+            .remove_if(id, |_, h| h.actor.get_id() == actor.get_id());
         metrics::gauge!("cadre_agents_live").set(self.agents.len() as f64);
     }
 
     /// Drops `org`'s entries for agents not in `keep` (a re-hydrating tenant
     /// clears what its dead predecessor registered for since-deleted agents).
     pub fn retain_org_agents(&self, org: &OrgId, keep: &std::collections::HashSet<AgentId>) {
-        self.agents.retain(|id, h| &h.org != org || keep.contains(id));
+        self.agents
+            .retain(|id, h| &h.org != org || keep.contains(id));
         metrics::gauge!("cadre_agents_live").set(self.agents.len() as f64);
     }
 
@@ -105,7 +110,8 @@ impl Registry {
 
     /// Removes a tenant's entry if it still points at `actor`.
     pub fn remove_tenant(&self, org: &OrgId, actor: &ActorRef<TenantMsg>) {
-        self.tenants.remove_if(org, |_, h| h.actor.get_id() == actor.get_id());
+        self.tenants
+            .remove_if(org, |_, h| h.actor.get_id() == actor.get_id());
     }
 
     /// Number of live agent actors.
@@ -144,18 +150,22 @@ where
             return Err(Error::NotFound);
         };
         let waited = Instant::now();
-        let permit = match tokio::time::timeout(mailbox_wait, gate.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                metrics::counter!("cadre_mailbox_rejected_total", "actor" => gate.kind).increment(1);
-                return Err(Error::Overloaded);
-            }
-        };
+        let permit =
+            match tokio::time::timeout(mailbox_wait, gate.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    metrics::counter!("cadre_mailbox_rejected_total", "actor" => gate.kind)
+                        .increment(1);
+                    return Err(Error::Overloaded);
+                }
+            };
         metrics::histogram!("cadre_mailbox_wait_seconds", "actor" => gate.kind)
             .record(waited.elapsed().as_secs_f64());
         let inflight = metrics::gauge!("cadre_mailbox_inflight", "actor" => gate.kind);
         inflight.increment(1.0);
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let result = actor.call(&build, Some(left)).await;
         inflight.decrement(1.0);
         drop(permit);
@@ -163,7 +173,9 @@ where
             Ok(CallResult::Success(r)) => return Ok(r),
             Ok(CallResult::Timeout) => return Err(Error::Timeout),
             Ok(CallResult::SenderError) => {
-                return Err(Error::Unavailable("the actor restarted before answering; retry".into()));
+                return Err(Error::Unavailable(
+                    "the actor restarted before answering; retry".into(),
+                ));
             }
             Err(_not_delivered) => {
                 if Instant::now() + pause >= deadline {

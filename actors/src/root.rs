@@ -56,7 +56,11 @@ pub struct RootState {
 }
 
 impl RootState {
-    async fn spawn_tenant(&mut self, myself: &ActorRef<RootMsg>, org: OrgId) -> std::result::Result<(), String> {
+    async fn spawn_tenant(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+        org: OrgId,
+    ) -> std::result::Result<(), String> {
         let args = TenantArgs {
             org: org.clone(),
             ctx: self.ctx.clone(),
@@ -83,7 +87,10 @@ impl RootState {
         slot.actor = None;
         metrics::counter!("cadre_actor_restarts_total", "actor" => "tenant").increment(1);
         let now = Instant::now();
-        if slot.last_failure.is_some_and(|t| now.duration_since(t) < window) {
+        if slot
+            .last_failure
+            .is_some_and(|t| now.duration_since(t) < window)
+        {
             slot.streak = slot.streak.saturating_add(1);
         } else {
             slot.streak = 0;
@@ -139,16 +146,20 @@ impl Actor for RootSupervisor {
                 let r = if st.tenants.get(&org).is_some_and(|s| s.actor.is_some()) {
                     Ok(())
                 } else {
-                    st.spawn_tenant(&myself, org).await.map_err(Error::Unavailable)
+                    st.spawn_tenant(&myself, org)
+                        .await
+                        .map_err(Error::Unavailable)
                 };
                 let _ = reply.send(r);
             }
             RootMsg::Respawn(org) => {
-                if st.tenants.get(&org).is_some_and(|s| s.actor.is_none()) {
-                    if let Err(e) = st.spawn_tenant(&myself, org.clone()).await {
-                        tracing::error!(%org, error = %e, "tenant restart failed; retrying");
-                        myself.send_after(st.ctx.settings.supervisor_backoff.max, move || RootMsg::Respawn(org));
-                    }
+                if st.tenants.get(&org).is_some_and(|s| s.actor.is_none())
+                    && let Err(e) = st.spawn_tenant(&myself, org.clone()).await
+                {
+                    tracing::error!(%org, error = %e, "tenant restart failed; retrying");
+                    myself.send_after(st.ctx.settings.supervisor_backoff.max, move || {
+                        RootMsg::Respawn(org)
+                    });
                 }
             }
             RootMsg::IsReady(reply) => {
@@ -165,7 +176,9 @@ impl Actor for RootSupervisor {
         st: &mut RootState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         let (cell, why) = match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_default())
+            }
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             _ => return Ok(()),
         };

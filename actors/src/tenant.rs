@@ -17,13 +17,17 @@
 use crate::agent::{AgentActor, AgentArgs, AgentMsg, EXIT_DELETED, EXIT_FENCED, health_of};
 use crate::budget::{Period, Usage};
 use crate::context::Ctx;
-use crate::domain::{AgentEvent, AgentId, AgentRecord, AgentSnapshot, AgentSpec, AgentView, OrgId, Transition, Who};
+use crate::domain::{
+    AgentEvent, AgentId, AgentRecord, AgentSnapshot, AgentSpec, AgentView, OrgId, Transition, Who,
+};
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, State, Trigger};
 use crate::ports::{AgentWrite, StoreError};
 use crate::registry::{AgentHandle, Gate};
 use crate::restart::RestartIntensity;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -90,8 +94,8 @@ pub enum TenantMsg {
     Removed(AgentId),
     /// A create's insert finished (sent by the insert task).
     Inserted {
-        /// The new record.
-        record: AgentRecord,
+        /// The new record (boxed: it dwarfs every other message).
+        record: Box<AgentRecord>,
         /// The store's answer.
         result: std::result::Result<(), StoreError>,
         /// The tenant incarnation that started the create.
@@ -133,7 +137,11 @@ impl TenantState {
     }
 
     /// Spawns an incarnation for `record` (already claimed) and registers it.
-    async fn spawn_agent(&mut self, myself: &ActorRef<TenantMsg>, record: AgentRecord) -> std::result::Result<(), String> {
+    async fn spawn_agent(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        record: AgentRecord,
+    ) -> std::result::Result<(), String> {
         let id = record.id.clone();
         let snapshot = self.publish_record(&record);
         let args = AgentArgs {
@@ -172,12 +180,11 @@ impl TenantState {
     fn forget(&mut self, id: &AgentId) {
         self.children.remove(id);
         self.index.remove(id);
-        if let Some(handle) = self.ctx.registry.agent(&self.org, id) {
-            if handle.actor.get_status() == ractor::ActorStatus::Stopped
-                || !self.by_actor.contains_key(&handle.actor.get_id())
-            {
-                self.ctx.registry.remove_agent(id, &handle.actor);
-            }
+        if let Some(handle) = self.ctx.registry.agent(&self.org, id)
+            && (handle.actor.get_status() == ractor::ActorStatus::Stopped
+                || !self.by_actor.contains_key(&handle.actor.get_id()))
+        {
+            self.ctx.registry.remove_agent(id, &handle.actor);
         }
     }
 
@@ -221,9 +228,20 @@ impl TenantState {
         }
     }
 
-    async fn escalate(&mut self, myself: &ActorRef<TenantMsg>, id: &AgentId, why: &str) -> std::result::Result<(), String> {
+    async fn escalate(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+        id: &AgentId,
+        why: &str,
+    ) -> std::result::Result<(), String> {
         let settings = &self.ctx.settings;
-        let Some(mut rec) = self.ctx.store.claim_agent(&self.org, id).await.map_err(|e| e.to_string())? else {
+        let Some(mut rec) = self
+            .ctx
+            .store
+            .claim_agent(&self.org, id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             self.forget(id);
             return Ok(());
         };
@@ -276,7 +294,9 @@ impl TenantState {
             Err(e) => {
                 // The store is down: try again later rather than lose the agent.
                 tracing::warn!(agent = %id, error = %e, "cannot reload agent; retrying");
-                myself.send_after(self.ctx.settings.supervisor_backoff.max, move || TenantMsg::Respawn(id));
+                myself.send_after(self.ctx.settings.supervisor_backoff.max, move || {
+                    TenantMsg::Respawn(id)
+                });
             }
         }
     }
@@ -284,7 +304,13 @@ impl TenantState {
     /// Starts a create: the insert runs off the mailbox so that concurrent
     /// creates reach the store together (and share a group commit); the
     /// result comes back as `Inserted`.
-    fn begin_create(&self, myself: &ActorRef<TenantMsg>, spec: AgentSpec, by: Who, reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>) {
+    fn begin_create(
+        &self,
+        myself: &ActorRef<TenantMsg>,
+        spec: AgentSpec,
+        by: Who,
+        reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
+    ) {
         let now = self.ctx.clock.now_ms();
         let record = AgentRecord {
             id: AgentId(uuid::Uuid::now_v7().to_string()),
@@ -315,7 +341,12 @@ impl TenantState {
         let mut target = myself.clone();
         tokio::spawn(async move {
             let result = store.insert_agent(&record, &created).await;
-            let mut msg = TenantMsg::Inserted { record, result, origin, reply };
+            let mut msg = TenantMsg::Inserted {
+                record: Box::new(record),
+                result,
+                origin,
+                reply,
+            };
             // Deliver to the tenant's current incarnation: if the one that
             // started the insert died meanwhile, its successor adopts the agent
             // (and answers the caller). Past the deadline the caller gets a
@@ -390,7 +421,11 @@ impl TenantState {
             }
             items.push(snap.clone());
         }
-        let next_cursor = if more { items.last().map(|s| s.id.clone()) } else { None };
+        let next_cursor = if more {
+            items.last().map(|s| s.id.clone())
+        } else {
+            None
+        };
         ListPage { items, next_cursor }
     }
 }
@@ -426,7 +461,11 @@ impl Actor for TenantSupervisor {
         loading += t.elapsed();
         loop {
             let t = Instant::now();
-            let page = st.ctx.store.org_page(&st.org, after.as_ref(), HYDRATE_PAGE).await?;
+            let page = st
+                .ctx
+                .store
+                .org_page(&st.org, after.as_ref(), HYDRATE_PAGE)
+                .await?;
             loading += t.elapsed();
             let full = page.len() == HYDRATE_PAGE;
             after = page.last().map(|r| r.id.clone());
@@ -476,7 +515,7 @@ impl Actor for TenantSupervisor {
                 origin,
                 reply,
             } => {
-                let r = st.finish_create(&myself, record, result, origin).await;
+                let r = st.finish_create(&myself, *record, result, origin).await;
                 let _ = reply.send(r);
             }
             TenantMsg::List { query, reply } => {

@@ -13,15 +13,25 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(10);
 
 async fn running_agent(h: &Harness, name: &str) -> AgentId {
-    let snap = h.cadre.create_agent(&h.org, spec(name), user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, spec(name), user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
-    h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     id
 }
 
 async fn replaced(h: &Harness, id: &AgentId, before: ractor::ActorId) {
-    wait_until("replacement actor", LIMIT, || h.actor_id(id).is_some_and(|a| a != before)).await;
+    wait_until("replacement actor", LIMIT, || {
+        h.actor_id(id).is_some_and(|a| a != before)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -30,9 +40,15 @@ async fn restarts_agent_after_kill_with_state_intact() {
     let id = running_agent(&h, "a").await;
     let before = h.cadre.get_agent(&h.org, &id).await.expect("get");
     let actor = h.actor_id(&id).expect("actor");
-    h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill).expect("kill");
+    h.cadre
+        .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill)
+        .expect("kill");
     replaced(&h, &id, actor).await;
-    let after = h.cadre.get_agent(&h.org, &id).await.expect("get after restart");
+    let after = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get after restart");
     assert_eq!(after.view().name, before.view().name);
     assert_eq!(after.view().state, State::Running);
     assert_eq!(after.view().restart_count, before.view().restart_count);
@@ -40,19 +56,34 @@ async fn restarts_agent_after_kill_with_state_intact() {
     let stored = h.store.record(&id).expect("stored");
     assert!(stored.epoch > 1, "the replacement claimed a new epoch");
     // And it still works: commands go to the new incarnation.
-    h.cadre.command(&h.org, &id, Command::Stop, user()).await.expect("stop after restart");
+    h.cadre
+        .command(&h.org, &id, Command::Stop, user())
+        .await
+        .expect("stop after restart");
     assert_eq!(h.store.record(&id).expect("stored").state, State::Stopped);
 }
 
 #[tokio::test]
 async fn restarts_agent_after_panic() {
     let h = start(fast_settings()).await;
-    let snap = h.cadre.create_agent(&h.org, spec("p"), user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, spec("p"), user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
-    let patch = AgentPatch { role: Some(Some("writer".into())), ..Default::default() };
-    h.cadre.patch_agent(&h.org, &id, patch, user()).await.expect("patch");
+    let patch = AgentPatch {
+        role: Some(Some("writer".into())),
+        ..Default::default()
+    };
+    h.cadre
+        .patch_agent(&h.org, &id, patch, user())
+        .await
+        .expect("patch");
     let actor = h.actor_id(&id).expect("actor");
-    h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic).expect("panic");
+    h.cadre
+        .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic)
+        .expect("panic");
     replaced(&h, &id, actor).await;
     let after = h.cadre.get_agent(&h.org, &id).await.expect("get");
     assert_eq!(after.view().role.as_deref(), Some("writer"));
@@ -64,37 +95,81 @@ async fn tenant_restart_rehydrates_all_agents() {
     let h = start(fast_settings()).await;
     let mut ids = Vec::new();
     for i in 0..8 {
-        let snap = h.cadre.create_agent(&h.org, spec(&format!("t{i}")), user()).await.expect("create");
+        let snap = h
+            .cadre
+            .create_agent(&h.org, spec(&format!("t{i}")), user())
+            .await
+            .expect("create");
         ids.push(snap.id.clone());
     }
     let live = running_agent(&h, "live").await;
-    h.cadre.command(&h.org, &ids[0], Command::Deploy, user()).await.expect("deploy");
+    h.cadre
+        .command(&h.org, &ids[0], Command::Deploy, user())
+        .await
+        .expect("deploy");
     h.wait_state(&ids[0], State::Running, LIMIT).await;
-    h.cadre.command(&h.org, &ids[0], Command::Stop, user()).await.expect("stop");
+    h.cadre
+        .command(&h.org, &ids[0], Command::Stop, user())
+        .await
+        .expect("stop");
     ids.push(live.clone());
     let mut before = Vec::new();
     for id in &ids {
-        before.push(h.cadre.get_agent(&h.org, id).await.expect("get").view().clone());
+        before.push(
+            h.cadre
+                .get_agent(&h.org, id)
+                .await
+                .expect("get")
+                .view()
+                .clone(),
+        );
     }
-    let tenant = h.cadre.ctx().registry.tenant(&h.org).expect("tenant").actor.get_id();
+    let tenant = h
+        .cadre
+        .ctx()
+        .registry
+        .tenant(&h.org)
+        .expect("tenant")
+        .actor
+        .get_id();
     let agent_actors: Vec<_> = ids.iter().map(|id| h.actor_id(id)).collect();
-    h.cadre.chaos(ChaosTarget::Tenant, h.org.as_str(), ChaosMode::Kill).expect("kill tenant");
+    h.cadre
+        .chaos(ChaosTarget::Tenant, h.org.as_str(), ChaosMode::Kill)
+        .expect("kill tenant");
     wait_until("new tenant", LIMIT, || {
-        h.cadre.ctx().registry.tenant(&h.org).is_some_and(|t| t.actor.get_id() != tenant)
+        h.cadre
+            .ctx()
+            .registry
+            .tenant(&h.org)
+            .is_some_and(|t| t.actor.get_id() != tenant)
     })
     .await;
     for (id, old) in ids.iter().zip(agent_actors) {
-        wait_until("agent back", LIMIT, || h.actor_id(id).is_some_and(|a| Some(a) != old)).await;
+        wait_until("agent back", LIMIT, || {
+            h.actor_id(id).is_some_and(|a| Some(a) != old)
+        })
+        .await;
     }
     for (id, view) in ids.iter().zip(before) {
-        let now = h.cadre.get_agent(&h.org, id).await.expect("get after tenant restart");
+        let now = h
+            .cadre
+            .get_agent(&h.org, id)
+            .await
+            .expect("get after tenant restart");
         assert_eq!(now.view().state, view.state, "{id}");
         assert_eq!(now.view().name, view.name);
     }
     // The read index came back too.
     let page = h
         .cadre
-        .list_agents(&h.org, cadre_actors::tenant::ListQuery { state: None, cursor: None, limit: 100 })
+        .list_agents(
+            &h.org,
+            cadre_actors::tenant::ListQuery {
+                state: None,
+                cursor: None,
+                limit: 100,
+            },
+        )
         .await
         .expect("list");
     assert_eq!(page.items.len(), ids.len());
@@ -104,22 +179,59 @@ async fn tenant_restart_rehydrates_all_agents() {
 #[tokio::test]
 async fn escalates_to_error_after_max_restarts() {
     let h = start(fast_settings()).await; // 3 restarts per 60 s
-    let snap = h.cadre.create_agent(&h.org, spec("e"), user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, spec("e"), user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
     for _ in 0..4 {
         let actor = h.actor_id(&id).expect("actor");
-        h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic).expect("panic");
+        h.cadre
+            .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic)
+            .expect("panic");
         replaced(&h, &id, actor).await;
     }
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
+    let view = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get")
+        .view()
+        .clone();
     assert_eq!(view.state, State::Error);
-    assert!(view.state_reason.as_deref().unwrap_or("").contains("restart intensity exceeded"), "{view:?}");
+    assert!(
+        view.state_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("restart intensity exceeded"),
+        "{view:?}"
+    );
     let history = h.store.history(&id);
-    assert!(history.iter().any(|t| t.from == Some(State::Draft) && t.to == State::Error));
-    assert!(h.store.events(&id).iter().any(|e| e.kind == "supervisor_escalated"));
+    assert!(
+        history
+            .iter()
+            .any(|t| t.from == Some(State::Draft) && t.to == State::Error)
+    );
+    assert!(
+        h.store
+            .events(&id)
+            .iter()
+            .any(|e| e.kind == "supervisor_escalated")
+    );
     // An operator can still act on it.
-    let err = h.cadre.command(&h.org, &id, Command::Start, user()).await.expect_err("start from error");
-    assert!(matches!(err, Error::IllegalTransition { state: State::Error, .. }));
+    let err = h
+        .cadre
+        .command(&h.org, &id, Command::Start, user())
+        .await
+        .expect_err("start from error");
+    assert!(matches!(
+        err,
+        Error::IllegalTransition {
+            state: State::Error,
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
@@ -145,10 +257,27 @@ async fn restart_limit_moves_agent_to_error() {
     h.deployer.fail_start.store(true, Ordering::SeqCst);
     h.deployer.crash(id.as_str());
     h.wait_state(&id, State::Error, LIMIT).await;
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
-    assert!(view.state_reason.as_deref().unwrap_or("").contains("restart limit"), "{view:?}");
+    let view = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get")
+        .view()
+        .clone();
+    assert!(
+        view.state_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("restart limit"),
+        "{view:?}"
+    );
     assert_eq!(view.restart_count, 2);
-    assert!(h.store.events(&id).iter().any(|e| e.kind == "restart_limit_reached"));
+    assert!(
+        h.store
+            .events(&id)
+            .iter()
+            .any(|e| e.kind == "restart_limit_reached")
+    );
     // In error nothing happens by itself any more.
     let history_len = h.store.history(&id).len();
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -160,41 +289,97 @@ async fn budget_warns_stops_and_rolls_over() {
     let h = start(fast_settings()).await;
     let mut s = spec("b");
     s.budget.monthly_tokens = Some(1000);
-    let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, s, user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
-    h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     let token = h.deployer.token_of(id.as_str()).expect("token");
-    let conn = h.cadre.runtime_hello(&h.org, &id, &token).await.expect("hello").conn;
+    let conn = h
+        .cadre
+        .runtime_hello(&h.org, &id, &token)
+        .await
+        .expect("hello")
+        .conn;
     let report = |rid: &str, n: u64| cadre_actors::agent::UsageReport {
         report_id: rid.into(),
         model: "m".into(),
         input_tokens: n,
         output_tokens: 0,
     };
-    let ack = h.cadre.runtime_usage(&h.org, &id, conn, report("r1", 500)).await.expect("usage");
+    let ack = h
+        .cadre
+        .runtime_usage(&h.org, &id, conn, report("r1", 500))
+        .await
+        .expect("usage");
     assert!(ack.counted && ack.should_run);
     assert!(h.store.events(&id).is_empty());
-    h.cadre.runtime_usage(&h.org, &id, conn, report("r2", 300)).await.expect("usage");
-    assert_eq!(h.store.events(&id).iter().filter(|e| e.kind == "budget_warning").count(), 1);
+    h.cadre
+        .runtime_usage(&h.org, &id, conn, report("r2", 300))
+        .await
+        .expect("usage");
+    assert_eq!(
+        h.store
+            .events(&id)
+            .iter()
+            .filter(|e| e.kind == "budget_warning")
+            .count(),
+        1
+    );
     // A resent report is not counted twice.
-    let dup = h.cadre.runtime_usage(&h.org, &id, conn, report("r2", 300)).await.expect("dup");
+    let dup = h
+        .cadre
+        .runtime_usage(&h.org, &id, conn, report("r2", 300))
+        .await
+        .expect("dup");
     assert!(!dup.counted);
     assert_eq!(h.store.record(&id).expect("rec").usage.tokens, 800);
-    let ack = h.cadre.runtime_usage(&h.org, &id, conn, report("r3", 250)).await.expect("usage");
+    let ack = h
+        .cadre
+        .runtime_usage(&h.org, &id, conn, report("r3", 250))
+        .await
+        .expect("usage");
     assert!(!ack.should_run);
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
+    let view = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get")
+        .view()
+        .clone();
     assert_eq!(view.state, State::Stopped);
     assert_eq!(view.state_reason.as_deref(), Some("budget_exceeded"));
     assert_eq!(view.usage.tokens, 1050);
-    let err = h.cadre.command(&h.org, &id, Command::Start, user()).await.expect_err("over budget");
+    let err = h
+        .cadre
+        .command(&h.org, &id, Command::Start, user())
+        .await
+        .expect_err("over budget");
     assert!(matches!(err, Error::BudgetExceeded { .. }));
     // The next month the counters reset and the agent may start again.
     h.clock.0.store(1_796_083_200_000, Ordering::SeqCst);
-    h.cadre.command(&h.org, &id, Command::Start, user()).await.expect("start in December");
+    h.cadre
+        .command(&h.org, &id, Command::Start, user())
+        .await
+        .expect("start in December");
     h.wait_state(&id, State::Running, LIMIT).await;
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
-    assert_eq!((view.usage.tokens, view.usage.period.as_str()), (0, "2026-12"));
+    let view = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get")
+        .view()
+        .clone();
+    assert_eq!(
+        (view.usage.tokens, view.usage.period.as_str()),
+        (0, "2026-12")
+    );
 }
 
 #[tokio::test]
@@ -202,38 +387,87 @@ async fn raising_the_budget_allows_a_start() {
     let h = start(fast_settings()).await;
     let mut s = spec("r");
     s.budget.monthly_cost_micros = Some(0);
-    let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, s, user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
-    let err = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect_err("no budget");
+    let err = h
+        .cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect_err("no budget");
     assert!(matches!(err, Error::BudgetExceeded { .. }));
-    let patch = AgentPatch { monthly_cost_micros: Some(Some(1_000_000)), ..Default::default() };
-    h.cadre.patch_agent(&h.org, &id, patch, user()).await.expect("raise");
-    h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
+    let patch = AgentPatch {
+        monthly_cost_micros: Some(Some(1_000_000)),
+        ..Default::default()
+    };
+    h.cadre
+        .patch_agent(&h.org, &id, patch, user())
+        .await
+        .expect("raise");
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
 
 #[tokio::test]
 async fn failed_write_changes_nothing() {
     let h = start(fast_settings()).await;
-    let snap = h.cadre.create_agent(&h.org, spec("w"), user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, spec("w"), user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
     h.store.fail_writes.store(true, Ordering::SeqCst);
-    let err = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect_err("store down");
+    let err = h
+        .cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect_err("store down");
     assert!(matches!(err, Error::Unavailable(_)));
-    let patch = AgentPatch { name: Some("renamed".into()), ..Default::default() };
-    assert!(h.cadre.patch_agent(&h.org, &id, patch, user()).await.is_err());
-    let view = h.cadre.get_agent(&h.org, &id).await.expect("get").view().clone();
+    let patch = AgentPatch {
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    assert!(
+        h.cadre
+            .patch_agent(&h.org, &id, patch, user())
+            .await
+            .is_err()
+    );
+    let view = h
+        .cadre
+        .get_agent(&h.org, &id)
+        .await
+        .expect("get")
+        .view()
+        .clone();
     assert_eq!((view.state, view.name.as_str()), (State::Draft, "w"));
     h.store.fail_writes.store(false, Ordering::SeqCst);
-    h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy once the store is back");
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy once the store is back");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
 
 #[tokio::test]
 async fn names_are_unique_per_org() {
     let h = start(fast_settings()).await;
-    h.cadre.create_agent(&h.org, spec("same"), user()).await.expect("first");
-    let err = h.cadre.create_agent(&h.org, spec("same"), user()).await.expect_err("dup");
+    h.cadre
+        .create_agent(&h.org, spec("same"), user())
+        .await
+        .expect("first");
+    let err = h
+        .cadre
+        .create_agent(&h.org, spec("same"), user())
+        .await
+        .expect_err("dup");
     assert!(matches!(err, Error::NameTaken(_)));
 }
 
@@ -242,15 +476,36 @@ async fn deploy_with_missing_fields_stops_in_configuring() {
     let h = start(fast_settings()).await;
     let mut s = spec("c");
     s.model = None;
-    let snap = h.cadre.create_agent(&h.org, s, user()).await.expect("create");
+    let snap = h
+        .cadre
+        .create_agent(&h.org, s, user())
+        .await
+        .expect("create");
     let id = snap.id.clone();
-    let after = h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
+    let after = h
+        .cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
     assert_eq!(after.view().state, State::Configuring);
-    assert_eq!(after.view().state_reason.as_deref(), Some("missing required fields: model"));
-    let patch = AgentPatch { model: Some(Some("m".into())), ..Default::default() };
-    let after = h.cadre.patch_agent(&h.org, &id, patch, user()).await.expect("patch");
+    assert_eq!(
+        after.view().state_reason.as_deref(),
+        Some("missing required fields: model")
+    );
+    let patch = AgentPatch {
+        model: Some(Some("m".into())),
+        ..Default::default()
+    };
+    let after = h
+        .cadre
+        .patch_agent(&h.org, &id, patch, user())
+        .await
+        .expect("patch");
     assert_eq!(after.view().state, State::Ready);
-    h.cadre.command(&h.org, &id, Command::Deploy, user()).await.expect("deploy");
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
 
@@ -261,7 +516,15 @@ async fn random_operations_only_follow_the_table() {
     let h = start(fast_settings()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(h.cadre.create_agent(&h.org, spec(&format!("r{i}")), user()).await.expect("create").view().id.clone());
+        ids.push(
+            h.cadre
+                .create_agent(&h.org, spec(&format!("r{i}")), user())
+                .await
+                .expect("create")
+                .view()
+                .id
+                .clone(),
+        );
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
@@ -280,10 +543,16 @@ async fn random_operations_only_follow_the_table() {
             4 => drop(h.cadre.command(&h.org, id, Command::Destroy, user()).await),
             5 => h.deployer.crash(id.as_str()),
             6 => {
-                let patch = AgentPatch { model: Some(Some(format!("m{}", next() % 3))), ..Default::default() };
+                let patch = AgentPatch {
+                    model: Some(Some(format!("m{}", next() % 3))),
+                    ..Default::default()
+                };
                 drop(h.cadre.patch_agent(&h.org, id, patch, user()).await);
             }
-            7 => drop(h.cadre.chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill)),
+            7 => drop(
+                h.cadre
+                    .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill),
+            ),
             _ => tokio::time::sleep(Duration::from_millis(3)).await,
         }
     }
@@ -291,7 +560,9 @@ async fn random_operations_only_follow_the_table() {
         for t in h.store.history(id) {
             let Some(from) = t.from else { continue };
             assert!(
-                TRANSITIONS.iter().any(|(f, _, to)| *f == from && *to == t.to),
+                TRANSITIONS
+                    .iter()
+                    .any(|(f, _, to)| *f == from && *to == t.to),
                 "history of {id} has {from} -> {} which is not in the table",
                 t.to
             );

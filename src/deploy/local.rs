@@ -52,7 +52,9 @@ pub struct LocalDeployer {
 
 impl std::fmt::Debug for LocalDeployer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalDeployer").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("LocalDeployer")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +72,9 @@ fn pid_is_our_runtime(pid: i32, dir: &Path) -> bool {
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state letter follows the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
@@ -82,7 +86,12 @@ fn pid_is_our_runtime(pid: i32, dir: &Path) -> bool {
 impl LocalDeployer {
     /// A deployer keeping deployments under `root`, starting `runtime_bin`,
     /// whose runtimes dial `connect_url`.
-    pub fn new(root: PathBuf, runtime_bin: PathBuf, connect_url: String, stop_grace: Duration) -> LocalDeployer {
+    pub fn new(
+        root: PathBuf,
+        runtime_bin: PathBuf,
+        connect_url: String,
+        stop_grace: Duration,
+    ) -> LocalDeployer {
         LocalDeployer {
             root,
             runtime_bin,
@@ -95,18 +104,29 @@ impl LocalDeployer {
     fn dir(&self, deployment: &str) -> Result<PathBuf, DeployError> {
         // Deployment refs are agent ids we generated; refuse anything that could
         // escape the root.
-        if deployment.is_empty() || !deployment.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if deployment.is_empty()
+            || !deployment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(err(format!("invalid deployment ref {deployment:?}")));
         }
         Ok(self.root.join(deployment))
     }
 
     fn slot(&self, deployment: &str) -> Arc<Mutex<Slot>> {
-        self.slots.entry(deployment.to_string()).or_default().clone()
+        self.slots
+            .entry(deployment.to_string())
+            .or_default()
+            .clone()
     }
 
     fn pid_from_file(dir: &Path) -> Option<i32> {
-        std::fs::read_to_string(dir.join("runtime.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(dir.join("runtime.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The pid of the live runtime, if any (our child, or one re-attached by pid file).
@@ -208,7 +228,8 @@ impl Deployer for LocalDeployer {
             .spawn()
             .map_err(|e| err(format!("spawning {}: {e}", self.runtime_bin.display())))?;
         if let Some(pid) = child.id() {
-            std::fs::write(dir.join("runtime.pid"), pid.to_string()).map_err(|e| err(format!("writing pid file: {e}")))?;
+            std::fs::write(dir.join("runtime.pid"), pid.to_string())
+                .map_err(|e| err(format!("writing pid file: {e}")))?;
         }
         slot.child = Some(child);
         Ok(())
@@ -244,11 +265,13 @@ impl Deployer for LocalDeployer {
         }
         let slot = self.slot(deployment);
         let mut slot = slot.lock().await;
-        if let Some(child) = slot.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                slot.child = None;
-                return Ok(DeploymentStatus::Stopped(format!("runtime exited: {status}")));
-            }
+        if let Some(child) = slot.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            slot.child = None;
+            return Ok(DeploymentStatus::Stopped(format!(
+                "runtime exited: {status}"
+            )));
         }
         Ok(match Self::live_pid(&mut slot, &dir) {
             Some(_) => DeploymentStatus::Running,
@@ -258,7 +281,9 @@ impl Deployer for LocalDeployer {
 
     async fn logs(&self, deployment: &str, lines: usize) -> Result<String, DeployError> {
         let dir = self.dir(deployment)?;
-        let text = tokio::fs::read_to_string(dir.join("runtime.log")).await.unwrap_or_default();
+        let text = tokio::fs::read_to_string(dir.join("runtime.log"))
+            .await
+            .unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         Ok(all[all.len().saturating_sub(lines)..].join("\n"))
     }

@@ -21,7 +21,11 @@ struct KillRequest {
     mode: Option<String>,
 }
 
-async fn kill(State(state): State<AppState>, principal: Principal, ApiJson(req): ApiJson<KillRequest>) -> Result<Response, ApiError> {
+async fn kill(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<KillRequest>,
+) -> Result<Response, ApiError> {
     if !state.config.chaos.enabled {
         return Err(ApiError::not_found("route"));
     }
@@ -31,23 +35,40 @@ async fn kill(State(state): State<AppState>, principal: Principal, ApiJson(req):
     let target = match req.target.as_str() {
         "agent" => ChaosTarget::Agent,
         "tenant" => ChaosTarget::Tenant,
-        other => return Err(ApiError::invalid("target", format!("expected \"agent\" or \"tenant\", got {other:?}"))),
+        other => {
+            return Err(ApiError::invalid(
+                "target",
+                format!("expected \"agent\" or \"tenant\", got {other:?}"),
+            ));
+        }
     };
     let mode = match req.mode.as_deref() {
         None | Some("kill") => ChaosMode::Kill,
         Some("panic") => ChaosMode::Panic,
-        Some(other) => return Err(ApiError::invalid("mode", format!("expected \"kill\" or \"panic\", got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "mode",
+                format!("expected \"kill\" or \"panic\", got {other:?}"),
+            ));
+        }
     };
     // Owners may only break their own organization.
     let own = match target {
-        ChaosTarget::Agent => state.cadre.org_of(&AgentId(req.id.clone())).is_some_and(|o| o == principal.org),
+        ChaosTarget::Agent => state
+            .cadre
+            .org_of(&AgentId(req.id.clone()))
+            .is_some_and(|o| o == principal.org),
         ChaosTarget::Tenant => req.id == principal.org.as_str(),
     };
     if !own {
         return Err(ApiError::not_found(&req.target));
     }
     state.cadre.chaos(target, &req.id, mode)?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "target": req.target, "id": req.id }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "target": req.target, "id": req.id })),
+    )
+        .into_response())
 }
 
 /// `/admin` routes.

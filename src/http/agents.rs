@@ -8,14 +8,16 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::state::AppState;
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::BudgetLimits;
-use cadre_actors::domain::{AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides};
+use cadre_actors::domain::{
+    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides,
+};
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
 use serde::{Deserialize, Deserializer};
@@ -105,10 +107,16 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if v.chars().count() > max {
-        return Err(ApiError::invalid(field, format!("at most {max} characters")));
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} characters"),
+        ));
     }
     if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(v.to_string())
 }
@@ -118,20 +126,30 @@ fn opt_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<Strin
 }
 
 fn target(d: &DeploymentIn) -> Result<DeployTarget, ApiError> {
-    DeployTarget::parse(&d.target)
-        .ok_or_else(|| ApiError::invalid("deployment.target", format!("unsupported target {:?}; supported: local", d.target)))
+    DeployTarget::parse(&d.target).ok_or_else(|| {
+        ApiError::invalid(
+            "deployment.target",
+            format!("unsupported target {:?}; supported: local", d.target),
+        )
+    })
 }
 
 fn health(h: &HealthIn) -> Result<HealthOverrides, ApiError> {
-    if let Some(ms) = h.interval_ms {
-        if !(1..=MAX_INTERVAL_MS).contains(&ms) {
-            return Err(ApiError::invalid("health.interval_ms", format!("must be between 1 and {MAX_INTERVAL_MS}")));
-        }
+    if let Some(ms) = h.interval_ms
+        && !(1..=MAX_INTERVAL_MS).contains(&ms)
+    {
+        return Err(ApiError::invalid(
+            "health.interval_ms",
+            format!("must be between 1 and {MAX_INTERVAL_MS}"),
+        ));
     }
-    if let Some(n) = h.failure_threshold {
-        if !(1..=1000).contains(&n) {
-            return Err(ApiError::invalid("health.failure_threshold", "must be between 1 and 1000"));
-        }
+    if let Some(n) = h.failure_threshold
+        && !(1..=1000).contains(&n)
+    {
+        return Err(ApiError::invalid(
+            "health.failure_threshold",
+            "must be between 1 and 1000",
+        ));
     }
     Ok(HealthOverrides {
         interval_ms: h.interval_ms,
@@ -141,7 +159,9 @@ fn health(h: &HealthIn) -> Result<HealthOverrides, ApiError> {
 
 fn tokens(v: Option<u64>) -> Result<Option<u64>, ApiError> {
     match v {
-        Some(t) if t > i64::MAX as u64 => Err(ApiError::invalid("budget.monthly_tokens", "too large")),
+        Some(t) if t > i64::MAX as u64 => {
+            Err(ApiError::invalid("budget.monthly_tokens", "too large"))
+        }
         other => Ok(other),
     }
 }
@@ -149,8 +169,13 @@ fn tokens(v: Option<u64>) -> Result<Option<u64>, ApiError> {
 fn cost_micros(v: Option<f64>) -> Result<Option<u64>, ApiError> {
     match v {
         None => Ok(None),
-        Some(usd) if usd.is_finite() && (0.0..=MAX_COST_USD).contains(&usd) => Ok(Some((usd * 1_000_000.0).round() as u64)),
-        Some(_) => Err(ApiError::invalid("budget.monthly_cost_usd", format!("must be between 0 and {MAX_COST_USD}"))),
+        Some(usd) if usd.is_finite() && (0.0..=MAX_COST_USD).contains(&usd) => {
+            Ok(Some((usd * 1_000_000.0).round() as u64))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "budget.monthly_cost_usd",
+            format!("must be between 0 and {MAX_COST_USD}"),
+        )),
     }
 }
 
@@ -161,8 +186,18 @@ impl CreateAgent {
             name: text("name", &self.name, MAX_NAME)?,
             role: opt_text("role", self.role.as_deref(), MAX_ROLE)?,
             model: opt_text("model", self.model.as_deref(), MAX_MODEL)?,
-            target: self.deployment.as_ref().map(target).transpose()?.unwrap_or_default(),
-            health: self.health.as_ref().map(health).transpose()?.unwrap_or_default(),
+            target: self
+                .deployment
+                .as_ref()
+                .map(target)
+                .transpose()?
+                .unwrap_or_default(),
+            health: self
+                .health
+                .as_ref()
+                .map(health)
+                .transpose()?
+                .unwrap_or_default(),
             budget: BudgetLimits {
                 monthly_tokens: tokens(budget.monthly_tokens.flatten())?,
                 monthly_cost_micros: cost_micros(budget.monthly_cost_usd.flatten())?,
@@ -175,9 +210,19 @@ impl PatchAgent {
     fn into_patch(self) -> Result<AgentPatch, ApiError> {
         let budget = self.budget.unwrap_or_default();
         Ok(AgentPatch {
-            name: self.name.as_deref().map(|n| text("name", n, MAX_NAME)).transpose()?,
-            role: self.role.map(|r| opt_text("role", r.as_deref(), MAX_ROLE)).transpose()?,
-            model: self.model.map(|m| opt_text("model", m.as_deref(), MAX_MODEL)).transpose()?,
+            name: self
+                .name
+                .as_deref()
+                .map(|n| text("name", n, MAX_NAME))
+                .transpose()?,
+            role: self
+                .role
+                .map(|r| opt_text("role", r.as_deref(), MAX_ROLE))
+                .transpose()?,
+            model: self
+                .model
+                .map(|m| opt_text("model", m.as_deref(), MAX_MODEL))
+                .transpose()?,
             target: self.deployment.as_ref().map(target).transpose()?,
             health: self.health.as_ref().map(health).transpose()?,
             monthly_tokens: budget.monthly_tokens.map(tokens).transpose()?,
@@ -221,7 +266,10 @@ async fn create(
     ApiJson(body): ApiJson<CreateAgent>,
 ) -> Result<Response, ApiError> {
     let spec = body.into_spec()?;
-    let snap = state.cadre.create_agent(&principal.org, spec, principal.who()).await?;
+    let snap = state
+        .cadre
+        .create_agent(&principal.org, spec, principal.who())
+        .await?;
     let mut resp = agent_response(StatusCode::CREATED, &snap);
     if let Ok(loc) = format!("/api/v1/agents/{}", snap.id).parse() {
         resp.headers_mut().insert(header::LOCATION, loc);
@@ -239,7 +287,11 @@ async fn list(
         .as_deref()
         .map(|s| {
             AgentState::parse(s).ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown state {s:?}"),
+                )
             })
         })
         .transpose()?;
@@ -249,7 +301,8 @@ async fn list(
         limit: page_limit(params.limit)?,
     };
     let page = state.cadre.list_agents(&principal.org, query).await?;
-    let mut body = String::with_capacity(64 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
+    let mut body =
+        String::with_capacity(64 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
     body.push_str("{\"items\":[");
     for (i, snap) in page.items.iter().enumerate() {
         if i > 0 {
@@ -263,8 +316,15 @@ async fn list(
     Ok(json_response(StatusCode::OK, body))
 }
 
-async fn get_one(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let snap = state.cadre.get_agent(&principal.org, &agent_id(&id)?).await?;
+async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let snap = state
+        .cadre
+        .get_agent(&principal.org, &agent_id(&id)?)
+        .await?;
     Ok(agent_response(StatusCode::OK, &snap))
 }
 
@@ -276,13 +336,24 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let id = agent_id(&id)?;
     let patch = body.into_patch()?;
-    let snap = state.cadre.patch_agent(&principal.org, &id, patch, principal.who()).await?;
+    let snap = state
+        .cadre
+        .patch_agent(&principal.org, &id, patch, principal.who())
+        .await?;
     Ok(agent_response(StatusCode::OK, &snap))
 }
 
-async fn delete(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = agent_id(&id)?;
-    match state.cadre.delete_agent(&principal.org, &id, principal.who()).await? {
+    match state
+        .cadre
+        .delete_agent(&principal.org, &id, principal.who())
+        .await?
+    {
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
         DeleteOutcome::Accepted(snap) => Ok(agent_response(StatusCode::ACCEPTED, &snap)),
     }
@@ -295,34 +366,51 @@ async fn command(
 ) -> Result<Response, ApiError> {
     let id = agent_id(&id)?;
     let cmd = match Command::parse(&command) {
-        Some(c @ (Command::Deploy | Command::Start | Command::Stop | Command::Restart | Command::Destroy)) => c,
+        Some(
+            c @ (Command::Deploy
+            | Command::Start
+            | Command::Stop
+            | Command::Restart
+            | Command::Destroy),
+        ) => c,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_command",
-                format!("unknown command {command:?}; expected deploy, start, stop, restart or destroy"),
+                format!(
+                    "unknown command {command:?}; expected deploy, start, stop, restart or destroy"
+                ),
             ));
         }
     };
-    let snap = state.cadre.command(&principal.org, &id, cmd, principal.who()).await?;
+    let snap = state
+        .cadre
+        .command(&principal.org, &id, cmd, principal.who())
+        .await?;
     Ok(agent_response(StatusCode::ACCEPTED, &snap))
 }
 
 fn cursor_id(cursor: Option<&str>) -> Result<i64, ApiError> {
     match cursor {
         None => Ok(0),
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")),
+        Some(c) => c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")
+        }),
     }
 }
 
-fn page_json<T: serde::Serialize>(mut rows: Vec<T>, limit: usize, id_of: impl Fn(&T) -> i64) -> Result<Response, ApiError> {
+fn page_json<T: serde::Serialize>(
+    mut rows: Vec<T>,
+    limit: usize,
+    id_of: impl Fn(&T) -> i64,
+) -> Result<Response, ApiError> {
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let next = if more { rows.last().map(|r| id_of(r).to_string()) } else { None };
+    let next = if more {
+        rows.last().map(|r| id_of(r).to_string())
+    } else {
+        None
+    };
     let body = serde_json::json!({ "items": rows, "next_cursor": next });
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
@@ -336,7 +424,11 @@ async fn history(
     let id = agent_id(&id)?;
     let limit = page_limit(params.limit)?;
     let after = cursor_id(params.cursor.as_deref())?;
-    if !state.store.agent_exists(principal.org.as_str(), id.as_str()).await? {
+    if !state
+        .store
+        .agent_exists(principal.org.as_str(), id.as_str())
+        .await?
+    {
         return Err(ApiError::not_found("agent"));
     }
     let rows = state
@@ -355,7 +447,11 @@ async fn events(
     let id = agent_id(&id)?;
     let limit = page_limit(params.limit)?;
     let after = cursor_id(params.cursor.as_deref())?;
-    if !state.store.agent_exists(principal.org.as_str(), id.as_str()).await? {
+    if !state
+        .store
+        .agent_exists(principal.org.as_str(), id.as_str())
+        .await?
+    {
         return Err(ApiError::not_found("agent"));
     }
     let rows = state

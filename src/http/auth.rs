@@ -32,7 +32,10 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -40,7 +43,10 @@ impl FromRequestParts<AppState> for Principal {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or_else(|| ApiError::unauthenticated("expected Authorization: Bearer <token>"))?;
         let claims = state
             .jwt
@@ -72,15 +78,22 @@ struct LoginResponse {
 /// takes as long as a wrong password.
 fn decoy_hash() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
-    DECOY.get_or_init(|| crate::auth::hash_password("decoy password for timing").unwrap_or_default())
+    DECOY
+        .get_or_init(|| crate::auth::hash_password("decoy password for timing").unwrap_or_default())
 }
 
-async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
     if req.email.len() > 320 || req.password.len() > 1024 {
         return Err(ApiError::invalid("email", "too long"));
     }
     let user = state.store.user_by_email(req.email.trim()).await?;
-    let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| decoy_hash().to_string());
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| decoy_hash().to_string());
     let password = req.password;
     let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
         .await
@@ -95,7 +108,10 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
             ));
         }
     };
-    let token = state.jwt.issue(&user.id, &user.org_id, &user.role).map_err(ApiError::internal)?;
+    let token = state
+        .jwt
+        .issue(&user.id, &user.org_id, &user.role)
+        .map_err(ApiError::internal)?;
     Ok(Json(LoginResponse {
         access_token: token,
         token_type: "Bearer",

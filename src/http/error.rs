@@ -40,13 +40,21 @@ impl ApiError {
 
     /// 404 `not_found`.
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 422 `invalid` naming the field.
     pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{field}: {}", message.into()))
-            .with("field", Value::String(field.to_string()))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{field}: {}", message.into()),
+        )
+        .with("field", Value::String(field.to_string()))
     }
 
     /// 401 `unauthenticated`.
@@ -62,7 +70,11 @@ impl ApiError {
     /// 500 with the cause logged and a generic message returned.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 
     /// The status.
@@ -78,10 +90,12 @@ impl IntoResponse for ApiError {
         body.insert("message".into(), Value::String(self.message));
         let mut resp = (self.status, axum::Json(Value::Object(body))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -93,21 +107,26 @@ impl From<cadre_actors::Error> for ApiError {
         let message = e.to_string();
         match e {
             E::NotFound => ApiError::not_found("agent"),
-            E::IllegalTransition { state, command, allowed } => {
-                ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
-                    .with("state", json!(state))
-                    .with("command", json!(command))
-                    .with("allowed", json!(allowed))
-            }
+            E::IllegalTransition {
+                state,
+                command,
+                allowed,
+            } => ApiError::new(StatusCode::CONFLICT, "illegal_transition", message)
+                .with("state", json!(state))
+                .with("command", json!(command))
+                .with("allowed", json!(allowed)),
             E::BudgetExceeded { period } => {
-                ApiError::new(StatusCode::CONFLICT, "budget_exceeded", message).with("period", json!(period))
+                ApiError::new(StatusCode::CONFLICT, "budget_exceeded", message)
+                    .with("period", json!(period))
             }
             E::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
             E::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
             E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             E::Overloaded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message),
             E::Timeout => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", message),
-            E::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            E::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
         }
     }
 }
@@ -115,7 +134,11 @@ impl From<cadre_actors::Error> for ApiError {
 impl From<cadre_actors::ports::StoreError> for ApiError {
     fn from(e: cadre_actors::ports::StoreError) -> ApiError {
         tracing::warn!(error = %e, "store read failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unavailable; retry",
+        )
     }
 }
 
@@ -143,16 +166,22 @@ where
 fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match r {
-        JsonRejection::JsonDataError(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text),
-        JsonRejection::JsonSyntaxError(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", text),
+        JsonRejection::JsonDataError(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text)
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", text)
+        }
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body is too large",
+        ),
         other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
     }
 }

@@ -28,7 +28,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     use cadre_actors::ports::Store;
     let store = state.store.ping().await.is_ok();
     let supervisors = state.cadre.is_ready().await;
-    let status = if store && supervisors { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if store && supervisors {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({
         "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
         "checks": { "store": store, "supervisors": supervisors },
@@ -45,7 +49,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 /// Counts requests and their latency by route template (never by raw path,

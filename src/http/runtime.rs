@@ -9,22 +9,26 @@
 use super::error::ApiError;
 use super::state::AppState;
 use crate::protocol::{PROTOCOL_VERSION, RuntimeMessage, ServerMessage};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
+use cadre_actors::Cadre;
 use cadre_actors::agent::UsageReport;
 use cadre_actors::domain::{AgentId, OrgId};
-use cadre_actors::Cadre;
 use std::time::Duration;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FRAME: usize = 64 * 1024;
 
-async fn connect(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn connect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -42,9 +46,17 @@ async fn connect(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
         .ok_or_else(|| ApiError::unauthenticated("invalid runtime token"))?;
     let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
     let cadre = state.cadre.clone();
-    Ok(ws
-        .max_message_size(MAX_FRAME)
-        .on_upgrade(move |socket| serve(socket, cadre, org, agent, ack.conn, ack.heartbeat_interval_ms, ack.should_run)))
+    Ok(ws.max_message_size(MAX_FRAME).on_upgrade(move |socket| {
+        serve(
+            socket,
+            cadre,
+            org,
+            agent,
+            ack.conn,
+            ack.heartbeat_interval_ms,
+            ack.should_run,
+        )
+    }))
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
@@ -55,7 +67,9 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
 }
 
 fn stop(reason: &str) -> ServerMessage {
-    ServerMessage::Stop { reason: reason.to_string() }
+    ServerMessage::Stop {
+        reason: reason.to_string(),
+    }
 }
 
 fn error(code: &str, message: impl Into<String>) -> ServerMessage {
@@ -85,13 +99,22 @@ async fn serve(
         Some(RuntimeMessage::Hello { protocol, .. }) => {
             let _ = send(
                 &mut socket,
-                &error("unsupported_protocol", format!("protocol {protocol} unsupported; this server speaks {PROTOCOL_VERSION}")),
+                &error(
+                    "unsupported_protocol",
+                    format!(
+                        "protocol {protocol} unsupported; this server speaks {PROTOCOL_VERSION}"
+                    ),
+                ),
             )
             .await;
             return;
         }
         _ => {
-            let _ = send(&mut socket, &error("bad_message", "the first frame must be a hello")).await;
+            let _ = send(
+                &mut socket,
+                &error("bad_message", "the first frame must be a hello"),
+            )
+            .await;
             return;
         }
     }
@@ -116,12 +139,16 @@ async fn serve(
         let reply = match serde_json::from_str::<RuntimeMessage>(&text) {
             Err(e) => error("bad_message", e.to_string()),
             Ok(RuntimeMessage::Hello { .. }) => error("bad_message", "already said hello"),
-            Ok(RuntimeMessage::Heartbeat { seq }) => match cadre.runtime_heartbeat(&org, &agent, conn).await {
-                Ok(true) => ServerMessage::HeartbeatAck { seq },
-                Ok(false) => stop("agent is not supposed to run"),
-                Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
-                Err(e) => error("unavailable", e.to_string()),
-            },
+            Ok(RuntimeMessage::Heartbeat { seq }) => {
+                match cadre.runtime_heartbeat(&org, &agent, conn).await {
+                    Ok(true) => ServerMessage::HeartbeatAck { seq },
+                    Ok(false) => stop("agent is not supposed to run"),
+                    Err(cadre_actors::Error::Unauthorized) => {
+                        error("unauthorized", "connection superseded")
+                    }
+                    Err(e) => error("unavailable", e.to_string()),
+                }
+            }
             Ok(RuntimeMessage::Usage {
                 report_id,
                 model,
@@ -129,7 +156,10 @@ async fn serve(
                 output_tokens,
             }) => {
                 if report_id.is_empty() || report_id.len() > 200 || model.len() > 200 {
-                    error("bad_message", "report_id must be 1-200 characters, model at most 200")
+                    error(
+                        "bad_message",
+                        "report_id must be 1-200 characters, model at most 200",
+                    )
                 } else {
                     let report = UsageReport {
                         report_id: report_id.clone(),
@@ -151,7 +181,9 @@ async fn serve(
                             }
                             stop("budget_exceeded")
                         }
-                        Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
+                        Err(cadre_actors::Error::Unauthorized) => {
+                            error("unauthorized", "connection superseded")
+                        }
                         Err(e) => error("unavailable", e.to_string()),
                     }
                 }

@@ -6,6 +6,7 @@
 //! `NORMAL` (default) keeps every acknowledged commit across a crash or kill
 //! of the process; `FULL` also across a power loss.
 
+use super::writer::{self, Job};
 use super::{EventRow, HistoryRow, UserRow, to_u64};
 use async_trait::async_trait;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
@@ -14,9 +15,10 @@ use cadre_actors::domain::{
 };
 use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentWrite, Store, StoreError, WriteOutcome};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
-use super::writer::{self, Job};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -46,10 +48,10 @@ pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
 }
 
 pub(super) fn classify(e: sqlx::Error) -> StoreError {
-    if let Some(db) = e.as_database_error() {
-        if db.is_unique_violation() {
-            return StoreError::Conflict(db.message().to_string());
-        }
+    if let Some(db) = e.as_database_error()
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict(db.message().to_string());
     }
     unavailable(e)
 }
@@ -146,7 +148,8 @@ impl AgentRow {
                 name,
                 role,
                 model,
-                target: DeployTarget::parse(&target).ok_or_else(|| bad(format!("unknown target {target:?}")))?,
+                target: DeployTarget::parse(&target)
+                    .ok_or_else(|| bad(format!("unknown target {target:?}")))?,
                 health: HealthOverrides {
                     interval_ms: interval.map(to_u64),
                     failure_threshold: threshold.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
@@ -162,7 +165,8 @@ impl AgentRow {
             usage: Usage {
                 tokens: to_u64(usage_tokens),
                 cost_micros: to_u64(usage_cost),
-                period: Period::parse(&period).ok_or_else(|| bad(format!("bad period {period:?}")))?,
+                period: Period::parse(&period)
+                    .ok_or_else(|| bad(format!("bad period {period:?}")))?,
                 warned: warned != 0,
             },
             deployment_ref,
@@ -205,7 +209,11 @@ pub(super) async fn insert_transition(
 
 impl SqlStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path`).
-    pub async fn open(url: &str, durability: Durability, read_connections: u32) -> Result<SqlStore, sqlx::Error> {
+    pub async fn open(
+        url: &str,
+        durability: Durability,
+        read_connections: u32,
+    ) -> Result<SqlStore, sqlx::Error> {
         let base = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match durability {
@@ -230,7 +238,10 @@ impl SqlStore {
     }
 
     /// Queues a job for the group-commit writer and waits for its commit.
-    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(job(done))
@@ -323,7 +334,13 @@ impl SqlStore {
     }
 
     /// A page of an agent's state history, oldest first, after `cursor`.
-    pub async fn history(&self, org: &str, agent: &str, after: i64, limit: i64) -> Result<Vec<HistoryRow>, StoreError> {
+    pub async fn history(
+        &self,
+        org: &str,
+        agent: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, from_state, to_state, reason, by_who, at FROM agent_transitions \
              WHERE org_id = ? AND agent_id = ? AND id > ? ORDER BY id LIMIT ?",
@@ -350,7 +367,13 @@ impl SqlStore {
     }
 
     /// A page of an agent's events, oldest first, after `cursor`.
-    pub async fn events(&self, org: &str, agent: &str, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+    pub async fn events(
+        &self,
+        org: &str,
+        agent: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, kind, detail, at FROM agent_events WHERE org_id = ? AND agent_id = ? AND id > ? ORDER BY id LIMIT ?",
         )
@@ -377,14 +400,22 @@ impl SqlStore {
     /// The stored record of an agent (tests and diagnostics; actors hold the live copy).
     pub async fn load_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ? AND deleted_at IS NULL");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await.map_err(unavailable)?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(unavailable)?;
         row.as_ref().map(agent_from_row).transpose()
     }
 }
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn insert_agent(&self, rec: &AgentRecord, created: &Transition) -> Result<(), StoreError> {
+    async fn insert_agent(
+        &self,
+        rec: &AgentRecord,
+        created: &Transition,
+    ) -> Result<(), StoreError> {
         self.submit(|done| Job::Insert {
             record: rec.clone(),
             created: created.clone(),
@@ -413,7 +444,11 @@ impl Store for SqlStore {
         .await
     }
 
-    async fn claim_agent(&self, org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+    async fn claim_agent(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+    ) -> Result<Option<AgentRecord>, StoreError> {
         let sql = format!(
             "UPDATE agents SET epoch = epoch + 1 WHERE id = ? AND org_id = ? AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
         );
@@ -435,7 +470,12 @@ impl Store for SqlStore {
             .map_err(unavailable)
     }
 
-    async fn org_page(&self, org: &OrgId, after: Option<&AgentId>, limit: usize) -> Result<Vec<AgentRecord>, StoreError> {
+    async fn org_page(
+        &self,
+        org: &OrgId,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
         // The whole page comes back as one JSON value: sqlx-sqlite hands rows
         // over from its worker thread one at a time, which made hydrating
         // 100,000 agents take seconds; SQLite builds the array in ~3 ms a page.
@@ -452,9 +492,12 @@ impl Store for SqlStore {
             .fetch_one(&self.write)
             .await
             .map_err(unavailable)?;
-        let rows: Vec<AgentRow> =
-            serde_json::from_str(&page).map_err(|e| StoreError::Unavailable(format!("bad agent page: {e}")))?;
-        let mut records = rows.into_iter().map(AgentRow::into_record).collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<AgentRow> = serde_json::from_str(&page)
+            .map_err(|e| StoreError::Unavailable(format!("bad agent page: {e}")))?;
+        let mut records = rows
+            .into_iter()
+            .map(AgentRow::into_record)
+            .collect::<Result<Vec<_>, _>>()?;
         // json_group_array keeps the subquery's order in practice; do not rely on it.
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
@@ -469,6 +512,10 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.write).await.map(|_| ()).map_err(unavailable)
+        sqlx::query("SELECT 1")
+            .execute(&self.write)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }

@@ -70,7 +70,8 @@ impl Outcome {
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Outcome::Unit(Err(StoreError::Unavailable(_))) | Outcome::Write(Err(StoreError::Unavailable(_)))
+            Outcome::Unit(Err(StoreError::Unavailable(_)))
+                | Outcome::Write(Err(StoreError::Unavailable(_)))
         )
     }
 }
@@ -84,7 +85,9 @@ impl Job {
             (Job::Write { done, .. }, Outcome::Write(r)) => {
                 let _ = done.send(r);
             }
-            (job, _) => job.fail(StoreError::Unavailable("internal: mismatched outcome".into())),
+            (job, _) => job.fail(StoreError::Unavailable(
+                "internal: mismatched outcome".into(),
+            )),
         }
     }
 
@@ -101,14 +104,25 @@ impl Job {
 
     async fn apply(&self, conn: &mut SqliteConnection) -> Outcome {
         match self {
-            Job::Insert { record, created, .. } => Outcome::Unit(insert(conn, record, created).await),
+            Job::Insert {
+                record, created, ..
+            } => Outcome::Unit(insert(conn, record, created).await),
             Job::Write {
                 record,
                 transitions,
                 event,
                 usage_report,
                 ..
-            } => Outcome::Write(write(conn, record, transitions, event.as_ref(), usage_report.as_deref()).await),
+            } => Outcome::Write(
+                write(
+                    conn,
+                    record,
+                    transitions,
+                    event.as_ref(),
+                    usage_report.as_deref(),
+                )
+                .await,
+            ),
             Job::Delete { record, at, .. } => Outcome::Unit(delete(conn, record, *at).await),
         }
     }
@@ -191,7 +205,9 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
     let jobs: Vec<(&AgentRecord, &Transition)> = batch
         .iter()
         .filter_map(|j| match j {
-            Job::Insert { record, created, .. } => Some((record, created)),
+            Job::Insert {
+                record, created, ..
+            } => Some((record, created)),
             _ => None,
         })
         .collect();
@@ -244,10 +260,18 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
         history.build().execute(&mut *conn).await
     }
     .await;
-    Some(result.map(|_| ()).map_err(|e| StoreError::Unavailable(format!("batched insert failed: {e}"))))
+    Some(
+        result
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(format!("batched insert failed: {e}"))),
+    )
 }
 
-async fn insert(conn: &mut SqliteConnection, rec: &AgentRecord, created: &Transition) -> Result<(), StoreError> {
+async fn insert(
+    conn: &mut SqliteConnection,
+    rec: &AgentRecord,
+    created: &Transition,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
@@ -279,7 +303,9 @@ async fn insert(conn: &mut SqliteConnection, rec: &AgentRecord, created: &Transi
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
-    insert_transition(conn, rec, created).await.map_err(unavailable)
+    insert_transition(conn, rec, created)
+        .await
+        .map_err(unavailable)
 }
 
 async fn write(
@@ -291,12 +317,13 @@ async fn write(
 ) -> Result<WriteOutcome, StoreError> {
     // Decide duplicates before writing anything (see the module docs).
     if let Some(report) = usage_report {
-        let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM usage_reports WHERE agent_id = ? AND report_id = ?")
-            .bind(rec.id.as_str())
-            .bind(report)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        let seen: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM usage_reports WHERE agent_id = ? AND report_id = ?")
+                .bind(rec.id.as_str())
+                .bind(report)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
         if seen.is_some() {
             return Ok(WriteOutcome::Duplicate);
         }
@@ -347,15 +374,17 @@ async fn write(
         insert_transition(conn, rec, t).await.map_err(unavailable)?;
     }
     if let Some(ev) = event {
-        sqlx::query("INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?, ?)")
-            .bind(rec.id.as_str())
-            .bind(rec.org_id.as_str())
-            .bind(&ev.kind)
-            .bind(ev.detail.to_string())
-            .bind(ev.at)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(rec.id.as_str())
+        .bind(rec.org_id.as_str())
+        .bind(&ev.kind)
+        .bind(ev.detail.to_string())
+        .bind(ev.at)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     }
     Ok(WriteOutcome::Written)
 }
@@ -379,5 +408,7 @@ async fn delete(conn: &mut SqliteConnection, rec: &AgentRecord, at: i64) -> Resu
         by: "system".into(),
         at,
     };
-    insert_transition(conn, rec, &deleted).await.map_err(unavailable)
+    insert_transition(conn, rec, &deleted)
+        .await
+        .map_err(unavailable)
 }

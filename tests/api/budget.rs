@@ -11,29 +11,46 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect_as_runtime(app: &TestApp, token: &str) -> Result<Ws, StatusCode> {
-    let mut req = format!("ws://{}/api/v1/runtime/connect", app.addr).into_client_request().expect("request");
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    let mut req = format!("ws://{}/api/v1/runtime/connect", app.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     let mut ws = match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => ws,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => return Err(StatusCode::from_u16(resp.status().as_u16()).expect("status")),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            return Err(StatusCode::from_u16(resp.status().as_u16()).expect("status"));
+        }
         Err(e) => panic!("connect: {e}"),
     };
-    send(&mut ws, json!({ "type": "hello", "protocol": 1, "runtime_version": "test", "pid": 1 })).await;
+    send(
+        &mut ws,
+        json!({ "type": "hello", "protocol": 1, "runtime_version": "test", "pid": 1 }),
+    )
+    .await;
     let welcome = recv(&mut ws).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     Ok(ws)
 }
 
 async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.expect("send");
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
 }
 
 async fn recv(ws: &mut Ws) -> Value {
     loop {
-        match tokio::time::timeout(LIMIT, ws.next()).await.expect("frame in time") {
+        match tokio::time::timeout(LIMIT, ws.next())
+            .await
+            .expect("frame in time")
+        {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("json frame"),
             Some(Ok(_)) => continue,
             other => panic!("connection ended: {other:?}"),
@@ -47,8 +64,10 @@ async fn usage(ws: &mut Ws, report_id: &str, tokens: u64) -> Value {
 }
 
 fn token_of(app: &TestApp, id: &str) -> String {
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(app.agent_dir(id).join("runtime.json")).expect("runtime.json")).expect("json");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(app.agent_dir(id).join("runtime.json")).expect("runtime.json"),
+    )
+    .expect("json");
     config["token"].as_str().expect("token").to_string()
 }
 
@@ -71,36 +90,72 @@ async fn usage_warns_at_80_percent_and_stops_at_100() {
     let app = spawn_app().await;
     let id = running_with_budget(&app, "b", 1000).await;
     let token = token_of(&app, &id);
-    assert_eq!(connect_as_runtime(&app, "nope.nope").await.err(), Some(StatusCode::UNAUTHORIZED));
     assert_eq!(
-        connect_as_runtime(&app, &format!("{id}.wrong-secret")).await.err(),
+        connect_as_runtime(&app, "nope.nope").await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        connect_as_runtime(&app, &format!("{id}.wrong-secret"))
+            .await
+            .err(),
         Some(StatusCode::UNAUTHORIZED)
     );
     let mut ws = connect_as_runtime(&app, &token).await.expect("connect");
 
     let ack = usage(&mut ws, "r1", 850).await;
-    assert_eq!((ack["type"].as_str(), ack["counted"].as_bool()), (Some("usage_ack"), Some(true)), "{ack}");
+    assert_eq!(
+        (ack["type"].as_str(), ack["counted"].as_bool()),
+        (Some("usage_ack"), Some(true)),
+        "{ack}"
+    );
     let dup = usage(&mut ws, "r1", 850).await;
-    assert_eq!(dup["counted"], false, "a resent report is not counted twice");
+    assert_eq!(
+        dup["counted"], false,
+        "a resent report is not counted twice"
+    );
     let v = app.get(&id).await;
     assert_eq!(v["usage"]["tokens"], 850);
-    let (_, events) = app.call(Method::GET, &format!("/api/v1/agents/{id}/events"), None).await;
-    let kinds: Vec<&str> = events["items"].as_array().expect("items").iter().filter_map(|e| e["kind"].as_str()).collect();
+    let (_, events) = app
+        .call(Method::GET, &format!("/api/v1/agents/{id}/events"), None)
+        .await;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
     assert_eq!(kinds, ["budget_warning"]);
 
     let ack = usage(&mut ws, "r2", 200).await;
     assert_eq!(ack["type"], "usage_ack");
     let stop = recv(&mut ws).await;
-    assert_eq!((stop["type"].as_str(), stop["reason"].as_str()), (Some("stop"), Some("budget_exceeded")));
+    assert_eq!(
+        (stop["type"].as_str(), stop["reason"].as_str()),
+        (Some("stop"), Some("budget_exceeded"))
+    );
     let v = app.get(&id).await;
-    assert_eq!((v["state"].as_str(), v["state_reason"].as_str()), (Some("stopped"), Some("budget_exceeded")));
+    assert_eq!(
+        (v["state"].as_str(), v["state_reason"].as_str()),
+        (Some("stopped"), Some("budget_exceeded"))
+    );
     let cost = v["usage"]["cost_usd"].as_f64().expect("cost");
-    assert!((cost - 1050.0 * 2.5 / 1e6).abs() < 1e-9, "priced from the table: {cost}");
+    assert!(
+        (cost - 1050.0 * 2.5 / 1e6).abs() < 1e-9,
+        "priced from the table: {cost}"
+    );
 
     let (s, e) = app.command(&id, "start").await;
-    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("budget_exceeded")), "{e}");
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::CONFLICT, Some("budget_exceeded")),
+        "{e}"
+    );
     let (s, _) = app
-        .call(Method::PATCH, &format!("/api/v1/agents/{id}"), Some(json!({ "budget": { "monthly_tokens": 5000 } })))
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{id}"),
+            Some(json!({ "budget": { "monthly_tokens": 5000 } })),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = app.command(&id, "start").await;
@@ -119,9 +174,14 @@ async fn usage_counters_survive_a_server_restart() {
     app.restart().await;
     let v = app.get(&id).await;
     assert_eq!(v["usage"]["tokens"], 1234);
-    let mut ws = connect_as_runtime(&app, &token).await.expect("reconnect after restart");
+    let mut ws = connect_as_runtime(&app, &token)
+        .await
+        .expect("reconnect after restart");
     let dup = usage(&mut ws, "before-1", 1234).await;
-    assert_eq!(dup["counted"], false, "idempotency keys survive the restart too");
+    assert_eq!(
+        dup["counted"], false,
+        "idempotency keys survive the restart too"
+    );
     usage(&mut ws, "after-1", 1).await;
     assert_eq!(app.get(&id).await["usage"]["tokens"], 1235);
 }

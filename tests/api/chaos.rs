@@ -41,22 +41,34 @@ async fn worker(app: Arc<TestApp>, w: usize, known: Arc<Mutex<Vec<String>>>) -> 
             .filter(|id| !ledger.deleted.contains(*id) && !ledger.maybe_deleted.contains(*id))
             .cloned()
             .collect();
-        if live.is_empty() || n % 5 == 0 {
-            let (s, v) = app.call(Method::POST, "/api/v1/agents", Some(json!({ "name": format!("w{w}-{n}") }))).await;
+        if live.is_empty() || n.is_multiple_of(5) {
+            let (s, v) = app
+                .call(
+                    Method::POST,
+                    "/api/v1/agents",
+                    Some(json!({ "name": format!("w{w}-{n}") })),
+                )
+                .await;
             if s == StatusCode::CREATED {
                 let id = v["id"].as_str().expect("id").to_string();
                 known.lock().expect("lock").push(id.clone());
                 ledger.created.push(id);
                 ledger.acked += 1;
             } else {
-                assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "only 503 may fail a create under chaos: {v}");
+                assert_eq!(
+                    s,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "only 503 may fail a create under chaos: {v}"
+                );
                 ledger.failed += 1;
             }
             continue;
         }
         let id = live[(n as usize) % live.len()].clone();
-        if n % 23 == 0 {
-            let (s, v) = app.call(Method::DELETE, &format!("/api/v1/agents/{id}"), None).await;
+        if n.is_multiple_of(23) {
+            let (s, v) = app
+                .call(Method::DELETE, &format!("/api/v1/agents/{id}"), None)
+                .await;
             if s == StatusCode::NO_CONTENT {
                 ledger.deleted.insert(id);
                 ledger.acked += 1;
@@ -69,7 +81,11 @@ async fn worker(app: Arc<TestApp>, w: usize, known: Arc<Mutex<Vec<String>>>) -> 
         }
         let role = format!("role-{w}-{n}");
         let (s, v) = app
-            .call(Method::PATCH, &format!("/api/v1/agents/{id}"), Some(json!({ "role": role })))
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/agents/{id}"),
+                Some(json!({ "role": role })),
+            )
             .await;
         if s == StatusCode::OK {
             assert_eq!(v["role"], role);
@@ -99,7 +115,9 @@ async fn chaos_kills_lose_no_acknowledged_write() {
     let org = {
         let token = app.token.split('.').nth(1).expect("jwt payload");
         use base64::Engine;
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).expect("b64");
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .expect("b64");
         let claims: serde_json::Value = serde_json::from_slice(&claims).expect("claims");
         claims["org"].as_str().expect("org").to_string()
     };
@@ -114,7 +132,7 @@ async fn chaos_kills_lose_no_acknowledged_write() {
             let mut kills = 0usize;
             while Instant::now() < deadline {
                 i += 1;
-                let body = if i % 15 == 0 {
+                let body = if i.is_multiple_of(15) {
                     json!({ "target": "tenant", "id": org })
                 } else {
                     let ids = known.lock().expect("lock").clone();
@@ -122,10 +140,12 @@ async fn chaos_kills_lose_no_acknowledged_write() {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         continue;
                     }
-                    let mode = if i % 2 == 0 { "kill" } else { "panic" };
+                    let mode = if i.is_multiple_of(2) { "kill" } else { "panic" };
                     json!({ "target": "agent", "id": ids[(i * 7919) % ids.len()], "mode": mode })
                 };
-                let (s, _) = app.call(Method::POST, "/api/v1/admin/chaos/kill", Some(body)).await;
+                let (s, _) = app
+                    .call(Method::POST, "/api/v1/admin/chaos/kill", Some(body))
+                    .await;
                 if s == StatusCode::ACCEPTED {
                     kills += 1;
                 }
@@ -149,7 +169,12 @@ async fn chaos_kills_lose_no_acknowledged_write() {
     assert!(acked > 100, "mutations got through ({acked})");
 
     eventually("ready after chaos", || async {
-        app.client.get(app.url("/readyz")).send().await.map(|r| r.status() == StatusCode::OK).unwrap_or(false)
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == StatusCode::OK)
+            .unwrap_or(false)
     })
     .await;
 
@@ -176,16 +201,34 @@ async fn chaos_kills_lose_no_acknowledged_write() {
             };
             let stored = app.store().load_agent(id).await.expect("store read");
             if ledger.deleted.contains(id) {
-                assert_eq!(status, StatusCode::NOT_FOUND, "acknowledged delete of {id} lost");
-                assert!(stored.is_none(), "acknowledged delete of {id} not in the database");
+                assert_eq!(
+                    status,
+                    StatusCode::NOT_FOUND,
+                    "acknowledged delete of {id} lost"
+                );
+                assert!(
+                    stored.is_none(),
+                    "acknowledged delete of {id} not in the database"
+                );
                 continue;
             }
             if !ledger.maybe_deleted.contains(id) {
-                assert_eq!(status, StatusCode::OK, "acknowledged agent {id} missing from the actors");
-                assert!(stored.is_some(), "acknowledged agent {id} missing from the database");
+                assert_eq!(
+                    status,
+                    StatusCode::OK,
+                    "acknowledged agent {id} missing from the actors"
+                );
+                assert!(
+                    stored.is_some(),
+                    "acknowledged agent {id} missing from the database"
+                );
             }
             let Some(stored) = stored else { continue };
-            assert_eq!(view["role"].as_str(), stored.spec.role.as_deref(), "actor and database agree on {id}");
+            assert_eq!(
+                view["role"].as_str(),
+                stored.spec.role.as_deref(),
+                "actor and database agree on {id}"
+            );
             if let Some(acked) = ledger.acked_role.get(id) {
                 let role = stored.spec.role.clone().unwrap_or_default();
                 let maybe = ledger.maybe_roles.get(id);
@@ -196,8 +239,13 @@ async fn chaos_kills_lose_no_acknowledged_write() {
             }
             assert!(State::parse(view["state"].as_str().unwrap_or("")).is_some());
             for h in app.history(id).await {
-                let (Some(from), Some(to)) = (h["from"].as_str(), h["to"].as_str()) else { continue };
-                let (from, to) = (State::parse(from).expect("state"), State::parse(to).expect("state"));
+                let (Some(from), Some(to)) = (h["from"].as_str(), h["to"].as_str()) else {
+                    continue;
+                };
+                let (from, to) = (
+                    State::parse(from).expect("state"),
+                    State::parse(to).expect("state"),
+                );
                 assert!(
                     from == to || TRANSITIONS.iter().any(|(f, _, t)| *f == from && *t == to),
                     "{id}: {from} -> {to} is not in the table"

@@ -31,12 +31,16 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         ("CADRE_HEALTH__BACKOFF_BASE_MS", "50".to_string()),
         ("CADRE_HEALTH__BACKOFF_MAX_MS", "200".to_string()),
         ("CADRE_HEALTH__START_TIMEOUT_MS", "10000".to_string()),
-        ("CADRE_DEPLOY__LOCAL__RUNTIME_BIN", env!("CARGO_BIN_EXE_cadre").to_string()),
+        (
+            "CADRE_DEPLOY__LOCAL__RUNTIME_BIN",
+            env!("CARGO_BIN_EXE_cadre").to_string(),
+        ),
         ("CADRE_DEPLOY__LOCAL__STOP_GRACE_MS", "1000".to_string()),
         ("CADRE_CHAOS__ENABLED", "true".to_string()),
         ("CADRE_LOG__LEVEL", "warn".to_string()),
     ];
-    Config::load(None, env.into_iter().map(|(k, v)| (k.to_string(), v))).expect("test config is valid")
+    Config::load(None, env.into_iter().map(|(k, v)| (k.to_string(), v)))
+        .expect("test config is valid")
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -51,7 +55,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let addr = running.addr;
     // Restarts must come back on the same port: runtimes dial it.
     config.server.listen = addr.to_string();
-    let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
     let mut app = TestApp {
         addr,
         config,
@@ -80,19 +87,34 @@ impl TestApp {
         assert_eq!(resp.status(), StatusCode::OK, "login failed");
         let body: Value = resp.json().await.expect("login json");
         assert_eq!(body["token_type"], "Bearer");
-        body["access_token"].as_str().expect("access_token").to_string()
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     /// Sends an authenticated request; returns status and JSON body (Null when empty).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, self.url(path)).bearer_auth(&self.token);
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status();
         let text = resp.text().await.expect("body");
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("json body") };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("json body")
+        };
         (status, value)
     }
 
@@ -103,17 +125,26 @@ impl TestApp {
     }
 
     pub async fn get(&self, id: &str) -> Value {
-        let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}"), None).await;
+        let (s, v) = self
+            .call(Method::GET, &format!("/api/v1/agents/{id}"), None)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
     }
 
     pub async fn command(&self, id: &str, cmd: &str) -> (StatusCode, Value) {
-        self.call(Method::POST, &format!("/api/v1/agents/{id}/{cmd}"), None).await
+        self.call(Method::POST, &format!("/api/v1/agents/{id}/{cmd}"), None)
+            .await
     }
 
     pub async fn history(&self, id: &str) -> Vec<Value> {
-        let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}/history?limit=200"), None).await;
+        let (s, v) = self
+            .call(
+                Method::GET,
+                &format!("/api/v1/agents/{id}/history?limit=200"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["items"].as_array().cloned().unwrap_or_default()
     }
@@ -122,11 +153,16 @@ impl TestApp {
     pub async fn wait_state(&self, id: &str, state: &str) -> Value {
         let deadline = Instant::now() + LIMIT;
         loop {
-            let (s, v) = self.call(Method::GET, &format!("/api/v1/agents/{id}"), None).await;
+            let (s, v) = self
+                .call(Method::GET, &format!("/api/v1/agents/{id}"), None)
+                .await;
             if s == StatusCode::OK && v["state"] == state {
                 return v;
             }
-            assert!(Instant::now() < deadline, "waiting for {state}, agent is {v}");
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {state}, agent is {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,7 +172,11 @@ impl TestApp {
     }
 
     pub fn runtime_pid(&self, id: &str) -> Option<i32> {
-        std::fs::read_to_string(self.agent_dir(id).join("runtime.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.agent_dir(id).join("runtime.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Stops the server (runtimes keep running) and starts a new one on the same files and port.
@@ -159,10 +199,13 @@ impl Drop for TestApp {
         // Runtimes outlive the control plane by design; tests must not leak them.
         if let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("agents")) {
             for e in entries.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("runtime.pid")) {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                    }
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("runtime.pid"))
+                    && let Ok(pid) = pid.trim().parse::<i32>()
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }

@@ -5,22 +5,35 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn agent_count(app: &TestApp) -> usize {
-    let (_, v) = app.call(Method::GET, "/api/v1/agents?limit=200", None).await;
+    let (_, v) = app
+        .call(Method::GET, "/api/v1/agents?limit=200", None)
+        .await;
     v["items"].as_array().map(Vec::len).unwrap_or(0)
 }
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["code"], want_code, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "message present: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message present: {body}"
+    );
 }
 
 #[tokio::test]
 async fn requests_without_a_valid_token_are_refused() {
     let app = spawn_app().await;
-    let resp = app.client.get(app.url("/api/v1/agents")).send().await.expect("send");
+    let resp = app
+        .client
+        .get(app.url("/api/v1/agents"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resp.headers().get("www-authenticate").map(|h| h.as_bytes()), Some(&b"Bearer"[..]));
+    assert_eq!(
+        resp.headers().get("www-authenticate").map(|h| h.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["code"], "unauthenticated");
     for bad in ["Bearer nope", "Basic abc", "Bearer "] {
@@ -59,40 +72,104 @@ async fn requests_without_a_valid_token_are_refused() {
 async fn malformed_bodies_get_4xx_and_change_nothing() {
     let app = spawn_app().await;
     let cases: Vec<(Value, StatusCode, &str)> = vec![
-        (json!({ "name": "x", "bogus": 1 }), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({ "name": 42 }), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (
+            json!({ "name": "x", "bogus": 1 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({ "name": 42 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
         (json!({}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({ "name": "   " }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "x".repeat(201) }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "a\u{0007}b" }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "x", "deployment": { "target": "mars" } }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "x", "health": { "interval_ms": 0 } }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "x", "health": { "interval_ms": -5 } }), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-        (json!({ "name": "x", "budget": { "monthly_cost_usd": -1 } }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!({ "name": "x", "budget": { "monthly_tokens": u64::MAX } }), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-        (json!([1, 2]), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (
+            json!({ "name": "   " }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "x".repeat(201) }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "a\u{0007}b" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "x", "deployment": { "target": "mars" } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "x", "health": { "interval_ms": 0 } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "x", "health": { "interval_ms": -5 } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({ "name": "x", "budget": { "monthly_cost_usd": -1 } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "name": "x", "budget": { "monthly_tokens": u64::MAX } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!([1, 2]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
     ];
     for (body, status, code) in cases {
-        let (s, v) = app.call(Method::POST, "/api/v1/agents", Some(body.clone())).await;
+        let (s, v) = app
+            .call(Method::POST, "/api/v1/agents", Some(body.clone()))
+            .await;
         assert_error(s, &v, status, code);
     }
     // Field errors name the field.
-    let (_, v) = app.call(Method::POST, "/api/v1/agents", Some(json!({ "name": "" }))).await;
+    let (_, v) = app
+        .call(Method::POST, "/api/v1/agents", Some(json!({ "name": "" })))
+        .await;
     assert_eq!(v["field"], "name");
 
     let raw = |body: &'static str, ctype: Option<&'static str>| {
-        let mut req = app.client.post(app.url("/api/v1/agents")).bearer_auth(&app.token).body(body);
+        let mut req = app
+            .client
+            .post(app.url("/api/v1/agents"))
+            .bearer_auth(&app.token)
+            .body(body);
         if let Some(c) = ctype {
             req = req.header("content-type", c);
         }
         req.send()
     };
-    let resp = raw("{\"name\": ", Some("application/json")).await.expect("send");
+    let resp = raw("{\"name\": ", Some("application/json"))
+        .await
+        .expect("send");
     let s = resp.status();
-    assert_error(s, &resp.json().await.expect("json"), StatusCode::BAD_REQUEST, "malformed_json");
+    assert_error(
+        s,
+        &resp.json().await.expect("json"),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    );
     let resp = raw("{\"name\": \"x\"}", None).await.expect("send");
     let s = resp.status();
-    assert_error(s, &resp.json().await.expect("json"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_error(
+        s,
+        &resp.json().await.expect("json"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let resp = app
         .client
@@ -104,7 +181,12 @@ async fn malformed_bodies_get_4xx_and_change_nothing() {
         .await
         .expect("send");
     let s = resp.status();
-    assert_error(s, &resp.json().await.expect("json"), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    assert_error(
+        s,
+        &resp.json().await.expect("json"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
 
     assert_eq!(agent_count(&app).await, 0, "nothing was created");
 }
@@ -112,10 +194,21 @@ async fn malformed_bodies_get_4xx_and_change_nothing() {
 #[tokio::test]
 async fn unknown_things_and_illegal_commands() {
     let app = spawn_app().await;
-    let id = app.create(json!({ "name": "x" })).await["id"].as_str().expect("id").to_string();
-    let (s, v) = app.call(Method::GET, "/api/v1/agents/00000000-0000-7000-8000-000000000000", None).await;
+    let id = app.create(json!({ "name": "x" })).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (s, v) = app
+        .call(
+            Method::GET,
+            "/api/v1/agents/00000000-0000-7000-8000-000000000000",
+            None,
+        )
+        .await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
-    let (s, v) = app.call(Method::GET, "/api/v1/agents/not-an-id", None).await;
+    let (s, v) = app
+        .call(Method::GET, "/api/v1/agents/not-an-id", None)
+        .await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     let (s, v) = app.command(&id, "explode").await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_command");
@@ -123,29 +216,53 @@ async fn unknown_things_and_illegal_commands() {
     assert_error(s, &v, StatusCode::CONFLICT, "illegal_transition");
     assert_eq!(v["state"], "draft");
     assert_eq!(v["allowed"], json!(["deploy", "delete"]));
-    let (s, v) = app.call(Method::GET, "/api/v1/agents?state=flying", None).await;
+    let (s, v) = app
+        .call(Method::GET, "/api/v1/agents?state=flying", None)
+        .await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
     let (s, v) = app.call(Method::GET, "/api/v1/agents?limit=0", None).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
-    let (s, v) = app.call(Method::GET, "/api/v1/agents?limit=abc", None).await;
+    let (s, v) = app
+        .call(Method::GET, "/api/v1/agents?limit=abc", None)
+        .await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
-    let (s, v) = app.call(Method::GET, "/api/v1/agents?sort=name", None).await;
+    let (s, v) = app
+        .call(Method::GET, "/api/v1/agents?sort=name", None)
+        .await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
-    let (s, v) = app.call(Method::GET, &format!("/api/v1/agents/{id}/history?cursor=-3"), None).await;
+    let (s, v) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{id}/history?cursor=-3"),
+            None,
+        )
+        .await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
     let (s, v) = app.call(Method::GET, "/api/v1/nothing-here", None).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     let (s, v) = app.call(Method::PUT, "/api/v1/agents", None).await;
     assert_error(s, &v, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    let (s, v) = app.call(Method::POST, "/api/v1/agents", Some(json!({ "name": "x" }))).await;
+    let (s, v) = app
+        .call(Method::POST, "/api/v1/agents", Some(json!({ "name": "x" })))
+        .await;
     assert_error(s, &v, StatusCode::CONFLICT, "name_taken");
     let (s, v) = app
-        .call(Method::PATCH, &format!("/api/v1/agents/{id}"), Some(json!({ "health": { "failure_threshold": 0 } })))
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{id}"),
+            Some(json!({ "health": { "failure_threshold": 0 } })),
+        )
         .await;
     assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
     // None of that changed the agent.
     let v = app.get(&id).await;
-    assert_eq!((v["state"].as_str(), v["health"]["failure_threshold"].as_u64()), (Some("draft"), Some(2)));
+    assert_eq!(
+        (
+            v["state"].as_str(),
+            v["health"]["failure_threshold"].as_u64()
+        ),
+        (Some("draft"), Some(2))
+    );
     assert_eq!(app.history(&id).await.len(), 1);
 }
 
@@ -153,17 +270,42 @@ async fn unknown_things_and_illegal_commands() {
 async fn chaos_hook_is_off_by_default_and_liveness_endpoints_answer() {
     let app = spawn_app_with(|c| c.chaos.enabled = false).await;
     let (s, v) = app
-        .call(Method::POST, "/api/v1/admin/chaos/kill", Some(json!({ "target": "tenant", "id": "x" })))
+        .call(
+            Method::POST,
+            "/api/v1/admin/chaos/kill",
+            Some(json!({ "target": "tenant", "id": "x" })),
+        )
         .await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
-    let resp = app.client.get(app.url("/healthz")).send().await.expect("healthz");
+    let resp = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = app.client.get(app.url("/readyz")).send().await.expect("readyz");
+    let resp = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(resp.status(), StatusCode::OK);
     let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["checks"], json!({ "store": true, "supervisors": true }));
+    assert_eq!(
+        body["checks"],
+        json!({ "store": true, "supervisors": true })
+    );
     app.create(json!({ "name": "m" })).await;
-    let text = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     assert!(text.contains("cadre_http_requests_total"), "{text}");
     assert!(text.contains("cadre_mailbox_inflight"), "{text}");
 }

@@ -3,10 +3,14 @@
 #![allow(dead_code, missing_docs)]
 
 use async_trait::async_trait;
-use cadre_actors::budget::{BudgetLimits, Pricing, ModelPrice};
-use cadre_actors::domain::{AgentEvent, AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, Who};
+use cadre_actors::budget::{BudgetLimits, ModelPrice, Pricing};
+use cadre_actors::domain::{
+    AgentEvent, AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
+    Who,
+};
 use cadre_actors::ports::{
-    AgentWrite, Clock, DeployError, DeployRequest, Deployer, DeploymentStatus, Secrets, Store, StoreError, WriteOutcome,
+    AgentWrite, Clock, DeployError, DeployRequest, Deployer, DeploymentStatus, Secrets, Store,
+    StoreError, WriteOutcome,
 };
 use cadre_actors::restart::Backoff;
 use cadre_actors::{Cadre, Ctx, Settings};
@@ -43,10 +47,20 @@ impl MemStore {
         self.lock().agents.get(id).cloned()
     }
     pub fn history(&self, id: &AgentId) -> Vec<Transition> {
-        self.lock().history.iter().filter(|(a, _)| a == id).map(|(_, t)| t.clone()).collect()
+        self.lock()
+            .history
+            .iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, t)| t.clone())
+            .collect()
     }
     pub fn events(&self, id: &AgentId) -> Vec<AgentEvent> {
-        self.lock().events.iter().filter(|(a, _)| a == id).map(|(_, e)| e.clone()).collect()
+        self.lock()
+            .events
+            .iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, e)| e.clone())
+            .collect()
     }
     fn check_down(&self) -> Result<(), StoreError> {
         if self.fail_writes.load(Ordering::SeqCst) {
@@ -59,10 +73,16 @@ impl MemStore {
 
 #[async_trait]
 impl Store for MemStore {
-    async fn insert_agent(&self, rec: &AgentRecord, created: &Transition) -> Result<(), StoreError> {
+    async fn insert_agent(
+        &self,
+        rec: &AgentRecord,
+        created: &Transition,
+    ) -> Result<(), StoreError> {
         self.check_down()?;
         let mut g = self.lock();
-        if g.agents.values().any(|a| a.org_id == rec.org_id && a.spec.name == rec.spec.name && !g.deleted.contains(&a.id)) {
+        if g.agents.values().any(|a| {
+            a.org_id == rec.org_id && a.spec.name == rec.spec.name && !g.deleted.contains(&a.id)
+        }) {
             return Err(StoreError::Conflict("name".into()));
         }
         g.agents.insert(rec.id.clone(), rec.clone());
@@ -74,17 +94,20 @@ impl Store for MemStore {
         self.check_down()?;
         let mut g = self.lock();
         let rec = w.record;
-        if let Some(r) = w.usage_report {
-            if g.reports.contains(&(rec.id.clone(), r.to_string())) {
-                return Ok(WriteOutcome::Duplicate);
-            }
+        if let Some(r) = w.usage_report
+            && g.reports.contains(&(rec.id.clone(), r.to_string()))
+        {
+            return Ok(WriteOutcome::Duplicate);
         }
         match g.agents.get(&rec.id) {
             Some(cur) if cur.epoch == rec.epoch && !g.deleted.contains(&rec.id) => {}
             _ => return Err(StoreError::Fenced),
         }
         if g.agents.values().any(|a| {
-            a.id != rec.id && a.org_id == rec.org_id && a.spec.name == rec.spec.name && !g.deleted.contains(&a.id)
+            a.id != rec.id
+                && a.org_id == rec.org_id
+                && a.spec.name == rec.spec.name
+                && !g.deleted.contains(&a.id)
         }) {
             return Err(StoreError::Conflict("name".into()));
         }
@@ -112,7 +135,11 @@ impl Store for MemStore {
         Ok(())
     }
 
-    async fn claim_agent(&self, _org: &OrgId, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+    async fn claim_agent(
+        &self,
+        _org: &OrgId,
+        id: &AgentId,
+    ) -> Result<Option<AgentRecord>, StoreError> {
         let mut g = self.lock();
         if g.deleted.contains(id) {
             return Ok(None);
@@ -131,12 +158,19 @@ impl Store for MemStore {
         Ok(())
     }
 
-    async fn org_page(&self, org: &OrgId, after: Option<&AgentId>, limit: usize) -> Result<Vec<AgentRecord>, StoreError> {
+    async fn org_page(
+        &self,
+        org: &OrgId,
+        after: Option<&AgentId>,
+        limit: usize,
+    ) -> Result<Vec<AgentRecord>, StoreError> {
         let g = self.lock();
         let mut page: Vec<AgentRecord> = g
             .agents
             .values()
-            .filter(|a| &a.org_id == org && !g.deleted.contains(&a.id) && after.is_none_or(|x| &a.id > x))
+            .filter(|a| {
+                &a.org_id == org && !g.deleted.contains(&a.id) && after.is_none_or(|x| &a.id > x)
+            })
             .cloned()
             .collect();
         page.sort_by(|a, b| a.id.cmp(&b.id));
@@ -194,13 +228,22 @@ pub struct FakeDeployer {
 impl FakeDeployer {
     /// Simulates SIGKILL of the runtime: it stops heartbeating and status reports it dead.
     pub fn crash(&self, deployment: &str) {
-        if let Some(rt) = self.runtimes.lock().unwrap_or_else(|e| e.into_inner()).remove(deployment) {
+        if let Some(rt) = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(deployment)
+        {
             rt.alive.store(false, Ordering::SeqCst);
             rt.task.abort();
         }
     }
     pub fn token_of(&self, deployment: &str) -> Option<String> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(deployment).map(|t| t.2.clone())
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(deployment)
+            .map(|t| t.2.clone())
     }
 }
 
@@ -208,31 +251,57 @@ impl FakeDeployer {
 impl Deployer for FakeDeployer {
     async fn provision(&self, req: &DeployRequest) -> Result<String, DeployError> {
         if self.fail_provision.load(Ordering::SeqCst) {
-            return Err(DeployError { target: "fake", message: "provision refused".into() });
+            return Err(DeployError {
+                target: "fake",
+                message: "provision refused".into(),
+            });
         }
         Ok(req.agent_id.to_string())
     }
     async fn deploy(&self, dep: &str, req: &DeployRequest) -> Result<(), DeployError> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            dep.to_string(),
-            (req.org_id.clone(), req.agent_id.clone(), req.runtime_token.clone(), req.heartbeat_interval_ms),
-        );
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                dep.to_string(),
+                (
+                    req.org_id.clone(),
+                    req.agent_id.clone(),
+                    req.runtime_token.clone(),
+                    req.heartbeat_interval_ms,
+                ),
+            );
         Ok(())
     }
     async fn start(&self, dep: &str) -> Result<(), DeployError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
         if self.fail_start.load(Ordering::SeqCst) {
-            return Err(DeployError { target: "fake", message: "start refused".into() });
+            return Err(DeployError {
+                target: "fake",
+                message: "start refused".into(),
+            });
         }
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
         if runtimes.contains_key(dep) {
             return Ok(());
         }
-        let Some((org, agent, token, hb)) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(dep).cloned() else {
-            return Err(DeployError { target: "fake", message: "not deployed".into() });
+        let Some((org, agent, token, hb)) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dep)
+            .cloned()
+        else {
+            return Err(DeployError {
+                target: "fake",
+                message: "not deployed".into(),
+            });
         };
         let Some(cadre) = self.cadre.get().cloned() else {
-            return Err(DeployError { target: "fake", message: "no control plane".into() });
+            return Err(DeployError {
+                target: "fake",
+                message: "no control plane".into(),
+            });
         };
         let alive = Arc::new(AtomicBool::new(true));
         let task = tokio::spawn(async move {
@@ -265,13 +334,18 @@ impl Deployer for FakeDeployer {
     }
     async fn destroy(&self, dep: &str) -> Result<(), DeployError> {
         self.crash(dep);
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(dep);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dep);
         Ok(())
     }
     async fn status(&self, dep: &str) -> Result<DeploymentStatus, DeployError> {
         let runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
         Ok(match runtimes.get(dep) {
-            Some(rt) if rt.alive.load(Ordering::SeqCst) && !rt.task.is_finished() => DeploymentStatus::Running,
+            Some(rt) if rt.alive.load(Ordering::SeqCst) && !rt.task.is_finished() => {
+                DeploymentStatus::Running
+            }
             _ => DeploymentStatus::Stopped("fake runtime not running".into()),
         })
     }
@@ -285,12 +359,18 @@ pub fn fast_settings() -> Settings {
         health_interval: Duration::from_millis(20),
         failure_threshold: 2,
         start_timeout: Duration::from_secs(3),
-        recovery_backoff: Backoff { base: Duration::from_millis(10), max: Duration::from_millis(40) },
+        recovery_backoff: Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        },
         recovery_reset_after: Duration::from_secs(60),
         max_recoveries: 2,
         supervisor_max_restarts: 3,
         supervisor_window: Duration::from_secs(60),
-        supervisor_backoff: Backoff { base: Duration::from_millis(1), max: Duration::from_millis(5) },
+        supervisor_backoff: Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
         call_timeout: Duration::from_secs(3),
         mailbox_capacity: 64,
         mailbox_wait: Duration::from_secs(2),
@@ -325,7 +405,10 @@ pub async fn start_on(store: Arc<MemStore>, org: OrgId, settings: Settings) -> H
         clock: clock.clone(),
         secrets: Arc::new(PlainSecrets),
         pricing: Arc::new(Pricing {
-            default: ModelPrice { input_per_mtok: 1.0, output_per_mtok: 1.0 },
+            default: ModelPrice {
+                input_per_mtok: 1.0,
+                output_per_mtok: 1.0,
+            },
             models: HashMap::new(),
         }),
         settings,
@@ -334,8 +417,17 @@ pub async fn start_on(store: Arc<MemStore>, org: OrgId, settings: Settings) -> H
     });
     let cadre = Cadre::start(ctx).await.expect("tree starts");
     let _ = deployer.cadre.set(cadre.clone());
-    wait_until("tenant up", Duration::from_secs(5), || cadre.ctx().registry.tenant(&org).is_some()).await;
-    Harness { cadre, store, deployer, clock, org }
+    wait_until("tenant up", Duration::from_secs(5), || {
+        cadre.ctx().registry.tenant(&org).is_some()
+    })
+    .await;
+    Harness {
+        cadre,
+        store,
+        deployer,
+        clock,
+        org,
+    }
 }
 
 pub fn spec(name: &str) -> AgentSpec {
@@ -364,22 +456,39 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
 
 impl Harness {
     /// Waits until the agent's published state is `state`.
-    pub async fn wait_state(&self, id: &AgentId, state: cadre_actors::lifecycle::State, limit: Duration) {
+    pub async fn wait_state(
+        &self,
+        id: &AgentId,
+        state: cadre_actors::lifecycle::State,
+        limit: Duration,
+    ) {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(s) = self.cadre.get_agent(&self.org, id).await {
                 if s.view().state == state {
                     return;
                 }
-                assert!(Instant::now() < deadline, "agent in {} (reason {:?}), expected {state}", s.view().state, s.view().state_reason);
+                assert!(
+                    Instant::now() < deadline,
+                    "agent in {} (reason {:?}), expected {state}",
+                    s.view().state,
+                    s.view().state_reason
+                );
             } else {
-                assert!(Instant::now() < deadline, "agent unreachable, expected {state}");
+                assert!(
+                    Instant::now() < deadline,
+                    "agent unreachable, expected {state}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
     pub fn actor_id(&self, id: &AgentId) -> Option<ractor::ActorId> {
-        self.cadre.ctx().registry.agent(&self.org, id).map(|h| h.actor.get_id())
+        self.cadre
+            .ctx()
+            .registry
+            .agent(&self.org, id)
+            .map(|h| h.actor.get_id())
     }
 }

@@ -1,0 +1,236 @@
+//! The SQLite store against a real database file: group commit, fencing,
+//! idempotent usage reports and paged hydration.
+
+use cadre::store::{Durability, SqlStore};
+use cadre_actors::budget::{BudgetLimits, Period, Usage};
+use cadre_actors::domain::{
+    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
+};
+use cadre_actors::lifecycle::State;
+use cadre_actors::ports::{AgentWrite, Store, StoreError, WriteOutcome};
+
+async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqlStore::open(&url, Durability::Normal, 2)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    store
+        .create_org_with_owner("org", "org", "u", "a@b.c", "hash", 0)
+        .await
+        .expect("org");
+    (store, dir, OrgId("org".into()))
+}
+
+fn record(org: &OrgId, name: &str) -> AgentRecord {
+    AgentRecord {
+        id: AgentId(uuid::Uuid::now_v7().to_string()),
+        org_id: org.clone(),
+        spec: AgentSpec {
+            name: name.into(),
+            role: None,
+            model: None,
+            target: DeployTarget::Local,
+            health: HealthOverrides::default(),
+            budget: BudgetLimits::default(),
+        },
+        state: State::Draft,
+        state_reason: None,
+        restart_count: 0,
+        usage: Usage::empty(Period {
+            year: 2026,
+            month: 11,
+        }),
+        deployment_ref: None,
+        runtime_token_hash: None,
+        epoch: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn created() -> Transition {
+    Transition {
+        from: None,
+        to: State::Draft,
+        reason: Some("created".into()),
+        by: "system".into(),
+        at: 1,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creates_refuse_only_the_duplicate_name() {
+    let (store, _dir, org) = store().await;
+    let mut records: Vec<AgentRecord> = (0..40).map(|i| record(&org, &format!("a{i}"))).collect();
+    records.push(record(&org, "a7"));
+    let created = created();
+    let results =
+        futures_util::future::join_all(records.iter().map(|r| store.insert_agent(r, &created)))
+            .await;
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
+        .count();
+    assert_eq!(conflicts, 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 40);
+    let mut loaded = 0;
+    for r in &records {
+        if store
+            .load_agent(r.id.as_str())
+            .await
+            .expect("load")
+            .is_some()
+        {
+            loaded += 1;
+        }
+    }
+    assert_eq!(
+        loaded, 40,
+        "every acknowledged create is stored, the refused one is not"
+    );
+    for r in &records[..3] {
+        let history = store
+            .history("org", r.id.as_str(), 0, 10)
+            .await
+            .expect("history");
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].to, "draft");
+    }
+}
+
+#[tokio::test]
+async fn writes_from_a_replaced_incarnation_are_fenced() {
+    let (store, _dir, org) = store().await;
+    let rec = record(&org, "f");
+    store.insert_agent(&rec, &created()).await.expect("insert");
+    let claimed = store
+        .claim_agent(&org, &rec.id)
+        .await
+        .expect("claim")
+        .expect("exists");
+    assert_eq!(claimed.epoch, 2);
+    let mut stale = rec.clone();
+    stale.state = State::Error;
+    let w = AgentWrite {
+        record: &stale,
+        transitions: &[],
+        event: None,
+        usage_report: None,
+    };
+    assert_eq!(store.write_agent(w).await, Err(StoreError::Fenced));
+    assert_eq!(store.delete_agent(&stale, 5).await, Err(StoreError::Fenced));
+    let mut fresh = claimed.clone();
+    fresh.state = State::Configuring;
+    let w = AgentWrite {
+        record: &fresh,
+        transitions: &[],
+        event: None,
+        usage_report: None,
+    };
+    assert_eq!(store.write_agent(w).await, Ok(WriteOutcome::Written));
+    assert_eq!(
+        store
+            .load_agent(rec.id.as_str())
+            .await
+            .expect("load")
+            .expect("row")
+            .state,
+        State::Configuring
+    );
+    // Another org cannot claim it.
+    assert!(
+        store
+            .claim_agent(&OrgId("other".into()), &rec.id)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_count_once_even_in_one_batch() {
+    let (store, _dir, org) = store().await;
+    let mut rec = record(&org, "u");
+    store.insert_agent(&rec, &created()).await.expect("insert");
+    rec.usage = rec.usage.add(10, 0);
+    let w = AgentWrite {
+        record: &rec,
+        transitions: &[],
+        event: None,
+        usage_report: Some("r1"),
+    };
+    let mut double = rec.clone();
+    double.usage = double.usage.add(10, 0);
+    let w2 = AgentWrite {
+        record: &double,
+        transitions: &[],
+        event: None,
+        usage_report: Some("r1"),
+    };
+    let (a, b) = tokio::join!(store.write_agent(w), store.write_agent(w2));
+    let outcomes = [a.expect("a"), b.expect("b")];
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == WriteOutcome::Written)
+            .count(),
+        1
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == WriteOutcome::Duplicate)
+            .count(),
+        1
+    );
+    let tokens = store
+        .load_agent(rec.id.as_str())
+        .await
+        .expect("load")
+        .expect("row")
+        .usage
+        .tokens;
+    assert!(
+        tokens == 10 || tokens == 20,
+        "one of the two writes, never both: {tokens}"
+    );
+}
+
+#[tokio::test]
+async fn hydration_pages_cover_every_live_agent_once() {
+    let (store, _dir, org) = store().await;
+    let created = created();
+    let mut ids = Vec::new();
+    for i in 0..2500 {
+        let r = record(&org, &format!("h{i}"));
+        ids.push(r.id.clone());
+        store.insert_agent(&r, &created).await.expect("insert");
+    }
+    let gone = store
+        .load_agent(ids[10].as_str())
+        .await
+        .expect("load")
+        .expect("row");
+    store.delete_agent(&gone, 9).await.expect("delete");
+    store.claim_org(&org).await.expect("claim");
+    let mut seen = Vec::new();
+    let mut after: Option<AgentId> = None;
+    loop {
+        let page = store
+            .org_page(&org, after.as_ref(), 1000)
+            .await
+            .expect("page");
+        assert!(page.iter().all(|r| r.epoch == 2), "claimed before read");
+        after = page.last().map(|r| r.id.clone());
+        let full = page.len() == 1000;
+        seen.extend(page.into_iter().map(|r| r.id));
+        if !full {
+            break;
+        }
+    }
+    let mut expected = ids.clone();
+    expected.remove(10);
+    assert_eq!(seen, expected, "every live agent once, in id order");
+}
