@@ -786,19 +786,12 @@ async fn patch_agent(
         );
     }
     // A lowered budget takes effect at once.
-    let mut event = None;
     next.usage = next.usage.rolled_to(Period::of(st.now()));
-    if next.usage.is_exhausted(&next.spec.budget)
-        && st.apply(
-            &mut next,
-            Trigger::BudgetExceeded,
-            Some("budget_exceeded".into()),
-            &Who::System,
-            &mut tr,
-        )
-    {
-        event = Some(budget_event(st, &next, "budget_exceeded"));
-    }
+    let event = if next.usage.is_exhausted(&next.spec.budget) {
+        stop_for_budget(st, &mut next, &mut tr)
+    } else {
+        None
+    };
     st.commit(myself, next, tr, event, None).await?;
     match st.rec.state {
         State::Updating => {
@@ -884,6 +877,25 @@ async fn hello(myself: &ActorRef<AgentMsg>, st: &mut AgentState, token: &str) ->
     })
 }
 
+/// Stops a live agent whose budget is used up (the one place that does).
+/// Returns the `budget_exceeded` event when it did stop.
+fn stop_for_budget(
+    st: &AgentState,
+    next: &mut AgentRecord,
+    tr: &mut Vec<Transition>,
+) -> Option<AgentEvent> {
+    // Past 100 % the 80 % warning is moot for the rest of the period.
+    next.usage.warned = true;
+    let stopped = st.apply(
+        next,
+        Trigger::BudgetExceeded,
+        Some("budget_exceeded".into()),
+        &Who::System,
+        tr,
+    );
+    stopped.then(|| budget_event(st, next, "budget_exceeded"))
+}
+
 fn budget_event(st: &AgentState, rec: &AgentRecord, kind: &str) -> AgentEvent {
     AgentEvent {
         kind: kind.to_string(),
@@ -920,17 +932,7 @@ async fn usage(
             next.usage.warned = true;
             event = Some(budget_event(st, &next, "budget_warning"));
         }
-        BudgetLevel::Exceeded => {
-            next.usage.warned = true;
-            st.apply(
-                &mut next,
-                Trigger::BudgetExceeded,
-                Some("budget_exceeded".into()),
-                &Who::System,
-                &mut tr,
-            );
-            event = Some(budget_event(st, &next, "budget_exceeded"));
-        }
+        BudgetLevel::Exceeded => event = stop_for_budget(st, &mut next, &mut tr),
     }
     let outcome = st
         .commit(myself, next, tr, event, Some(&report.report_id))

@@ -415,27 +415,53 @@ fn page_json<T: serde::Serialize>(
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
+/// A validated page request on an agent's history or events (the agent must
+/// exist in the caller's org; deleted agents keep their records).
+struct LogPage {
+    id: AgentId,
+    after: i64,
+    limit: usize,
+}
+
+impl LogPage {
+    async fn resolve(
+        state: &AppState,
+        principal: &Principal,
+        id: &str,
+        params: PageParams,
+    ) -> Result<LogPage, ApiError> {
+        let id = agent_id(id)?;
+        let limit = page_limit(params.limit)?;
+        let after = cursor_id(params.cursor.as_deref())?;
+        if !state
+            .store
+            .agent_exists(principal.org.as_str(), id.as_str())
+            .await?
+        {
+            return Err(ApiError::not_found("agent"));
+        }
+        Ok(LogPage { id, after, limit })
+    }
+
+    /// Rows to fetch: one more than the page, to know whether another follows.
+    fn fetch(&self) -> i64 {
+        self.limit as i64 + 1
+    }
+}
+
 async fn history(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let id = agent_id(&id)?;
-    let limit = page_limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
-    if !state
-        .store
-        .agent_exists(principal.org.as_str(), id.as_str())
-        .await?
-    {
-        return Err(ApiError::not_found("agent"));
-    }
+    let page = LogPage::resolve(&state, &principal, &id, params).await?;
+    let org = principal.org.as_str();
     let rows = state
         .store
-        .history(principal.org.as_str(), id.as_str(), after, limit as i64 + 1)
+        .history(org, page.id.as_str(), page.after, page.fetch())
         .await?;
-    page_json(rows, limit, |r| r.id)
+    page_json(rows, page.limit, |r| r.id)
 }
 
 async fn events(
@@ -444,21 +470,13 @@ async fn events(
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let id = agent_id(&id)?;
-    let limit = page_limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
-    if !state
-        .store
-        .agent_exists(principal.org.as_str(), id.as_str())
-        .await?
-    {
-        return Err(ApiError::not_found("agent"));
-    }
+    let page = LogPage::resolve(&state, &principal, &id, params).await?;
+    let org = principal.org.as_str();
     let rows = state
         .store
-        .events(principal.org.as_str(), id.as_str(), after, limit as i64 + 1)
+        .events(org, page.id.as_str(), page.after, page.fetch())
         .await?;
-    page_json(rows, limit, |r| r.id)
+    page_json(rows, page.limit, |r| r.id)
 }
 
 /// `/agents` routes.

@@ -214,12 +214,24 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
     if jobs.len() < 2 {
         return None;
     }
+    Some(
+        insert_rows(conn, &jobs)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("batched insert failed: {e}"))),
+    )
+}
+
+/// Inserts agents and their creation entries: one statement per table.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[(&AgentRecord, &Transition)],
+) -> Result<(), sqlx::Error> {
     let mut agents = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
          usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) ",
     );
-    agents.push_values(&jobs, |mut b, (rec, _)| {
+    agents.push_values(rows, |mut b, (rec, _)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(&rec.spec.name)
@@ -243,10 +255,11 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
             .push_bind(rec.created_at)
             .push_bind(rec.updated_at);
     });
+    agents.build().execute(&mut *conn).await?;
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) ",
     );
-    history.push_values(&jobs, |mut b, (rec, t)| {
+    history.push_values(rows, |mut b, (rec, t)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(t.from.map(|s| s.as_str()))
@@ -255,16 +268,7 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
             .push_bind(&t.by)
             .push_bind(t.at);
     });
-    let result = async {
-        agents.build().execute(&mut *conn).await?;
-        history.build().execute(&mut *conn).await
-    }
-    .await;
-    Some(
-        result
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(format!("batched insert failed: {e}"))),
-    )
+    history.build().execute(&mut *conn).await.map(|_| ())
 }
 
 async fn insert(
@@ -272,40 +276,7 @@ async fn insert(
     rec: &AgentRecord,
     created: &Transition,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
-         budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
-         usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(rec.id.as_str())
-    .bind(rec.org_id.as_str())
-    .bind(&rec.spec.name)
-    .bind(rec.spec.role.as_deref())
-    .bind(rec.spec.model.as_deref())
-    .bind(rec.spec.target.as_str())
-    .bind(rec.spec.health.interval_ms.map(to_i64))
-    .bind(rec.spec.health.failure_threshold.map(i64::from))
-    .bind(rec.spec.budget.monthly_tokens.map(to_i64))
-    .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
-    .bind(rec.state.as_str())
-    .bind(rec.state_reason.as_deref())
-    .bind(i64::from(rec.restart_count))
-    .bind(to_i64(rec.usage.tokens))
-    .bind(to_i64(rec.usage.cost_micros))
-    .bind(rec.usage.period.to_string())
-    .bind(i64::from(rec.usage.warned))
-    .bind(rec.deployment_ref.as_deref())
-    .bind(rec.runtime_token_hash.as_deref())
-    .bind(rec.epoch)
-    .bind(rec.created_at)
-    .bind(rec.updated_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    insert_transition(conn, rec, created)
-        .await
-        .map_err(unavailable)
+    insert_rows(conn, &[(rec, created)]).await.map_err(classify)
 }
 
 async fn write(
