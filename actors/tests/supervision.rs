@@ -569,3 +569,62 @@ async fn random_operations_only_follow_the_table() {
         }
     }
 }
+
+/// ractor mailboxes are unbounded; the gate in front of each actor is not:
+/// past `mailbox_capacity` requests in flight, callers wait `mailbox_wait`
+/// and are then refused, and nothing that was accepted is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_is_bounded_and_excess_requests_are_refused() {
+    let mut settings = fast_settings();
+    settings.mailbox_capacity = 2;
+    settings.mailbox_wait = Duration::from_millis(20);
+    let h = start(settings).await;
+    let id = h
+        .cadre
+        .create_agent(&h.org, spec("m"), user())
+        .await
+        .expect("create")
+        .id
+        .clone();
+    h.store.write_delay_ms.store(150, Ordering::SeqCst);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let (cadre, org, id) = (h.cadre.clone(), h.org.clone(), id.clone());
+        calls.spawn(async move {
+            let patch = AgentPatch {
+                role: Some(Some(format!("r{i}"))),
+                ..Default::default()
+            };
+            (i, cadre.patch_agent(&org, &id, patch, user()).await)
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(joined) = calls.join_next().await {
+        match joined.expect("task") {
+            (i, Ok(_)) => accepted.push(i),
+            (_, Err(Error::Overloaded)) => refused += 1,
+            (_, Err(e)) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert!(
+        refused >= 5,
+        "excess requests are refused, not queued: {refused} refused"
+    );
+    assert!(
+        !accepted.is_empty() && accepted.len() <= 4,
+        "accepted {accepted:?}"
+    );
+    h.store.write_delay_ms.store(0, Ordering::SeqCst);
+    let role = h
+        .store
+        .record(&id)
+        .expect("stored")
+        .spec
+        .role
+        .unwrap_or_default();
+    assert!(
+        accepted.iter().any(|i| role == format!("r{i}")),
+        "the last accepted write is stored: {role}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod budget;
 mod chaos;
+mod cli;
 mod common;
 mod errors;
 mod lifecycle;

@@ -34,6 +34,8 @@ struct Inner {
 pub struct MemStore {
     inner: Mutex<Inner>,
     pub fail_writes: AtomicBool,
+    /// Makes every agent write take this long (a slow disk).
+    pub write_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl MemStore {
@@ -91,6 +93,10 @@ impl Store for MemStore {
     }
 
     async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        let delay = self.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         self.check_down()?;
         let mut g = self.lock();
         let rec = w.record;
