@@ -322,6 +322,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if test {
+        println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
+    }
     rt.block_on(async {
         let (creates, lists) = create_and_list(&sizes).await;
         let (p50, p99) = kill_replacement(&sizes).await;

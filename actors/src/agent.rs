@@ -391,23 +391,15 @@ impl AgentState {
                 }
                 OpResult::Started(deployer.start(&dep).await)
             }),
-            // Never provisioned (an early deploy failed): bring it up from scratch.
-            None => {
-                let token = self.new_runtime_token();
-                let req = self.request(token);
-                self.spawn_op(myself, async move {
-                    let run = async {
-                        let dep = deployer.provision(&req).await?;
-                        deployer.deploy(&dep, &req).await?;
-                        deployer.start(&dep).await?;
-                        Ok::<_, DeployError>(dep)
-                    };
-                    match run.await {
-                        Ok(_) => OpResult::Started(Ok(())),
-                        Err(e) => OpResult::Started(Err(e)),
-                    }
-                });
-            }
+            // Commands refuse this case up front (see `command`); a restarted
+            // actor caught in `starting` without a deployment fails its start
+            // and goes through recovery to `error`.
+            None => self.spawn_op(myself, async {
+                OpResult::Started(Err(DeployError {
+                    target: "any",
+                    message: "no deployment: deploy the agent".into(),
+                }))
+            }),
         }
     }
 
@@ -638,10 +630,11 @@ async fn update_op(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     let dep = st.rec.deployment_ref.clone();
     st.spawn_op(myself, async move {
         let run = async {
-            let dep = match dep {
-                Some(d) => d,
-                None => deployer.provision(&req).await?,
-            };
+            // Only running/degraded agents update, and they have a deployment.
+            let dep = dep.ok_or_else(|| DeployError {
+                target: "any",
+                message: "no deployment to update".into(),
+            })?;
             let _ = deployer.stop(&dep).await;
             deployer.deploy(&dep, &req).await?;
             deployer.start(&dep).await
@@ -699,6 +692,13 @@ async fn command(
             provision_op(myself, st);
         }
         Command::Start | Command::Restart => {
+            if next.deployment_ref.is_none() {
+                // Only deploy provisions (and persists the deployment and its
+                // runtime token); starting from nothing would skip that.
+                return Err(Error::Invalid(format!(
+                    "the agent has no deployment: deploy it instead of {cmd}"
+                )));
+            }
             st.budget_check(&mut next)?;
             st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
             if cmd == Command::Restart {

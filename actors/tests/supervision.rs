@@ -628,3 +628,47 @@ async fn mailbox_is_bounded_and_excess_requests_are_refused() {
         "the last accepted write is stored: {role}"
     );
 }
+
+#[tokio::test]
+async fn start_without_a_deployment_asks_for_deploy() {
+    let h = start(fast_settings()).await;
+    let id = h
+        .cadre
+        .create_agent(&h.org, spec("nd"), user())
+        .await
+        .expect("create")
+        .id
+        .clone();
+    h.deployer.fail_provision.store(true, Ordering::SeqCst);
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy");
+    h.wait_state(&id, State::Error, LIMIT).await;
+    h.cadre
+        .command(&h.org, &id, Command::Stop, user())
+        .await
+        .expect("stop from error");
+    for cmd in [Command::Start, Command::Restart] {
+        let err = h
+            .cadre
+            .command(&h.org, &id, cmd, user())
+            .await
+            .expect_err("no deployment");
+        assert!(
+            matches!(err, Error::Invalid(ref m) if m.contains("deploy")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        h.store.record(&id).expect("rec").state,
+        State::Stopped,
+        "refusals change nothing"
+    );
+    h.deployer.fail_provision.store(false, Ordering::SeqCst);
+    h.cadre
+        .command(&h.org, &id, Command::Deploy, user())
+        .await
+        .expect("deploy again");
+    h.wait_state(&id, State::Running, LIMIT).await;
+}
