@@ -26,8 +26,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         ("CADRE_DATA_DIR", dir.display().to_string()),
         ("CADRE_LISTEN", "127.0.0.1:0".to_string()),
         ("CADRE_BOOTSTRAP_PASSWORD", PASSWORD.to_string()),
-        ("CADRE_HEALTH__INTERVAL_MS", "100".to_string()),
-        ("CADRE_HEALTH__FAILURE_THRESHOLD", "2".to_string()),
+        // Heartbeats are stale after 3 × 150 ms and recovery needs 3 failed
+        // probes: a loaded CI machine must not trigger spurious restarts.
+        ("CADRE_HEALTH__INTERVAL_MS", "300".to_string()),
+        ("CADRE_HEALTH__FAILURE_THRESHOLD", "3".to_string()),
         ("CADRE_HEALTH__BACKOFF_BASE_MS", "50".to_string()),
         ("CADRE_HEALTH__BACKOFF_MAX_MS", "200".to_string()),
         ("CADRE_HEALTH__START_TIMEOUT_MS", "10000".to_string()),

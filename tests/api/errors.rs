@@ -261,7 +261,7 @@ async fn unknown_things_and_illegal_commands() {
             v["state"].as_str(),
             v["health"]["failure_threshold"].as_u64()
         ),
-        (Some("draft"), Some(2))
+        (Some("draft"), Some(3))
     );
     assert_eq!(app.history(&id).await.len(), 1);
 }

@@ -362,8 +362,10 @@ impl Deployer for FakeDeployer {
 
 pub fn fast_settings() -> Settings {
     Settings {
-        health_interval: Duration::from_millis(20),
-        failure_threshold: 2,
+        // Wide enough that a loaded CI machine does not miss heartbeats
+        // (stale after 3 × 25 ms, recovery after 3 failed probes).
+        health_interval: Duration::from_millis(50),
+        failure_threshold: 3,
         start_timeout: Duration::from_secs(3),
         recovery_backoff: Backoff {
             base: Duration::from_millis(10),
