@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A running control plane.
@@ -27,12 +27,14 @@ pub struct Running {
     /// The store.
     pub store: Arc<SqlStore>,
     stop: oneshot::Sender<()>,
+    closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
     /// Stops accepting requests, drains them, stops the actors and closes the store.
     pub async fn shutdown(self) {
+        let _ = self.closing.send(true);
         let _ = self.stop.send(());
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
@@ -171,7 +173,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Default::default(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
+    let (closing, shutdown) = watch::channel(false);
     let state = AppState {
+        shutdown,
         cadre: cadre.clone(),
         store: store.clone(),
         jwt,
@@ -193,6 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cadre,
         store,
         stop,
+        closing,
         server,
     })
 }

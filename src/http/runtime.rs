@@ -17,7 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
 use axum::routing::get;
 use cadre_actors::Cadre;
-use cadre_actors::agent::UsageReport;
+use cadre_actors::agent::{HelloAck, UsageReport};
 use cadre_actors::domain::{AgentId, OrgId};
 use std::time::Duration;
 
@@ -45,18 +45,25 @@ async fn connect(
         .org_of(&agent)
         .ok_or_else(|| ApiError::unauthenticated("invalid runtime token"))?;
     let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
-    let cadre = state.cadre.clone();
-    Ok(ws.max_message_size(MAX_FRAME).on_upgrade(move |socket| {
-        serve(
-            socket,
-            cadre,
-            org,
-            agent,
-            ack.conn,
-            ack.heartbeat_interval_ms,
-            ack.should_run,
-        )
-    }))
+    let session = Session {
+        cadre: state.cadre.clone(),
+        shutdown: state.shutdown.clone(),
+        org,
+        agent,
+        ack,
+    };
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| serve(socket, session)))
+}
+
+/// One authenticated runtime connection.
+struct Session {
+    cadre: Cadre,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    org: OrgId,
+    agent: AgentId,
+    ack: HelloAck,
 }
 
 async fn send(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
@@ -79,15 +86,19 @@ fn error(code: &str, message: impl Into<String>) -> ServerMessage {
     }
 }
 
-async fn serve(
-    mut socket: WebSocket,
-    cadre: Cadre,
-    org: OrgId,
-    agent: AgentId,
-    conn: u64,
-    heartbeat_interval_ms: u64,
-    should_run: bool,
-) {
+async fn serve(mut socket: WebSocket, session: Session) {
+    let Session {
+        cadre,
+        mut shutdown,
+        org,
+        agent,
+        ack:
+            HelloAck {
+                conn,
+                heartbeat_interval_ms,
+                should_run,
+            },
+    } = session;
     // The first frame must be a hello in a protocol version we speak.
     let first = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
     let hello = match first {
@@ -130,7 +141,17 @@ async fn serve(
         let _ = send(&mut socket, &stop("agent is not supposed to run")).await;
         return;
     }
-    while let Some(frame) = socket.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = socket.recv() => frame,
+            // The server is shutting down: close, so the runtime reconnects
+            // to whichever control plane comes next.
+            _ = shutdown.changed() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        };
+        let Some(frame) = frame else { return };
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) | Err(_) => return,

@@ -21,4 +21,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Becomes `true` when the server shuts down: long-lived connections
+    /// (runtime WebSockets) close so their peers reconnect to the next server.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -185,6 +185,7 @@ async fn server_restart_keeps_states_and_never_moves_idle_agents() {
     let draft_history = app.history(&draft).await.len();
     let stopped_history = app.history(&stopped).await.len();
     let before_running = app.get(&running).await;
+    let running_history = app.history(&running).await.len();
 
     app.restart().await;
 
@@ -209,7 +210,14 @@ async fn server_restart_keeps_states_and_never_moves_idle_agents() {
         None,
         "a stopped agent's runtime stays down"
     );
-    app.wait_state(&running, "running").await;
+    // The running agent's runtime reconnected to the new control plane in
+    // time: no probe failed, nothing was restarted.
+    let after = app.get(&running).await;
+    assert_eq!(after["state"], "running");
+    assert_eq!(after["restart_count"], before_running["restart_count"]);
+    assert_eq!(app.runtime_pid(&running), Some(pid));
+    let history = app.history(&running).await;
+    assert_eq!(history.len(), running_history, "{history:?}");
 }
 
 #[tokio::test]
