@@ -13,16 +13,9 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(10);
 
 async fn running_agent(h: &Harness, name: &str) -> AgentId {
-    let snap = h
-        .cadre
-        .create_agent(&h.org, spec(name), user())
-        .await
-        .expect("create");
+    let snap = h.create(spec(name)).await;
     let id = snap.id.clone();
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     id
 }
@@ -56,21 +49,14 @@ async fn restarts_agent_after_kill_with_state_intact() {
     let stored = h.store.record(&id).expect("stored");
     assert!(stored.epoch > 1, "the replacement claimed a new epoch");
     // And it still works: commands go to the new incarnation.
-    h.cadre
-        .command(&h.org, &id, Command::Stop, user())
-        .await
-        .expect("stop after restart");
+    h.cmd(&id, Command::Stop).await.expect("stop after restart");
     assert_eq!(h.store.record(&id).expect("stored").state, State::Stopped);
 }
 
 #[tokio::test]
 async fn restarts_agent_after_panic() {
     let h = start(fast_settings()).await;
-    let snap = h
-        .cadre
-        .create_agent(&h.org, spec("p"), user())
-        .await
-        .expect("create");
+    let snap = h.create(spec("p")).await;
     let id = snap.id.clone();
     let patch = AgentPatch {
         role: Some(Some("writer".into())),
@@ -95,23 +81,13 @@ async fn tenant_restart_rehydrates_all_agents() {
     let h = start(fast_settings()).await;
     let mut ids = Vec::new();
     for i in 0..8 {
-        let snap = h
-            .cadre
-            .create_agent(&h.org, spec(&format!("t{i}")), user())
-            .await
-            .expect("create");
+        let snap = h.create(spec(&format!("t{i}"))).await;
         ids.push(snap.id.clone());
     }
     let live = running_agent(&h, "live").await;
-    h.cadre
-        .command(&h.org, &ids[0], Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&ids[0], Command::Deploy).await.expect("deploy");
     h.wait_state(&ids[0], State::Running, LIMIT).await;
-    h.cadre
-        .command(&h.org, &ids[0], Command::Stop, user())
-        .await
-        .expect("stop");
+    h.cmd(&ids[0], Command::Stop).await.expect("stop");
     ids.push(live.clone());
     let mut before = Vec::new();
     for id in &ids {
@@ -179,11 +155,7 @@ async fn tenant_restart_rehydrates_all_agents() {
 #[tokio::test]
 async fn escalates_to_error_after_max_restarts() {
     let h = start(fast_settings()).await; // 3 restarts per 60 s
-    let snap = h
-        .cadre
-        .create_agent(&h.org, spec("e"), user())
-        .await
-        .expect("create");
+    let snap = h.create(spec("e")).await;
     let id = snap.id.clone();
     for _ in 0..4 {
         let actor = h.actor_id(&id).expect("actor");
@@ -221,8 +193,7 @@ async fn escalates_to_error_after_max_restarts() {
     );
     // An operator can still act on it.
     let err = h
-        .cadre
-        .command(&h.org, &id, Command::Start, user())
+        .cmd(&id, Command::Start)
         .await
         .expect_err("start from error");
     assert!(matches!(
@@ -289,16 +260,9 @@ async fn budget_warns_stops_and_rolls_over() {
     let h = start(fast_settings()).await;
     let mut s = spec("b");
     s.budget.monthly_tokens = Some(1000);
-    let snap = h
-        .cadre
-        .create_agent(&h.org, s, user())
-        .await
-        .expect("create");
+    let snap = h.create(s).await;
     let id = snap.id.clone();
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
     let token = h.deployer.token_of(id.as_str()).expect("token");
     let conn = h
@@ -356,18 +320,11 @@ async fn budget_warns_stops_and_rolls_over() {
     assert_eq!(view.state, State::Stopped);
     assert_eq!(view.state_reason.as_deref(), Some("budget_exceeded"));
     assert_eq!(view.usage.tokens, 1050);
-    let err = h
-        .cadre
-        .command(&h.org, &id, Command::Start, user())
-        .await
-        .expect_err("over budget");
+    let err = h.cmd(&id, Command::Start).await.expect_err("over budget");
     assert!(matches!(err, Error::BudgetExceeded { .. }));
     // The next month the counters reset and the agent may start again.
     h.clock.0.store(1_796_083_200_000, Ordering::SeqCst);
-    h.cadre
-        .command(&h.org, &id, Command::Start, user())
-        .await
-        .expect("start in December");
+    h.cmd(&id, Command::Start).await.expect("start in December");
     h.wait_state(&id, State::Running, LIMIT).await;
     let view = h
         .cadre
@@ -387,17 +344,9 @@ async fn raising_the_budget_allows_a_start() {
     let h = start(fast_settings()).await;
     let mut s = spec("r");
     s.budget.monthly_cost_micros = Some(0);
-    let snap = h
-        .cadre
-        .create_agent(&h.org, s, user())
-        .await
-        .expect("create");
+    let snap = h.create(s).await;
     let id = snap.id.clone();
-    let err = h
-        .cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect_err("no budget");
+    let err = h.cmd(&id, Command::Deploy).await.expect_err("no budget");
     assert!(matches!(err, Error::BudgetExceeded { .. }));
     let patch = AgentPatch {
         monthly_cost_micros: Some(Some(1_000_000)),
@@ -407,28 +356,17 @@ async fn raising_the_budget_allows_a_start() {
         .patch_agent(&h.org, &id, patch, user())
         .await
         .expect("raise");
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
 
 #[tokio::test]
 async fn failed_write_changes_nothing() {
     let h = start(fast_settings()).await;
-    let snap = h
-        .cadre
-        .create_agent(&h.org, spec("w"), user())
-        .await
-        .expect("create");
+    let snap = h.create(spec("w")).await;
     let id = snap.id.clone();
     h.store.fail_writes.store(true, Ordering::SeqCst);
-    let err = h
-        .cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect_err("store down");
+    let err = h.cmd(&id, Command::Deploy).await.expect_err("store down");
     assert!(matches!(err, Error::Unavailable(_)));
     let patch = AgentPatch {
         name: Some("renamed".into()),
@@ -449,8 +387,7 @@ async fn failed_write_changes_nothing() {
         .clone();
     assert_eq!((view.state, view.name.as_str()), (State::Draft, "w"));
     h.store.fail_writes.store(false, Ordering::SeqCst);
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
+    h.cmd(&id, Command::Deploy)
         .await
         .expect("deploy once the store is back");
     h.wait_state(&id, State::Running, LIMIT).await;
@@ -476,17 +413,9 @@ async fn deploy_with_missing_fields_stops_in_configuring() {
     let h = start(fast_settings()).await;
     let mut s = spec("c");
     s.model = None;
-    let snap = h
-        .cadre
-        .create_agent(&h.org, s, user())
-        .await
-        .expect("create");
+    let snap = h.create(s).await;
     let id = snap.id.clone();
-    let after = h
-        .cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    let after = h.cmd(&id, Command::Deploy).await.expect("deploy");
     assert_eq!(after.view().state, State::Configuring);
     assert_eq!(
         after.view().state_reason.as_deref(),
@@ -502,10 +431,7 @@ async fn deploy_with_missing_fields_stops_in_configuring() {
         .await
         .expect("patch");
     assert_eq!(after.view().state, State::Ready);
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
     h.wait_state(&id, State::Running, LIMIT).await;
 }
 
@@ -516,15 +442,7 @@ async fn random_operations_only_follow_the_table() {
     let h = start(fast_settings()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(
-            h.cadre
-                .create_agent(&h.org, spec(&format!("r{i}")), user())
-                .await
-                .expect("create")
-                .view()
-                .id
-                .clone(),
-        );
+        ids.push(h.create(spec(&format!("r{i}"))).await.view().id.clone());
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
@@ -536,11 +454,11 @@ async fn random_operations_only_follow_the_table() {
     for _ in 0..300 {
         let id = &ids[(next() % ids.len() as u64) as usize];
         match next() % 9 {
-            0 => drop(h.cadre.command(&h.org, id, Command::Deploy, user()).await),
-            1 => drop(h.cadre.command(&h.org, id, Command::Start, user()).await),
-            2 => drop(h.cadre.command(&h.org, id, Command::Stop, user()).await),
-            3 => drop(h.cadre.command(&h.org, id, Command::Restart, user()).await),
-            4 => drop(h.cadre.command(&h.org, id, Command::Destroy, user()).await),
+            0 => drop(h.cmd(id, Command::Deploy).await),
+            1 => drop(h.cmd(id, Command::Start).await),
+            2 => drop(h.cmd(id, Command::Stop).await),
+            3 => drop(h.cmd(id, Command::Restart).await),
+            4 => drop(h.cmd(id, Command::Destroy).await),
             5 => h.deployer.crash(id.as_str()),
             6 => {
                 let patch = AgentPatch {
@@ -579,13 +497,7 @@ async fn mailbox_is_bounded_and_excess_requests_are_refused() {
     settings.mailbox_capacity = 2;
     settings.mailbox_wait = Duration::from_millis(20);
     let h = start(settings).await;
-    let id = h
-        .cadre
-        .create_agent(&h.org, spec("m"), user())
-        .await
-        .expect("create")
-        .id
-        .clone();
+    let id = h.create(spec("m")).await.id.clone();
     h.store.write_delay_ms.store(150, Ordering::SeqCst);
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -632,29 +544,13 @@ async fn mailbox_is_bounded_and_excess_requests_are_refused() {
 #[tokio::test]
 async fn start_without_a_deployment_asks_for_deploy() {
     let h = start(fast_settings()).await;
-    let id = h
-        .cadre
-        .create_agent(&h.org, spec("nd"), user())
-        .await
-        .expect("create")
-        .id
-        .clone();
+    let id = h.create(spec("nd")).await.id.clone();
     h.deployer.fail_provision.store(true, Ordering::SeqCst);
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy");
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
     h.wait_state(&id, State::Error, LIMIT).await;
-    h.cadre
-        .command(&h.org, &id, Command::Stop, user())
-        .await
-        .expect("stop from error");
+    h.cmd(&id, Command::Stop).await.expect("stop from error");
     for cmd in [Command::Start, Command::Restart] {
-        let err = h
-            .cadre
-            .command(&h.org, &id, cmd, user())
-            .await
-            .expect_err("no deployment");
+        let err = h.cmd(&id, cmd).await.expect_err("no deployment");
         assert!(
             matches!(err, Error::Invalid(ref m) if m.contains("deploy")),
             "{err:?}"
@@ -666,9 +562,6 @@ async fn start_without_a_deployment_asks_for_deploy() {
         "refusals change nothing"
     );
     h.deployer.fail_provision.store(false, Ordering::SeqCst);
-    h.cadre
-        .command(&h.org, &id, Command::Deploy, user())
-        .await
-        .expect("deploy again");
+    h.cmd(&id, Command::Deploy).await.expect("deploy again");
     h.wait_state(&id, State::Running, LIMIT).await;
 }

@@ -126,6 +126,14 @@ impl TestApp {
         v
     }
 
+    /// Creates an agent and returns its id.
+    pub async fn create_id(&self, body: Value) -> String {
+        self.create(body).await["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    }
+
     pub async fn get(&self, id: &str) -> Value {
         let (s, v) = self
             .call(Method::GET, &format!("/api/v1/agents/{id}"), None)

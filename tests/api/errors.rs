@@ -194,10 +194,7 @@ async fn malformed_bodies_get_4xx_and_change_nothing() {
 #[tokio::test]
 async fn unknown_things_and_illegal_commands() {
     let app = spawn_app().await;
-    let id = app.create(json!({ "name": "x" })).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = app.create_id(json!({ "name": "x" })).await;
     let (s, v) = app
         .call(
             Method::GET,

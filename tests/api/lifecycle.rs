@@ -94,11 +94,8 @@ async fn full_lifecycle_with_a_real_runtime() {
 async fn sigkill_of_the_runtime_degrades_then_recovers() {
     let app = spawn_app().await;
     let id = app
-        .create(json!({ "name": "k", "role": "r", "model": "m" }))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(json!({ "name": "k", "role": "r", "model": "m" }))
+        .await;
     app.command(&id, "deploy").await;
     app.wait_state(&id, "running").await;
     let pid = app.runtime_pid(&id).expect("pid");
@@ -121,11 +118,8 @@ async fn sigkill_of_the_runtime_degrades_then_recovers() {
 async fn deleting_a_stopped_agent_tears_down_then_removes_it() {
     let app = spawn_app().await;
     let id = app
-        .create(json!({ "name": "d", "role": "r", "model": "m" }))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(json!({ "name": "d", "role": "r", "model": "m" }))
+        .await;
     app.command(&id, "deploy").await;
     app.wait_state(&id, "running").await;
     let (s, v) = app
@@ -160,22 +154,13 @@ async fn deleting_a_stopped_agent_tears_down_then_removes_it() {
 #[tokio::test]
 async fn server_restart_keeps_states_and_never_moves_idle_agents() {
     let mut app = spawn_app().await;
-    let draft = app.create(json!({ "name": "draft" })).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let draft = app.create_id(json!({ "name": "draft" })).await;
     let stopped = app
-        .create(json!({ "name": "stopped", "role": "r", "model": "m" }))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(json!({ "name": "stopped", "role": "r", "model": "m" }))
+        .await;
     let running = app
-        .create(json!({ "name": "running", "role": "r", "model": "m" }))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(json!({ "name": "running", "role": "r", "model": "m" }))
+        .await;
     app.command(&stopped, "deploy").await;
     app.command(&running, "deploy").await;
     app.wait_state(&stopped, "running").await;
@@ -225,12 +210,7 @@ async fn list_paginates_with_a_cursor_and_filters_by_state() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(
-            app.create(json!({ "name": format!("a{i}") })).await["id"]
-                .as_str()
-                .expect("id")
-                .to_string(),
-        );
+        ids.push(app.create_id(json!({ "name": format!("a{i}") })).await);
     }
     for id in &ids[..3] {
         let (s, v) = app.command(id, "deploy").await;
@@ -285,11 +265,8 @@ async fn list_paginates_with_a_cursor_and_filters_by_state() {
 async fn patch_updates_fields_and_rolls_out_to_a_running_agent() {
     let app = spawn_app().await;
     let id = app
-        .create(json!({ "name": "p", "role": "r", "model": "m1" }))
-        .await["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+        .create_id(json!({ "name": "p", "role": "r", "model": "m1" }))
+        .await;
     let path = format!("/api/v1/agents/{id}");
     let (s, v) = app
         .call(

@@ -492,6 +492,26 @@ impl Harness {
         }
     }
 
+    /// Creates an agent (panics if refused).
+    pub async fn create(
+        &self,
+        spec: AgentSpec,
+    ) -> std::sync::Arc<cadre_actors::domain::AgentSnapshot> {
+        self.cadre
+            .create_agent(&self.org, spec, user())
+            .await
+            .expect("create")
+    }
+
+    /// An operator command as user `u1`.
+    pub async fn cmd(
+        &self,
+        id: &AgentId,
+        cmd: cadre_actors::lifecycle::Command,
+    ) -> cadre_actors::Result<std::sync::Arc<cadre_actors::domain::AgentSnapshot>> {
+        self.cadre.command(&self.org, id, cmd, user()).await
+    }
+
     pub fn actor_id(&self, id: &AgentId) -> Option<ractor::ActorId> {
         self.cadre
             .ctx()
