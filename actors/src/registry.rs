@@ -118,11 +118,6 @@ impl Registry {
     pub fn agent_count(&self) -> usize {
         self.agents.len()
     }
-
-    /// Organizations with a live tenant supervisor.
-    pub fn tenant_orgs(&self) -> Vec<OrgId> {
-        self.tenants.iter().map(|e| e.key().clone()).collect()
-    }
 }
 
 /// Makes one call through `gate`, re-resolving the actor with `resolve` while

@@ -20,6 +20,15 @@ async fn running_agent(h: &Harness, name: &str) -> AgentId {
     id
 }
 
+/// Ends the agent's actor with `mode` and waits for its replacement.
+async fn crash_and_wait(h: &Harness, id: &AgentId, mode: ChaosMode) {
+    let actor = h.actor_id(id).expect("actor");
+    h.cadre
+        .chaos(ChaosTarget::Agent, id.as_str(), mode)
+        .expect("chaos");
+    replaced(h, id, actor).await;
+}
+
 async fn replaced(h: &Harness, id: &AgentId, before: ractor::ActorId) {
     wait_until("replacement actor", LIMIT, || {
         h.actor_id(id).is_some_and(|a| a != before)
@@ -32,11 +41,7 @@ async fn restarts_agent_after_kill_with_state_intact() {
     let h = start(fast_settings()).await;
     let id = running_agent(&h, "a").await;
     let before = h.cadre.get_agent(&h.org, &id).await.expect("get");
-    let actor = h.actor_id(&id).expect("actor");
-    h.cadre
-        .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Kill)
-        .expect("kill");
-    replaced(&h, &id, actor).await;
+    crash_and_wait(&h, &id, ChaosMode::Kill).await;
     let after = h
         .cadre
         .get_agent(&h.org, &id)
@@ -66,11 +71,7 @@ async fn restarts_agent_after_panic() {
         .patch_agent(&h.org, &id, patch, user())
         .await
         .expect("patch");
-    let actor = h.actor_id(&id).expect("actor");
-    h.cadre
-        .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic)
-        .expect("panic");
-    replaced(&h, &id, actor).await;
+    crash_and_wait(&h, &id, ChaosMode::Panic).await;
     let after = h.cadre.get_agent(&h.org, &id).await.expect("get");
     assert_eq!(after.view().role.as_deref(), Some("writer"));
     assert_eq!(after.view().state, State::Draft);
@@ -158,11 +159,7 @@ async fn escalates_to_error_after_max_restarts() {
     let snap = h.create(spec("e")).await;
     let id = snap.id.clone();
     for _ in 0..4 {
-        let actor = h.actor_id(&id).expect("actor");
-        h.cadre
-            .chaos(ChaosTarget::Agent, id.as_str(), ChaosMode::Panic)
-            .expect("panic");
-        replaced(&h, &id, actor).await;
+        crash_and_wait(&h, &id, ChaosMode::Panic).await;
     }
     let view = h
         .cadre
