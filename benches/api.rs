@@ -164,7 +164,7 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
     let running = app::start(config(dir.path())).await.expect("start");
     let org: OrgId = running.store.list_orgs().await.expect("orgs")[0].clone();
     let cadre = running.cadre.clone();
-    let who = cadre_actors::domain::Who::System;
+    let who = cadre_actors::domain::Who::system();
     // One kill per agent: a second kill inside the supervisor window meets the
     // crash-loop back-off by design, which is not what this measures.
     // The first kills after a burst of creates meet a cold page cache and the

@@ -26,6 +26,8 @@ pub struct Running {
     pub cadre: Cadre,
     /// The store.
     pub store: Arc<SqlStore>,
+    /// The identity actor.
+    pub identity: crate::identity::Identity,
     stop: oneshot::Sender<()>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
@@ -42,6 +44,7 @@ impl Running {
             _ => {}
         }
         self.cadre.shutdown().await;
+        self.identity.stop();
         self.store.close().await;
     }
 
@@ -101,16 +104,35 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??
     };
     let now = SystemClock.now_ms();
-    store
-        .create_org_with_owner(
-            &uuid::Uuid::now_v7().to_string(),
-            "default",
-            &uuid::Uuid::now_v7().to_string(),
-            &email,
-            &hash,
-            now,
-        )
-        .await?;
+    let org = crate::store::OrgRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: "default".into(),
+        slug: "default".into(),
+        plan: config.plans.bootstrap_plan.clone(),
+        limits: "{}".into(),
+        suspended_at: None,
+        created_at: now,
+    };
+    let user_id = uuid::Uuid::now_v7().to_string();
+    let owner = crate::store::NewUser {
+        id: &user_id,
+        org_id: &org.id,
+        email: &email.to_lowercase(),
+        name: "Owner",
+        role: "owner",
+        password_hash: &hash,
+        instance_admin: true,
+        now,
+    };
+    let audit = cadre_actors::audit::AuditEntry::new(
+        &cadre_actors::domain::OrgId(org.id.clone()),
+        &cadre_actors::domain::Who::system(),
+        "org.create",
+        format!("org:{}", org.id),
+        serde_json::json!({ "bootstrap": true, "owner": email }),
+        now,
+    );
+    store.create_org(&org, &owner, &audit).await?;
     if generated {
         // Shown once, on the terminal that started Cadre; never logged to files.
         eprintln!(
@@ -162,6 +184,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_millis(config.deploy.local.stop_grace_ms),
     );
     let (events, _) = broadcast::channel(4096);
+    let tenancy = Arc::new(cadre_actors::tenancy::Tenancy::default());
+    let directory = Arc::new(crate::identity::Directory::new(
+        config.plans.clone(),
+        tenancy.clone(),
+    ));
+    let access_ttl_ms =
+        i64::try_from(config.auth.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    directory
+        .load(&store, SystemClock.now_ms(), access_ttl_ms)
+        .await
+        .context("loading users, keys and organizations")?;
+    let identity = crate::identity::Identity::start(
+        store.clone(),
+        directory,
+        config.clone(),
+        Arc::new(AwsLcSecrets),
+    )
+    .await?;
+    let limiters = Arc::new(crate::http::guard::Limiters::new(&config.http));
+    {
+        // Idle rate-limit buckets are dropped once a minute (bounded memory).
+        let limiters = Arc::downgrade(&limiters);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match limiters.upgrade() {
+                    Some(l) => l.shrink(),
+                    None => return,
+                }
+            }
+        });
+    }
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         deployer: Arc::new(deployer),
@@ -171,6 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         settings: config.settings(),
         events,
         registry: Default::default(),
+        tenancy,
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     let (closing, shutdown) = watch::channel(false);
@@ -181,21 +237,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         jwt,
         config: config.clone(),
         metrics: prometheus(),
+        identity: identity.clone(),
+        limiters,
     };
     let router = crate::http::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(%addr, "cadre listening");
     Ok(Running {
         addr,
         cadre,
         store,
+        identity,
         stop,
         closing,
         server,

@@ -50,6 +50,13 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The audience of access tokens.
+pub const AUDIENCE: &str = "cadre-api";
+/// The issuer of access tokens.
+pub const ISSUER: &str = "cadre";
+/// The type claim of access tokens (the only type Cadre signs).
+pub const ACCESS: &str = "access";
+
 /// Access-token claims.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -57,10 +64,20 @@ pub struct Claims {
     pub sub: String,
     /// Organization id.
     pub org: String,
-    /// Role.
+    /// Role when issued (informational: the directory's current role rules).
     pub role: String,
+    /// Token type: always `access`.
+    pub typ: String,
+    /// Audience.
+    pub aud: String,
+    /// Issuer.
+    pub iss: String,
+    /// Session family (logout revokes it).
+    pub sid: String,
     /// Issued at (unix seconds).
     pub iat: u64,
+    /// Issued at (unix milliseconds; compared with the user's session cut-off).
+    pub ims: i64,
     /// Expires (unix seconds).
     pub exp: u64,
 }
@@ -87,7 +104,9 @@ impl JwtKeys {
     pub fn new(secret: &[u8], ttl_secs: u64) -> JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[ISSUER]);
         JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -101,25 +120,33 @@ impl JwtKeys {
         self.ttl_secs
     }
 
-    /// Issues a token.
-    pub fn issue(&self, sub: &str, org: &str, role: &str) -> anyhow::Result<String> {
-        let now = jsonwebtoken::get_current_timestamp();
+    /// Issues an access token for a session.
+    pub fn issue(&self, sub: &str, org: &str, role: &str, sid: &str) -> anyhow::Result<String> {
+        use cadre_actors::ports::Clock;
+        let now_ms = cadre_actors::ports::SystemClock.now_ms();
+        let now = u64::try_from(now_ms / 1000).unwrap_or(0);
         let claims = Claims {
             sub: sub.to_string(),
             org: org.to_string(),
             role: role.to_string(),
+            typ: ACCESS.to_string(),
+            aud: AUDIENCE.to_string(),
+            iss: ISSUER.to_string(),
+            sid: sid.to_string(),
             iat: now,
+            ims: now_ms,
             exp: now + self.ttl_secs,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .context("signing token")
     }
 
-    /// Verifies a token's signature and expiry.
+    /// Verifies a token's signature, expiry, audience, issuer and type.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
             .map(|d| d.claims)
+            .filter(|c| c.typ == ACCESS)
     }
 }
 
@@ -188,7 +215,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 60);
-        let t = keys.issue("u1", "o1", "owner").expect("issue");
+        let t = keys.issue("u1", "o1", "owner", "s1").expect("issue");
         let c = keys.verify(&t).expect("valid");
         assert_eq!(
             (c.sub.as_str(), c.org.as_str(), c.role.as_str()),

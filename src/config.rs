@@ -56,6 +56,111 @@ pub struct Config {
     pub chaos: ChaosConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Plans and their default limits.
+    pub plans: PlansConfig,
+    /// HTTP hardening: proxies, rate limits, CORS, timeouts.
+    pub http: HttpConfig,
+}
+
+/// Limits of a plan (or an organization's overrides). Absent = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Live agents.
+    pub max_agents: Option<u64>,
+    /// Users.
+    pub max_users: Option<u64>,
+    /// Tokens per calendar month (UTC), all agents together.
+    pub monthly_tokens: Option<u64>,
+    /// Cost per calendar month in USD, all agents together.
+    pub monthly_cost_usd: Option<f64>,
+}
+
+impl Limits {
+    /// `self` with every field `over` sets replaced.
+    pub fn overridden_by(&self, over: &Limits) -> Limits {
+        Limits {
+            max_agents: over.max_agents.or(self.max_agents),
+            max_users: over.max_users.or(self.max_users),
+            monthly_tokens: over.monthly_tokens.or(self.monthly_tokens),
+            monthly_cost_usd: over.monthly_cost_usd.or(self.monthly_cost_usd),
+        }
+    }
+}
+
+/// `[plans]`: the default limits of each plan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlansConfig {
+    /// `free`.
+    pub free: Limits,
+    /// `team`.
+    pub team: Limits,
+    /// `enterprise`.
+    pub enterprise: Limits,
+    /// `self_hosted`.
+    pub self_hosted: Limits,
+    /// Plan of the organization created at bootstrap.
+    pub bootstrap_plan: String,
+}
+
+impl PlansConfig {
+    /// The names of the plans.
+    pub const NAMES: [&'static str; 4] = ["free", "team", "enterprise", "self_hosted"];
+
+    /// A plan's default limits.
+    pub fn limits(&self, plan: &str) -> Option<Limits> {
+        match plan {
+            "free" => Some(self.free),
+            "team" => Some(self.team),
+            "enterprise" => Some(self.enterprise),
+            "self_hosted" => Some(self.self_hosted),
+            _ => None,
+        }
+    }
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second, sustained (0 disables the limit).
+    pub per_second: u32,
+    /// Requests allowed in a burst.
+    pub burst: u32,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// believed. Empty: the client address is always the socket's peer.
+    pub trusted_proxies: Vec<String>,
+    /// Per client address.
+    pub rate_limit_per_client: RateLimit,
+    /// Per authenticated principal (user or API key).
+    pub rate_limit_per_principal: RateLimit,
+    /// Origins allowed to call the API from a browser (CORS); empty = off.
+    pub cors_origins: Vec<String>,
+    /// Longest a request may take.
+    pub request_timeout_ms: u64,
+}
+
+impl HttpConfig {
+    /// The trusted proxies, parsed (validated at start).
+    pub fn proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_net(p))
+            .collect()
+    }
+}
+
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// `[server]`.
@@ -88,8 +193,18 @@ pub struct DatabaseConfig {
 pub struct AuthConfig {
     /// HS256 secret.
     pub jwt_secret: String,
-    /// Token lifetime.
+    /// Access-token lifetime.
     pub token_ttl_secs: u64,
+    /// Refresh-token lifetime.
+    pub refresh_ttl_secs: u64,
+    /// Failed logins in a row that lock an email.
+    pub lockout_threshold: u32,
+    /// First lock; each further lock doubles it up to `lockout_max_secs`.
+    pub lockout_base_secs: u64,
+    /// Longest lock.
+    pub lockout_max_secs: u64,
+    /// `auto` (Secure when `server.public_url` is https), `always` or `never`.
+    pub cookie_secure: String,
     /// First owner's email.
     pub bootstrap_email: String,
     /// First owner's password.
@@ -101,6 +216,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("jwt_secret", &"<redacted>")
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("refresh_ttl_secs", &self.refresh_ttl_secs)
             .field("bootstrap_email", &self.bootstrap_email)
             .field("bootstrap_password", &"<redacted>")
             .finish()
@@ -295,6 +411,53 @@ impl Config {
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return bad("auth.jwt_secret", "must be at least 32 characters");
         }
+        if self.auth.refresh_ttl_secs < self.auth.token_ttl_secs {
+            return bad(
+                "auth.refresh_ttl_secs",
+                "must be at least auth.token_ttl_secs",
+            );
+        }
+        if self.auth.lockout_threshold == 0 {
+            return bad("auth.lockout_threshold", "must be at least 1");
+        }
+        if self.auth.lockout_base_secs > self.auth.lockout_max_secs {
+            return bad(
+                "auth.lockout_base_secs",
+                "must not exceed auth.lockout_max_secs",
+            );
+        }
+        if !matches!(
+            self.auth.cookie_secure.as_str(),
+            "auto" | "always" | "never"
+        ) {
+            return bad(
+                "auth.cookie_secure",
+                "expected \"auto\", \"always\" or \"never\"",
+            );
+        }
+        if self.plans.limits(&self.plans.bootstrap_plan).is_none() {
+            return bad(
+                "plans.bootstrap_plan",
+                "expected free, team, enterprise or self_hosted",
+            );
+        }
+        for p in &self.http.trusted_proxies {
+            if parse_net(p).is_none() {
+                return Err(ConfigError(format!(
+                    "http.trusted_proxies: {p:?} is not an IP address or CIDR range"
+                )));
+            }
+        }
+        for o in &self.http.cors_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(ConfigError(format!(
+                    "http.cors_origins: {o:?} must be an origin like https://example.com"
+                )));
+            }
+        }
+        if self.http.request_timeout_ms == 0 {
+            return bad("http.request_timeout_ms", "must be at least 1");
+        }
         if self.health.interval_ms == 0 {
             return bad("health.interval_ms", "must be at least 1");
         }
@@ -344,6 +507,20 @@ impl Config {
         } else {
             self.database.url.clone()
         }
+    }
+
+    /// Whether the refresh cookie carries `Secure`.
+    pub fn cookie_secure(&self) -> bool {
+        match self.auth.cookie_secure.as_str() {
+            "always" => true,
+            "never" => false,
+            _ => self.tls(),
+        }
+    }
+
+    /// Whether clients reach Cadre over TLS (its public URL is https).
+    pub fn tls(&self) -> bool {
+        self.server.public_url.starts_with("https://")
     }
 
     /// Actor-tree settings.

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod deploy;
 pub mod http;
+pub mod identity;
 pub mod protocol;
 pub mod runtime;
 pub mod store;

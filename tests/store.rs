@@ -1,13 +1,14 @@
 //! The SQLite store against a real database file: group commit, fencing,
 //! idempotent usage reports and paged hydration.
 
-use cadre::store::{Durability, SqlStore};
+use cadre::store::{Durability, NewUser, OrgRow, SqlStore};
+use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
-    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
+    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, Who,
 };
 use cadre_actors::lifecycle::State;
-use cadre_actors::ports::{AgentWrite, Store, StoreError, WriteOutcome};
+use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
 
 async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -16,11 +17,65 @@ async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
         .await
         .expect("open");
     store.migrate().await.expect("migrate");
+    let org = OrgRow {
+        id: "org".into(),
+        name: "org".into(),
+        slug: "org".into(),
+        plan: "free".into(),
+        limits: "{}".into(),
+        suspended_at: None,
+        created_at: 0,
+    };
+    let owner = NewUser {
+        id: "u",
+        org_id: "org",
+        email: "a@b.c",
+        name: "A",
+        role: "owner",
+        password_hash: "hash",
+        instance_admin: true,
+        now: 0,
+    };
+    let oid = OrgId("org".into());
     store
-        .create_org_with_owner("org", "org", "u", "a@b.c", "hash", 0)
+        .create_org(&org, &owner, &audit_of(&oid, "org.create", "org:org"))
         .await
         .expect("org");
-    (store, dir, OrgId("org".into()))
+    (store, dir, oid)
+}
+
+fn audit_of(org: &OrgId, action: &str, target: &str) -> AuditEntry {
+    AuditEntry::new(
+        org,
+        &Who::system(),
+        action,
+        target,
+        serde_json::json!({}),
+        1,
+    )
+}
+
+/// An insert with its audit entry and no agent limit.
+fn ins<'a>(record: &'a AgentRecord, created: &'a Transition) -> AgentInsert<'a> {
+    limited(record, created, None)
+}
+
+fn limited<'a>(
+    record: &'a AgentRecord,
+    created: &'a Transition,
+    max_agents: Option<u64>,
+) -> AgentInsert<'a> {
+    let audit = Box::leak(Box::new(audit_of(
+        &record.org_id,
+        "agent.create",
+        &format!("agent:{}", record.id),
+    )));
+    AgentInsert {
+        record,
+        created,
+        audit,
+        max_agents,
+    }
 }
 
 fn record(org: &OrgId, name: &str) -> AgentRecord {
@@ -66,9 +121,10 @@ async fn concurrent_creates_refuse_only_the_duplicate_name() {
     let mut records: Vec<AgentRecord> = (0..40).map(|i| record(&org, &format!("a{i}"))).collect();
     records.push(record(&org, "a7"));
     let created = created();
-    let results =
-        futures_util::future::join_all(records.iter().map(|r| store.insert_agent(r, &created)))
-            .await;
+    let results = futures_util::future::join_all(
+        records.iter().map(|r| store.insert_agent(ins(r, &created))),
+    )
+    .await;
     let conflicts = results
         .iter()
         .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
@@ -104,7 +160,10 @@ async fn concurrent_creates_refuse_only_the_duplicate_name() {
 async fn writes_from_a_replaced_incarnation_are_fenced() {
     let (store, _dir, org) = store().await;
     let rec = record(&org, "f");
-    store.insert_agent(&rec, &created()).await.expect("insert");
+    store
+        .insert_agent(ins(&rec, &created()))
+        .await
+        .expect("insert");
     let claimed = store
         .claim_agent(&org, &rec.id)
         .await
@@ -118,9 +177,19 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         transitions: &[],
         event: None,
         usage_report: None,
+        audit: None,
     };
     assert_eq!(store.write_agent(w).await, Err(StoreError::Fenced));
-    assert_eq!(store.delete_agent(&stale, 5).await, Err(StoreError::Fenced));
+    assert_eq!(
+        store
+            .delete_agent(
+                &stale,
+                5,
+                &audit_of(&stale.org_id, "agent.delete", "agent:x")
+            )
+            .await,
+        Err(StoreError::Fenced)
+    );
     let mut fresh = claimed.clone();
     fresh.state = State::Configuring;
     let w = AgentWrite {
@@ -128,6 +197,7 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         transitions: &[],
         event: None,
         usage_report: None,
+        audit: None,
     };
     assert_eq!(store.write_agent(w).await, Ok(WriteOutcome::Written));
     assert_eq!(
@@ -153,13 +223,17 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
 async fn usage_reports_count_once_even_in_one_batch() {
     let (store, _dir, org) = store().await;
     let mut rec = record(&org, "u");
-    store.insert_agent(&rec, &created()).await.expect("insert");
+    store
+        .insert_agent(ins(&rec, &created()))
+        .await
+        .expect("insert");
     rec.usage = rec.usage.add(10, 0);
     let w = AgentWrite {
         record: &rec,
         transitions: &[],
         event: None,
         usage_report: Some("r1"),
+        audit: None,
     };
     let mut double = rec.clone();
     double.usage = double.usage.add(10, 0);
@@ -168,6 +242,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         transitions: &[],
         event: None,
         usage_report: Some("r1"),
+        audit: None,
     };
     let (a, b) = tokio::join!(store.write_agent(w), store.write_agent(w2));
     let outcomes = [a.expect("a"), b.expect("b")];
@@ -206,14 +281,21 @@ async fn hydration_pages_cover_every_live_agent_once() {
     for i in 0..2500 {
         let r = record(&org, &format!("h{i}"));
         ids.push(r.id.clone());
-        store.insert_agent(&r, &created).await.expect("insert");
+        store.insert_agent(ins(&r, &created)).await.expect("insert");
     }
     let gone = store
         .load_agent(ids[10].as_str())
         .await
         .expect("load")
         .expect("row");
-    store.delete_agent(&gone, 9).await.expect("delete");
+    store
+        .delete_agent(
+            &gone,
+            9,
+            &audit_of(&gone.org_id, "agent.delete", "agent:x"),
+        )
+        .await
+        .expect("delete");
     store.claim_org(&org).await.expect("claim");
     let mut seen = Vec::new();
     let mut after: Option<AgentId> = None;

@@ -13,6 +13,7 @@
 //! agents re-attach to their deployment and let the probes decide, and
 //! everything else — draft, stopped, error — waits for an operator.
 
+use crate::audit::AuditEntry;
 use crate::budget::{BudgetLevel, Period, level};
 use crate::context::{Ctx, Settings};
 use crate::domain::{
@@ -276,17 +277,46 @@ impl AgentState {
     async fn commit(
         &mut self,
         myself: &ActorRef<AgentMsg>,
-        mut next: AgentRecord,
+        next: AgentRecord,
         transitions: Vec<Transition>,
         event: Option<AgentEvent>,
         usage_report: Option<&str>,
     ) -> Result<WriteOutcome> {
+        self.commit_audited(myself, next, transitions, event, usage_report, None)
+            .await
+    }
+
+    /// The audit entry of an operator's change.
+    fn audit(&self, by: &Who, action: &str, summary: serde_json::Value) -> AuditEntry {
+        AuditEntry::new(
+            &self.rec.org_id,
+            by,
+            format!("agent.{action}"),
+            format!("agent:{}", self.rec.id),
+            summary,
+            self.now(),
+        )
+    }
+
+    /// [`commit`](Self::commit) with the operator's audit entry; without one,
+    /// state changes are audited as the system's (or the runtime's).
+    async fn commit_audited(
+        &mut self,
+        myself: &ActorRef<AgentMsg>,
+        mut next: AgentRecord,
+        transitions: Vec<Transition>,
+        event: Option<AgentEvent>,
+        usage_report: Option<&str>,
+        audit: Option<AuditEntry>,
+    ) -> Result<WriteOutcome> {
         next.updated_at = self.now();
+        let audit = audit.or_else(|| AuditEntry::for_transitions(&next, &transitions));
         let write = AgentWrite {
             record: &next,
             transitions: &transitions,
             event: event.as_ref(),
             usage_report,
+            audit: audit.as_ref(),
         };
         let outcome = match self.ctx.store.write_agent(write).await {
             Ok(o) => o,
@@ -669,6 +699,16 @@ async fn command(
     {
         return Err(st.illegal(cmd));
     }
+    if matches!(cmd, Command::Deploy | Command::Start | Command::Restart)
+        && st.ctx.tenancy.get(&st.rec.org_id).suspended
+    {
+        return Err(Error::Suspended);
+    }
+    let audit = st.audit(
+        by,
+        cmd.as_str(),
+        serde_json::json!({ "from": st.rec.state.as_str() }),
+    );
     let mut next = st.rec.clone();
     let mut tr = Vec::new();
     match cmd {
@@ -680,13 +720,15 @@ async fn command(
                 if !missing.is_empty() {
                     next.state_reason =
                         Some(format!("missing required fields: {}", missing.join(", ")));
-                    st.commit(myself, next, tr, None, None).await?;
+                    st.commit_audited(myself, next, tr, None, None, Some(audit.clone()))
+                        .await?;
                     return Ok(st.snapshot.clone());
                 }
                 st.apply(&mut next, Trigger::ConfigComplete, None, by, &mut tr);
             }
             st.apply(&mut next, Trigger::Cmd(Command::Deploy), None, by, &mut tr);
-            st.commit(myself, next, tr, None, None).await?;
+            st.commit_audited(myself, next, tr, None, None, Some(audit.clone()))
+                .await?;
             st.recoveries = 0;
             st.recovering = false;
             provision_op(myself, st);
@@ -704,7 +746,8 @@ async fn command(
             if cmd == Command::Restart {
                 next.restart_count = next.restart_count.saturating_add(1);
             }
-            st.commit(myself, next, tr, None, None).await?;
+            st.commit_audited(myself, next, tr, None, None, Some(audit.clone()))
+                .await?;
             // An operator (re)start resets auto-recovery.
             st.recoveries = 0;
             st.recovering = false;
@@ -714,13 +757,15 @@ async fn command(
         }
         Command::Stop => {
             st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
-            st.commit(myself, next, tr, None, None).await?;
+            st.commit_audited(myself, next, tr, None, None, Some(audit.clone()))
+                .await?;
             st.recovery_pending = false;
             st.stop_in_background();
         }
         Command::Destroy => {
             st.apply(&mut next, Trigger::Cmd(cmd), None, by, &mut tr);
-            st.commit(myself, next, tr, None, None).await?;
+            st.commit_audited(myself, next, tr, None, None, Some(audit.clone()))
+                .await?;
             st.recovery_pending = false;
             destroy_op(myself, st);
         }
@@ -792,7 +837,9 @@ async fn patch_agent(
     } else {
         None
     };
-    st.commit(myself, next, tr, event, None).await?;
+    let audit = st.audit(by, "update", patch.summary());
+    st.commit_audited(myself, next, tr, event, None, Some(audit))
+        .await?;
     match st.rec.state {
         State::Updating => {
             st.recovery_pending = false;
@@ -809,8 +856,13 @@ async fn delete(
     st: &mut AgentState,
     by: &Who,
 ) -> Result<DeleteOutcome> {
+    let audit = st.audit(
+        by,
+        "delete",
+        serde_json::json!({ "from": st.rec.state.as_str() }),
+    );
     if lifecycle::deletes_without_teardown(st.rec.state) {
-        return finish_delete(myself, st)
+        return finish_delete(myself, st, &audit)
             .await
             .map(|()| DeleteOutcome::Deleted);
     }
@@ -825,13 +877,18 @@ async fn delete(
     ) {
         return Err(st.illegal(Command::Delete));
     }
-    st.commit(myself, next, tr, None, None).await?;
+    st.commit_audited(myself, next, tr, None, None, Some(audit))
+        .await?;
     destroy_op(myself, st);
     Ok(DeleteOutcome::Accepted(st.snapshot.clone()))
 }
 
-async fn finish_delete(myself: &ActorRef<AgentMsg>, st: &mut AgentState) -> Result<()> {
-    match st.ctx.store.delete_agent(&st.rec, st.now()).await {
+async fn finish_delete(
+    myself: &ActorRef<AgentMsg>,
+    st: &mut AgentState,
+    audit: &AuditEntry,
+) -> Result<()> {
+    match st.ctx.store.delete_agent(&st.rec, st.now(), audit).await {
         Ok(()) => {}
         Err(StoreError::Fenced) => {
             myself.stop(Some(EXIT_FENCED.into()));
@@ -864,7 +921,7 @@ async fn hello(myself: &ActorRef<AgentMsg>, st: &mut AgentState, token: &str) ->
     if st.rec.state == State::Starting {
         let mut next = st.rec.clone();
         let mut tr = Vec::new();
-        st.apply(&mut next, Trigger::RuntimeUp, None, &Who::System, &mut tr);
+        st.apply(&mut next, Trigger::RuntimeUp, None, &Who::system(), &mut tr);
         st.commit(myself, next, tr, None, None).await?;
         st.failures = 0;
         st.recovering = false;
@@ -890,7 +947,7 @@ fn stop_for_budget(
         next,
         Trigger::BudgetExceeded,
         Some("budget_exceeded".into()),
-        &Who::System,
+        &Who::system(),
         tr,
     );
     stopped.then(|| budget_event(st, next, "budget_exceeded"))
@@ -1015,7 +1072,7 @@ async fn probe_done(
             if state == State::Degraded {
                 let mut next = st.rec.clone();
                 let mut tr = Vec::new();
-                st.apply(&mut next, Trigger::ProbeOk, None, &Who::System, &mut tr);
+                st.apply(&mut next, Trigger::ProbeOk, None, &Who::system(), &mut tr);
                 if st.commit(myself, next, tr, None, None).await.is_ok() {
                     st.recovery_pending = false;
                 }
@@ -1031,7 +1088,7 @@ async fn probe_done(
             } else {
                 Trigger::ProbeFailed
             };
-            st.apply(&mut next, trigger, Some(why), &Who::System, &mut tr);
+            st.apply(&mut next, trigger, Some(why), &Who::system(), &mut tr);
             if !tr.is_empty() && st.commit(myself, next, tr, None, None).await.is_err() {
                 return;
             }
@@ -1058,7 +1115,7 @@ async fn schedule_recovery(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
             &mut next,
             Trigger::GiveUp,
             Some(reason.clone()),
-            &Who::System,
+            &Who::system(),
             &mut tr,
         );
         let event = AgentEvent {
@@ -1094,7 +1151,7 @@ async fn recover(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
         &mut next,
         Trigger::Recover,
         Some(reason),
-        &Who::System,
+        &Who::system(),
         &mut tr,
     );
     next.restart_count = next.restart_count.saturating_add(1);
@@ -1111,7 +1168,7 @@ async fn recover(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
 async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpResult) {
     let mut next = st.rec.clone();
     let mut tr = Vec::new();
-    let sys = Who::System;
+    let sys = Who::system();
     match result {
         OpResult::Provisioned(Ok(dep)) if st.rec.state == State::Provisioning => {
             next.deployment_ref = Some(dep);
@@ -1142,7 +1199,8 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
         }
         OpResult::Destroyed(Ok(())) if st.rec.state == State::Destroying => {
             if st.rec.state_reason.as_deref() == Some(DELETE_REQUESTED) {
-                if let Err(e) = finish_delete(myself, st).await {
+                let audit = st.audit(&sys, "delete", serde_json::json!({ "after": "teardown" }));
+                if let Err(e) = finish_delete(myself, st, &audit).await {
                     tracing::warn!(agent = %st.rec.id, error = %e, "delete after teardown failed; retried on restart");
                 }
                 return;

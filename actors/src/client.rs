@@ -199,6 +199,24 @@ impl Cadre {
         .await?
     }
 
+    /// Stops every agent of a (just suspended) organization that can be
+    /// stopped; returns how many were stopped. Agents that are not running
+    /// refuse `stop` and are left as they are: they cannot start while the
+    /// organization is suspended.
+    pub async fn stop_org_agents(&self, org: &OrgId, by: Who) -> usize {
+        let mut stopped = 0;
+        for id in self.ctx.registry.org_agents(org) {
+            if self
+                .command(org, &id, Command::Stop, by.clone())
+                .await
+                .is_ok()
+            {
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
     /// The organization an agent belongs to (runtime connections name only the agent).
     pub fn org_of(&self, id: &AgentId) -> Option<OrgId> {
         self.ctx.registry.agent_any_org(id).map(|h| h.org)

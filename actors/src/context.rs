@@ -8,6 +8,7 @@ use crate::events::Event;
 use crate::ports::{Clock, Deployer, Secrets, Store};
 use crate::registry::Registry;
 use crate::restart::Backoff;
+use crate::tenancy::Tenancy;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -98,6 +99,8 @@ pub struct Ctx {
     pub events: broadcast::Sender<Arc<Event>>,
     /// Lookups (org, agent) → actor.
     pub registry: Arc<Registry>,
+    /// Organizations' limits and suspension.
+    pub tenancy: Arc<Tenancy>,
 }
 
 impl std::fmt::Debug for Ctx {

@@ -40,29 +40,58 @@ id_type!(
     OrgId
 );
 
-/// Who caused a change: a user or the system itself.
+/// The party behind a change.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Who {
+pub enum Party {
     /// A user, by id.
     User(String),
+    /// An API key, by id.
+    ApiKey(String),
+    /// An agent runtime, by agent id.
+    Runtime(String),
     /// Cadre itself (health loop, budget, supervisor).
     System,
 }
 
+/// Who caused a change, and from where: what the history and the audit log
+/// record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    /// The party.
+    pub party: Party,
+    /// The request that carried the change, if any.
+    pub request_id: Option<String>,
+    /// The client address the request came from, if any.
+    pub client: Option<String>,
+}
+
 impl Who {
-    /// The stored form: `user:<id>` or `system`.
-    pub fn to_text(&self) -> String {
-        match self {
-            Who::User(id) => format!("user:{id}"),
-            Who::System => "system".to_string(),
+    /// Cadre itself.
+    pub fn system() -> Who {
+        Who::of(Party::System)
+    }
+
+    /// A user, with no request context.
+    pub fn user(id: impl Into<String>) -> Who {
+        Who::of(Party::User(id.into()))
+    }
+
+    /// A party, with no request context.
+    pub fn of(party: Party) -> Who {
+        Who {
+            party,
+            request_id: None,
+            client: None,
         }
     }
 
-    /// Parses the stored form; anything unknown reads as the system.
-    pub fn from_text(s: &str) -> Who {
-        match s.strip_prefix("user:") {
-            Some(id) => Who::User(id.to_string()),
-            None => Who::System,
+    /// The stored form: `user:<id>`, `key:<id>`, `runtime:<agent>` or `system`.
+    pub fn to_text(&self) -> String {
+        match &self.party {
+            Party::User(id) => format!("user:{id}"),
+            Party::ApiKey(id) => format!("key:{id}"),
+            Party::Runtime(id) => format!("runtime:{id}"),
+            Party::System => "system".to_string(),
         }
     }
 }
@@ -153,6 +182,42 @@ pub struct AgentPatch {
 }
 
 impl AgentPatch {
+    /// What the patch changes, for the audit log (field names and new values;
+    /// an agent's spec holds no secrets).
+    pub fn summary(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        if let Some(n) = &self.name {
+            m.insert("name".into(), n.as_str().into());
+        }
+        if let Some(r) = &self.role {
+            m.insert(
+                "role".into(),
+                r.as_deref()
+                    .map(|r| r.chars().take(200).collect::<String>())
+                    .into(),
+            );
+        }
+        if let Some(mo) = &self.model {
+            m.insert("model".into(), mo.clone().into());
+        }
+        if let Some(t) = self.target {
+            m.insert("target".into(), t.as_str().into());
+        }
+        if let Some(h) = self.health {
+            m.insert(
+                "health".into(),
+                serde_json::json!({ "interval_ms": h.interval_ms, "failure_threshold": h.failure_threshold }),
+            );
+        }
+        if let Some(t) = self.monthly_tokens {
+            m.insert("monthly_tokens".into(), t.into());
+        }
+        if let Some(c) = self.monthly_cost_micros {
+            m.insert("monthly_cost_micros".into(), c.into());
+        }
+        serde_json::Value::Object(m)
+    }
+
     /// Whether the change must be rolled out to a live deployment.
     pub fn touches_deployment(&self, spec: &AgentSpec) -> bool {
         self.model.as_ref().is_some_and(|m| *m != spec.model)

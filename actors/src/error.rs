@@ -38,6 +38,12 @@ pub enum Error {
     /// The request is well-formed but refused (with a reason).
     #[error("{0}")]
     Invalid(String),
+    /// A plan limit of the organization is reached.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The organization is suspended.
+    #[error("the organization is suspended")]
+    Suspended,
     /// Too many requests are already queued for this actor.
     #[error("too many requests in flight for this actor")]
     Overloaded,
@@ -53,6 +59,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
             StoreError::Conflict(what) => Error::NameTaken(what),
+            StoreError::LimitReached(what) => Error::LimitReached(what),
             other => Error::Unavailable(other.to_string()),
         }
     }

@@ -12,11 +12,14 @@
 //! - [`registry`]: (org, agent) → actor lookups and the gated call path.
 //! - [`client`]: `Cadre`, the handle the HTTP layer calls.
 //! - [`events`]: what actors broadcast after each commit.
+//! - [`audit`]: audit entries, written with the change they record.
+//! - [`tenancy`]: each organization's agent limit and suspension, as published by identity.
 //!
 //! This crate never names a database, HTTP framework or container API: it
 //! depends on ractor, tokio and small utility crates only.
 
 pub mod agent;
+pub mod audit;
 pub mod budget;
 pub mod client;
 pub mod context;
@@ -28,6 +31,7 @@ pub mod ports;
 pub mod registry;
 pub mod restart;
 pub mod root;
+pub mod tenancy;
 pub mod tenant;
 
 pub use client::{Cadre, ChaosMode, ChaosTarget};

@@ -4,6 +4,7 @@
 //! clock, aws-lc-rs secrets); tests implement them with in-memory fakes. This
 //! module must not name a concrete database, HTTP client or container API.
 
+use crate::audit::AuditEntry;
 use crate::domain::{AgentEvent, AgentId, AgentRecord, DeployTarget, OrgId, Transition};
 use async_trait::async_trait;
 
@@ -13,6 +14,9 @@ pub enum StoreError {
     /// A unique key was violated (e.g. an agent name within an org).
     #[error("conflict on {0}")]
     Conflict(String),
+    /// A plan limit would be exceeded (checked in the write's transaction).
+    #[error("{0}")]
+    LimitReached(String),
     /// The write came from an actor incarnation that has been replaced.
     #[error("fenced: a newer incarnation owns this agent")]
     Fenced,
@@ -43,24 +47,43 @@ pub struct AgentWrite<'a> {
     pub event: Option<&'a AgentEvent>,
     /// Usage report id (idempotency key).
     pub usage_report: Option<&'a str>,
+    /// The audit entry of the change, written in the same transaction.
+    pub audit: Option<&'a AuditEntry>,
+}
+
+/// A new agent: its record, its creation history entry, its audit entry and
+/// the organization's agent limit at the time of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentInsert<'a> {
+    /// The record.
+    pub record: &'a AgentRecord,
+    /// The creation history entry.
+    pub created: &'a Transition,
+    /// The audit entry.
+    pub audit: &'a AuditEntry,
+    /// Most live agents the organization may have (`None` = unlimited); the
+    /// store refuses the insert with `LimitReached` in the same transaction.
+    pub max_agents: Option<u64>,
 }
 
 /// Durable storage of critical state. Every method returns only after the
 /// change is committed.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a new agent and its creation history entry.
-    async fn insert_agent(
-        &self,
-        record: &AgentRecord,
-        created: &Transition,
-    ) -> Result<(), StoreError>;
+    /// Inserts a new agent, its creation history entry and audit entry,
+    /// enforcing the organization's agent limit atomically.
+    async fn insert_agent(&self, insert: AgentInsert<'_>) -> Result<(), StoreError>;
 
     /// Writes an agent atomically, fenced by `record.epoch`.
     async fn write_agent(&self, write: AgentWrite<'_>) -> Result<WriteOutcome, StoreError>;
 
-    /// Marks an agent deleted, fenced by `record.epoch`.
-    async fn delete_agent(&self, record: &AgentRecord, at: i64) -> Result<(), StoreError>;
+    /// Marks an agent deleted (with its audit entry), fenced by `record.epoch`.
+    async fn delete_agent(
+        &self,
+        record: &AgentRecord,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Claims one agent for a new actor incarnation: bumps its epoch and returns
     /// the record with the new epoch (`None` if it does not exist or was deleted).

@@ -114,6 +114,15 @@ impl Registry {
             .remove_if(org, |_, h| h.actor.get_id() == actor.get_id());
     }
 
+    /// Ids of `org`'s live agent actors.
+    pub fn org_agents(&self, org: &OrgId) -> Vec<AgentId> {
+        self.agents
+            .iter()
+            .filter(|e| &e.value().org == org)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// Number of live agent actors.
     pub fn agent_count(&self) -> usize {
         self.agents.len()

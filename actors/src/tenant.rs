@@ -15,6 +15,7 @@
 //! rebuilt from the store whenever the supervisor itself restarts.
 
 use crate::agent::{AgentActor, AgentArgs, AgentMsg, EXIT_DELETED, EXIT_FENCED, health_of};
+use crate::audit::AuditEntry;
 use crate::budget::{Period, Usage};
 use crate::context::Ctx;
 use crate::domain::{
@@ -22,7 +23,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::{self, State, Trigger};
-use crate::ports::{AgentWrite, StoreError};
+use crate::ports::{AgentInsert, AgentWrite, StoreError};
 use crate::registry::{AgentHandle, Gate};
 use crate::restart::RestartIntensity;
 use ractor::{
@@ -257,7 +258,7 @@ impl TenantState {
                 from: Some(rec.state),
                 to,
                 reason: Some(reason.clone()),
-                by: Who::System.to_text(),
+                by: Who::system().to_text(),
                 at: now,
             });
             rec.state = to;
@@ -276,6 +277,7 @@ impl TenantState {
                 transitions: &transitions,
                 event: Some(&event),
                 usage_report: None,
+                audit: AuditEntry::for_transitions(&rec, &transitions).as_ref(),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -333,6 +335,15 @@ impl TenantState {
             by: by.to_text(),
             at: now,
         };
+        let audit = AuditEntry::new(
+            &self.org,
+            &by,
+            "agent.create",
+            format!("agent:{}", record.id),
+            serde_json::json!({ "name": record.spec.name, "model": record.spec.model }),
+            now,
+        );
+        let max_agents = self.ctx.tenancy.get(&self.org).max_agents;
         let store = self.ctx.store.clone();
         let registry = self.ctx.registry.clone();
         let org = self.org.clone();
@@ -340,7 +351,14 @@ impl TenantState {
         let origin = myself.get_id();
         let mut target = myself.clone();
         tokio::spawn(async move {
-            let result = store.insert_agent(&record, &created).await;
+            let result = store
+                .insert_agent(AgentInsert {
+                    record: &record,
+                    created: &created,
+                    audit: &audit,
+                    max_agents,
+                })
+                .await;
             let mut msg = TenantMsg::Inserted {
                 record: Box::new(record),
                 result,

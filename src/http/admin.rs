@@ -1,13 +1,14 @@
 //! Operator tools: the chaos hook (only with `chaos.enabled = true`).
 
-use super::auth::Principal;
 use super::error::{ApiError, ApiJson};
+use super::guard::Routes;
 use super::state::AppState;
+use crate::identity::{Action, Principal};
+use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use cadre_actors::domain::AgentId;
 use cadre_actors::{ChaosMode, ChaosTarget};
 use serde::Deserialize;
@@ -28,9 +29,6 @@ async fn kill(
 ) -> Result<Response, ApiError> {
     if !state.config.chaos.enabled {
         return Err(ApiError::not_found("route"));
-    }
-    if principal.role != "owner" {
-        return Err(ApiError::forbidden("only an owner may use the chaos hook"));
     }
     let target = match req.target.as_str() {
         "agent" => ChaosTarget::Agent,
@@ -72,6 +70,11 @@ async fn kill(
 }
 
 /// `/admin` routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/chaos/kill", post(kill))
+pub fn routes(r: Routes) -> Routes {
+    r.add(
+        Method::POST,
+        "/admin/chaos/kill",
+        Action::OrgOwner,
+        post(kill),
+    )
 }

@@ -5,14 +5,14 @@
 //! actor tree (or one store read for history) and maps the answer. Agent
 //! bodies are the JSON the owning actor rendered when it committed.
 
-use super::auth::Principal;
 use super::error::{ApiError, ApiJson, ApiQuery};
+use super::guard::Routes;
 use super::state::AppState;
-use axum::Router;
+use crate::identity::{Action, Principal};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete as delete_route, get, patch as patch_route, post};
 use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::BudgetLimits;
 use cadre_actors::domain::{
@@ -101,7 +101,7 @@ struct PageParams {
     limit: Option<usize>,
 }
 
-fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+pub(super) fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() {
         return Err(ApiError::invalid(field, "must not be empty"));
@@ -240,7 +240,7 @@ fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
     }
 }
 
-fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -252,7 +252,7 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(super) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -480,11 +480,43 @@ async fn events(
 }
 
 /// `/agents` routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents", post(create).get(list))
-        .route("/agents/{id}", get(get_one).patch(patch).delete(delete))
-        .route("/agents/{id}/history", get(history))
-        .route("/agents/{id}/events", get(events))
-        .route("/agents/{id}/{command}", post(command))
+pub fn routes(r: Routes) -> Routes {
+    r.add(Method::POST, "/agents", Action::AgentsWrite, post(create))
+        .add(Method::GET, "/agents", Action::AgentsRead, get(list))
+        .add(
+            Method::GET,
+            "/agents/{id}",
+            Action::AgentsRead,
+            get(get_one),
+        )
+        .add(
+            Method::PATCH,
+            "/agents/{id}",
+            Action::AgentsWrite,
+            patch_route(patch),
+        )
+        .add(
+            Method::DELETE,
+            "/agents/{id}",
+            Action::AgentsWrite,
+            delete_route(delete),
+        )
+        .add(
+            Method::GET,
+            "/agents/{id}/history",
+            Action::AgentsRead,
+            get(history),
+        )
+        .add(
+            Method::GET,
+            "/agents/{id}/events",
+            Action::AgentsRead,
+            get(events),
+        )
+        .add(
+            Method::POST,
+            "/agents/{id}/{command}",
+            Action::AgentsWrite,
+            post(command),
+        )
 }

@@ -120,10 +120,29 @@ impl From<cadre_actors::Error> for ApiError {
                     .with("period", json!(period))
             }
             E::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
+            E::LimitReached(_) => ApiError::new(StatusCode::CONFLICT, "limit_reached", message),
+            E::Suspended => ApiError::new(StatusCode::FORBIDDEN, "org_suspended", message),
             E::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
             E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             E::Overloaded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message),
             E::Timeout => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", message),
+            E::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+        }
+    }
+}
+
+impl From<crate::identity::IdentityError> for ApiError {
+    fn from(e: crate::identity::IdentityError) -> ApiError {
+        use crate::identity::IdentityError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound(what) => ApiError::not_found(what),
+            E::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::LimitReached(_) => ApiError::new(StatusCode::CONFLICT, "limit_reached", message),
+            E::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             E::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

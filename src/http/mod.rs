@@ -7,6 +7,9 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod error;
+pub mod guard;
+pub mod identity;
+pub mod input;
 pub mod runtime;
 pub mod state;
 
@@ -57,9 +60,10 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Counts requests and their latency by route template (never by raw path,
-/// which would explode label cardinality).
+/// which would explode label cardinality), and writes the access log.
 async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
+    let ctx = req.extensions().get::<guard::RequestCtx>().cloned();
     let path = req
         .extensions()
         .get::<MatchedPath>()
@@ -67,7 +71,18 @@ async fn track(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let code = resp.status().as_u16();
+    tracing::info!(
+        target: "cadre::access",
+        method = %method,
+        path = %path,
+        status = code,
+        micros = start.elapsed().as_micros() as u64,
+        request_id = ctx.as_ref().map(|c| c.id.as_str()).unwrap_or(""),
+        client = %ctx.as_ref().map(|c| c.client.to_string()).unwrap_or_default(),
+        "request"
+    );
+    let status = code.to_string();
     metrics::counter!("cadre_http_requests_total", "method" => method.clone(), "path" => path.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("cadre_http_request_duration_seconds", "method" => method, "path" => path)
@@ -75,15 +90,104 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Every `/api/v1` route with the action it performs.
+pub fn api_routes(state: &AppState) -> guard::Routes {
+    use crate::identity::Action as A;
+    use axum::http::Method as M;
+    use axum::routing::{delete, patch, post};
+    let r = guard::Routes::new(state.clone())
+        .add(M::POST, "/auth/login", A::Public, post(auth::login))
+        .add(M::POST, "/auth/refresh", A::Public, post(auth::refresh))
+        .add(M::POST, "/auth/logout", A::Public, post(auth::logout))
+        .add(M::GET, "/me", A::Authenticated, get(auth::me))
+        .add(
+            M::POST,
+            "/orgs",
+            A::InstanceAdmin,
+            post(identity::create_org),
+        )
+        .add(M::GET, "/orgs", A::InstanceAdmin, get(identity::list_orgs))
+        .add(
+            M::GET,
+            "/orgs/current",
+            A::OrgRead,
+            get(identity::current_org),
+        )
+        .add(
+            M::GET,
+            "/orgs/{id}",
+            A::InstanceAdmin,
+            get(identity::get_org),
+        )
+        .add(
+            M::PATCH,
+            "/orgs/{id}",
+            A::InstanceAdmin,
+            patch(identity::patch_org),
+        )
+        .add(
+            M::POST,
+            "/orgs/{id}/suspend",
+            A::InstanceAdmin,
+            post(identity::suspend_org),
+        )
+        .add(
+            M::POST,
+            "/orgs/{id}/resume",
+            A::InstanceAdmin,
+            post(identity::resume_org),
+        )
+        .add(
+            M::POST,
+            "/users",
+            A::UsersWrite,
+            post(identity::create_user),
+        )
+        .add(M::GET, "/users", A::UsersRead, get(identity::list_users))
+        .add(M::GET, "/users/{id}", A::UsersRead, get(identity::get_user))
+        .add(
+            M::PATCH,
+            "/users/{id}",
+            A::UsersWrite,
+            patch(identity::patch_user),
+        )
+        .add(
+            M::DELETE,
+            "/users/{id}",
+            A::UsersWrite,
+            delete(identity::delete_user),
+        )
+        .add(
+            M::POST,
+            "/api-keys",
+            A::KeysWrite,
+            post(identity::create_key),
+        )
+        .add(M::GET, "/api-keys", A::KeysRead, get(identity::list_keys))
+        .add(
+            M::DELETE,
+            "/api-keys/{id}",
+            A::KeysWrite,
+            delete(identity::revoke_key),
+        )
+        .add(M::GET, "/audit", A::AuditRead, get(identity::audit))
+        .add(
+            M::GET,
+            "/audit/export",
+            A::AuditRead,
+            get(identity::audit_export),
+        );
+    let r = agents::routes(r);
+    let r = runtime::routes(r);
+    admin::routes(r)
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
-    let api = Router::new()
-        .merge(auth::router())
-        .merge(agents::router())
-        .merge(runtime::router())
-        .merge(admin::router());
-    Router::new()
+    let timeout = std::time::Duration::from_millis(state.config.http.request_timeout_ms);
+    let api = api_routes(&state).into_router();
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -91,6 +195,35 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit));
+    if !state.config.http.cors_origins.is_empty() {
+        let origins: Vec<axum::http::HeaderValue> = state
+            .config
+            .http
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        app = app.layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods(tower_http::cors::AllowMethods::mirror_request())
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    guard::REQUEST_ID,
+                ])
+                .allow_credentials(true)
+                .expose_headers([guard::REQUEST_ID]),
+        );
+    }
+    app.layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::context,
+    ))
+    .with_state(state)
 }

@@ -9,7 +9,6 @@
 use super::error::ApiError;
 use super::state::AppState;
 use crate::protocol::{PROTOCOL_VERSION, RuntimeMessage, ServerMessage};
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -219,6 +218,11 @@ async fn serve(mut socket: WebSocket, session: Session) {
 }
 
 /// `/runtime` routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/runtime/connect", get(connect))
+pub fn routes(r: super::guard::Routes) -> super::guard::Routes {
+    r.add(
+        axum::http::Method::GET,
+        "/runtime/connect",
+        crate::identity::Action::Runtime,
+        get(connect),
+    )
 }

@@ -21,6 +21,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// The identity actor and the session directory.
+    pub identity: crate::identity::Identity,
+    /// Rate limiters.
+    pub limiters: Arc<super::guard::Limiters>,
     /// Becomes `true` when the server shuts down: long-lived connections
     /// (runtime WebSockets) close so their peers reconnect to the next server.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -5,27 +5,17 @@
 //! `query`/`query_as` so the same code paths can later serve PostgreSQL and
 //! MySQL. Nothing here knows about actors or HTTP.
 
+mod identity;
 mod sqlite;
 mod writer;
 
+pub use identity::{
+    AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
+    UserRecord,
+};
 pub use sqlite::{Durability, SqlStore};
 
 use serde::Serialize;
-
-/// A user row, for login.
-#[derive(Debug, Clone)]
-pub struct UserRow {
-    /// Id.
-    pub id: String,
-    /// Organization.
-    pub org_id: String,
-    /// Email.
-    pub email: String,
-    /// Argon2 PHC string.
-    pub password_hash: String,
-    /// Role name.
-    pub role: String,
-}
 
 /// One history entry as the API shows it.
 #[derive(Debug, Clone, Serialize)]

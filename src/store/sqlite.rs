@@ -7,14 +7,15 @@
 //! of the process; `FULL` also across a power loss.
 
 use super::writer::{self, Job};
-use super::{EventRow, HistoryRow, UserRow, to_u64};
+use super::{EventRow, HistoryRow, to_u64};
 use async_trait::async_trait;
+use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
     AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, rfc3339,
 };
 use cadre_actors::lifecycle::State;
-use cadre_actors::ports::{AgentWrite, Store, StoreError, WriteOutcome};
+use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -271,55 +272,12 @@ impl SqlStore {
             .map_err(unavailable)
     }
 
-    /// Creates an organization with its owner in one transaction.
-    pub async fn create_org_with_owner(
-        &self,
-        org_id: &str,
-        org_name: &str,
-        user_id: &str,
-        email: &str,
-        password_hash: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await.map_err(unavailable)?;
-        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(org_id)
-            .bind(org_name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO users (id, org_id, email, password_hash, role, created_at) VALUES (?, ?, ?, ?, 'owner', ?)",
-        )
-        .bind(user_id)
-        .bind(org_id)
-        .bind(email)
-        .bind(password_hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(unavailable)
+    pub(crate) fn write_pool(&self) -> &SqlitePool {
+        &self.write
     }
 
-    /// A user by email (case-insensitive).
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
-        let row = sqlx::query("SELECT id, org_id, email, password_hash, role FROM users WHERE lower(email) = lower(?)")
-            .bind(email)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(unavailable)?;
-        row.map(|r| {
-            Ok(UserRow {
-                id: r.try_get("id").map_err(unavailable)?,
-                org_id: r.try_get("org_id").map_err(unavailable)?,
-                email: r.try_get("email").map_err(unavailable)?,
-                password_hash: r.try_get("password_hash").map_err(unavailable)?,
-                role: r.try_get("role").map_err(unavailable)?,
-            })
-        })
-        .transpose()
+    pub(crate) fn read_pool(&self) -> &SqlitePool {
+        &self.read
     }
 
     /// Whether `agent` exists in `org` (deleted agents keep their history).
@@ -411,14 +369,12 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn insert_agent(
-        &self,
-        rec: &AgentRecord,
-        created: &Transition,
-    ) -> Result<(), StoreError> {
+    async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
         self.submit(|done| Job::Insert {
-            record: rec.clone(),
-            created: created.clone(),
+            record: ins.record.clone(),
+            created: ins.created.clone(),
+            audit: ins.audit.clone(),
+            max_agents: ins.max_agents,
             done,
         })
         .await
@@ -430,15 +386,22 @@ impl Store for SqlStore {
             transitions: w.transitions.to_vec(),
             event: w.event.cloned(),
             usage_report: w.usage_report.map(str::to_string),
+            audit: w.audit.cloned(),
             done,
         })
         .await
     }
 
-    async fn delete_agent(&self, rec: &AgentRecord, at: i64) -> Result<(), StoreError> {
+    async fn delete_agent(
+        &self,
+        rec: &AgentRecord,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.submit(|done| Job::Delete {
             record: rec.clone(),
             at,
+            audit: audit.clone(),
             done,
         })
         .await

@@ -14,11 +14,14 @@
 //! The queue is bounded: when it is full, writers wait (back-pressure), and
 //! its depth is exported as `cadre_store_write_queue`.
 
+use super::identity::insert_audit;
 use super::sqlite::{classify, insert_transition, unavailable};
 use super::to_i64;
+use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentEvent, AgentRecord, Transition};
 use cadre_actors::ports::{StoreError, WriteOutcome};
 use sqlx::{SqliteConnection, SqlitePool};
+use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
 
 /// Jobs waiting beyond this make writers wait.
@@ -34,6 +37,10 @@ pub enum Job {
         record: AgentRecord,
         /// History entry.
         created: Transition,
+        /// Audit entry.
+        audit: AuditEntry,
+        /// The organization's agent limit.
+        max_agents: Option<u64>,
         /// Answer.
         done: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -47,6 +54,8 @@ pub enum Job {
         event: Option<AgentEvent>,
         /// Usage report id.
         usage_report: Option<String>,
+        /// Audit entry.
+        audit: Option<AuditEntry>,
         /// Answer.
         done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
     },
@@ -56,6 +65,8 @@ pub enum Job {
         record: AgentRecord,
         /// When.
         at: i64,
+        /// Audit entry.
+        audit: AuditEntry,
         /// Answer.
         done: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -105,13 +116,18 @@ impl Job {
     async fn apply(&self, conn: &mut SqliteConnection) -> Outcome {
         match self {
             Job::Insert {
-                record, created, ..
-            } => Outcome::Unit(insert(conn, record, created).await),
+                record,
+                created,
+                audit,
+                max_agents,
+                ..
+            } => Outcome::Unit(insert(conn, (record, created, audit), *max_agents).await),
             Job::Write {
                 record,
                 transitions,
                 event,
                 usage_report,
+                audit,
                 ..
             } => Outcome::Write(
                 write(
@@ -120,10 +136,13 @@ impl Job {
                     transitions,
                     event.as_ref(),
                     usage_report.as_deref(),
+                    audit.as_ref(),
                 )
                 .await,
             ),
-            Job::Delete { record, at, .. } => Outcome::Unit(delete(conn, record, *at).await),
+            Job::Delete {
+                record, at, audit, ..
+            } => Outcome::Unit(delete(conn, record, *at, audit).await),
         }
     }
 }
@@ -202,17 +221,37 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
 /// and every job retried in a transaction of its own, and only the offending
 /// create is refused. No savepoint: its sub-journal cost more than it saved.
 async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Result<(), StoreError>> {
-    let jobs: Vec<(&AgentRecord, &Transition)> = batch
-        .iter()
-        .filter_map(|j| match j {
-            Job::Insert {
-                record, created, ..
-            } => Some((record, created)),
-            _ => None,
-        })
-        .collect();
+    let mut jobs: Vec<NewAgent<'_>> = Vec::new();
+    // Per organization: how many agents the batch adds, and the tightest limit.
+    let mut per_org: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
+    for job in batch {
+        if let Job::Insert {
+            record,
+            created,
+            audit,
+            max_agents,
+            ..
+        } = job
+        {
+            jobs.push((record, created, audit));
+            let e = per_org.entry(record.org_id.as_str()).or_insert((0, None));
+            e.0 += 1;
+            e.1 = match (e.1, *max_agents) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
     if jobs.len() < 2 {
         return None;
+    }
+    for (org, (n, max)) in per_org {
+        match count_agents(conn, org, n, max).await {
+            Ok(true) => {}
+            // Over the limit as a whole: the per-job retry decides which fit.
+            Ok(false) => return Some(Err(StoreError::Unavailable("batch over a limit".into()))),
+            Err(e) => return Some(Err(unavailable(e))),
+        }
     }
     Some(
         insert_rows(conn, &jobs)
@@ -221,17 +260,43 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
     )
 }
 
+/// Adds `n` to the organization's live-agent count if that keeps it within
+/// `max`; `false` (and nothing changed) otherwise. This row update is what
+/// makes the limit atomic: concurrent inserts serialize on it.
+async fn count_agents(
+    conn: &mut SqliteConnection,
+    org: &str,
+    n: u64,
+    max: Option<u64>,
+) -> Result<bool, sqlx::Error> {
+    let n = to_i64(n);
+    let done = sqlx::query(
+        "UPDATE orgs SET agent_count = agent_count + ? WHERE id = ? AND (? IS NULL OR agent_count + ? <= ?)",
+    )
+    .bind(n)
+    .bind(org)
+    .bind(max.map(to_i64))
+    .bind(n)
+    .bind(max.map(to_i64))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A new agent: record, creation entry, audit entry.
+type NewAgent<'a> = (&'a AgentRecord, &'a Transition, &'a AuditEntry);
+
 /// Inserts agents and their creation entries: one statement per table.
 async fn insert_rows(
     conn: &mut SqliteConnection,
-    rows: &[(&AgentRecord, &Transition)],
+    rows: &[NewAgent<'_>],
 ) -> Result<(), sqlx::Error> {
     let mut agents = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
          usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) ",
     );
-    agents.push_values(rows, |mut b, (rec, _)| {
+    agents.push_values(rows, |mut b, (rec, _, _)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(&rec.spec.name)
@@ -259,7 +324,7 @@ async fn insert_rows(
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) ",
     );
-    history.push_values(rows, |mut b, (rec, t)| {
+    history.push_values(rows, |mut b, (rec, t, _)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(t.from.map(|s| s.as_str()))
@@ -268,15 +333,39 @@ async fn insert_rows(
             .push_bind(&t.by)
             .push_bind(t.at);
     });
-    history.build().execute(&mut *conn).await.map(|_| ())
+    history.build().execute(&mut *conn).await?;
+    let mut audit = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) ",
+    );
+    audit.push_values(rows, |mut b, (_, _, a)| {
+        b.push_bind(a.org_id.as_str())
+            .push_bind(&a.actor)
+            .push_bind(&a.action)
+            .push_bind(&a.target)
+            .push_bind(a.summary.to_string())
+            .push_bind(a.request_id.as_deref())
+            .push_bind(a.client.as_deref())
+            .push_bind(a.at);
+    });
+    audit.build().execute(&mut *conn).await.map(|_| ())
 }
 
 async fn insert(
     conn: &mut SqliteConnection,
-    rec: &AgentRecord,
-    created: &Transition,
+    new: NewAgent<'_>,
+    max_agents: Option<u64>,
 ) -> Result<(), StoreError> {
-    insert_rows(conn, &[(rec, created)]).await.map_err(classify)
+    let org = new.0.org_id.as_str();
+    if !count_agents(conn, org, 1, max_agents)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(StoreError::LimitReached(format!(
+            "the organization's plan allows at most {} agents",
+            max_agents.unwrap_or(0)
+        )));
+    }
+    insert_rows(conn, &[new]).await.map_err(classify)
 }
 
 async fn write(
@@ -285,6 +374,7 @@ async fn write(
     transitions: &[Transition],
     event: Option<&AgentEvent>,
     usage_report: Option<&str>,
+    audit: Option<&AuditEntry>,
 ) -> Result<WriteOutcome, StoreError> {
     // Decide duplicates before writing anything (see the module docs).
     if let Some(report) = usage_report {
@@ -357,10 +447,18 @@ async fn write(
         .await
         .map_err(unavailable)?;
     }
+    if let Some(a) = audit {
+        insert_audit(conn, a).await.map_err(unavailable)?;
+    }
     Ok(WriteOutcome::Written)
 }
 
-async fn delete(conn: &mut SqliteConnection, rec: &AgentRecord, at: i64) -> Result<(), StoreError> {
+async fn delete(
+    conn: &mut SqliteConnection,
+    rec: &AgentRecord,
+    at: i64,
+    audit: &AuditEntry,
+) -> Result<(), StoreError> {
     let done = sqlx::query("UPDATE agents SET deleted_at = ?, updated_at = ? WHERE id = ? AND epoch = ? AND deleted_at IS NULL")
         .bind(at)
         .bind(at)
@@ -381,5 +479,11 @@ async fn delete(conn: &mut SqliteConnection, rec: &AgentRecord, at: i64) -> Resu
     };
     insert_transition(conn, rec, &deleted)
         .await
-        .map_err(unavailable)
+        .map_err(unavailable)?;
+    sqlx::query("UPDATE orgs SET agent_count = MAX(agent_count - 1, 0) WHERE id = ?")
+        .bind(rec.org_id.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    insert_audit(conn, audit).await.map_err(unavailable)
 }

@@ -52,6 +52,9 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
+    // Rate limits are off unless a test turns them on (tests fire bursts).
+    config.http.rate_limit_per_client.per_second = 0;
+    config.http.rate_limit_per_principal.per_second = 0;
     tweak(&mut config);
     let running = app::start(config.clone()).await.expect("app starts");
     let addr = running.addr;

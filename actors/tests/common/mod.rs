@@ -3,14 +3,15 @@
 #![allow(dead_code, missing_docs)]
 
 use async_trait::async_trait;
+use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, ModelPrice, Pricing};
 use cadre_actors::domain::{
     AgentEvent, AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
     Who,
 };
 use cadre_actors::ports::{
-    AgentWrite, Clock, DeployError, DeployRequest, Deployer, DeploymentStatus, Secrets, Store,
-    StoreError, WriteOutcome,
+    AgentInsert, AgentWrite, Clock, DeployError, DeployRequest, Deployer, DeploymentStatus,
+    Secrets, Store, StoreError, WriteOutcome,
 };
 use cadre_actors::restart::Backoff;
 use cadre_actors::{Cadre, Ctx, Settings};
@@ -27,6 +28,7 @@ struct Inner {
     events: Vec<(AgentId, AgentEvent)>,
     reports: HashSet<(AgentId, String)>,
     orgs: Vec<OrgId>,
+    audit: Vec<AuditEntry>,
 }
 
 /// A store with the same fencing and uniqueness rules as the SQL one.
@@ -56,6 +58,9 @@ impl MemStore {
             .map(|(_, t)| t.clone())
             .collect()
     }
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.lock().audit.clone()
+    }
     pub fn events(&self, id: &AgentId) -> Vec<AgentEvent> {
         self.lock()
             .events
@@ -75,13 +80,19 @@ impl MemStore {
 
 #[async_trait]
 impl Store for MemStore {
-    async fn insert_agent(
-        &self,
-        rec: &AgentRecord,
-        created: &Transition,
-    ) -> Result<(), StoreError> {
+    async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
+        let (rec, created) = (ins.record, ins.created);
         self.check_down()?;
         let mut g = self.lock();
+        let live = g
+            .agents
+            .values()
+            .filter(|a| a.org_id == rec.org_id && !g.deleted.contains(&a.id))
+            .count() as u64;
+        if ins.max_agents.is_some_and(|max| live >= max) {
+            return Err(StoreError::LimitReached("agent limit".into()));
+        }
+        g.audit.push(ins.audit.clone());
         if g.agents.values().any(|a| {
             a.org_id == rec.org_id && a.spec.name == rec.spec.name && !g.deleted.contains(&a.id)
         }) {
@@ -127,10 +138,18 @@ impl Store for MemStore {
         if let Some(e) = w.event {
             g.events.push((rec.id.clone(), e.clone()));
         }
+        if let Some(a) = w.audit {
+            g.audit.push(a.clone());
+        }
         Ok(WriteOutcome::Written)
     }
 
-    async fn delete_agent(&self, rec: &AgentRecord, _at: i64) -> Result<(), StoreError> {
+    async fn delete_agent(
+        &self,
+        rec: &AgentRecord,
+        _at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         self.check_down()?;
         let mut g = self.lock();
         match g.agents.get(&rec.id) {
@@ -138,6 +157,7 @@ impl Store for MemStore {
             _ => return Err(StoreError::Fenced),
         }
         g.deleted.insert(rec.id.clone());
+        g.audit.push(audit.clone());
         Ok(())
     }
 
@@ -422,6 +442,7 @@ pub async fn start_on(store: Arc<MemStore>, org: OrgId, settings: Settings) -> H
         settings,
         events,
         registry: Default::default(),
+        tenancy: Default::default(),
     });
     let cadre = Cadre::start(ctx).await.expect("tree starts");
     let _ = deployer.cadre.set(cadre.clone());
@@ -450,7 +471,7 @@ pub fn spec(name: &str) -> AgentSpec {
 }
 
 pub fn user() -> Who {
-    Who::User("u1".into())
+    Who::user("u1")
 }
 
 /// Polls `cond` until it holds or `limit` passes (then panics with `what`).
