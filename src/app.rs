@@ -28,6 +28,8 @@ pub struct Running {
     pub store: Arc<SqlStore>,
     /// The identity actor.
     pub identity: crate::identity::Identity,
+    /// Every `/api/v1` route with its declared action (for the matrix test).
+    pub routes: Vec<crate::http::guard::RouteSpec>,
     stop: oneshot::Sender<()>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
@@ -240,6 +242,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         identity: identity.clone(),
         limiters,
     };
+    let routes = crate::http::api_routes(&state).specs().to_vec();
     let router = crate::http::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -258,6 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cadre,
         store,
         identity,
+        routes,
         stop,
         closing,
         server,

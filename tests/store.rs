@@ -289,11 +289,7 @@ async fn hydration_pages_cover_every_live_agent_once() {
         .expect("load")
         .expect("row");
     store
-        .delete_agent(
-            &gone,
-            9,
-            &audit_of(&gone.org_id, "agent.delete", "agent:x"),
-        )
+        .delete_agent(&gone, 9, &audit_of(&gone.org_id, "agent.delete", "agent:x"))
         .await
         .expect("delete");
     store.claim_org(&org).await.expect("claim");

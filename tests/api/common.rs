@@ -105,10 +105,47 @@ impl TestApp {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
+        self.call_as(Some(&self.token), method, path, body).await
+    }
+
+    /// Signs in; returns the access token and the refresh cookie's value.
+    pub async fn sign_in(&self, email: &str, password: &str) -> (StatusCode, String, String) {
+        let resp = self
             .client
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("login request");
+        let status = resp.status();
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .and_then(|kv| kv.strip_prefix("cadre_refresh="))
+            .unwrap_or_default()
+            .to_string();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let token = body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (status, token, cookie)
+    }
+
+    /// Sends a request with `token` as bearer (none if `None`).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -118,7 +155,7 @@ impl TestApp {
         let value = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).expect("json body")
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, value)
     }

@@ -6,4 +6,5 @@ mod chaos;
 mod cli;
 mod common;
 mod errors;
+mod identity;
 mod lifecycle;

@@ -1,0 +1,1124 @@
+//! Identity, tenancy and audit: the authorization matrix over every route,
+//! atomic plan limits under concurrency, token tampering and confusion,
+//! lockout, sessions, API-key scopes, an audit entry for every mutating
+//! route, suspension, rate limits and bad input on the new endpoints.
+
+use crate::common::{PASSWORD, TestApp, spawn_app_with};
+use cadre::identity::Action;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+const SECRET: &str = "test-secret-test-secret-test-secret-42";
+const OWNER: &str = "admin@localhost";
+const NOBODY: &str = "00000000-0000-7000-8000-000000000000";
+
+async fn app() -> TestApp {
+    spawn_app_with(|c| c.auth.jwt_secret = SECRET.into()).await
+}
+
+async fn add_user(app: &TestApp, email: &str, role: &str) -> (String, String) {
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "email": email, "name": role, "password": PASSWORD, "role": role })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, token, _) = app.sign_in(email, PASSWORD).await;
+    assert_eq!(s, StatusCode::OK);
+    (v["id"].as_str().expect("id").to_string(), token)
+}
+
+async fn add_key(app: &TestApp, token: &str, scopes: &[&str]) -> (StatusCode, Value) {
+    app.call_as(
+        Some(token),
+        Method::POST,
+        "/api/v1/api-keys",
+        Some(json!({ "name": "k", "scopes": scopes })),
+    )
+    .await
+}
+
+/// A second organization (instance admin creates it); returns id and its owner's token.
+async fn other_org(app: &TestApp, slug: &str, plan: &str) -> (String, String) {
+    let email = format!("owner@{slug}.test");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/orgs",
+            Some(json!({ "name": slug, "slug": slug, "plan": plan,
+                         "owner": { "email": email, "password": PASSWORD, "name": "O" } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, token, _) = app.sign_in(&email, PASSWORD).await;
+    assert_eq!(s, StatusCode::OK);
+    (v["id"].as_str().expect("id").to_string(), token)
+}
+
+fn jwt(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{id}", NOBODY).replace("{command}", "start")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Allowed,
+    Forbidden,
+}
+
+/// The expected answer, written independently of the policy code: roles
+/// viewer < member < admin < owner; keys need the scope and never exceed
+/// their creator; instance administration is for the instance admin user only.
+fn expect(action: Action, caller: &str) -> Expect {
+    use Expect::*;
+    let rank = |c: &str| match c {
+        "viewer" => 0,
+        "member" => 1,
+        "admin" => 2,
+        "owner" | "other_owner" | "admin_key" | "read_key" => 3,
+        _ => -1,
+    };
+    let need = match action {
+        Action::Public | Action::Runtime | Action::Authenticated => return Allowed,
+        Action::InstanceAdmin => {
+            return if caller == "owner" {
+                Allowed
+            } else {
+                Forbidden
+            };
+        }
+        Action::AgentsRead | Action::OrgRead => 0,
+        Action::AgentsWrite => 1,
+        Action::UsersRead
+        | Action::UsersWrite
+        | Action::KeysRead
+        | Action::KeysWrite
+        | Action::AuditRead => 2,
+        Action::OrgOwner => 3,
+    };
+    if caller == "read_key" && action != Action::AgentsRead {
+        return Forbidden;
+    }
+    if rank(caller) >= need {
+        Allowed
+    } else {
+        Forbidden
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix_covers_every_route_and_caller() {
+    let app = app().await;
+    let routes = app.running.as_ref().expect("running").routes.clone();
+    let (_, admin) = add_user(&app, "admin@x.test", "admin").await;
+    let (_, member) = add_user(&app, "member@x.test", "member").await;
+    let (_, viewer) = add_user(&app, "viewer@x.test", "viewer").await;
+    let (s, k) = add_key(&app, &app.token, &["agents:read"]).await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    let read_key = k["key"].as_str().expect("key").to_string();
+    let (_, k) = add_key(&app, &app.token, &["admin"]).await;
+    let admin_key = k["key"].as_str().expect("key").to_string();
+    let (_, other_owner) = other_org(&app, "other", "team").await;
+    let (_, _, refresh) = app.sign_in(OWNER, PASSWORD).await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let me = app.call(Method::GET, "/api/v1/me", None).await.1;
+    let claims = |exp: u64, typ: &str, aud: &str| {
+        json!({ "sub": me["id"], "org": me["org"]["id"], "role": "owner", "typ": typ, "aud": aud,
+                "iss": "cadre", "sid": "s", "iat": now - 7200, "ims": 0, "exp": exp })
+    };
+    let expired = jwt(SECRET, claims(now - 3600, "access", "cadre-api"));
+    let foreign = jwt(
+        "another-secret-another-secret-another",
+        claims(now + 600, "access", "cadre-api"),
+    );
+    let wrong_type = jwt(SECRET, claims(now + 600, "refresh", "cadre-api"));
+    let wrong_aud = jwt(SECRET, claims(now + 600, "access", "elsewhere"));
+    let alg_none = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            e.encode(claims(now + 600, "access", "cadre-api").to_string())
+        )
+    };
+    let good: Vec<(&str, &str)> = vec![
+        ("owner", &app.token),
+        ("admin", &admin),
+        ("member", &member),
+        ("viewer", &viewer),
+        ("read_key", &read_key),
+        ("admin_key", &admin_key),
+        ("other_owner", &other_owner),
+    ];
+    let bad: Vec<(&str, Option<&str>)> = vec![
+        ("no token", None),
+        ("garbage", Some("garbage")),
+        ("expired", Some(&expired)),
+        ("other secret", Some(&foreign)),
+        ("refresh as access", Some(&refresh)),
+        ("typ refresh", Some(&wrong_type)),
+        ("other audience", Some(&wrong_aud)),
+        ("alg none", Some(&alg_none)),
+        (
+            "unknown key",
+            Some("cadre_0123456789abcdef0123456789abcdef_nope"),
+        ),
+    ];
+    let mut cells = 0;
+    for r in &routes {
+        if matches!(r.action, Action::Public | Action::Runtime) {
+            continue;
+        }
+        let path = format!("/api/v1{}", concrete(r.path));
+        let body = matches!(r.method, Method::POST | Method::PATCH).then(|| json!({}));
+        for (name, token) in &bad {
+            let (s, v) = app
+                .call_as(*token, r.method.clone(), &path, body.clone())
+                .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{} {path} with {name}: {v}",
+                r.method
+            );
+            cells += 1;
+        }
+        for (name, token) in &good {
+            let (s, v) = app
+                .call_as(Some(token), r.method.clone(), &path, body.clone())
+                .await;
+            match expect(r.action, name) {
+                Expect::Forbidden => {
+                    assert_eq!(
+                        s,
+                        StatusCode::FORBIDDEN,
+                        "{} {path} as {name}: {v}",
+                        r.method
+                    );
+                    assert_eq!(v["code"], "forbidden");
+                }
+                Expect::Allowed => assert!(
+                    !matches!(s.as_u16(), 401 | 403 | 405) && s.as_u16() < 500,
+                    "{} {path} as {name}: {s} {v}",
+                    r.method
+                ),
+            }
+            cells += 1;
+        }
+    }
+    assert!(cells > 300, "the matrix walked {cells} cells");
+}
+
+#[tokio::test]
+async fn another_orgs_resources_answer_404() {
+    let app = app().await;
+    let (_, other) = other_org(&app, "b-org", "team").await;
+    let agent = app.create_id(json!({ "name": "mine" })).await;
+    let (uid, _) = add_user(&app, "m@x.test", "member").await;
+    for (m, p) in [
+        (Method::GET, format!("/api/v1/agents/{agent}")),
+        (Method::PATCH, format!("/api/v1/agents/{agent}")),
+        (Method::DELETE, format!("/api/v1/agents/{agent}")),
+        (Method::POST, format!("/api/v1/agents/{agent}/deploy")),
+        (Method::GET, format!("/api/v1/agents/{agent}/history")),
+        (Method::GET, format!("/api/v1/users/{uid}")),
+        (Method::PATCH, format!("/api/v1/users/{uid}")),
+        (Method::DELETE, format!("/api/v1/users/{uid}")),
+    ] {
+        let body = matches!(m, Method::PATCH).then(|| json!({ "name": "x" }));
+        let (s, v) = app.call_as(Some(&other), m.clone(), &p, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{m} {p}: {v}");
+    }
+    // Lists only show the caller's own organization.
+    let (_, list) = app
+        .call_as(Some(&other), Method::GET, "/api/v1/agents", None)
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0));
+    assert_eq!(app.get(&agent).await["name"], "mine");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_exceed_plan_limits() {
+    let app = app().await;
+    // free: 3 agents, 3 users (the owner is one).
+    let (org, owner) = other_org(&app, "tight", "free").await;
+    let creates = (0..20).map(|i| {
+        app.call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": format!("a{i}") })),
+        )
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let ok = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let limited = results
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::CONFLICT && v["code"] == "limit_reached")
+        .count();
+    assert_eq!((ok, limited), (3, 17), "{results:?}");
+    let users = (0..10).map(|i| {
+        app.call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "email": format!("u{i}@t.test"), "name": "u", "password": PASSWORD, "role": "viewer" })),
+        )
+    });
+    let results = futures_util::future::join_all(users).await;
+    let ok = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(ok, 2, "{results:?}");
+    let (_, cur) = app
+        .call_as(Some(&owner), Method::GET, "/api/v1/orgs/current", None)
+        .await;
+    assert_eq!(cur["usage"]["agents"], 3, "{cur}");
+    assert_eq!(cur["usage"]["users"], 3, "{cur}");
+    assert_eq!(cur["limits"]["max_agents"], 3);
+    // An instance admin raises the limit for this org only.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}"),
+            Some(json!({ "limits": { "max_agents": 4 } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = app
+        .call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "fourth" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = app
+        .call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "fifth" })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("limit_reached"))
+    );
+    // Deleting one frees a slot.
+    let (_, list) = app
+        .call_as(Some(&owner), Method::GET, "/api/v1/agents", None)
+        .await;
+    let id = list["items"][0]["id"].as_str().expect("id").to_string();
+    let (s, _) = app
+        .call_as(
+            Some(&owner),
+            Method::DELETE,
+            &format!("/api/v1/agents/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "fifth" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn lockout_is_the_same_for_known_and_unknown_emails() {
+    let app = app().await;
+    for email in [OWNER, "nobody@nowhere.test"] {
+        for i in 0..5 {
+            let (s, _, _) = app.sign_in(email, "wrong password").await;
+            let want = if i < 4 {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            assert_eq!(s, want, "{email} attempt {i}");
+        }
+        let resp = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{email} locked even with the right password"
+        );
+        assert!(resp.headers().contains_key("retry-after"));
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["code"], "login_locked");
+    }
+    // The lock survives a restart (it is stored, not in memory).
+    let mut app = app;
+    app.restart().await;
+    let (s, _, _) = app.sign_in(OWNER, PASSWORD).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn refresh(app: &TestApp, cookie: &str) -> (StatusCode, String, String) {
+    let resp = app
+        .client
+        .post(app.url("/api/v1/auth/refresh"))
+        .header("cookie", format!("cadre_refresh={cookie}"))
+        .send()
+        .await
+        .expect("refresh");
+    let status = resp.status();
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let next = set
+        .split(';')
+        .next()
+        .and_then(|kv| kv.strip_prefix("cadre_refresh="))
+        .unwrap_or_default()
+        .to_string();
+    if status == StatusCode::OK {
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/api/v1/auth"] {
+            assert!(set.contains(attr), "cookie {set} lacks {attr}");
+        }
+    }
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        next,
+    )
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_family() {
+    let app = app().await;
+    let (_, access, c1) = app.sign_in(OWNER, PASSWORD).await;
+    let (s, access2, c2) = refresh(&app, &c1).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(c1, c2);
+    let (s, _) = app
+        .call_as(Some(&access2), Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Replaying the used token revokes the family: the new one and every
+    // access token of the session stop working.
+    let (s, _, _) = refresh(&app, &c1).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = refresh(&app, &c2).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for t in [&access, &access2] {
+        let (s, _) = app.call_as(Some(t), Method::GET, "/api/v1/me", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Other sessions are untouched.
+    let (s, _) = app.call(Method::GET, "/api/v1/me", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_and_password_or_role_changes_revoke_sessions() {
+    let app = app().await;
+    let (_, access, cookie) = app.sign_in(OWNER, PASSWORD).await;
+    let resp = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .header("cookie", format!("cadre_refresh={cookie}"))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (s, _) = app
+        .call_as(Some(&access), Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(refresh(&app, &cookie).await.0, StatusCode::UNAUTHORIZED);
+
+    let (id, member) = add_user(&app, "m@x.test", "member").await;
+    let (_, _, member_cookie) = app.sign_in("m@x.test", PASSWORD).await;
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            Some(json!({ "password": "a-new-password" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call_as(Some(&member), Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh(&app, &member_cookie).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, member, _) = app.sign_in("m@x.test", "a-new-password").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            Some(json!({ "role": "viewer" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call_as(Some(&member), Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn api_keys_act_with_their_scopes_and_never_above_their_creator() {
+    let app = app().await;
+    let (s, k) = add_key(&app, &app.token, &["agents:read"]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let key = k["key"].as_str().expect("key shown once").to_string();
+    assert!(key.starts_with("cadre_"));
+    let (_, list) = app.call(Method::GET, "/api/v1/api-keys", None).await;
+    assert!(
+        list.to_string().find(&key).is_none(),
+        "the key is never shown again"
+    );
+    assert_eq!(
+        app.call_as(Some(&key), Method::GET, "/api/v1/agents", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (s, _) = app
+        .call_as(
+            Some(&key),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Revoked: refused at once.
+    let id = k["id"].as_str().expect("id");
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/api-keys/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        app.call_as(Some(&key), Method::GET, "/api/v1/agents", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A tampered secret is refused.
+    let (_, k2) = add_key(&app, &app.token, &["agents:read"]).await;
+    let mut bad = k2["key"].as_str().expect("key").to_string();
+    bad.pop();
+    bad.push('x');
+    assert_eq!(
+        app.call_as(Some(&bad), Method::GET, "/api/v1/agents", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An admin's admin-scoped key loses user management when the admin is demoted.
+    let (admin_id, admin) = add_user(&app, "a@x.test", "admin").await;
+    let (s, k) = add_key(&app, &admin, &["admin"]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let admin_key = k["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        app.call_as(Some(&admin_key), Method::GET, "/api/v1/users", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{admin_id}"),
+            Some(json!({ "role": "member" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        app.call_as(Some(&admin_key), Method::GET, "/api/v1/users", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // A member cannot mint keys, and an admin cannot grant an owner role.
+    let (_, member) = add_user(&app, "m@x.test", "member").await;
+    assert_eq!(
+        add_key(&app, &member, &["agents:read"]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, admin2) = add_user(&app, "a2@x.test", "admin").await;
+    let (s, _) = app
+        .call_as(
+            Some(&admin2),
+            Method::POST,
+            "/api/v1/users",
+            Some(
+                json!({ "email": "o@x.test", "name": "o", "password": PASSWORD, "role": "owner" }),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+async fn audit_actions(app: &TestApp, org: &str) -> Vec<String> {
+    app.store()
+        .audit_page(org, &Default::default(), 10_000)
+        .await
+        .expect("audit")
+        .into_iter()
+        .map(|r| r.action)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_mutating_route_writes_an_audit_entry() {
+    let app = app().await;
+    let routes = app.running.as_ref().expect("running").routes.clone();
+    let me = app.call(Method::GET, "/api/v1/me", None).await.1;
+    let home = me["org"]["id"].as_str().expect("org").to_string();
+    let mut covered: BTreeSet<(String, &str)> = BTreeSet::new();
+    let mut check = |m: Method, p: &'static str, action: &str, org: &str, actions: &[String]| {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{m} {p}: no {action} in {actions:?} of {org}"
+        );
+        covered.insert((m.to_string(), p));
+    };
+    // Identity.
+    let (_, _, cookie) = app.sign_in(OWNER, PASSWORD).await;
+    check(
+        Method::POST,
+        "/auth/login",
+        "auth.login",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let resp = app
+        .client
+        .post(app.url("/api/v1/auth/logout"))
+        .header("cookie", format!("cadre_refresh={cookie}"))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    check(
+        Method::POST,
+        "/auth/logout",
+        "auth.logout",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (org, _) = other_org(&app, "audited", "team").await;
+    check(
+        Method::POST,
+        "/orgs",
+        "org.create",
+        &org,
+        &audit_actions(&app, &org).await,
+    );
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}"),
+            Some(json!({ "plan": "enterprise" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::PATCH,
+        "/orgs/{id}",
+        "org.update",
+        &org,
+        &audit_actions(&app, &org).await,
+    );
+    let (s, _) = app
+        .call(Method::POST, &format!("/api/v1/orgs/{org}/suspend"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::POST,
+        "/orgs/{id}/suspend",
+        "org.suspend",
+        &org,
+        &audit_actions(&app, &org).await,
+    );
+    let (s, _) = app
+        .call(Method::POST, &format!("/api/v1/orgs/{org}/resume"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::POST,
+        "/orgs/{id}/resume",
+        "org.resume",
+        &org,
+        &audit_actions(&app, &org).await,
+    );
+    let (uid, _) = add_user(&app, "u@x.test", "viewer").await;
+    check(
+        Method::POST,
+        "/users",
+        "user.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/users/{uid}"),
+        Some(json!({ "name": "N" })),
+    )
+    .await;
+    check(
+        Method::PATCH,
+        "/users/{id}",
+        "user.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/users/{uid}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    check(
+        Method::DELETE,
+        "/users/{id}",
+        "user.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (_, k) = add_key(&app, &app.token, &["agents:read"]).await;
+    check(
+        Method::POST,
+        "/api-keys",
+        "api_key.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{}", k["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    check(
+        Method::DELETE,
+        "/api-keys/{id}",
+        "api_key.revoke",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    // Agents.
+    let id = app.create_id(json!({ "name": "a" })).await;
+    check(
+        Method::POST,
+        "/agents",
+        "agent.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/agents/{id}"),
+        Some(json!({ "role": "r", "model": "gpt-4o" })),
+    )
+    .await;
+    check(
+        Method::PATCH,
+        "/agents/{id}",
+        "agent.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, v) = app.command(&id, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    check(
+        Method::POST,
+        "/agents/{id}/{command}",
+        "agent.deploy",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.wait_state(&id, "running").await;
+    let (s, _) = app.command(&id, "stop").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    app.wait_state(&id, "stopped").await;
+    let (s, v) = app
+        .call(Method::DELETE, &format!("/api/v1/agents/{id}"), None)
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    check(
+        Method::DELETE,
+        "/agents/{id}",
+        "agent.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    // System-caused state changes are audited too.
+    assert!(
+        audit_actions(&app, &home)
+            .await
+            .iter()
+            .any(|a| a == "agent.state_changed")
+    );
+
+    // Mutating routes that change no record: refresh rotation is recorded in
+    // the session table itself (reuse is audited), chaos kills an actor.
+    let exempt = [("POST", "/auth/refresh"), ("POST", "/admin/chaos/kill")];
+    let mutating: BTreeSet<(String, &str)> = routes
+        .iter()
+        .filter(|r| matches!(r.method, Method::POST | Method::PATCH | Method::DELETE))
+        .map(|r| (r.method.to_string(), r.path))
+        .filter(|(m, p)| !exempt.contains(&(m.as_str(), p)))
+        .collect();
+    assert_eq!(
+        mutating, covered,
+        "every mutating route must be checked here"
+    );
+
+    // Entries are listed newest first with filters, and export as JSON lines.
+    let (s, page) = app
+        .call(
+            Method::GET,
+            "/api/v1/audit?action=user.create&limit=5",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let items = page["items"].as_array().expect("items");
+    assert!(!items.is_empty() && items.iter().all(|i| i["action"] == "user.create"));
+    assert!(
+        items[0]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert!(
+        items[0]["client"]
+            .as_str()
+            .is_some_and(|c| c == "127.0.0.1")
+    );
+    let resp = app
+        .client
+        .get(app.url("/api/v1/audit/export"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("text");
+    assert!(text.lines().count() >= 10);
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_in_the_database() {
+    let app = app().await;
+    let url = app.config.database_url();
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+    for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
+        let err = sqlx::query(sql).execute(&pool).await.expect_err("refused");
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_org_stops_its_agents_and_its_users_cannot_sign_in() {
+    let app = app().await;
+    let (org, owner) = other_org(&app, "sus", "team").await;
+    let (_, v) = app
+        .call_as(
+            Some(&owner),
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "w", "role": "r", "model": "gpt-4o" })),
+        )
+        .await;
+    let id = v["id"].as_str().expect("id").to_string();
+    let (s, _) = app
+        .call_as(
+            Some(&owner),
+            Method::POST,
+            &format!("/api/v1/agents/{id}/deploy"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    crate::common::eventually("agent running", || async {
+        app.call_as(
+            Some(&owner),
+            Method::GET,
+            &format!("/api/v1/agents/{id}"),
+            None,
+        )
+        .await
+        .1["state"]
+            == "running"
+    })
+    .await;
+    let (s, v) = app
+        .call(Method::POST, &format!("/api/v1/orgs/{org}/suspend"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["agents_stopped"], 1);
+    let rec = app
+        .store()
+        .load_agent(&id)
+        .await
+        .expect("load")
+        .expect("agent");
+    assert!(
+        matches!(rec.state, cadre_actors::lifecycle::State::Stopped),
+        "{:?}",
+        rec.state
+    );
+    let (s, _) = app
+        .call_as(Some(&owner), Method::GET, "/api/v1/agents", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = app.sign_in("owner@sus.test", PASSWORD).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .call(Method::POST, &format!("/api/v1/orgs/{org}/resume"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = app.sign_in("owner@sus.test", PASSWORD).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_and_ignore_forged_forwarded_for() {
+    let app = spawn_app_with(|c| {
+        c.http.rate_limit_per_client = cadre::config::RateLimit {
+            per_second: 1,
+            burst: 5,
+        };
+    })
+    .await;
+    // Login spent one request of the burst.
+    let mut limited = None;
+    for i in 0..10 {
+        let resp = app
+            .client
+            .get(app.url("/api/v1/me"))
+            .bearer_auth(&app.token)
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .send()
+            .await
+            .expect("request");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("a forged X-Forwarded-For does not escape the per-client limit");
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["code"], "rate_limited");
+    // Health checks are never limited.
+    let resp = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[test]
+fn trusted_proxies_are_the_only_source_of_forwarded_addresses() {
+    use cadre::http::guard::client_addr;
+    let mut h = axum::http::HeaderMap::new();
+    h.insert("x-forwarded-for", "1.2.3.4, 10.0.0.9".parse().expect("hv"));
+    let peer: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+    assert_eq!(client_addr(peer, &h, &[]), peer);
+    let proxies = vec!["10.0.0.0/8".parse().expect("net")];
+    assert_eq!(client_addr(peer, &h, &proxies).to_string(), "1.2.3.4");
+    let outsider: std::net::IpAddr = "8.8.8.8".parse().expect("ip");
+    assert_eq!(client_addr(outsider, &h, &proxies), outsider);
+}
+
+#[tokio::test]
+async fn responses_carry_request_ids_and_security_headers() {
+    let app = app().await;
+    let resp = app
+        .client
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(&app.token)
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("me");
+    let h = resp.headers();
+    assert_eq!(h["x-request-id"], "abc-123");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .expect("csp")
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.contains_key("referrer-policy"));
+    assert!(
+        !h.contains_key("access-control-allow-origin"),
+        "CORS is off by default"
+    );
+    let resp = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert!(resp.headers().get("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn bad_input_on_identity_endpoints_gets_a_stable_4xx() {
+    let app = app().await;
+    let routes = app.running.as_ref().expect("running").routes.clone();
+    let huge = "x".repeat(2 * 1024 * 1024);
+    for r in routes
+        .iter()
+        .filter(|r| matches!(r.method, Method::POST | Method::PATCH))
+    {
+        if matches!(r.path, "/auth/logout" | "/auth/refresh")
+            || r.path.ends_with("/suspend")
+            || r.path.ends_with("/resume")
+            || r.path == "/agents/{id}/{command}"
+        {
+            continue; // no body
+        }
+        // Paths with ids use a real resource where one is cheap to find.
+        let path = format!("/api/v1{}", concrete(r.path));
+        let send = |body: String| {
+            app.client
+                .request(r.method.clone(), app.url(&path))
+                .bearer_auth(&app.token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let resp = send("{".into()).await.expect("send");
+        let s = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND,
+            "{path} malformed: {s} {v}"
+        );
+        assert!(v["code"].is_string(), "{path}: {v}");
+        let resp = send(huge.clone()).await.expect("send");
+        assert!(
+            matches!(resp.status().as_u16(), 413 | 404),
+            "{path} huge: {}",
+            resp.status()
+        );
+        if !path.contains(NOBODY) {
+            for body in [
+                json!({ "unknown_field": 1 }),
+                json!([1, 2]),
+                json!({ "name": 5, "email": false }),
+            ] {
+                let resp = send(body.to_string()).await.expect("send");
+                let s = resp.status();
+                let v: Value = resp.json().await.unwrap_or(Value::Null);
+                assert!(matches!(s.as_u16(), 400 | 422), "{path} {body}: {s} {v}");
+                assert!(v["code"].is_string());
+            }
+        }
+    }
+    // Field validation with a field name.
+    for (path, body, field) in [
+        (
+            "/api/v1/users",
+            json!({ "email": "not-an-email", "name": "n", "password": PASSWORD, "role": "viewer" }),
+            "email",
+        ),
+        (
+            "/api/v1/users",
+            json!({ "email": "a@b.c", "name": "n", "password": "short", "role": "viewer" }),
+            "password",
+        ),
+        (
+            "/api/v1/users",
+            json!({ "email": "a@b.c", "name": "n", "password": PASSWORD, "role": "god" }),
+            "role",
+        ),
+        (
+            "/api/v1/api-keys",
+            json!({ "name": "k", "scopes": ["everything"] }),
+            "scopes",
+        ),
+        (
+            "/api/v1/api-keys",
+            json!({ "name": "k", "scopes": [] }),
+            "scopes",
+        ),
+        (
+            "/api/v1/api-keys",
+            json!({ "name": "k", "scopes": ["admin"], "expires_at": "2001-01-01T00:00:00Z" }),
+            "expires_at",
+        ),
+        (
+            "/api/v1/orgs",
+            json!({ "name": "n", "slug": "Bad Slug", "owner": { "email": "a@b.c", "password": PASSWORD, "name": "n" } }),
+            "slug",
+        ),
+        (
+            "/api/v1/orgs",
+            json!({ "name": "n", "slug": "ok-slug", "plan": "platinum", "owner": { "email": "a@b.c", "password": PASSWORD, "name": "n" } }),
+            "plan",
+        ),
+    ] {
+        let (s, v) = app.call(Method::POST, path, Some(body.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {v}");
+        assert_eq!(v["field"], field, "{v}");
+    }
+    // Duplicates are conflicts, and nothing changed.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "email": OWNER, "name": "n", "password": PASSWORD, "role": "viewer" })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::CONFLICT, json!("email_taken"))
+    );
+    let (_, users) = app.call(Method::GET, "/api/v1/users", None).await;
+    assert_eq!(users["items"].as_array().map(Vec::len), Some(1));
+}
