@@ -197,6 +197,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .load(&store, SystemClock.now_ms(), access_ttl_ms)
         .await
         .context("loading users, keys and organizations")?;
+    // Each organization's spend this month, so its budget holds across restarts.
+    let period = cadre_actors::budget::Period::of(SystemClock.now_ms());
+    for (org, tokens, cost) in store
+        .org_spend(&period.to_string())
+        .await
+        .context("loading organizations' spend")?
+    {
+        tenancy.load_spend(
+            &cadre_actors::domain::OrgId(org),
+            cadre_actors::budget::Usage::empty(period).add(tokens, cost),
+        );
+    }
     let identity = crate::identity::Identity::start(
         store.clone(),
         directory,

@@ -77,6 +77,18 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The monthly token and cost limits as the actors count them.
+    pub fn budget(&self) -> cadre_actors::budget::BudgetLimits {
+        cadre_actors::budget::BudgetLimits {
+            monthly_tokens: self.monthly_tokens,
+            // Validated finite and non-negative where it is set; `as`
+            // saturates anything else.
+            monthly_cost_micros: self
+                .monthly_cost_usd
+                .map(|usd| (usd * 1_000_000.0).round() as u64),
+        }
+    }
+
     /// `self` with every field `over` sets replaced.
     pub fn overridden_by(&self, over: &Limits) -> Limits {
         Limits {

@@ -8,7 +8,7 @@ use cadre_actors::domain::{
     AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, Who,
 };
 use cadre_actors::lifecycle::State;
-use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
+use cadre_actors::ports::{AgentInsert, AgentWrite, Charge, Store, StoreError, WriteOutcome};
 
 async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -176,7 +176,7 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         record: &stale,
         transitions: &[],
         event: None,
-        usage_report: None,
+        usage: None,
         audit: None,
     };
     assert_eq!(store.write_agent(w).await, Err(StoreError::Fenced));
@@ -196,7 +196,7 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         record: &fresh,
         transitions: &[],
         event: None,
-        usage_report: None,
+        usage: None,
         audit: None,
     };
     assert_eq!(store.write_agent(w).await, Ok(WriteOutcome::Written));
@@ -228,11 +228,16 @@ async fn usage_reports_count_once_even_in_one_batch() {
         .await
         .expect("insert");
     rec.usage = rec.usage.add(10, 0);
+    let charge = Charge {
+        report_id: "r1",
+        tokens: 10,
+        cost_micros: 7,
+    };
     let w = AgentWrite {
         record: &rec,
         transitions: &[],
         event: None,
-        usage_report: Some("r1"),
+        usage: Some(charge),
         audit: None,
     };
     let mut double = rec.clone();
@@ -241,7 +246,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         record: &double,
         transitions: &[],
         event: None,
-        usage_report: Some("r1"),
+        usage: Some(charge),
         audit: None,
     };
     let (a, b) = tokio::join!(store.write_agent(w), store.write_agent(w2));
@@ -270,6 +275,40 @@ async fn usage_reports_count_once_even_in_one_batch() {
     assert!(
         tokens == 10 || tokens == 20,
         "one of the two writes, never both: {tokens}"
+    );
+    // The organization's spend counts the report once too, and keeps it
+    // after the agent is deleted.
+    let period = rec.usage.period.to_string();
+    let spend = |rows: Vec<(String, u64, u64)>| {
+        rows.into_iter()
+            .find(|(o, _, _)| o == org.as_str())
+            .map(|(_, t, c)| (t, c))
+    };
+    assert_eq!(
+        spend(store.org_spend(&period).await.expect("spend")),
+        Some((10, 7))
+    );
+    let at = rec.updated_at + 1;
+    let gone = store
+        .load_agent(rec.id.as_str())
+        .await
+        .expect("load")
+        .expect("row");
+    store
+        .delete_agent(&gone, at, &audit_of(&org, "agent.delete", "agent"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        spend(store.org_spend(&period).await.expect("spend")),
+        Some((10, 7))
+    );
+    assert_eq!(
+        store
+            .org_usage(org.as_str(), &period)
+            .await
+            .expect("usage")
+            .tokens,
+        10
     );
 }
 

@@ -14,16 +14,17 @@
 //! everything else — draft, stopped, error — waits for an operator.
 
 use crate::audit::AuditEntry;
-use crate::budget::{BudgetLevel, Period, level};
+use crate::budget::{BudgetLevel, Period, Usage, level};
 use crate::context::{Ctx, Settings};
 use crate::domain::{
-    AgentEvent, AgentPatch, AgentRecord, AgentSnapshot, AgentView, HealthView, Transition, Who,
+    AgentEvent, AgentPatch, AgentRecord, AgentSnapshot, AgentView, HealthView, OrgId, Transition,
+    Who,
 };
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::lifecycle::{self, Command, State, Trigger};
 use crate::ports::{
-    AgentWrite, DeployError, DeployRequest, DeploymentStatus, StoreError, WriteOutcome,
+    AgentWrite, Charge, DeployError, DeployRequest, DeploymentStatus, StoreError, WriteOutcome,
     constant_time_eq,
 };
 use crate::tenant::TenantMsg;
@@ -86,6 +87,8 @@ pub struct UsageAck {
     pub counted: bool,
     /// `false` when the agent stopped (e.g. budget exceeded).
     pub should_run: bool,
+    /// Why it stopped (`budget_exceeded`, `org_budget_exceeded`, …).
+    pub stop_reason: Option<String>,
 }
 
 /// Outcome of DELETE.
@@ -181,6 +184,10 @@ pub enum AgentMsg {
         /// Generation of the schedule.
         generation: u64,
     },
+    /// The organization's budget may be used up: stop if it is (sent to
+    /// every agent of the organization when its spend crosses its limit or
+    /// its limit is lowered).
+    EnforceBudget,
     /// Chaos: panic inside `handle` (tests and the chaos endpoint).
     Panic,
 }
@@ -280,9 +287,9 @@ impl AgentState {
         next: AgentRecord,
         transitions: Vec<Transition>,
         event: Option<AgentEvent>,
-        usage_report: Option<&str>,
+        usage: Option<Charge<'_>>,
     ) -> Result<WriteOutcome> {
-        self.commit_audited(myself, next, transitions, event, usage_report, None)
+        self.commit_audited(myself, next, transitions, event, usage, None)
             .await
     }
 
@@ -306,7 +313,7 @@ impl AgentState {
         mut next: AgentRecord,
         transitions: Vec<Transition>,
         event: Option<AgentEvent>,
-        usage_report: Option<&str>,
+        usage: Option<Charge<'_>>,
         audit: Option<AuditEntry>,
     ) -> Result<WriteOutcome> {
         next.updated_at = self.now();
@@ -315,7 +322,7 @@ impl AgentState {
             record: &next,
             transitions: &transitions,
             event: event.as_ref(),
-            usage_report,
+            usage,
             audit: audit.as_ref(),
         };
         let outcome = match self.ctx.store.write_agent(write).await {
@@ -330,6 +337,16 @@ impl AgentState {
         };
         if outcome == WriteOutcome::Duplicate {
             return Ok(outcome);
+        }
+        if let Some(c) = usage {
+            let org = &next.org_id;
+            let total = self
+                .ctx
+                .tenancy
+                .charge(org, next.usage.period, c.tokens, c.cost_micros);
+            if total.is_exhausted(&self.ctx.tenancy.get(org).budget) {
+                enforce_org_budget(&self.ctx, org);
+            }
         }
         let entered_starting = transitions.iter().any(|t| t.to == State::Starting);
         self.rec = next;
@@ -435,12 +452,24 @@ impl AgentState {
 
     fn budget_check(&self, rec: &mut AgentRecord) -> Result<()> {
         rec.usage = rec.usage.rolled_to(Period::of(self.now()));
-        if rec.usage.is_exhausted(&rec.spec.budget) {
-            return Err(Error::BudgetExceeded {
-                period: rec.usage.period.to_string(),
-            });
+        let period = rec.usage.period.to_string();
+        match self.over_budget(rec, self.ctx.tenancy.spent(&rec.org_id, rec.usage.period)) {
+            None => Ok(()),
+            Some(Over::Agent) => Err(Error::BudgetExceeded { period }),
+            Some(Over::Org) => Err(Error::OrgBudgetExceeded { period }),
         }
-        Ok(())
+    }
+
+    /// Which budget, if any, forbids `rec` to run: its own, or its
+    /// organization's judged by `org_spent`.
+    fn over_budget(&self, rec: &AgentRecord, org_spent: Usage) -> Option<Over> {
+        if rec.usage.is_exhausted(&rec.spec.budget) {
+            Some(Over::Agent)
+        } else if org_spent.is_exhausted(&self.ctx.tenancy.get(&rec.org_id).budget) {
+            Some(Over::Org)
+        } else {
+            None
+        }
     }
 }
 
@@ -578,6 +607,7 @@ impl Actor for AgentActor {
                     Box::pin(recover(&myself, st)).await;
                 }
             }
+            AgentMsg::EnforceBudget => Box::pin(enforce_budget(&myself, st)).await,
             AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),
         }
         Ok(())
@@ -832,11 +862,10 @@ async fn patch_agent(
     }
     // A lowered budget takes effect at once.
     next.usage = next.usage.rolled_to(Period::of(st.now()));
-    let event = if next.usage.is_exhausted(&next.spec.budget) {
-        stop_for_budget(st, &mut next, &mut tr)
-    } else {
-        None
-    };
+    let org_spent = st.ctx.tenancy.spent(&next.org_id, next.usage.period);
+    let event = st
+        .over_budget(&next, org_spent)
+        .and_then(|over| stop_for_budget(st, &mut next, &mut tr, over, org_spent));
     let audit = st.audit(by, "update", patch.summary());
     st.commit_audited(myself, next, tr, event, None, Some(audit))
         .await?;
@@ -934,23 +963,94 @@ async fn hello(myself: &ActorRef<AgentMsg>, st: &mut AgentState, token: &str) ->
     })
 }
 
+/// Which budget is used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Over {
+    /// The agent's own.
+    Agent,
+    /// Its organization's (all agents together).
+    Org,
+}
+
+impl Over {
+    fn kind(self) -> &'static str {
+        match self {
+            Over::Agent => "budget_exceeded",
+            Over::Org => "org_budget_exceeded",
+        }
+    }
+}
+
 /// Stops a live agent whose budget is used up (the one place that does).
-/// Returns the `budget_exceeded` event when it did stop.
+/// Returns the `budget_exceeded` (or `org_budget_exceeded`) event when it
+/// did stop.
 fn stop_for_budget(
     st: &AgentState,
     next: &mut AgentRecord,
     tr: &mut Vec<Transition>,
+    over: Over,
+    org_spent: Usage,
 ) -> Option<AgentEvent> {
-    // Past 100 % the 80 % warning is moot for the rest of the period.
-    next.usage.warned = true;
+    if over == Over::Agent {
+        // Past 100 % the 80 % warning is moot for the rest of the period.
+        next.usage.warned = true;
+    }
     let stopped = st.apply(
         next,
         Trigger::BudgetExceeded,
-        Some("budget_exceeded".into()),
+        Some(over.kind().into()),
         &Who::system(),
         tr,
     );
-    stopped.then(|| budget_event(st, next, "budget_exceeded"))
+    stopped.then(|| {
+        let mut ev = budget_event(st, next, over.kind());
+        if over == Over::Org {
+            let org = st.ctx.tenancy.get(&next.org_id).budget;
+            ev.detail["org"] = serde_json::json!({
+                "tokens": org_spent.tokens,
+                "cost_micros": org_spent.cost_micros,
+                "monthly_tokens": org.monthly_tokens,
+                "monthly_cost_micros": org.monthly_cost_micros,
+            });
+        }
+        ev
+    })
+}
+
+/// Tells every agent of `org` to stop if the organization's budget is used
+/// up (each judges for itself against the shared spend).
+pub(crate) fn enforce_org_budget(ctx: &Ctx, org: &OrgId) {
+    for id in ctx.registry.org_agents(org) {
+        if let Some(h) = ctx.registry.agent(org, &id) {
+            let _ = h.actor.cast(AgentMsg::EnforceBudget);
+        }
+    }
+}
+
+/// Stops this agent if a budget forbids it to run.
+async fn enforce_budget(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    if !should_run(st.rec.state) {
+        return;
+    }
+    let mut next = st.rec.clone();
+    next.usage = next.usage.rolled_to(Period::of(st.now()));
+    let org_spent = st.ctx.tenancy.spent(&next.org_id, next.usage.period);
+    let Some(over) = st.over_budget(&next, org_spent) else {
+        return;
+    };
+    let mut tr = Vec::new();
+    let event = stop_for_budget(st, &mut next, &mut tr, over, org_spent);
+    if tr.is_empty() {
+        // Not in a state the budget stops (e.g. mid-update): the next report
+        // or command judges again.
+        return;
+    }
+    // A failed write leaves the agent as it was; the next report or
+    // enforcement tries again.
+    if st.commit(myself, next, tr, event, None).await.is_ok() && st.rec.state == State::Stopped {
+        st.recovery_pending = false;
+        st.stop_in_background();
+    }
 }
 
 fn budget_event(st: &AgentState, rec: &AgentRecord, kind: &str) -> AgentEvent {
@@ -980,20 +1080,27 @@ async fn usage(
         .pricing
         .cost_micros(&report.model, report.input_tokens, report.output_tokens);
     next.usage = next.usage.add(tokens, cost);
+    // Judge the organization with this report counted.
+    let org_spent = st
+        .ctx
+        .tenancy
+        .spent(&next.org_id, next.usage.period)
+        .add(tokens, cost);
     let mut tr = Vec::new();
     let mut event = None;
     let was_live = should_run(next.state);
-    match level(&next.usage, &next.spec.budget) {
-        BudgetLevel::Ok => {}
-        BudgetLevel::Warn => {
-            next.usage.warned = true;
-            event = Some(budget_event(st, &next, "budget_warning"));
-        }
-        BudgetLevel::Exceeded => event = stop_for_budget(st, &mut next, &mut tr),
+    if let Some(over) = st.over_budget(&next, org_spent) {
+        event = stop_for_budget(st, &mut next, &mut tr, over, org_spent);
+    } else if level(&next.usage, &next.spec.budget) == BudgetLevel::Warn {
+        next.usage.warned = true;
+        event = Some(budget_event(st, &next, "budget_warning"));
     }
-    let outcome = st
-        .commit(myself, next, tr, event, Some(&report.report_id))
-        .await?;
+    let charge = Charge {
+        report_id: &report.report_id,
+        tokens,
+        cost_micros: cost,
+    };
+    let outcome = st.commit(myself, next, tr, event, Some(charge)).await?;
     metrics::counter!("cadre_usage_tokens_total").increment(tokens);
     if was_live && st.rec.state == State::Stopped {
         st.recovery_pending = false;
@@ -1002,6 +1109,7 @@ async fn usage(
     Ok(UsageAck {
         counted: outcome == WriteOutcome::Written,
         should_run: should_run(st.rec.state),
+        stop_reason: st.rec.state_reason.clone(),
     })
 }
 

@@ -217,6 +217,12 @@ impl Cadre {
         stopped
     }
 
+    /// Makes every live agent of `org` stop if the organization's monthly
+    /// budget is used up (after its limits were lowered).
+    pub fn enforce_org_budget(&self, org: &OrgId) {
+        crate::agent::enforce_org_budget(&self.ctx, org);
+    }
+
     /// The organization an agent belongs to (runtime connections name only the agent).
     pub fn org_of(&self, id: &AgentId) -> Option<OrgId> {
         self.ctx.registry.agent_any_org(id).map(|h| h.org)

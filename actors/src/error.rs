@@ -29,6 +29,14 @@ pub enum Error {
         /// The exhausted period (`YYYY-MM`).
         period: String,
     },
+    /// The organization's monthly budget (all agents together) is used up.
+    #[error(
+        "the organization's monthly budget is exhausted for {period}: an instance admin can raise its limits, or wait for the next month"
+    )]
+    OrgBudgetExceeded {
+        /// The exhausted period (`YYYY-MM`).
+        period: String,
+    },
     /// Another agent in the organization has this name.
     #[error("an agent named {0:?} already exists")]
     NameTaken(String),

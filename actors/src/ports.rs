@@ -45,10 +45,23 @@ pub struct AgentWrite<'a> {
     pub transitions: &'a [Transition],
     /// An event to record with the change.
     pub event: Option<&'a AgentEvent>,
-    /// Usage report id (idempotency key).
-    pub usage_report: Option<&'a str>,
+    /// The usage report this write counts, if it is one: counted once per
+    /// report id, and added to the organization's monthly spend in the same
+    /// transaction.
+    pub usage: Option<Charge<'a>>,
     /// The audit entry of the change, written in the same transaction.
     pub audit: Option<&'a AuditEntry>,
+}
+
+/// A priced usage report.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    /// The runtime's report id (idempotency key).
+    pub report_id: &'a str,
+    /// Tokens the report adds.
+    pub tokens: u64,
+    /// Micro-dollars the report adds.
+    pub cost_micros: u64,
 }
 
 /// A new agent: its record, its creation history entry, its audit entry and

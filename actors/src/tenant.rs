@@ -276,7 +276,7 @@ impl TenantState {
                 record: &rec,
                 transitions: &transitions,
                 event: Some(&event),
-                usage_report: None,
+                usage: None,
                 audit: AuditEntry::for_transitions(&rec, &transitions).as_ref(),
             })
             .await

@@ -119,6 +119,10 @@ impl From<cadre_actors::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "budget_exceeded", message)
                     .with("period", json!(period))
             }
+            E::OrgBudgetExceeded { period } => {
+                ApiError::new(StatusCode::CONFLICT, "org_budget_exceeded", message)
+                    .with("period", json!(period))
+            }
             E::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name_taken", message),
             E::LimitReached(_) => ApiError::new(StatusCode::CONFLICT, "limit_reached", message),
             E::Suspended => ApiError::new(StatusCode::FORBIDDEN, "org_suspended", message),

@@ -88,6 +88,16 @@ pub(super) struct PageParams {
     limit: Option<usize>,
 }
 
+impl PageParams {
+    /// The validated cursor (id to start after) and page size.
+    fn window(&self) -> Result<(String, usize), ApiError> {
+        Ok((
+            input::cursor(self.cursor.as_deref())?,
+            page_limit(self.limit)?,
+        ))
+    }
+}
+
 // ---------- organizations ----------
 
 #[derive(Deserialize)]
@@ -144,11 +154,8 @@ pub(super) async fn list_orgs(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let limit = page_limit(q.limit)?;
-    let rows = state
-        .store
-        .orgs_page(&input::cursor(q.cursor.as_deref())?, fetch(limit))
-        .await?;
+    let (after, limit) = q.window()?;
+    let rows = state.store.orgs_page(&after, fetch(limit)).await?;
     Ok(page(rows, limit, |r| r.id.clone(), |r| org_json(&state, r)))
 }
 
@@ -219,6 +226,8 @@ pub(super) async fn patch_org(
         .identity
         .update_org(&org, plan, body.limits, p.who())
         .await?;
+    // Lowered monthly limits take effect at once.
+    state.cadre.enforce_org_budget(&org);
     Ok(Json(org_json(&state, &row)).into_response())
 }
 
@@ -296,14 +305,10 @@ pub(super) async fn list_users(
     p: Principal,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let limit = page_limit(q.limit)?;
+    let (after, limit) = q.window()?;
     let rows = state
         .store
-        .users_page(
-            p.org.as_str(),
-            &input::cursor(q.cursor.as_deref())?,
-            fetch(limit),
-        )
+        .users_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |u| u.id.clone(), user_json))
 }
@@ -421,14 +426,10 @@ pub(super) async fn list_keys(
     p: Principal,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let limit = page_limit(q.limit)?;
+    let (after, limit) = q.window()?;
     let rows = state
         .store
-        .keys_page(
-            p.org.as_str(),
-            &input::cursor(q.cursor.as_deref())?,
-            fetch(limit),
-        )
+        .keys_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |k| k.id.clone(), key_json))
 }

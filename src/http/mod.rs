@@ -90,6 +90,25 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Answers `503 request_timeout` when a request takes longer than
+/// `http.request_timeout_ms` (a slow client's body included). Work an actor
+/// already accepted goes on; only the wait ends, so the caller should read
+/// the resource's state before retrying.
+async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the request took longer than {} ms; retry it",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
 /// Every `/api/v1` route with the action it performs.
 pub fn api_routes(state: &AppState) -> guard::Routes {
     use crate::identity::Action as A;
@@ -194,11 +213,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(middleware::from_fn(track))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
         .layer(DefaultBodyLimit::max(body_limit));
     if !state.config.http.cors_origins.is_empty() {
         let origins: Vec<axum::http::HeaderValue> = state

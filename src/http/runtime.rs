@@ -199,7 +199,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
                             if ack.should_run {
                                 continue;
                             }
-                            stop("budget_exceeded")
+                            stop(ack.stop_reason.as_deref().unwrap_or("stopped"))
                         }
                         Err(cadre_actors::Error::Unauthorized) => {
                             error("unauthorized", "connection superseded")

@@ -120,6 +120,7 @@ impl Directory {
             &org,
             OrgStanding {
                 max_agents: limits.max_agents,
+                budget: limits.budget(),
                 suspended: row.suspended_at.is_some(),
             },
         );

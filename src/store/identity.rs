@@ -6,7 +6,7 @@
 //! that transaction, so concurrent requests can never exceed them.
 
 use super::sqlite::{classify, unavailable};
-use super::{SqlStore, to_i64};
+use super::{SqlStore, to_i64, to_u64};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::ports::StoreError;
 use serde::Serialize;
@@ -377,17 +377,8 @@ impl SqlStore {
         after: &str,
         limit: i64,
     ) -> Result<Vec<UserRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {USER_COLS} FROM users WHERE org_id = ? AND id > ? ORDER BY id LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(org)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(self.read_pool())
+        self.id_page(USER_COLS, "users", Some(org), after, limit, user_row)
             .await
-            .map_err(unavailable)?;
-        rows.iter().map(user_row).collect()
     }
 
     /// A page of `org`'s API keys, in id order after `after`.
@@ -397,29 +388,41 @@ impl SqlStore {
         after: &str,
         limit: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {KEY_COLS} FROM api_keys WHERE org_id = ? AND id > ? ORDER BY id LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(org)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(self.read_pool())
+        self.id_page(KEY_COLS, "api_keys", Some(org), after, limit, key_row)
             .await
-            .map_err(unavailable)?;
-        rows.iter().map(key_row).collect()
     }
 
     /// A page of organizations (instance admins), in id order after `after`.
     pub async fn orgs_page(&self, after: &str, limit: i64) -> Result<Vec<OrgRow>, StoreError> {
-        let sql = format!("SELECT {ORG_COLS} FROM orgs WHERE id > ? ORDER BY id LIMIT ?");
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
+        self.id_page(ORG_COLS, "orgs", None, after, limit, org_row)
+            .await
+    }
+
+    /// Rows of `table` with ids after `after`, in id order; only `org`'s when
+    /// given (every tenant table is filtered by its org).
+    async fn id_page<T>(
+        &self,
+        cols: &str,
+        table: &str,
+        org: Option<&str>,
+        after: &str,
+        limit: i64,
+        map: fn(&SqliteRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT {cols} FROM {table} WHERE id > "
+        ));
+        q.push_bind(after.to_string());
+        if let Some(org) = org {
+            q.push(" AND org_id = ").push_bind(org.to_string());
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
             .fetch_all(self.read_pool())
             .await
             .map_err(unavailable)?;
-        rows.iter().map(org_row).collect()
+        rows.iter().map(map).collect()
     }
 
     /// Usage of `org` in `period` (`YYYY-MM`).
@@ -428,8 +431,8 @@ impl SqlStore {
             "SELECT \
                (SELECT agent_count FROM orgs WHERE id = ?1) AS agents, \
                (SELECT COUNT(*) FROM users WHERE org_id = ?1) AS users, \
-               (SELECT COALESCE(SUM(usage_tokens), 0) FROM agents WHERE org_id = ?1 AND usage_period = ?2) AS tokens, \
-               (SELECT COALESCE(SUM(usage_cost_micros), 0) FROM agents WHERE org_id = ?1 AND usage_period = ?2) AS cost",
+               (SELECT COALESCE(SUM(tokens), 0) FROM org_usage WHERE org_id = ?1 AND period = ?2) AS tokens, \
+               (SELECT COALESCE(SUM(cost_micros), 0) FROM org_usage WHERE org_id = ?1 AND period = ?2) AS cost",
         )
         .bind(org)
         .bind(period)
@@ -442,6 +445,25 @@ impl SqlStore {
             tokens: get(&row, "tokens")?,
             cost_micros: get(&row, "cost")?,
         })
+    }
+
+    /// Every organization's spend in `period`: (org, tokens, micro-dollars).
+    pub async fn org_spend(&self, period: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT org_id, tokens, cost_micros FROM org_usage WHERE period = ?")
+                .bind(period)
+                .fetch_all(self.read_pool())
+                .await
+                .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "org_id")?,
+                    to_u64(get(r, "tokens")?),
+                    to_u64(get(r, "cost_micros")?),
+                ))
+            })
+            .collect()
     }
 
     /// A page of `org`'s audit log, newest first.

@@ -385,7 +385,9 @@ impl Store for SqlStore {
             record: w.record.clone(),
             transitions: w.transitions.to_vec(),
             event: w.event.cloned(),
-            usage_report: w.usage_report.map(str::to_string),
+            usage: w
+                .usage
+                .map(|c| (c.report_id.to_string(), c.tokens, c.cost_micros)),
             audit: w.audit.cloned(),
             done,
         })

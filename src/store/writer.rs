@@ -19,7 +19,7 @@ use super::sqlite::{classify, insert_transition, unavailable};
 use super::to_i64;
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentEvent, AgentRecord, Transition};
-use cadre_actors::ports::{StoreError, WriteOutcome};
+use cadre_actors::ports::{Charge, StoreError, WriteOutcome};
 use sqlx::{SqliteConnection, SqlitePool};
 use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
@@ -52,8 +52,8 @@ pub enum Job {
         transitions: Vec<Transition>,
         /// Event.
         event: Option<AgentEvent>,
-        /// Usage report id.
-        usage_report: Option<String>,
+        /// The usage report it counts: id, tokens, micro-dollars.
+        usage: Option<(String, u64, u64)>,
         /// Audit entry.
         audit: Option<AuditEntry>,
         /// Answer.
@@ -126,7 +126,7 @@ impl Job {
                 record,
                 transitions,
                 event,
-                usage_report,
+                usage,
                 audit,
                 ..
             } => Outcome::Write(
@@ -135,7 +135,11 @@ impl Job {
                     record,
                     transitions,
                     event.as_ref(),
-                    usage_report.as_deref(),
+                    usage.as_ref().map(|(id, tokens, cost)| Charge {
+                        report_id: id,
+                        tokens: *tokens,
+                        cost_micros: *cost,
+                    }),
                     audit.as_ref(),
                 )
                 .await,
@@ -373,11 +377,11 @@ async fn write(
     rec: &AgentRecord,
     transitions: &[Transition],
     event: Option<&AgentEvent>,
-    usage_report: Option<&str>,
+    usage: Option<Charge<'_>>,
     audit: Option<&AuditEntry>,
 ) -> Result<WriteOutcome, StoreError> {
     // Decide duplicates before writing anything (see the module docs).
-    if let Some(report) = usage_report {
+    if let Some(report) = usage.map(|c| c.report_id) {
         let seen: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM usage_reports WHERE agent_id = ? AND report_id = ?")
                 .bind(rec.id.as_str())
@@ -422,14 +426,31 @@ async fn write(
     if updated.rows_affected() == 0 {
         return Err(StoreError::Fenced);
     }
-    if let Some(report) = usage_report {
+    if let Some(charge) = usage {
         sqlx::query("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)")
             .bind(rec.id.as_str())
-            .bind(report)
+            .bind(charge.report_id)
             .bind(rec.updated_at)
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;
+        // The organization's spend survives the agent's deletion, so an
+        // organization cannot reset its month by deleting agents.
+        sqlx::query(
+            "INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (org_id, period) DO UPDATE SET \
+               tokens = CASE WHEN tokens > 9223372036854775807 - excluded.tokens \
+                 THEN 9223372036854775807 ELSE tokens + excluded.tokens END, \
+               cost_micros = CASE WHEN cost_micros > 9223372036854775807 - excluded.cost_micros \
+                 THEN 9223372036854775807 ELSE cost_micros + excluded.cost_micros END",
+        )
+        .bind(rec.org_id.as_str())
+        .bind(rec.usage.period.to_string())
+        .bind(to_i64(charge.tokens))
+        .bind(to_i64(charge.cost_micros))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     }
     for t in transitions {
         insert_transition(conn, rec, t).await.map_err(unavailable)?;

@@ -144,12 +144,7 @@ async fn usage_warns_at_80_percent_and_stops_at_100() {
         "priced from the table: {cost}"
     );
 
-    let (s, e) = app.command(&id, "start").await;
-    assert_eq!(
-        (s, e["code"].as_str()),
-        (StatusCode::CONFLICT, Some("budget_exceeded")),
-        "{e}"
-    );
+    refused_start(&app, &id, "budget_exceeded").await;
     let (s, _) = app
         .call(
             Method::PATCH,
@@ -184,4 +179,82 @@ async fn usage_counters_survive_a_server_restart() {
     );
     usage(&mut ws, "after-1", 1).await;
     assert_eq!(app.get(&id).await["usage"]["tokens"], 1235);
+}
+
+async fn org_limits(app: &TestApp, limits: Value) {
+    let (s, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    assert_eq!(s, StatusCode::OK, "{org}");
+    let id = org["id"].as_str().expect("org id");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{id}"),
+            Some(json!({ "limits": limits })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+async fn refused_start(app: &TestApp, id: &str, code: &str) {
+    let (s, e) = app.command(id, "start").await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (StatusCode::CONFLICT, Some(code)),
+        "{e}"
+    );
+}
+
+async fn org_tokens(app: &TestApp) -> u64 {
+    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    org["usage"]["tokens"].as_u64().expect("usage.tokens")
+}
+
+#[tokio::test]
+async fn the_organizations_monthly_budget_stops_all_its_agents_and_survives_restarts() {
+    let mut app = spawn_app().await;
+    let a = running_with_budget(&app, "a", 1_000_000).await;
+    let b = running_with_budget(&app, "b", 1_000_000).await;
+    org_limits(&app, json!({ "monthly_tokens": 1000 })).await;
+    let mut ws_a = connect_as_runtime(&app, &token_of(&app, &a))
+        .await
+        .expect("a connects");
+    let mut ws_b = connect_as_runtime(&app, &token_of(&app, &b))
+        .await
+        .expect("b connects");
+
+    // Each agent is well inside its own budget; together they cross the org's.
+    assert_eq!(usage(&mut ws_a, "a1", 600).await["counted"], true);
+    assert_eq!(app.get(&b).await["state"], "running");
+    assert_eq!(usage(&mut ws_b, "b1", 500).await["counted"], true);
+    let stop = recv(&mut ws_b).await;
+    assert_eq!(
+        (stop["type"].as_str(), stop["reason"].as_str()),
+        (Some("stop"), Some("org_budget_exceeded")),
+        "{stop}"
+    );
+    // The other agent is stopped too, without reporting anything itself.
+    let v = app.wait_state(&a, "stopped").await;
+    assert_eq!(v["state_reason"], "org_budget_exceeded");
+    assert_eq!(org_tokens(&app).await, 1100);
+    refused_start(&app, &a, "org_budget_exceeded").await;
+    drop((ws_a, ws_b));
+
+    // Deleting an agent does not give the organization its month back, and
+    // neither does a restart.
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/agents/{b}"), None)
+        .await;
+    assert!(s.is_success(), "{s}");
+    app.restart().await;
+    assert_eq!(org_tokens(&app).await, 1100);
+    refused_start(&app, &a, "org_budget_exceeded").await;
+
+    // Raising the limit lets it start; lowering it below the spend stops it.
+    org_limits(&app, json!({ "monthly_tokens": 5000 })).await;
+    let (s, e) = app.command(&a, "start").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{e}");
+    app.wait_state(&a, "running").await;
+    org_limits(&app, json!({ "monthly_tokens": 1000 })).await;
+    let v = app.wait_state(&a, "stopped").await;
+    assert_eq!(v["state_reason"], "org_budget_exceeded");
 }

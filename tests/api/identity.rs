@@ -1007,6 +1007,97 @@ async fn responses_carry_request_ids_and_security_headers() {
 }
 
 #[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let app = spawn_app_with(|c| c.http.cors_origins = vec!["https://dash.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(Method::OPTIONS, app.url("/api/v1/agents"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://dash.example").await.expect("preflight");
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://dash.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .expect("methods")
+            .contains("POST")
+    );
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert!(
+        !other.headers().contains_key("access-control-allow-origin"),
+        "an origin not on the list gets no CORS grant"
+    );
+    // A real request from the listed origin can read the response and its id.
+    let resp = app
+        .client
+        .get(app.url("/api/v1/me"))
+        .bearer_auth(&app.token)
+        .header("origin", "https://dash.example")
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    assert!(
+        resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .expect("expose")
+            .contains("x-request-id")
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_gets_503_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Long enough for the test's own sign-in (Argon2id in a debug build).
+    let app = spawn_app_with(|c| c.http.request_timeout_ms = 5000).await;
+    // A client that announces a body and never finishes sending it holds
+    // the request open; the server must give up, not wait forever.
+    let mut tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/agents HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\":",
+        app.addr, app.token
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut chunk).await.expect("read");
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || String::from_utf8_lossy(&buf).contains("\"request_timeout\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "no answer before the deadline: {text}");
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+    // Nothing was created.
+    let (_, v) = app.call(Method::GET, "/api/v1/agents", None).await;
+    assert_eq!(v["items"], json!([]), "{v}");
+    // Quick requests are unaffected.
+    let (s, _) = app.call(Method::GET, "/api/v1/me", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn bad_input_on_identity_endpoints_gets_a_stable_4xx() {
     let app = app().await;
     let routes = app.running.as_ref().expect("running").routes.clone();

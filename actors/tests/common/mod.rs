@@ -111,7 +111,7 @@ impl Store for MemStore {
         self.check_down()?;
         let mut g = self.lock();
         let rec = w.record;
-        if let Some(r) = w.usage_report
+        if let Some(r) = w.usage.map(|c| c.report_id)
             && g.reports.contains(&(rec.id.clone(), r.to_string()))
         {
             return Ok(WriteOutcome::Duplicate);
@@ -128,7 +128,7 @@ impl Store for MemStore {
         }) {
             return Err(StoreError::Conflict("name".into()));
         }
-        if let Some(r) = w.usage_report {
+        if let Some(r) = w.usage.map(|c| c.report_id) {
             g.reports.insert((rec.id.clone(), r.to_string()));
         }
         g.agents.insert(rec.id.clone(), rec.clone());
