@@ -10,6 +10,9 @@
 //! - list: `GET /api/v1/agents?limit=50` at concurrency 8 with 1,000 agents.
 //! - kill: an agent actor is killed; time until its replacement answers.
 //! - hydrate: `cadre serve` on a database of N agents; time to /readyz and peak RSS.
+//! - ingest: `POST /api/v1/activity` with batches of 1,000 events (c=8) and
+//!   with single events (c=64), each answered after its commit
+//!   (`cargo bench --bench api -- ingest` runs only this one).
 //! - login storm: `/healthz` latency while 50 logins per second (Argon2id) run
 //!   (`cargo bench --bench api -- storm` runs only this one).
 
@@ -130,12 +133,21 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    load_at(CONCURRENCY, dur, request).await
+}
+
+/// [`load`] with `concurrency` loops.
+async fn load_at<F, Fut>(concurrency: usize, dur: Duration, request: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let request = Arc::new(request);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
+    let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (request, ok, failed, seq) =
                 (request.clone(), ok.clone(), failed.clone(), seq.clone());
@@ -363,6 +375,51 @@ async fn hydrate(n: usize) -> (f64, f64) {
     (secs, hwm_kib / 1024.0)
 }
 
+/// Durable activity ingest: events per second from batches of
+/// `BATCH` at concurrency 8, and single-event `POST`s per second at
+/// concurrency 64 (each answered only after its commit).
+async fn ingest(sizes: &Sizes) -> (Vec<f64>, Vec<f64>) {
+    const BATCH: usize = 1000;
+    let mut batches = Vec::new();
+    let mut singles = Vec::new();
+    for _ in 0..sizes.rounds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = app::start(config(dir.path())).await.expect("start");
+        let base = format!("http://{}", running.addr);
+        let client = reqwest::Client::new();
+        let token = login(&client, &base).await;
+        let events: Vec<_> = (0..BATCH)
+            .map(|i| json!({ "kind": "tool_call", "payload": { "tool": "search", "n": i, "args": { "q": "quarterly revenue by region" } } }))
+            .collect();
+        let body = bytes::Bytes::from(json!({ "events": events }).to_string());
+        let post = {
+            let (client, url, token) = (
+                client.clone(),
+                format!("{base}/api/v1/activity"),
+                token.clone(),
+            );
+            move |body: bytes::Bytes| {
+                let req = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body);
+                async move { matches!(req.send().await, Ok(r) if r.status().is_success()) }
+            }
+        };
+        let p = post.clone();
+        let rps = load(sizes.load_for, move |_| p(body.clone())).await;
+        batches.push(rps * BATCH as f64);
+        let one = bytes::Bytes::from(
+            json!({ "events": [{ "kind": "message", "payload": { "text": "hello" } }] })
+                .to_string(),
+        );
+        singles.push(load_at(64, sizes.load_for, move |_| post(one.clone())).await);
+        running.shutdown().await;
+    }
+    (batches, singles)
+}
+
 fn main() {
     let test = std::env::args().any(|a| a == "--test");
     let sizes = if test {
@@ -390,7 +447,20 @@ fn main() {
         println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
     }
     let only_storm = std::env::args().any(|a| a == "storm");
+    let only_ingest = std::env::args().any(|a| a == "ingest");
     rt.block_on(async {
+        let (batches, singles) = ingest(&sizes).await;
+        println!(
+            "activity ingest, batches of 1000, c={CONCURRENCY}: median {:.0} events/s (target >= 100000)",
+            median(batches)
+        );
+        println!(
+            "activity single-event POST, c=64: median {:.0} req/s (target >= 10000)",
+            median(singles)
+        );
+        if only_ingest {
+            return;
+        }
         let mut storms = Vec::new();
         for _ in 0..sizes.rounds.min(3) {
             storms.push(healthz_under_logins(sizes.load_for * 2).await);

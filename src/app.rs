@@ -28,9 +28,13 @@ pub struct Running {
     pub store: Arc<SqlStore>,
     /// The identity actor.
     pub identity: crate::identity::Identity,
+    /// The activity pipeline.
+    pub activity: crate::activity::Activity,
     /// Every `/api/v1` route with its declared action (for the matrix test).
     pub routes: Vec<crate::http::guard::RouteSpec>,
     stop: oneshot::Sender<()>,
+    bridge: JoinHandle<()>,
+    retention: JoinHandle<()>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -46,6 +50,10 @@ impl Running {
             _ => {}
         }
         self.cadre.shutdown().await;
+        // The actors' last events reach the queue before it closes.
+        self.bridge.abort();
+        self.retention.abort();
+        self.activity.shutdown(Duration::from_secs(10)).await;
         self.identity.stop();
         self.store.close().await;
     }
@@ -186,6 +194,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Duration::from_millis(config.deploy.local.stop_grace_ms),
     );
     let (events, _) = broadcast::channel(4096);
+    let activity = crate::activity::Activity::start(store.clone(), &config.activity)
+        .await
+        .context("starting the activity writer")?;
+    // Subscribed before the tree starts, so hydration's events are recorded too.
+    let bridge = crate::activity::spawn_bridge(activity.clone(), events.subscribe());
+    let retention = crate::activity::spawn_retention(store.clone(), &config.activity);
     let tenancy = Arc::new(cadre_actors::tenancy::Tenancy::default());
     let directory = Arc::new(crate::identity::Directory::new(
         config.plans.clone(),
@@ -253,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: prometheus(),
         identity: identity.clone(),
         limiters,
+        activity: activity.clone(),
     };
     let routes = crate::http::api_routes(&state).specs().to_vec();
     let router = crate::http::router(state);
@@ -273,8 +288,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cadre,
         store,
         identity,
+        activity,
         routes,
         stop,
+        bridge,
+        retention,
         closing,
         server,
     })

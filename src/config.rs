@@ -52,6 +52,8 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// Pricing table.
     pub pricing: Pricing,
+    /// Activity pipeline and streams.
+    pub activity: ActivityConfig,
     /// Chaos hook.
     pub chaos: ChaosConfig,
     /// Logging.
@@ -299,6 +301,38 @@ pub struct LocalDeployConfig {
     pub stop_grace_ms: u64,
 }
 
+/// `[activity]`: batching, back-pressure, retention, streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivityConfig {
+    /// Flush at this many rows.
+    pub flush_rows: usize,
+    /// Flush at this many payload bytes.
+    pub flush_bytes: usize,
+    /// Flush when the oldest row waited this long.
+    pub flush_ms: u64,
+    /// Rows queued at most before producers wait.
+    pub queue_rows: usize,
+    /// First retry delay after a failed flush.
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// A flush running longer than this makes `/readyz` unhealthy.
+    pub stall_ms: u64,
+    /// Default days of activity kept.
+    pub retention_days: u32,
+    /// Rows deleted per retention statement.
+    pub retention_batch: u32,
+    /// Seconds between retention runs.
+    pub retention_interval_secs: u64,
+    /// Events buffered per stream subscriber.
+    pub stream_buffer: usize,
+    /// WebSocket stream ping interval.
+    pub ping_secs: u64,
+    /// WebSocket stream idle timeout.
+    pub idle_secs: u64,
+}
+
 /// `[chaos]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -466,6 +500,39 @@ impl Config {
                     "http.cors_origins: {o:?} must be an origin like https://example.com"
                 )));
             }
+        }
+        let a = &self.activity;
+        for (name, v) in [
+            ("activity.flush_rows", a.flush_rows),
+            ("activity.flush_bytes", a.flush_bytes),
+            ("activity.queue_rows", a.queue_rows),
+            ("activity.stream_buffer", a.stream_buffer),
+        ] {
+            if v == 0 {
+                return bad(name, "must be at least 1");
+            }
+        }
+        if a.queue_rows < a.flush_rows {
+            return bad(
+                "activity.queue_rows",
+                "must be at least activity.flush_rows",
+            );
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits.
+        if a.queue_rows > 100_000_000 {
+            return bad("activity.queue_rows", "must be at most 100000000");
+        }
+        if a.retention_days == 0 || a.retention_batch == 0 || a.retention_interval_secs == 0 {
+            return bad(
+                "activity.retention_days",
+                "retention days, batch and interval must be at least 1",
+            );
+        }
+        if a.ping_secs == 0 || a.idle_secs <= a.ping_secs {
+            return bad(
+                "activity.idle_secs",
+                "ping_secs must be at least 1 and idle_secs longer than ping_secs",
+            );
         }
         if self.http.request_timeout_ms == 0 {
             return bad("http.request_timeout_ms", "must be at least 1");

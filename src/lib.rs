@@ -1,6 +1,7 @@
 //! Cadre: a control plane that runs AI agents as employees of an organization.
 //!
 //! # Layout
+//! - [`activity`]: batched activity writes, live broadcasts, retention.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`config`]: layered configuration (defaults ← file ← `CADRE_*`).
 //! - [`http`]: the REST/WebSocket surface; handlers only message actors.
@@ -11,6 +12,7 @@
 //!
 //! The actor runtime and the domain live in the `cadre-actors` crate.
 
+pub mod activity;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -39,6 +39,26 @@ pub enum RuntimeMessage {
         /// Completion tokens.
         output_tokens: u64,
     },
+    /// A batch of activity events (at most 5000).
+    Activity {
+        /// The runtime's batch number (echoed in the answer).
+        batch: u64,
+        /// The events.
+        events: Vec<RuntimeEvent>,
+    },
+}
+
+/// One event of an `activity` batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeEvent {
+    /// Kind (1–100 of `a-z 0-9 _ . : -`).
+    pub kind: String,
+    /// Any JSON (default `{}`).
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    /// When it happened (RFC 3339; default: when it arrived).
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
 /// Control plane → runtime.
@@ -65,6 +85,21 @@ pub enum ServerMessage {
         report_id: String,
         /// `false` when this id had been counted before.
         counted: bool,
+    },
+    /// An `activity` batch is committed.
+    ActivityAck {
+        /// The batch number.
+        batch: u64,
+        /// Events written.
+        accepted: usize,
+        /// Event id of the first (the others follow in order).
+        first_id: i64,
+    },
+    /// The activity queue is full: the batch waits for room; send less
+    /// often until it is acknowledged.
+    SlowDown {
+        /// The batch that waits.
+        batch: u64,
     },
     /// The agent must not run (stopped, budget exceeded, superseded): exit.
     Stop {

@@ -223,6 +223,11 @@ impl Cadre {
         crate::agent::enforce_org_budget(&self.ctx, org);
     }
 
+    /// Whether `id` is a live agent of `org` (no database read).
+    pub fn has_agent(&self, org: &OrgId, id: &AgentId) -> bool {
+        self.ctx.registry.agent(org, id).is_some()
+    }
+
     /// The organization an agent belongs to (runtime connections name only the agent).
     pub fn org_of(&self, id: &AgentId) -> Option<OrgId> {
         self.ctx.registry.agent_any_org(id).map(|h| h.org)

@@ -22,6 +22,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The human message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// An error with `status`, a stable `code` and a human `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {

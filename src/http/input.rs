@@ -74,14 +74,19 @@ pub fn scopes(field: &str, raw: &[String]) -> Result<Vec<Scope>, ApiError> {
 
 /// An RFC 3339 time in the future, as unix milliseconds.
 pub fn future_time(field: &str, raw: &str, now_ms: i64) -> Result<i64, ApiError> {
-    let t = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| ApiError::invalid(field, "expected an RFC 3339 time"))?;
-    let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| ApiError::invalid(field, "out of range"))?;
+    let ms = time(field, raw)?;
     if ms <= now_ms {
         return Err(ApiError::invalid(field, "must be in the future"));
     }
     Ok(ms)
+}
+
+/// An RFC 3339 time, as unix milliseconds.
+pub fn time(field: &str, raw: &str) -> Result<i64, ApiError> {
+    let t = time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::invalid(field, "expected an RFC 3339 time"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::invalid(field, "out of range"))
 }
 
 /// Hashes a password on the blocking pool.

@@ -3,6 +3,7 @@
 //! Handlers only authenticate, validate, send one message to the actor tree
 //! (or read history from the store) and map the answer.
 
+pub mod activity;
 pub mod admin;
 pub mod agents;
 pub mod auth;
@@ -31,14 +32,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     use cadre_actors::ports::Store;
     let store = state.store.ping().await.is_ok();
     let supervisors = state.cadre.is_ready().await;
-    let status = if store && supervisors {
+    let activity = state.activity.healthy();
+    let status = if store && supervisors && activity {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
         "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
-        "checks": { "store": store, "supervisors": supervisors },
+        "checks": { "store": store, "supervisors": supervisors, "activity_writer": activity },
     });
     (status, Json(body)).into_response()
 }
@@ -198,6 +200,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
         );
     let r = agents::routes(r);
     let r = runtime::routes(r);
+    let r = activity::routes(r);
     admin::routes(r)
 }
 

@@ -21,7 +21,8 @@ use cadre_actors::domain::{AgentId, OrgId};
 use std::time::Duration;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_FRAME: usize = 64 * 1024;
+/// Large enough for an activity batch.
+const MAX_FRAME: usize = 4 * 1024 * 1024;
 
 async fn connect(
     State(state): State<AppState>,
@@ -46,6 +47,7 @@ async fn connect(
     let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
     let session = Session {
         cadre: state.cadre.clone(),
+        activity: state.activity.clone(),
         shutdown: state.shutdown.clone(),
         org,
         agent,
@@ -59,6 +61,7 @@ async fn connect(
 /// One authenticated runtime connection.
 struct Session {
     cadre: Cadre,
+    activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
     org: OrgId,
     agent: AgentId,
@@ -88,6 +91,7 @@ fn error(code: &str, message: impl Into<String>) -> ServerMessage {
 async fn serve(mut socket: WebSocket, session: Session) {
     let Session {
         cadre,
+        activity,
         mut shutdown,
         org,
         agent,
@@ -159,6 +163,12 @@ async fn serve(mut socket: WebSocket, session: Session) {
         let reply = match serde_json::from_str::<RuntimeMessage>(&text) {
             Err(e) => error("bad_message", e.to_string()),
             Ok(RuntimeMessage::Hello { .. }) => error("bad_message", "already said hello"),
+            Ok(RuntimeMessage::Activity { batch, events }) => {
+                match ingest(&mut socket, &activity, &org, &agent, batch, events).await {
+                    Some(reply) => reply,
+                    None => return,
+                }
+            }
             Ok(RuntimeMessage::Heartbeat { seq }) => {
                 match cadre.runtime_heartbeat(&org, &agent, conn).await {
                     Ok(true) => ServerMessage::HeartbeatAck { seq },
@@ -214,6 +224,72 @@ async fn serve(mut socket: WebSocket, session: Session) {
         if !send(&mut socket, &reply).await || end {
             return;
         }
+    }
+}
+
+/// Validates and queues an `activity` batch; answers once it is committed.
+/// `None`: the socket is gone.
+async fn ingest(
+    socket: &mut WebSocket,
+    activity: &crate::activity::Activity,
+    org: &OrgId,
+    agent: &AgentId,
+    batch: u64,
+    events: Vec<crate::protocol::RuntimeEvent>,
+) -> Option<ServerMessage> {
+    use super::activity::{InEvent, MAX_BATCH, to_row};
+    if events.is_empty() || events.len() > MAX_BATCH {
+        return Some(error(
+            "bad_message",
+            format!("an activity batch holds 1 to {MAX_BATCH} events"),
+        ));
+    }
+    let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, ev) in events.into_iter().enumerate() {
+        let payload = ev
+            .payload
+            .map(|p| serde_json::value::to_raw_value(&p))
+            .transpose()
+            .ok()
+            .flatten();
+        let input = InEvent {
+            agent_id: None,
+            kind: ev.kind,
+            payload,
+            at: ev.at,
+        };
+        match to_row(i, input, org, Some(agent), |_| true, now) {
+            Ok(row) => rows.push(row),
+            Err(e) => return Some(error("bad_message", e.message().to_string())),
+        }
+    }
+    let spool = activity.spool();
+    let room = match spool.try_reserve(rows.len()) {
+        Ok(Some(room)) => room,
+        Ok(None) => {
+            // Back-pressure: say so, then wait for room.
+            if !send(socket, &ServerMessage::SlowDown { batch }).await {
+                return None;
+            }
+            match spool.reserve(rows.len()).await {
+                Ok(room) => room,
+                Err(e) => return Some(error("unavailable", e.to_string())),
+            }
+        }
+        Err(e) => return Some(error("bad_message", e.to_string())),
+    };
+    let accepted = rows.len();
+    match spool.push(room, rows).await {
+        Ok(first_id) => Some(ServerMessage::ActivityAck {
+            batch,
+            accepted,
+            first_id,
+        }),
+        Err(_) => Some(error(
+            "unavailable",
+            "the activity pipeline stopped; resend",
+        )),
     }
 }
 

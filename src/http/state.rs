@@ -23,6 +23,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The identity actor and the session directory.
     pub identity: crate::identity::Identity,
+    /// The activity pipeline (queue, writer, live broadcasts).
+    pub activity: crate::activity::Activity,
     /// Rate limiters.
     pub limiters: Arc<super::guard::Limiters>,
     /// Becomes `true` when the server shuts down: long-lived connections

@@ -30,6 +30,10 @@ pub enum Action {
     KeysWrite,
     /// Read and export the audit log.
     AuditRead,
+    /// Read activity and its live streams.
+    ActivityRead,
+    /// Report activity.
+    ActivityWrite,
     /// Owner-only operator tools (chaos).
     OrgOwner,
     /// Instance administration (organizations); users only, never keys.
@@ -56,6 +60,8 @@ impl Action {
             Action::KeysRead => (Role::Admin, Scope::KeysRead),
             Action::KeysWrite => (Role::Admin, Scope::KeysWrite),
             Action::AuditRead => (Role::Admin, Scope::AuditRead),
+            Action::ActivityRead => (Role::Viewer, Scope::ActivityRead),
+            Action::ActivityWrite => (Role::Member, Scope::ActivityWrite),
             Action::OrgOwner => (Role::Owner, Scope::Admin),
         })
     }

@@ -5,10 +5,12 @@
 //! `query`/`query_as` so the same code paths can later serve PostgreSQL and
 //! MySQL. Nothing here knows about actors or HTTP.
 
+mod activity;
 mod identity;
 mod sqlite;
 mod writer;
 
+pub use activity::{ActivityFilter, ActivityRow, Flushed, NewActivity};
 pub use identity::{
     AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
     UserRecord,

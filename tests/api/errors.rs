@@ -291,7 +291,7 @@ async fn chaos_hook_is_off_by_default_and_liveness_endpoints_answer() {
     let body: Value = resp.json().await.expect("json");
     assert_eq!(
         body["checks"],
-        json!({ "store": true, "supervisors": true })
+        json!({ "store": true, "supervisors": true, "activity_writer": true })
     );
     app.create(json!({ "name": "m" })).await;
     let text = app

@@ -98,8 +98,8 @@ fn expect(action: Action, caller: &str) -> Expect {
                 Forbidden
             };
         }
-        Action::AgentsRead | Action::OrgRead => 0,
-        Action::AgentsWrite => 1,
+        Action::AgentsRead | Action::OrgRead | Action::ActivityRead => 0,
+        Action::AgentsWrite | Action::ActivityWrite => 1,
         Action::UsersRead
         | Action::UsersWrite
         | Action::KeysRead
@@ -795,8 +795,13 @@ async fn every_mutating_route_writes_an_audit_entry() {
     );
 
     // Mutating routes that change no record: refresh rotation is recorded in
-    // the session table itself (reuse is audited), chaos kills an actor.
-    let exempt = [("POST", "/auth/refresh"), ("POST", "/admin/chaos/kill")];
+    // the session table itself (reuse is audited), chaos kills an actor, and
+    // reported activity is itself the record of what agents did.
+    let exempt = [
+        ("POST", "/auth/refresh"),
+        ("POST", "/admin/chaos/kill"),
+        ("POST", "/activity"),
+    ];
     let mutating: BTreeSet<(String, &str)> = routes
         .iter()
         .filter(|r| matches!(r.method, Method::POST | Method::PATCH | Method::DELETE))

@@ -1,6 +1,7 @@
 //! API tests: one binary, a real server per test on a random port with its
 //! own temp SQLite file (see `common::spawn_app`).
 
+mod activity;
 mod budget;
 mod chaos;
 mod cli;

@@ -1,0 +1,268 @@
+//! The activity pipeline: batched durable writes, the live broadcast per
+//! organization, the bridge that records the actors' own events, and the
+//! retention job.
+//!
+//! ```text
+//! producers ──reserve/push──▶ Spool ──take──▶ ActivityWriter ──one tx──▶ SQLite
+//!   (POST /activity,            (bounded,       (supervised;        │
+//!    runtime sockets,           outside the      replaceable)       ▼
+//!    the actor bridge)          actor)                        Hub (per org) ──▶ streams
+//! ```
+//!
+//! A producer's answer (the id of its first row) comes only after the commit;
+//! see [`spool`] for why a killed writer loses nothing.
+
+pub mod hub;
+pub mod spool;
+pub mod writer;
+
+use crate::config::ActivityConfig;
+use crate::store::{NewActivity, SqlStore};
+use cadre_actors::events::Event;
+use hub::Hub;
+use ractor::{Actor, ActorRef};
+use spool::{Policy, Spool, SpoolError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use writer::{Shared, SupervisorMsg, WriterMsg, WriterSupervisor};
+
+/// Handle on the running pipeline (cheap to clone).
+#[derive(Clone)]
+pub struct Activity {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    stall: Duration,
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activity").finish_non_exhaustive()
+    }
+}
+
+impl Activity {
+    /// Starts the writer under its supervisor.
+    pub async fn start(
+        store: Arc<SqlStore>,
+        config: &ActivityConfig,
+    ) -> Result<Activity, ractor::SpawnErr> {
+        let shared = Arc::new(Shared {
+            spool: Arc::new(Spool::new(Policy {
+                rows: config.flush_rows,
+                bytes: config.flush_bytes,
+                delay: Duration::from_millis(config.flush_ms),
+                capacity: config.queue_rows,
+            })),
+            hub: Arc::new(Hub::new(config.stream_buffer)),
+            store,
+            retry_base: Duration::from_millis(config.retry_base_ms.max(1)),
+            retry_max: Duration::from_millis(config.retry_max_ms.max(1)),
+            writer: std::sync::Mutex::new(None),
+        });
+        let (supervisor, _) = Actor::spawn(None, WriterSupervisor, shared.clone()).await?;
+        Ok(Activity {
+            shared,
+            supervisor,
+            stall: Duration::from_millis(config.stall_ms),
+        })
+    }
+
+    /// The queue (producers reserve room and push here).
+    pub fn spool(&self) -> &Spool {
+        &self.shared.spool
+    }
+
+    /// The live broadcasts.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// Queues rows and waits for their commit; answers the first row's id.
+    pub async fn submit(&self, rows: Vec<NewActivity>) -> Result<i64, SpoolError> {
+        self.shared.spool.submit(rows).await
+    }
+
+    fn writer(&self) -> Option<ActorRef<WriterMsg>> {
+        self.shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes everything queued now and waits for it (tests, shutdown).
+    /// Retries across writer replacements until `limit` passes.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(w) = self.writer() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Ok(ractor::rpc::CallResult::Success(())) =
+                    w.call(WriterMsg::Flush, Some(left)).await
+                    && self.shared.spool.is_empty()
+                {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the writer is alive and its flushes succeed in time (`/readyz`).
+    pub fn healthy(&self) -> bool {
+        let spool = &self.shared.spool;
+        let started = spool.flush_started.load(Ordering::Acquire);
+        let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+        let stalled = started != 0 && now - started > self.stall.as_millis() as i64;
+        self.writer().is_some() && !spool.failing.load(Ordering::Acquire) && !stalled
+    }
+
+    /// Chaos: ends the current writer (its supervisor starts a new one).
+    pub fn kill_writer(&self, panic: bool) -> bool {
+        match self.writer() {
+            Some(w) if panic => w.cast(WriterMsg::Panic).is_ok(),
+            Some(w) => {
+                w.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Refuses new rows, writes what is queued, stops the actors.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.shared.spool.close();
+        if !self.flush(limit).await {
+            tracing::warn!(
+                queued = self.shared.spool.queued(),
+                "activity not flushed before shutdown"
+            );
+        }
+        let _ = self.supervisor.stop_and_wait(None, Some(limit)).await;
+        if let Some(w) = self.writer() {
+            let _ = w.stop_and_wait(None, Some(limit)).await;
+        }
+    }
+}
+
+/// The activity row of an actor event.
+pub fn row_of(ev: &Event) -> NewActivity {
+    let now = || cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+    match ev {
+        Event::Transition {
+            org_id,
+            agent_id,
+            transition: t,
+        } => NewActivity {
+            org_id: org_id.0.clone(),
+            agent_id: Some(agent_id.0.clone()),
+            kind: "agent.state_changed".into(),
+            payload: serde_json::json!({
+                "from": t.from.map(|s| s.as_str()),
+                "to": t.to.as_str(),
+                "reason": t.reason,
+                "by": t.by,
+            })
+            .to_string(),
+            at: t.at,
+        },
+        Event::Agent {
+            org_id,
+            agent_id,
+            event,
+        } => NewActivity {
+            org_id: org_id.0.clone(),
+            agent_id: Some(agent_id.0.clone()),
+            kind: format!("agent.{}", event.kind),
+            payload: event.detail.to_string(),
+            at: event.at,
+        },
+        Event::Deleted { org_id, agent_id } => NewActivity {
+            org_id: org_id.0.clone(),
+            agent_id: Some(agent_id.0.clone()),
+            kind: "agent.deleted".into(),
+            payload: "{}".into(),
+            at: now(),
+        },
+    }
+}
+
+/// Records the actors' committed events (state changes, budget alerts,
+/// deletions) as activity, so streams carry them with resumable ids. The
+/// events are already durable in the agents' history; if this task ever
+/// falls behind the actors' broadcast it records a `stream.gap` event per
+/// organization it cannot name (and counts it), never a silent gap.
+pub fn spawn_bridge(
+    activity: Activity,
+    mut events: broadcast::Receiver<Arc<Event>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let first = match events.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    metrics::counter!("cadre_activity_bridge_lagged_total").increment(n);
+                    tracing::warn!(
+                        missed = n,
+                        "activity bridge fell behind the actors' events; they remain in each agent's history"
+                    );
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let mut rows = vec![row_of(&first)];
+            while rows.len() < 512 {
+                match events.try_recv() {
+                    Ok(e) => rows.push(row_of(&e)),
+                    _ => break,
+                }
+            }
+            // Wait for room (back-pressure), not for the commit: the bridge
+            // must keep up with the actors.
+            let spool = activity.spool();
+            match spool.reserve(rows.len()).await {
+                Ok(room) => drop(spool.push(room, rows)),
+                Err(SpoolError::Closed) => return,
+                Err(e) => tracing::error!(error = %e, "activity bridge could not queue events"),
+            }
+        }
+    })
+}
+
+/// Deletes expired activity in batches, once per interval.
+pub fn spawn_retention(
+    store: Arc<SqlStore>,
+    config: &ActivityConfig,
+) -> tokio::task::JoinHandle<()> {
+    let days = config.retention_days;
+    let batch = config.retention_batch;
+    let every = Duration::from_secs(config.retention_interval_secs);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+            loop {
+                match store.expire_activity(now, days, batch).await {
+                    Ok(n) => {
+                        metrics::counter!("cadre_activity_rows_expired_total").increment(n);
+                        if n < u64::from(batch) {
+                            break;
+                        }
+                        // Small batches, with room for the writer in between.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "activity retention failed; next run retries");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
