@@ -1,7 +1,7 @@
 //! The SQLite store against a real database file: group commit, fencing,
 //! idempotent usage reports and paged hydration.
 
-use cadre::store::{Durability, NewUser, OrgRow, SqlStore};
+use cadre::store::{Durability, NewActivity, NewUser, OrgRow, SqlStore};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
@@ -350,4 +350,74 @@ async fn hydration_pages_cover_every_live_agent_once() {
     let mut expected = ids.clone();
     expected.remove(10);
     assert_eq!(seen, expected, "every live agent once, in id order");
+}
+
+#[tokio::test]
+async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
+    let (store, _dir, org) = store().await;
+    const DAY: i64 = 86_400_000;
+    let row = |kind: &str| NewActivity {
+        org_id: org.as_str().to_string(),
+        agent_id: None,
+        kind: kind.into(),
+        payload: "{}".into(),
+        at: 0,
+    };
+    let (a, b, c) = (row("old"), row("old"), row("new"));
+    let first = store
+        .write_activity(7, &[&a, &b], 1_000)
+        .await
+        .expect("flush");
+    assert!(!first.replayed);
+    // The same flush again (a replacement writer) writes nothing new and
+    // answers the same ids.
+    let again = store
+        .write_activity(7, &[&a, &b], 2_000)
+        .await
+        .expect("reflush");
+    assert_eq!((again.first_id, again.replayed), (first.first_id, true));
+    let later = store
+        .write_activity(8, &[&c], 100 * DAY)
+        .await
+        .expect("flush");
+    assert_eq!(later.first_id, first.first_id + 2, "ids follow in order");
+    assert_eq!(
+        store
+            .activity_count(org.as_str(), None)
+            .await
+            .expect("count"),
+        3
+    );
+    let audits = store
+        .audit_page(org.as_str(), &Default::default(), 100)
+        .await
+        .expect("audit")
+        .len();
+    // 90 days after the first flush: the two old rows go, in batches of one.
+    let now = 1_000 + 90 * DAY + 1;
+    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 1);
+    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 1);
+    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 0);
+    assert_eq!(
+        store
+            .activity_count(org.as_str(), Some("new"))
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        store
+            .audit_page(org.as_str(), &Default::default(), 100)
+            .await
+            .expect("audit")
+            .len(),
+        audits,
+        "retention never deletes audit entries"
+    );
+    // Ids are never reused, even after deletions.
+    let next = store
+        .write_activity(9, &[&c], 100 * DAY)
+        .await
+        .expect("flush");
+    assert_eq!(next.first_id, later.first_id + 1);
 }

@@ -167,17 +167,8 @@ impl SqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ActivityRow>, StoreError> {
-        let mut q = self.activity_query(org, f);
-        if let Some(b) = before {
-            q.push(" AND id < ").push_bind(b);
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
+        self.activity_rows(org, f, before.map(|b| ("<", b)), "DESC", limit)
             .await
-            .map_err(unavailable)?;
-        rows.iter().map(activity_row).collect()
     }
 
     /// `org`'s activity after event `after`, oldest first (stream resume).
@@ -188,9 +179,24 @@ impl SqlStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<ActivityRow>, StoreError> {
+        self.activity_rows(org, f, Some((">", after)), "ASC", limit)
+            .await
+    }
+
+    async fn activity_rows(
+        &self,
+        org: &str,
+        f: &ActivityFilter,
+        bound: Option<(&'static str, i64)>,
+        order: &'static str,
+        limit: i64,
+    ) -> Result<Vec<ActivityRow>, StoreError> {
         let mut q = self.activity_query(org, f);
-        q.push(" AND id > ").push_bind(after);
-        q.push(" ORDER BY id LIMIT ").push_bind(limit);
+        if let Some((op, id)) = bound {
+            q.push(format!(" AND id {op} ")).push_bind(id);
+        }
+        q.push(format!(" ORDER BY id {order} LIMIT "))
+            .push_bind(limit);
         let rows = q
             .build()
             .fetch_all(self.read_pool())
