@@ -28,6 +28,11 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use writer::{Shared, SupervisorMsg, WriterMsg, WriterSupervisor};
 
+/// Wall-clock unix milliseconds (the one place this module reads the clock).
+pub fn now_ms() -> i64 {
+    cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock)
+}
+
 /// Handle on the running pipeline (cheap to clone).
 #[derive(Clone)]
 pub struct Activity {
@@ -117,7 +122,7 @@ impl Activity {
     pub fn healthy(&self) -> bool {
         let spool = &self.shared.spool;
         let started = spool.flush_started.load(Ordering::Acquire);
-        let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+        let now = now_ms();
         let stalled = started != 0 && now - started > self.stall.as_millis() as i64;
         self.writer().is_some() && !spool.failing.load(Ordering::Acquire) && !stalled
     }
@@ -152,7 +157,6 @@ impl Activity {
 
 /// The activity row of an actor event.
 pub fn row_of(ev: &Event) -> NewActivity {
-    let now = || cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
     match ev {
         Event::Transition {
             org_id,
@@ -187,7 +191,7 @@ pub fn row_of(ev: &Event) -> NewActivity {
             agent_id: Some(agent_id.0.clone()),
             kind: "agent.deleted".into(),
             payload: "{}".into(),
-            at: now(),
+            at: now_ms(),
         },
     }
 }
@@ -246,7 +250,7 @@ pub fn spawn_retention(
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+            let now = now_ms();
             loop {
                 match store.expire_activity(now, days, batch).await {
                     Ok(n) => {

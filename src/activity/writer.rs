@@ -183,7 +183,7 @@ fn backoff(st: &mut WriterState, error: String) -> Duration {
 async fn write(shared: &Shared, flight: &Arc<Flight>) -> Result<(), String> {
     let spool = &shared.spool;
     let start = Instant::now();
-    let now_ms = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+    let now_ms = super::now_ms();
     spool.flush_started.store(now_ms.max(1), Ordering::Release);
     let rows: Vec<_> = flight.rows.iter().collect();
     let result = shared.store.write_activity(flight.id, &rows, now_ms).await;

@@ -125,10 +125,6 @@ pub fn to_row(
     })
 }
 
-fn now_ms() -> i64 {
-    cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock)
-}
-
 /// The answer to a failed submit.
 pub fn spool_error(e: SpoolError) -> ApiError {
     match e {
@@ -157,7 +153,7 @@ async fn ingest(
             format!("1 to {MAX_BATCH} events per request"),
         ));
     }
-    let now = now_ms();
+    let now = crate::activity::now_ms();
     let rows = batch
         .events
         .into_iter()
@@ -240,18 +236,16 @@ async fn list(
         .as_deref()
         .map(|c| event_id(c, "cursor"))
         .transpose()?;
-    let mut rows = state
+    let rows = state
         .store
         .activity_page(p.org.as_str(), &f, before, limit as i64 + 1)
         .await?;
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = if more {
-        rows.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": rows, "next_cursor": next })).into_response())
+    Ok(super::identity::page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        |r| serde_json::to_value(r).unwrap_or_default(),
+    ))
 }
 
 /// What a stream delivers next.

@@ -64,7 +64,7 @@ fn key_json(k: &KeyRecord) -> Value {
     })
 }
 
-fn page<T>(
+pub(super) fn page<T>(
     mut rows: Vec<T>,
     limit: usize,
     id: impl Fn(&T) -> String,

@@ -244,7 +244,7 @@ async fn ingest(
             format!("an activity batch holds 1 to {MAX_BATCH} events"),
         ));
     }
-    let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+    let now = crate::activity::now_ms();
     let mut rows = Vec::with_capacity(events.len());
     for (i, ev) in events.into_iter().enumerate() {
         let payload = ev
