@@ -258,7 +258,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     let (closing, shutdown) = watch::channel(false);
-    let state = AppState {
+    let state = AppState::new(crate::http::state::Shared {
         shutdown,
         cadre: cadre.clone(),
         store: store.clone(),
@@ -268,7 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         identity: identity.clone(),
         limiters,
         activity: activity.clone(),
-    };
+    });
     let routes = crate::http::api_routes(&state).specs().to_vec();
     let router = crate::http::router(state);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -331,6 +331,9 @@ pub struct ActivityConfig {
     pub ping_secs: u64,
     /// WebSocket stream idle timeout.
     pub idle_secs: u64,
+    /// Argument names redacted in tool calls besides the built-in ones.
+    #[serde(default)]
+    pub redact_keys: Vec<String>,
 }
 
 /// `[chaos]`.

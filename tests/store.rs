@@ -1,7 +1,9 @@
 //! The SQLite store against a real database file: group commit, fencing,
 //! idempotent usage reports and paged hydration.
 
-use cadre::store::{Durability, NewActivity, NewUser, OrgRow, SqlStore};
+use cadre::store::{
+    Durability, MessageRecord, NewActivity, NewUser, OrgRow, Record, SqlStore, ToolCallRecord,
+};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
@@ -362,8 +364,27 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
         kind: kind.into(),
         payload: "{}".into(),
         at: 0,
+        record: None,
     };
-    let (a, b, c) = (row("old"), row("old"), row("new"));
+    // The old rows are a tool call and a message: their records go with them.
+    let mut a = row("tool_call");
+    a.agent_id = Some("ag".into());
+    a.record = Some(Record::ToolCall(ToolCallRecord {
+        tool_id: "search".into(),
+        status: "ok".into(),
+        duration_ms: 1,
+        tokens: 2,
+        cost_micros: 3,
+    }));
+    let mut b = row("message");
+    b.agent_id = Some("ag".into());
+    b.record = Some(Record::Message(MessageRecord {
+        conversation_id: "conv".into(),
+        title: None,
+        role: "user".into(),
+        tokens: 1,
+    }));
+    let c = row("new");
     let first = store
         .write_activity(7, &[&a, &b], 1_000)
         .await
@@ -395,9 +416,51 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
         .len();
     // 90 days after the first flush: the two old rows go, in batches of one.
     let now = 1_000 + 90 * DAY + 1;
-    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 1);
-    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 1);
-    assert_eq!(store.expire_activity(now, 90, 1).await.expect("expire"), 0);
+    let records = || async {
+        (
+            store
+                .tool_calls_page(org.as_str(), "ag", &Default::default(), None, 10)
+                .await
+                .expect("tool calls")
+                .len(),
+            store
+                .conversations_page(org.as_str(), "ag", None, 10)
+                .await
+                .expect("conversations")
+                .len(),
+            store
+                .messages_page(org.as_str(), "ag", "conv", None, 10)
+                .await
+                .expect("messages")
+                .len(),
+            store
+                .timeline(org.as_str(), "ag", 0)
+                .await
+                .expect("timeline")
+                .totals
+                .events,
+        )
+    };
+    assert_eq!(
+        records().await,
+        (1, 1, 1, 2),
+        "written once despite the re-flush"
+    );
+    for expected in [1, 1, 0] {
+        let e = store.expire_activity(now, 90, 1).await.expect("expire");
+        assert_eq!(e.activity, expected);
+        assert_eq!(e.more(), expected == 1, "a full batch asks for another");
+    }
+    assert_eq!(
+        records().await,
+        (0, 0, 0, 2),
+        "records expire with their events; the hour's counts once the hour is past"
+    );
+    store
+        .expire_activity(now + 3_600_000, 90, 10)
+        .await
+        .expect("expire");
+    assert_eq!(records().await, (0, 0, 0, 0));
     assert_eq!(
         store
             .activity_count(org.as_str(), Some("new"))

@@ -73,6 +73,7 @@ impl StreamEvent {
                 kind: row.kind.clone(),
                 payload: row.payload.to_string(),
                 at: row.at_ms,
+                record: None,
             },
         )
     }

@@ -13,6 +13,7 @@
 //! see [`spool`] for why a killed writer loses nothing.
 
 pub mod hub;
+pub mod records;
 pub mod spool;
 pub mod writer;
 
@@ -39,6 +40,7 @@ pub struct Activity {
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
     stall: Duration,
+    redact: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Activity {
@@ -71,12 +73,18 @@ impl Activity {
             shared,
             supervisor,
             stall: Duration::from_millis(config.stall_ms),
+            redact: config.redact_keys.clone().into(),
         })
     }
 
     /// The queue (producers reserve room and push here).
     pub fn spool(&self) -> &Spool {
         &self.shared.spool
+    }
+
+    /// Argument names redacted in tool calls besides the built-in ones.
+    pub fn redact_keys(&self) -> &[String] {
+        &self.redact
     }
 
     /// The live broadcasts.
@@ -174,6 +182,7 @@ pub fn row_of(ev: &Event) -> NewActivity {
             })
             .to_string(),
             at: t.at,
+            record: None,
         },
         Event::Agent {
             org_id,
@@ -185,6 +194,7 @@ pub fn row_of(ev: &Event) -> NewActivity {
             kind: format!("agent.{}", event.kind),
             payload: event.detail.to_string(),
             at: event.at,
+            record: None,
         },
         Event::Deleted { org_id, agent_id } => NewActivity {
             org_id: org_id.0.clone(),
@@ -192,6 +202,7 @@ pub fn row_of(ev: &Event) -> NewActivity {
             kind: "agent.deleted".into(),
             payload: "{}".into(),
             at: now_ms(),
+            record: None,
         },
     }
 }
@@ -254,8 +265,9 @@ pub fn spawn_retention(
             loop {
                 match store.expire_activity(now, days, batch).await {
                     Ok(n) => {
-                        metrics::counter!("cadre_activity_rows_expired_total").increment(n);
-                        if n < u64::from(batch) {
+                        metrics::counter!("cadre_activity_rows_expired_total")
+                            .increment(n.activity);
+                        if !n.more() {
                             break;
                         }
                         // Small batches, with room for the writer in between.

@@ -315,6 +315,7 @@ mod tests {
             kind: "k".into(),
             payload: "x".repeat(n),
             at: 0,
+            record: None,
         }
     }
 

@@ -11,11 +11,12 @@ use super::guard::Routes;
 use super::input;
 use super::state::AppState;
 use crate::activity::hub::StreamEvent;
+use crate::activity::records;
 use crate::activity::spool::SpoolError;
 use crate::identity::{Action, Principal};
-use crate::store::{ActivityFilter, NewActivity, SqlStore};
-use axum::extract::State;
+use crate::store::{ActivityFilter, NewActivity, SqlStore, ToolCallFilter};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -78,6 +79,7 @@ pub fn to_row(
     agent: Option<&AgentId>,
     known: impl Fn(&AgentId) -> bool,
     now: i64,
+    redact: &[String],
 ) -> Result<NewActivity, ApiError> {
     let field = |f: &str| format!("events[{i}].{f}");
     if !valid_kind(&ev.kind) {
@@ -116,12 +118,33 @@ pub fn to_row(
         Some(t) => input::time(&field("at"), t)?,
         None => now,
     };
+    let (record, payload) = match records::parse(&ev.kind, &payload, redact) {
+        Ok(None) => (None, payload),
+        Ok(Some((record, stored))) => {
+            if agent_id.is_none() {
+                return Err(ApiError::invalid(
+                    &field("agent_id"),
+                    format!("a {} belongs to an agent", ev.kind),
+                ));
+            }
+            (Some(record), stored.unwrap_or(payload))
+        }
+        Err(e) => {
+            let path = if e.field == "payload" {
+                field("payload")
+            } else {
+                field(&format!("payload.{}", e.field))
+            };
+            return Err(ApiError::invalid(&path, e.message));
+        }
+    };
     Ok(NewActivity {
         org_id: org.0.clone(),
         agent_id,
         kind: ev.kind,
         payload,
         at,
+        record,
     })
 }
 
@@ -166,6 +189,7 @@ async fn ingest(
                 None,
                 |a| state.cadre.has_agent(&p.org, a),
                 now,
+                state.activity.redact_keys(),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -223,19 +247,9 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
     let mut f = filter(q.agent, q.kind)?;
-    let time = |raw: Option<String>, what: &str| {
-        raw.map(|t| {
-            input::time(what, &t).map_err(|_| bad_query(format!("{what} must be an RFC 3339 time")))
-        })
-        .transpose()
-    };
-    f.since = time(q.since, "since")?;
-    f.until = time(q.until, "until")?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| event_id(c, "cursor"))
-        .transpose()?;
+    f.since = time_param(q.since, "since")?;
+    f.until = time_param(q.until, "until")?;
+    let before = cursor_id(q.cursor.as_deref())?;
     let rows = state
         .store
         .activity_page(p.org.as_str(), &f, before, limit as i64 + 1)
@@ -478,7 +492,202 @@ async fn serve_ws(
     let _ = tx.send(Message::Close(None)).await;
 }
 
-/// `/activity`, `/events`, `/stream`.
+/// The agent of a path, which must be one of `p`'s organization's.
+fn own_agent(state: &AppState, p: &Principal, raw: &str) -> Result<AgentId, ApiError> {
+    let id = super::agents::agent_id(raw)?;
+    if state.cadre.has_agent(&p.org, &id) {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found("agent"))
+    }
+}
+
+fn cursor_id(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    raw.map(|c| event_id(c, "cursor")).transpose()
+}
+
+fn time_param(raw: Option<String>, what: &str) -> Result<Option<i64>, ApiError> {
+    raw.map(|t| {
+        input::time(what, &t).map_err(|_| bad_query(format!("{what} must be an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolCallParams {
+    tool: Option<String>,
+    status: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn tool_calls(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ToolCallParams>,
+) -> Result<Response, ApiError> {
+    let agent = own_agent(&state, &p, &id)?;
+    let limit = page_limit(q.limit)?;
+    if let Some(s) = &q.status
+        && !records::STATUSES.contains(&s.as_str())
+    {
+        return Err(bad_query(format!(
+            "status must be one of {}",
+            records::STATUSES.join(", ")
+        )));
+    }
+    if let Some(t) = &q.tool
+        && (t.is_empty() || t.len() > 200)
+    {
+        return Err(bad_query("tool must be a tool id"));
+    }
+    let f = ToolCallFilter {
+        tool: q.tool,
+        status: q.status,
+        since: time_param(q.since, "since")?,
+        until: time_param(q.until, "until")?,
+    };
+    let rows = state
+        .store
+        .tool_calls_page(
+            p.org.as_str(),
+            agent.as_str(),
+            &f,
+            cursor_id(q.cursor.as_deref())?,
+            limit as i64 + 1,
+        )
+        .await?;
+    Ok(super::identity::page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        |r| serde_json::to_value(r).unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageOnly {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn conversations(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<PageOnly>,
+) -> Result<Response, ApiError> {
+    let agent = own_agent(&state, &p, &id)?;
+    let limit = page_limit(q.limit)?;
+    let rows = state
+        .store
+        .conversations_page(
+            p.org.as_str(),
+            agent.as_str(),
+            cursor_id(q.cursor.as_deref())?,
+            limit as i64 + 1,
+        )
+        .await?;
+    Ok(super::identity::page(
+        rows,
+        limit,
+        |r| r.seq.to_string(),
+        |r| serde_json::to_value(r).unwrap_or_default(),
+    ))
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, conversation)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<PageOnly>,
+) -> Result<Response, ApiError> {
+    let agent = own_agent(&state, &p, &id)?;
+    let limit = page_limit(q.limit)?;
+    let Some(c) = state
+        .store
+        .conversation(p.org.as_str(), agent.as_str(), &conversation)
+        .await?
+    else {
+        return Err(ApiError::not_found("conversation"));
+    };
+    let rows = state
+        .store
+        .messages_page(
+            p.org.as_str(),
+            agent.as_str(),
+            &c.id,
+            cursor_id(q.cursor.as_deref())?,
+            limit as i64 + 1,
+        )
+        .await?;
+    Ok(super::identity::page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        |r| serde_json::to_value(r).unwrap_or_default(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineParams {
+    date: Option<String>,
+}
+
+/// Unix ms of midnight UTC of a `YYYY-MM-DD` day.
+fn day_start(raw: &str) -> Option<i64> {
+    let t = input::time("date", &format!("{raw}T00:00:00Z")).ok()?;
+    (raw.len() == 10).then_some(t)
+}
+
+async fn timeline(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<TimelineParams>,
+) -> Result<Response, ApiError> {
+    const DAY: i64 = 86_400_000;
+    let agent = own_agent(&state, &p, &id)?;
+    let from = match q.date.as_deref() {
+        Some(d) => day_start(d).ok_or_else(|| bad_query("date must be a day, YYYY-MM-DD"))?,
+        None => crate::activity::now_ms().div_euclid(DAY) * DAY,
+    };
+    let t = state
+        .store
+        .timeline(p.org.as_str(), agent.as_str(), from)
+        .await?;
+    // State changes from the agent's history (kept beyond activity's
+    // retention), at most a page's worth.
+    let states = state
+        .store
+        .history_between(p.org.as_str(), agent.as_str(), 0, (from, from + DAY), 1000)
+        .await?;
+    let date = cadre_actors::domain::rfc3339(from);
+    Ok(Json(json!({
+        "agent_id": agent.as_str(),
+        "date": date.get(..10).unwrap_or(&date),
+        "from": date,
+        "until": cadre_actors::domain::rfc3339(from + DAY),
+        "totals": t.totals,
+        "hours": t.hours.iter().enumerate().map(|(h, c)| {
+            let mut v = serde_json::to_value(c).unwrap_or_default();
+            v["hour"] = json!(h);
+            v
+        }).collect::<Vec<_>>(),
+        "kinds": t.kinds,
+        "states": states,
+    }))
+    .into_response())
+}
+
+/// `/activity`, `/events`, `/stream`, and an agent's tool calls,
+/// conversations, messages and daily timeline.
 pub fn routes(r: Routes) -> Routes {
     r.add(
         Method::POST,
@@ -489,4 +698,28 @@ pub fn routes(r: Routes) -> Routes {
     .add(Method::GET, "/activity", Action::ActivityRead, get(list))
     .add(Method::GET, "/events", Action::ActivityRead, get(sse))
     .add(Method::GET, "/stream", Action::ActivityRead, get(ws))
+    .add(
+        Method::GET,
+        "/agents/{id}/tool-calls",
+        Action::ActivityRead,
+        get(tool_calls),
+    )
+    .add(
+        Method::GET,
+        "/agents/{id}/conversations",
+        Action::ActivityRead,
+        get(conversations),
+    )
+    .add(
+        Method::GET,
+        "/agents/{id}/conversations/{conversation}/messages",
+        Action::ActivityRead,
+        get(messages),
+    )
+    .add(
+        Method::GET,
+        "/agents/{id}/timeline",
+        Action::ActivityRead,
+        get(timeline),
+    )
 }

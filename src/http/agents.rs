@@ -232,7 +232,7 @@ impl PatchAgent {
 }
 
 /// Agent ids are UUIDs; anything else cannot exist.
-fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
+pub(super) fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
     if raw.len() == 36 && raw.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         Ok(AgentId(raw.to_ascii_lowercase()))
     } else {

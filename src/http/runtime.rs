@@ -259,7 +259,15 @@ async fn ingest(
             payload,
             at: ev.at,
         };
-        match to_row(i, input, org, Some(agent), |_| true, now) {
+        match to_row(
+            i,
+            input,
+            org,
+            Some(agent),
+            |_| true,
+            now,
+            activity.redact_keys(),
+        ) {
             Ok(row) => rows.push(row),
             Err(e) => return Some(error("bad_message", e.message().to_string())),
         }

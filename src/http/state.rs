@@ -8,9 +8,28 @@ use cadre_actors::Cadre;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
-/// Shared handler state (cheap to clone).
+/// Shared handler state: one pointer, so the clones axum makes per request
+/// and per extractor cost one atomic increment (a struct of a dozen `Arc`s
+/// showed up at 3 % of a profile of small requests).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(parts: Shared) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// The actor tree (all writes go through it).
     pub cadre: Cadre,
     /// Read API for historical reads and login.

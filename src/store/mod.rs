@@ -10,7 +10,10 @@ mod identity;
 mod sqlite;
 mod writer;
 
-pub use activity::{ActivityFilter, ActivityRow, Flushed, NewActivity};
+pub use activity::{
+    ActivityFilter, ActivityRow, ConversationRow, Expired, Flushed, MessageRecord, MessageRow,
+    NewActivity, Record, Timeline, TimelineCounts, ToolCallFilter, ToolCallRecord, ToolCallRow,
+};
 pub use identity::{
     AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
     UserRecord,

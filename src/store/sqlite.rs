@@ -299,13 +299,30 @@ impl SqlStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<HistoryRow>, StoreError> {
+        self.history_between(org, agent, after, (i64::MIN, i64::MAX), limit)
+            .await
+    }
+
+    /// Like [`SqlStore::history`], of the transitions made in `[from, until)`
+    /// (unix ms).
+    pub async fn history_between(
+        &self,
+        org: &str,
+        agent: &str,
+        after: i64,
+        (from, until): (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, from_state, to_state, reason, by_who, at FROM agent_transitions \
-             WHERE org_id = ? AND agent_id = ? AND id > ? ORDER BY id LIMIT ?",
+             WHERE org_id = ? AND agent_id = ? AND id > ? AND at >= ? AND at < ? \
+             ORDER BY id LIMIT ?",
         )
         .bind(org)
         .bind(agent)
         .bind(after)
+        .bind(from)
+        .bind(until)
         .bind(limit)
         .fetch_all(&self.read)
         .await

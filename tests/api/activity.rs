@@ -41,8 +41,8 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     let (s, v) = post(
         &app,
         json!([
-            { "agent_id": agent, "kind": "tool_call", "payload": { "tool": "search" } },
-            { "agent_id": agent, "kind": "message", "payload": { "text": "hi" }, "at": "2026-01-02T03:04:05Z" },
+            { "agent_id": agent, "kind": "step", "payload": { "tool": "search" } },
+            { "agent_id": agent, "kind": "note", "payload": { "text": "hi" }, "at": "2026-01-02T03:04:05Z" },
             { "kind": "org.note" },
         ]),
     )
@@ -53,7 +53,7 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     let org = org_id(&app).await;
     assert_eq!(
         app.store()
-            .activity_count(&org, Some("tool_call"))
+            .activity_count(&org, Some("step"))
             .await
             .expect("count"),
         1
@@ -65,7 +65,7 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["kind"], "org.note", "newest first: {page}");
-    assert_eq!(items[1]["kind"], "message");
+    assert_eq!(items[1]["kind"], "note");
     assert_eq!(items[1]["at"], "2026-01-02T03:04:05Z");
     let cursor = page["next_cursor"].as_str().expect("more pages");
     let (_, next) = app
@@ -75,10 +75,10 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
             None,
         )
         .await;
-    assert_eq!(next["items"][0]["kind"], "tool_call", "{next}");
+    assert_eq!(next["items"][0]["kind"], "step", "{next}");
     // Filters: agent, kind, kind prefix, time range.
     let (_, by_kind) = app
-        .call(Method::GET, "/api/v1/activity?kind=message", None)
+        .call(Method::GET, "/api/v1/activity?kind=note", None)
         .await;
     assert_eq!(by_kind["items"].as_array().map(Vec::len), Some(1));
     let (_, states) = app
@@ -141,6 +141,30 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
         ),
         (
             json!([{ "kind": "k", "payload": { "x": "y".repeat(70_000) } }]),
+            "events[0].payload",
+        ),
+        // Typed records: a tool call names its tool and a known status, a
+        // message its conversation and role; both belong to an agent.
+        (
+            json!([{ "kind": "tool_call", "agent_id": agent, "payload": { "status": "ok" } }]),
+            "events[0].payload.tool_id",
+        ),
+        (
+            json!([{ "kind": "tool_call", "agent_id": agent,
+                     "payload": { "tool_id": "t", "status": "ok", "duration_ms": -3 } }]),
+            "events[0].payload.duration_ms",
+        ),
+        (
+            json!([{ "kind": "tool_call", "payload": { "tool_id": "t", "status": "ok" } }]),
+            "events[0].agent_id",
+        ),
+        (
+            json!([{ "kind": "message", "agent_id": agent,
+                     "payload": { "conversation_id": "c", "role": "bot", "content": "x" } }]),
+            "events[0].payload.role",
+        ),
+        (
+            json!([{ "kind": "message", "agent_id": agent, "payload": "text" }]),
             "events[0].payload",
         ),
     ] {
@@ -508,4 +532,231 @@ async fn state_changes_reach_the_stream_and_the_history() {
             .any(|i| i["id"] == id && i["payload"]["to"] == "configuring"),
         "{page}"
     );
+}
+
+#[tokio::test]
+async fn tool_calls_conversations_messages_and_the_daily_timeline() {
+    let app = spawn_app().await;
+    let agent = app
+        .create_id(json!({ "name": "a", "role": "r", "model": "m" }))
+        .await;
+    let idle = app.create_id(json!({ "name": "b" })).await;
+    let call = |tool: &str, status: &str, at: &str, extra: Value| {
+        let mut p = json!({ "tool_id": tool, "status": status, "duration_ms": 100, "tokens": 10 });
+        if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        json!({ "agent_id": agent, "kind": "tool_call", "at": at, "payload": p })
+    };
+    let say = |conv: &str, role: &str, text: &str, at: &str, extra: Value| {
+        let mut p = json!({ "conversation_id": conv, "role": role, "content": text, "tokens": 5 });
+        if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        json!({ "agent_id": agent, "kind": "message", "at": at, "payload": p })
+    };
+    let (s, v) = post(
+        &app,
+        json!([
+            say("c-1", "user", "open an issue", "2026-03-04T10:00:00Z", json!({ "title": "Triage" })),
+            call("github.create_issue", "ok", "2026-03-04T10:15:00Z", json!({
+                "call_id": "call-1",
+                "arguments": { "repo": "acme/app", "token": "ghp_SECRET1",
+                               "headers": { "Authorization": "Bearer SECRET2" }, "max_tokens": 5 },
+                "result_summary": "created #12", "cost_usd": 0.002, "tokens": 50
+            })),
+            say("c-1", "assistant", "done: #12", "2026-03-04T10:01:00Z", json!({ "tokens": 20 })),
+            call("web.search", "error", "2026-03-04T10:45:00Z", json!({ "arguments": { "q": "x" } })),
+            call("web.search", "ok", "2026-03-04T13:05:00Z", json!({})),
+            say("c-2", "user", "later", "2026-03-04T13:00:00Z", json!({})),
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Tool calls: newest first, secrets redacted wherever they are read.
+    let base = format!("/api/v1/agents/{agent}");
+    let (s, calls) = app
+        .call(Method::GET, &format!("{base}/tool-calls"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{calls}");
+    let items = calls["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3, "{calls}");
+    let first = &items[2];
+    assert_eq!(first["tool_id"], "github.create_issue");
+    assert_eq!(first["call_id"], "call-1");
+    assert_eq!(first["status"], "ok");
+    assert_eq!(first["result_summary"], "created #12");
+    assert_eq!(first["tokens"], 50);
+    assert_eq!(first["cost_usd"], 0.002);
+    assert_eq!(first["at"], "2026-03-04T10:15:00Z");
+    assert_eq!(first["arguments"]["token"], "[redacted]");
+    assert_eq!(first["arguments"]["headers"]["Authorization"], "[redacted]");
+    assert_eq!(first["arguments"]["max_tokens"], 5);
+    assert_eq!(first["arguments"]["repo"], "acme/app");
+    let (_, history) = app.call(Method::GET, "/api/v1/activity", None).await;
+    for body in [calls.to_string(), history.to_string()] {
+        assert!(!body.contains("SECRET"), "a secret was stored: {body}");
+    }
+    let (_, errors) = app
+        .call(
+            Method::GET,
+            &format!("{base}/tool-calls?status=error"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        errors["items"].as_array().map(Vec::len),
+        Some(1),
+        "{errors}"
+    );
+    let (_, page) = app
+        .call(
+            Method::GET,
+            &format!("{base}/tool-calls?tool=web.search&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"][0]["at"], "2026-03-04T13:05:00Z", "{page}");
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, page) = app
+        .call(
+            Method::GET,
+            &format!("{base}/tool-calls?tool=web.search&limit=1&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(page["items"][0]["status"], "error", "{page}");
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    // Conversations: the latest started first, with counters; messages
+    // in the order they were said.
+    let (s, convs) = app
+        .call(Method::GET, &format!("{base}/conversations"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{convs}");
+    assert_eq!(convs["items"][0]["id"], "c-2", "{convs}");
+    let c1 = &convs["items"][1];
+    assert_eq!(
+        (
+            c1["id"].as_str(),
+            c1["title"].as_str(),
+            c1["messages"].as_i64(),
+            c1["tokens"].as_i64()
+        ),
+        (Some("c-1"), Some("Triage"), Some(2), Some(25)),
+        "{convs}"
+    );
+    assert_eq!(c1["started_at"], "2026-03-04T10:00:00Z");
+    assert_eq!(c1["last_at"], "2026-03-04T10:01:00Z");
+    let (s, msgs) = app
+        .call(
+            Method::GET,
+            &format!("{base}/conversations/c-1/messages"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{msgs}");
+    let roles: Vec<_> = msgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| (m["role"].clone(), m["content"].clone()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (json!("user"), json!("open an issue")),
+            (json!("assistant"), json!("done: #12"))
+        ]
+    );
+
+    // The day: hourly buckets, totals, kinds.
+    let (s, day) = app
+        .call(
+            Method::GET,
+            &format!("{base}/timeline?date=2026-03-04"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{day}");
+    assert_eq!(day["date"], "2026-03-04");
+    assert_eq!(day["hours"].as_array().map(Vec::len), Some(24));
+    assert_eq!(day["totals"]["events"], 6, "{day}");
+    assert_eq!(day["totals"]["tool_calls"], 3);
+    assert_eq!(day["totals"]["tool_errors"], 1);
+    assert_eq!(day["totals"]["tool_tokens"], 70);
+    assert_eq!(day["totals"]["messages"], 3);
+    assert_eq!(day["totals"]["message_tokens"], 30);
+    assert_eq!(day["hours"][10]["tool_calls"], 2);
+    assert_eq!(day["hours"][10]["messages"], 2);
+    assert_eq!(day["hours"][13]["events"], 2);
+    assert_eq!(day["hours"][12]["events"], 0);
+    assert_eq!(day["kinds"], json!({ "message": 3, "tool_call": 3 }));
+    // Today (the default day) holds the agent's state changes, in order.
+    app.command(&agent, "deploy").await;
+    eventually("the deploy reaches today's timeline", || async {
+        let (s, today) = app
+            .call(Method::GET, &format!("{base}/timeline"), None)
+            .await;
+        let states: Vec<_> = today["states"]
+            .as_array()
+            .map(|s| s.iter().map(|h| h["to"].clone()).collect())
+            .unwrap_or_default();
+        s == StatusCode::OK
+            && states.get(..2) == Some(&[json!("draft"), json!("configuring")][..])
+            && today["totals"]["tool_calls"] == 0
+            && today["kinds"]["agent.state_changed"].as_i64() >= Some(1)
+    })
+    .await;
+
+    // Bad input, unknown things, other organizations.
+    for (path, status, code) in [
+        (
+            format!("{base}/tool-calls?status=maybe"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/tool-calls?cursor=x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/timeline?date=2026-3-4"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            format!("{base}/conversations/nope/messages"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/api/v1/agents/not-an-agent/tool-calls".into(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let (s, v) = app.call(Method::GET, &path, None).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{path}: {v}");
+    }
+    let (_, none) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{idle}/tool-calls"),
+            None,
+        )
+        .await;
+    assert_eq!(none["items"], json!([]));
+    let (_, theirs) = other_org_owner(&app).await;
+    for path in [
+        format!("{base}/tool-calls"),
+        format!("{base}/conversations"),
+        format!("{base}/conversations/c-1/messages"),
+        format!("{base}/timeline"),
+    ] {
+        let (s, v) = app.call_as(Some(&theirs), Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+    }
 }
