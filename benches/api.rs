@@ -13,6 +13,9 @@
 //! - ingest: `POST /api/v1/activity` with batches of 1,000 events (c=8) and
 //!   with single events (c=64), each answered after its commit
 //!   (`cargo bench --bench api -- ingest` runs only this one).
+//! - fan-out: 1,000 WebSocket clients of one organization's stream (plus
+//!   100 that never read) while events are posted; deliveries per second
+//!   and the server process's memory (`cargo bench --bench api -- fanout`).
 //! - login storm: `/healthz` latency while 50 logins per second (Argon2id) run
 //!   (`cargo bench --bench api -- storm` runs only this one).
 
@@ -381,6 +384,186 @@ async fn hydrate(n: usize) -> (f64, f64) {
     (secs, hwm_kib / 1024.0)
 }
 
+/// A `cadre serve` process on a fresh data dir, without rate limits.
+struct Server {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cadre"))
+            .arg("serve")
+            .env("CADRE_DATA_DIR", dir.path())
+            .env("CADRE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CADRE_BOOTSTRAP_PASSWORD", "bench-password")
+            .env("CADRE_HTTP__RATE_LIMIT_PER_CLIENT__PER_SECOND", "0")
+            .env("CADRE_HTTP__RATE_LIMIT_PER_PRINCIPAL__PER_SECOND", "0")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cadre serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        while !client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "server never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Server {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    /// (VmRSS, VmHWM) of the server process, MiB.
+    fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one fan-out run measured.
+struct FanOut {
+    deliveries_per_sec: f64,
+    rss_before: f64,
+    rss_after: f64,
+    peak: f64,
+}
+
+/// `readers` WebSocket clients read the organization's stream and `stalled`
+/// ones never read, while `events` are posted in batches of 100; done when
+/// every reader has seen the last event (live, or after a `resync`).
+async fn fan_out(readers: usize, stalled: usize, events: usize) -> FanOut {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let token = login(&client, &server.base).await;
+    let agent: serde_json::Value = client
+        .post(format!("{}/api/v1/agents", server.base))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "fan" }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("agent");
+    let agent = agent["id"].as_str().expect("id").to_string();
+    let url = format!(
+        "{}/api/v1/stream?kind=step",
+        server.base.replace("http", "ws")
+    );
+    let (target_tx, target) = tokio::sync::watch::channel(i64::MAX);
+    let mut held = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..readers + stalled {
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        if i >= readers {
+            held.push(ws);
+            continue;
+        }
+        let mut target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws;
+            let mut last = 0i64;
+            // Event ids increase: the highest seen tells how far it got.
+            while last < *target.borrow_and_update() {
+                tokio::select! {
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Some((_, rest)) = t.as_str().split_once("\"id\":") {
+                                let digits: String =
+                                    rest.chars().take_while(char::is_ascii_digit).collect();
+                                last = last.max(digits.parse().unwrap_or(0));
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("stream ended: {other:?}"),
+                    },
+                    _ = target.changed() => {}
+                }
+            }
+        }));
+    }
+    let (rss_before, _) = server.memory();
+    let start = Instant::now();
+    let mut last_id = 0;
+    for b in 0..events / 100 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| json!({ "agent_id": agent, "kind": "step", "payload": { "n": b * 100 + i, "text": "fan-out" } }))
+            .collect();
+        let v: serde_json::Value = client
+            .post(format!("{}/api/v1/activity", server.base))
+            .bearer_auth(&token)
+            .json(&json!({ "events": batch }))
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("ack");
+        last_id = v["first_id"].as_i64().expect("first_id") + 99;
+    }
+    target_tx.send(last_id).expect("readers listen");
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(300), t)
+            .await
+            .expect("every reader sees the last event")
+            .expect("reader");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (rss_after, peak) = server.memory();
+    drop(held);
+    FanOut {
+        deliveries_per_sec: (readers * (events / 100) * 100) as f64 / secs,
+        rss_before,
+        rss_after,
+        peak,
+    }
+}
+
 /// Durable activity ingest: events per second from batches of `BATCH`
 /// (half tool calls, half messages) at concurrency 8, and single-event
 /// `POST`s per second at concurrency 64 (each answered only after its
@@ -482,9 +665,28 @@ fn main() {
     if test {
         println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
     }
-    let only_storm = std::env::args().any(|a| a == "storm");
     let only_ingest = std::env::args().any(|a| a == "ingest" || a == "batches");
+    let only_fanout = std::env::args().any(|a| a == "fanout");
+    let only_storm = std::env::args().any(|a| a == "storm");
     rt.block_on(async {
+        let (readers, stalled, events) = if test { (20, 5, 500) } else { (1000, 100, 10_000) };
+        let mut runs = Vec::new();
+        for _ in 0..if test { 1 } else if only_ingest || only_storm { 0 } else { 3 } {
+            runs.push(fan_out(readers, stalled, events).await);
+        }
+        if !runs.is_empty() {
+        println!(
+            "stream fan-out, {readers} readers + {stalled} stalled clients, {events} events: \
+             median {:.0} deliveries/s; server RSS median {:.0} MiB before, {:.0} MiB after, peak {:.0} MiB",
+            median(runs.iter().map(|r| r.deliveries_per_sec).collect()),
+            median(runs.iter().map(|r| r.rss_before).collect()),
+            median(runs.iter().map(|r| r.rss_after).collect()),
+            median(runs.iter().map(|r| r.peak).collect()),
+        );
+        }
+        if only_fanout {
+            return;
+        }
         let (batches, singles) = ingest(&sizes).await;
         println!(
             "activity ingest, batches of 1000, c={CONCURRENCY}: median {:.0} events/s (target >= 100000)",

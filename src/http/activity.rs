@@ -438,8 +438,15 @@ async fn ws(
     let ping = Duration::from_secs(state.config.activity.ping_secs);
     let idle = Duration::from_secs(state.config.activity.idle_secs);
     let shutdown = state.shutdown.clone();
+    // A stream client only sends pongs and a close: a small read buffer.
+    // Writes go out at 16 KiB (or at once when the feed has nothing more);
+    // a client that stops reading holds at most that plus the socket's own
+    // buffer, then falls behind the broadcast and gets a resync.
     Ok(upgrade
         .max_message_size(4096)
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(1024 * 1024)
         .on_upgrade(move |socket| serve_ws(socket, feed, ping, idle, shutdown)))
 }
 
