@@ -122,6 +122,7 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         limits: "{}".into(),
         suspended_at: None,
         created_at: now,
+        activity_retention_days: None,
     };
     let user_id = uuid::Uuid::now_v7().to_string();
     let owner = crate::store::NewUser {

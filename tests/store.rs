@@ -27,6 +27,7 @@ async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
         limits: "{}".into(),
         suspended_at: None,
         created_at: 0,
+        activity_retention_days: None,
     };
     let owner = NewUser {
         id: "u",

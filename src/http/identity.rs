@@ -36,6 +36,10 @@ fn org_json(state: &AppState, row: &OrgRow) -> Value {
         "created_at": rfc3339(row.created_at),
         "limits": dir.effective_limits(&row.plan, &overrides),
         "limit_overrides": overrides,
+        "activity_retention_days": row
+            .activity_retention_days
+            .unwrap_or(i64::from(state.config.activity.retention_days)),
+        "activity_retention_default": row.activity_retention_days.is_none(),
     })
 }
 
@@ -197,7 +201,13 @@ pub(super) async fn get_org(
 pub(super) struct PatchOrg {
     plan: Option<String>,
     limits: Option<Limits>,
+    /// Days of activity kept; `null` goes back to the configured default.
+    #[serde(default, deserialize_with = "super::agents::nullable")]
+    activity_retention_days: Option<Option<u32>>,
 }
+
+/// Activity retention an organization may set: a day to ten years.
+const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
 
 pub(super) async fn patch_org(
     State(state): State<AppState>,
@@ -216,16 +226,30 @@ pub(super) async fn patch_org(
             "must be a non-negative number",
         ));
     }
-    if plan.is_none() && body.limits.is_none() {
+    if let Some(Some(days)) = body.activity_retention_days
+        && !RETENTION_DAYS.contains(&days)
+    {
         return Err(ApiError::invalid(
-            "plan",
-            "nothing to change: give plan and/or limits",
+            "activity_retention_days",
+            format!(
+                "{} to {} days, or null for the default",
+                RETENTION_DAYS.start(),
+                RETENTION_DAYS.end()
+            ),
         ));
     }
-    let row = state
-        .identity
-        .update_org(&org, plan, body.limits, p.who())
-        .await?;
+    if plan.is_none() && body.limits.is_none() && body.activity_retention_days.is_none() {
+        return Err(ApiError::invalid(
+            "plan",
+            "nothing to change: give plan, limits and/or activity_retention_days",
+        ));
+    }
+    let change = crate::identity::OrgChange {
+        plan,
+        limits: body.limits,
+        activity_retention_days: body.activity_retention_days,
+    };
+    let row = state.identity.update_org(&org, change, p.who()).await?;
     // Lowered monthly limits take effect at once.
     state.cadre.enforce_org_budget(&org);
     Ok(Json(org_json(&state, &row)).into_response())

@@ -125,12 +125,23 @@ pub struct Session {
     pub user_id: String,
 }
 
+/// What `PATCH /orgs/{id}` changes (`None`: leave as is).
+#[derive(Debug, Clone, Default)]
+pub struct OrgChange {
+    /// New plan.
+    pub plan: Option<String>,
+    /// New limit overrides.
+    pub limits: Option<Limits>,
+    /// Days of activity kept (`Some(None)`: back to the configured default).
+    pub activity_retention_days: Option<Option<u32>>,
+}
+
 /// Messages of the identity actor.
 pub enum IdentityMsg {
     /// Create an organization with its owner.
     CreateOrg(NewOrg, Who, Reply<OrgRow>),
-    /// Change plan and/or limit overrides.
-    UpdateOrg(OrgId, Option<String>, Option<Limits>, Who, Reply<OrgRow>),
+    /// Change plan, limit overrides and/or activity retention.
+    UpdateOrg(OrgId, OrgChange, Who, Reply<OrgRow>),
     /// Suspend (true) or resume (false).
     SuspendOrg(OrgId, bool, Who, Reply<OrgRow>),
     /// Create a user; the caller's role bounds the new role.
@@ -204,6 +215,7 @@ impl IdentityState {
             limits: "{}".into(),
             suspended_at: None,
             created_at: now,
+            activity_retention_days: None,
         };
         let user_id = uuid::Uuid::now_v7().to_string();
         let owner = NewUser {
@@ -235,28 +247,31 @@ impl IdentityState {
     async fn update_org(
         &self,
         org: OrgId,
-        plan: Option<String>,
-        limits: Option<Limits>,
+        change: OrgChange,
         by: Who,
     ) -> Result<OrgRow, IdentityError> {
         self.owned_org(&org)?;
+        let OrgChange {
+            plan,
+            limits,
+            activity_retention_days: retention,
+        } = change;
         let limits_json = limits
             .map(|l| serde_json::to_string(&l))
             .transpose()
             .map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        let audit = self.audit(
-            &org,
-            &by,
-            "org.update",
-            format!("org:{org}"),
-            serde_json::json!({ "plan": plan, "limits": limits }),
-        );
+        let mut summary = serde_json::json!({ "plan": plan, "limits": limits });
+        if let Some(days) = retention {
+            summary["activity_retention_days"] = serde_json::json!(days);
+        }
+        let audit = self.audit(&org, &by, "org.update", format!("org:{org}"), summary);
         if !self
             .store
             .update_org(
                 org.as_str(),
                 plan.as_deref(),
                 limits_json.as_deref(),
+                retention.map(|d| d.map(i64::from)),
                 &audit,
             )
             .await?
@@ -665,8 +680,8 @@ impl Actor for IdentityActor {
             IdentityMsg::CreateOrg(n, by, r) => {
                 let _ = r.send(st.create_org(n, by).await);
             }
-            IdentityMsg::UpdateOrg(o, p, l, by, r) => {
-                let _ = r.send(st.update_org(o, p, l, by).await);
+            IdentityMsg::UpdateOrg(o, change, by, r) => {
+                let _ = r.send(st.update_org(o, change, by).await);
             }
             IdentityMsg::SuspendOrg(o, on, by, r) => {
                 let _ = r.send(st.suspend_org(o, on, by).await);
@@ -828,11 +843,10 @@ impl Identity {
     pub async fn update_org(
         &self,
         org: &OrgId,
-        plan: Option<String>,
-        limits: Option<Limits>,
+        change: OrgChange,
         by: Who,
     ) -> Result<OrgRow, IdentityError> {
-        self.call(|r| IdentityMsg::UpdateOrg(org.clone(), plan.clone(), limits, by.clone(), r))
+        self.call(|r| IdentityMsg::UpdateOrg(org.clone(), change.clone(), by.clone(), r))
             .await
     }
 

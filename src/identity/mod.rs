@@ -6,7 +6,7 @@ pub mod actor;
 pub mod directory;
 pub mod policy;
 
-pub use actor::{Identity, IdentityError};
+pub use actor::{Identity, IdentityError, OrgChange};
 pub use directory::Directory;
 pub use policy::{Action, Denied, authorize};
 

@@ -59,6 +59,8 @@ pub struct OrgRow {
     pub suspended_at: Option<i64>,
     /// Created.
     pub created_at: i64,
+    /// Days of activity kept (`None`: the configured default).
+    pub activity_retention_days: Option<i64>,
 }
 
 /// A user row (without the password hash unless asked).
@@ -188,6 +190,7 @@ fn org_row(r: &SqliteRow) -> Result<OrgRow, StoreError> {
         limits: get(r, "limits")?,
         suspended_at: get(r, "suspended_at")?,
         created_at: get(r, "created_at")?,
+        activity_retention_days: get(r, "activity_retention_days")?,
     })
 }
 
@@ -221,7 +224,8 @@ fn key_row(r: &SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-const ORG_COLS: &str = "id, name, slug, plan, limits, suspended_at, created_at";
+const ORG_COLS: &str =
+    "id, name, slug, plan, limits, suspended_at, created_at, activity_retention_days";
 const USER_COLS: &str =
     "id, org_id, email, name, role, instance_admin, sessions_after, password_hash, created_at";
 const KEY_COLS: &str = "id, org_id, name, secret_hash, scopes, created_by, created_at, expires_at, last_used_at, revoked_at";
@@ -554,19 +558,26 @@ impl SqlStore {
     }
 
     /// Changes an organization's plan and/or limit overrides; `false` if it does not exist.
+    /// `retention`: `Some(days)` sets the organization's activity
+    /// retention (`Some(None)`: back to the default), `None` keeps it.
     pub async fn update_org(
         &self,
         id: &str,
         plan: Option<&str>,
         limits: Option<&str>,
+        retention: Option<Option<i64>>,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.tx().await?;
         let done = sqlx::query(
-            "UPDATE orgs SET plan = COALESCE(?, plan), limits = COALESCE(?, limits) WHERE id = ?",
+            "UPDATE orgs SET plan = COALESCE(?1, plan), limits = COALESCE(?2, limits), \
+             activity_retention_days = CASE WHEN ?3 THEN ?4 ELSE activity_retention_days END \
+             WHERE id = ?5",
         )
         .bind(plan)
         .bind(limits)
+        .bind(retention.is_some())
+        .bind(retention.flatten())
         .bind(id)
         .execute(&mut *tx)
         .await

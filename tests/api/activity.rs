@@ -760,3 +760,120 @@ async fn tool_calls_conversations_messages_and_the_daily_timeline() {
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
     }
 }
+
+#[tokio::test]
+async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
+    let app = spawn_app().await;
+    let (other, theirs) = other_org_owner(&app).await;
+    let ours = org_id(&app).await;
+    let agent = app.create_id(json!({ "name": "a" })).await;
+    let (s, v) = post(&app, events(&agent, "step", 3, 10)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .call_as(
+            Some(&theirs),
+            Method::POST,
+            "/api/v1/activity",
+            Some(json!({ "events": [{ "kind": "note" }, { "kind": "note" }] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let patch = |body: Value| {
+        let path = format!("/api/v1/orgs/{other}");
+        let app = &app;
+        async move { app.call(Method::PATCH, &path, Some(body)).await }
+    };
+    // Bad values are refused and change nothing.
+    for (bad, code) in [
+        (json!(0), "invalid"),
+        (json!(4000), "invalid"),
+        (json!("week"), "invalid_body"),
+        (json!(-1), "invalid_body"),
+    ] {
+        let (s, v) = patch(json!({ "activity_retention_days": bad })).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+        assert_eq!(v["code"], code, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("activity_retention_days")),
+            "{v}"
+        );
+    }
+    let (_, org) = app
+        .call(Method::GET, &format!("/api/v1/orgs/{other}"), None)
+        .await;
+    assert_eq!(
+        (
+            org["activity_retention_days"].as_i64(),
+            org["activity_retention_default"].as_bool()
+        ),
+        (Some(90), Some(true)),
+        "{org}"
+    );
+    let (s, org) = patch(json!({ "activity_retention_days": 1 })).await;
+    assert_eq!(s, StatusCode::OK, "{org}");
+    assert_eq!(org["activity_retention_days"], 1);
+    assert_eq!(org["activity_retention_default"], false);
+    let audit = app
+        .store()
+        .audit_page(&other, &Default::default(), 100)
+        .await
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "org.update" && a.summary["activity_retention_days"] == 1),
+        "the change is audited in the organization it changed: {audit:?}"
+    );
+
+    // Two days on, the retention job deletes the other organization's
+    // activity (1 day) and keeps ours (the default 90).
+    let later = cadre::activity::now_ms() + 2 * 86_400_000;
+    while app
+        .store()
+        .expire_activity(later, 90, 1)
+        .await
+        .expect("expire")
+        .more()
+    {}
+    assert_eq!(
+        app.store()
+            .activity_count(&other, None)
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        app.store()
+            .activity_count(&ours, None)
+            .await
+            .expect("count"),
+        3
+    );
+
+    // null goes back to the default.
+    let (s, org) = patch(json!({ "activity_retention_days": null })).await;
+    assert_eq!(s, StatusCode::OK, "{org}");
+    assert_eq!(
+        (
+            org["activity_retention_days"].as_i64(),
+            org["activity_retention_default"].as_bool()
+        ),
+        (Some(90), Some(true))
+    );
+    // Only the instance admin sets it.
+    let (s, _) = app
+        .call_as(
+            Some(&theirs),
+            Method::PATCH,
+            &format!("/api/v1/orgs/{other}"),
+            Some(json!({ "activity_retention_days": 30 })),
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+        "{s}"
+    );
+}
