@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The separate metrics listener's address (`metrics.listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     /// The actor tree.
     pub cadre: Cadre,
     /// The store.
@@ -37,6 +39,7 @@ pub struct Running {
     retention: JoinHandle<()>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
@@ -48,6 +51,9 @@ impl Running {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error during shutdown"),
             Err(_) => tracing::warn!("requests still running after 10 s; shutting down anyway"),
             _ => {}
+        }
+        if let Some(m) = self.metrics_server {
+            let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
         }
         self.cadre.shutdown().await;
         // The actors' last events reach the queue before it closes.
@@ -72,7 +78,30 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Real histograms (buckets), so Prometheus can aggregate them and
+            // compute any quantile; the buckets are constants, so the
+            // builder cannot refuse them.
+            use metrics_exporter_prometheus::Matcher;
+            const SECONDS: [f64; 14] = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            const ROWS: [f64; 10] = [
+                1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("cadre_activity_flush_rows".into()),
+                        &ROWS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("cadre_store_batch_size".into()), &ROWS)
+                })
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (embedding); then ours only renders.
             let _ = metrics::set_global_recorder(recorder);
@@ -145,12 +174,18 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
     );
     store.create_org(&org, &owner, &audit).await?;
     if generated {
-        // Shown once, on the terminal that started Cadre; never logged to files.
-        eprintln!(
-            "cadre: created organization \"default\" with owner {email}; generated password (shown once): {password}"
+        // Shown once, where Cadre's own messages go (stderr), never stored.
+        crate::config::notice(
+            &config.log,
+            &format!(
+                "created organization \"default\" with owner {email}; generated password (shown once): {password}"
+            ),
         );
     } else {
-        eprintln!("cadre: created organization \"default\" with owner {email}");
+        crate::config::notice(
+            &config.log,
+            &format!("created organization \"default\" with owner {email}"),
+        );
     }
     Ok(())
 }
@@ -271,6 +306,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         activity: activity.clone(),
     });
     let routes = crate::http::api_routes(&state).specs().to_vec();
+    let (metrics_addr, metrics_server) = if config.metrics.listen.is_empty() {
+        (None, None)
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("binding metrics.listen {}", config.metrics.listen))?;
+        let addr = listener.local_addr()?;
+        let router = crate::http::metrics_router(state.clone());
+        let mut closed = closing.subscribe();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = closed.wait_for(|c| *c).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "metrics listening");
+        (Some(addr), Some(server))
+    };
     let router = crate::http::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -286,6 +340,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(%addr, "cadre listening");
     Ok(Running {
         addr,
+        metrics_addr,
         cadre,
         store,
         identity,
@@ -296,5 +351,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         retention,
         closing,
         server,
+        metrics_server,
     })
 }

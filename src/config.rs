@@ -54,6 +54,8 @@ pub struct Config {
     pub pricing: Pricing,
     /// Activity pipeline and streams.
     pub activity: ActivityConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// Chaos hook.
     pub chaos: ChaosConfig,
     /// Logging.
@@ -336,6 +338,27 @@ pub struct ActivityConfig {
     pub redact_keys: Vec<String>,
 }
 
+/// `[metrics]`: where `/metrics` is served and whether it needs a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate listen address (`""`: on `server.listen`).
+    pub listen: String,
+    /// Bearer token required to scrape (`""`: none).
+    pub token: String,
+}
+
+/// A message for the operator on stderr: a plain `cadre: …` line on a
+/// terminal, a JSON log line (target `cadre::notice`) when logs are JSON,
+/// so a log shipper reading stderr sees JSON only.
+pub fn notice(log: &LogConfig, message: &str) {
+    if log.json() {
+        tracing::info!(target: "cadre::notice", "{message}");
+    } else {
+        eprintln!("cadre: {message}");
+    }
+}
+
 /// `[chaos]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,10 +371,22 @@ pub struct ChaosConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `text` or `json`.
+    /// `auto`, `text` or `json`.
     pub format: String,
     /// Filter.
     pub level: String,
+}
+
+impl LogConfig {
+    /// Whether logs are JSON lines: `json`, or `auto` with stderr not a
+    /// terminal (a service manager, a container, a pipe).
+    pub fn json(&self) -> bool {
+        match self.format.as_str() {
+            "json" => true,
+            "text" => false,
+            _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -440,6 +475,12 @@ impl Config {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return bad("server.listen", "expected host:port, e.g. 127.0.0.1:8080");
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "metrics.listen",
+                "expected host:port, e.g. 127.0.0.1:9090, or \"\" for server.listen",
+            );
         }
         let url = &self.server.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
@@ -567,8 +608,8 @@ impl Config {
         if self.actors.mailbox_capacity == 0 {
             return bad("actors.mailbox_capacity", "must be at least 1");
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return bad("log.format", "expected \"text\" or \"json\"");
+        if !matches!(self.log.format.as_str(), "auto" | "text" | "json") {
+            return bad("log.format", "expected \"auto\", \"text\" or \"json\"");
         }
         self.pricing.validate().map_err(ConfigError)?;
         Ok(())

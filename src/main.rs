@@ -44,7 +44,7 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.json() {
         builder.json().init();
     } else {
         builder.init();
@@ -72,8 +72,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let config = Config::from_env(config.as_deref())?;
             init_tracing(&config);
+            let config_log = config.log.clone();
             let mut running = cadre::app::start(config).await?;
-            eprintln!("cadre: listening on http://{}", running.addr);
+            cadre::config::notice(
+                &config_log,
+                &format!("listening on http://{}", running.addr),
+            );
             tokio::select! {
                 _ = shutdown_signal() => {}
                 r = running.wait() => return r,

@@ -554,64 +554,74 @@ impl Actor for AgentActor {
         msg: AgentMsg,
         st: &mut AgentState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        match msg {
-            AgentMsg::Get(reply) => {
-                let _ = reply.send(st.snapshot.clone());
-            }
-            AgentMsg::Command { cmd, by, reply } => {
-                let r = Box::pin(command(&myself, st, cmd, &by)).await;
-                let _ = reply.send(r);
-            }
-            AgentMsg::Patch { patch, by, reply } => {
-                let r = Box::pin(patch_agent(&myself, st, patch, &by)).await;
-                let _ = reply.send(r);
-            }
-            AgentMsg::Delete { by, reply } => {
-                let r = Box::pin(delete(&myself, st, &by)).await;
-                let _ = reply.send(r);
-            }
-            AgentMsg::RuntimeHello { token, reply } => {
-                let r = Box::pin(hello(&myself, st, &token)).await;
-                let _ = reply.send(r);
-            }
-            AgentMsg::Heartbeat { conn, reply } => {
-                let r = if st.conn == Some(conn) {
-                    st.last_seen = Instant::now();
-                    Ok(should_run(st.rec.state))
-                } else {
-                    Err(Error::Unauthorized)
-                };
-                let _ = reply.send(r);
-            }
-            AgentMsg::Usage {
-                conn,
-                report,
-                reply,
-            } => {
-                let r = if st.conn == Some(conn) {
-                    Box::pin(usage(&myself, st, report)).await
-                } else {
-                    Err(Error::Unauthorized)
-                };
-                let _ = reply.send(r);
-            }
-            AgentMsg::Tick => tick(&myself, st),
-            AgentMsg::ProbeDone(status) => Box::pin(probe_done(&myself, st, status)).await,
-            AgentMsg::OpDone { op, result } => {
-                if op == st.op {
-                    Box::pin(op_done(&myself, st, result)).await;
-                }
-            }
-            AgentMsg::RecoverNow { generation } => {
-                if generation == st.recovery_generation && st.recovery_pending {
-                    Box::pin(recover(&myself, st)).await;
-                }
-            }
-            AgentMsg::EnforceBudget => Box::pin(enforce_budget(&myself, st)).await,
-            AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),
-        }
-        Ok(())
+        // Everything logged while handling carries the organization and agent.
+        let span = tracing::info_span!("agent", org = %st.rec.org_id, agent = %st.rec.id);
+        tracing::Instrument::instrument(Box::pin(handle_msg(myself, msg, st)), span).await
     }
+}
+
+async fn handle_msg(
+    myself: ActorRef<AgentMsg>,
+    msg: AgentMsg,
+    st: &mut AgentState,
+) -> std::result::Result<(), ActorProcessingErr> {
+    match msg {
+        AgentMsg::Get(reply) => {
+            let _ = reply.send(st.snapshot.clone());
+        }
+        AgentMsg::Command { cmd, by, reply } => {
+            let r = Box::pin(command(&myself, st, cmd, &by)).await;
+            let _ = reply.send(r);
+        }
+        AgentMsg::Patch { patch, by, reply } => {
+            let r = Box::pin(patch_agent(&myself, st, patch, &by)).await;
+            let _ = reply.send(r);
+        }
+        AgentMsg::Delete { by, reply } => {
+            let r = Box::pin(delete(&myself, st, &by)).await;
+            let _ = reply.send(r);
+        }
+        AgentMsg::RuntimeHello { token, reply } => {
+            let r = Box::pin(hello(&myself, st, &token)).await;
+            let _ = reply.send(r);
+        }
+        AgentMsg::Heartbeat { conn, reply } => {
+            let r = if st.conn == Some(conn) {
+                st.last_seen = Instant::now();
+                Ok(should_run(st.rec.state))
+            } else {
+                Err(Error::Unauthorized)
+            };
+            let _ = reply.send(r);
+        }
+        AgentMsg::Usage {
+            conn,
+            report,
+            reply,
+        } => {
+            let r = if st.conn == Some(conn) {
+                Box::pin(usage(&myself, st, report)).await
+            } else {
+                Err(Error::Unauthorized)
+            };
+            let _ = reply.send(r);
+        }
+        AgentMsg::Tick => tick(&myself, st),
+        AgentMsg::ProbeDone(status) => Box::pin(probe_done(&myself, st, status)).await,
+        AgentMsg::OpDone { op, result } => {
+            if op == st.op {
+                Box::pin(op_done(&myself, st, result)).await;
+            }
+        }
+        AgentMsg::RecoverNow { generation } => {
+            if generation == st.recovery_generation && st.recovery_pending {
+                Box::pin(recover(&myself, st)).await;
+            }
+        }
+        AgentMsg::EnforceBudget => Box::pin(enforce_budget(&myself, st)).await,
+        AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),
+    }
+    Ok(())
 }
 
 fn should_run(state: State) -> bool {
@@ -1137,10 +1147,13 @@ fn tick(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
             let me = myself.clone();
             let limit = st.interval().max(Duration::from_millis(100));
             tokio::spawn(async move {
+                let started = Instant::now();
                 let status = match tokio::time::timeout(limit, deployer.status(&dep)).await {
                     Ok(s) => s,
                     Err(_) => Ok(DeploymentStatus::Stopped("status check timed out".into())),
                 };
+                metrics::histogram!("cadre_probe_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 let _ = me.cast(AgentMsg::ProbeDone(status));
             });
         }

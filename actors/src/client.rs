@@ -223,6 +223,13 @@ impl Cadre {
         crate::agent::enforce_org_budget(&self.ctx, org);
     }
 
+    /// Refreshes the gauges read at scrape time: each organization's spend
+    /// this month and the share of its monthly limits used.
+    pub fn record_gauges(&self) {
+        let period = crate::budget::Period::of(self.ctx.clock.now_ms());
+        self.ctx.tenancy.record_gauges(period);
+    }
+
     /// Whether `id` is a live agent of `org` (no database read).
     pub fn has_agent(&self, org: &OrgId, id: &AgentId) -> bool {
         self.ctx.registry.agent(org, id).is_some()

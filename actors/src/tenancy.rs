@@ -40,6 +40,33 @@ impl Tenancy {
         self.orgs.get(org).map(|s| *s).unwrap_or_default()
     }
 
+    /// Sets `cadre_org_usage_tokens`, `cadre_org_usage_cost_usd` and
+    /// `cadre_org_budget_used_ratio` for every organization known.
+    pub fn record_gauges(&self, period: Period) {
+        for entry in self.orgs.iter() {
+            let org = entry.key().0.clone();
+            let limits = entry.value().budget;
+            let used = self.spent(entry.key(), period);
+            metrics::gauge!("cadre_org_usage_tokens", "org" => org.clone()).set(used.tokens as f64);
+            metrics::gauge!("cadre_org_usage_cost_usd", "org" => org.clone())
+                .set(used.cost_micros as f64 / 1_000_000.0);
+            for (budget, used, limit) in [
+                ("tokens", used.tokens, limits.monthly_tokens),
+                ("cost", used.cost_micros, limits.monthly_cost_micros),
+            ] {
+                if let Some(limit) = limit {
+                    let ratio = if limit == 0 {
+                        1.0
+                    } else {
+                        used as f64 / limit as f64
+                    };
+                    metrics::gauge!("cadre_org_budget_used_ratio", "org" => org.clone(), "budget" => budget)
+                        .set(ratio);
+                }
+            }
+        }
+    }
+
     /// Sets an organization's committed spend (at start, from the store).
     pub fn load_spend(&self, org: &OrgId, usage: Usage) {
         self.spend.insert(org.clone(), usage);

@@ -236,8 +236,16 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
     } else {
         state.limiters.check_client(client)
     };
+    // Every log line of the request (the access log included) carries its
+    // id, and its organization once the credential is known.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        org = tracing::field::Empty,
+        principal = tracing::field::Empty,
+    );
     let mut resp = match limited {
-        Ok(()) => next.run(req).await,
+        Ok(()) => tracing::Instrument::instrument(next.run(req), span).await,
         Err(wait) => Limiters::too_many(wait, "client address"),
     };
     let h = resp.headers_mut();
@@ -373,6 +381,9 @@ async fn guard(
     if let Err(wait) = state.limiters.check_principal(principal.rate_key()) {
         return Limiters::too_many(wait, "user or API key");
     }
+    let span = tracing::Span::current();
+    span.record("org", principal.org.as_str());
+    span.record("principal", principal.who().to_text());
     if let Err(denied) = authorize(&principal, action) {
         return ApiError::forbidden(&denied.0).into_response();
     }

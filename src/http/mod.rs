@@ -45,8 +45,68 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics.render()
+/// `/metrics`, with `metrics.token` when one is configured. Gauges that
+/// are read rather than pushed (agents by state, actor mailboxes) are
+/// refreshed here, at scrape time.
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<String, ApiError> {
+    let want = &state.config.metrics.token;
+    if !want.is_empty() {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !cadre_actors::ports::constant_time_eq(given, want) {
+            return Err(ApiError::unauthenticated(
+                "/metrics needs Authorization: Bearer <metrics.token>",
+            ));
+        }
+    }
+    state.cadre.record_gauges();
+    record_agent_states(&state).await;
+    Ok(state.metrics.render())
+}
+
+/// Sets `cadre_agents{org,state}` from the store, and zero for the pairs
+/// reported before that have no agent now (a gauge that vanished would
+/// keep its last value in Prometheus until it went stale).
+async fn record_agent_states(state: &AppState) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    let counts = match state.store.agent_state_counts().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "agents by state not readable for /metrics");
+            return;
+        }
+    };
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now: HashSet<(String, String)> = counts
+        .iter()
+        .map(|(o, s, _)| (o.clone(), s.clone()))
+        .collect();
+    for (org, st) in seen.difference(&now) {
+        metrics::gauge!("cadre_agents", "org" => org.clone(), "state" => st.clone()).set(0.0);
+    }
+    for (org, st, n) in counts {
+        metrics::gauge!("cadre_agents", "org" => org, "state" => st).set(n as f64);
+    }
+    seen.extend(now);
+}
+
+/// The router of a separate metrics listener (`metrics.listen`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -211,8 +271,11 @@ pub fn router(state: AppState) -> Router {
     let api = api_routes(&state).into_router();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if state.config.metrics.listen.is_empty() {
+        app = app.route("/metrics", get(metrics));
+    }
+    let mut app = app
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -291,6 +291,18 @@ impl SqlStore {
         Ok(n > 0)
     }
 
+    /// Live agents by organization and state (the `cadre_agents` gauge). The
+    /// agents table is write-through, so this is what the actors hold.
+    pub async fn agent_state_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT org_id, state, COUNT(*) FROM agents WHERE deleted_at IS NULL \
+             GROUP BY org_id, state",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(unavailable)
+    }
+
     /// A page of an agent's state history, oldest first, after `cursor`.
     pub async fn history(
         &self,

@@ -1,5 +1,6 @@
 //! The `cadre` binary's commands, run as a user would.
 
+use crate::common::eventually;
 use std::process::Command;
 
 fn cadre() -> Command {
@@ -61,5 +62,111 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
         store.org_count().await.expect("orgs table exists"),
         0,
         "migrate bootstraps nothing"
+    );
+}
+
+/// `cadre serve` with stderr not a terminal logs JSON lines; a request's
+/// lines carry its request id and, once signed in, its organization; an
+/// agent's lines carry the organization and agent.
+#[tokio::test]
+async fn logs_are_json_lines_with_request_and_organization_fields() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    /// Kills the server however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        cadre()
+            .arg("serve")
+            .env("CADRE_DATA_DIR", dir.path())
+            .env("CADRE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CADRE_BOOTSTRAP_PASSWORD", "log-test-password")
+            .env("CADRE_LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the server answers", || async {
+        client.get(format!("{base}/readyz")).send().await.is_ok()
+    })
+    .await;
+    let login: serde_json::Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({ "email": "admin@localhost", "password": "log-test-password" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["access_token"].as_str().expect("token");
+    let resp = client
+        .get(format!("{base}/api/v1/agents"))
+        .bearer_auth(token)
+        .header("x-request-id", "log-test-0001")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    // The access log line of that request, as JSON with its span's fields.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break None;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        seen.push(line);
+        let in_request = v["spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&v["span"]))
+            .find(|s| s["request_id"] == "log-test-0001")
+            .cloned();
+        if let Some(span) = in_request
+            && v["fields"]["message"] == "request"
+        {
+            break Some((v, span));
+        }
+    };
+    drop(child);
+    let (line, span) = found.unwrap_or_else(|| panic!("no access log line: {seen:#?}"));
+    assert_eq!(line["fields"]["path"], "/api/v1/agents", "{line}");
+    assert_eq!(line["fields"]["status"], 200, "{line}");
+    assert!(
+        span["org"].as_str().is_some_and(|o| o.len() == 36),
+        "the organization is on the request's span: {line}"
+    );
+    assert!(
+        span["principal"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("user:")),
+        "{line}"
     );
 }

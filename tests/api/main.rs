@@ -9,3 +9,4 @@ mod common;
 mod errors;
 mod identity;
 mod lifecycle;
+mod metrics;
