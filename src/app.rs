@@ -37,6 +37,7 @@ pub struct Running {
     stop: oneshot::Sender<()>,
     bridge: JoinHandle<()>,
     retention: JoinHandle<()>,
+    audit_bridge: JoinHandle<()>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
@@ -59,6 +60,7 @@ impl Running {
         // The actors' last events reach the queue before it closes.
         self.bridge.abort();
         self.retention.abort();
+        self.audit_bridge.abort();
         self.activity.shutdown(Duration::from_secs(10)).await;
         self.identity.stop();
         self.store.close().await;
@@ -236,6 +238,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Subscribed before the tree starts, so hydration's events are recorded too.
     let bridge = crate::activity::spawn_bridge(activity.clone(), events.subscribe());
     let retention = crate::activity::spawn_retention(store.clone(), &config.activity);
+    let audit_bridge = crate::activity::spawn_audit_bridge(
+        store.clone(),
+        activity.clone(),
+        Duration::from_millis(200),
+    );
     let tenancy = Arc::new(cadre_actors::tenancy::Tenancy::default());
     let directory = Arc::new(crate::identity::Directory::new(
         config.plans.clone(),
@@ -349,6 +356,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         bridge,
         retention,
+        audit_bridge,
         closing,
         server,
         metrics_server,

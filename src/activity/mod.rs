@@ -249,6 +249,93 @@ pub fn spawn_bridge(
     })
 }
 
+/// Puts every audit entry on its organization's activity stream as
+/// `audit.<action>` (payload: `audit_id`, `actor`, `target`, `summary`,
+/// `request_id`), by following the audit log: every change Cadre audits —
+/// identity, agents, runtimes — shows up without each writer knowing about
+/// the stream. It starts at the log's end; entries written in the last poll
+/// interval before a crash are in the audit log (the record of truth) but
+/// not on the stream.
+pub fn spawn_audit_bridge(
+    store: Arc<SqlStore>,
+    activity: Activity,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    const PAGE: i64 = 500;
+    tokio::spawn(async move {
+        let mut last = loop {
+            match store.last_audit_id().await {
+                Ok(id) => break id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit bridge: log unreadable; retrying");
+                    tokio::time::sleep(every).await;
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            loop {
+                let entries = match store.audit_since(last, PAGE).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit bridge: log unreadable; next poll retries");
+                        break;
+                    }
+                };
+                let Some(end) = entries.last().map(|e| e.0) else {
+                    break;
+                };
+                let full = entries.len() as i64 == PAGE;
+                let rows: Vec<NewActivity> = entries
+                    .into_iter()
+                    .map(
+                        |(id, org, at, actor, action, target, summary, request_id)| {
+                            let kind: String = format!("audit.{action}")
+                                .chars()
+                                .map(|c| match c {
+                                    'a'..='z' | '0'..='9' | '_' | '.' | ':' | '-' => c,
+                                    'A'..='Z' => c.to_ascii_lowercase(),
+                                    _ => '_',
+                                })
+                                .take(100)
+                                .collect();
+                            let summary: serde_json::Value =
+                                serde_json::from_str(&summary).unwrap_or(serde_json::Value::Null);
+                            NewActivity {
+                                org_id: org,
+                                agent_id: target.strip_prefix("agent:").map(str::to_string),
+                                kind,
+                                payload: serde_json::json!({
+                                    "audit_id": id,
+                                    "actor": actor,
+                                    "target": target,
+                                    "summary": summary,
+                                    "request_id": request_id,
+                                })
+                                .to_string(),
+                                at,
+                                record: None,
+                            }
+                        },
+                    )
+                    .collect();
+                let spool = activity.spool();
+                match spool.reserve(rows.len()).await {
+                    Ok(room) => drop(spool.push(room, rows)),
+                    Err(SpoolError::Closed) => return,
+                    Err(e) => tracing::error!(error = %e, "audit bridge could not queue events"),
+                }
+                last = end;
+                if !full {
+                    break;
+                }
+            }
+        }
+    })
+}
+
 /// Deletes expired activity in batches, once per interval.
 pub fn spawn_retention(
     store: Arc<SqlStore>,

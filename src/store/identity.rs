@@ -525,6 +525,46 @@ impl SqlStore {
             .collect()
     }
 
+    /// Audit entries of every organization after `after`, oldest first: `(id,
+    /// org, at ms, actor, action, target, summary JSON, request id)` (the
+    /// activity stream's audit bridge).
+    #[allow(clippy::type_complexity)]
+    pub async fn audit_since(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<
+        Vec<(
+            i64,
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+        )>,
+        StoreError,
+    > {
+        sqlx::query_as(
+            "SELECT id, org_id, at, actor, action, target, summary, request_id FROM audit_log \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)
+    }
+
+    /// The highest audit entry id (0 when there is none).
+    pub async fn last_audit_id(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_log")
+            .fetch_one(self.read_pool())
+            .await
+            .map_err(unavailable)
+    }
+
     /// Writes an audit entry on its own (changes with no other row, e.g. a login).
     pub async fn append_audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.tx().await?;

@@ -106,7 +106,6 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     assert_eq!(old["items"].as_array().map(Vec::len), Some(1), "{old}");
 
     // Bad input changes nothing.
-    let before = app.store().activity_count(&org, None).await.expect("count");
     let (_, other) = {
         let (_, token) = other_org_owner(&app).await;
         let id = {
@@ -179,10 +178,18 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
         (s, v["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_query"))
     );
-    assert_eq!(
-        app.store().activity_count(&org, None).await.expect("count"),
-        before
-    );
+    // Nothing of the refused batches was written (other events, such as
+    // the audit log's, keep arriving on their own).
+    for kind in ["k", "tool_call", "message"] {
+        assert_eq!(
+            app.store()
+                .activity_count(&org, Some(kind))
+                .await
+                .expect("count"),
+            0,
+            "{kind}"
+        );
+    }
 }
 
 /// Creates a second organization; answers (org id, owner token).
@@ -241,7 +248,7 @@ async fn sse_resumes_from_last_event_id_then_streams_live_for_its_org_only() {
     let (_, other_token) = other_org_owner(&app).await;
     let other = app
         .client
-        .get(app.url("/api/v1/events"))
+        .get(app.url("/api/v1/events?kind=step"))
         .bearer_auth(&other_token)
         .send()
         .await
@@ -280,19 +287,19 @@ async fn sse_resumes_from_last_event_id_then_streams_live_for_its_org_only() {
     );
     assert_eq!(got[2].2["payload"]["i"], 9);
 
-    // The other organization's stream carried none of it: post one of its
-    // own and it is the first thing that stream sees.
+    // The other organization's stream (of the same kind) carried none of
+    // it: post one of its own and it is the first thing that stream sees.
     let theirs = app
         .call_as(
             Some(&other_token),
             Method::POST,
             "/api/v1/activity",
-            Some(json!({ "events": [{ "kind": "their.own" }] })),
+            Some(json!({ "events": [{ "kind": "step", "payload": { "theirs": true } }] })),
         )
         .await;
     assert_eq!(theirs.0, StatusCode::OK, "{}", theirs.1);
     let seen = sse_events(other, 1).await;
-    assert_eq!(seen[0].2["kind"], "their.own", "{seen:?}");
+    assert_eq!(seen[0].2["payload"]["theirs"], true, "{seen:?}");
 }
 
 type Ws =
@@ -334,6 +341,9 @@ async fn a_slow_websocket_consumer_gets_resync_then_everything_in_order() {
     // before it answers the upgrade).
     let mut first = None;
     let mut last = 0;
+    // Each acknowledged batch has consecutive ids; other events (the audit
+    // of the agent's creation) may take ids between batches.
+    let mut expected = Vec::new();
     // Far more than socket buffers hold while the client does not read.
     for _ in 0..20 {
         let (s, v) = post(&app, events(&agent, "bulk", 500, 1000)).await;
@@ -341,6 +351,7 @@ async fn a_slow_websocket_consumer_gets_resync_then_everything_in_order() {
         let f = v["first_id"].as_i64().expect("first_id");
         first.get_or_insert(f);
         last = f + 499;
+        expected.extend(f..=last);
     }
     let first = first.expect("posted");
     let mut seen = Vec::new();
@@ -361,7 +372,6 @@ async fn a_slow_websocket_consumer_gets_resync_then_everything_in_order() {
         }
     }
     assert!(resyncs >= 1, "the consumer fell behind and was told so");
-    let expected: Vec<i64> = (first..=last).collect();
     assert_eq!(seen.len(), expected.len(), "no gap and no duplicate");
     assert_eq!(seen, expected);
 }
@@ -840,14 +850,14 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
     {}
     assert_eq!(
         app.store()
-            .activity_count(&other, None)
+            .activity_count(&other, Some("note"))
             .await
             .expect("count"),
         0
     );
     assert_eq!(
         app.store()
-            .activity_count(&ours, None)
+            .activity_count(&ours, Some("step"))
             .await
             .expect("count"),
         3
@@ -876,4 +886,70 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
         s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
         "{s}"
     );
+}
+
+#[tokio::test]
+async fn audited_changes_reach_the_stream_and_the_history() {
+    let app = spawn_app().await;
+    let mut ws = stream(&app, "?kind=audit.").await;
+    let agent = app.create_id(json!({ "name": "audited" })).await;
+    // The next event of `kind` (the sign-in of the test's own login came
+    // before).
+    async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+        loop {
+            let m = next_json(ws).await;
+            if m["kind"] == kind {
+                return m;
+            }
+        }
+    }
+    // The agent's creation, as its organization's stream shows it.
+    let m = next_of(&mut ws, "audit.agent.create").await;
+    assert_eq!(
+        (m["kind"].as_str(), m["agent_id"].as_str()),
+        (Some("audit.agent.create"), Some(agent.as_str())),
+        "{m}"
+    );
+    assert_eq!(m["payload"]["target"], format!("agent:{agent}"));
+    assert!(
+        m["payload"]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("user:"))
+    );
+    // An identity change too; and another organization's never shows.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(json!({ "name": "ci", "scopes": ["agents:read"] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let _ = other_org_owner(&app).await;
+    let m = next_of(&mut ws, "audit.api_key.create").await;
+    assert_eq!(m["payload"]["summary"]["name"], "ci", "{m}");
+    // The other organization's owner creation and sign-in never show here.
+    let (_, page) = app
+        .call(Method::GET, "/api/v1/activity?kind=audit.&limit=200", None)
+        .await;
+    let org = org_id(&app).await;
+    for e in page["items"].as_array().expect("items") {
+        assert_ne!(
+            e["kind"], "audit.org.create",
+            "another organization's event: {e}"
+        );
+    }
+    assert!(!org.is_empty());
+    eventually("the audit events are in the history", || async {
+        let (_, page) = app
+            .call(Method::GET, "/api/v1/activity?kind=audit.", None)
+            .await;
+        let kinds: Vec<_> = page["items"]
+            .as_array()
+            .map(|i| i.iter().map(|e| e["kind"].clone()).collect())
+            .unwrap_or_default();
+        kinds.contains(&json!("audit.api_key.create"))
+            && kinds.contains(&json!("audit.agent.create"))
+    })
+    .await;
 }
