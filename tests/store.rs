@@ -373,7 +373,6 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
     a.record = Some(Record::ToolCall(ToolCallRecord {
         tool_id: "search".into(),
         status: "ok".into(),
-        duration_ms: 1,
         tokens: 2,
         cost_micros: 3,
     }));
@@ -382,7 +381,6 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
     b.record = Some(Record::Message(MessageRecord {
         conversation_id: "conv".into(),
         title: None,
-        role: "user".into(),
         tokens: 1,
     }));
     let c = row("new");

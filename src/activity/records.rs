@@ -203,7 +203,7 @@ pub fn parse(
     };
     if kind == MESSAGE {
         let conversation_id = text(&m, "conversation_id", MAX_ID, true)?.unwrap_or_default();
-        let role = one_of(&m, "role", &ROLES)?;
+        one_of(&m, "role", &ROLES)?;
         // Valid JSON starting with a quote is a string.
         if !field(&m, "content").is_some_and(|c| c.get().starts_with('"')) {
             return Err(invalid("content", "a string"));
@@ -213,7 +213,6 @@ pub fn parse(
         let record = Record::Message(MessageRecord {
             conversation_id,
             title,
-            role,
             tokens,
         });
         return Ok(Some((record, None)));
@@ -222,7 +221,7 @@ pub fn parse(
     text(&m, "call_id", MAX_ID, false)?;
     text(&m, "result_summary", MAX_SUMMARY, false)?;
     let status = one_of(&m, "status", &STATUSES)?;
-    let duration_ms = count(&m, "duration_ms")?;
+    count(&m, "duration_ms")?;
     let tokens = count(&m, "tokens")?;
     let cost_micros = match field(&m, "cost_usd") {
         None => 0,
@@ -235,7 +234,6 @@ pub fn parse(
     let record = Record::ToolCall(ToolCallRecord {
         tool_id,
         status,
-        duration_ms,
         tokens,
         cost_micros,
     });

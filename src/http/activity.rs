@@ -254,12 +254,7 @@ async fn list(
         .store
         .activity_page(p.org.as_str(), &f, before, limit as i64 + 1)
         .await?;
-    Ok(super::identity::page(
-        rows,
-        limit,
-        |r| r.id.to_string(),
-        |r| serde_json::to_value(r).unwrap_or_default(),
-    ))
+    Ok(json_page(rows, limit, |r| r.id))
 }
 
 /// What a stream delivers next.
@@ -509,6 +504,17 @@ fn own_agent(state: &AppState, p: &Principal, raw: &str) -> Result<AgentId, ApiE
     }
 }
 
+/// A `{"items","next_cursor"}` page of stored rows, as they serialize;
+/// the cursor is the last row's numeric key.
+fn json_page<T: serde::Serialize>(rows: Vec<T>, limit: usize, key: impl Fn(&T) -> i64) -> Response {
+    super::identity::page(
+        rows,
+        limit,
+        |r| key(r).to_string(),
+        |r| serde_json::to_value(r).unwrap_or_default(),
+    )
+}
+
 fn cursor_id(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     raw.map(|c| event_id(c, "cursor")).transpose()
 }
@@ -568,12 +574,7 @@ async fn tool_calls(
             limit as i64 + 1,
         )
         .await?;
-    Ok(super::identity::page(
-        rows,
-        limit,
-        |r| r.id.to_string(),
-        |r| serde_json::to_value(r).unwrap_or_default(),
-    ))
+    Ok(json_page(rows, limit, |r| r.id))
 }
 
 #[derive(Deserialize)]
@@ -600,12 +601,7 @@ async fn conversations(
             limit as i64 + 1,
         )
         .await?;
-    Ok(super::identity::page(
-        rows,
-        limit,
-        |r| r.seq.to_string(),
-        |r| serde_json::to_value(r).unwrap_or_default(),
-    ))
+    Ok(json_page(rows, limit, |r| r.seq))
 }
 
 async fn messages(
@@ -633,12 +629,7 @@ async fn messages(
             limit as i64 + 1,
         )
         .await?;
-    Ok(super::identity::page(
-        rows,
-        limit,
-        |r| r.id.to_string(),
-        |r| serde_json::to_value(r).unwrap_or_default(),
-    ))
+    Ok(json_page(rows, limit, |r| r.id))
 }
 
 #[derive(Deserialize)]

@@ -44,8 +44,6 @@ pub struct ToolCallRecord {
     pub tool_id: String,
     /// `ok`, `error`, `denied` or `timeout`.
     pub status: String,
-    /// How long it took.
-    pub duration_ms: i64,
     /// Tokens it used.
     pub tokens: i64,
     /// What it cost, in millionths of a dollar.
@@ -59,8 +57,6 @@ pub struct MessageRecord {
     pub conversation_id: String,
     /// The conversation's title, when this message sets it.
     pub title: Option<String>,
-    /// `user`, `assistant`, `system` or `tool`.
-    pub role: String,
     /// Tokens it used.
     pub tokens: i64,
 }
