@@ -264,6 +264,7 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
             target: Default::default(),
             health: Default::default(),
             budget: Default::default(),
+            profile: None,
         };
         ids.push(
             cadre

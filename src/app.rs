@@ -154,6 +154,8 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         suspended_at: None,
         created_at: now,
         activity_retention_days: None,
+        timezone: "UTC".into(),
+        budget_period: "monthly".into(),
     };
     let user_id = uuid::Uuid::now_v7().to_string();
     let owner = crate::store::NewUser {
@@ -230,6 +232,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         runtime_bin,
         connect_url,
         Duration::from_millis(config.deploy.local.stop_grace_ms),
+    )
+    .with_script_dir(
+        (!config.deploy.local.script_dir.is_empty())
+            .then(|| PathBuf::from(&config.deploy.local.script_dir)),
     );
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
@@ -254,17 +260,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .load(&store, SystemClock.now_ms(), access_ttl_ms)
         .await
         .context("loading users, keys and organizations")?;
-    // Each organization's spend this month, so its budget holds across restarts.
-    let period = cadre_actors::budget::Period::of(SystemClock.now_ms());
-    for (org, tokens, cost) in store
-        .org_spend(&period.to_string())
+    // Each organization's spend in its current period (its own kind and
+    // time zone, published by the directory), so budgets hold across restarts.
+    let now = SystemClock.now_ms();
+    for (org, period, tokens, cost) in store
+        .org_spend()
         .await
         .context("loading organizations' spend")?
     {
-        tenancy.load_spend(
-            &cadre_actors::domain::OrgId(org),
-            cadre_actors::budget::Usage::empty(period).add(tokens, cost),
-        );
+        let org = cadre_actors::domain::OrgId(org);
+        let current = tenancy.period(&org, now);
+        if period == current.to_string() {
+            tenancy.load_spend(
+                &org,
+                cadre_actors::budget::Usage::empty(current).add(tokens, cost),
+            );
+        }
     }
     let identity = crate::identity::Identity::start(
         store.clone(),
@@ -288,6 +299,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         });
     }
+    // Governance: the catalog, then every kill switch and live grant, before
+    // any actor can be asked about a tool call.
+    let gov = Arc::new(cadre_actors::governance::Governance::new(
+        config.governance.catalog()?,
+        config.governance.default_policy.clone(),
+        config.governance.default_profile.clone(),
+    ));
+    {
+        use cadre_actors::ports::GovStore;
+        for scope in store.halts().await.context("loading kill switches")? {
+            gov.set_halt(&scope, true);
+        }
+        for grant in store
+            .live_grants(SystemClock.now_ms())
+            .await
+            .context("loading grants")?
+        {
+            gov.add_grant(grant);
+        }
+    }
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         deployer: Arc::new(deployer),
@@ -298,6 +329,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         events,
         registry: Default::default(),
         tenancy,
+        gov,
+        gov_store: store.clone(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     let (closing, shutdown) = watch::channel(false);

@@ -58,6 +58,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Chaos hook.
     pub chaos: ChaosConfig,
+    /// `[governance]`.
+    pub governance: GovernanceConfig,
     /// Logging.
     pub log: LogConfig,
     /// Plans and their default limits.
@@ -90,6 +92,7 @@ impl Limits {
             monthly_cost_micros: self
                 .monthly_cost_usd
                 .map(|usd| (usd * 1_000_000.0).round() as u64),
+            period: cadre_actors::budget::PeriodKind::Monthly,
         }
     }
 
@@ -301,6 +304,8 @@ pub struct LocalDeployConfig {
     pub runtime_bin: String,
     /// SIGTERM → SIGKILL grace.
     pub stop_grace_ms: u64,
+    /// Scripted runtimes: `<script_dir>/<agent id>.jsonl` ("" = off).
+    pub script_dir: String,
 }
 
 /// `[activity]`: batching, back-pressure, retention, streams.
@@ -356,6 +361,61 @@ pub fn notice(log: &LogConfig, message: &str) {
         tracing::info!(target: "cadre::notice", "{message}");
     } else {
         eprintln!("cadre: {message}");
+    }
+}
+
+/// `[governance]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Catalog file ("" = shipped).
+    pub catalog: String,
+    /// Profile of agents that name none.
+    pub default_profile: String,
+    /// Unsettled reservations are released after this long.
+    pub reservation_ttl_ms: u64,
+    /// Approvers when no organization policy matches.
+    pub default_policy: cadre_actors::governance::PolicyDef,
+    /// Outbound approval notices.
+    pub webhook: WebhookConfig,
+}
+
+/// `[governance.webhook]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST ("" = off).
+    pub url: String,
+    /// HMAC-SHA256 key.
+    pub secret: String,
+    /// Attempts per notice.
+    pub max_attempts: u32,
+}
+
+/// The shipped catalog.
+pub const SHIPPED_CATALOG: &str = include_str!("../config/governance.toml");
+
+impl GovernanceConfig {
+    /// Loads and validates the catalog.
+    pub fn catalog(&self) -> Result<cadre_actors::governance::CatalogFile, ConfigError> {
+        let (text, from) = if self.catalog.is_empty() {
+            (
+                SHIPPED_CATALOG.to_string(),
+                "the shipped catalog".to_string(),
+            )
+        } else {
+            (
+                std::fs::read_to_string(&self.catalog).map_err(|e| {
+                    ConfigError(format!("governance.catalog: reading {}: {e}", self.catalog))
+                })?,
+                self.catalog.clone(),
+            )
+        };
+        let file: cadre_actors::governance::CatalogFile = toml::from_str(&text)
+            .map_err(|e| ConfigError(format!("governance.catalog ({from}): {e}")))?;
+        file.validate()
+            .map_err(|e| ConfigError(format!("governance.catalog ({from}): {e}")))?;
+        Ok(file)
     }
 }
 
@@ -473,6 +533,20 @@ impl Config {
     /// Checks invariants serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let catalog = self.governance.catalog()?;
+        if !catalog
+            .profiles
+            .contains_key(&self.governance.default_profile)
+        {
+            return bad("governance.default_profile", "not a profile of the catalog");
+        }
+        if let Err(e) = self.governance.default_policy.validate() {
+            return Err(ConfigError(format!("governance.default_policy: {e}")));
+        }
+        let url = &self.governance.webhook.url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("governance.webhook.url", "an http:// or https:// URL");
+        }
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return bad("server.listen", "expected host:port, e.g. 127.0.0.1:8080");
         }
@@ -668,6 +742,7 @@ impl Config {
             call_timeout: ms(self.actors.call_timeout_ms),
             mailbox_capacity: self.actors.mailbox_capacity,
             mailbox_wait: ms(self.actors.mailbox_wait_ms),
+            reservation_ttl: ms(self.governance.reservation_ttl_ms),
         }
     }
 }

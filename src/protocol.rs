@@ -38,6 +38,37 @@ pub enum RuntimeMessage {
         input_tokens: u64,
         /// Completion tokens.
         output_tokens: u64,
+        /// The reservation this report settles (its hold is released).
+        #[serde(default)]
+        reservation_id: Option<String>,
+    },
+    /// May I run this tool? Answered by `tool_decision`, after a
+    /// `tool_pending` when a human must decide first. Asking again with the
+    /// same `call_id` (after a reconnect) never creates a second request.
+    ToolRequest {
+        /// Unique per agent (1–200 characters).
+        call_id: String,
+        /// Tool id from the catalog.
+        tool: String,
+        /// The call's arguments (secrets are redacted before they are stored).
+        #[serde(default)]
+        arguments: serde_json::Value,
+        /// Estimated cost in USD (for cost-triggered approval policies).
+        #[serde(default)]
+        estimated_cost_usd: Option<f64>,
+    },
+    /// Hold budget for a model call before making it: the prompt tokens
+    /// plus the call's maximum output tokens, priced from the pricing table.
+    /// Settle with a `usage` report naming the reservation.
+    Reserve {
+        /// Idempotency key (1–200 characters).
+        reservation_id: String,
+        /// Model.
+        model: String,
+        /// Prompt tokens.
+        input_tokens: u64,
+        /// The call's maximum output tokens.
+        max_output_tokens: u64,
     },
     /// A batch of activity events (at most 5000).
     Activity {
@@ -94,6 +125,51 @@ pub enum ServerMessage {
         accepted: usize,
         /// Event id of the first (the others follow in order).
         first_id: i64,
+    },
+    /// The verdict on a `tool_request`. `decision` is `allow`, `simulate`
+    /// (sandbox: record it, do not execute it) or `deny`; a runtime executes
+    /// a tool only on `allow`.
+    ToolDecision {
+        /// The call.
+        call_id: String,
+        /// `allow`, `simulate` or `deny`.
+        decision: String,
+        /// Why it was denied (a stable code: `tool_blocked`, `approval_denied`, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// A human explanation, for the model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// The approval request, when a human decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<String>,
+        /// Who decided (`user:<id>`, `system` for a timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decided_by: Option<String>,
+        /// The decider's comment, handed back to the model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// The call waits for a human (a `tool_decision` follows).
+    ToolPending {
+        /// The call.
+        call_id: String,
+        /// The approval request.
+        approval_id: String,
+    },
+    /// The answer to `reserve`.
+    Reservation {
+        /// The reservation.
+        reservation_id: String,
+        /// Whether the call may be made.
+        granted: bool,
+        /// Tokens held.
+        tokens: u64,
+        /// USD held.
+        cost_usd: f64,
+        /// Why not: `budget_exceeded`, `org_budget_exceeded`, `halted`, …
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// The activity queue is full: the batch waits for room; send less
     /// often until it is acknowledged.

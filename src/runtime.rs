@@ -4,8 +4,13 @@
 //! It reads `runtime.json`, dials `/api/v1/runtime/connect` with its token,
 //! says hello and sends heartbeats; it reconnects with back-off whenever the
 //! connection drops (the control plane may be restarting) and exits on
-//! SIGTERM, on a `stop` frame, or when its token is refused. The LLM loop and
-//! tools come with their own issue.
+//! SIGTERM, on a `stop` frame, or when its token is refused. The LLM loop
+//! comes with its own issue; until then a runtime can follow a *script*
+//! (`script` in runtime.json): tool calls and model calls, one JSON object
+//! per line, each asked of the control plane first (the permission engine,
+//! approvals, budget reservations) and executed only on `allow`. Step `n`
+//! uses the call id `step-<n>`, so after a reconnect or a restart the same
+//! question gets the same approval request and its decision.
 
 use crate::deploy::RuntimeConfig;
 use crate::protocol::{PROTOCOL_VERSION, RuntimeMessage, ServerMessage};
@@ -32,6 +37,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config: RuntimeConfig = serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", config_path.display()))?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut script = match &config.script {
+        Some(path) => Script::load(path)?,
+        None => Script::default(),
+    };
     let mut backoff = Duration::from_millis(50);
     // Never wait longer between dials than the control plane waits between
     // heartbeats, so a control-plane restart does not look like a dead agent.
@@ -48,7 +57,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 eprintln!("cadre runtime: SIGTERM, exiting");
                 return Ok(());
             }
-            end = session(&config, &mut backoff) => end,
+            end = session(&config, &mut backoff, &mut script) => end,
         };
         match end {
             SessionEnd::Exit(why) => {
@@ -67,7 +76,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 }
 
-async fn session(config: &RuntimeConfig, backoff: &mut Duration) -> SessionEnd {
+async fn session(
+    config: &RuntimeConfig,
+    backoff: &mut Duration,
+    script: &mut Script,
+) -> SessionEnd {
     let mut request = match config.connect_url.as_str().into_client_request() {
         Ok(r) => r,
         Err(e) => return SessionEnd::Exit(format!("bad connect_url: {e}")),
@@ -94,7 +107,18 @@ async fn session(config: &RuntimeConfig, backoff: &mut Duration) -> SessionEnd {
     let mut interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
     let mut seq = 0u64;
     let mut ticker = tokio::time::interval(interval);
+    // Whatever step was in flight is asked again on this connection.
+    script.asked = false;
     loop {
+        if script.welcomed
+            && !script.asked
+            && let Some(msg) = script.next_request()
+        {
+            if let Err(e) = send(&mut ws, &msg).await {
+                return SessionEnd::Reconnect(e);
+            }
+            script.asked = true;
+        }
         tokio::select! {
             _ = ticker.tick() => {
                 seq += 1;
@@ -112,6 +136,7 @@ async fn session(config: &RuntimeConfig, backoff: &mut Duration) -> SessionEnd {
                 match serde_json::from_str::<ServerMessage>(&text) {
                     Ok(ServerMessage::Welcome { heartbeat_interval_ms, .. }) => {
                         *backoff = Duration::from_millis(50);
+                        script.welcomed = true;
                         let wanted = Duration::from_millis(heartbeat_interval_ms.max(10));
                         if wanted != interval {
                             interval = wanted;
@@ -119,6 +144,21 @@ async fn session(config: &RuntimeConfig, backoff: &mut Duration) -> SessionEnd {
                         }
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
+                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. })) => {
+                        for out in script.answer(msg) {
+                            if let Err(e) = send(&mut ws, &out).await {
+                                return SessionEnd::Reconnect(e);
+                            }
+                        }
+                        script.asked = false;
+                    }
+                    Ok(ServerMessage::ToolPending { call_id, approval_id }) => {
+                        eprintln!("cadre runtime: {call_id} waits for approval {approval_id}");
+                    }
+                    Ok(ServerMessage::Error { code, message }) if code == "retry_tool_request" => {
+                        eprintln!("cadre runtime: {message}");
+                        script.asked = false;
+                    }
                     Ok(ServerMessage::Error { code, message }) if code == "unauthorized" || code == "unsupported_protocol" => {
                         return SessionEnd::Exit(format!("{code}: {message}"));
                     }
@@ -140,4 +180,233 @@ where
     ws.send(Message::Text(text.into()))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// One scripted step.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepIn {
+    /// A tool call.
+    tool: Option<String>,
+    #[serde(default)]
+    arguments: serde_json::Value,
+    estimated_cost_usd: Option<f64>,
+    /// A model call: reserve, then report usage.
+    model_call: Option<ModelCall>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelCall {
+    model: String,
+    input_tokens: u64,
+    max_output_tokens: u64,
+    /// What the "model" then used.
+    output_tokens: u64,
+}
+
+/// A script and how far it got (kept across reconnects).
+#[derive(Debug, Default)]
+struct Script {
+    steps: Vec<StepIn>,
+    next: usize,
+    welcomed: bool,
+    asked: bool,
+    batch: u64,
+}
+
+impl Script {
+    fn load(path: &Path) -> anyhow::Result<Script> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Script::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut steps = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let step: StepIn = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+            if step.tool.is_some() == step.model_call.is_some() {
+                anyhow::bail!(
+                    "{} line {}: give either tool or model_call",
+                    path.display(),
+                    i + 1
+                );
+            }
+            steps.push(step);
+        }
+        eprintln!("cadre runtime: script of {} steps", steps.len());
+        Ok(Script {
+            steps,
+            ..Script::default()
+        })
+    }
+
+    fn call_id(&self) -> String {
+        format!("step-{}", self.next)
+    }
+
+    /// The question for the current step, if any is left.
+    fn next_request(&self) -> Option<RuntimeMessage> {
+        let step = self.steps.get(self.next)?;
+        Some(match (&step.tool, &step.model_call) {
+            (Some(tool), _) => RuntimeMessage::ToolRequest {
+                call_id: self.call_id(),
+                tool: tool.clone(),
+                arguments: step.arguments.clone(),
+                estimated_cost_usd: step.estimated_cost_usd,
+            },
+            (None, Some(m)) => RuntimeMessage::Reserve {
+                reservation_id: self.call_id(),
+                model: m.model.clone(),
+                input_tokens: m.input_tokens,
+                max_output_tokens: m.max_output_tokens,
+            },
+            (None, None) => return None,
+        })
+    }
+
+    fn record(&mut self, payload: serde_json::Value) -> RuntimeMessage {
+        self.batch += 1;
+        RuntimeMessage::Activity {
+            batch: self.batch,
+            events: vec![crate::protocol::RuntimeEvent {
+                kind: "tool_call".into(),
+                payload: Some(payload),
+                at: None,
+            }],
+        }
+    }
+
+    /// Handles the answer to the current step; returns frames to send.
+    fn answer(&mut self, msg: ServerMessage) -> Vec<RuntimeMessage> {
+        let Some(step) = self.steps.get(self.next).cloned() else {
+            return Vec::new();
+        };
+        let id = self.call_id();
+        let mut out = Vec::new();
+        match msg {
+            ServerMessage::ToolDecision {
+                call_id,
+                decision,
+                reason,
+                message,
+                approval_id,
+                decided_by,
+                comment,
+            } if call_id == id => {
+                let tool = step.tool.clone().unwrap_or_default();
+                let (status, result) = match decision.as_str() {
+                    // Executed only on an explicit allow.
+                    "allow" => match execute(&tool, &step.arguments) {
+                        Ok(r) => ("ok", r),
+                        Err(e) => ("error", e),
+                    },
+                    "simulate" => (
+                        "ok",
+                        format!("simulated (sandbox): {tool} was not executed"),
+                    ),
+                    _ => ("denied", message.clone().unwrap_or_else(|| "denied".into())),
+                };
+                eprintln!("cadre runtime: {id} {tool}: {decision} -> {status}: {result}");
+                out.push(self.record(serde_json::json!({
+                    "tool_id": tool,
+                    "call_id": id,
+                    "status": status,
+                    "arguments": step.arguments,
+                    "result_summary": result,
+                    "decision": decision,
+                    "reason": reason,
+                    "approval_id": approval_id,
+                    "decided_by": decided_by,
+                    "comment": comment,
+                    "simulated": decision == "simulate",
+                })));
+                self.next += 1;
+            }
+            ServerMessage::Reservation {
+                reservation_id,
+                granted,
+                reason,
+                ..
+            } if reservation_id == id => {
+                let Some(m) = step.model_call.clone() else {
+                    return out;
+                };
+                if granted {
+                    out.push(RuntimeMessage::Usage {
+                        report_id: id.clone(),
+                        model: m.model.clone(),
+                        input_tokens: m.input_tokens,
+                        output_tokens: m.output_tokens,
+                        reservation_id: Some(id.clone()),
+                    });
+                    eprintln!("cadre runtime: {id} model call made");
+                    self.next += 1;
+                } else {
+                    // Never call the model without a reservation: the script
+                    // stops here.
+                    eprintln!(
+                        "cadre runtime: {id} model call refused: {}",
+                        reason.as_deref().unwrap_or("no reason")
+                    );
+                    self.steps.truncate(self.next);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// A path inside the workspace (the working directory), or why not.
+fn workspace_path(args: &serde_json::Value) -> Result<std::path::PathBuf, String> {
+    let p = args
+        .get("path")
+        .and_then(|p| p.as_str())
+        .ok_or("arguments.path (a string) is required")?;
+    let path = Path::new(p);
+    if p.is_empty()
+        || path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!("{p:?} is not a relative path inside the workspace"));
+    }
+    Ok(Path::new("workspace").join(path))
+}
+
+/// The built-in tools this runtime can execute.
+fn execute(tool: &str, args: &serde_json::Value) -> Result<String, String> {
+    match tool {
+        "echo" => Ok(args.to_string()),
+        "files.write" => {
+            let path = workspace_path(args)?;
+            let content = args.get("content").and_then(|c| c.as_str()).unwrap_or("");
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&path, content).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "wrote {} bytes to {}",
+                content.len(),
+                path.display()
+            ))
+        }
+        "files.read" => {
+            let path = workspace_path(args)?;
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        "files.delete" => {
+            let path = workspace_path(args)?;
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(format!("deleted {}", path.display()))
+        }
+        other => Err(format!("{other} is not implemented by this runtime")),
+    }
 }

@@ -28,6 +28,8 @@ async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
         suspended_at: None,
         created_at: 0,
         activity_retention_days: None,
+        timezone: "UTC".into(),
+        budget_period: "monthly".into(),
     };
     let owner = NewUser {
         id: "u",
@@ -92,14 +94,12 @@ fn record(org: &OrgId, name: &str) -> AgentRecord {
             target: DeployTarget::Local,
             health: HealthOverrides::default(),
             budget: BudgetLimits::default(),
+            profile: None,
         },
         state: State::Draft,
         state_reason: None,
         restart_count: 0,
-        usage: Usage::empty(Period {
-            year: 2026,
-            month: 11,
-        }),
+        usage: Usage::empty(Period::parse("2026-11").expect("period")),
         deployment_ref: None,
         runtime_token_hash: None,
         epoch: 1,
@@ -235,6 +235,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         report_id: "r1",
         tokens: 10,
         cost_micros: 7,
+        org_period: Period::parse("2026-11").expect("period"),
     };
     let w = AgentWrite {
         record: &rec,
@@ -282,13 +283,13 @@ async fn usage_reports_count_once_even_in_one_batch() {
     // The organization's spend counts the report once too, and keeps it
     // after the agent is deleted.
     let period = rec.usage.period.to_string();
-    let spend = |rows: Vec<(String, u64, u64)>| {
+    let spend = |rows: Vec<(String, String, u64, u64)>| {
         rows.into_iter()
-            .find(|(o, _, _)| o == org.as_str())
-            .map(|(_, t, c)| (t, c))
+            .find(|(o, p, _, _)| o == org.as_str() && *p == period)
+            .map(|(_, _, t, c)| (t, c))
     };
     assert_eq!(
-        spend(store.org_spend(&period).await.expect("spend")),
+        spend(store.org_spend().await.expect("spend")),
         Some((10, 7))
     );
     let at = rec.updated_at + 1;
@@ -302,7 +303,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         .await
         .expect("delete");
     assert_eq!(
-        spend(store.org_spend(&period).await.expect("spend")),
+        spend(store.org_spend().await.expect("spend")),
         Some((10, 7))
     );
     assert_eq!(

@@ -67,6 +67,8 @@ pub struct UsageReport {
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// The reservation this report settles, if any.
+    pub reservation_id: Option<String>,
 }
 
 /// Answer to a runtime hello.
@@ -78,6 +80,63 @@ pub struct HelloAck {
     pub heartbeat_interval_ms: u64,
     /// `false` when the agent is not supposed to run (the runtime should exit).
     pub should_run: bool,
+}
+
+/// A tool call the runtime asks about.
+#[derive(Debug, Clone)]
+pub struct ToolRequest {
+    /// The runtime's call id (unique per agent; repeated on reconnect).
+    pub call_id: String,
+    /// Tool id.
+    pub tool: String,
+    /// Arguments, secrets redacted.
+    pub arguments: serde_json::Value,
+    /// SHA-256 (hex) of the canonical arguments, before redaction.
+    pub args_hash: String,
+    /// Estimated cost of the call in micro-dollars (0 if unknown).
+    pub estimated_cost_micros: u64,
+}
+
+/// A model-call reservation request.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    /// Idempotency key (settled by the usage report naming it).
+    pub reservation_id: String,
+    /// Model (priced from the pricing table).
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// The call's maximum output tokens.
+    pub max_output_tokens: u64,
+}
+
+/// Answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveAck {
+    /// Whether the call may go ahead.
+    pub granted: bool,
+    /// Tokens held.
+    pub tokens: u64,
+    /// Micro-dollars held.
+    pub cost_micros: u64,
+    /// Why not (`budget_exceeded`, `org_budget_exceeded`, `halted`, `stopped`).
+    pub reason: Option<String>,
+}
+
+/// One held reservation.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    tokens: u64,
+    cost_micros: u64,
+    at: Instant,
+}
+
+/// Governance state of a live agent (allocated on first use, so idle agents
+/// stay small).
+#[derive(Debug, Default)]
+struct GovState {
+    rates: crate::governance::engine::RateState,
+    held: std::collections::HashMap<String, Held>,
 }
 
 /// Answer to a usage report.
@@ -159,6 +218,31 @@ pub enum AgentMsg {
         /// Answer (`Ok(should_run)`).
         reply: RpcReplyPort<Result<bool>>,
     },
+    /// Judge a tool call (the permission engine).
+    ToolCheck {
+        /// Connection from the hello.
+        conn: u64,
+        /// The call.
+        call: Box<ToolRequest>,
+        /// Answer.
+        reply: RpcReplyPort<Result<crate::governance::Verdict>>,
+    },
+    /// Hold budget for a model call.
+    Reserve {
+        /// Connection from the hello.
+        conn: u64,
+        /// The reservation.
+        req: ReserveRequest,
+        /// Answer.
+        reply: RpcReplyPort<Result<ReserveAck>>,
+    },
+    /// A kill switch covering this agent went on: stop now.
+    Halt {
+        /// `agent`, `org` or `instance`.
+        scope: &'static str,
+        /// Who pulled it.
+        by: Who,
+    },
     /// A usage report.
     Usage {
         /// Connection from the hello.
@@ -212,6 +296,7 @@ pub struct AgentState {
     starting_since: Instant,
     conn: Option<u64>,
     next_conn: u64,
+    gov: Option<Box<GovState>>,
 }
 
 impl AgentState {
@@ -343,7 +428,7 @@ impl AgentState {
             let total = self
                 .ctx
                 .tenancy
-                .charge(org, next.usage.period, c.tokens, c.cost_micros);
+                .charge(org, c.org_period, c.tokens, c.cost_micros);
             if total.is_exhausted(&self.ctx.tenancy.get(org).budget) {
                 enforce_org_budget(&self.ctx, org);
             }
@@ -450,10 +535,23 @@ impl AgentState {
         }
     }
 
+    /// The agent's current budget period (its kind, its organization's time zone).
+    fn period(&self, rec: &AgentRecord) -> Period {
+        self.ctx
+            .tenancy
+            .agent_period(&rec.org_id, rec.spec.budget.period, self.now())
+    }
+
+    /// What the organization has spent in its current period.
+    fn org_spent(&self, org: &OrgId) -> Usage {
+        let tenancy = &self.ctx.tenancy;
+        tenancy.spent(org, tenancy.period(org, self.now()))
+    }
+
     fn budget_check(&self, rec: &mut AgentRecord) -> Result<()> {
-        rec.usage = rec.usage.rolled_to(Period::of(self.now()));
+        rec.usage = rec.usage.rolled_to(self.period(rec));
         let period = rec.usage.period.to_string();
-        match self.over_budget(rec, self.ctx.tenancy.spent(&rec.org_id, rec.usage.period)) {
+        match self.over_budget(rec, self.org_spent(&rec.org_id)) {
             None => Ok(()),
             Some(Over::Agent) => Err(Error::BudgetExceeded { period }),
             Some(Over::Org) => Err(Error::OrgBudgetExceeded { period }),
@@ -519,6 +617,7 @@ impl Actor for AgentActor {
             starting_since: Instant::now(),
             conn: None,
             next_conn: 1,
+            gov: None,
         })
     }
 
@@ -606,7 +705,27 @@ async fn handle_msg(
             };
             let _ = reply.send(r);
         }
-        AgentMsg::Tick => tick(&myself, st),
+        AgentMsg::ToolCheck { conn, call, reply } => {
+            let r = if st.conn == Some(conn) {
+                tool_check(st, &call)
+            } else {
+                Err(Error::Unauthorized)
+            };
+            let _ = reply.send(r);
+        }
+        AgentMsg::Reserve { conn, req, reply } => {
+            let r = if st.conn == Some(conn) {
+                Ok(reserve(st, req))
+            } else {
+                Err(Error::Unauthorized)
+            };
+            let _ = reply.send(r);
+        }
+        AgentMsg::Halt { scope, by } => Box::pin(halt(&myself, st, scope, &by)).await,
+        AgentMsg::Tick => {
+            expire_holds(st);
+            tick(&myself, st)
+        }
         AgentMsg::ProbeDone(status) => Box::pin(probe_done(&myself, st, status)).await,
         AgentMsg::OpDone { op, result } => {
             if op == st.op {
@@ -744,6 +863,14 @@ async fn command(
     {
         return Err(Error::Suspended);
     }
+    if matches!(cmd, Command::Deploy | Command::Start | Command::Restart)
+        && let Some(scope) = st.ctx.gov.halted(&st.rec.org_id, &st.rec.id)
+    {
+        return Err(Error::Conflict(
+            "halted",
+            format!("the {scope} kill switch is on: lift it before starting agents"),
+        ));
+    }
     let audit = st.audit(
         by,
         cmd.as_str(),
@@ -871,8 +998,8 @@ async fn patch_agent(
         );
     }
     // A lowered budget takes effect at once.
-    next.usage = next.usage.rolled_to(Period::of(st.now()));
-    let org_spent = st.ctx.tenancy.spent(&next.org_id, next.usage.period);
+    next.usage = next.usage.rolled_to(st.period(&next));
+    let org_spent = st.org_spent(&next.org_id);
     let event = st
         .over_budget(&next, org_spent)
         .and_then(|over| stop_for_budget(st, &mut next, &mut tr, over, org_spent));
@@ -1043,8 +1170,8 @@ async fn enforce_budget(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
         return;
     }
     let mut next = st.rec.clone();
-    next.usage = next.usage.rolled_to(Period::of(st.now()));
-    let org_spent = st.ctx.tenancy.spent(&next.org_id, next.usage.period);
+    next.usage = next.usage.rolled_to(st.period(&next));
+    let org_spent = st.org_spent(&next.org_id);
     let Some(over) = st.over_budget(&next, org_spent) else {
         return;
     };
@@ -1083,7 +1210,7 @@ async fn usage(
     report: UsageReport,
 ) -> Result<UsageAck> {
     let mut next = st.rec.clone();
-    next.usage = next.usage.rolled_to(Period::of(st.now()));
+    next.usage = next.usage.rolled_to(st.period(&next));
     let tokens = report.input_tokens.saturating_add(report.output_tokens);
     let cost = st
         .ctx
@@ -1091,11 +1218,8 @@ async fn usage(
         .cost_micros(&report.model, report.input_tokens, report.output_tokens);
     next.usage = next.usage.add(tokens, cost);
     // Judge the organization with this report counted.
-    let org_spent = st
-        .ctx
-        .tenancy
-        .spent(&next.org_id, next.usage.period)
-        .add(tokens, cost);
+    let org_period = st.ctx.tenancy.period(&next.org_id, st.now());
+    let org_spent = st.org_spent(&next.org_id).add(tokens, cost);
     let mut tr = Vec::new();
     let mut event = None;
     let was_live = should_run(next.state);
@@ -1109,8 +1233,13 @@ async fn usage(
         report_id: &report.report_id,
         tokens,
         cost_micros: cost,
+        org_period,
     };
     let outcome = st.commit(myself, next, tr, event, Some(charge)).await?;
+    // Settled: the measured usage now counts, the hold goes.
+    if let Some(id) = &report.reservation_id {
+        release_hold(st, id);
+    }
     metrics::counter!("cadre_usage_tokens_total").increment(tokens);
     if was_live && st.rec.state == State::Stopped {
         st.recovery_pending = false;
@@ -1358,5 +1487,194 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
         }
         // A result that no longer matches the state (superseded by a command).
         _ => {}
+    }
+}
+
+/// Judges a tool call with the permission engine (the agent's profile, its
+/// organization's catalog and policies, the kill switches, its rate limits).
+fn tool_check(st: &mut AgentState, call: &ToolRequest) -> Result<crate::governance::Verdict> {
+    use crate::governance::{DenyReason, Verdict, engine};
+    let ctx = st.ctx.clone();
+    let org = &st.rec.org_id;
+    let halted = ctx.gov.halted(org, &st.rec.id);
+    if halted.is_none() && !should_run(st.rec.state) {
+        return Ok(Verdict::Deny {
+            reason: DenyReason::Halted,
+            message: format!("the agent is {}: no tool calls", st.rec.state.as_str()),
+        });
+    }
+    let gov = ctx.gov.org(org);
+    let name = st
+        .rec
+        .spec
+        .profile
+        .as_deref()
+        .unwrap_or(ctx.gov.default_profile());
+    let profile = gov.profiles.get(name).map(|p| &**p);
+    let now = st.now();
+    let g = st.gov.get_or_insert_with(Default::default);
+    let agent = &st.rec.id;
+    let verdict = engine::check(
+        &gov,
+        profile,
+        halted,
+        &engine::ToolCall {
+            tool: &call.tool,
+            estimated_cost_micros: call.estimated_cost_micros,
+            now_ms: now,
+        },
+        &mut g.rates,
+        || {
+            ctx.gov
+                .grant_for(org, agent, &call.tool, &call.args_hash, now)
+        },
+    );
+    let label = match &verdict {
+        Verdict::Allow { .. } => "allow",
+        Verdict::Deny { .. } => "deny",
+        Verdict::NeedsApproval { .. } => "needs_approval",
+    };
+    metrics::counter!("cadre_tool_checks_total", "verdict" => label).increment(1);
+    Ok(verdict)
+}
+
+/// Drops holds older than the reservation TTL (a runtime that died
+/// mid-call never settles).
+fn expire_holds(st: &mut AgentState) {
+    let ttl = st.ctx.settings.reservation_ttl;
+    let Some(g) = st.gov.as_mut() else { return };
+    let stale: Vec<String> = g
+        .held
+        .iter()
+        .filter(|(_, h)| h.at.elapsed() > ttl)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        release_hold(st, &id);
+    }
+}
+
+fn release_hold(st: &mut AgentState, id: &str) {
+    if let Some(h) = st.gov.as_mut().and_then(|g| g.held.remove(id)) {
+        st.ctx
+            .tenancy
+            .release(&st.rec.org_id, h.tokens, h.cost_micros);
+    }
+}
+
+/// Holds a model call's maximum cost against the agent's budget and its
+/// organization's, or refuses. The agent's check runs in this actor (one
+/// message at a time), the organization's under its ledger lock, so
+/// concurrent reservations never overshoot either.
+fn reserve(st: &mut AgentState, req: ReserveRequest) -> ReserveAck {
+    expire_holds(st);
+    let tokens = req.input_tokens.saturating_add(req.max_output_tokens);
+    let cost = st
+        .ctx
+        .pricing
+        .cost_micros(&req.model, req.input_tokens, req.max_output_tokens);
+    let refuse = |reason: &str| ReserveAck {
+        granted: false,
+        tokens,
+        cost_micros: cost,
+        reason: Some(reason.to_string()),
+    };
+    if st.ctx.gov.halted(&st.rec.org_id, &st.rec.id).is_some() {
+        return refuse("halted");
+    }
+    if !should_run(st.rec.state) {
+        return refuse(st.rec.state_reason.as_deref().unwrap_or("stopped"));
+    }
+    if let Some(h) = st
+        .gov
+        .as_ref()
+        .and_then(|g| g.held.get(&req.reservation_id))
+    {
+        // A repeated reservation (a reconnecting runtime) holds nothing more.
+        return ReserveAck {
+            granted: true,
+            tokens: h.tokens,
+            cost_micros: h.cost_micros,
+            reason: None,
+        };
+    }
+    let usage = st.rec.usage.rolled_to(st.period(&st.rec));
+    let (held_tokens, held_cost) = st.gov.as_ref().map_or((0, 0), |g| {
+        g.held.values().fold((0u64, 0u64), |(t, c), h| {
+            (t.saturating_add(h.tokens), c.saturating_add(h.cost_micros))
+        })
+    });
+    let limits = st.rec.spec.budget;
+    let fits = |used: u64, held: u64, more: u64, limit: Option<u64>| {
+        limit
+            .is_none_or(|l| u128::from(used) + u128::from(held) + u128::from(more) <= u128::from(l))
+    };
+    if !(fits(usage.tokens, held_tokens, tokens, limits.monthly_tokens)
+        && fits(
+            usage.cost_micros,
+            held_cost,
+            cost,
+            limits.monthly_cost_micros,
+        ))
+    {
+        metrics::counter!("cadre_reservations_total", "granted" => "false").increment(1);
+        return refuse(Over::Agent.kind());
+    }
+    let org = st.rec.org_id.clone();
+    let org_period = st.ctx.tenancy.period(&org, st.now());
+    if !st.ctx.tenancy.try_reserve(&org, org_period, tokens, cost) {
+        metrics::counter!("cadre_reservations_total", "granted" => "false").increment(1);
+        return refuse(Over::Org.kind());
+    }
+    metrics::counter!("cadre_reservations_total", "granted" => "true").increment(1);
+    st.gov.get_or_insert_with(Default::default).held.insert(
+        req.reservation_id,
+        Held {
+            tokens,
+            cost_micros: cost,
+            at: Instant::now(),
+        },
+    );
+    ReserveAck {
+        granted: true,
+        tokens,
+        cost_micros: cost,
+        reason: None,
+    }
+}
+
+/// A kill switch: stop the agent (the deployer stops gracefully, then
+/// forcibly after its grace period) with reason `halted (<scope>)`.
+async fn halt(myself: &ActorRef<AgentMsg>, st: &mut AgentState, scope: &str, by: &Who) {
+    // Holds are released at once: nothing more will be spent.
+    let ids: Vec<String> = st
+        .gov
+        .as_ref()
+        .map(|g| g.held.keys().cloned().collect())
+        .unwrap_or_default();
+    for id in ids {
+        release_hold(st, &id);
+    }
+    if lifecycle::step(st.rec.state, Trigger::Cmd(Command::Stop)).is_none() {
+        return;
+    }
+    let mut next = st.rec.clone();
+    let mut tr = Vec::new();
+    let reason = format!("halted ({scope} kill switch)");
+    st.apply(
+        &mut next,
+        Trigger::Cmd(Command::Stop),
+        Some(reason),
+        by,
+        &mut tr,
+    );
+    let audit = st.audit(by, "halt", serde_json::json!({ "scope": scope }));
+    if st
+        .commit_audited(myself, next, tr, None, None, Some(audit))
+        .await
+        .is_ok()
+    {
+        st.recovery_pending = false;
+        st.stop_in_background();
     }
 }

@@ -7,49 +7,140 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 
-/// A calendar month in UTC: the budget period.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Period {
-    /// Year.
-    pub year: i32,
-    /// Month, 1–12.
-    pub month: u8,
+/// How long a budget period lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodKind {
+    /// A calendar day.
+    Daily,
+    /// An ISO week (Monday to Sunday).
+    Weekly,
+    /// A calendar month.
+    #[default]
+    Monthly,
 }
 
-impl Period {
-    /// The period containing `unix_ms`.
-    pub fn of(unix_ms: i64) -> Period {
-        let nanos = i128::from(unix_ms) * 1_000_000;
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        Period {
-            year: t.year(),
-            month: u8::from(t.month()),
+impl PeriodKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Daily => "daily",
+            PeriodKind::Weekly => "weekly",
+            PeriodKind::Monthly => "monthly",
         }
     }
 
-    /// Parses `YYYY-MM`.
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<PeriodKind> {
+        match s {
+            "daily" => Some(PeriodKind::Daily),
+            "weekly" => Some(PeriodKind::Weekly),
+            "monthly" => Some(PeriodKind::Monthly),
+            _ => None,
+        }
+    }
+}
+
+/// A budget period: a day, ISO week or month, starting on `start` in the
+/// organization's time zone. Shown as `2026-11-21`, `2026-W47` or `2026-11`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Period {
+    /// Its length.
+    pub kind: PeriodKind,
+    /// Its first day (a Monday for weeks, the 1st for months).
+    pub start: jiff::civil::Date,
+}
+
+impl Period {
+    /// The monthly period containing `unix_ms`, in UTC.
+    pub fn of(unix_ms: i64) -> Period {
+        Period::at(unix_ms, PeriodKind::Monthly, &jiff::tz::TimeZone::UTC)
+    }
+
+    /// The period of `kind` containing `unix_ms` in time zone `tz`.
+    pub fn at(unix_ms: i64, kind: PeriodKind, tz: &jiff::tz::TimeZone) -> Period {
+        let ts = jiff::Timestamp::from_millisecond(unix_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        Period::containing(tz.to_datetime(ts).date(), kind)
+    }
+
+    /// The period of `kind` containing the civil date `d`.
+    pub fn containing(d: jiff::civil::Date, kind: PeriodKind) -> Period {
+        let start = match kind {
+            PeriodKind::Daily => d,
+            PeriodKind::Weekly => {
+                let back = i64::from(d.weekday().to_monday_zero_offset());
+                d.checked_sub(jiff::Span::new().days(back)).unwrap_or(d)
+            }
+            PeriodKind::Monthly => d.first_of_month(),
+        };
+        Period { kind, start }
+    }
+
+    /// Parses `YYYY-MM-DD` (daily), `YYYY-Www` (weekly) or `YYYY-MM` (monthly).
     pub fn parse(s: &str) -> Option<Period> {
-        let (y, m) = s.split_once('-')?;
-        let year = y.parse().ok()?;
-        let month: u8 = m.parse().ok()?;
-        (1..=12).contains(&month).then_some(Period { year, month })
+        if let Some((y, w)) = s.split_once("-W") {
+            let week = jiff::civil::ISOWeekDate::new(
+                y.parse().ok()?,
+                w.parse().ok()?,
+                jiff::civil::Weekday::Monday,
+            )
+            .ok()?;
+            return Some(Period {
+                kind: PeriodKind::Weekly,
+                start: week.date(),
+            });
+        }
+        let parts: Vec<&str> = s.split('-').collect();
+        let num = |i: usize| parts.get(i).and_then(|p| p.parse::<i16>().ok());
+        match parts.len() {
+            2 => Some(Period {
+                kind: PeriodKind::Monthly,
+                start: jiff::civil::Date::new(num(0)?, i8::try_from(num(1)?).ok()?, 1).ok()?,
+            }),
+            3 => Some(Period {
+                kind: PeriodKind::Daily,
+                start: jiff::civil::Date::new(
+                    num(0)?,
+                    i8::try_from(num(1)?).ok()?,
+                    i8::try_from(num(2)?).ok()?,
+                )
+                .ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether `self` began after `other` (same kind), or is of another kind.
+    fn replaces(&self, other: &Period) -> bool {
+        self.kind != other.kind || self.start > other.start
     }
 }
 
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}-{:02}", self.year, self.month)
+        let d = self.start;
+        match self.kind {
+            PeriodKind::Daily => write!(f, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
+            PeriodKind::Weekly => {
+                let w = d.iso_week_date();
+                write!(f, "{:04}-W{:02}", w.year(), w.week())
+            }
+            PeriodKind::Monthly => write!(f, "{:04}-{:02}", d.year(), d.month()),
+        }
     }
 }
 
-/// Monthly limits; `None` means unlimited.
+/// Limits per budget period; `None` means unlimited. (The fields keep their
+/// `monthly_` names from when every period was a month: they are the limits
+/// per `period`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BudgetLimits {
-    /// Tokens per month.
+    /// Tokens per period.
     pub monthly_tokens: Option<u64>,
-    /// Micro-dollars per month.
+    /// Micro-dollars per period.
     pub monthly_cost_micros: Option<u64>,
+    /// The period.
+    pub period: PeriodKind,
 }
 
 /// Usage in one period.
@@ -76,9 +167,10 @@ impl Usage {
         }
     }
 
-    /// The usage as of `now`: counters reset when the month rolled over.
+    /// The usage as of `now`: counters reset when the period rolled over
+    /// (or the budget's period kind changed).
     pub fn rolled_to(self, now: Period) -> Usage {
-        if now > self.period {
+        if now.replaces(&self.period) {
             Usage::empty(now)
         } else {
             self
@@ -226,12 +318,9 @@ mod tests {
     fn warns_at_80_and_stops_at_100_percent() {
         let limits = BudgetLimits {
             monthly_tokens: Some(1000),
-            monthly_cost_micros: None,
+            ..Default::default()
         };
-        let u = Usage::empty(Period {
-            year: 2026,
-            month: 11,
-        });
+        let u = Usage::empty(p("2026-11"));
         assert_eq!(level(&u.add(799, 0), &limits), BudgetLevel::Ok);
         assert_eq!(level(&u.add(800, 0), &limits), BudgetLevel::Warn);
         let warned = Usage {
@@ -244,6 +333,7 @@ mod tests {
         let both = BudgetLimits {
             monthly_tokens: Some(1_000_000),
             monthly_cost_micros: Some(100),
+            ..Default::default()
         };
         assert_eq!(level(&u.add(1, 100), &both), BudgetLevel::Exceeded);
         // unlimited never trips, a zero limit always does
@@ -253,23 +343,19 @@ mod tests {
         );
         let zero = BudgetLimits {
             monthly_tokens: Some(0),
-            monthly_cost_micros: None,
+            ..Default::default()
         };
         assert!(u.is_exhausted(&zero));
         assert_eq!(u.add(u64::MAX, 0).add(5, 0).tokens, u64::MAX);
     }
 
+    fn p(s: &str) -> Period {
+        Period::parse(s).unwrap_or_else(|| panic!("bad period {s}"))
+    }
+
     #[test]
     fn month_rollover_resets_usage() {
-        let nov = Period::parse("2026-11").unwrap_or(Period { year: 0, month: 1 });
-        let dec = Period {
-            year: 2026,
-            month: 12,
-        };
-        let jan = Period {
-            year: 2027,
-            month: 1,
-        };
+        let (nov, dec, jan) = (p("2026-11"), p("2026-12"), p("2027-01"));
         let u = Usage {
             warned: true,
             ..Usage::empty(nov).add(500, 7)
@@ -278,17 +364,86 @@ mod tests {
         assert_eq!(u.rolled_to(dec), Usage::empty(dec));
         assert_eq!(u.rolled_to(jan).period.to_string(), "2027-01");
         // a clock that goes backwards never resurrects or clears counters
-        assert_eq!(
-            u.rolled_to(Period {
-                year: 2026,
-                month: 10
-            }),
-            u
-        );
+        assert_eq!(u.rolled_to(p("2026-10")), u);
         // 2026-11-30T23:59:59.999Z and the next millisecond
         assert_eq!(Period::of(1_796_083_199_999), nov);
         assert_eq!(Period::of(1_796_083_200_000), dec);
         assert_eq!(Period::parse("2026-13"), None);
         assert_eq!(Period::parse("nope"), None);
+        assert_eq!(Period::parse("2026-W54"), None);
+        // a changed period kind starts counting afresh
+        assert_eq!(u.rolled_to(p("2026-11-21")), Usage::empty(p("2026-11-21")));
+    }
+
+    #[test]
+    fn days_and_weeks_roll_over_in_the_organizations_time_zone() {
+        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").expect("tz");
+        let ny = jiff::tz::TimeZone::get("America/New_York").expect("tz");
+        let utc = jiff::tz::TimeZone::UTC;
+        // 2026-11-21T14:59:59.999Z is 23:59:59.999 in Tokyo; the next ms is tomorrow there.
+        let before = 1_795_273_199_999;
+        assert_eq!(
+            Period::at(before, PeriodKind::Daily, &tokyo).to_string(),
+            "2026-11-21"
+        );
+        assert_eq!(
+            Period::at(before + 1, PeriodKind::Daily, &tokyo).to_string(),
+            "2026-11-22"
+        );
+        assert_eq!(
+            Period::at(before + 1, PeriodKind::Daily, &utc).to_string(),
+            "2026-11-21"
+        );
+        // In New York that instant is still the 21st, 09:59:59.999 EST.
+        assert_eq!(
+            Period::at(before, PeriodKind::Daily, &ny).to_string(),
+            "2026-11-21"
+        );
+        // Sunday 2026-11-22 23:30 in Tokyo is week 47; its Monday is the 16th.
+        let sunday_night = 1_795_357_800_000; // 2026-11-22T14:30:00Z
+        let w = Period::at(sunday_night, PeriodKind::Weekly, &tokyo);
+        assert_eq!(w.to_string(), "2026-W47");
+        assert_eq!(w.start.to_string(), "2026-11-16");
+        // 45 minutes later it is Monday in Tokyo (week 48) but still Sunday in UTC.
+        let monday = sunday_night + 45 * 60_000;
+        assert_eq!(
+            Period::at(monday, PeriodKind::Weekly, &tokyo).to_string(),
+            "2026-W48"
+        );
+        assert_eq!(
+            Period::at(monday, PeriodKind::Weekly, &utc).to_string(),
+            "2026-W47"
+        );
+        // ISO weeks across the year end: 2026-12-31 is in 2026-W53, 2027-01-04 starts W01.
+        let d = |y, m, day| jiff::civil::Date::new(y, m, day).expect("date");
+        assert_eq!(
+            Period::containing(d(2026, 12, 31), PeriodKind::Weekly).to_string(),
+            "2026-W53"
+        );
+        assert_eq!(
+            Period::containing(d(2027, 1, 3), PeriodKind::Weekly).to_string(),
+            "2026-W53"
+        );
+        assert_eq!(
+            Period::containing(d(2027, 1, 4), PeriodKind::Weekly).to_string(),
+            "2027-W01"
+        );
+        // Monthly in New York: 2026-12-01T04:59:59Z is still November there.
+        assert_eq!(
+            Period::at(1_796_101_199_000, PeriodKind::Monthly, &ny).to_string(),
+            "2026-11"
+        );
+        assert_eq!(
+            Period::at(1_796_101_200_000, PeriodKind::Monthly, &ny).to_string(),
+            "2026-12"
+        );
+        // Every shape parses back to itself.
+        for s in ["2026-11-21", "2026-W47", "2026-11", "2026-W53"] {
+            assert_eq!(p(s).to_string(), s);
+        }
+        // Rolling over: the next day resets a daily budget, the same day does not.
+        let u = Usage::empty(p("2026-11-21")).add(10, 10);
+        assert_eq!(u.rolled_to(p("2026-11-21")), u);
+        assert_eq!(u.rolled_to(p("2026-11-22")).tokens, 0);
     }
 }

@@ -3,10 +3,17 @@
 //! Each method resolves the owning actor in the registry and makes exactly one
 //! gated, time-limited call. It holds no state of its own.
 
-use crate::agent::{AgentMsg, DeleteOutcome, HelloAck, UsageAck, UsageReport};
+use crate::agent::{
+    AgentMsg, DeleteOutcome, HelloAck, ReserveAck, ReserveRequest, ToolRequest, UsageAck,
+    UsageReport,
+};
+use crate::approval::{
+    ApprovalMsg, ApprovalRecord, Decider, Decision, Doc, NewRequest, Outcome, Ticket,
+};
 use crate::context::Ctx;
 use crate::domain::{AgentId, AgentPatch, AgentSnapshot, AgentSpec, OrgId, Who};
 use crate::error::{Error, Result};
+use crate::governance::{Governance, Grant, HaltScope, Verdict};
 use crate::lifecycle::Command;
 use crate::registry::gated_call;
 use crate::root::{RootMsg, RootSupervisor};
@@ -30,6 +37,34 @@ pub enum ChaosMode {
     Kill,
     /// A panic inside `handle`.
     Panic,
+}
+
+/// What a runtime's tool call gets.
+#[derive(Debug)]
+pub enum ToolAnswer {
+    /// Go ahead (`simulate`: sandbox, record it without executing).
+    Allow {
+        /// Sandbox mode.
+        simulate: bool,
+        /// The grant that allowed it.
+        grant: Option<String>,
+    },
+    /// Refused by the engine.
+    Deny {
+        /// Stable reason code.
+        reason: &'static str,
+        /// Human explanation.
+        message: String,
+    },
+    /// A human decided this call id before (a reconnecting runtime).
+    Decided(Outcome),
+    /// Parked until a decision, timeout or cancellation.
+    Waiting {
+        /// The request.
+        approval_id: String,
+        /// The outcome.
+        rx: tokio::sync::oneshot::Receiver<Outcome>,
+    },
 }
 
 /// Handle on a running actor tree.
@@ -226,8 +261,12 @@ impl Cadre {
     /// Refreshes the gauges read at scrape time: each organization's spend
     /// this month and the share of its monthly limits used.
     pub fn record_gauges(&self) {
-        let period = crate::budget::Period::of(self.ctx.clock.now_ms());
-        self.ctx.tenancy.record_gauges(period);
+        self.ctx.tenancy.record_gauges(self.ctx.clock.now_ms());
+    }
+
+    /// An organization's current budget period (its kind, its time zone).
+    pub fn org_period(&self, org: &OrgId) -> crate::budget::Period {
+        self.ctx.tenancy.period(org, self.ctx.clock.now_ms())
     }
 
     /// Whether `id` is a live agent of `org` (no database read).
@@ -269,6 +308,221 @@ impl Cadre {
             reply,
         })
         .await?
+    }
+
+    async fn approvals_call<R, B>(&self, org: &OrgId, build: B) -> Result<R>
+    where
+        R: Send + 'static,
+        B: Fn(ractor::RpcReplyPort<R>) -> ApprovalMsg,
+    {
+        let s = &self.ctx.settings;
+        gated_call(
+            || self.ctx.registry.approvals(org).map(|h| (h.actor, h.gate)),
+            build,
+            s.call_timeout,
+            s.mailbox_wait,
+        )
+        .await
+        .map_err(|e| match e {
+            Error::NotFound => Error::Missing("organization"),
+            other => other,
+        })
+    }
+
+    /// Catalog, profiles, policies, grants and kill switches (read-only use).
+    pub fn governance(&self) -> &Arc<Governance> {
+        &self.ctx.gov
+    }
+
+    /// Judges a runtime's tool call; parks it with the organization's
+    /// approval actor when a human must decide.
+    pub async fn tool_call(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conn: u64,
+        call: ToolRequest,
+    ) -> Result<ToolAnswer> {
+        let verdict = self
+            .agent_call(org, id, |reply| AgentMsg::ToolCheck {
+                conn,
+                call: Box::new(call.clone()),
+                reply,
+            })
+            .await??;
+        let (policy, trigger) = match verdict {
+            Verdict::Allow { simulate, grant } => return Ok(ToolAnswer::Allow { simulate, grant }),
+            Verdict::Deny { reason, message } => {
+                return Ok(ToolAnswer::Deny {
+                    reason: reason.as_str(),
+                    message,
+                });
+            }
+            Verdict::NeedsApproval { policy, trigger } => (policy, trigger),
+        };
+        let req = NewRequest {
+            agent_id: id.clone(),
+            call_id: call.call_id.clone(),
+            tool: call.tool.clone(),
+            args_hash: call.args_hash.clone(),
+            arguments: call.arguments.clone(),
+            trigger,
+            policy,
+        };
+        let ticket = self
+            .approvals_call(org, |reply| ApprovalMsg::Request {
+                req: Box::new(req.clone()),
+                reply,
+            })
+            .await??;
+        Ok(match ticket {
+            Ticket::Decided(o) => ToolAnswer::Decided(o),
+            Ticket::Waiting { approval_id, rx } => ToolAnswer::Waiting { approval_id, rx },
+        })
+    }
+
+    /// Holds budget for a runtime's model call.
+    pub async fn reserve(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conn: u64,
+        req: ReserveRequest,
+    ) -> Result<ReserveAck> {
+        self.agent_call(org, id, |reply| AgentMsg::Reserve {
+            conn,
+            req: req.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// A person decides a pending approval.
+    pub async fn decide(
+        &self,
+        org: &OrgId,
+        approval: &str,
+        decision: Decision,
+        decider: Decider,
+    ) -> Result<ApprovalRecord> {
+        self.approvals_call(org, |reply| ApprovalMsg::Decide {
+            id: approval.to_string(),
+            decision: Box::new(decision.clone()),
+            decider: Box::new(decider.clone()),
+            reply,
+        })
+        .await?
+    }
+
+    /// Withdraws a pending approval.
+    pub async fn cancel_approval(
+        &self,
+        org: &OrgId,
+        approval: &str,
+        by: Who,
+    ) -> Result<ApprovalRecord> {
+        self.approvals_call(org, |reply| ApprovalMsg::Cancel {
+            id: approval.to_string(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Creates, replaces or deletes one of an organization's governance
+    /// documents; `Ok(existed)`.
+    pub async fn put_doc(
+        &self,
+        org: &OrgId,
+        kind: &'static str,
+        name: &str,
+        doc: Option<Doc>,
+        by: Who,
+    ) -> Result<bool> {
+        self.approvals_call(org, |reply| ApprovalMsg::PutDoc {
+            kind,
+            name: name.to_string(),
+            doc: doc.clone().map(Box::new),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Revokes a standing grant.
+    pub async fn revoke_grant(&self, org: &OrgId, grant: &str, by: Who) -> Result<Grant> {
+        self.approvals_call(org, |reply| ApprovalMsg::RevokeGrant {
+            id: grant.to_string(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Turns a kill switch on (`Some(reason)`) or off (`None`). On: new tool
+    /// calls and reservations are refused from the moment the switch is
+    /// persisted, then every covered agent stops its deployment (graceful,
+    /// then forced after the deployer's grace period). Off: agents may be
+    /// started again (they stay stopped until an operator starts them).
+    pub async fn set_halt(&self, scope: HaltScope, on: Option<String>, by: Who) -> Result<()> {
+        let _serial = self.ctx.gov.halt_lock().lock().await;
+        let org = match &scope {
+            HaltScope::Instance => None,
+            HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.clone()),
+        };
+        let now = self.ctx.clock.now_ms();
+        let action = if on.is_some() { "halt.on" } else { "halt.off" };
+        let audit = crate::audit::AuditEntry::new(
+            org.as_ref().unwrap_or(&OrgId("*".into())),
+            &by,
+            action.to_string(),
+            format!("{}:{}", scope.kind(), scope.target()),
+            serde_json::json!({ "scope": scope.kind(), "reason": on }),
+            now,
+        );
+        self.ctx
+            .gov_store
+            .set_halt(&scope, on.as_deref(), &by.to_text(), now, &audit)
+            .await?;
+        self.ctx.gov.set_halt(&scope, on.is_some());
+        let agents: Vec<(OrgId, AgentId)> = match &scope {
+            HaltScope::Instance => self.ctx.registry.all_agents(),
+            HaltScope::Org(o) => self
+                .ctx
+                .registry
+                .org_agents(o)
+                .into_iter()
+                .map(|a| (o.clone(), a))
+                .collect(),
+            HaltScope::Agent(o, a) => vec![(o.clone(), a.clone())],
+        };
+        let orgs: std::collections::BTreeSet<OrgId> = match &org {
+            Some(o) => [o.clone()].into(),
+            None => agents.iter().map(|(o, _)| o.clone()).collect(),
+        };
+        for o in orgs {
+            let _ = self.ctx.events.send(Arc::new(crate::events::Event::Governance {
+                org_id: o,
+                agent_id: match &scope {
+                    HaltScope::Agent(_, a) => Some(a.clone()),
+                    _ => None,
+                },
+                kind: action.to_string(),
+                detail: serde_json::json!({ "scope": scope.kind(), "target": scope.target(), "reason": on, "by": by.to_text() }),
+                at: now,
+            }));
+        }
+        if on.is_some() {
+            for (o, a) in agents {
+                if let Some(h) = self.ctx.registry.agent(&o, &a) {
+                    let _ = h.actor.cast(AgentMsg::Halt {
+                        scope: scope.kind(),
+                        by: by.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Chaos: ends the actor of an agent or of a tenant. Returns `NotFound`

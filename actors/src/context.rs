@@ -41,6 +41,8 @@ pub struct Settings {
     pub mailbox_capacity: usize,
     /// How long a request waits for a mailbox slot before `overloaded`.
     pub mailbox_wait: Duration,
+    /// A model-call reservation never settled is released after this long.
+    pub reservation_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(5),
             mailbox_capacity: 64,
             mailbox_wait: Duration::from_secs(2),
+            reservation_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -101,6 +104,10 @@ pub struct Ctx {
     pub registry: Arc<Registry>,
     /// Organizations' limits and suspension.
     pub tenancy: Arc<Tenancy>,
+    /// Catalog, profiles, policies, grants and kill switches.
+    pub gov: Arc<crate::governance::Governance>,
+    /// Persistence of approvals, governance documents, grants and switches.
+    pub gov_store: Arc<dyn crate::ports::GovStore>,
 }
 
 impl std::fmt::Debug for Ctx {

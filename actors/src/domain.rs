@@ -144,8 +144,11 @@ pub struct AgentSpec {
     pub target: DeployTarget,
     /// Health overrides.
     pub health: HealthOverrides,
-    /// Monthly budget.
+    /// Budget per period.
     pub budget: BudgetLimits,
+    /// Permission profile (a preset or one of the organization's); `None`
+    /// takes the configured default.
+    pub profile: Option<String>,
 }
 
 impl AgentSpec {
@@ -179,6 +182,10 @@ pub struct AgentPatch {
     pub monthly_tokens: Option<Option<u64>>,
     /// New monthly cost budget in micro-dollars; `Some(None)` removes the limit.
     pub monthly_cost_micros: Option<Option<u64>>,
+    /// New budget period.
+    pub budget_period: Option<crate::budget::PeriodKind>,
+    /// New permission profile; `Some(None)` returns to the default.
+    pub profile: Option<Option<String>>,
 }
 
 impl AgentPatch {
@@ -215,6 +222,12 @@ impl AgentPatch {
         if let Some(c) = self.monthly_cost_micros {
             m.insert("monthly_cost_micros".into(), c.into());
         }
+        if let Some(p) = self.budget_period {
+            m.insert("budget_period".into(), p.as_str().into());
+        }
+        if let Some(p) = &self.profile {
+            m.insert("profile".into(), p.clone().into());
+        }
         serde_json::Value::Object(m)
     }
 
@@ -247,6 +260,12 @@ impl AgentPatch {
         }
         if let Some(c) = self.monthly_cost_micros {
             s.budget.monthly_cost_micros = c;
+        }
+        if let Some(p) = self.budget_period {
+            s.budget.period = p;
+        }
+        if let Some(p) = &self.profile {
+            s.profile = p.clone();
         }
         s
     }
@@ -335,6 +354,8 @@ pub struct BudgetView {
     pub monthly_tokens: Option<u64>,
     /// Monthly cost limit in USD.
     pub monthly_cost_usd: Option<f64>,
+    /// The period the limits apply to (`daily`, `weekly`, `monthly`).
+    pub period: crate::budget::PeriodKind,
 }
 
 /// The usage part of the view.
@@ -344,7 +365,8 @@ pub struct UsageView {
     pub tokens: u64,
     /// Cost this period in USD.
     pub cost_usd: f64,
-    /// The period, `YYYY-MM` (UTC).
+    /// The period: `YYYY-MM`, `YYYY-Www` or `YYYY-MM-DD` in the
+    /// organization's time zone.
     pub period: String,
 }
 
@@ -378,6 +400,8 @@ pub struct AgentView {
     pub health: HealthView,
     /// Budget.
     pub budget: BudgetView,
+    /// Permission profile.
+    pub profile: Option<String>,
     /// Usage.
     pub usage: UsageView,
     /// RFC 3339.
@@ -413,7 +437,9 @@ impl AgentView {
             budget: BudgetView {
                 monthly_tokens: rec.spec.budget.monthly_tokens,
                 monthly_cost_usd: rec.spec.budget.monthly_cost_micros.map(micros_to_usd),
+                period: rec.spec.budget.period,
             },
+            profile: rec.spec.profile.clone(),
             usage: UsageView {
                 tokens: rec.usage.tokens,
                 cost_usd: micros_to_usd(rec.usage.cost_micros),

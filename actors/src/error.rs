@@ -43,6 +43,15 @@ pub enum Error {
     /// The runtime's token was wrong or revoked.
     #[error("invalid runtime token")]
     Unauthorized,
+    /// No such thing (approval, grant, document) for this caller.
+    #[error("{0} not found")]
+    Missing(&'static str),
+    /// The request conflicts with the current state (stable code, message).
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request is well-formed but refused (with a reason).
     #[error("{0}")]
     Invalid(String),

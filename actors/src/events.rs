@@ -31,6 +31,20 @@ pub enum Event {
         #[serde(flatten)]
         event: AgentEvent,
     },
+    /// Governance: an approval requested, voted, decided, expired or
+    /// escalated; a document changed; a grant revoked; a kill switch moved.
+    Governance {
+        /// Organization.
+        org_id: OrgId,
+        /// The agent concerned, if one is.
+        agent_id: Option<AgentId>,
+        /// `approval.requested`, `approval.approved`, `halt.on`, …
+        kind: String,
+        /// Details.
+        detail: serde_json::Value,
+        /// Unix ms.
+        at: i64,
+    },
     /// An agent was deleted.
     Deleted {
         /// Organization.

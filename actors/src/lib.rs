@@ -7,18 +7,21 @@
 //! - [`restart`]: restart intensity and exponential back-off.
 //! - [`ports`]: `Store`, `Deployer`, `Clock` and `Secrets`, implemented by the root crate.
 //! - [`agent`]: `AgentActor`, one per agent: state machine, health timer, budget.
+//! - [`approval`]: `ApprovalActor`, one per organization: parks tool calls until a human decides.
 //! - [`tenant`]: `TenantSupervisor`, one per organization: create, supervise, read index.
 //! - [`root`]: `RootSupervisor`, one per process: restarts tenants.
 //! - [`registry`]: (org, agent) → actor lookups and the gated call path.
 //! - [`client`]: `Cadre`, the handle the HTTP layer calls.
 //! - [`events`]: what actors broadcast after each commit.
 //! - [`audit`]: audit entries, written with the change they record.
+//! - [`governance`]: tool catalog, profiles, approval policies, the permission engine, kill switches.
 //! - [`tenancy`]: each organization's agent limit and suspension, as published by identity.
 //!
 //! This crate never names a database, HTTP framework or container API: it
 //! depends on ractor, tokio and small utility crates only.
 
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod budget;
 pub mod client;
@@ -26,6 +29,7 @@ pub mod context;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod governance;
 pub mod lifecycle;
 pub mod ports;
 pub mod registry;

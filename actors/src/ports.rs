@@ -62,6 +62,9 @@ pub struct Charge<'a> {
     pub tokens: u64,
     /// Micro-dollars the report adds.
     pub cost_micros: u64,
+    /// The organization's budget period it counts in (its own kind and time
+    /// zone, which may differ from the agent's).
+    pub org_period: crate::budget::Period,
 }
 
 /// A new agent: its record, its creation history entry, its audit entry and
@@ -218,4 +221,107 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One of an organization's governance documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GovDoc {
+    /// `tool`, `profile` or `policy`.
+    pub kind: String,
+    /// Its id or name.
+    pub name: String,
+    /// The JSON body.
+    pub body: String,
+}
+
+/// Result of a compare-and-swap on an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// The change was applied.
+    Applied,
+    /// The approval was no longer in the expected state (or level).
+    Lost,
+}
+
+/// Durable storage of approvals, governance documents, grants and kill
+/// switches. Every method returns only after the change is committed.
+#[async_trait]
+pub trait GovStore: Send + Sync + 'static {
+    /// An organization's documents.
+    async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError>;
+    /// Creates or replaces (`Some`) or deletes (`None`) a document, with its
+    /// audit entry; `false` when a delete found nothing.
+    async fn put_doc(
+        &self,
+        org: &OrgId,
+        kind: &str,
+        name: &str,
+        body: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// Inserts a new pending request; `Conflict` when the agent's call id
+    /// was seen before.
+    async fn insert_approval(
+        &self,
+        a: &crate::approval::ApprovalRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// The request for an agent's call id.
+    async fn approval_by_call(
+        &self,
+        agent: &AgentId,
+        call_id: &str,
+    ) -> Result<Option<crate::approval::ApprovalRecord>, StoreError>;
+    /// One request of an organization.
+    async fn approval(
+        &self,
+        org: &OrgId,
+        id: &str,
+    ) -> Result<Option<crate::approval::ApprovalRecord>, StoreError>;
+    /// Every pending request of an organization (all of them, for hydration).
+    async fn pending_approvals(
+        &self,
+        org: &OrgId,
+    ) -> Result<Vec<crate::approval::ApprovalRecord>, StoreError>;
+    /// Records one approving vote of a pending request at its current
+    /// level; `Lost` when it is no longer pending at that level,
+    /// `Conflict` when the user voted already.
+    async fn add_vote(
+        &self,
+        a: &crate::approval::ApprovalRecord,
+        vote: &crate::approval::Vote,
+        audit: &AuditEntry,
+    ) -> Result<Cas, StoreError>;
+    /// Moves a request from pending (at `from_level`) to `a`'s state, level
+    /// and expiry, with the deciding vote and grant if any.
+    async fn settle_approval(
+        &self,
+        a: &crate::approval::ApprovalRecord,
+        from_level: u32,
+        vote: Option<&crate::approval::Vote>,
+        grant: Option<&crate::governance::Grant>,
+        audit: &AuditEntry,
+    ) -> Result<Cas, StoreError>;
+    /// Every grant not revoked and not expired at `now_ms`.
+    async fn live_grants(&self, now_ms: i64) -> Result<Vec<crate::governance::Grant>, StoreError>;
+    /// Revokes a grant; `None` when it does not exist or was revoked.
+    async fn revoke_grant(
+        &self,
+        org: &OrgId,
+        id: &str,
+        by: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<crate::governance::Grant>, StoreError>;
+    /// Turns a kill switch on (with its reason) or off.
+    async fn set_halt(
+        &self,
+        scope: &crate::governance::HaltScope,
+        on: Option<&str>,
+        by: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+    /// Every switch that is on.
+    async fn halts(&self) -> Result<Vec<crate::governance::HaltScope>, StoreError>;
 }

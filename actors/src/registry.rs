@@ -55,14 +55,34 @@ pub struct TenantHandle {
     pub gate: Gate,
 }
 
+/// A live approval actor.
+#[derive(Debug, Clone)]
+pub struct ApprovalHandle {
+    /// The current incarnation.
+    pub actor: ActorRef<crate::approval::ApprovalMsg>,
+    /// Its admission gate.
+    pub gate: Gate,
+}
+
 /// (org, agent) → actor.
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: DashMap<AgentId, AgentHandle>,
     tenants: DashMap<OrgId, TenantHandle>,
+    approvals: DashMap<OrgId, ApprovalHandle>,
 }
 
 impl Registry {
+    /// The approval actor of `org`.
+    pub fn approvals(&self, org: &OrgId) -> Option<ApprovalHandle> {
+        self.approvals.get(org).map(|h| h.clone())
+    }
+
+    /// Registers (or replaces) an approval actor.
+    pub fn put_approvals(&self, org: OrgId, handle: ApprovalHandle) {
+        self.approvals.insert(org, handle);
+    }
+
     /// The agent's actor, if it belongs to `org`. Another tenant's agent reads
     /// as absent.
     pub fn agent(&self, org: &OrgId, id: &AgentId) -> Option<AgentHandle> {
@@ -112,6 +132,14 @@ impl Registry {
     pub fn remove_tenant(&self, org: &OrgId, actor: &ActorRef<TenantMsg>) {
         self.tenants
             .remove_if(org, |_, h| h.actor.get_id() == actor.get_id());
+    }
+
+    /// Every live agent with its organization.
+    pub fn all_agents(&self) -> Vec<(OrgId, AgentId)> {
+        self.agents
+            .iter()
+            .map(|e| (e.value().org.clone(), e.key().clone()))
+            .collect()
     }
 
     /// Ids of `org`'s live agent actors.

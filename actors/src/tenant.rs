@@ -16,7 +16,7 @@
 
 use crate::agent::{AgentActor, AgentArgs, AgentMsg, EXIT_DELETED, EXIT_FENCED, health_of};
 use crate::audit::AuditEntry;
-use crate::budget::{Period, Usage};
+use crate::budget::Usage;
 use crate::context::Ctx;
 use crate::domain::{
     AgentEvent, AgentId, AgentRecord, AgentSnapshot, AgentSpec, AgentView, OrgId, Transition, Who,
@@ -120,12 +120,40 @@ struct Child {
 pub struct TenantState {
     org: OrgId,
     ctx: Arc<Ctx>,
+    approvals: Option<ActorRef<crate::approval::ApprovalMsg>>,
     by_actor: HashMap<ActorId, AgentId>,
     children: HashMap<AgentId, Child>,
     index: BTreeMap<AgentId, Arc<AgentSnapshot>>,
 }
 
 impl TenantState {
+    /// Spawns (or replaces) the organization's approval actor, which
+    /// reloads every pending request before it answers anything.
+    async fn spawn_approvals(
+        &mut self,
+        myself: &ActorRef<TenantMsg>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            crate::approval::ApprovalActor,
+            crate::approval::ApprovalArgs {
+                org: self.org.clone(),
+                ctx: self.ctx.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.ctx.registry.put_approvals(
+            self.org.clone(),
+            crate::registry::ApprovalHandle {
+                actor: actor.clone(),
+                gate: Gate::new(self.ctx.settings.mailbox_capacity * 16, "approvals"),
+            },
+        );
+        self.approvals = Some(actor);
+        Ok(())
+    }
+
     fn new_child(&self) -> Child {
         Child {
             actor: None,
@@ -314,6 +342,10 @@ impl TenantState {
         reply: RpcReplyPort<Result<Arc<AgentSnapshot>>>,
     ) {
         let now = self.ctx.clock.now_ms();
+        let period = self
+            .ctx
+            .tenancy
+            .agent_period(&self.org, spec.budget.period, now);
         let record = AgentRecord {
             id: AgentId(uuid::Uuid::now_v7().to_string()),
             org_id: self.org.clone(),
@@ -321,7 +353,7 @@ impl TenantState {
             state: State::Draft,
             state_reason: None,
             restart_count: 0,
-            usage: Usage::empty(Period::of(now)),
+            usage: Usage::empty(period),
             deployment_ref: None,
             runtime_token_hash: None,
             epoch: 1,
@@ -467,7 +499,10 @@ impl Actor for TenantSupervisor {
             by_actor: HashMap::new(),
             children: HashMap::new(),
             index: BTreeMap::new(),
+            approvals: None,
         };
+        // The approval actor first: agents ask it about tool calls.
+        st.spawn_approvals(&myself).await?;
         // Claim every agent for a new incarnation, so that writes still in
         // flight from killed predecessors are refused by the store.
         let started = Instant::now();
@@ -568,6 +603,19 @@ impl Actor for TenantSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
             _ => return Ok(()),
         };
+        if st
+            .approvals
+            .as_ref()
+            .is_some_and(|a| a.get_id() == cell.get_id())
+        {
+            // Pending requests live in the store: a new incarnation reloads
+            // them and re-arms their timers. If it cannot start, the tenant
+            // fails and the root restarts the whole tree of the org.
+            tracing::warn!(org = %st.org, reason = %why, "approval actor stopped; restarting it");
+            metrics::counter!("cadre_actor_restarts_total", "kind" => "approvals").increment(1);
+            st.spawn_approvals(&myself).await?;
+            return Ok(());
+        }
         let Some(id) = st.by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };

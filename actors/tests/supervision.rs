@@ -273,6 +273,7 @@ async fn budget_warns_stops_and_rolls_over() {
         model: "m".into(),
         input_tokens: n,
         output_tokens: 0,
+        reservation_id: None,
     };
     let ack = h
         .cadre

@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     pub heartbeat_interval_ms: u64,
     /// Model to use.
     pub model: String,
+    /// A script of steps to run instead of a model (tests and demos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -47,6 +50,7 @@ pub struct LocalDeployer {
     runtime_bin: PathBuf,
     connect_url: String,
     stop_grace: Duration,
+    script_dir: Option<PathBuf>,
     slots: DashMap<String, Arc<Mutex<Slot>>>,
 }
 
@@ -98,7 +102,14 @@ impl LocalDeployer {
             connect_url,
             stop_grace,
             slots: DashMap::new(),
+            script_dir: None,
         }
+    }
+
+    /// Runtimes read their script from `<dir>/<agent id>.jsonl`.
+    pub fn with_script_dir(mut self, dir: Option<PathBuf>) -> LocalDeployer {
+        self.script_dir = dir;
+        self
     }
 
     fn dir(&self, deployment: &str) -> Result<PathBuf, DeployError> {
@@ -187,6 +198,10 @@ impl Deployer for LocalDeployer {
             token: req.runtime_token.clone(),
             heartbeat_interval_ms: req.heartbeat_interval_ms,
             model: req.model.clone(),
+            script: self
+                .script_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.jsonl", req.agent_id))),
         };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
         let path = dir.join("runtime.json");

@@ -14,9 +14,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete as delete_route, get, patch as patch_route, post};
 use cadre_actors::agent::DeleteOutcome;
-use cadre_actors::budget::BudgetLimits;
+use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
-    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides,
+    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides, OrgId,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -60,6 +60,50 @@ struct BudgetIn {
     monthly_tokens: Option<Option<u64>>,
     #[serde(default, deserialize_with = "nullable")]
     monthly_cost_usd: Option<Option<f64>>,
+    /// `daily`, `weekly` or `monthly` (default).
+    period: Option<String>,
+}
+
+fn period(p: Option<&str>) -> Result<Option<PeriodKind>, ApiError> {
+    p.map(|p| {
+        PeriodKind::parse(p)
+            .ok_or_else(|| ApiError::invalid("budget.period", "one of daily, weekly, monthly"))
+    })
+    .transpose()
+}
+
+fn profile_name(p: Option<&str>) -> Result<Option<String>, ApiError> {
+    p.map(|p| {
+        if cadre_actors::governance::valid_id(p) {
+            Ok(p.to_string())
+        } else {
+            Err(ApiError::invalid(
+                "profile",
+                "1-100 of a-z 0-9 _ . - (a preset or one of the organization's profiles)",
+            ))
+        }
+    })
+    .transpose()
+}
+
+/// Refuses a profile the organization does not have.
+fn known_profile(state: &AppState, org: &OrgId, p: Option<&str>) -> Result<(), ApiError> {
+    match p {
+        Some(name)
+            if !state
+                .cadre
+                .governance()
+                .org(org)
+                .profiles
+                .contains_key(name) =>
+        {
+            Err(ApiError::invalid(
+                "profile",
+                format!("no profile {name:?}: GET /api/v1/profiles lists them"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -71,6 +115,7 @@ struct CreateAgent {
     deployment: Option<DeploymentIn>,
     health: Option<HealthIn>,
     budget: Option<BudgetIn>,
+    profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +129,8 @@ struct PatchAgent {
     deployment: Option<DeploymentIn>,
     health: Option<HealthIn>,
     budget: Option<BudgetIn>,
+    #[serde(default, deserialize_with = "nullable")]
+    profile: Option<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -201,7 +248,9 @@ impl CreateAgent {
             budget: BudgetLimits {
                 monthly_tokens: tokens(budget.monthly_tokens.flatten())?,
                 monthly_cost_micros: cost_micros(budget.monthly_cost_usd.flatten())?,
+                period: period(budget.period.as_deref())?.unwrap_or_default(),
             },
+            profile: profile_name(self.profile.as_deref())?,
         })
     }
 }
@@ -227,6 +276,11 @@ impl PatchAgent {
             health: self.health.as_ref().map(health).transpose()?,
             monthly_tokens: budget.monthly_tokens.map(tokens).transpose()?,
             monthly_cost_micros: budget.monthly_cost_usd.map(cost_micros).transpose()?,
+            budget_period: period(budget.period.as_deref())?,
+            profile: self
+                .profile
+                .map(|p| profile_name(p.as_deref()))
+                .transpose()?,
         })
     }
 }
@@ -266,6 +320,7 @@ async fn create(
     ApiJson(body): ApiJson<CreateAgent>,
 ) -> Result<Response, ApiError> {
     let spec = body.into_spec()?;
+    known_profile(&state, &principal.org, spec.profile.as_deref())?;
     let snap = state
         .cadre
         .create_agent(&principal.org, spec, principal.who())
@@ -336,6 +391,9 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let id = agent_id(&id)?;
     let patch = body.into_patch()?;
+    if let Some(p) = &patch.profile {
+        known_profile(&state, &principal.org, p.as_deref())?;
+    }
     let snap = state
         .cadre
         .patch_agent(&principal.org, &id, patch, principal.who())

@@ -133,6 +133,9 @@ impl From<cadre_actors::Error> for ApiError {
             E::Suspended => ApiError::new(StatusCode::FORBIDDEN, "org_suspended", message),
             E::Unauthorized => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message),
             E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
+            E::Missing(what) => ApiError::not_found(what),
+            E::Conflict(code, _) => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
             E::Overloaded => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message),
             E::Timeout => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", message),
             E::Unavailable(_) => {

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cadre_actors::budget::Period;
+use cadre_actors::budget::PeriodKind;
 use cadre_actors::domain::{OrgId, rfc3339};
 use cadre_actors::ports::{Clock, SystemClock};
 use serde::Deserialize;
@@ -40,6 +40,8 @@ fn org_json(state: &AppState, row: &OrgRow) -> Value {
             .activity_retention_days
             .unwrap_or(i64::from(state.config.activity.retention_days)),
         "activity_retention_default": row.activity_retention_days.is_none(),
+        "timezone": row.timezone,
+        "budget_period": row.budget_period,
     })
 }
 
@@ -94,7 +96,7 @@ pub(super) struct PageParams {
 
 impl PageParams {
     /// The validated cursor (id to start after) and page size.
-    fn window(&self) -> Result<(String, usize), ApiError> {
+    pub(super) fn window(&self) -> Result<(String, usize), ApiError> {
         Ok((
             input::cursor(self.cursor.as_deref())?,
             page_limit(self.limit)?,
@@ -169,7 +171,7 @@ async fn org_with_usage(state: &AppState, org: &OrgId) -> Result<Value, ApiError
         .org(org.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;
-    let period = Period::of(SystemClock.now_ms()).to_string();
+    let period = state.cadre.org_period(org).to_string();
     let usage = state.store.org_usage(org.as_str(), &period).await?;
     let mut body = org_json(state, &row);
     body["usage"] = json!({
@@ -204,6 +206,10 @@ pub(super) struct PatchOrg {
     /// Days of activity kept; `null` goes back to the configured default.
     #[serde(default, deserialize_with = "super::agents::nullable")]
     activity_retention_days: Option<Option<u32>>,
+    /// IANA time zone (budget periods roll over at its midnight).
+    timezone: Option<String>,
+    /// `daily`, `weekly` or `monthly`.
+    budget_period: Option<String>,
 }
 
 /// Activity retention an organization may set: a day to ten years.
@@ -238,16 +244,39 @@ pub(super) async fn patch_org(
             ),
         ));
     }
-    if plan.is_none() && body.limits.is_none() && body.activity_retention_days.is_none() {
+    if let Some(tz) = &body.timezone
+        && (tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err())
+    {
+        return Err(ApiError::invalid(
+            "timezone",
+            format!("unknown time zone {tz:?}: use an IANA name such as Europe/Berlin"),
+        ));
+    }
+    let budget_period = body
+        .budget_period
+        .as_deref()
+        .map(|p| {
+            PeriodKind::parse(p)
+                .ok_or_else(|| ApiError::invalid("budget_period", "one of daily, weekly, monthly"))
+        })
+        .transpose()?;
+    if plan.is_none()
+        && body.limits.is_none()
+        && body.activity_retention_days.is_none()
+        && body.timezone.is_none()
+        && budget_period.is_none()
+    {
         return Err(ApiError::invalid(
             "plan",
-            "nothing to change: give plan, limits and/or activity_retention_days",
+            "nothing to change: give plan, limits, activity_retention_days, timezone and/or budget_period",
         ));
     }
     let change = crate::identity::OrgChange {
         plan,
         limits: body.limits,
         activity_retention_days: body.activity_retention_days,
+        timezone: body.timezone,
+        budget_period,
     };
     let row = state.identity.update_org(&org, change, p.who()).await?;
     // Lowered monthly limits take effect at once.

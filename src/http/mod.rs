@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod error;
+mod governance;
 pub mod guard;
 pub mod identity;
 pub mod input;
@@ -261,6 +262,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = agents::routes(r);
     let r = runtime::routes(r);
     let r = activity::routes(r);
+    let r = governance::routes(r);
     admin::routes(r)
 }
 

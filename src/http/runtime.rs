@@ -16,7 +16,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::response::Response;
 use axum::routing::get;
 use cadre_actors::Cadre;
-use cadre_actors::agent::{HelloAck, UsageReport};
+use cadre_actors::agent::{HelloAck, ReserveRequest, ToolRequest, UsageReport};
+use cadre_actors::client::ToolAnswer;
 use cadre_actors::domain::{AgentId, OrgId};
 use std::time::Duration;
 
@@ -144,9 +145,19 @@ async fn serve(mut socket: WebSocket, session: Session) {
         let _ = send(&mut socket, &stop("agent is not supposed to run")).await;
         return;
     }
+    // Decisions on parked tool calls arrive here while the connection keeps
+    // serving heartbeats and other frames.
+    let (decided_tx, mut decided) = tokio::sync::mpsc::channel::<ServerMessage>(MAX_PARKED);
+    let parked = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PARKED));
     loop {
         let frame = tokio::select! {
             frame = socket.recv() => frame,
+            Some(msg) = decided.recv() => {
+                if !send(&mut socket, &msg).await {
+                    return;
+                }
+                continue;
+            }
             // The server is shutting down: close, so the runtime reconnects
             // to whichever control plane comes next.
             _ = shutdown.changed() => {
@@ -179,11 +190,89 @@ async fn serve(mut socket: WebSocket, session: Session) {
                     Err(e) => error("unavailable", e.to_string()),
                 }
             }
+            Ok(RuntimeMessage::ToolRequest {
+                call_id,
+                tool,
+                arguments,
+                estimated_cost_usd,
+            }) => {
+                let Ok(permit) = parked.clone().try_acquire_owned() else {
+                    let reply = error(
+                        "too_many_pending",
+                        format!(
+                            "at most {MAX_PARKED} tool calls may wait for approval per connection"
+                        ),
+                    );
+                    if !send(&mut socket, &reply).await {
+                        return;
+                    }
+                    continue;
+                };
+                match tool_request(
+                    &cadre,
+                    &activity,
+                    &org,
+                    &agent,
+                    conn,
+                    call_id,
+                    tool,
+                    arguments,
+                    estimated_cost_usd,
+                )
+                .await
+                {
+                    Ok(Step::Now(reply)) => reply,
+                    Ok(Step::Later { pending, wait }) => {
+                        let tx = decided_tx.clone();
+                        tokio::spawn(async move {
+                            let msg = wait.await;
+                            let _ = tx.send(msg).await;
+                            drop(permit);
+                        });
+                        pending
+                    }
+                    Err(reply) => reply,
+                }
+            }
+            Ok(RuntimeMessage::Reserve {
+                reservation_id,
+                model,
+                input_tokens,
+                max_output_tokens,
+            }) => {
+                if reservation_id.is_empty() || reservation_id.len() > 200 || model.len() > 200 {
+                    error(
+                        "bad_message",
+                        "reservation_id must be 1-200 characters, model at most 200",
+                    )
+                } else {
+                    let req = ReserveRequest {
+                        reservation_id: reservation_id.clone(),
+                        model,
+                        input_tokens,
+                        max_output_tokens,
+                    };
+                    match cadre.reserve(&org, &agent, conn, req).await {
+                        Ok(ack) => ServerMessage::Reservation {
+                            reservation_id,
+                            granted: ack.granted,
+                            tokens: ack.tokens,
+                            cost_usd: ack.cost_micros as f64 / 1_000_000.0,
+                            reason: ack.reason,
+                        },
+                        Err(cadre_actors::Error::Unauthorized) => {
+                            error("unauthorized", "connection superseded")
+                        }
+                        Err(e) => error("unavailable", e.to_string()),
+                    }
+                }
+            }
             Ok(RuntimeMessage::Usage {
                 report_id,
                 model,
                 input_tokens,
                 output_tokens,
+                reservation_id,
             }) => {
                 if report_id.is_empty() || report_id.len() > 200 || model.len() > 200 {
                     error(
@@ -196,6 +285,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
                         model,
                         input_tokens,
                         output_tokens,
+                        reservation_id,
                     };
                     match cadre.runtime_usage(&org, &agent, conn, report).await {
                         Ok(ack) => {
@@ -225,6 +315,136 @@ async fn serve(mut socket: WebSocket, session: Session) {
             return;
         }
     }
+}
+
+/// Tool calls one connection may have waiting for approval at once.
+const MAX_PARKED: usize = 256;
+
+/// How a tool request is answered.
+enum Step {
+    /// At once.
+    Now(ServerMessage),
+    /// `pending` now, the decision when `wait` completes.
+    Later {
+        pending: ServerMessage,
+        wait: std::pin::Pin<Box<dyn std::future::Future<Output = ServerMessage> + Send>>,
+    },
+}
+
+fn decision(call_id: &str, o: &cadre_actors::approval::Outcome) -> ServerMessage {
+    ServerMessage::ToolDecision {
+        call_id: call_id.to_string(),
+        decision: if o.approved { "allow" } else { "deny" }.into(),
+        reason: (!o.approved).then(|| format!("approval_{}", o.state.as_str())),
+        message: (!o.approved).then(|| {
+            format!(
+                "approval {} was {}{}",
+                o.approval_id,
+                o.state.as_str(),
+                o.comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            )
+        }),
+        approval_id: Some(o.approval_id.clone()),
+        decided_by: o.decided_by.clone(),
+        comment: o.comment.clone(),
+    }
+}
+
+/// The SHA-256 (hex) of the arguments' canonical JSON (object keys sorted).
+pub fn args_hash(arguments: &serde_json::Value) -> String {
+    let canonical = arguments.to_string();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tool_request(
+    cadre: &Cadre,
+    activity: &crate::activity::Activity,
+    org: &OrgId,
+    agent: &AgentId,
+    conn: u64,
+    call_id: String,
+    tool: String,
+    arguments: serde_json::Value,
+    estimated_cost_usd: Option<f64>,
+) -> Result<Step, ServerMessage> {
+    if call_id.is_empty() || call_id.len() > 200 || tool.is_empty() || tool.len() > 200 {
+        return Err(error(
+            "bad_message",
+            "call_id and tool must be 1-200 characters",
+        ));
+    }
+    let estimated_cost_micros = match estimated_cost_usd {
+        None => 0,
+        Some(c) if c.is_finite() && (0.0..=1e9).contains(&c) => (c * 1_000_000.0).ceil() as u64,
+        Some(_) => {
+            return Err(error(
+                "bad_message",
+                "estimated_cost_usd: a number from 0 to 1e9",
+            ));
+        }
+    };
+    let args_hash = args_hash(&arguments);
+    let mut redacted = arguments;
+    crate::activity::records::redact(&mut redacted, activity.redact_keys());
+    let call = ToolRequest {
+        call_id: call_id.clone(),
+        tool,
+        arguments: redacted,
+        args_hash,
+        estimated_cost_micros,
+    };
+    let answer = match cadre.tool_call(org, agent, conn, call).await {
+        Ok(a) => a,
+        Err(cadre_actors::Error::Unauthorized) => {
+            return Err(error("unauthorized", "connection superseded"));
+        }
+        Err(e) => return Err(error("unavailable", e.to_string())),
+    };
+    Ok(match answer {
+        ToolAnswer::Allow { simulate, grant } => Step::Now(ServerMessage::ToolDecision {
+            call_id,
+            decision: if simulate { "simulate" } else { "allow" }.into(),
+            reason: None,
+            message: simulate.then(|| "sandbox: record the call, do not execute it".into()),
+            approval_id: None,
+            decided_by: grant.map(|g| format!("grant:{g}")),
+            comment: None,
+        }),
+        ToolAnswer::Deny { reason, message } => Step::Now(ServerMessage::ToolDecision {
+            call_id,
+            decision: "deny".into(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            approval_id: None,
+            decided_by: None,
+            comment: None,
+        }),
+        ToolAnswer::Decided(o) => Step::Now(decision(&call_id, &o)),
+        ToolAnswer::Waiting { approval_id, rx } => Step::Later {
+            pending: ServerMessage::ToolPending {
+                call_id: call_id.clone(),
+                approval_id: approval_id.clone(),
+            },
+            wait: Box::pin(async move {
+                match rx.await {
+                    Ok(o) => decision(&call_id, &o),
+                    // The approval actor restarted: the runtime asks again
+                    // with the same call id and gets the same request.
+                    Err(_) => error(
+                        "retry_tool_request",
+                        format!(
+                            "approval {approval_id} is being reloaded; ask again about call {call_id}"
+                        ),
+                    ),
+                }
+            }),
+        },
+    })
 }
 
 /// Validates and queues an `activity` batch; answers once it is committed.

@@ -134,6 +134,10 @@ pub struct OrgChange {
     pub limits: Option<Limits>,
     /// Days of activity kept (`Some(None)`: back to the configured default).
     pub activity_retention_days: Option<Option<u32>>,
+    /// New time zone (validated IANA name).
+    pub timezone: Option<String>,
+    /// New budget period.
+    pub budget_period: Option<cadre_actors::budget::PeriodKind>,
 }
 
 /// Messages of the identity actor.
@@ -216,6 +220,8 @@ impl IdentityState {
             suspended_at: None,
             created_at: now,
             activity_retention_days: None,
+            timezone: "UTC".into(),
+            budget_period: "monthly".into(),
         };
         let user_id = uuid::Uuid::now_v7().to_string();
         let owner = NewUser {
@@ -255,6 +261,8 @@ impl IdentityState {
             plan,
             limits,
             activity_retention_days: retention,
+            timezone,
+            budget_period,
         } = change;
         let limits_json = limits
             .map(|l| serde_json::to_string(&l))
@@ -264,6 +272,12 @@ impl IdentityState {
         if let Some(days) = retention {
             summary["activity_retention_days"] = serde_json::json!(days);
         }
+        if let Some(tz) = &timezone {
+            summary["timezone"] = serde_json::json!(tz);
+        }
+        if let Some(p) = budget_period {
+            summary["budget_period"] = serde_json::json!(p.as_str());
+        }
         let audit = self.audit(&org, &by, "org.update", format!("org:{org}"), summary);
         if !self
             .store
@@ -272,6 +286,7 @@ impl IdentityState {
                 plan.as_deref(),
                 limits_json.as_deref(),
                 retention.map(|d| d.map(i64::from)),
+                (timezone.as_deref(), budget_period.map(|p| p.as_str())),
                 &audit,
             )
             .await?

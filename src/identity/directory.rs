@@ -119,8 +119,15 @@ impl Directory {
         self.tenancy.set(
             &org,
             OrgStanding {
+                // Validated when set; an unknown name (a zone removed from
+                // the tz database) falls back to UTC rather than failing.
+                tz: jiff::tz::TimeZone::get(&row.timezone).unwrap_or(jiff::tz::TimeZone::UTC),
                 max_agents: limits.max_agents,
-                budget: limits.budget(),
+                budget: cadre_actors::budget::BudgetLimits {
+                    period: cadre_actors::budget::PeriodKind::parse(&row.budget_period)
+                        .unwrap_or_default(),
+                    ..limits.budget()
+                },
                 suspended: row.suspended_at.is_some(),
             },
         );

@@ -38,6 +38,11 @@ pub enum Action {
     OrgOwner,
     /// Instance administration (organizations); users only, never keys.
     InstanceAdmin,
+    /// Change the organization's tools, profiles and approval policies.
+    GovernanceWrite,
+    /// Decide approvals and revoke grants (who exactly may is up to each
+    /// approval policy, checked by the approval actor).
+    ApprovalsDecide,
 }
 
 /// Why a request was refused.
@@ -63,6 +68,8 @@ impl Action {
             Action::ActivityRead => (Role::Viewer, Scope::ActivityRead),
             Action::ActivityWrite => (Role::Member, Scope::ActivityWrite),
             Action::OrgOwner => (Role::Owner, Scope::Admin),
+            Action::GovernanceWrite => (Role::Admin, Scope::Admin),
+            Action::ApprovalsDecide => (Role::Viewer, Scope::AgentsWrite),
         })
     }
 }

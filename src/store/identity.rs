@@ -61,6 +61,10 @@ pub struct OrgRow {
     pub created_at: i64,
     /// Days of activity kept (`None`: the configured default).
     pub activity_retention_days: Option<i64>,
+    /// IANA time zone: budget periods roll over at its midnight.
+    pub timezone: String,
+    /// `daily`, `weekly` or `monthly`: the period of the organization's limits.
+    pub budget_period: String,
 }
 
 /// A user row (without the password hash unless asked).
@@ -191,6 +195,8 @@ fn org_row(r: &SqliteRow) -> Result<OrgRow, StoreError> {
         suspended_at: get(r, "suspended_at")?,
         created_at: get(r, "created_at")?,
         activity_retention_days: get(r, "activity_retention_days")?,
+        timezone: get(r, "timezone")?,
+        budget_period: get(r, "budget_period")?,
     })
 }
 
@@ -224,8 +230,7 @@ fn key_row(r: &SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-const ORG_COLS: &str =
-    "id, name, slug, plan, limits, suspended_at, created_at, activity_retention_days";
+const ORG_COLS: &str = "id, name, slug, plan, limits, suspended_at, created_at, activity_retention_days, timezone, budget_period";
 const USER_COLS: &str =
     "id, org_id, email, name, role, instance_admin, sessions_after, password_hash, created_at";
 const KEY_COLS: &str = "id, org_id, name, secret_hash, scopes, created_by, created_at, expires_at, last_used_at, revoked_at";
@@ -451,18 +456,24 @@ impl SqlStore {
         })
     }
 
-    /// Every organization's spend in `period`: (org, tokens, micro-dollars).
-    pub async fn org_spend(&self, period: &str) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT org_id, tokens, cost_micros FROM org_usage WHERE period = ?")
-                .bind(period)
-                .fetch_all(self.read_pool())
-                .await
-                .map_err(unavailable)?;
+    /// Every organization's spend per period since the start of last year
+    /// (periods are `YYYY-…`, so they compare as text): (org, period,
+    /// tokens, micro-dollars). The caller picks each organization's current
+    /// period, which depends on its time zone and period kind.
+    pub async fn org_spend(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+        let since = time::OffsetDateTime::now_utc().year() - 1;
+        let rows = sqlx::query(
+            "SELECT org_id, period, tokens, cost_micros FROM org_usage WHERE period >= ?",
+        )
+        .bind(format!("{since:04}"))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
         rows.iter()
             .map(|r| {
                 Ok((
                     get(r, "org_id")?,
+                    get(r, "period")?,
                     to_u64(get(r, "tokens")?),
                     to_u64(get(r, "cost_micros")?),
                 ))
@@ -581,7 +592,8 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.tx().await?;
         sqlx::query(
-            "INSERT INTO orgs (id, name, slug, plan, limits, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO orgs (id, name, slug, plan, limits, created_at, timezone, budget_period) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&org.id)
         .bind(&org.name)
@@ -589,6 +601,8 @@ impl SqlStore {
         .bind(&org.plan)
         .bind(&org.limits)
         .bind(org.created_at)
+        .bind(&org.timezone)
+        .bind(&org.budget_period)
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
@@ -606,12 +620,14 @@ impl SqlStore {
         plan: Option<&str>,
         limits: Option<&str>,
         retention: Option<Option<i64>>,
+        zone: (Option<&str>, Option<&str>),
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.tx().await?;
         let done = sqlx::query(
             "UPDATE orgs SET plan = COALESCE(?1, plan), limits = COALESCE(?2, limits), \
-             activity_retention_days = CASE WHEN ?3 THEN ?4 ELSE activity_retention_days END \
+             activity_retention_days = CASE WHEN ?3 THEN ?4 ELSE activity_retention_days END, \
+             timezone = COALESCE(?6, timezone), budget_period = COALESCE(?7, budget_period) \
              WHERE id = ?5",
         )
         .bind(plan)
@@ -619,6 +635,8 @@ impl SqlStore {
         .bind(retention.is_some())
         .bind(retention.flatten())
         .bind(id)
+        .bind(zone.0)
+        .bind(zone.1)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;

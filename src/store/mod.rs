@@ -6,6 +6,7 @@
 //! MySQL. Nothing here knows about actors or HTTP.
 
 mod activity;
+mod governance;
 mod identity;
 mod sqlite;
 mod writer;
@@ -14,6 +15,7 @@ pub use activity::{
     ActivityFilter, ActivityRow, ConversationRow, Expired, Flushed, MessageRecord, MessageRow,
     NewActivity, Record, Timeline, TimelineCounts, ToolCallFilter, ToolCallRecord, ToolCallRow,
 };
+pub use governance::ApprovalFilter;
 pub use identity::{
     AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
     UserRecord,

@@ -10,7 +10,7 @@ use super::writer::{self, Job};
 use super::{EventRow, HistoryRow, to_u64};
 use async_trait::async_trait;
 use cadre_actors::audit::AuditEntry;
-use cadre_actors::budget::{BudgetLimits, Period, Usage};
+use cadre_actors::budget::{BudgetLimits, Period, PeriodKind, Usage};
 use cadre_actors::domain::{
     AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, rfc3339,
 };
@@ -60,7 +60,7 @@ pub(super) fn classify(e: sqlx::Error) -> StoreError {
 const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_interval_ms, \
     health_failure_threshold, budget_tokens, budget_cost_micros, state, state_reason, restart_count, \
     usage_tokens, usage_cost_micros, usage_period, usage_warned, deployment_ref, runtime_token_hash, \
-    epoch, created_at, updated_at";
+    epoch, created_at, updated_at, profile, budget_period";
 
 /// An `agents` row in column order ([`AGENT_COLUMNS`]). Deserializable from
 /// a JSON array too, which is how hydration reads whole pages at once.
@@ -88,6 +88,8 @@ struct AgentRow(
     i64,
     i64,
     i64,
+    Option<String>,
+    String,
 );
 
 impl AgentRow {
@@ -115,6 +117,8 @@ impl AgentRow {
             row.try_get(19)?,
             row.try_get(20)?,
             row.try_get(21)?,
+            row.try_get(22)?,
+            row.try_get(23)?,
         ))
     }
 
@@ -142,6 +146,8 @@ impl AgentRow {
             epoch,
             created_at,
             updated_at,
+            profile,
+            budget_period,
         ) = self;
         let bad = |what: String| StoreError::Unavailable(format!("bad agent row {id}: {what}"));
         Ok(AgentRecord {
@@ -158,7 +164,10 @@ impl AgentRow {
                 budget: BudgetLimits {
                     monthly_tokens: budget_tokens.map(to_u64),
                     monthly_cost_micros: budget_cost.map(to_u64),
+                    period: PeriodKind::parse(&budget_period)
+                        .ok_or_else(|| bad(format!("bad budget period {budget_period:?}")))?,
                 },
+                profile,
             },
             state: State::parse(&state).ok_or_else(|| bad(format!("unknown state {state:?}")))?,
             state_reason,
@@ -414,9 +423,14 @@ impl Store for SqlStore {
             record: w.record.clone(),
             transitions: w.transitions.to_vec(),
             event: w.event.cloned(),
-            usage: w
-                .usage
-                .map(|c| (c.report_id.to_string(), c.tokens, c.cost_micros)),
+            usage: w.usage.map(|c| {
+                (
+                    c.report_id.to_string(),
+                    c.tokens,
+                    c.cost_micros,
+                    c.org_period,
+                )
+            }),
             audit: w.audit.cloned(),
             done,
         })

@@ -52,8 +52,9 @@ pub enum Job {
         transitions: Vec<Transition>,
         /// Event.
         event: Option<AgentEvent>,
-        /// The usage report it counts: id, tokens, micro-dollars.
-        usage: Option<(String, u64, u64)>,
+        /// The usage report it counts: id, tokens, micro-dollars, the
+        /// organization's period.
+        usage: Option<(String, u64, u64, cadre_actors::budget::Period)>,
         /// Audit entry.
         audit: Option<AuditEntry>,
         /// Answer.
@@ -135,10 +136,11 @@ impl Job {
                     record,
                     transitions,
                     event.as_ref(),
-                    usage.as_ref().map(|(id, tokens, cost)| Charge {
+                    usage.as_ref().map(|(id, tokens, cost, period)| Charge {
                         report_id: id,
                         tokens: *tokens,
                         cost_micros: *cost,
+                        org_period: *period,
                     }),
                     audit.as_ref(),
                 )
@@ -298,7 +300,8 @@ async fn insert_rows(
     let mut agents = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
-         usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at) ",
+         usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at, \
+         profile, budget_period) ",
     );
     agents.push_values(rows, |mut b, (rec, _, _)| {
         b.push_bind(rec.id.as_str())
@@ -322,7 +325,9 @@ async fn insert_rows(
             .push_bind(rec.runtime_token_hash.as_deref())
             .push_bind(rec.epoch)
             .push_bind(rec.created_at)
-            .push_bind(rec.updated_at);
+            .push_bind(rec.updated_at)
+            .push_bind(rec.spec.profile.as_deref())
+            .push_bind(rec.spec.budget.period.as_str());
     });
     agents.build().execute(&mut *conn).await?;
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -397,7 +402,7 @@ async fn write(
         "UPDATE agents SET name = ?, role = ?, model = ?, target = ?, health_interval_ms = ?, \
          health_failure_threshold = ?, budget_tokens = ?, budget_cost_micros = ?, state = ?, state_reason = ?, \
          restart_count = ?, usage_tokens = ?, usage_cost_micros = ?, usage_period = ?, usage_warned = ?, \
-         deployment_ref = ?, runtime_token_hash = ?, updated_at = ? \
+         deployment_ref = ?, runtime_token_hash = ?, updated_at = ?, profile = ?, budget_period = ? \
          WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
     )
     .bind(&rec.spec.name)
@@ -418,6 +423,8 @@ async fn write(
     .bind(rec.deployment_ref.as_deref())
     .bind(rec.runtime_token_hash.as_deref())
     .bind(rec.updated_at)
+    .bind(rec.spec.profile.as_deref())
+    .bind(rec.spec.budget.period.as_str())
     .bind(rec.id.as_str())
     .bind(rec.epoch)
     .execute(&mut *conn)
@@ -445,7 +452,7 @@ async fn write(
                  THEN 9223372036854775807 ELSE cost_micros + excluded.cost_micros END",
         )
         .bind(rec.org_id.as_str())
-        .bind(rec.usage.period.to_string())
+        .bind(charge.org_period.to_string())
         .bind(to_i64(charge.tokens))
         .bind(to_i64(charge.cost_micros))
         .execute(&mut *conn)

@@ -68,7 +68,9 @@ fn jwt(secret: &str, claims: Value) -> String {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{id}", NOBODY).replace("{command}", "start")
+    path.replace("{id}", NOBODY)
+        .replace("{command}", "start")
+        .replace("{name}", "nobody")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,13 +100,14 @@ fn expect(action: Action, caller: &str) -> Expect {
                 Forbidden
             };
         }
-        Action::AgentsRead | Action::OrgRead | Action::ActivityRead => 0,
+        Action::AgentsRead | Action::OrgRead | Action::ActivityRead | Action::ApprovalsDecide => 0,
         Action::AgentsWrite | Action::ActivityWrite => 1,
         Action::UsersRead
         | Action::UsersWrite
         | Action::KeysRead
         | Action::KeysWrite
-        | Action::AuditRead => 2,
+        | Action::AuditRead
+        | Action::GovernanceWrite => 2,
         Action::OrgOwner => 3,
     };
     if caller == "read_key" && action != Action::AgentsRead {

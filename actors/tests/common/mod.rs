@@ -392,6 +392,7 @@ pub fn fast_settings() -> Settings {
             max: Duration::from_millis(40),
         },
         recovery_reset_after: Duration::from_secs(60),
+        reservation_ttl: Duration::from_secs(60),
         max_recoveries: 2,
         supervisor_max_restarts: 3,
         supervisor_window: Duration::from_secs(60),
@@ -443,6 +444,8 @@ pub async fn start_on(store: Arc<MemStore>, org: OrgId, settings: Settings) -> H
         events,
         registry: Default::default(),
         tenancy: Default::default(),
+        gov: test_governance(),
+        gov_store: Arc::new(MemGov::default()),
     });
     let cadre = Cadre::start(ctx).await.expect("tree starts");
     let _ = deployer.cadre.set(cadre.clone());
@@ -467,6 +470,7 @@ pub fn spec(name: &str) -> AgentSpec {
         target: DeployTarget::Local,
         health: HealthOverrides::default(),
         budget: BudgetLimits::default(),
+        profile: None,
     }
 }
 
@@ -540,4 +544,233 @@ impl Harness {
             .agent(&self.org, id)
             .map(|h| h.actor.get_id())
     }
+}
+
+/// In-memory `GovStore`: documents, approvals with compare-and-swap, grants, switches.
+#[derive(Default)]
+pub struct MemGov {
+    inner: Mutex<GovInner>,
+}
+
+#[derive(Default)]
+struct GovInner {
+    docs: Vec<(OrgId, cadre_actors::ports::GovDoc)>,
+    approvals: HashMap<String, cadre_actors::approval::ApprovalRecord>,
+    grants: Vec<(cadre_actors::governance::Grant, bool)>,
+    halts: Vec<cadre_actors::governance::HaltScope>,
+}
+
+#[async_trait]
+impl cadre_actors::ports::GovStore for MemGov {
+    async fn docs(&self, org: &OrgId) -> Result<Vec<cadre_actors::ports::GovDoc>, StoreError> {
+        let g = self.inner.lock().expect("lock");
+        Ok(g.docs
+            .iter()
+            .filter(|(o, _)| o == org)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+    async fn put_doc(
+        &self,
+        org: &OrgId,
+        kind: &str,
+        name: &str,
+        body: Option<&str>,
+        _audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        let before = g.docs.len();
+        g.docs
+            .retain(|(o, d)| !(o == org && d.kind == kind && d.name == name));
+        let existed = g.docs.len() != before;
+        if let Some(b) = body {
+            g.docs.push((
+                org.clone(),
+                cadre_actors::ports::GovDoc {
+                    kind: kind.into(),
+                    name: name.into(),
+                    body: b.into(),
+                },
+            ));
+        }
+        Ok(existed)
+    }
+    async fn insert_approval(
+        &self,
+        a: &cadre_actors::approval::ApprovalRecord,
+        _audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        if g.approvals
+            .values()
+            .any(|x| x.agent_id == a.agent_id && x.call_id == a.call_id)
+        {
+            return Err(StoreError::Conflict("call".into()));
+        }
+        g.approvals.insert(a.id.clone(), a.clone());
+        Ok(())
+    }
+    async fn approval_by_call(
+        &self,
+        agent: &AgentId,
+        call_id: &str,
+    ) -> Result<Option<cadre_actors::approval::ApprovalRecord>, StoreError> {
+        let g = self.inner.lock().expect("lock");
+        Ok(g.approvals
+            .values()
+            .find(|x| &x.agent_id == agent && x.call_id == call_id)
+            .cloned())
+    }
+    async fn approval(
+        &self,
+        org: &OrgId,
+        id: &str,
+    ) -> Result<Option<cadre_actors::approval::ApprovalRecord>, StoreError> {
+        let g = self.inner.lock().expect("lock");
+        Ok(g.approvals.get(id).filter(|a| &a.org_id == org).cloned())
+    }
+    async fn pending_approvals(
+        &self,
+        org: &OrgId,
+    ) -> Result<Vec<cadre_actors::approval::ApprovalRecord>, StoreError> {
+        let g = self.inner.lock().expect("lock");
+        Ok(g.approvals
+            .values()
+            .filter(|a| {
+                &a.org_id == org && a.state == cadre_actors::approval::ApprovalState::Pending
+            })
+            .cloned()
+            .collect())
+    }
+    async fn add_vote(
+        &self,
+        a: &cadre_actors::approval::ApprovalRecord,
+        vote: &cadre_actors::approval::Vote,
+        _audit: &AuditEntry,
+    ) -> Result<cadre_actors::ports::Cas, StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        match g.approvals.get_mut(&a.id) {
+            Some(x)
+                if x.state == cadre_actors::approval::ApprovalState::Pending
+                    && x.level == a.level =>
+            {
+                x.votes.push(vote.clone());
+                Ok(cadre_actors::ports::Cas::Applied)
+            }
+            _ => Ok(cadre_actors::ports::Cas::Lost),
+        }
+    }
+    async fn settle_approval(
+        &self,
+        a: &cadre_actors::approval::ApprovalRecord,
+        from_level: u32,
+        _vote: Option<&cadre_actors::approval::Vote>,
+        grant: Option<&cadre_actors::governance::Grant>,
+        _audit: &AuditEntry,
+    ) -> Result<cadre_actors::ports::Cas, StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        match g.approvals.get_mut(&a.id) {
+            Some(x)
+                if x.state == cadre_actors::approval::ApprovalState::Pending
+                    && x.level == from_level =>
+            {
+                *x = a.clone();
+                if let Some(gr) = grant {
+                    g.grants.push((gr.clone(), false));
+                }
+                Ok(cadre_actors::ports::Cas::Applied)
+            }
+            _ => Ok(cadre_actors::ports::Cas::Lost),
+        }
+    }
+    async fn live_grants(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<cadre_actors::governance::Grant>, StoreError> {
+        let g = self.inner.lock().expect("lock");
+        Ok(g.grants
+            .iter()
+            .filter(|(gr, revoked)| !revoked && gr.expires_at > now_ms)
+            .map(|(gr, _)| gr.clone())
+            .collect())
+    }
+    async fn revoke_grant(
+        &self,
+        org: &OrgId,
+        id: &str,
+        _by: &str,
+        _at: i64,
+        _audit: &AuditEntry,
+    ) -> Result<Option<cadre_actors::governance::Grant>, StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        for (gr, revoked) in g.grants.iter_mut() {
+            if gr.id == id && &gr.org_id == org && !*revoked {
+                *revoked = true;
+                return Ok(Some(gr.clone()));
+            }
+        }
+        Ok(None)
+    }
+    async fn set_halt(
+        &self,
+        scope: &cadre_actors::governance::HaltScope,
+        on: Option<&str>,
+        _by: &str,
+        _at: i64,
+        _audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().expect("lock");
+        g.halts.retain(|h| h != scope);
+        if on.is_some() {
+            g.halts.push(scope.clone());
+        }
+        Ok(())
+    }
+    async fn halts(&self) -> Result<Vec<cadre_actors::governance::HaltScope>, StoreError> {
+        Ok(self.inner.lock().expect("lock").halts.clone())
+    }
+}
+
+/// A governance registry over a small catalog (tests build their own profiles).
+pub fn test_governance() -> Arc<cadre_actors::governance::Governance> {
+    use cadre_actors::governance::*;
+    let catalog = CatalogFile {
+        skills: vec![SkillDef {
+            id: "core".into(),
+            description: String::new(),
+        }],
+        tools: vec![ToolDef {
+            id: "echo".into(),
+            skill: "core".into(),
+            description: String::new(),
+            risk: Risk::Low,
+            side_effects: vec![],
+        }],
+        profiles: [(
+            "open".to_string(),
+            ProfileDef {
+                allow_skills: vec!["*".into()],
+                ..Default::default()
+            },
+        )]
+        .into(),
+    };
+    let policy = PolicyDef {
+        description: String::new(),
+        tools: vec![],
+        skills: vec![],
+        min_risk: None,
+        side_effects: vec![],
+        min_cost_usd: None,
+        levels: vec![Level {
+            approvers: Approvers {
+                roles: vec!["admin".into()],
+                users: vec![],
+            },
+            required: 1,
+            timeout_seconds: 60,
+            on_timeout: OnTimeout::Deny,
+        }],
+    };
+    Arc::new(Governance::new(catalog, policy, "open".into()))
 }

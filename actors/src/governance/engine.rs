@@ -1,0 +1,413 @@
+//! The permission engine: `allow`, `deny(reason)` or `needs_approval(policy)`
+//! for one tool call of one agent.
+//!
+//! The order is fixed and documented (docs/governance.md); every deny comes
+//! before anything that could allow, so a deny always wins:
+//!
+//! 1. `halted` — a kill switch covers the agent, its organization or the instance.
+//! 2. `unknown_profile` — the agent names a profile that does not exist.
+//! 3. `unknown_tool` — the tool is not in the organization's catalog.
+//! 4. `tool_blocked` — the profile blocks the tool.
+//! 5. `skill_blocked` — the profile blocks the tool's skill.
+//! 6. `not_allowed` — neither the tool nor its skill is allowed.
+//! 7. `side_effect_blocked` — the tool has a side effect the profile blocks.
+//! 8. `outside_working_hours` — not within the profile's working hours.
+//! 9. `rate_limited` — the tool's rate limit is used up (the call counts).
+//! 10. sandbox: a tool with side effects other than reading is allowed as a
+//!     *simulation* (recorded, never executed); approval is moot.
+//! 11. a standing grant for this tool and these arguments → allow.
+//! 12. risk above the profile's `max_risk`, or a side effect the profile
+//!     sends to approval, or an organization policy matching the call →
+//!     needs approval (the first matching organization policy decides who
+//!     approves; the default policy when none matches).
+//! 13. allow.
+//!
+//! The static part (steps 3–7 and the profile's approval triggers) is
+//! precomputed per tool when a profile is compiled, so a check is a hash
+//! lookup and a few comparisons.
+
+use super::policy::Policy;
+use super::{ACTING, OrgGov, Profile, ProfileDef, SideEffect, ToolDef, WorkingHours};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a call is denied (the stable `reason` code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// A kill switch is on.
+    Halted,
+    /// The agent's profile does not exist.
+    UnknownProfile,
+    /// Not in the catalog.
+    UnknownTool,
+    /// Blocked by tool.
+    ToolBlocked,
+    /// Blocked by skill.
+    SkillBlocked,
+    /// Not allowed by the profile.
+    NotAllowed,
+    /// A blocked side effect.
+    SideEffectBlocked,
+    /// Outside working hours.
+    OutsideWorkingHours,
+    /// Rate limit used up.
+    RateLimited,
+}
+
+impl DenyReason {
+    /// The stable code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Halted => "halted",
+            DenyReason::UnknownProfile => "unknown_profile",
+            DenyReason::UnknownTool => "unknown_tool",
+            DenyReason::ToolBlocked => "tool_blocked",
+            DenyReason::SkillBlocked => "skill_blocked",
+            DenyReason::NotAllowed => "not_allowed",
+            DenyReason::SideEffectBlocked => "side_effect_blocked",
+            DenyReason::OutsideWorkingHours => "outside_working_hours",
+            DenyReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// The engine's answer.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    /// Go ahead (`simulate`: record it, do not execute it).
+    Allow {
+        /// Sandbox mode: simulate.
+        simulate: bool,
+        /// The standing grant that allowed it, if one did.
+        grant: Option<String>,
+    },
+    /// Refused.
+    Deny {
+        /// The code.
+        reason: DenyReason,
+        /// A human explanation.
+        message: String,
+    },
+    /// A human must decide first.
+    NeedsApproval {
+        /// The policy that says who decides.
+        policy: Arc<Policy>,
+        /// What triggered it.
+        trigger: String,
+    },
+}
+
+/// The part of a verdict that depends only on the tool and the profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Static {
+    Deny(DenyReason),
+    Go {
+        /// Risk above the profile's maximum.
+        risky: bool,
+        /// Side effects the profile sends to approval.
+        approval_effects: u8,
+        /// Side effects other than reading (simulated in sandbox mode).
+        acting: bool,
+    },
+}
+
+/// Compiled working hours.
+#[derive(Debug, Clone)]
+pub struct Hours {
+    tz: jiff::tz::TimeZone,
+    /// Bit 0 = Monday.
+    days: u8,
+    start: u16,
+    end: u16,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn minutes(s: &str) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+impl Hours {
+    /// Compiles working hours; `Err` says what is wrong.
+    pub fn compile(h: &WorkingHours) -> Result<Hours, String> {
+        let tz = jiff::tz::TimeZone::get(&h.timezone)
+            .map_err(|_| format!("unknown time zone `{}`", h.timezone))?;
+        let mut days = 0u8;
+        for d in &h.days {
+            let i = DAYS
+                .iter()
+                .position(|x| x.eq_ignore_ascii_case(d))
+                .ok_or_else(|| format!("day `{d}` is not one of mon … sun"))?;
+            days |= 1 << i;
+        }
+        if days == 0 {
+            days = 0x7f;
+        }
+        let start = minutes(&h.start).ok_or("start: HH:MM")?;
+        let end = minutes(&h.end).ok_or("end: HH:MM")?;
+        if start == end {
+            return Err("start and end must differ".into());
+        }
+        Ok(Hours {
+            tz,
+            days,
+            start,
+            end,
+        })
+    }
+
+    /// Whether `now_ms` is within the hours.
+    pub fn contains(&self, now_ms: i64) -> bool {
+        let Ok(ts) = jiff::Timestamp::from_millisecond(now_ms) else {
+            return false;
+        };
+        let dt = self.tz.to_datetime(ts);
+        let day = dt.weekday().to_monday_zero_offset() as u8;
+        let m = dt.hour() as u16 * 60 + dt.minute() as u16;
+        let on = |d: u8| self.days & (1 << (d % 7)) != 0;
+        if self.start < self.end {
+            on(day) && (self.start..self.end).contains(&m)
+        } else {
+            // Overnight: the evening belongs to today, the morning to yesterday.
+            (m >= self.start && on(day)) || (m < self.end && on(day + 6))
+        }
+    }
+}
+
+/// Compiles `def` against a catalog.
+pub(crate) fn compile_profile(
+    name: &str,
+    def: &ProfileDef,
+    tools: &[ToolDef],
+    index: &HashMap<String, u32>,
+) -> Profile {
+    let all = def.allow_skills.iter().any(|s| s == "*");
+    let blocked_effects = SideEffect::mask(&def.blocked_side_effects);
+    let approval_effects = SideEffect::mask(&def.approval_side_effects);
+    let verdicts = tools
+        .iter()
+        .map(|t| {
+            let effects = SideEffect::mask(&t.side_effects);
+            if def.block_tools.contains(&t.id) {
+                Static::Deny(DenyReason::ToolBlocked)
+            } else if def.block_skills.contains(&t.skill) {
+                Static::Deny(DenyReason::SkillBlocked)
+            } else if !(all
+                || def.allow_skills.contains(&t.skill)
+                || def.allow_tools.contains(&t.id))
+            {
+                Static::Deny(DenyReason::NotAllowed)
+            } else if effects & blocked_effects != 0 {
+                Static::Deny(DenyReason::SideEffectBlocked)
+            } else {
+                Static::Go {
+                    risky: t.risk > def.max_risk,
+                    approval_effects: effects & approval_effects,
+                    acting: effects & ACTING != 0,
+                }
+            }
+        })
+        .collect();
+    let rates = def
+        .rate_limits
+        .iter()
+        .filter_map(|(tool, r)| index.get(tool).map(|&i| (i, *r)))
+        .collect();
+    Profile {
+        name: name.to_string(),
+        def: def.clone(),
+        verdicts,
+        rates,
+        hours: def
+            .working_hours
+            .as_ref()
+            .and_then(|h| Hours::compile(h).ok()),
+    }
+}
+
+/// One agent's rate-limit counters (GCRA: one "theoretical arrival time"
+/// per limited tool, in microseconds).
+#[derive(Debug, Default)]
+pub struct RateState {
+    generation: u64,
+    tat: HashMap<u32, i64>,
+}
+
+impl RateState {
+    /// Counts a call; `Err(retry_after_ms)` when the limit is used up.
+    fn take(
+        &mut self,
+        generation: u64,
+        tool: u32,
+        limit: crate::governance::RateLimit,
+        now_ms: i64,
+    ) -> Result<(), i64> {
+        if self.generation != generation {
+            self.generation = generation;
+            self.tat.clear();
+        }
+        let period = i64::from(limit.per_seconds) * 1_000_000;
+        let t = period / i64::from(limit.calls).max(1);
+        let tau = period - t;
+        let now = now_ms.saturating_mul(1000);
+        let tat = self.tat.get(&tool).copied().unwrap_or(now).max(now);
+        if tat - now > tau {
+            return Err((tat - now - tau).div_euclid(1000).max(1));
+        }
+        self.tat.insert(tool, tat + t);
+        Ok(())
+    }
+}
+
+/// A call to judge.
+#[derive(Clone, Copy, Debug)]
+pub struct ToolCall<'a> {
+    /// Tool id.
+    pub tool: &'a str,
+    /// Estimated cost of the call (for cost-triggered policies).
+    pub estimated_cost_micros: u64,
+    /// Now, unix ms.
+    pub now_ms: i64,
+}
+
+fn deny(reason: DenyReason, message: String) -> Verdict {
+    Verdict::Deny { reason, message }
+}
+
+/// Judges `call` for an agent with `profile` in `gov`. `halted` names the
+/// kill switch that covers the agent, if any; `grant` is asked for a
+/// standing grant only when the call would otherwise need approval.
+pub fn check(
+    gov: &OrgGov,
+    profile: Option<&Profile>,
+    halted: Option<&str>,
+    call: &ToolCall<'_>,
+    rates: &mut RateState,
+    grant: impl FnOnce() -> Option<String>,
+) -> Verdict {
+    if let Some(scope) = halted {
+        return deny(
+            DenyReason::Halted,
+            format!("the {scope} kill switch is on: no tool calls"),
+        );
+    }
+    let Some(profile) = profile else {
+        return deny(
+            DenyReason::UnknownProfile,
+            "the agent's permission profile does not exist".into(),
+        );
+    };
+    let Some(&i) = gov.index.get(call.tool) else {
+        return deny(
+            DenyReason::UnknownTool,
+            format!("`{}` is not in the tool catalog", call.tool),
+        );
+    };
+    let tool = &gov.tools[i as usize];
+    let (risky, approval_effects, acting) = match profile.verdicts.get(i as usize) {
+        Some(Static::Go {
+            risky,
+            approval_effects,
+            acting,
+        }) => (*risky, *approval_effects, *acting),
+        Some(Static::Deny(reason)) => {
+            let message = match reason {
+                DenyReason::ToolBlocked => format!("profile {} blocks {}", profile.name, tool.id),
+                DenyReason::SkillBlocked => {
+                    format!("profile {} blocks skill {}", profile.name, tool.skill)
+                }
+                DenyReason::SideEffectBlocked => format!(
+                    "profile {} blocks a side effect of {} ({})",
+                    profile.name,
+                    tool.id,
+                    tool.side_effects
+                        .iter()
+                        .filter(|e| profile.def.blocked_side_effects.contains(e))
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                _ => format!(
+                    "profile {} allows neither {} nor skill {}",
+                    profile.name, tool.id, tool.skill
+                ),
+            };
+            return deny(*reason, message);
+        }
+        // Compiled against another catalog generation: judge as unknown.
+        None => {
+            return deny(
+                DenyReason::UnknownTool,
+                format!("`{}` is not in the tool catalog", call.tool),
+            );
+        }
+    };
+    if let Some(h) = &profile.hours
+        && !h.contains(call.now_ms)
+    {
+        return deny(
+            DenyReason::OutsideWorkingHours,
+            format!(
+                "profile {} allows tools only in its working hours",
+                profile.name
+            ),
+        );
+    }
+    if let Some(limit) = profile.rates.get(&i)
+        && let Err(retry) = rates.take(gov.generation, i, *limit, call.now_ms)
+    {
+        return deny(
+            DenyReason::RateLimited,
+            format!(
+                "{} allows {} calls per {} s; retry in {retry} ms",
+                tool.id, limit.calls, limit.per_seconds
+            ),
+        );
+    }
+    if profile.def.sandbox && acting {
+        return Verdict::Allow {
+            simulate: true,
+            grant: None,
+        };
+    }
+    let effects = SideEffect::mask(&tool.side_effects);
+    let matching = gov.policies.iter().find_map(|p| {
+        p.matches(tool, effects, call.estimated_cost_micros)
+            .map(|why| (p, why))
+    });
+    let trigger = if risky {
+        Some(format!(
+            "risk {} above the profile's {}",
+            tool.risk.as_str(),
+            profile.def.max_risk.as_str()
+        ))
+    } else if approval_effects != 0 {
+        let e: Vec<_> = SideEffect::of_mask(approval_effects)
+            .map(SideEffect::as_str)
+            .collect();
+        Some(format!("side effect {} needs approval", e.join(",")))
+    } else {
+        None
+    };
+    let needs = match (trigger, matching) {
+        (None, None) => None,
+        (Some(t), Some((p, _))) => Some((p.clone(), t)),
+        (Some(t), None) => Some((gov.default_policy.clone(), t)),
+        (None, Some((p, why))) => Some((p.clone(), why)),
+    };
+    match needs {
+        None => Verdict::Allow {
+            simulate: false,
+            grant: None,
+        },
+        Some((policy, trigger)) => match grant() {
+            Some(g) => Verdict::Allow {
+                simulate: false,
+                grant: Some(g),
+            },
+            None => Verdict::NeedsApproval { policy, trigger },
+        },
+    }
+}

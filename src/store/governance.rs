@@ -1,0 +1,555 @@
+//! Governance persistence: the organizations' documents, approval requests
+//! and their votes, standing grants and kill switches (`GovStore`), plus the
+//! read API the HTTP layer pages through.
+
+use super::identity::insert_audit;
+use super::sqlite::{SqlStore, classify, unavailable};
+use async_trait::async_trait;
+use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
+use cadre_actors::audit::AuditEntry;
+use cadre_actors::domain::{AgentId, OrgId};
+use cadre_actors::governance::{Grant, HaltScope};
+use cadre_actors::ports::{Cas, GovDoc, GovStore, StoreError};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+const APPROVAL_COLS: &str = "id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, \
+    levels, level, state, outcome, requested_by, created_at, expires_at, decided_by, decided_at, comment, grant_id";
+
+fn bad(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("bad approval row: {what}"))
+}
+
+fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord, StoreError> {
+    let g = |e: sqlx::Error| bad(e);
+    let state: String = r.try_get("state").map_err(g)?;
+    let arguments: String = r.try_get("arguments").map_err(g)?;
+    let levels: String = r.try_get("levels").map_err(g)?;
+    Ok(ApprovalRecord {
+        id: r.try_get("id").map_err(g)?,
+        org_id: OrgId(r.try_get("org_id").map_err(g)?),
+        agent_id: AgentId(r.try_get("agent_id").map_err(g)?),
+        call_id: r.try_get("call_id").map_err(g)?,
+        tool: r.try_get("tool").map_err(g)?,
+        args_hash: r.try_get("args_hash").map_err(g)?,
+        arguments: serde_json::from_str(&arguments).map_err(bad)?,
+        trigger: r.try_get("trigger").map_err(g)?,
+        policy: r.try_get("policy").map_err(g)?,
+        levels: serde_json::from_str(&levels).map_err(bad)?,
+        level: u32::try_from(r.try_get::<i64, _>("level").map_err(g)?).unwrap_or(0),
+        state: ApprovalState::parse(&state).ok_or_else(|| bad(format!("state {state:?}")))?,
+        outcome: r
+            .try_get::<Option<i64>, _>("outcome")
+            .map_err(g)?
+            .map(|o| o != 0),
+        requested_by: r.try_get("requested_by").map_err(g)?,
+        created_at: r.try_get("created_at").map_err(g)?,
+        expires_at: r.try_get("expires_at").map_err(g)?,
+        decided_by: r.try_get("decided_by").map_err(g)?,
+        decided_at: r.try_get("decided_at").map_err(g)?,
+        comment: r.try_get("comment").map_err(g)?,
+        grant_id: r.try_get("grant_id").map_err(g)?,
+        votes: Vec::new(),
+    })
+}
+
+fn grant_row(r: &SqliteRow) -> Result<Grant, StoreError> {
+    let g = |e: sqlx::Error| StoreError::Unavailable(format!("bad grant row: {e}"));
+    Ok(Grant {
+        id: r.try_get("id").map_err(g)?,
+        org_id: OrgId(r.try_get("org_id").map_err(g)?),
+        agent_id: AgentId(r.try_get("agent_id").map_err(g)?),
+        tool: r.try_get("tool").map_err(g)?,
+        args_hash: r.try_get("args_hash").map_err(g)?,
+        approval_id: r.try_get("approval_id").map_err(g)?,
+        granted_by: r.try_get("granted_by").map_err(g)?,
+        created_at: r.try_get("created_at").map_err(g)?,
+        expires_at: r.try_get("expires_at").map_err(g)?,
+    })
+}
+
+/// Filters of the approvals list.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalFilter {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only this tool.
+    pub tool: Option<String>,
+    /// Ids below this (newest first).
+    pub before: Option<String>,
+}
+
+impl SqlStore {
+    async fn votes_of(&self, ids: &[&str]) -> Result<Vec<(String, Vote)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT approval_id, level, user_id, approve, comment, at FROM approval_votes WHERE approval_id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id.to_string());
+        }
+        q.push(") ORDER BY at");
+        let rows = q
+            .build()
+            .fetch_all(self.read_pool())
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let g = |e: sqlx::Error| bad(e);
+                Ok((
+                    r.try_get("approval_id").map_err(g)?,
+                    Vote {
+                        by: r.try_get("user_id").map_err(g)?,
+                        level: u32::try_from(r.try_get::<i64, _>("level").map_err(g)?).unwrap_or(0),
+                        approve: r.try_get::<i64, _>("approve").map_err(g)? != 0,
+                        comment: r.try_get("comment").map_err(g)?,
+                        at: r.try_get("at").map_err(g)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Attaches each request's approving votes at its current level.
+    async fn with_votes(
+        &self,
+        mut rows: Vec<ApprovalRecord>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let votes = self.votes_of(&ids).await?;
+        let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
+        for (id, v) in votes {
+            by_id.entry(id).or_default().push(v);
+        }
+        for r in &mut rows {
+            if let Some(v) = by_id.remove(&r.id) {
+                r.votes = v
+                    .into_iter()
+                    .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
+                    .collect();
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A page of an organization's approval requests, newest first.
+    pub async fn approvals_page(
+        &self,
+        org: &str,
+        f: &ApprovalFilter,
+        limit: i64,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = "
+        ));
+        q.push_bind(org.to_string());
+        if let Some(s) = &f.state {
+            q.push(" AND state = ").push_bind(s.clone());
+        }
+        if let Some(a) = &f.agent {
+            q.push(" AND agent_id = ").push_bind(a.clone());
+        }
+        if let Some(t) = &f.tool {
+            q.push(" AND tool = ").push_bind(t.clone());
+        }
+        if let Some(b) = &f.before {
+            q.push(" AND id < ").push_bind(b.clone());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(self.read_pool())
+            .await
+            .map_err(unavailable)?;
+        let rows = rows
+            .iter()
+            .map(approval_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_votes(rows).await
+    }
+
+    /// A page of an organization's grants (live and revoked), newest first.
+    pub async fn grants_page(
+        &self,
+        org: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(Grant, Option<i64>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at, revoked_at \
+             FROM grants WHERE org_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(org)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| Ok((grant_row(r)?, r.try_get("revoked_at").map_err(unavailable)?)))
+            .collect()
+    }
+
+    /// Every kill switch that is on: (scope, target, reason, by, at).
+    pub async fn halt_rows(
+        &self,
+    ) -> Result<Vec<(String, String, Option<String>, Option<String>, String, i64)>, StoreError>
+    {
+        let rows =
+            sqlx::query("SELECT scope, target, org_id, reason, by_who, at FROM halts ORDER BY at")
+                .fetch_all(self.read_pool())
+                .await
+                .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("scope").map_err(unavailable)?,
+                    r.try_get("target").map_err(unavailable)?,
+                    r.try_get("org_id").map_err(unavailable)?,
+                    r.try_get("reason").map_err(unavailable)?,
+                    r.try_get("by_who").map_err(unavailable)?,
+                    r.try_get("at").map_err(unavailable)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl GovStore for SqlStore {
+    async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, name, body FROM gov_docs WHERE org_id = ? ORDER BY kind, name",
+        )
+        .bind(org.as_str())
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(GovDoc {
+                    kind: r.try_get("kind").map_err(unavailable)?,
+                    name: r.try_get("name").map_err(unavailable)?,
+                    body: r.try_get("body").map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_doc(
+        &self,
+        org: &OrgId,
+        kind: &str,
+        name: &str,
+        body: Option<&str>,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        let n = match body {
+            Some(b) => sqlx::query(
+                "INSERT INTO gov_docs (org_id, kind, name, body, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (org_id, kind, name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+            )
+            .bind(org.as_str())
+            .bind(kind)
+            .bind(name)
+            .bind(b)
+            .bind(audit.at)
+            .execute(&mut *tx)
+            .await,
+            None => sqlx::query("DELETE FROM gov_docs WHERE org_id = ? AND kind = ? AND name = ?")
+                .bind(org.as_str())
+                .bind(kind)
+                .bind(name)
+                .execute(&mut *tx)
+                .await,
+        }
+        .map_err(unavailable)?
+        .rows_affected();
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn insert_approval(
+        &self,
+        a: &ApprovalRecord,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let levels = serde_json::to_string(&a.levels).map_err(bad)?;
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, levels, \
+             level, state, requested_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        )
+        .bind(&a.id)
+        .bind(a.org_id.as_str())
+        .bind(a.agent_id.as_str())
+        .bind(&a.call_id)
+        .bind(&a.tool)
+        .bind(&a.args_hash)
+        .bind(a.arguments.to_string())
+        .bind(&a.trigger)
+        .bind(&a.policy)
+        .bind(levels)
+        .bind(i64::from(a.level))
+        .bind(&a.requested_by)
+        .bind(a.created_at)
+        .bind(a.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn approval_by_call(
+        &self,
+        agent: &AgentId,
+        call_id: &str,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE agent_id = ? AND call_id = ?"
+        ))
+        .bind(agent.as_str())
+        .bind(call_id)
+        .fetch_optional(self.write_pool())
+        .await
+        .map_err(unavailable)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
+        }
+    }
+
+    async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = ? AND id = ?"
+        ))
+        .bind(org.as_str())
+        .bind(id)
+        .fetch_optional(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
+        }
+    }
+
+    async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id"
+        ))
+        .bind(org.as_str())
+        .fetch_all(self.write_pool())
+        .await
+        .map_err(unavailable)?;
+        let rows = rows
+            .iter()
+            .map(approval_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(500) {
+            out.extend(self.with_votes(chunk.to_vec()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn add_vote(
+        &self,
+        a: &ApprovalRecord,
+        vote: &Vote,
+        audit: &AuditEntry,
+    ) -> Result<Cas, StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        let still = sqlx::query_scalar::<_, i64>(
+            "SELECT 1 FROM approvals WHERE id = ? AND state = 'pending' AND level = ?",
+        )
+        .bind(&a.id)
+        .bind(i64::from(a.level))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if still.is_none() {
+            return Ok(Cas::Lost);
+        }
+        insert_vote(&mut tx, &a.id, vote).await?;
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Cas::Applied)
+    }
+
+    async fn settle_approval(
+        &self,
+        a: &ApprovalRecord,
+        from_level: u32,
+        vote: Option<&Vote>,
+        grant: Option<&Grant>,
+        audit: &AuditEntry,
+    ) -> Result<Cas, StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        let done = sqlx::query(
+            "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, decided_by = ?, decided_at = ?, \
+             comment = ?, grant_id = ? WHERE id = ? AND state = 'pending' AND level = ?",
+        )
+        .bind(a.state.as_str())
+        .bind(a.outcome.map(i64::from))
+        .bind(i64::from(a.level))
+        .bind(a.expires_at)
+        .bind(&a.decided_by)
+        .bind(a.decided_at)
+        .bind(&a.comment)
+        .bind(&a.grant_id)
+        .bind(&a.id)
+        .bind(i64::from(from_level))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Ok(Cas::Lost);
+        }
+        if let Some(v) = vote {
+            insert_vote(&mut tx, &a.id, v).await?;
+        }
+        if let Some(g) = grant {
+            sqlx::query(
+                "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&g.id)
+            .bind(g.org_id.as_str())
+            .bind(g.agent_id.as_str())
+            .bind(&g.tool)
+            .bind(&g.args_hash)
+            .bind(&g.approval_id)
+            .bind(&g.granted_by)
+            .bind(g.created_at)
+            .bind(g.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Cas::Applied)
+    }
+
+    async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at \
+             FROM grants WHERE revoked_at IS NULL AND expires_at > ?",
+        )
+        .bind(now_ms)
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    async fn revoke_grant(
+        &self,
+        org: &OrgId,
+        id: &str,
+        by: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<Option<Grant>, StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        let row = sqlx::query(
+            "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL \
+             RETURNING id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at",
+        )
+        .bind(at)
+        .bind(by)
+        .bind(org.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let grant = grant_row(&row)?;
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(grant))
+    }
+
+    async fn set_halt(
+        &self,
+        scope: &HaltScope,
+        on: Option<&str>,
+        by: &str,
+        at: i64,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let org = match scope {
+            HaltScope::Instance => None,
+            HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.as_str()),
+        };
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        match on {
+            Some(reason) => sqlx::query(
+                "INSERT INTO halts (scope, target, org_id, reason, by_who, at) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason, by_who = excluded.by_who, at = excluded.at",
+            )
+            .bind(scope.kind())
+            .bind(scope.target())
+            .bind(org)
+            .bind(reason)
+            .bind(by)
+            .bind(at)
+            .execute(&mut *tx)
+            .await,
+            None => sqlx::query("DELETE FROM halts WHERE scope = ? AND target = ?")
+                .bind(scope.kind())
+                .bind(scope.target())
+                .execute(&mut *tx)
+                .await,
+        }
+        .map_err(unavailable)?;
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
+        Ok(self
+            .halt_rows()
+            .await?
+            .into_iter()
+            .filter_map(|(scope, target, org, ..)| match scope.as_str() {
+                "instance" => Some(HaltScope::Instance),
+                "org" => Some(HaltScope::Org(OrgId(target))),
+                "agent" => Some(HaltScope::Agent(OrgId(org?), AgentId(target))),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+async fn insert_vote(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    v: &Vote,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(i64::from(v.level))
+    .bind(&v.by)
+    .bind(i64::from(v.approve))
+    .bind(&v.comment)
+    .bind(v.at)
+    .execute(tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
