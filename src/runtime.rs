@@ -110,12 +110,11 @@ async fn session(
     // Whatever step was in flight is asked again on this connection.
     script.asked = false;
     loop {
-        if script.welcomed
-            && !script.asked
-            && let Some(msg) = script.next_request()
-        {
-            if let Err(e) = send(&mut ws, &msg).await {
-                return SessionEnd::Reconnect(e);
+        if script.welcomed && !script.asked {
+            for msg in script.next_requests() {
+                if let Err(e) = send(&mut ws, &msg).await {
+                    return SessionEnd::Reconnect(e);
+                }
             }
             script.asked = true;
         }
@@ -145,12 +144,16 @@ async fn session(
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
                     Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. })) => {
+                        let before = script.next;
                         for out in script.answer(msg) {
                             if let Err(e) = send(&mut ws, &out).await {
                                 return SessionEnd::Reconnect(e);
                             }
                         }
-                        script.asked = false;
+                        // The next step starts once this one is complete.
+                        if script.next != before {
+                            script.asked = false;
+                        }
                     }
                     Ok(ServerMessage::ToolPending { call_id, approval_id }) => {
                         eprintln!("cadre runtime: {call_id} waits for approval {approval_id}");
@@ -191,6 +194,10 @@ struct StepIn {
     #[serde(default)]
     arguments: serde_json::Value,
     estimated_cost_usd: Option<f64>,
+    /// Issue this many calls of the tool at once (a model's parallel tool
+    /// calls); each gets `"n": k` added to its arguments.
+    #[serde(default)]
+    repeat: Option<u32>,
     /// A model call: reserve, then report usage.
     model_call: Option<ModelCall>,
 }
@@ -210,6 +217,8 @@ struct ModelCall {
 struct Script {
     steps: Vec<StepIn>,
     next: usize,
+    /// Calls of the current step still waiting for their answer.
+    open: std::collections::BTreeMap<String, serde_json::Value>,
     welcomed: bool,
     asked: bool,
     batch: u64,
@@ -250,24 +259,55 @@ impl Script {
         format!("step-{}", self.next)
     }
 
-    /// The question for the current step, if any is left.
-    fn next_request(&self) -> Option<RuntimeMessage> {
-        let step = self.steps.get(self.next)?;
-        Some(match (&step.tool, &step.model_call) {
-            (Some(tool), _) => RuntimeMessage::ToolRequest {
-                call_id: self.call_id(),
-                tool: tool.clone(),
-                arguments: step.arguments.clone(),
-                estimated_cost_usd: step.estimated_cost_usd,
-            },
-            (None, Some(m)) => RuntimeMessage::Reserve {
-                reservation_id: self.call_id(),
-                model: m.model.clone(),
-                input_tokens: m.input_tokens,
-                max_output_tokens: m.max_output_tokens,
-            },
-            (None, None) => return None,
-        })
+    /// The questions of the current step still unanswered (all of them when
+    /// the step starts), if any step is left.
+    fn next_requests(&mut self) -> Vec<RuntimeMessage> {
+        let Some(step) = self.steps.get(self.next).cloned() else {
+            return Vec::new();
+        };
+        if self.open.is_empty() {
+            match step.repeat {
+                Some(n) if n > 0 => {
+                    for k in 0..n {
+                        let mut args = step.arguments.clone();
+                        if let Some(m) = args.as_object_mut() {
+                            m.insert("n".into(), k.into());
+                        } else {
+                            args = serde_json::json!({ "n": k });
+                        }
+                        self.open.insert(format!("{}.{k}", self.call_id()), args);
+                    }
+                }
+                _ => {
+                    self.open.insert(self.call_id(), step.arguments.clone());
+                }
+            }
+        }
+        self.open
+            .iter()
+            .map(|(id, args)| match (&step.tool, &step.model_call) {
+                (_, Some(m)) => RuntimeMessage::Reserve {
+                    reservation_id: id.clone(),
+                    model: m.model.clone(),
+                    input_tokens: m.input_tokens,
+                    max_output_tokens: m.max_output_tokens,
+                },
+                (tool, None) => RuntimeMessage::ToolRequest {
+                    call_id: id.clone(),
+                    tool: tool.clone().unwrap_or_default(),
+                    arguments: args.clone(),
+                    estimated_cost_usd: step.estimated_cost_usd,
+                },
+            })
+            .collect()
+    }
+
+    /// Done with one call of the current step; the step ends with its last.
+    fn close(&mut self, id: &str) {
+        self.open.remove(id);
+        if self.open.is_empty() {
+            self.next += 1;
+        }
     }
 
     fn record(&mut self, payload: serde_json::Value) -> RuntimeMessage {
@@ -287,7 +327,6 @@ impl Script {
         let Some(step) = self.steps.get(self.next).cloned() else {
             return Vec::new();
         };
-        let id = self.call_id();
         let mut out = Vec::new();
         match msg {
             ServerMessage::ToolDecision {
@@ -298,11 +337,13 @@ impl Script {
                 approval_id,
                 decided_by,
                 comment,
-            } if call_id == id => {
+            } if self.open.contains_key(&call_id) => {
+                let id = call_id;
+                let args = self.open.get(&id).cloned().unwrap_or_default();
                 let tool = step.tool.clone().unwrap_or_default();
                 let (status, result) = match decision.as_str() {
                     // Executed only on an explicit allow.
-                    "allow" => match execute(&tool, &step.arguments) {
+                    "allow" => match execute(&tool, &args) {
                         Ok(r) => ("ok", r),
                         Err(e) => ("error", e),
                     },
@@ -312,12 +353,20 @@ impl Script {
                     ),
                     _ => ("denied", message.clone().unwrap_or_else(|| "denied".into())),
                 };
+                // The decider's comment goes back to the model with the result.
+                let result = match &comment {
+                    Some(c) => format!(
+                        "{result} (comment from {}: {c})",
+                        decided_by.as_deref().unwrap_or("the approver")
+                    ),
+                    None => result,
+                };
                 eprintln!("cadre runtime: {id} {tool}: {decision} -> {status}: {result}");
                 out.push(self.record(serde_json::json!({
                     "tool_id": tool,
                     "call_id": id,
                     "status": status,
-                    "arguments": step.arguments,
+                    "arguments": args,
                     "result_summary": result,
                     "decision": decision,
                     "reason": reason,
@@ -326,14 +375,15 @@ impl Script {
                     "comment": comment,
                     "simulated": decision == "simulate",
                 })));
-                self.next += 1;
+                self.close(&id);
             }
             ServerMessage::Reservation {
                 reservation_id,
                 granted,
                 reason,
                 ..
-            } if reservation_id == id => {
+            } if self.open.contains_key(&reservation_id) => {
+                let id = reservation_id;
                 let Some(m) = step.model_call.clone() else {
                     return out;
                 };
@@ -346,7 +396,7 @@ impl Script {
                         reservation_id: Some(id.clone()),
                     });
                     eprintln!("cadre runtime: {id} model call made");
-                    self.next += 1;
+                    self.close(&id);
                 } else {
                     // Never call the model without a reservation: the script
                     // stops here.
@@ -355,6 +405,7 @@ impl Script {
                         reason.as_deref().unwrap_or("no reason")
                     );
                     self.steps.truncate(self.next);
+                    self.open.clear();
                 }
             }
             _ => {}

@@ -318,7 +318,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
 }
 
 /// Tool calls one connection may have waiting for approval at once.
-const MAX_PARKED: usize = 256;
+const MAX_PARKED: usize = 1024;
 
 /// How a tool request is answered.
 enum Step {

@@ -40,6 +40,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         ("CADRE_DEPLOY__LOCAL__STOP_GRACE_MS", "1000".to_string()),
         ("CADRE_CHAOS__ENABLED", "true".to_string()),
         ("CADRE_LOG__LEVEL", "warn".to_string()),
+        (
+            "CADRE_DEPLOY__LOCAL__SCRIPT_DIR",
+            dir.join("scripts").display().to_string(),
+        ),
     ];
     Config::load(None, env.into_iter().map(|(k, v)| (k.to_string(), v)))
         .expect("test config is valid")
@@ -52,6 +56,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
+    std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
     // Rate limits are off unless a test turns them on (tests fire bursts).
     config.http.rate_limit_per_client.per_second = 0;
     config.http.rate_limit_per_principal.per_second = 0;
@@ -229,6 +234,95 @@ impl TestApp {
         self.config.data_dir.join("agents").join(id)
     }
 
+    /// Writes the script the agent's runtime follows (before it is deployed).
+    pub fn script(&self, id: &str, steps: &[Value]) {
+        let lines: Vec<String> = steps.iter().map(Value::to_string).collect();
+        std::fs::write(
+            self.config
+                .data_dir
+                .join("scripts")
+                .join(format!("{id}.jsonl")),
+            lines.join("\n"),
+        )
+        .expect("write script");
+    }
+
+    /// A file in the agent's workspace, if it exists.
+    pub fn workspace_file(&self, id: &str, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.agent_dir(id).join("workspace").join(path)).ok()
+    }
+
+    /// Polls the agent's recorded tool calls until `n` exist; returns them oldest first.
+    pub async fn tool_calls(&self, id: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let mut items = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let (s, v) = self
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/agents/{id}/tool-calls?limit=200{cursor}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                items.extend(v["items"].as_array().cloned().unwrap_or_default());
+                match &v["next_cursor"] {
+                    Value::Null => break,
+                    c => {
+                        cursor = format!(
+                            "&cursor={}",
+                            c.as_str().map(String::from).unwrap_or(c.to_string())
+                        )
+                    }
+                }
+            }
+            if items.len() >= n {
+                items.reverse();
+                return items;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {n} tool calls of {id}, have {items:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the organization has `n` approvals in `state`; returns them.
+    pub async fn approvals(&self, query: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let mut all = Vec::new();
+            let mut cursor = String::new();
+            loop {
+                let (s, v) = self
+                    .call(
+                        Method::GET,
+                        &format!("/api/v1/approvals?limit=200&{query}{cursor}"),
+                        None,
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                all.extend(v["items"].as_array().cloned().unwrap_or_default());
+                match v["next_cursor"].as_str() {
+                    Some(c) => cursor = format!("&cursor={c}"),
+                    None => break,
+                }
+            }
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {n} approvals ({query}), have {}",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn runtime_pid(&self, id: &str) -> Option<i32> {
         std::fs::read_to_string(self.agent_dir(id).join("runtime.pid"))
             .ok()?
@@ -268,6 +362,21 @@ impl Drop for TestApp {
             }
         }
     }
+}
+
+/// Adds a user with `role` to the caller's organization; returns its id and token.
+pub async fn add_user(app: &TestApp, email: &str, role: &str) -> (String, String) {
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "email": email, "name": role, "password": PASSWORD, "role": role })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, token, _) = app.sign_in(email, PASSWORD).await;
+    assert_eq!(s, StatusCode::OK);
+    (v["id"].as_str().expect("id").to_string(), token)
 }
 
 /// Polls an async condition until it holds.

@@ -3,7 +3,7 @@
 //! lockout, sessions, API-key scopes, an audit entry for every mutating
 //! route, suspension, rate limits and bad input on the new endpoints.
 
-use crate::common::{PASSWORD, TestApp, spawn_app_with};
+use crate::common::{PASSWORD, TestApp, add_user, spawn_app_with};
 use cadre::identity::Action;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -15,20 +15,6 @@ const NOBODY: &str = "00000000-0000-7000-8000-000000000000";
 
 async fn app() -> TestApp {
     spawn_app_with(|c| c.auth.jwt_secret = SECRET.into()).await
-}
-
-async fn add_user(app: &TestApp, email: &str, role: &str) -> (String, String) {
-    let (s, v) = app
-        .call(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({ "email": email, "name": role, "password": PASSWORD, "role": role })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, token, _) = app.sign_in(email, PASSWORD).await;
-    assert_eq!(s, StatusCode::OK);
-    (v["id"].as_str().expect("id").to_string(), token)
 }
 
 async fn add_key(app: &TestApp, token: &str, scopes: &[&str]) -> (StatusCode, Value) {

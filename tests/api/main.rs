@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod common;
 mod errors;
+mod governance;
 mod identity;
 mod lifecycle;
 mod metrics;
