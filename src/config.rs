@@ -806,4 +806,54 @@ mod tests {
             .expect_err("must fail");
         assert!(err.to_string().contains("database.synchronous"), "{err}");
     }
+
+    #[test]
+    fn shipped_presets_judge_as_documented() {
+        use cadre_actors::governance::engine::{RateState, ToolCall, check};
+        use cadre_actors::governance::{OrgDocs, Verdict, compile};
+        let c = Config::load(None, env(&[])).expect("defaults are valid");
+        let catalog = c.governance.catalog().expect("shipped catalog is valid");
+        let g = compile(&catalog, OrgDocs::default(), &c.governance.default_policy);
+        let judge = |profile: &str, tool: &str| {
+            let v = check(
+                &g,
+                g.profiles.get(profile).map(|p| &**p),
+                None,
+                &ToolCall {
+                    tool,
+                    estimated_cost_micros: 0,
+                    now_ms: 0,
+                },
+                &mut RateState::default(),
+                || None,
+            );
+            match v {
+                Verdict::Allow { .. } => "allow".to_string(),
+                Verdict::Deny { reason, .. } => reason.as_str().to_string(),
+                Verdict::NeedsApproval { .. } => "approval".to_string(),
+            }
+        };
+        let table = [
+            ("read_only", "files.read", "allow"),
+            ("read_only", "http.get", "allow"),
+            ("read_only", "files.write", "side_effect_blocked"),
+            ("read_only", "shell.exec", "not_allowed"),
+            ("support_agent", "knowledge.search", "allow"),
+            ("support_agent", "email.send", "approval"),
+            ("support_agent", "payments.refund", "approval"),
+            ("support_agent", "files.delete", "tool_blocked"),
+            ("support_agent", "shell.exec", "not_allowed"),
+            ("developer", "shell.exec", "allow"),
+            ("developer", "files.delete", "approval"),
+            ("developer", "http.request", "approval"),
+            ("developer", "payments.refund", "not_allowed"),
+            ("full_access", "shell.exec", "allow"),
+            ("full_access", "email.send", "allow"),
+            ("full_access", "payments.refund", "approval"),
+        ];
+        for (profile, tool, want) in table {
+            assert_eq!(judge(profile, tool), want, "{profile} / {tool}");
+        }
+        assert_eq!(c.governance.default_profile, "read_only");
+    }
 }

@@ -783,6 +783,160 @@ async fn every_mutating_route_writes_an_audit_entry() {
             .any(|a| a == "agent.state_changed")
     );
 
+    // Governance: documents, decisions, grants, the kill switch.
+    for (path, body, action) in [
+        (
+            "/api/v1/tools/crm.note",
+            json!({ "skill": "crm", "risk": "low" }),
+            "tool.put",
+        ),
+        (
+            "/api/v1/profiles/mine",
+            json!({ "allow_skills": ["*"] }),
+            "profile.put",
+        ),
+        (
+            "/api/v1/approval-policies/echo",
+            json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 600 }] }),
+            "policy.put",
+        ),
+    ] {
+        let (s, v) = app.call(Method::PUT, path, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let route: &'static str = match action {
+            "tool.put" => "/tools/{id}",
+            "profile.put" => "/profiles/{name}",
+            _ => "/approval-policies/{name}",
+        };
+        check(
+            Method::PUT,
+            route,
+            action,
+            &home,
+            &audit_actions(&app, &home).await,
+        );
+    }
+    let agent = app
+        .create_id(json!({ "name": "gov", "role": "r", "model": "m", "profile": "mine" }))
+        .await;
+    app.script(&agent, &[json!({ "tool": "echo", "repeat": 2 })]);
+    let (s, _) = app.command(&agent, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let pending = app.approvals("state=pending", 2).await;
+    let (first, second) = (
+        pending[0]["id"].as_str().expect("id"),
+        pending[1]["id"].as_str().expect("id"),
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{first}/decide"),
+            Some(json!({ "decision": "approve", "scope": { "type": "same_arguments", "for_seconds": 60 } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check(
+        Method::POST,
+        "/approvals/{id}/decide",
+        "approval.approve",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{second}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check(
+        Method::POST,
+        "/approvals/{id}/cancel",
+        "approval.cancel",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (_, grants) = app.call(Method::GET, "/api/v1/grants", None).await;
+    let gid = grants["items"][0]["id"]
+        .as_str()
+        .expect("grant")
+        .to_string();
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/grants/{gid}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    check(
+        Method::DELETE,
+        "/grants/{id}",
+        "grant.revoke",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/halt",
+            Some(json!({ "scope": "org" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::POST,
+        "/halt",
+        "halt.on",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, _) = app
+        .call(Method::DELETE, "/api/v1/halt?scope=org", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::DELETE,
+        "/halt",
+        "halt.off",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    for (path, route, action) in [
+        ("/api/v1/tools/crm.note", "/tools/{id}", "tool.delete"),
+        (
+            "/api/v1/approval-policies/echo",
+            "/approval-policies/{name}",
+            "policy.delete",
+        ),
+    ] {
+        let (s, _) = app.call(Method::DELETE, path, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        check(
+            Method::DELETE,
+            route,
+            action,
+            &home,
+            &audit_actions(&app, &home).await,
+        );
+    }
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/agents/{agent}"),
+            Some(json!({ "profile": null })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app
+        .call(Method::DELETE, "/api/v1/profiles/mine", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    check(
+        Method::DELETE,
+        "/profiles/{name}",
+        "profile.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+
     // Mutating routes that change no record: refresh rotation is recorded in
     // the session table itself (reuse is audited), chaos kills an actor, and
     // reported activity is itself the record of what agents did.
@@ -793,7 +947,12 @@ async fn every_mutating_route_writes_an_audit_entry() {
     ];
     let mutating: BTreeSet<(String, &str)> = routes
         .iter()
-        .filter(|r| matches!(r.method, Method::POST | Method::PATCH | Method::DELETE))
+        .filter(|r| {
+            matches!(
+                r.method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            )
+        })
         .map(|r| (r.method.to_string(), r.path))
         .filter(|(m, p)| !exempt.contains(&(m.as_str(), p)))
         .collect();

@@ -411,3 +411,403 @@ pub fn check(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::governance::policy::{Approvers, Level, OnTimeout, PolicyDef};
+    use crate::governance::{CatalogFile, OrgDocs, RateLimit, Risk, SkillDef, compile};
+
+    fn tool(id: &str, skill: &str, risk: Risk, effects: &[SideEffect]) -> ToolDef {
+        ToolDef {
+            id: id.into(),
+            skill: skill.into(),
+            description: String::new(),
+            risk,
+            side_effects: effects.to_vec(),
+        }
+    }
+
+    fn policy(tools: &[&str]) -> PolicyDef {
+        PolicyDef {
+            description: String::new(),
+            tools: tools.iter().map(|t| t.to_string()).collect(),
+            skills: vec![],
+            min_risk: None,
+            side_effects: vec![],
+            min_cost_usd: None,
+            levels: vec![Level {
+                approvers: Approvers {
+                    roles: vec!["admin".into()],
+                    users: vec![],
+                },
+                required: 1,
+                timeout_seconds: 60,
+                on_timeout: OnTimeout::Deny,
+            }],
+        }
+    }
+
+    fn base() -> CatalogFile {
+        use SideEffect::*;
+        CatalogFile {
+            skills: ["core", "files", "web", "pay"]
+                .iter()
+                .map(|s| SkillDef {
+                    id: s.to_string(),
+                    description: String::new(),
+                })
+                .collect(),
+            tools: vec![
+                tool("echo", "core", Risk::Low, &[]),
+                tool("files.read", "files", Risk::Low, &[ReadsData]),
+                tool("files.write", "files", Risk::Medium, &[WritesData]),
+                tool("files.delete", "files", Risk::High, &[DeletesData]),
+                tool("http.post", "web", Risk::High, &[SendsExternal]),
+                tool("refund", "pay", Risk::Critical, &[SpendsMoney]),
+            ],
+            profiles: Default::default(),
+        }
+    }
+
+    fn gov(profile: ProfileDef, policies: &[(&str, PolicyDef)]) -> OrgGov {
+        let docs = OrgDocs {
+            profiles: [("p".to_string(), profile)].into(),
+            policies: policies
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        compile(&base(), docs, &policy(&[]))
+    }
+
+    fn run(
+        g: &OrgGov,
+        tool: &str,
+        halted: Option<&str>,
+        rates: &mut RateState,
+        now: i64,
+    ) -> Verdict {
+        check(
+            g,
+            g.profiles.get("p").map(|p| &**p),
+            halted,
+            &ToolCall {
+                tool,
+                estimated_cost_micros: 0,
+                now_ms: now,
+            },
+            rates,
+            || None,
+        )
+    }
+
+    fn reason(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Allow { simulate: true, .. } => "simulate",
+            Verdict::Allow { .. } => "allow",
+            Verdict::Deny { reason, .. } => reason.as_str(),
+            Verdict::NeedsApproval { .. } => "needs_approval",
+        }
+    }
+
+    fn judge(profile: ProfileDef, tool: &str) -> &'static str {
+        let g = gov(profile, &[]);
+        reason(&run(&g, tool, None, &mut RateState::default(), 0))
+    }
+
+    fn open() -> ProfileDef {
+        ProfileDef {
+            allow_skills: vec!["*".into()],
+            max_risk: Risk::Critical,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_deny_reason() {
+        let g = gov(open(), &[]);
+        let mut r = RateState::default();
+        assert_eq!(reason(&run(&g, "echo", Some("org"), &mut r, 0)), "halted");
+        assert_eq!(
+            reason(&check(
+                &g,
+                None,
+                None,
+                &ToolCall {
+                    tool: "echo",
+                    estimated_cost_micros: 0,
+                    now_ms: 0
+                },
+                &mut r,
+                || None
+            )),
+            "unknown_profile"
+        );
+        assert_eq!(reason(&run(&g, "nope", None, &mut r, 0)), "unknown_tool");
+        let blocked = ProfileDef {
+            block_tools: vec!["files.write".into()],
+            ..open()
+        };
+        assert_eq!(judge(blocked, "files.write"), "tool_blocked");
+        let no_files = ProfileDef {
+            block_skills: vec!["files".into()],
+            ..open()
+        };
+        assert_eq!(judge(no_files, "files.read"), "skill_blocked");
+        let core_only = ProfileDef {
+            allow_skills: vec!["core".into()],
+            allow_tools: vec!["files.read".into()],
+            max_risk: Risk::Critical,
+            ..Default::default()
+        };
+        assert_eq!(judge(core_only.clone(), "files.write"), "not_allowed");
+        assert_eq!(judge(core_only, "files.read"), "allow");
+        let no_money = ProfileDef {
+            blocked_side_effects: vec![SideEffect::SpendsMoney],
+            ..open()
+        };
+        assert_eq!(judge(no_money, "refund"), "side_effect_blocked");
+        let hours = ProfileDef {
+            working_hours: Some(WorkingHours {
+                timezone: "Europe/Berlin".into(),
+                days: vec![
+                    "mon".into(),
+                    "tue".into(),
+                    "wed".into(),
+                    "thu".into(),
+                    "fri".into(),
+                ],
+                start: "09:00".into(),
+                end: "17:00".into(),
+            }),
+            ..open()
+        };
+        let g = gov(hours, &[]);
+        // Saturday 2026-11-21 12:00 UTC; Monday 2026-11-23 08:30 UTC = 09:30 Berlin.
+        assert_eq!(
+            reason(&run(&g, "echo", None, &mut r, 1_795_262_400_000)),
+            "outside_working_hours"
+        );
+        assert_eq!(
+            reason(&run(&g, "echo", None, &mut r, 1_795_422_600_000)),
+            "allow"
+        );
+        // 07:30 UTC Monday is 08:30 in Berlin: before the start.
+        assert_eq!(
+            reason(&run(&g, "echo", None, &mut r, 1_795_419_000_000)),
+            "outside_working_hours"
+        );
+        let limited = ProfileDef {
+            rate_limits: [(
+                "echo".to_string(),
+                RateLimit {
+                    calls: 2,
+                    per_seconds: 10,
+                },
+            )]
+            .into(),
+            ..open()
+        };
+        let g = gov(limited, &[]);
+        let mut r = RateState::default();
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 1000)), "allow");
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 1000)), "allow");
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 1000)), "rate_limited");
+        // One call's worth comes back after per_seconds / calls.
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 6000)), "allow");
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 6000)), "rate_limited");
+        // Other tools are not limited.
+        assert_eq!(reason(&run(&g, "files.read", None, &mut r, 6000)), "allow");
+    }
+
+    #[test]
+    fn deny_wins_over_everything_in_a_fixed_order() {
+        // Everything at once: halted first.
+        let all = ProfileDef {
+            allow_skills: vec![],
+            block_tools: vec!["refund".into()],
+            block_skills: vec!["pay".into()],
+            blocked_side_effects: vec![SideEffect::SpendsMoney],
+            sandbox: true,
+            ..Default::default()
+        };
+        let g = gov(all.clone(), &[("p1", policy(&["refund"]))]);
+        let mut r = RateState::default();
+        assert_eq!(
+            reason(&run(&g, "refund", Some("instance"), &mut r, 0)),
+            "halted"
+        );
+        assert_eq!(reason(&run(&g, "refund", None, &mut r, 0)), "tool_blocked");
+        let g = gov(
+            ProfileDef {
+                block_tools: vec![],
+                ..all.clone()
+            },
+            &[],
+        );
+        assert_eq!(reason(&run(&g, "refund", None, &mut r, 0)), "skill_blocked");
+        let g = gov(
+            ProfileDef {
+                block_tools: vec![],
+                block_skills: vec![],
+                ..all.clone()
+            },
+            &[],
+        );
+        assert_eq!(reason(&run(&g, "refund", None, &mut r, 0)), "not_allowed");
+        let g = gov(
+            ProfileDef {
+                block_tools: vec![],
+                block_skills: vec![],
+                allow_skills: vec!["*".into()],
+                ..all
+            },
+            &[],
+        );
+        // A blocked side effect is denied even in a sandbox.
+        assert_eq!(
+            reason(&run(&g, "refund", None, &mut r, 0)),
+            "side_effect_blocked"
+        );
+        // A deny is never turned into an allow by a grant.
+        let blocked = gov(
+            ProfileDef {
+                block_tools: vec!["echo".into()],
+                ..open()
+            },
+            &[],
+        );
+        let v = check(
+            &blocked,
+            blocked.profiles.get("p").map(|p| &**p),
+            None,
+            &ToolCall {
+                tool: "echo",
+                estimated_cost_micros: 0,
+                now_ms: 0,
+            },
+            &mut r,
+            || Some("grant".into()),
+        );
+        assert_eq!(reason(&v), "tool_blocked");
+    }
+
+    #[test]
+    fn approval_triggers_and_their_policy() {
+        let risky = ProfileDef {
+            allow_skills: vec!["*".into()],
+            max_risk: Risk::Medium,
+            approval_side_effects: vec![SideEffect::WritesData],
+            ..Default::default()
+        };
+        let g = gov(risky.clone(), &[]);
+        let mut r = RateState::default();
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 0)), "allow");
+        // Risk above the maximum → the default policy.
+        match run(&g, "files.delete", None, &mut r, 0) {
+            Verdict::NeedsApproval { policy, trigger } => {
+                assert_eq!(policy.name, "default");
+                assert!(trigger.contains("risk high"), "{trigger}");
+            }
+            v => panic!("{v:?}"),
+        }
+        match run(&g, "files.write", None, &mut r, 0) {
+            Verdict::NeedsApproval { trigger, .. } => assert!(trigger.contains("writes_data")),
+            v => panic!("{v:?}"),
+        }
+        // An organization policy matching the call decides who approves.
+        let g = gov(risky, &[("writes", policy(&["files.write"]))]);
+        match run(&g, "files.write", None, &mut r, 0) {
+            Verdict::NeedsApproval { policy, .. } => assert_eq!(policy.name, "writes"),
+            v => panic!("{v:?}"),
+        }
+        // A policy alone (the profile would allow) also parks the call.
+        let g = gov(open(), &[("echo", policy(&["echo"]))]);
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 0)), "needs_approval");
+        // A grant allows what would need approval.
+        let v = check(
+            &g,
+            g.profiles.get("p").map(|p| &**p),
+            None,
+            &ToolCall {
+                tool: "echo",
+                estimated_cost_micros: 0,
+                now_ms: 0,
+            },
+            &mut r,
+            || Some("g1".into()),
+        );
+        assert!(matches!(v, Verdict::Allow { grant: Some(ref g), simulate: false } if g == "g1"));
+        // Cost-triggered policies.
+        let mut costly = policy(&[]);
+        costly.min_cost_usd = Some(1.5);
+        let g = gov(open(), &[("costly", costly)]);
+        let call = |cost| {
+            reason(&check(
+                &g,
+                g.profiles.get("p").map(|p| &**p),
+                None,
+                &ToolCall {
+                    tool: "echo",
+                    estimated_cost_micros: cost,
+                    now_ms: 0,
+                },
+                &mut RateState::default(),
+                || None,
+            ))
+        };
+        assert_eq!(call(1_499_999), "allow");
+        assert_eq!(call(1_500_000), "needs_approval");
+    }
+
+    #[test]
+    fn sandbox_simulates_acting_tools_only() {
+        let g = gov(
+            ProfileDef {
+                sandbox: true,
+                ..open()
+            },
+            &[("all", policy(&["files.write"]))],
+        );
+        let mut r = RateState::default();
+        assert_eq!(reason(&run(&g, "files.write", None, &mut r, 0)), "simulate");
+        assert_eq!(reason(&run(&g, "refund", None, &mut r, 0)), "simulate");
+        assert_eq!(reason(&run(&g, "files.read", None, &mut r, 0)), "allow");
+        assert_eq!(reason(&run(&g, "echo", None, &mut r, 0)), "allow");
+    }
+
+    #[test]
+    fn overnight_hours_wrap_past_midnight() {
+        let h = Hours::compile(&WorkingHours {
+            timezone: "UTC".into(),
+            days: vec!["fri".into()],
+            start: "22:00".into(),
+            end: "06:00".into(),
+        })
+        .expect("hours");
+        // Friday 2026-11-20 23:00 UTC: in; Saturday 05:00: still Friday's night; Saturday 23:00: out.
+        assert!(h.contains(1_795_215_600_000));
+        assert!(h.contains(1_795_237_200_000));
+        assert!(!h.contains(1_795_302_000_000));
+        assert!(
+            Hours::compile(&WorkingHours {
+                timezone: "UTC".into(),
+                days: vec!["someday".into()],
+                start: "09:00".into(),
+                end: "10:00".into()
+            })
+            .is_err()
+        );
+        assert!(
+            Hours::compile(&WorkingHours {
+                timezone: "UTC".into(),
+                days: vec![],
+                start: "9:00".into(),
+                end: "10:00".into()
+            })
+            .is_err()
+        );
+    }
+}
