@@ -38,6 +38,7 @@ pub struct Running {
     bridge: JoinHandle<()>,
     retention: JoinHandle<()>,
     audit_bridge: JoinHandle<()>,
+    webhook: Option<JoinHandle<()>>,
     closing: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
@@ -61,6 +62,9 @@ impl Running {
         self.bridge.abort();
         self.retention.abort();
         self.audit_bridge.abort();
+        if let Some(w) = self.webhook {
+            w.abort();
+        }
         self.activity.shutdown(Duration::from_secs(10)).await;
         self.identity.stop();
         self.store.close().await;
@@ -243,6 +247,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("starting the activity writer")?;
     // Subscribed before the tree starts, so hydration's events are recorded too.
     let bridge = crate::activity::spawn_bridge(activity.clone(), events.subscribe());
+    // The one TLS crypto backend for outbound HTTPS (already installed on a restart).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let webhook = crate::webhook::spawn(&config.governance.webhook, events.subscribe());
     let retention = crate::activity::spawn_retention(store.clone(), &config.activity);
     let audit_bridge = crate::activity::spawn_audit_bridge(
         store.clone(),
@@ -390,6 +397,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bridge,
         retention,
         audit_bridge,
+        webhook,
         closing,
         server,
         metrics_server,

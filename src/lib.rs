@@ -22,3 +22,4 @@ pub mod identity;
 pub mod protocol;
 pub mod runtime;
 pub mod store;
+pub mod webhook;

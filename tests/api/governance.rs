@@ -774,3 +774,100 @@ async fn catalog_profiles_and_policies_are_validated_and_per_org() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn approvers_are_notified_by_a_signed_retried_webhook() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let router = {
+        let (seen, calls) = (seen.clone(), calls.clone());
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (seen, calls) = (seen.clone(), calls.clone());
+                async move {
+                    // The very first delivery fails: it must be retried.
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let h = |k: &str| {
+                        headers
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    if let Ok(mut s) = seen.lock() {
+                        s.push((h("x-cadre-event"), h("x-cadre-signature"), body));
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let app = crate::common::spawn_app_with(|c| {
+        c.governance.webhook.url = hook.clone();
+        c.governance.webhook.secret = "hook-secret".into();
+    })
+    .await;
+    put(
+        &app,
+        "/api/v1/approval-policies/echo",
+        policy(&["echo"], json!([level(&["owner"], &[], 600, "deny")])),
+    )
+    .await;
+    let id = scripted(&app, "hooked", "full_access", &[json!({ "tool": "echo" })]).await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={id}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    let (s, _) = decide(
+        &app,
+        &app.token,
+        &aid,
+        json!({ "decision": "approve", "comment": "fine" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let got = |event: &'static str| {
+        let seen = seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock()
+                    .map(|s| s.iter().any(|(e, _, _)| e == event))
+                    .unwrap_or(false)
+            }
+        }
+    };
+    eventually(
+        "the request notice (after a retry)",
+        got("approval.requested"),
+    )
+    .await;
+    eventually("the decision notice", got("approval.approved")).await;
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"hook-secret");
+    for (event, sig, body) in seen.lock().expect("lock").iter() {
+        let hex = sig.strip_prefix("sha256=").expect("scheme");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        aws_lc_rs::hmac::verify(&key, body.as_bytes(), &bytes).expect("signature verifies");
+        let v: Value = serde_json::from_str(body).expect("json body");
+        assert_eq!(v["event"], event.as_str());
+        assert_eq!(v["approval"]["approval_id"], aid.as_str());
+        if event == "approval.approved" {
+            assert_eq!(v["approval"]["comment"], "fine");
+        }
+    }
+    server.abort();
+}
