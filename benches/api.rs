@@ -19,8 +19,10 @@
 //! - login storm: `/healthz` latency while 50 logins per second (Argon2id) run
 //!   (`cargo bench --bench api -- storm` runs only this one).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use cadre::app;
-use cadre::config::Config;
 use cadre_actors::domain::{AgentId, OrgId};
 use cadre_actors::ports::Store;
 use cadre_actors::{ChaosMode, ChaosTarget};
@@ -28,6 +30,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{config, login, median};
 
 const CONCURRENCY: usize = 8;
 
@@ -37,28 +40,6 @@ struct Sizes {
     list_agents: usize,
     kills: usize,
     hydrate_agents: usize,
-}
-
-fn config(dir: &std::path::Path) -> Config {
-    let env = [
-        ("CADRE_DATA_DIR", dir.display().to_string()),
-        ("CADRE_LISTEN", "127.0.0.1:0".to_string()),
-        ("CADRE_BOOTSTRAP_PASSWORD", "bench-password".to_string()),
-        ("CADRE_CHAOS__ENABLED", "true".to_string()),
-        ("CADRE_SUPERVISOR__MAX_RESTARTS", "100000000".to_string()),
-    ];
-    // `CADRE_*` variables of the bench's own environment apply on top (to
-    // compare settings, e.g. `CADRE_ACTIVITY__FLUSH_MS=0`).
-    let own = std::env::vars().filter(|(k, _)| k.starts_with("CADRE_"));
-    let mut c = Config::load(
-        None,
-        env.into_iter().map(|(k, v)| (k.to_string(), v)).chain(own),
-    )
-    .expect("bench config");
-    // One client drives thousands of requests per second here.
-    c.http.rate_limit_per_client.per_second = 0;
-    c.http.rate_limit_per_principal.per_second = 0;
-    c
 }
 
 /// `/healthz` latency (p50, p99 in µs) while 50 logins per second run.
@@ -116,24 +97,6 @@ async fn healthz_under_logins(dur: Duration) -> (f64, f64) {
     lat.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
     (at(0.5), at(0.99))
-}
-
-async fn login(client: &reqwest::Client, base: &str) -> String {
-    let v: serde_json::Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "email": "admin@localhost", "password": "bench-password" }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login json");
-    v["access_token"].as_str().expect("token").to_string()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs `CONCURRENCY` loops of `request` for `dur`; returns successful requests per second.

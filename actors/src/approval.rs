@@ -317,6 +317,28 @@ pub enum ApprovalMsg {
         /// Answer: whether it existed before.
         reply: RpcReplyPort<Result<bool>>,
     },
+    /// A request's insert finished (sent by its write task).
+    Inserted {
+        /// The request.
+        rec: Box<ApprovalRecord>,
+        /// What the store said.
+        result: std::result::Result<(), StoreError>,
+        /// The call, for a retry after a conflict.
+        req: Box<NewRequest>,
+    },
+    /// A decision's write finished (sent by its write task).
+    Settled {
+        /// The request as decided.
+        next: Box<ApprovalRecord>,
+        /// The deciding vote.
+        vote: Box<Vote>,
+        /// The grant it creates.
+        grant: Option<Box<Grant>>,
+        /// What the store said.
+        result: std::result::Result<Cas, StoreError>,
+        /// The decider.
+        reply: RpcReplyPort<Result<ApprovalRecord>>,
+    },
     /// Revoke a standing grant.
     RevokeGrant {
         /// Grant id.
@@ -353,6 +375,10 @@ pub struct Book {
     docs: OrgDocs,
     pending: HashMap<String, Parked>,
     by_call: HashMap<(AgentId, String), String>,
+    /// Requests being inserted, with everyone waiting for their ticket.
+    inserting: HashMap<(AgentId, String), Vec<RpcReplyPort<Result<Ticket>>>>,
+    /// Requests whose decision is being written.
+    deciding: std::collections::HashSet<String>,
 }
 
 impl Book {
@@ -497,6 +523,8 @@ impl Actor for ApprovalActor {
             docs,
             pending: HashMap::new(),
             by_call: HashMap::new(),
+            inserting: HashMap::new(),
+            deciding: Default::default(),
         };
         // Every pending request, not a first page: each timer re-armed with
         // what remains (an overdue one fires at once).
@@ -527,8 +555,18 @@ impl Actor for ApprovalActor {
         st: &mut Book,
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            ApprovalMsg::Request { req, reply } => {
-                let r = Box::pin(request(&myself, st, *req)).await;
+            ApprovalMsg::Request { req, reply } => request(&myself, st, *req, reply),
+            ApprovalMsg::Inserted { rec, result, req } => {
+                Box::pin(inserted(&myself, st, *rec, result, *req)).await
+            }
+            ApprovalMsg::Settled {
+                next,
+                vote,
+                grant,
+                result,
+                reply,
+            } => {
+                let r = Box::pin(settled(st, *next, *vote, grant.map(|g| *g), result)).await;
                 let _ = reply.send(r);
             }
             ApprovalMsg::Decide {
@@ -537,8 +575,13 @@ impl Actor for ApprovalActor {
                 decider,
                 reply,
             } => {
-                let r = Box::pin(decide(&myself, st, &id, *decision, *decider)).await;
-                let _ = reply.send(r);
+                if let Some(r) =
+                    Box::pin(decide(&myself, st, &id, *decision, *decider, reply)).await
+                {
+                    // Answered here only when it did not go to the writer.
+                    let (reply, r) = r;
+                    let _ = reply.send(r);
+                }
             }
             ApprovalMsg::Cancel { id, by, reply } => {
                 let r = Box::pin(cancel(st, &id, &by)).await;
@@ -564,7 +607,15 @@ impl Actor for ApprovalActor {
     }
 }
 
-async fn request(myself: &ActorRef<ApprovalMsg>, st: &mut Book, req: NewRequest) -> Result<Ticket> {
+/// Parks a call: joins the wait of the same call id if it is parked or
+/// being inserted; otherwise inserts a new request (in a write task, so
+/// many requests share a commit) and answers when it is durable.
+fn request(
+    myself: &ActorRef<ApprovalMsg>,
+    st: &mut Book,
+    req: NewRequest,
+    reply: RpcReplyPort<Result<Ticket>>,
+) {
     let key = (req.agent_id.clone(), req.call_id.clone());
     // The same call asked again (a reconnecting runtime): join the wait.
     if let Some(id) = st.by_call.get(&key).cloned()
@@ -572,18 +623,25 @@ async fn request(myself: &ActorRef<ApprovalMsg>, st: &mut Book, req: NewRequest)
     {
         let (tx, rx) = oneshot::channel();
         p.waiters.push(tx);
-        return Ok(Ticket::Waiting {
+        let _ = reply.send(Ok(Ticket::Waiting {
             approval_id: id,
             rx,
-        });
+        }));
+        return;
+    }
+    if let Some(waiting) = st.inserting.get_mut(&key) {
+        waiting.push(reply);
+        return;
     }
     let Some(first) = req.policy.def.levels.first() else {
-        return Err(Error::Invalid(format!(
+        let _ = reply.send(Err(Error::Invalid(format!(
             "policy {} has no levels",
             req.policy.name
-        )));
+        ))));
+        return;
     };
     let now = st.now();
+    let runtime = Who::of(crate::domain::Party::Runtime(req.agent_id.0.clone()));
     let rec = ApprovalRecord {
         id: uuid::Uuid::now_v7().to_string(),
         org_id: st.org.clone(),
@@ -598,7 +656,7 @@ async fn request(myself: &ActorRef<ApprovalMsg>, st: &mut Book, req: NewRequest)
         level: 0,
         state: ApprovalState::Pending,
         outcome: None,
-        requested_by: Who::of(crate::domain::Party::Runtime(req.agent_id.0.clone())).to_text(),
+        requested_by: runtime.to_text(),
         created_at: now,
         expires_at: now.saturating_add(level_ms(first)),
         decided_by: None,
@@ -608,48 +666,96 @@ async fn request(myself: &ActorRef<ApprovalMsg>, st: &mut Book, req: NewRequest)
         votes: Vec::new(),
     };
     let audit = st.audit(
-        &Who::of(crate::domain::Party::Runtime(req.agent_id.0.clone())),
+        &runtime,
         "approval.request",
         format!("approval:{}", rec.id),
         serde_json::json!({ "agent": rec.agent_id, "tool": rec.tool, "call_id": rec.call_id, "policy": rec.policy, "trigger": rec.trigger }),
     );
-    match st.ctx.gov_store.insert_approval(&rec, &audit).await {
-        Ok(()) => {}
+    st.inserting.insert(key, vec![reply]);
+    let store = st.ctx.gov_store.clone();
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let result = store.insert_approval(&rec, &audit).await;
+        let _ = me.cast(ApprovalMsg::Inserted {
+            rec: Box::new(rec),
+            result,
+            req: Box::new(req),
+        });
+    });
+}
+
+/// A request's insert finished: park it and answer everyone who asked.
+async fn inserted(
+    myself: &ActorRef<ApprovalMsg>,
+    st: &mut Book,
+    rec: ApprovalRecord,
+    result: std::result::Result<(), StoreError>,
+    req: NewRequest,
+) {
+    let key = (rec.agent_id.clone(), rec.call_id.clone());
+    let replies = st.inserting.remove(&key).unwrap_or_default();
+    let answer = |st: &mut Book, id: &str, replies: Vec<RpcReplyPort<Result<Ticket>>>| {
+        for reply in replies {
+            let (tx, rx) = oneshot::channel();
+            if let Some(p) = st.pending.get_mut(id) {
+                p.waiters.push(tx);
+            }
+            let _ = reply.send(Ok(Ticket::Waiting {
+                approval_id: id.to_string(),
+                rx,
+            }));
+        }
+    };
+    match result {
+        Ok(()) => {
+            metrics::counter!("cadre_approvals_total", "event" => "requested").increment(1);
+            st.publish(
+                "approval.requested",
+                &rec,
+                serde_json::json!({ "arguments": rec.arguments }),
+            );
+            let id = rec.id.clone();
+            st.park(myself, rec);
+            answer(st, &id, replies);
+        }
         Err(StoreError::Conflict(_)) => {
-            // Asked before and no longer pending here: its decision stands.
-            let Some(old) = st
+            // Asked before (and not parked here): its decision stands, or,
+            // pending in the store but unknown here, it is adopted.
+            match st
                 .ctx
                 .gov_store
                 .approval_by_call(&req.agent_id, &req.call_id)
-                .await?
-            else {
-                return Err(Error::Unavailable("approval vanished; retry".into()));
-            };
-            if old.state == ApprovalState::Pending {
-                // Pending in the store but not here: adopt it.
-                st.park(myself, old.clone());
-                return Box::pin(request(myself, st, req)).await;
+                .await
+            {
+                Ok(Some(old)) if old.state == ApprovalState::Pending => {
+                    let id = old.id.clone();
+                    st.park(myself, old);
+                    answer(st, &id, replies);
+                }
+                Ok(Some(old)) => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(Ticket::Decided(old.outcome())));
+                    }
+                }
+                Ok(None) => {
+                    for reply in replies {
+                        let _ =
+                            reply.send(Err(Error::Unavailable("approval vanished; retry".into())));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone().into()));
+                    }
+                }
             }
-            return Ok(Ticket::Decided(old.outcome()));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone().into()));
+            }
+        }
     }
-    metrics::counter!("cadre_approvals_total", "event" => "requested").increment(1);
-    st.publish(
-        "approval.requested",
-        &rec,
-        serde_json::json!({ "arguments": rec.arguments }),
-    );
-    let id = rec.id.clone();
-    st.park(myself, rec);
-    let (tx, rx) = oneshot::channel();
-    if let Some(p) = st.pending.get_mut(&id) {
-        p.waiters.push(tx);
-    }
-    Ok(Ticket::Waiting {
-        approval_id: id,
-        rx,
-    })
 }
 
 /// Loads a request that is not pending here, to say why it cannot be decided.
@@ -664,13 +770,146 @@ async fn not_pending(st: &Book, id: &str) -> Error {
     }
 }
 
+/// A reply port and its answer, when `decide` answers by itself.
+type Answered = (RpcReplyPort<Result<ApprovalRecord>>, Result<ApprovalRecord>);
+
+/// Validates a decision. A final one is written by a task (so concurrent
+/// decisions share commits) and answered in [`settled`]; `Some` when it was
+/// answered here (refused, or a vote that does not settle the request).
 async fn decide(
     myself: &ActorRef<ApprovalMsg>,
     st: &mut Book,
     id: &str,
     decision: Decision,
     decider: Decider,
+    reply: RpcReplyPort<Result<ApprovalRecord>>,
+) -> Option<Answered> {
+    match check_decision(st, id, &decision, &decider).await {
+        Err(e) => Some((reply, Err(e))),
+        Ok(Step::Vote(r)) => Some((reply, Box::pin(vote(st, id, r)).await)),
+        Ok(Step::Final { next, vote, grant }) => {
+            st.deciding.insert(id.to_string());
+            let store = st.ctx.gov_store.clone();
+            let me = myself.clone();
+            let from = next.level;
+            let audit = st.audit(
+                &decider.who,
+                if decision.approve {
+                    "approval.approve"
+                } else {
+                    "approval.deny"
+                },
+                format!("approval:{id}"),
+                serde_json::json!({ "tool": next.tool, "agent": next.agent_id, "comment": next.comment, "grant": next.grant_id }),
+            );
+            tokio::spawn(async move {
+                let result = store
+                    .settle_approval(&next, from, Some(&vote), grant.as_ref(), &audit)
+                    .await;
+                let _ = me.cast(ApprovalMsg::Settled {
+                    next,
+                    vote: Box::new(vote),
+                    grant: grant.map(Box::new),
+                    result,
+                    reply,
+                });
+            });
+            None
+        }
+    }
+}
+
+/// What a valid decision does.
+enum Step {
+    /// An approving vote short of the required count.
+    Vote((Vote, usize, Who)),
+    /// The request settles.
+    Final {
+        next: Box<ApprovalRecord>,
+        vote: Vote,
+        grant: Option<Grant>,
+    },
+}
+
+async fn vote(
+    st: &mut Book,
+    id: &str,
+    (vote, required, who): (Vote, usize, Who),
 ) -> Result<ApprovalRecord> {
+    let Some(rec) = st.pending.get(id).map(|p| p.rec.clone()) else {
+        return Err(Error::Missing("approval"));
+    };
+    let by = vote.by.clone();
+    let audit = st.audit(
+        &who,
+        "approval.vote",
+        format!("approval:{id}"),
+        serde_json::json!({ "approve": true, "votes": rec.votes.len() + 1, "required": required }),
+    );
+    match st.ctx.gov_store.add_vote(&rec, &vote, &audit).await {
+        Ok(Cas::Applied) => {
+            let Some(p) = st.pending.get_mut(id) else {
+                return Err(Error::Missing("approval"));
+            };
+            p.rec.votes.push(vote);
+            let out = p.rec.clone();
+            st.publish(
+                "approval.voted",
+                &out,
+                serde_json::json!({ "votes": out.votes.len(), "required": required }),
+            );
+            Ok(out)
+        }
+        Ok(Cas::Lost) => Err(not_pending(st, id).await),
+        Err(StoreError::Conflict(_)) => Err(Error::Conflict(
+            "already_voted",
+            format!("{by} voted already"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A decision's write finished: settle the request and answer the waiters.
+async fn settled(
+    st: &mut Book,
+    mut next: ApprovalRecord,
+    vote: Vote,
+    grant: Option<Grant>,
+    result: std::result::Result<Cas, StoreError>,
+) -> Result<ApprovalRecord> {
+    st.deciding.remove(&next.id);
+    match result? {
+        Cas::Applied => {}
+        Cas::Lost => return Err(not_pending(st, &next.id).await),
+    }
+    if let Some(g) = grant {
+        st.ctx.gov.add_grant(g);
+    }
+    if vote.approve {
+        next.votes.push(vote);
+    }
+    st.settle(&next);
+    metrics::counter!("cadre_approvals_total", "event" => next.state.as_str()).increment(1);
+    st.publish(
+        &format!("approval.{}", next.state.as_str()),
+        &next,
+        serde_json::json!({ "grant_id": next.grant_id }),
+    );
+    Ok(next)
+}
+
+async fn check_decision(
+    st: &mut Book,
+    id: &str,
+    decision: &Decision,
+    decider: &Decider,
+) -> Result<Step> {
+    if st.deciding.contains(id) {
+        return Err(Error::Conflict(
+            "already_decided",
+            format!("approval {id} is being decided"),
+        ));
+    }
     let Some(parked) = st.pending.get(id) else {
         return Err(not_pending(st, id).await);
     };
@@ -706,34 +945,7 @@ async fn decide(
     };
     let required = level.required as usize;
     if decision.approve && rec.votes.len() + 1 < required {
-        // Not enough yet: record the vote, stay pending.
-        let audit = st.audit(
-            &decider.who,
-            "approval.vote",
-            format!("approval:{id}"),
-            serde_json::json!({ "approve": true, "votes": rec.votes.len() + 1, "required": required }),
-        );
-        return match st.ctx.gov_store.add_vote(rec, &vote, &audit).await {
-            Ok(Cas::Applied) => {
-                let Some(p) = st.pending.get_mut(id) else {
-                    return Err(Error::Missing("approval"));
-                };
-                p.rec.votes.push(vote);
-                let out = p.rec.clone();
-                st.publish(
-                    "approval.voted",
-                    &out,
-                    serde_json::json!({ "votes": out.votes.len(), "required": required }),
-                );
-                Ok(out)
-            }
-            Ok(Cas::Lost) => Err(not_pending(st, id).await),
-            Err(StoreError::Conflict(_)) => Err(Error::Conflict(
-                "already_voted",
-                format!("{by} voted already"),
-            )),
-            Err(e) => Err(e.into()),
-        };
+        return Ok(Step::Vote((vote, required, decider.who.clone())));
     }
     let mut next = rec.clone();
     next.state = if decision.approve {
@@ -752,47 +964,27 @@ async fn decide(
             tool: rec.tool.clone(),
             args_hash: rec.args_hash.clone(),
             approval_id: rec.id.clone(),
-            granted_by: by.clone(),
+            granted_by: by,
             created_at: now,
             expires_at: now.saturating_add(for_ms),
         }),
         _ => None,
     };
     next.grant_id = grant.as_ref().map(|g| g.id.clone());
-    let audit = st.audit(
-        &decider.who,
-        if decision.approve { "approval.approve" } else { "approval.deny" },
-        format!("approval:{id}"),
-        serde_json::json!({ "tool": next.tool, "agent": next.agent_id, "comment": next.comment, "grant": next.grant_id }),
-    );
-    let from = rec.level;
-    match st
-        .ctx
-        .gov_store
-        .settle_approval(&next, from, Some(&vote), grant.as_ref(), &audit)
-        .await?
-    {
-        Cas::Applied => {}
-        Cas::Lost => return Err(not_pending(st, id).await),
-    }
-    if let Some(g) = grant {
-        st.ctx.gov.add_grant(g);
-    }
-    if decision.approve {
-        next.votes.push(vote);
-    }
-    st.settle(&next);
-    metrics::counter!("cadre_approvals_total", "event" => next.state.as_str()).increment(1);
-    st.publish(
-        &format!("approval.{}", next.state.as_str()),
-        &next,
-        serde_json::json!({ "grant_id": next.grant_id }),
-    );
-    let _ = myself;
-    Ok(next)
+    Ok(Step::Final {
+        next: Box::new(next),
+        vote,
+        grant,
+    })
 }
 
 async fn cancel(st: &mut Book, id: &str, by: &Who) -> Result<ApprovalRecord> {
+    if st.deciding.contains(id) {
+        return Err(Error::Conflict(
+            "already_decided",
+            format!("approval {id} is being decided"),
+        ));
+    }
     let Some(parked) = st.pending.get(id) else {
         return Err(not_pending(st, id).await);
     };
@@ -826,6 +1018,15 @@ async fn timeout(myself: &ActorRef<ApprovalMsg>, st: &mut Book, id: &str, level:
         return;
     };
     if parked.rec.level != level {
+        return;
+    }
+    if st.deciding.contains(id) {
+        // A decision is being written: if it fails, the timeout still applies.
+        let id = id.to_string();
+        myself.send_after(Duration::from_millis(50), move || ApprovalMsg::Timeout {
+            id,
+            level,
+        });
         return;
     }
     let rec = parked.rec.clone();

@@ -4,6 +4,7 @@
 
 use super::identity::insert_audit;
 use super::sqlite::{SqlStore, classify, unavailable};
+use super::writer::Job;
 use async_trait::async_trait;
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
@@ -282,31 +283,10 @@ impl GovStore for SqlStore {
         a: &ApprovalRecord,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let levels = serde_json::to_string(&a.levels).map_err(bad)?;
-        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, levels, \
-             level, state, requested_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-        )
-        .bind(&a.id)
-        .bind(a.org_id.as_str())
-        .bind(a.agent_id.as_str())
-        .bind(&a.call_id)
-        .bind(&a.tool)
-        .bind(&a.args_hash)
-        .bind(a.arguments.to_string())
-        .bind(&a.trigger)
-        .bind(&a.policy)
-        .bind(levels)
-        .bind(i64::from(a.level))
-        .bind(&a.requested_by)
-        .bind(a.created_at)
-        .bind(a.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        let work = GovWork::Insert(Box::new((a.clone(), audit.clone())));
+        self.submit(|done| Job::Gov { work, done })
+            .await
+            .map(|_| ())
     }
 
     async fn approval_by_call(
@@ -394,51 +374,14 @@ impl GovStore for SqlStore {
         grant: Option<&Grant>,
         audit: &AuditEntry,
     ) -> Result<Cas, StoreError> {
-        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
-        let done = sqlx::query(
-            "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, decided_by = ?, decided_at = ?, \
-             comment = ?, grant_id = ? WHERE id = ? AND state = 'pending' AND level = ?",
-        )
-        .bind(a.state.as_str())
-        .bind(a.outcome.map(i64::from))
-        .bind(i64::from(a.level))
-        .bind(a.expires_at)
-        .bind(&a.decided_by)
-        .bind(a.decided_at)
-        .bind(&a.comment)
-        .bind(&a.grant_id)
-        .bind(&a.id)
-        .bind(i64::from(from_level))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(Cas::Lost);
-        }
-        if let Some(v) = vote {
-            insert_vote(&mut tx, &a.id, v).await?;
-        }
-        if let Some(g) = grant {
-            sqlx::query(
-                "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&g.id)
-            .bind(g.org_id.as_str())
-            .bind(g.agent_id.as_str())
-            .bind(&g.tool)
-            .bind(&g.args_hash)
-            .bind(&g.approval_id)
-            .bind(&g.granted_by)
-            .bind(g.created_at)
-            .bind(g.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Cas::Applied)
+        let work = GovWork::Settle(Box::new(Settle {
+            rec: a.clone(),
+            from_level,
+            vote: vote.cloned(),
+            grant: grant.cloned(),
+            audit: audit.clone(),
+        }));
+        self.submit(|done| Job::Gov { work, done }).await
     }
 
     async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
@@ -552,4 +495,255 @@ async fn insert_vote(
     .await
     .map_err(classify)?;
     Ok(())
+}
+
+/// A settlement of an approval, as the group-commit writer runs it.
+#[derive(Debug)]
+pub struct Settle {
+    rec: ApprovalRecord,
+    from_level: u32,
+    vote: Option<Vote>,
+    grant: Option<Grant>,
+    audit: AuditEntry,
+}
+
+/// Approval writes that go through the group-commit writer: many decisions
+/// (or requests) arriving together share one transaction.
+#[derive(Debug)]
+pub enum GovWork {
+    /// A new request (`Conflict` when its call id was seen).
+    Insert(Box<(ApprovalRecord, AuditEntry)>),
+    /// A compare-and-swap from pending.
+    Settle(Box<Settle>),
+}
+
+impl GovWork {
+    /// Runs on the writer's connection, inside its transaction. The first
+    /// statement is the only one that can be refused (a duplicate call id,
+    /// a lost compare-and-swap), and a refusal writes nothing.
+    pub(super) async fn apply(&self, conn: &mut sqlx::SqliteConnection) -> Result<Cas, StoreError> {
+        match self {
+            GovWork::Insert(b) => {
+                let (a, audit) = &**b;
+                insert_approval_on(conn, a, audit)
+                    .await
+                    .map(|()| Cas::Applied)
+            }
+            GovWork::Settle(s) => {
+                settle_on(
+                    conn,
+                    &s.rec,
+                    s.from_level,
+                    s.vote.as_ref(),
+                    s.grant.as_ref(),
+                    &s.audit,
+                )
+                .await
+            }
+        }
+    }
+}
+
+async fn insert_approval_on(
+    conn: &mut sqlx::SqliteConnection,
+    a: &ApprovalRecord,
+    audit: &AuditEntry,
+) -> Result<(), StoreError> {
+    let levels = serde_json::to_string(&a.levels).map_err(bad)?;
+    sqlx::query(
+        "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, levels, \
+         level, state, requested_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+    )
+    .bind(&a.id)
+    .bind(a.org_id.as_str())
+    .bind(a.agent_id.as_str())
+    .bind(&a.call_id)
+    .bind(&a.tool)
+    .bind(&a.args_hash)
+    .bind(a.arguments.to_string())
+    .bind(&a.trigger)
+    .bind(&a.policy)
+    .bind(levels)
+    .bind(i64::from(a.level))
+    .bind(&a.requested_by)
+    .bind(a.created_at)
+    .bind(a.expires_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    insert_audit(conn, audit).await.map_err(unavailable)
+}
+
+async fn settle_on(
+    conn: &mut sqlx::SqliteConnection,
+    a: &ApprovalRecord,
+    from_level: u32,
+    vote: Option<&Vote>,
+    grant: Option<&Grant>,
+    audit: &AuditEntry,
+) -> Result<Cas, StoreError> {
+    let done = sqlx::query(
+        "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, decided_by = ?, decided_at = ?, \
+         comment = ?, grant_id = ? WHERE id = ? AND state = 'pending' AND level = ?",
+    )
+    .bind(a.state.as_str())
+    .bind(a.outcome.map(i64::from))
+    .bind(i64::from(a.level))
+    .bind(a.expires_at)
+    .bind(&a.decided_by)
+    .bind(a.decided_at)
+    .bind(&a.comment)
+    .bind(&a.grant_id)
+    .bind(&a.id)
+    .bind(i64::from(from_level))
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    if done.rows_affected() == 0 {
+        return Ok(Cas::Lost);
+    }
+    if let Some(v) = vote {
+        insert_vote(conn, &a.id, v).await?;
+    }
+    if let Some(g) = grant {
+        sqlx::query(
+            "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&g.id)
+        .bind(g.org_id.as_str())
+        .bind(g.agent_id.as_str())
+        .bind(&g.tool)
+        .bind(&g.args_hash)
+        .bind(&g.approval_id)
+        .bind(&g.granted_by)
+        .bind(g.created_at)
+        .bind(g.expires_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    insert_audit(conn, audit).await.map_err(unavailable)?;
+    Ok(Cas::Applied)
+}
+
+/// Settles a batch of approvals with one statement per table (sqlx-sqlite
+/// runs every statement as a round trip to its worker thread; per-row
+/// statements made those hand-offs the bottleneck of decision throughput).
+/// The compare-and-swap stays per row: the `UPDATE … RETURNING` names the
+/// rows that were still pending at the expected level, and only their
+/// votes, grants and audit entries are written. `None` when the batch
+/// cannot be done this way (fewer than two, or one approval twice).
+pub(super) async fn settle_many(
+    conn: &mut sqlx::SqliteConnection,
+    jobs: &[&Settle],
+) -> Option<Result<Vec<Cas>, StoreError>> {
+    let ids: std::collections::HashSet<&str> = jobs.iter().map(|s| s.rec.id.as_str()).collect();
+    if jobs.len() < 2 || ids.len() != jobs.len() {
+        return None;
+    }
+    Some(settle_rows(conn, jobs).await)
+}
+
+async fn settle_rows(
+    conn: &mut sqlx::SqliteConnection,
+    jobs: &[&Settle],
+) -> Result<Vec<Cas>, StoreError> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "WITH v(id, state, outcome, level, expires_at, decided_by, decided_at, comment, grant_id, from_level) AS (",
+    );
+    q.push_values(jobs, |mut b, s| {
+        let a = &s.rec;
+        b.push_bind(a.id.clone())
+            .push_bind(a.state.as_str())
+            .push_bind(a.outcome.map(i64::from))
+            .push_bind(i64::from(a.level))
+            .push_bind(a.expires_at)
+            .push_bind(a.decided_by.clone())
+            .push_bind(a.decided_at)
+            .push_bind(a.comment.clone())
+            .push_bind(a.grant_id.clone())
+            .push_bind(i64::from(s.from_level));
+    });
+    q.push(
+        ") UPDATE approvals SET state = v.state, outcome = v.outcome, level = v.level, \
+         expires_at = v.expires_at, decided_by = v.decided_by, decided_at = v.decided_at, \
+         comment = v.comment, grant_id = v.grant_id FROM v \
+         WHERE approvals.id = v.id AND approvals.state = 'pending' AND approvals.level = v.from_level \
+         RETURNING approvals.id",
+    );
+    let applied: std::collections::HashSet<String> = q
+        .build_query_scalar::<String>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .collect();
+    let won: Vec<&&Settle> = jobs
+        .iter()
+        .filter(|s| applied.contains(&s.rec.id))
+        .collect();
+    let votes: Vec<(&str, &Vote)> = won
+        .iter()
+        .filter_map(|s| s.vote.as_ref().map(|v| (s.rec.id.as_str(), v)))
+        .collect();
+    if !votes.is_empty() {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) ",
+        );
+        q.push_values(&votes, |mut b, (id, v)| {
+            b.push_bind(id.to_string())
+                .push_bind(i64::from(v.level))
+                .push_bind(v.by.clone())
+                .push_bind(i64::from(v.approve))
+                .push_bind(v.comment.clone())
+                .push_bind(v.at);
+        });
+        q.build().execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    let grants: Vec<&Grant> = won.iter().filter_map(|s| s.grant.as_ref()).collect();
+    if !grants.is_empty() {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) ",
+        );
+        q.push_values(&grants, |mut b, g| {
+            b.push_bind(g.id.clone())
+                .push_bind(g.org_id.0.clone())
+                .push_bind(g.agent_id.0.clone())
+                .push_bind(g.tool.clone())
+                .push_bind(g.args_hash.clone())
+                .push_bind(g.approval_id.clone())
+                .push_bind(g.granted_by.clone())
+                .push_bind(g.created_at)
+                .push_bind(g.expires_at);
+        });
+        q.build().execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    if !won.is_empty() {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) ",
+        );
+        q.push_values(&won, |mut b, s| {
+            let a = &s.audit;
+            b.push_bind(a.org_id.0.clone())
+                .push_bind(a.actor.clone())
+                .push_bind(a.action.clone())
+                .push_bind(a.target.clone())
+                .push_bind(a.summary.to_string())
+                .push_bind(a.request_id.clone())
+                .push_bind(a.client.clone())
+                .push_bind(a.at);
+        });
+        q.build().execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(jobs
+        .iter()
+        .map(|s| {
+            if applied.contains(&s.rec.id) {
+                Cas::Applied
+            } else {
+                Cas::Lost
+            }
+        })
+        .collect())
 }

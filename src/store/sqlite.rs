@@ -40,7 +40,12 @@ pub struct SqlStore {
     read: SqlitePool,
     /// Group-commit queue for agent writes (`writer.rs`).
     jobs: mpsc::Sender<Job>,
+    /// The WAL checkpointer's own connection.
+    checkpoint: SqlitePool,
 }
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -232,23 +237,61 @@ impl SqlStore {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The writer never checkpoints (a checkpoint fsyncs the database
+        // file, and on the writer it stalls every commit queued behind it);
+        // a connection of its own does it in the background, which WAL
+        // allows concurrently with writes.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(base.clone().create_if_missing(true))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await?;
+        let checkpoint = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.clone())
+            .await?;
+        {
+            let pool = checkpoint.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !pool.is_closed() {
+                    tick.tick().await;
+                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&pool)
+                        .await
+                    {
+                        if pool.is_closed() {
+                            return;
+                        }
+                        metrics::counter!("cadre_store_checkpoint_failures_total").increment(1);
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                    }
+                }
+            });
+        }
         let read = SqlitePoolOptions::new()
             .max_connections(read_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base.read_only(true))
             .await?;
         let jobs = writer::spawn(write.clone());
-        Ok(SqlStore { write, read, jobs })
+        Ok(SqlStore {
+            write,
+            read,
+            jobs,
+            checkpoint,
+        })
     }
 
     /// Queues a job for the group-commit writer and waits for its commit.
-    async fn submit<T>(
+    pub(super) async fn submit<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
@@ -269,6 +312,7 @@ impl SqlStore {
 
     /// Closes both pools (waits for in-flight queries).
     pub async fn close(&self) {
+        self.checkpoint.close().await;
         self.write.close().await;
         self.read.close().await;
     }

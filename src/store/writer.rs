@@ -60,6 +60,13 @@ pub enum Job {
         /// Answer.
         done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
     },
+    /// An approval request or settlement.
+    Gov {
+        /// The work.
+        work: super::governance::GovWork,
+        /// Answer.
+        done: oneshot::Sender<Result<cadre_actors::ports::Cas, StoreError>>,
+    },
     /// A fenced soft delete.
     Delete {
         /// Record.
@@ -76,6 +83,7 @@ pub enum Job {
 enum Outcome {
     Unit(Result<(), StoreError>),
     Write(Result<WriteOutcome, StoreError>),
+    Cas(Result<cadre_actors::ports::Cas, StoreError>),
 }
 
 impl Outcome {
@@ -84,6 +92,7 @@ impl Outcome {
             self,
             Outcome::Unit(Err(StoreError::Unavailable(_)))
                 | Outcome::Write(Err(StoreError::Unavailable(_)))
+                | Outcome::Cas(Err(StoreError::Unavailable(_)))
         )
     }
 }
@@ -95,6 +104,9 @@ impl Job {
                 let _ = done.send(r);
             }
             (Job::Write { done, .. }, Outcome::Write(r)) => {
+                let _ = done.send(r);
+            }
+            (Job::Gov { done, .. }, Outcome::Cas(r)) => {
                 let _ = done.send(r);
             }
             (job, _) => job.fail(StoreError::Unavailable(
@@ -109,6 +121,9 @@ impl Job {
                 let _ = done.send(Err(e));
             }
             Job::Write { done, .. } => {
+                let _ = done.send(Err(e));
+            }
+            Job::Gov { done, .. } => {
                 let _ = done.send(Err(e));
             }
         }
@@ -149,6 +164,7 @@ impl Job {
             Job::Delete {
                 record, at, audit, ..
             } => Outcome::Unit(delete(conn, record, *at, audit).await),
+            Job::Gov { work, .. } => Outcome::Cas(work.apply(conn).await),
         }
     }
 }
@@ -191,10 +207,49 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
     // as a round trip to its worker thread, and per-row inserts made those
     // hand-offs the bottleneck of create throughput.
     let inserted = insert_many(&mut tx, &batch).await;
+    // Approval settlements likewise: one statement per table for the batch.
+    let settles: Vec<&super::governance::Settle> = batch
+        .iter()
+        .filter_map(|j| match j {
+            Job::Gov {
+                work: super::governance::GovWork::Settle(s),
+                ..
+            } => Some(&**s),
+            _ => None,
+        })
+        .collect();
+    let mut settled = match super::governance::settle_many(&mut tx, &settles).await {
+        Some(Ok(cas)) => Some(cas.into_iter()),
+        Some(Err(e)) => {
+            // Roll back and retry every job alone.
+            drop(settles);
+            let _ = tx.rollback().await;
+            metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            tracing::warn!(error = %e, "batched approval settlement failed; retrying one by one");
+            for job in batch {
+                Box::pin(commit_batch(pool, vec![job])).await;
+            }
+            return;
+        }
+        None => None,
+    };
+    drop(settles);
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in &batch {
         outcomes.push(match (job, &inserted) {
             (Job::Insert { .. }, Some(result)) => Outcome::Unit(result.clone()),
+            (
+                Job::Gov {
+                    work: super::governance::GovWork::Settle(_),
+                    ..
+                },
+                _,
+            ) if settled.is_some() => Outcome::Cas(
+                settled
+                    .as_mut()
+                    .and_then(Iterator::next)
+                    .ok_or_else(|| StoreError::Unavailable("internal: settlement count".into())),
+            ),
             _ => job.apply(&mut tx).await,
         });
     }

@@ -1,0 +1,311 @@
+//! Governance benchmarks (figures in BENCHMARKS.md, "Governance").
+//!
+//! `cargo bench --bench governance` runs each scenario several times and
+//! prints medians; `-- --test` is the CI smoke run (tiny sizes).
+//!
+//! - engine: permission checks per second on one thread, the shipped
+//!   catalog and the `developer` profile with three organization policies,
+//!   over a mix of tools (allow, deny, needs approval).
+//! - resume: a parked tool call (a real SQLite store, an in-process server)
+//!   and the time from an approval decision to the waiting caller holding
+//!   the outcome: p50 and p99.
+//! - decisions: pending approvals decided over HTTP by 64 concurrent
+//!   clients; decisions per second (each persisted before its answer).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use cadre::app;
+use cadre_actors::agent::ToolRequest;
+use cadre_actors::client::ToolAnswer;
+use cadre_actors::domain::{AgentId, OrgId};
+use cadre_actors::governance::engine::{RateState, ToolCall, check};
+use cadre_actors::governance::{OrgDocs, PolicyDef, compile};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::{config, login, median};
+
+fn engine_checks(n: u64) -> f64 {
+    let c = config(std::path::Path::new("/tmp"));
+    let catalog = c.governance.catalog().expect("catalog");
+    let policy = |tools: &[&str]| -> PolicyDef {
+        serde_json::from_value(json!({
+            "tools": tools,
+            "levels": [{ "approvers": { "roles": ["admin"] }, "timeout_seconds": 60 }]
+        }))
+        .expect("policy")
+    };
+    let docs = OrgDocs {
+        policies: [
+            ("a".to_string(), policy(&["email.send"])),
+            ("b".to_string(), policy(&["payments.refund"])),
+            ("c".to_string(), policy(&["agent.message"])),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let gov = compile(&catalog, docs, &c.governance.default_policy);
+    let profile = gov.profiles.get("developer").map(|p| &**p);
+    let tools = [
+        "files.read",
+        "files.write",
+        "shell.exec",
+        "http.get",
+        "echo",
+        "files.delete",
+        "payments.refund",
+        "agent.message",
+    ];
+    let mut rates = RateState::default();
+    let mut allowed = 0u64;
+    let started = Instant::now();
+    for i in 0..n {
+        let call = ToolCall {
+            tool: tools[(i % tools.len() as u64) as usize],
+            estimated_cost_micros: 0,
+            now_ms: 1_795_262_400_000,
+        };
+        if matches!(
+            check(&gov, profile, None, &call, &mut rates, || None),
+            cadre_actors::governance::Verdict::Allow { .. }
+        ) {
+            allowed += 1;
+        }
+    }
+    let per_sec = n as f64 / started.elapsed().as_secs_f64();
+    assert!(allowed > 0 && allowed < n, "a mix of verdicts");
+    per_sec
+}
+
+struct Parked {
+    running: app::Running,
+    org: OrgId,
+    agent: AgentId,
+    conn: u64,
+    base: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+/// An in-process server with one agent whose runtime connection is ours
+/// (its real runtime is stopped; probes are off for the run), and a policy
+/// that sends `echo` to its owner.
+async fn parked_server() -> Parked {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = config(dir.path());
+    c.health.interval_ms = 3_600_000;
+    c.deploy.local.runtime_bin = env!("CARGO_BIN_EXE_cadre").into();
+    let running = app::start(c.clone()).await.expect("start");
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let token = login(&client, &base).await;
+    let put = client
+        .put(format!("{base}/api/v1/approval-policies/echo"))
+        .bearer_auth(&token)
+        .json(&json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 3600 }] }))
+        .send()
+        .await
+        .expect("policy");
+    assert!(put.status().is_success());
+    let v: serde_json::Value = client
+        .post(format!("{base}/api/v1/agents"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "bench", "role": "r", "model": "m", "profile": "full_access" }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let agent = AgentId(v["id"].as_str().expect("id").to_string());
+    let org = OrgId(v["org_id"].as_str().expect("org").to_string());
+    client
+        .post(format!("{base}/api/v1/agents/{}/deploy", agent.0))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("deploy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snap = running.cadre.get_agent(&org, &agent).await.expect("get");
+        if snap.state == cadre_actors::lifecycle::State::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agent_dir = c.data_dir.join("agents").join(&agent.0);
+    if let Ok(pid) = std::fs::read_to_string(agent_dir.join("runtime.pid"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let rc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agent_dir.join("runtime.json")).expect("runtime.json"),
+    )
+    .expect("json");
+    let conn = running
+        .cadre
+        .runtime_hello(&org, &agent, rc["token"].as_str().expect("token"))
+        .await
+        .expect("hello")
+        .conn;
+    Parked {
+        running,
+        org,
+        agent,
+        conn,
+        base,
+        token,
+        _dir: dir,
+    }
+}
+
+fn call(i: u64) -> ToolRequest {
+    ToolRequest {
+        call_id: format!("c{i}"),
+        tool: "echo".into(),
+        arguments: json!({ "i": i }),
+        args_hash: format!("{i:064}"),
+        estimated_cost_micros: 0,
+    }
+}
+
+/// Parks `n` calls; returns their approval ids and outcome receivers.
+async fn park(
+    p: &Parked,
+    from: u64,
+    n: u64,
+) -> Vec<(
+    String,
+    tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
+)> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(from..from + n)
+        .map(|i| async move {
+            match p
+                .running
+                .cadre
+                .tool_call(&p.org, &p.agent, p.conn, call(i))
+                .await
+                .expect("tool call")
+            {
+                ToolAnswer::Waiting { approval_id, rx } => (approval_id, rx),
+                other => panic!("expected a parked call, got {other:?}"),
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+/// Decision → waiting caller resumed, in µs: (p50, p99).
+async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
+    let parked = park(p, from, n).await;
+    let decider = cadre_actors::approval::Decider {
+        id: "bench".into(),
+        role: "owner".into(),
+        who: cadre_actors::domain::Who::user("bench"),
+    };
+    let mut lat = Vec::with_capacity(parked.len());
+    for (id, rx) in parked {
+        let decision = cadre_actors::approval::Decision {
+            approve: true,
+            comment: None,
+            scope: cadre_actors::approval::GrantScope::Call,
+        };
+        let started = Instant::now();
+        let waiter = async move {
+            let o = rx.await.expect("outcome");
+            assert!(o.approved);
+            started.elapsed()
+        };
+        let decide = p
+            .running
+            .cadre
+            .decide(&p.org, &id, decision, decider.clone());
+        let (took, decided) = tokio::join!(waiter, decide);
+        decided.expect("decide");
+        lat.push(took.as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+    (pct(0.5), pct(0.99))
+}
+
+/// Pending approvals decided over HTTP at concurrency 64: decisions/s.
+async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
+    use futures_util::StreamExt;
+    let parked = park(p, from, n).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let ok: usize = futures_util::stream::iter(parked)
+        .map(|(id, _rx)| {
+            let (client, base, token) = (&client, &p.base, &p.token);
+            async move {
+                client
+                    .post(format!("{base}/api/v1/approvals/{id}/decide"))
+                    .bearer_auth(token)
+                    .json(&json!({ "decision": "approve" }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()) as usize
+            }
+        })
+        .buffer_unordered(64)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(ok as u64, n, "every decision succeeded");
+    n as f64 / secs
+}
+
+fn main() {
+    let test = std::env::args().any(|a| a == "--test");
+    let (rounds, checks, resumes, decisions) = if test {
+        (1, 10_000, 50, 200)
+    } else {
+        (5, 5_000_000, 2_000, 20_000)
+    };
+    if test {
+        println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
+    }
+    let engine: Vec<f64> = (0..rounds).map(|_| engine_checks(checks)).collect();
+    println!(
+        "permission checks, one thread: median {:.0} per second (target >= 1000000)",
+        median(engine)
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let p = parked_server().await;
+        let mut p50s = Vec::new();
+        let mut p99s = Vec::new();
+        let mut rates = Vec::new();
+        for round in 0..rounds as u64 {
+            let (p50, p99) = resume_latency(&p, 10_000_000 * round, resumes).await;
+            p50s.push(p50);
+            p99s.push(p99);
+            let from = 10_000_000 * round + 5_000_000;
+            rates.push(http_decisions(&p, from, decisions).await);
+        }
+        println!(
+            "approval decision -> waiting caller resumed (in-process, SQLite): p50 median {:.0} us, p99 median {:.0} us (target p99 < 5000 us)",
+            median(p50s),
+            median(p99s)
+        );
+        println!(
+            "approval decisions over HTTP, c=64: median {:.0} per second (target >= 10000)",
+            median(rates)
+        );
+        p.running.shutdown().await;
+    });
+}
