@@ -208,31 +208,45 @@ async fn serve(mut socket: WebSocket, session: Session) {
                     }
                     continue;
                 };
-                match tool_request(
-                    &cadre,
-                    &activity,
-                    &org,
-                    &agent,
-                    conn,
-                    call_id,
-                    tool,
-                    arguments,
-                    estimated_cost_usd,
-                )
-                .await
-                {
-                    Ok(Step::Now(reply)) => reply,
-                    Ok(Step::Later { pending, wait }) => {
-                        let tx = decided_tx.clone();
-                        tokio::spawn(async move {
-                            let msg = wait.await;
-                            let _ = tx.send(msg).await;
-                            drop(permit);
-                        });
-                        pending
+                // Each call is judged (and, when it must wait, parked) in a
+                // task of its own: a model's parallel tool calls reach the
+                // approval actor together and their requests share commits,
+                // and the connection keeps serving heartbeats meanwhile.
+                // Answers (`tool_pending`, then `tool_decision`) come back
+                // through the connection's outbox, in order per call.
+                let (cadre, activity, org, agent, tx) = (
+                    cadre.clone(),
+                    activity.clone(),
+                    org.clone(),
+                    agent.clone(),
+                    decided_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    let step = tool_request(
+                        &cadre,
+                        &activity,
+                        &org,
+                        &agent,
+                        conn,
+                        call_id,
+                        tool,
+                        arguments,
+                        estimated_cost_usd,
+                    )
+                    .await;
+                    match step {
+                        Ok(Step::Now(reply)) | Err(reply) => {
+                            let _ = tx.send(reply).await;
+                        }
+                        Ok(Step::Later { pending, wait }) => {
+                            if tx.send(pending).await.is_ok() {
+                                let _ = tx.send(wait.await).await;
+                            }
+                        }
                     }
-                    Err(reply) => reply,
-                }
+                    drop(permit);
+                });
+                continue;
             }
             Ok(RuntimeMessage::Reserve {
                 reservation_id,

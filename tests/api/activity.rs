@@ -38,6 +38,19 @@ fn events(agent: &str, kind: &str, n: usize, pad: usize) -> Value {
 async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     let app = spawn_app().await;
     let agent = app.create_id(json!({ "name": "a" })).await;
+    // The creation's audit entry reaches the stream on the audit bridge's
+    // next poll; let it land first so that the page below is only ours.
+    eventually("the creation's audit event", || async {
+        let (_, v) = app
+            .call(
+                Method::GET,
+                "/api/v1/activity?kind=audit.agent.create",
+                None,
+            )
+            .await;
+        v["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await;
     let (s, v) = post(
         &app,
         json!([

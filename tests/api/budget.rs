@@ -82,6 +82,15 @@ async fn running_with_budget(app: &TestApp, name: &str, tokens: u64) -> String {
     let id = v["id"].as_str().expect("id").to_string();
     app.command(&id, "deploy").await;
     app.wait_state(&id, "running").await;
+    // The test speaks for the runtime from here on: the real one would
+    // reconnect after a restart and supersede the test's connection.
+    // (Probes are 10 minutes apart, so nobody notices it is gone.)
+    if let Some(pid) = app.runtime_pid(&id) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     id
 }
 
