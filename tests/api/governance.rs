@@ -871,3 +871,99 @@ async fn approvers_are_notified_by_a_signed_retried_webhook() {
     }
     server.abort();
 }
+
+#[tokio::test]
+async fn a_level_can_need_several_distinct_approvers() {
+    let app = spawn_app().await;
+    let (_, first) = add_user(&app, "first@x.test", "admin").await;
+    let (_, second) = add_user(&app, "second@x.test", "admin").await;
+    put(
+        &app,
+        "/api/v1/approval-policies/two",
+        policy(
+            &["echo"],
+            json!([{ "approvers": { "roles": ["admin"] }, "required": 2, "timeout_seconds": 600 }]),
+        ),
+    )
+    .await;
+    let id = scripted(&app, "pair", "full_access", &[json!({ "tool": "echo" })]).await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={id}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    let (s, v) = decide(&app, &first, &aid, json!({ "decision": "approve" })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "pending");
+    assert_eq!(v["approvals"], 1);
+    assert_eq!(v["required"], 2);
+    // The same person twice does not make two approvals.
+    let (s, v) = decide(&app, &first, &aid, json!({ "decision": "approve" })).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "already_voted");
+    let (s, v) = decide(
+        &app,
+        &second,
+        &aid,
+        json!({ "decision": "approve", "comment": "both agree" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "approved");
+    let calls = app.tool_calls(&id, 1).await;
+    assert_eq!(calls[0]["status"], "ok", "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_organizations_time_zone_and_budget_period_are_validated_and_shown() {
+    let app = spawn_app().await;
+    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    let org_id = org["id"].as_str().expect("id").to_string();
+    assert_eq!(org["timezone"], "UTC");
+    assert_eq!(org["budget_period"], "monthly");
+    for bad in [
+        json!({ "timezone": "Mars/Olympus" }),
+        json!({ "budget_period": "hourly" }),
+    ] {
+        let (s, v) = app
+            .call(Method::PATCH, &format!("/api/v1/orgs/{org_id}"), Some(bad))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    }
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org_id}"),
+            Some(json!({ "timezone": "Asia/Tokyo", "budget_period": "daily" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["timezone"], "Asia/Tokyo");
+    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    // The organization's usage is now counted per day, in Tokyo.
+    let period = org["usage"]["period"].as_str().expect("period").to_string();
+    let tokyo_today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").expect("tz"))
+        .date()
+        .to_string();
+    assert_eq!(period, tokyo_today);
+    // An agent's own period follows the organization's time zone.
+    let id = app
+        .create_id(json!({ "name": "w", "budget": { "monthly_tokens": 10, "period": "weekly" } }))
+        .await;
+    let v = app.get(&id).await;
+    assert_eq!(v["budget"]["period"], "weekly");
+    assert!(
+        v["usage"]["period"]
+            .as_str()
+            .is_some_and(|p| p.contains("-W")),
+        "{v}"
+    );
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "x", "budget": { "period": "yearly" } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
