@@ -601,6 +601,7 @@ async fn ingest(sizes: &Sizes) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn main() {
+    cadre::init_tls();
     let test = std::env::args().any(|a| a == "--test");
     let sizes = if test {
         Sizes {

@@ -267,6 +267,7 @@ async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
 }
 
 fn main() {
+    cadre::init_tls();
     let test = std::env::args().any(|a| a == "--test");
     let (rounds, checks, resumes, decisions) = if test {
         (1, 10_000, 50, 200)

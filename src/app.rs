@@ -247,8 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("starting the activity writer")?;
     // Subscribed before the tree starts, so hydration's events are recorded too.
     let bridge = crate::activity::spawn_bridge(activity.clone(), events.subscribe());
-    // The one TLS crypto backend for outbound HTTPS (already installed on a restart).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    crate::init_tls();
     let webhook = crate::webhook::spawn(&config.governance.webhook, events.subscribe());
     let retention = crate::activity::spawn_retention(store.clone(), &config.activity);
     let audit_bridge = crate::activity::spawn_audit_bridge(

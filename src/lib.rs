@@ -23,3 +23,10 @@ pub mod protocol;
 pub mod runtime;
 pub mod store;
 pub mod webhook;
+
+/// Installs aws-lc-rs as the process's TLS crypto provider (the one crypto
+/// backend). Outbound HTTPS clients (reqwest on rustls) need it before they
+/// are built; calling it again is harmless.
+pub fn init_tls() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -33,6 +33,7 @@ pub fn spawn(
     if config.url.is_empty() {
         return None;
     }
+    crate::init_tls();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -107,6 +107,7 @@ async fn logs_are_json_lines_with_request_and_organization_fields() {
             }
         }
     });
+    cadre::init_tls();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     eventually("the server answers", || async {

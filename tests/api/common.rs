@@ -54,6 +54,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    cadre::init_tls();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
