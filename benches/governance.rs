@@ -236,6 +236,37 @@ async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
     (pct(0.5), pct(0.99))
 }
 
+/// Pending approvals decided in-process (no HTTP) at concurrency 64: decisions/s.
+async fn direct_decisions(p: &Parked, from: u64, n: u64) -> f64 {
+    use futures_util::StreamExt;
+    let parked = park(p, from, n).await;
+    let started = Instant::now();
+    let ok: usize = futures_util::stream::iter(parked)
+        .map(|(id, _rx)| async move {
+            let decider = cadre_actors::approval::Decider {
+                id: "bench".into(),
+                role: "owner".into(),
+                who: cadre_actors::domain::Who::user("bench"),
+            };
+            let decision = cadre_actors::approval::Decision {
+                approve: true,
+                comment: None,
+                scope: cadre_actors::approval::GrantScope::Call,
+            };
+            p.running
+                .cadre
+                .decide(&p.org, &id, decision, decider)
+                .await
+                .is_ok() as usize
+        })
+        .buffer_unordered(64)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(ok as u64, n, "every decision succeeded");
+    n as f64 / secs
+}
+
 /// Pending approvals decided over HTTP at concurrency 64: decisions/s.
 async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
     use futures_util::StreamExt;
@@ -291,12 +322,14 @@ fn main() {
         let mut p50s = Vec::new();
         let mut p99s = Vec::new();
         let mut rates = Vec::new();
+        let mut direct = Vec::new();
         for round in 0..rounds as u64 {
             let (p50, p99) = resume_latency(&p, 10_000_000 * round, resumes).await;
             p50s.push(p50);
             p99s.push(p99);
             let from = 10_000_000 * round + 5_000_000;
             rates.push(http_decisions(&p, from, decisions).await);
+            direct.push(direct_decisions(&p, from + 2_500_000, decisions).await);
         }
         println!(
             "approval decision -> waiting caller resumed (in-process, SQLite): p50 median {:.0} us, p99 median {:.0} us (target p99 < 5000 us)",
@@ -306,6 +339,10 @@ fn main() {
         println!(
             "approval decisions over HTTP, c=64: median {:.0} per second (target >= 10000)",
             median(rates)
+        );
+        println!(
+            "approval decisions in-process (no HTTP), c=64: median {:.0} per second",
+            median(direct)
         );
         p.running.shutdown().await;
     });
