@@ -100,16 +100,37 @@ async fn put_tool(
         risk: body.risk,
         side_effects: body.side_effects,
     };
+    save(
+        &state,
+        &p,
+        "tool",
+        &id,
+        Doc::Tool(tool.clone()),
+        tool_json(&tool, true),
+    )
+    .await
+}
+
+/// Creates or replaces a document through the approval actor: 201 when it
+/// is new, 200 when it replaced one; `view` is the body answered.
+async fn save(
+    state: &AppState,
+    p: &Principal,
+    kind: &'static str,
+    name: &str,
+    doc: Doc,
+    view: Value,
+) -> Result<Response, ApiError> {
     let existed = state
         .cadre
-        .put_doc(&p.org, "tool", &id, Some(Doc::Tool(tool.clone())), p.who())
+        .put_doc(&p.org, kind, name, Some(doc), p.who())
         .await?;
     let status = if existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(tool_json(&tool, true))).into_response())
+    Ok((status, Json(view)).into_response())
 }
 
 async fn delete_doc(
@@ -184,22 +205,15 @@ async fn put_profile(
         ));
     }
     validate_profile(&body).map_err(|e| ApiError::invalid("profile", e))?;
-    let existed = state
-        .cadre
-        .put_doc(
-            &p.org,
-            "profile",
-            &n,
-            Some(Doc::Profile(body.clone())),
-            p.who(),
-        )
-        .await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(profile_json(&n, &body, true))).into_response())
+    save(
+        &state,
+        &p,
+        "profile",
+        &n,
+        Doc::Profile(body.clone()),
+        profile_json(&n, &body, true),
+    )
+    .await
 }
 
 async fn delete_profile(
@@ -240,22 +254,15 @@ async fn put_policy(
     let n = name(&n, "name")?;
     body.validate()
         .map_err(|e| ApiError::invalid("policy", e))?;
-    let existed = state
-        .cadre
-        .put_doc(
-            &p.org,
-            "policy",
-            &n,
-            Some(Doc::Policy(body.clone())),
-            p.who(),
-        )
-        .await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(policy_json(&n, &body))).into_response())
+    save(
+        &state,
+        &p,
+        "policy",
+        &n,
+        Doc::Policy(body.clone()),
+        policy_json(&n, &body),
+    )
+    .await
 }
 
 async fn delete_policy(

@@ -83,6 +83,29 @@ pub struct ApprovalFilter {
 }
 
 impl SqlStore {
+    /// The approval where `k1 = v1 AND k2 = v2` (column names are ours), with its votes.
+    async fn one_approval(
+        &self,
+        k1: &str,
+        v1: &str,
+        k2: &str,
+        v2: &str,
+        pool: &sqlx::SqlitePool,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLS} FROM approvals WHERE {k1} = ? AND {k2} = ?"
+        ))
+        .bind(v1)
+        .bind(v2)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
+        }
+    }
+
     async fn votes_of(&self, ids: &[&str]) -> Result<Vec<(String, Vote)>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -294,33 +317,20 @@ impl GovStore for SqlStore {
         agent: &AgentId,
         call_id: &str,
     ) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {APPROVAL_COLS} FROM approvals WHERE agent_id = ? AND call_id = ?"
-        ))
-        .bind(agent.as_str())
-        .bind(call_id)
-        .fetch_optional(self.write_pool())
+        // The writer's connection: the caller just lost an insert to this row.
+        self.one_approval(
+            "agent_id",
+            agent.as_str(),
+            "call_id",
+            call_id,
+            self.write_pool(),
+        )
         .await
-        .map_err(unavailable)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
-        }
     }
 
     async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = ? AND id = ?"
-        ))
-        .bind(org.as_str())
-        .bind(id)
-        .fetch_optional(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
-        }
+        self.one_approval("org_id", org.as_str(), "id", id, self.read_pool())
+            .await
     }
 
     async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
@@ -529,17 +539,10 @@ impl GovWork {
                     .await
                     .map(|()| Cas::Applied)
             }
-            GovWork::Settle(s) => {
-                settle_on(
-                    conn,
-                    &s.rec,
-                    s.from_level,
-                    s.vote.as_ref(),
-                    s.grant.as_ref(),
-                    &s.audit,
-                )
-                .await
-            }
+            GovWork::Settle(s) => settle_rows(conn, &[&**s])
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Unavailable("internal: no settlement".into())),
         }
     }
 }
@@ -572,59 +575,6 @@ async fn insert_approval_on(
     .await
     .map_err(classify)?;
     insert_audit(conn, audit).await.map_err(unavailable)
-}
-
-async fn settle_on(
-    conn: &mut sqlx::SqliteConnection,
-    a: &ApprovalRecord,
-    from_level: u32,
-    vote: Option<&Vote>,
-    grant: Option<&Grant>,
-    audit: &AuditEntry,
-) -> Result<Cas, StoreError> {
-    let done = sqlx::query(
-        "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, decided_by = ?, decided_at = ?, \
-         comment = ?, grant_id = ? WHERE id = ? AND state = 'pending' AND level = ?",
-    )
-    .bind(a.state.as_str())
-    .bind(a.outcome.map(i64::from))
-    .bind(i64::from(a.level))
-    .bind(a.expires_at)
-    .bind(&a.decided_by)
-    .bind(a.decided_at)
-    .bind(&a.comment)
-    .bind(&a.grant_id)
-    .bind(&a.id)
-    .bind(i64::from(from_level))
-    .execute(&mut *conn)
-    .await
-    .map_err(unavailable)?;
-    if done.rows_affected() == 0 {
-        return Ok(Cas::Lost);
-    }
-    if let Some(v) = vote {
-        insert_vote(conn, &a.id, v).await?;
-    }
-    if let Some(g) = grant {
-        sqlx::query(
-            "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&g.id)
-        .bind(g.org_id.as_str())
-        .bind(g.agent_id.as_str())
-        .bind(&g.tool)
-        .bind(&g.args_hash)
-        .bind(&g.approval_id)
-        .bind(&g.granted_by)
-        .bind(g.created_at)
-        .bind(g.expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    }
-    insert_audit(conn, audit).await.map_err(unavailable)?;
-    Ok(Cas::Applied)
 }
 
 /// Settles a batch of approvals with one statement per table (sqlx-sqlite
