@@ -300,6 +300,13 @@ async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
 fn main() {
     cadre::init_tls();
     let test = std::env::args().any(|a| a == "--test");
+    // `cargo bench --bench governance -- http` runs the scenarios whose name
+    // contains a given word (engine, resume, http, direct); none runs all.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     let (rounds, checks, resumes, decisions) = if test {
         (1, 10_000, 50, 200)
     } else {
@@ -308,11 +315,13 @@ fn main() {
     if test {
         println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
     }
-    let engine: Vec<f64> = (0..rounds).map(|_| engine_checks(checks)).collect();
-    println!(
-        "permission checks, one thread: median {:.0} per second (target >= 1000000)",
-        median(engine)
-    );
+    if run("engine") {
+        let engine: Vec<f64> = (0..rounds).map(|_| engine_checks(checks)).collect();
+        println!(
+            "permission checks, one thread: median {:.0} per second (target >= 1000000)",
+            median(engine)
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -324,26 +333,38 @@ fn main() {
         let mut rates = Vec::new();
         let mut direct = Vec::new();
         for round in 0..rounds as u64 {
-            let (p50, p99) = resume_latency(&p, 10_000_000 * round, resumes).await;
-            p50s.push(p50);
-            p99s.push(p99);
+            if run("resume") {
+                let (p50, p99) = resume_latency(&p, 10_000_000 * round, resumes).await;
+                p50s.push(p50);
+                p99s.push(p99);
+            }
             let from = 10_000_000 * round + 5_000_000;
-            rates.push(http_decisions(&p, from, decisions).await);
-            direct.push(direct_decisions(&p, from + 2_500_000, decisions).await);
+            if run("http") {
+                rates.push(http_decisions(&p, from, decisions).await);
+            }
+            if run("direct") {
+                direct.push(direct_decisions(&p, from + 2_500_000, decisions).await);
+            }
         }
-        println!(
-            "approval decision -> waiting caller resumed (in-process, SQLite): p50 median {:.0} us, p99 median {:.0} us (target p99 < 5000 us)",
-            median(p50s),
-            median(p99s)
-        );
-        println!(
-            "approval decisions over HTTP, c=64: median {:.0} per second (target >= 10000)",
-            median(rates)
-        );
-        println!(
-            "approval decisions in-process (no HTTP), c=64: median {:.0} per second",
-            median(direct)
-        );
+        if !p50s.is_empty() {
+            println!(
+                "approval decision -> waiting caller resumed (in-process, SQLite): p50 median {:.0} us, p99 median {:.0} us (target p99 < 5000 us)",
+                median(p50s),
+                median(p99s)
+            );
+        }
+        if !rates.is_empty() {
+            println!(
+                "approval decisions over HTTP, c=64: median {:.0} per second (target >= 10000)",
+                median(rates)
+            );
+        }
+        if !direct.is_empty() {
+            println!(
+                "approval decisions in-process (no HTTP), c=64: median {:.0} per second",
+                median(direct)
+            );
+        }
         p.running.shutdown().await;
     });
 }

@@ -2,7 +2,8 @@
 //! idempotent usage reports and paged hydration.
 
 use cadre::store::{
-    Durability, MessageRecord, NewActivity, NewUser, OrgRow, Record, SqlStore, ToolCallRecord,
+    Checkpoints, Durability, MessageRecord, NewActivity, NewUser, OrgRow, Record, SqlStore,
+    ToolCallRecord,
 };
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
@@ -13,9 +14,13 @@ use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentInsert, AgentWrite, Charge, Store, StoreError, WriteOutcome};
 
 async fn store() -> (SqlStore, tempfile::TempDir, OrgId) {
+    store_with(Checkpoints::default()).await
+}
+
+async fn store_with(checkpoints: Checkpoints) -> (SqlStore, tempfile::TempDir, OrgId) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = SqlStore::open(&url, Durability::Normal, 2)
+    let store = SqlStore::open_with(&url, Durability::Normal, 2, checkpoints)
         .await
         .expect("open");
     store.migrate().await.expect("migrate");
@@ -483,4 +488,55 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
         .await
         .expect("flush");
     assert_eq!(next.first_id, later.first_id + 1);
+}
+
+/// Under a steady stream of commits the WAL never gets rewound by a passive
+/// checkpoint alone (there is always a frame written after the copy began),
+/// so the file grew without bound: 1.4 GB in 25 s of approval decisions.
+/// The checkpointer now rewinds the log once it is large, so the file stays
+/// bounded by what is written between two checkpoints, however much is
+/// written in all. Here checkpoints come every 20 ms and rewind beyond 1 MiB;
+/// 160 MB pass through as fast as the store takes them; the file must stay
+/// far below that (without the rewind it ends above 160 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_stays_bounded_under_continuous_writes() {
+    let (store, dir, org) = store_with(Checkpoints {
+        every: std::time::Duration::from_millis(20),
+        restart_frames: 256,
+    })
+    .await;
+    let wal = dir.path().join("t.db-wal");
+    let payload = format!("\"{}\"", "x".repeat(4000));
+    let rows: Vec<NewActivity> = (0..100)
+        .map(|_| NewActivity {
+            org_id: org.as_str().to_string(),
+            agent_id: None,
+            kind: "bulk".into(),
+            payload: payload.clone(),
+            at: 0,
+            record: None,
+        })
+        .collect();
+    let refs: Vec<&NewActivity> = rows.iter().collect();
+    let mut largest = 0u64;
+    // ~400 KB of rows a commit, back to back, with no pause between them.
+    for flush in 0..400 {
+        store
+            .write_activity(1_000 + flush, &refs, 1)
+            .await
+            .expect("write");
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        largest = largest.max(size);
+    }
+    assert!(
+        largest < 40 * 1024 * 1024,
+        "the WAL reached {largest} bytes while 160 MB were written"
+    );
+    assert_eq!(
+        store
+            .activity_count(org.as_str(), Some("bulk"))
+            .await
+            .expect("count"),
+        40_000
+    );
 }

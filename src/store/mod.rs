@@ -20,7 +20,7 @@ pub use identity::{
     AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
     UserRecord,
 };
-pub use sqlite::{Durability, SqlStore};
+pub use sqlite::{Checkpoints, Durability, SqlStore};
 
 use serde::Serialize;
 
