@@ -540,3 +540,109 @@ async fn wal_stays_bounded_under_continuous_writes() {
         40_000
     );
 }
+
+/// Settlements queued together share one transaction and one statement per
+/// table. Here half of 40 requests were settled already: settling all 40 at
+/// once must apply exactly the other 20 and write one vote and one audit
+/// entry per applied settlement, none for a lost one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_in_one_batch_apply_only_the_winners() {
+    use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
+    use cadre_actors::ports::{Cas, GovStore};
+    let (store, _dir, org) = store().await;
+    let who = Who::user("u");
+    let record = |i: usize| ApprovalRecord {
+        id: format!("ap-{i:03}"),
+        org_id: org.clone(),
+        agent_id: AgentId("agent".into()),
+        call_id: format!("call-{i}"),
+        tool: "echo".into(),
+        args_hash: "h".into(),
+        arguments: serde_json::json!({}),
+        trigger: "policy".into(),
+        policy: "p".into(),
+        levels: Vec::new(),
+        level: 0,
+        state: ApprovalState::Pending,
+        outcome: None,
+        requested_by: "runtime:agent".into(),
+        created_at: 1,
+        expires_at: 1_000_000,
+        decided_by: None,
+        decided_at: None,
+        comment: None,
+        grant_id: None,
+        votes: Vec::new(),
+    };
+    let audit = |action: &str, i: usize| {
+        AuditEntry::new(
+            &org,
+            &who,
+            action,
+            format!("approval:ap-{i:03}"),
+            serde_json::json!({}),
+            2,
+        )
+    };
+    for i in 0..40 {
+        store
+            .insert_approval(&record(i), &audit("approval.request", i))
+            .await
+            .expect("insert");
+    }
+    let decided = |i: usize, by: &str| {
+        let mut r = record(i);
+        r.state = ApprovalState::Approved;
+        r.decided_by = Some(by.into());
+        r.decided_at = Some(3);
+        (
+            r,
+            Vote {
+                by: by.into(),
+                level: 0,
+                approve: true,
+                comment: None,
+                at: 3,
+            },
+        )
+    };
+    for i in (0..40).step_by(2) {
+        let (r, v) = decided(i, "first");
+        let cas = store
+            .settle_approval(&r, 0, Some(&v), None, &audit("approval.approve", i))
+            .await
+            .expect("settle");
+        assert_eq!(cas, Cas::Applied);
+    }
+    let all = futures_util::future::join_all((0..40).map(|i| {
+        let store = &store;
+        let (r, v) = decided(i, "second");
+        let a = audit("approval.approve", i);
+        async move { store.settle_approval(&r, 0, Some(&v), None, &a).await }
+    }))
+    .await;
+    for (i, cas) in all.into_iter().enumerate() {
+        let expected = if i % 2 == 0 { Cas::Lost } else { Cas::Applied };
+        assert_eq!(cas.expect("settle"), expected, "request {i}");
+        let stored = store
+            .approval(&org, &format!("ap-{i:03}"))
+            .await
+            .expect("read")
+            .expect("exists");
+        let by = if i % 2 == 0 { "first" } else { "second" };
+        assert_eq!(stored.decided_by.as_deref(), Some(by), "request {i}");
+        assert_eq!(stored.votes.len(), 1, "one vote on request {i}");
+        assert_eq!(stored.votes[0].by, by);
+    }
+    let approves = store
+        .audit_since(0, 1_000)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.4 == "approval.approve")
+        .count();
+    assert_eq!(
+        approves, 40,
+        "20 first decisions and 20 winning second ones; none for a loser"
+    );
+}
