@@ -270,6 +270,8 @@ impl Doc {
 /// Messages.
 #[derive(Debug)]
 pub enum ApprovalMsg {
+    /// Chaos: panic inside `handle` (only sent by the chaos hook).
+    Panic,
     /// Park a call.
     Request {
         /// The call.
@@ -555,6 +557,7 @@ impl Actor for ApprovalActor {
         st: &mut Book,
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
+            ApprovalMsg::Panic => panic!("chaos: approvals of {} panicked on request", st.org),
             ApprovalMsg::Request { req, reply } => request(&myself, st, *req, reply),
             ApprovalMsg::Inserted { rec, result, req } => {
                 Box::pin(inserted(&myself, st, *rec, result, *req)).await

@@ -28,6 +28,8 @@ pub enum ChaosTarget {
     Agent,
     /// A tenant supervisor (and with it all its agents).
     Tenant,
+    /// A tenant's approval actor (by organization id).
+    Approvals,
 }
 
 /// How the chaos hook ends an actor.
@@ -552,6 +554,19 @@ impl Cadre {
                     ChaosMode::Kill => h.actor.kill(),
                     ChaosMode::Panic => {
                         let _ = h.actor.cast(TenantMsg::Panic);
+                    }
+                }
+            }
+            ChaosTarget::Approvals => {
+                let h = self
+                    .ctx
+                    .registry
+                    .approvals(&OrgId(id.to_string()))
+                    .ok_or(Error::NotFound)?;
+                match mode {
+                    ChaosMode::Kill => h.actor.kill(),
+                    ChaosMode::Panic => {
+                        let _ = h.actor.cast(crate::approval::ApprovalMsg::Panic);
                     }
                 }
             }

@@ -33,10 +33,11 @@ async fn kill(
     let target = match req.target.as_str() {
         "agent" => ChaosTarget::Agent,
         "tenant" => ChaosTarget::Tenant,
+        "approvals" => ChaosTarget::Approvals,
         other => {
             return Err(ApiError::invalid(
                 "target",
-                format!("expected \"agent\" or \"tenant\", got {other:?}"),
+                format!("expected \"agent\", \"tenant\" or \"approvals\", got {other:?}"),
             ));
         }
     };
@@ -56,7 +57,7 @@ async fn kill(
             .cadre
             .org_of(&AgentId(req.id.clone()))
             .is_some_and(|o| o == principal.org),
-        ChaosTarget::Tenant => req.id == principal.org.as_str(),
+        ChaosTarget::Tenant | ChaosTarget::Approvals => req.id == principal.org.as_str(),
     };
     if !own {
         return Err(ApiError::not_found(&req.target));

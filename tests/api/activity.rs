@@ -21,11 +21,6 @@ async fn post(app: &TestApp, events: Value) -> (StatusCode, Value) {
     .await
 }
 
-async fn org_id(app: &TestApp) -> String {
-    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
-    org["id"].as_str().expect("org id").to_string()
-}
-
 fn events(agent: &str, kind: &str, n: usize, pad: usize) -> Value {
     Value::Array(
         (0..n)

@@ -381,6 +381,12 @@ pub async fn add_user(app: &TestApp, email: &str, role: &str) -> (String, String
 }
 
 /// Polls an async condition until it holds.
+/// The id of the test user's organization.
+pub async fn org_id(app: &TestApp) -> String {
+    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    org["id"].as_str().expect("org id").to_string()
+}
+
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,

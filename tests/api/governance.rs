@@ -4,7 +4,7 @@
 //! pending approvals across a server restart, sandbox mode, grants, budget
 //! reservations and the kill switch.
 
-use crate::common::{TestApp, add_user, eventually, spawn_app};
+use crate::common::{TestApp, add_user, eventually, org_id, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -966,4 +966,92 @@ async fn an_organizations_time_zone_and_budget_period_are_validated_and_shown() 
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// The approval actor is supervised: killed (or panicking) with a call
+/// parked, its tenant supervisor starts a new one, which reloads every
+/// pending request from the store. The runtime's wait is cut by the crash,
+/// it asks again with the same call id, joins the same request, and the
+/// decision made after the restart reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_approval_actor_is_restarted_and_the_waiting_runtime_gets_its_answer() {
+    let app = spawn_app().await;
+    let (_, admin) = add_user(&app, "admin@x.test", "admin").await;
+    put(
+        &app,
+        "/api/v1/approval-policies/writes",
+        policy(
+            &["files.write"],
+            json!([level(&["admin"], &[], 600, "deny")]),
+        ),
+    )
+    .await;
+    let id = scripted(
+        &app,
+        "writer",
+        "developer",
+        &[json!({ "tool": "files.write", "arguments": { "path": "a.txt", "content": "after the crash" } })],
+    )
+    .await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={id}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    let org = org_id(&app).await;
+    for mode in ["kill", "panic"] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/v1/admin/chaos/kill",
+                Some(json!({ "target": "approvals", "id": org, "mode": mode })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        // The replacement answers and still holds the request.
+        eventually("the approval actor is back", || async {
+            let (s, v) = app
+                .call(Method::GET, &format!("/api/v1/approvals/{aid}"), None)
+                .await;
+            s == StatusCode::OK && v["state"] == "pending"
+        })
+        .await;
+    }
+    // Another organization's approval actor is not ours to break.
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/admin/chaos/kill",
+            Some(json!({ "target": "approvals", "id": "00000000-0000-0000-0000-000000000000" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Deciding may meet the replacement still loading: retry until it is
+    // decided (at most once: a second success would be a double decision).
+    let mut decided = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while decided.is_none() {
+        let (s, v) = decide(
+            &app,
+            &admin,
+            &aid,
+            json!({ "decision": "approve", "comment": "still here" }),
+        )
+        .await;
+        match s {
+            StatusCode::OK => decided = Some(v),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(std::time::Instant::now() < deadline, "never decidable: {v}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(decided.expect("decided")["state"], "approved");
+    // The runtime, whose wait the crashes cut, asked again and proceeded.
+    eventually("the runtime wrote the file", || async {
+        app.workspace_file(&id, "a.txt").as_deref() == Some("after the crash")
+    })
+    .await;
+    let calls = app.tool_calls(&id, 1).await;
+    assert_eq!(calls[0]["status"], "ok", "{calls:?}");
 }
