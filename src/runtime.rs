@@ -162,6 +162,14 @@ async fn session(
                         eprintln!("cadre runtime: {message}");
                         script.asked = false;
                     }
+                    // A re-asked call can meet an approval actor that is
+                    // still reloading: ask again shortly (a script has one
+                    // question out at a time, so this is the one).
+                    Ok(ServerMessage::Error { code, message }) if code == "unavailable" && script.asked => {
+                        eprintln!("cadre runtime: {message}; asking again");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        script.asked = false;
+                    }
                     Ok(ServerMessage::Error { code, message }) if code == "unauthorized" || code == "unsupported_protocol" => {
                         return SessionEnd::Exit(format!("{code}: {message}"));
                     }

@@ -20,7 +20,6 @@ use cadre_actors::agent::{HelloAck, ReserveRequest, ToolRequest, UsageReport};
 use cadre_actors::client::ToolAnswer;
 use cadre_actors::domain::{AgentId, OrgId};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Large enough for an activity batch.
@@ -413,96 +412,53 @@ async fn tool_request(
         args_hash,
         estimated_cost_micros,
     };
-    let answer = match cadre.tool_call(org, agent, conn, call.clone()).await {
+    let answer = match cadre.tool_call(org, agent, conn, call).await {
         Ok(a) => a,
         Err(cadre_actors::Error::Unauthorized) => {
             return Err(error("unauthorized", "connection superseded"));
         }
         Err(e) => return Err(error("unavailable", e.to_string())),
     };
-    Ok(match answered(&call_id, answer) {
-        Ok(now) => Step::Now(now),
-        Err((approval_id, rx)) => Step::Later {
-            pending: ServerMessage::ToolPending {
-                call_id: call_id.clone(),
-                approval_id,
-            },
-            wait: Box::pin(wait_for_decision(
-                cadre.clone(),
-                org.clone(),
-                agent.clone(),
-                conn,
-                call,
-                rx,
-            )),
-        },
-    })
-}
-
-/// The message for an answer known now, or the parked request to wait on.
-#[allow(clippy::result_large_err)]
-fn answered(
-    call_id: &str,
-    answer: ToolAnswer,
-) -> Result<ServerMessage, (String, oneshot::Receiver<cadre_actors::approval::Outcome>)> {
     Ok(match answer {
-        ToolAnswer::Allow { simulate, grant } => ServerMessage::ToolDecision {
-            call_id: call_id.to_string(),
+        ToolAnswer::Allow { simulate, grant } => Step::Now(ServerMessage::ToolDecision {
+            call_id,
             decision: if simulate { "simulate" } else { "allow" }.into(),
             reason: None,
             message: simulate.then(|| "sandbox: record the call, do not execute it".into()),
             approval_id: None,
             decided_by: grant.map(|g| format!("grant:{g}")),
             comment: None,
-        },
-        ToolAnswer::Deny { reason, message } => ServerMessage::ToolDecision {
-            call_id: call_id.to_string(),
+        }),
+        ToolAnswer::Deny { reason, message } => Step::Now(ServerMessage::ToolDecision {
+            call_id,
             decision: "deny".into(),
             reason: Some(reason.to_string()),
             message: Some(message),
             approval_id: None,
             decided_by: None,
             comment: None,
-        },
-        ToolAnswer::Decided(o) => decision(call_id, &o),
-        ToolAnswer::Waiting { approval_id, rx } => return Err((approval_id, rx)),
-    })
-}
-
-/// Waits for a parked call's decision. If the approval actor dies meanwhile
-/// (its replacement reloads every pending request from the store), the
-/// wait is cut; this asks again with the same call id, with back-off until
-/// the replacement answers, and so joins the same request: the runtime
-/// sees nothing of the restart.
-async fn wait_for_decision(
-    cadre: Cadre,
-    org: OrgId,
-    agent: AgentId,
-    conn: u64,
-    call: ToolRequest,
-    mut rx: oneshot::Receiver<cadre_actors::approval::Outcome>,
-) -> ServerMessage {
-    let mut delay = Duration::from_millis(10);
-    loop {
-        if let Ok(o) = (&mut rx).await {
-            return decision(&call.call_id, &o);
-        }
-        metrics::counter!("cadre_tool_requests_reasked_total").increment(1);
-        rx = loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-            match cadre.tool_call(&org, &agent, conn, call.clone()).await {
-                Ok(answer) => match answered(&call.call_id, answer) {
-                    Ok(now) => return now,
-                    Err((_, rx)) => break rx,
-                },
-                Err(cadre_actors::Error::Unauthorized) => {
-                    return error("unauthorized", "connection superseded");
+        }),
+        ToolAnswer::Decided(o) => Step::Now(decision(&call_id, &o)),
+        ToolAnswer::Waiting { approval_id, rx } => Step::Later {
+            pending: ServerMessage::ToolPending {
+                call_id: call_id.clone(),
+                approval_id: approval_id.clone(),
+            },
+            wait: Box::pin(async move {
+                match rx.await {
+                    Ok(o) => decision(&call_id, &o),
+                    // The approval actor restarted: the runtime asks again
+                    // with the same call id and gets the same request.
+                    Err(_) => error(
+                        "retry_tool_request",
+                        format!(
+                            "approval {approval_id} is being reloaded; ask again about call {call_id}"
+                        ),
+                    ),
                 }
-                Err(_) => {} // the replacement is still loading
-            }
-        };
-    }
+            }),
+        },
+    })
 }
 
 /// Validates and queues an `activity` batch; answers once it is committed.
