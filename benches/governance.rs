@@ -238,63 +238,70 @@ async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
 
 /// Pending approvals decided in-process (no HTTP) at concurrency 64: decisions/s.
 async fn direct_decisions(p: &Parked, from: u64, n: u64) -> f64 {
-    use futures_util::StreamExt;
     let parked = park(p, from, n).await;
+    rate(parked, |id| async move {
+        let decider = cadre_actors::approval::Decider {
+            id: "bench".into(),
+            role: "owner".into(),
+            who: cadre_actors::domain::Who::user("bench"),
+        };
+        let decision = cadre_actors::approval::Decision {
+            approve: true,
+            comment: None,
+            scope: cadre_actors::approval::GrantScope::Call,
+        };
+        p.running
+            .cadre
+            .decide(&p.org, &id, decision, decider)
+            .await
+            .is_ok()
+    })
+    .await
+}
+
+/// Runs `decide` on every parked approval, 64 at a time: decisions/s.
+async fn rate<F, Fut>(
+    parked: Vec<(
+        String,
+        tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
+    )>,
+    decide: F,
+) -> f64
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use futures_util::StreamExt;
+    let n = parked.len();
     let started = Instant::now();
     let ok: usize = futures_util::stream::iter(parked)
-        .map(|(id, _rx)| async move {
-            let decider = cadre_actors::approval::Decider {
-                id: "bench".into(),
-                role: "owner".into(),
-                who: cadre_actors::domain::Who::user("bench"),
-            };
-            let decision = cadre_actors::approval::Decision {
-                approve: true,
-                comment: None,
-                scope: cadre_actors::approval::GrantScope::Call,
-            };
-            p.running
-                .cadre
-                .decide(&p.org, &id, decision, decider)
-                .await
-                .is_ok() as usize
-        })
+        .map(|(id, _rx)| decide(id))
         .buffer_unordered(64)
-        .fold(0, |a, b| async move { a + b })
+        .fold(0, |a, b| async move { a + usize::from(b) })
         .await;
     let secs = started.elapsed().as_secs_f64();
-    assert_eq!(ok as u64, n, "every decision succeeded");
+    assert_eq!(ok, n, "every decision succeeded");
     n as f64 / secs
 }
 
 /// Pending approvals decided over HTTP at concurrency 64: decisions/s.
 async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
-    use futures_util::StreamExt;
     let parked = park(p, from, n).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .expect("client");
-    let started = Instant::now();
-    let ok: usize = futures_util::stream::iter(parked)
-        .map(|(id, _rx)| {
-            let (client, base, token) = (&client, &p.base, &p.token);
-            async move {
-                client
-                    .post(format!("{base}/api/v1/approvals/{id}/decide"))
-                    .bearer_auth(token)
-                    .json(&json!({ "decision": "approve" }))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()) as usize
-            }
-        })
-        .buffer_unordered(64)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    let secs = started.elapsed().as_secs_f64();
-    assert_eq!(ok as u64, n, "every decision succeeded");
-    n as f64 / secs
+    let (client, base, token) = (&client, &p.base, &p.token);
+    rate(parked, |id| async move {
+        client
+            .post(format!("{base}/api/v1/approvals/{id}/decide"))
+            .bearer_auth(token)
+            .json(&json!({ "decision": "approve" }))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
 }
 
 fn main() {

@@ -530,47 +530,34 @@ impl Cadre {
     /// Chaos: ends the actor of an agent or of a tenant. Returns `NotFound`
     /// when no such actor runs.
     pub fn chaos(&self, target: ChaosTarget, id: &str, mode: ChaosMode) -> Result<()> {
+        let reg = &self.ctx.registry;
+        let org = || OrgId(id.to_string());
         match target {
             ChaosTarget::Agent => {
-                let h = self
-                    .ctx
-                    .registry
+                let h = reg
                     .agent_any_org(&AgentId(id.to_string()))
                     .ok_or(Error::NotFound)?;
-                match mode {
-                    ChaosMode::Kill => h.actor.kill(),
-                    ChaosMode::Panic => {
-                        let _ = h.actor.cast(AgentMsg::Panic);
-                    }
-                }
+                end(&h.actor, mode, AgentMsg::Panic);
             }
             ChaosTarget::Tenant => {
-                let h = self
-                    .ctx
-                    .registry
-                    .tenant(&OrgId(id.to_string()))
-                    .ok_or(Error::NotFound)?;
-                match mode {
-                    ChaosMode::Kill => h.actor.kill(),
-                    ChaosMode::Panic => {
-                        let _ = h.actor.cast(TenantMsg::Panic);
-                    }
-                }
+                let h = reg.tenant(&org()).ok_or(Error::NotFound)?;
+                end(&h.actor, mode, TenantMsg::Panic);
             }
             ChaosTarget::Approvals => {
-                let h = self
-                    .ctx
-                    .registry
-                    .approvals(&OrgId(id.to_string()))
-                    .ok_or(Error::NotFound)?;
-                match mode {
-                    ChaosMode::Kill => h.actor.kill(),
-                    ChaosMode::Panic => {
-                        let _ = h.actor.cast(crate::approval::ApprovalMsg::Panic);
-                    }
-                }
+                let h = reg.approvals(&org()).ok_or(Error::NotFound)?;
+                end(&h.actor, mode, crate::approval::ApprovalMsg::Panic);
             }
         }
         Ok(())
+    }
+}
+
+/// Chaos: ends `actor` by ractor's kill signal or by sending it `panic`.
+fn end<M: ractor::Message>(actor: &ractor::ActorRef<M>, mode: ChaosMode, panic: M) {
+    match mode {
+        ChaosMode::Kill => actor.kill(),
+        ChaosMode::Panic => {
+            let _ = actor.cast(panic);
+        }
     }
 }
