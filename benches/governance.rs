@@ -9,8 +9,13 @@
 //! - resume: a parked tool call (a real SQLite store, an in-process server)
 //!   and the time from an approval decision to the waiting caller holding
 //!   the outcome: p50 and p99.
-//! - decisions: pending approvals decided over HTTP by 64 concurrent
-//!   clients; decisions per second (each persisted before its answer).
+//! - http: pending approvals decided over HTTP by 64 concurrent clients
+//!   (reqwest in this process); decisions per second (each persisted before
+//!   its answer). `BENCH_C=256` changes the concurrency of http and direct.
+//! - direct: the same decisions in-process, without HTTP (for the analysis).
+//! - wrk: the same decisions over HTTP from `wrk` (an external load
+//!   generator, `benches/wrk/decide.lua`) when it is installed; skipped
+//!   with a note otherwise.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -202,21 +207,31 @@ async fn park(
         .await
 }
 
-/// Decision → waiting caller resumed, in µs: (p50, p99).
-async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
-    let parked = park(p, from, n).await;
-    let decider = cadre_actors::approval::Decider {
+/// The bench's decider: the owner who signed in.
+fn bench_decider() -> cadre_actors::approval::Decider {
+    cadre_actors::approval::Decider {
         id: "bench".into(),
         role: "owner".into(),
         who: cadre_actors::domain::Who::user("bench"),
-    };
+    }
+}
+
+/// Approve or deny this call only, without a comment.
+fn bench_decision(approve: bool) -> cadre_actors::approval::Decision {
+    cadre_actors::approval::Decision {
+        approve,
+        comment: None,
+        scope: cadre_actors::approval::GrantScope::Call,
+    }
+}
+
+/// Decision → waiting caller resumed, in µs: (p50, p99).
+async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
+    let parked = park(p, from, n).await;
+    let decider = bench_decider();
     let mut lat = Vec::with_capacity(parked.len());
     for (id, rx) in parked {
-        let decision = cadre_actors::approval::Decision {
-            approve: true,
-            comment: None,
-            scope: cadre_actors::approval::GrantScope::Call,
-        };
+        let decision = bench_decision(true);
         let started = Instant::now();
         let waiter = async move {
             let o = rx.await.expect("outcome");
@@ -240,26 +255,25 @@ async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
 async fn direct_decisions(p: &Parked, from: u64, n: u64) -> f64 {
     let parked = park(p, from, n).await;
     rate(parked, |id| async move {
-        let decider = cadre_actors::approval::Decider {
-            id: "bench".into(),
-            role: "owner".into(),
-            who: cadre_actors::domain::Who::user("bench"),
-        };
-        let decision = cadre_actors::approval::Decision {
-            approve: true,
-            comment: None,
-            scope: cadre_actors::approval::GrantScope::Call,
-        };
         p.running
             .cadre
-            .decide(&p.org, &id, decision, decider)
+            .decide(&p.org, &id, bench_decision(true), bench_decider())
             .await
             .is_ok()
     })
     .await
 }
 
-/// Runs `decide` on every parked approval, 64 at a time: decisions/s.
+/// Callers in flight for the decision scenarios: `BENCH_C`, else 64.
+fn concurrency() -> usize {
+    std::env::var("BENCH_C")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(64)
+}
+
+/// Runs `decide` on every parked approval, [`concurrency`] at a time: decisions/s.
 async fn rate<F, Fut>(
     parked: Vec<(
         String,
@@ -276,7 +290,7 @@ where
     let started = Instant::now();
     let ok: usize = futures_util::stream::iter(parked)
         .map(|(id, _rx)| decide(id))
-        .buffer_unordered(64)
+        .buffer_unordered(concurrency())
         .fold(0, |a, b| async move { a + usize::from(b) })
         .await;
     let secs = started.elapsed().as_secs_f64();
@@ -288,7 +302,7 @@ where
 async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
     let parked = park(p, from, n).await;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(1024)
         .build()
         .expect("client");
     let (client, base, token) = (&client, &p.base, &p.token);
@@ -302,6 +316,62 @@ async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
             .is_ok_and(|r| r.status().is_success())
     })
     .await
+}
+
+/// Pending approvals decided over HTTP by `wrk` (an external C load
+/// generator, so the figure is the server's and not reqwest's), one thread,
+/// 64 connections, for `secs` seconds: decisions/s, or `None` when wrk is not
+/// installed. `n` must exceed what can be decided in that time.
+async fn wrk_decisions(p: &Parked, from: u64, n: u64, secs: u64) -> Option<f64> {
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return None;
+    }
+    let parked = park(p, from, n).await;
+    let ids = tempfile::NamedTempFile::new().expect("ids file");
+    let list: Vec<&str> = parked.iter().map(|(id, _)| id.as_str()).collect();
+    std::fs::write(ids.path(), list.join("\n")).expect("write ids");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wrk/decide.lua");
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", "-c64", &format!("-d{secs}s"), "-s", script, &p.base])
+        .env("TOKEN", &p.token)
+        .env("THREADS", "1")
+        .env("IDS", ids.path())
+        .output()
+        .await
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "12345 requests in 3.00s, ..." and the script's "decided: N, other: M".
+    let took: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in ").map(|(_, r)| r))
+        .and_then(|r| r.split(['s', ',']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {text}"));
+    let decided: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("decided: "))
+        .and_then(|r| r.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {text}"));
+    if decided == n {
+        println!("  (wrk decided every parked approval: the rate below is a lower bound)");
+    }
+    // Deny what wrk left pending, so later rounds start from the same state.
+    use futures_util::StreamExt;
+    futures_util::stream::iter(parked)
+        .for_each_concurrent(64, |(id, _rx)| async move {
+            let _ = p
+                .running
+                .cadre
+                .decide(&p.org, &id, bench_decision(false), bench_decider())
+                .await;
+        })
+        .await;
+    Some(decided as f64 / took)
 }
 
 fn main() {
@@ -339,6 +409,7 @@ fn main() {
         let mut p99s = Vec::new();
         let mut rates = Vec::new();
         let mut direct = Vec::new();
+        let mut wrk = Vec::new();
         for round in 0..rounds as u64 {
             if run("resume") {
                 let (p50, p99) = resume_latency(&p, 10_000_000 * round, resumes).await;
@@ -352,6 +423,12 @@ fn main() {
             if run("direct") {
                 direct.push(direct_decisions(&p, from + 2_500_000, decisions).await);
             }
+            if run("wrk") {
+                let (n, secs) = if test { (200, 1) } else { (45_000, 3) };
+                if let Some(r) = wrk_decisions(&p, from + 4_000_000, n, secs).await {
+                    wrk.push(r);
+                }
+            }
         }
         if !p50s.is_empty() {
             println!(
@@ -362,15 +439,25 @@ fn main() {
         }
         if !rates.is_empty() {
             println!(
-                "approval decisions over HTTP, c=64: median {:.0} per second (target >= 10000)",
+                "approval decisions over HTTP, c={}: median {:.0} per second (target >= 10000)",
+                concurrency(),
                 median(rates)
             );
         }
         if !direct.is_empty() {
             println!(
-                "approval decisions in-process (no HTTP), c=64: median {:.0} per second",
+                "approval decisions in-process (no HTTP), c={}: median {:.0} per second",
+                concurrency(),
                 median(direct)
             );
+        }
+        if !wrk.is_empty() {
+            println!(
+                "approval decisions over HTTP from wrk, c=64: median {:.0} per second (target >= 10000)",
+                median(wrk)
+            );
+        } else if run("wrk") {
+            println!("approval decisions from wrk: skipped, wrk is not installed");
         }
         p.running.shutdown().await;
     });
