@@ -240,6 +240,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     .with_script_dir(
         (!config.deploy.local.script_dir.is_empty())
             .then(|| PathBuf::from(&config.deploy.local.script_dir)),
+    )
+    .with_llm(
+        crate::deploy::local::LlmSettings {
+            provider: config.llm.provider.clone(),
+            base_url: config.llm.base_url.clone(),
+            max_output_tokens: config.llm.max_output_tokens,
+            temperature: config.llm.temperature,
+            timeout_seconds: config.llm.timeout_seconds,
+        },
+        (!config.llm.api_key_env.is_empty())
+            .then(|| std::env::var(&config.llm.api_key_env).ok())
+            .flatten(),
     );
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
@@ -337,6 +349,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tenancy,
         gov,
         gov_store: store.clone(),
+        tasks: store.clone(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     let (closing, shutdown) = watch::channel(false);

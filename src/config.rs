@@ -66,6 +66,43 @@ pub struct Config {
     pub plans: PlansConfig,
     /// HTTP hardening: proxies, rate limits, CORS, timeouts.
     pub http: HttpConfig,
+    /// `[tasks]`: queues and default limits.
+    pub tasks: TasksConfig,
+    /// `[llm]`: the model provider runtimes call.
+    pub llm: LlmConfig,
+}
+
+/// `[tasks]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Unfinished tasks per agent; more are refused with 409 `queue_full`.
+    pub max_open_per_agent: usize,
+    /// Limits of a task that sets none.
+    pub default_limits: cadre_actors::task::TaskLimits,
+}
+
+/// `[llm]`: the provider the runtimes of locally deployed agents call, with
+/// each agent's `model`. A real provider is a change of this section only.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// `openai` (chat completions: OpenAI, vLLM, Ollama, LM Studio,
+    /// LiteLLM) or `anthropic` (Messages API).
+    pub provider: String,
+    /// Base URL, e.g. `https://api.openai.com/v1` or
+    /// `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    /// The environment variable of the control plane holding the API key;
+    /// it is handed to the runtime in its environment, never written to its
+    /// configuration file or logged. Empty: no key (local servers).
+    pub api_key_env: String,
+    /// Output tokens per model call at most (also what is reserved).
+    pub max_output_tokens: u64,
+    /// Sampling temperature, when set.
+    pub temperature: Option<f64>,
+    /// Seconds to wait for one model response.
+    pub timeout_seconds: u64,
 }
 
 /// Limits of a plan (or an organization's overrides). Absent = unlimited.
@@ -543,6 +580,16 @@ impl Config {
         if let Err(e) = self.governance.default_policy.validate() {
             return Err(ConfigError(format!("governance.default_policy: {e}")));
         }
+        if !matches!(self.llm.provider.as_str(), "openai" | "anthropic") {
+            return bad("llm.provider", "openai or anthropic");
+        }
+        if !(self.llm.base_url.starts_with("http://") || self.llm.base_url.starts_with("https://"))
+        {
+            return bad("llm.base_url", "an http:// or https:// URL");
+        }
+        if self.tasks.max_open_per_agent == 0 {
+            return bad("tasks.max_open_per_agent", "at least 1");
+        }
         let url = &self.governance.webhook.url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad("governance.webhook.url", "an http:// or https:// URL");
@@ -743,6 +790,7 @@ impl Config {
             mailbox_capacity: self.actors.mailbox_capacity,
             mailbox_wait: ms(self.actors.mailbox_wait_ms),
             reservation_ttl: ms(self.governance.reservation_ttl_ms),
+            max_open_tasks: self.tasks.max_open_per_agent,
         }
     }
 }

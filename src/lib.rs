@@ -13,12 +13,14 @@
 //! The actor runtime and the domain live in the `cadre-actors` crate.
 
 pub mod activity;
+pub mod agent_loop;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod deploy;
 pub mod http;
 pub mod identity;
+pub mod llm;
 pub mod protocol;
 pub mod runtime;
 pub mod store;

@@ -77,6 +77,37 @@ pub enum RuntimeMessage {
         /// The events.
         events: Vec<RuntimeEvent>,
     },
+    /// A task's new state (`running`, `waiting_approval`, `succeeded`,
+    /// `failed`), with its result or why it failed.
+    TaskState {
+        /// The task.
+        task_id: String,
+        /// Its new state.
+        state: String,
+        /// The result (`succeeded`).
+        #[serde(default)]
+        result: Option<String>,
+        /// Why (`failed`): a stable code, a colon, words.
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// One step of a task, recorded once per `(task_id, seq)`.
+    TaskStep {
+        /// The task.
+        task_id: String,
+        /// 1, 2, …
+        seq: u32,
+        /// `model` or `tool`.
+        kind: String,
+        /// What happened (see docs/runtime-protocol.md).
+        body: serde_json::Value,
+        /// Tokens used (model steps).
+        #[serde(default)]
+        tokens: u64,
+        /// Milliseconds taken.
+        #[serde(default)]
+        latency_ms: u64,
+    },
 }
 
 /// One event of an `activity` batch.
@@ -176,6 +207,29 @@ pub enum ServerMessage {
     SlowDown {
         /// The batch that waits.
         batch: u64,
+    },
+    /// Run this task (a runtime ignores a task it runs already).
+    Task {
+        /// The task.
+        task_id: String,
+        /// What to do.
+        instruction: String,
+        /// Data for it.
+        input: serde_json::Value,
+        /// Its limits.
+        limits: cadre_actors::task::TaskLimits,
+    },
+    /// Stop working on this task: an operator cancelled it.
+    CancelTask {
+        /// The task.
+        task_id: String,
+    },
+    /// A task report was recorded.
+    TaskAck {
+        /// The task.
+        task_id: String,
+        /// Its state now.
+        state: String,
     },
     /// The agent must not run (stopped, budget exceeded, superseded): exit.
     Stop {

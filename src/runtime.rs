@@ -23,6 +23,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+/// The task loop as the connection sees it (kept across reconnects).
+struct Tasks {
+    worker: crate::agent_loop::Worker,
+    outs: tokio::sync::mpsc::UnboundedReceiver<crate::agent_loop::Out>,
+    asks: crate::agent_loop::Asks,
+}
+
 enum SessionEnd {
     /// Told to stop or refused: exit.
     Exit(String),
@@ -32,6 +39,7 @@ enum SessionEnd {
 
 /// Runs until told to stop.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    crate::init_tls();
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let config: RuntimeConfig = serde_json::from_str(&text)
@@ -40,6 +48,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut script = match &config.script {
         Some(path) => Script::load(path)?,
         None => Script::default(),
+    };
+    // The task loop, with the model provider of `llm` (its key comes from
+    // the environment, never from the file).
+    let provider = match &config.llm {
+        Some(s) => Some(
+            crate::llm::Provider::new(
+                s.clone(),
+                config.model.clone(),
+                std::env::var("CADRE_LLM_API_KEY").ok(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let (bus, outs) = crate::agent_loop::Bus::new();
+    let mut tasks = Tasks {
+        worker: crate::agent_loop::Worker::start(provider, bus),
+        outs,
+        asks: crate::agent_loop::Asks::default(),
     };
     let mut backoff = Duration::from_millis(50);
     // Never wait longer between dials than the control plane waits between
@@ -57,7 +84,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 eprintln!("cadre runtime: SIGTERM, exiting");
                 return Ok(());
             }
-            end = session(&config, &mut backoff, &mut script) => end,
+            end = session(&config, &mut backoff, &mut script, &mut tasks) => end,
         };
         match end {
             SessionEnd::Exit(why) => {
@@ -80,6 +107,7 @@ async fn session(
     config: &RuntimeConfig,
     backoff: &mut Duration,
     script: &mut Script,
+    tasks: &mut Tasks,
 ) -> SessionEnd {
     let mut request = match config.connect_url.as_str().into_client_request() {
         Ok(r) => r,
@@ -109,7 +137,17 @@ async fn session(
     let mut ticker = tokio::time::interval(interval);
     // Whatever step was in flight is asked again on this connection.
     script.asked = false;
+    script.welcomed = false;
+    let mut resend = true;
     loop {
+        if script.welcomed && resend {
+            for msg in tasks.asks.resend() {
+                if let Err(e) = send(&mut ws, &msg).await {
+                    return SessionEnd::Reconnect(e);
+                }
+            }
+            resend = false;
+        }
         if script.welcomed && !script.asked {
             for msg in script.next_requests() {
                 if let Err(e) = send(&mut ws, &msg).await {
@@ -119,6 +157,18 @@ async fn session(
             script.asked = true;
         }
         tokio::select! {
+            Some(out) = tasks.outs.recv(), if script.welcomed => {
+                let msg = match out {
+                    crate::agent_loop::Out::Ask { id, task, msg, tx } => {
+                        tasks.asks.open.insert(id, crate::agent_loop::Asked { task, msg: msg.clone(), tx, waiting: false });
+                        msg
+                    }
+                    crate::agent_loop::Out::Tell(msg) => msg,
+                };
+                if let Err(e) = send(&mut ws, &msg).await {
+                    return SessionEnd::Reconnect(e);
+                }
+            }
             _ = ticker.tick() => {
                 seq += 1;
                 if let Err(e) = send(&mut ws, &RuntimeMessage::Heartbeat { seq }).await {
@@ -143,6 +193,32 @@ async fn session(
                         }
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
+                    Ok(ServerMessage::Task { task_id, instruction, input, limits }) => {
+                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits });
+                    }
+                    Ok(ServerMessage::CancelTask { task_id }) => {
+                        eprintln!("cadre runtime: task {task_id} cancelled");
+                        tasks.worker.cancel(&task_id);
+                        tasks.asks.cancel(&task_id);
+                    }
+                    Ok(ServerMessage::TaskAck { .. }) => {}
+                    Ok(ServerMessage::ToolPending { ref call_id, .. }) if tasks.asks.open.contains_key(call_id) => {
+                        if let Some(msg) = tasks.asks.pending(call_id)
+                            && let Err(e) = send(&mut ws, &msg).await
+                        {
+                            return SessionEnd::Reconnect(e);
+                        }
+                    }
+                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. }))
+                        if answer_id(&msg).is_some_and(|id| tasks.asks.open.contains_key(id)) =>
+                    {
+                        let id = answer_id(&msg).unwrap_or_default().to_string();
+                        for m in tasks.asks.answer(&id, msg) {
+                            if let Err(e) = send(&mut ws, &m).await {
+                                return SessionEnd::Reconnect(e);
+                            }
+                        }
+                    }
                     Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. })) => {
                         let before = script.next;
                         for out in script.answer(msg) {
@@ -161,14 +237,16 @@ async fn session(
                     Ok(ServerMessage::Error { code, message }) if code == "retry_tool_request" => {
                         eprintln!("cadre runtime: {message}");
                         script.asked = false;
+                        resend = true;
                     }
                     // A re-asked call can meet an approval actor that is
                     // still reloading: ask again shortly (a script has one
                     // question out at a time, so this is the one).
-                    Ok(ServerMessage::Error { code, message }) if code == "unavailable" && script.asked => {
+                    Ok(ServerMessage::Error { code, message }) if code == "unavailable" && (script.asked || !tasks.asks.open.is_empty()) => {
                         eprintln!("cadre runtime: {message}; asking again");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         script.asked = false;
+                        resend = true;
                     }
                     Ok(ServerMessage::Error { code, message }) if code == "unauthorized" || code == "unsupported_protocol" => {
                         return SessionEnd::Exit(format!("{code}: {message}"));
@@ -179,6 +257,15 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// The question id an answer is for.
+fn answer_id(msg: &ServerMessage) -> Option<&str> {
+    match msg {
+        ServerMessage::ToolDecision { call_id, .. } => Some(call_id),
+        ServerMessage::Reservation { reservation_id, .. } => Some(reservation_id),
+        _ => None,
     }
 }
 
@@ -441,7 +528,7 @@ fn workspace_path(args: &serde_json::Value) -> Result<std::path::PathBuf, String
 }
 
 /// The built-in tools this runtime can execute.
-fn execute(tool: &str, args: &serde_json::Value) -> Result<String, String> {
+pub(crate) fn execute(tool: &str, args: &serde_json::Value) -> Result<String, String> {
     match tool {
         "echo" => Ok(args.to_string()),
         "files.write" => {

@@ -274,6 +274,43 @@ pub enum AgentMsg {
     EnforceBudget,
     /// Chaos: panic inside `handle` (tests and the chaos endpoint).
     Panic,
+    /// A new task: persisted, queued, delivered when a runtime is connected.
+    SubmitTask {
+        /// The task (state `queued`).
+        task: Box<crate::task::TaskRecord>,
+        /// Who gives it.
+        by: Who,
+        /// Answer: the task as stored.
+        reply: RpcReplyPort<Result<crate::task::TaskRecord>>,
+    },
+    /// A connected runtime's channel for task orders.
+    AttachTasks {
+        /// Connection from the hello.
+        conn: u64,
+        /// The runtime's process id (a new one means the old process, and
+        /// whatever it was running, is gone).
+        pid: u32,
+        /// Where orders go.
+        tx: tokio::sync::mpsc::Sender<crate::task::TaskOrder>,
+    },
+    /// A runtime reports a task's state or a step.
+    TaskReport {
+        /// Connection from the hello.
+        conn: u64,
+        /// The report.
+        report: crate::task::TaskReport,
+        /// Answer: the task after the report.
+        reply: RpcReplyPort<Result<crate::task::TaskRecord>>,
+    },
+    /// An operator cancels a task.
+    CancelTask {
+        /// The task.
+        id: String,
+        /// Who cancels it.
+        by: Who,
+        /// Answer: the task after it.
+        reply: RpcReplyPort<Result<crate::task::TaskRecord>>,
+    },
 }
 
 /// The actor's state.
@@ -297,6 +334,8 @@ pub struct AgentState {
     conn: Option<u64>,
     next_conn: u64,
     gov: Option<Box<GovState>>,
+    /// Unfinished tasks, loaded on first use.
+    tasks: Option<Box<crate::task::TaskBook>>,
 }
 
 impl AgentState {
@@ -618,6 +657,7 @@ impl Actor for AgentActor {
             conn: None,
             next_conn: 1,
             gov: None,
+            tasks: None,
         })
     }
 
@@ -739,6 +779,31 @@ async fn handle_msg(
         }
         AgentMsg::EnforceBudget => Box::pin(enforce_budget(&myself, st)).await,
         AgentMsg::Panic => panic!("chaos: agent {} panicked on request", st.rec.id),
+        AgentMsg::SubmitTask { task, by, reply } => {
+            let r = Box::pin(submit_task(st, *task, &by)).await;
+            let _ = reply.send(r);
+        }
+        AgentMsg::AttachTasks { conn, pid, tx } => {
+            if st.conn == Some(conn) {
+                Box::pin(attach_tasks(st, conn, pid, tx)).await;
+            }
+        }
+        AgentMsg::TaskReport {
+            conn,
+            report,
+            reply,
+        } => {
+            let r = if st.conn == Some(conn) {
+                Box::pin(task_report(st, report)).await
+            } else {
+                Err(Error::Unauthorized)
+            };
+            let _ = reply.send(r);
+        }
+        AgentMsg::CancelTask { id, by, reply } => {
+            let r = Box::pin(cancel_task(st, &id, &by)).await;
+            let _ = reply.send(r);
+        }
     }
     Ok(())
 }
@@ -1677,4 +1742,193 @@ async fn halt(myself: &ActorRef<AgentMsg>, st: &mut AgentState, scope: &str, by:
         st.recovery_pending = false;
         st.stop_in_background();
     }
+}
+
+/// The agent's task book, loaded from the store on first use.
+async fn task_book(st: &mut AgentState) -> Result<&mut crate::task::TaskBook> {
+    if st.tasks.is_none() {
+        let open = st
+            .ctx
+            .tasks
+            .open_tasks(st.rec.org_id.as_str(), st.rec.id.as_str())
+            .await?;
+        let mut book = crate::task::TaskBook::default();
+        for t in open {
+            book.open.insert(t.id.clone(), t);
+        }
+        st.tasks = Some(Box::new(book));
+    }
+    st.tasks
+        .as_deref_mut()
+        .ok_or_else(|| Error::Unavailable("task book".into()))
+}
+
+async fn submit_task(
+    st: &mut AgentState,
+    task: crate::task::TaskRecord,
+    by: &Who,
+) -> Result<crate::task::TaskRecord> {
+    let max = st.ctx.settings.max_open_tasks;
+    let audit = AuditEntry::new(
+        &st.rec.org_id,
+        by,
+        "task.create",
+        format!("task:{}", task.id),
+        serde_json::json!({ "agent": st.rec.id.as_str(), "limits": task.limits }),
+        st.now(),
+    );
+    let store = st.ctx.tasks.clone();
+    let book = task_book(st).await?;
+    if book.open.len() >= max {
+        return Err(Error::Conflict(
+            "queue_full",
+            format!("the agent has {max} unfinished tasks, its limit; wait or cancel some"),
+        ));
+    }
+    store.insert_task(&task, &audit).await?;
+    book.open.insert(task.id.clone(), task.clone());
+    book.deliver_one(&task);
+    Ok(task)
+}
+
+async fn attach_tasks(
+    st: &mut AgentState,
+    conn: u64,
+    pid: u32,
+    tx: tokio::sync::mpsc::Sender<crate::task::TaskOrder>,
+) {
+    use crate::task::TaskState;
+    let now = st.now();
+    let store = st.ctx.tasks.clone();
+    let Ok(book) = task_book(st).await else {
+        return;
+    };
+    // Another process took over: what the old one was running is lost (a
+    // runtime keeps no state across processes). The same process (a
+    // reconnect) is handed its running tasks again and ignores them.
+    {
+        let lost: Vec<String> = book
+            .open
+            .values()
+            .filter(|t| {
+                matches!(t.state, TaskState::Running | TaskState::WaitingApproval)
+                    && t.runner_pid != Some(pid)
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in lost {
+            if let Some(t) = book.open.get(&id) {
+                let mut next = t.clone();
+                next.state = TaskState::Failed;
+                next.error =
+                    Some("runtime_lost: the runtime process running the task ended".into());
+                next.finished_at = Some(now);
+                if store.update_task(&next, None).await.is_ok() {
+                    book.open.remove(&id);
+                }
+            }
+        }
+    }
+    book.outbox = Some(crate::task::Outbox { conn, pid, tx });
+    book.deliver();
+}
+
+async fn task_report(
+    st: &mut AgentState,
+    report: crate::task::TaskReport,
+) -> Result<crate::task::TaskRecord> {
+    use crate::task::{TaskReport, TaskState};
+    let now = st.now();
+    let store = st.ctx.tasks.clone();
+    let book = task_book(st).await?;
+    let pid = book.outbox.as_ref().map(|o| o.pid);
+    match report {
+        TaskReport::Step(mut step) => {
+            step.at = now;
+            let Some(t) = book.open.get(&step.task_id) else {
+                return Err(Error::Conflict(
+                    "task_not_open",
+                    format!("task {} is not open on this agent", step.task_id),
+                ));
+            };
+            let t = t.clone();
+            store.add_step(&step).await?;
+            Ok(t)
+        }
+        TaskReport::State {
+            task_id,
+            state,
+            result,
+            error,
+        } => {
+            let Some(t) = book.open.get(&task_id) else {
+                return Err(Error::Conflict(
+                    "task_not_open",
+                    format!("task {task_id} is not open on this agent"),
+                ));
+            };
+            if t.state == state {
+                return Ok(t.clone());
+            }
+            if !crate::task::runtime_may(t.state, state) {
+                return Err(Error::Conflict(
+                    "illegal_task_transition",
+                    format!(
+                        "task {task_id} cannot go from {} to {}",
+                        t.state.as_str(),
+                        state.as_str()
+                    ),
+                ));
+            }
+            let mut next = t.clone();
+            next.state = state;
+            if state == TaskState::Running && next.started_at.is_none() {
+                next.started_at = Some(now);
+                next.runner_pid = pid;
+            }
+            if state.is_final() {
+                next.finished_at = Some(now);
+                next.result = result.map(|r| r.chars().take(100_000).collect());
+                next.error = error.map(|e| e.chars().take(4_000).collect());
+            }
+            store.update_task(&next, None).await?;
+            if next.state.is_final() {
+                book.open.remove(&task_id);
+            } else {
+                book.open.insert(task_id, next.clone());
+            }
+            Ok(next)
+        }
+    }
+}
+
+async fn cancel_task(st: &mut AgentState, id: &str, by: &Who) -> Result<crate::task::TaskRecord> {
+    use crate::task::{TaskOrder, TaskState};
+    let now = st.now();
+    let audit = AuditEntry::new(
+        &st.rec.org_id,
+        by,
+        "task.cancel",
+        format!("task:{id}"),
+        serde_json::json!({ "agent": st.rec.id.as_str() }),
+        now,
+    );
+    let store = st.ctx.tasks.clone();
+    let book = task_book(st).await?;
+    let Some(t) = book.open.get(id) else {
+        return Err(Error::Conflict(
+            "task_finished",
+            format!("task {id} is finished already"),
+        ));
+    };
+    let mut next = t.clone();
+    next.state = TaskState::Cancelled;
+    next.error = Some("cancelled by an operator".into());
+    next.finished_at = Some(now);
+    store.update_task(&next, Some(&audit)).await?;
+    book.open.remove(id);
+    if let Some(out) = &book.outbox {
+        let _ = out.tx.try_send(TaskOrder::Cancel(id.to_string()));
+    }
+    Ok(next)
 }

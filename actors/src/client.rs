@@ -290,6 +290,70 @@ impl Cadre {
         .await?
     }
 
+    /// Gives `task` (state `queued`) to its agent: answered once it is stored.
+    pub async fn submit_task(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        task: crate::task::TaskRecord,
+        by: &Who,
+    ) -> Result<crate::task::TaskRecord> {
+        let task = Box::new(task);
+        self.agent_call(org, id, |reply| AgentMsg::SubmitTask {
+            task: task.clone(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Connects a runtime's task channel (after its hello).
+    pub fn attach_tasks(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conn: u64,
+        pid: u32,
+        tx: tokio::sync::mpsc::Sender<crate::task::TaskOrder>,
+    ) -> Result<()> {
+        let h = self.ctx.registry.agent(org, id).ok_or(Error::NotFound)?;
+        h.actor
+            .cast(AgentMsg::AttachTasks { conn, pid, tx })
+            .map_err(|_| Error::Unavailable("agent actor stopped".into()))
+    }
+
+    /// A runtime's report on a task.
+    pub async fn task_report(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conn: u64,
+        report: crate::task::TaskReport,
+    ) -> Result<crate::task::TaskRecord> {
+        self.agent_call(org, id, |reply| AgentMsg::TaskReport {
+            conn,
+            report: report.clone(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Cancels an unfinished task of agent `id`.
+    pub async fn cancel_task(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        task: &str,
+        by: &Who,
+    ) -> Result<crate::task::TaskRecord> {
+        self.agent_call(org, id, |reply| AgentMsg::CancelTask {
+            id: task.to_string(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
     /// A runtime heartbeat; `Ok(false)` tells the runtime to exit.
     pub async fn runtime_heartbeat(&self, org: &OrgId, id: &AgentId, conn: u64) -> Result<bool> {
         self.agent_call(org, id, |reply| AgentMsg::Heartbeat { conn, reply })

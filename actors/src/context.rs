@@ -43,6 +43,9 @@ pub struct Settings {
     pub mailbox_wait: Duration,
     /// A model-call reservation never settled is released after this long.
     pub reservation_ttl: Duration,
+    /// Unfinished tasks an agent may have (queued, running or waiting); a
+    /// new task beyond them is refused with `queue_full`.
+    pub max_open_tasks: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             mailbox_capacity: 64,
             mailbox_wait: Duration::from_secs(2),
             reservation_ttl: Duration::from_secs(600),
+            max_open_tasks: 100,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Ctx {
     pub gov: Arc<crate::governance::Governance>,
     /// Persistence of approvals, governance documents, grants and switches.
     pub gov_store: Arc<dyn crate::ports::GovStore>,
+    /// Persistence of tasks and their steps.
+    pub tasks: Arc<dyn crate::task::TaskStore>,
 }
 
 impl std::fmt::Debug for Ctx {

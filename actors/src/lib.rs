@@ -35,6 +35,7 @@ pub mod ports;
 pub mod registry;
 pub mod restart;
 pub mod root;
+pub mod task;
 pub mod tenancy;
 pub mod tenant;
 

@@ -1,12 +1,11 @@
 -- wrk script: POST /api/v1/approvals/{id}/decide, each request a different
 -- pending approval (answered only after the decision is persisted).
 -- Needs TOKEN, THREADS (wrk's -t) and IDS (a file with one pending approval id per line); the
--- governance bench (`cargo bench --bench governance -- wrk`) prepares both.
+-- governance bench (`cargo bench --bench governance -- wrk`) prepares them.
 -- Each wrk thread takes every Nth id; once a thread runs out it sends
 -- requests that are refused (counted apart), so the count of 200s is what
 -- was decided. Prints "decided: N, other: M".
 local threads = {}
-local count = 0
 
 function setup(thread)
   -- setup runs before each thread's init, so the index is known there.

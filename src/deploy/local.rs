@@ -37,6 +37,27 @@ pub struct RuntimeConfig {
     /// A script of steps to run instead of a model (tests and demos).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<PathBuf>,
+    /// The model provider tasks use (the API key is not here: it comes in
+    /// the environment as `CADRE_LLM_API_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmSettings>,
+}
+
+/// The provider settings a runtime needs (`[llm]` without the key's source).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSettings {
+    /// `openai` or `anthropic`.
+    pub provider: String,
+    /// Base URL of the API.
+    pub base_url: String,
+    /// Output tokens per call at most.
+    pub max_output_tokens: u64,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Seconds per model response at most.
+    pub timeout_seconds: u64,
 }
 
 #[derive(Default)]
@@ -51,6 +72,7 @@ pub struct LocalDeployer {
     connect_url: String,
     stop_grace: Duration,
     script_dir: Option<PathBuf>,
+    llm: Option<(LlmSettings, Option<String>)>,
     slots: DashMap<String, Arc<Mutex<Slot>>>,
 }
 
@@ -103,7 +125,15 @@ impl LocalDeployer {
             stop_grace,
             slots: DashMap::new(),
             script_dir: None,
+            llm: None,
         }
+    }
+
+    /// Runtimes call this provider, with this API key (handed over in their
+    /// environment).
+    pub fn with_llm(mut self, settings: LlmSettings, api_key: Option<String>) -> LocalDeployer {
+        self.llm = Some((settings, api_key));
+        self
     }
 
     /// Runtimes read their script from `<dir>/<agent id>.jsonl`.
@@ -202,6 +232,7 @@ impl Deployer for LocalDeployer {
                 .script_dir
                 .as_ref()
                 .map(|d| d.join(format!("{}.jsonl", req.agent_id))),
+            llm: self.llm.as_ref().map(|(s, _)| s.clone()),
         };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
         let path = dir.join("runtime.json");
@@ -228,7 +259,12 @@ impl Deployer for LocalDeployer {
             .open(dir.join("runtime.log"))
             .map_err(|e| err(format!("opening runtime.log: {e}")))?;
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
-        let child = Command::new(&self.runtime_bin)
+        let mut cmd = Command::new(&self.runtime_bin);
+        cmd.env_remove("CADRE_LLM_API_KEY");
+        if let Some((_, Some(key))) = &self.llm {
+            cmd.env("CADRE_LLM_API_KEY", key);
+        }
+        let child = cmd
             .arg("runtime")
             .arg("--config")
             .arg(&config)

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod input;
 pub mod runtime;
 pub mod state;
+pub mod tasks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -263,6 +264,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = runtime::routes(r);
     let r = activity::routes(r);
     let r = governance::routes(r);
+    let r = tasks::routes(r);
     admin::routes(r)
 }
 

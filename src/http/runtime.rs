@@ -19,6 +19,7 @@ use cadre_actors::Cadre;
 use cadre_actors::agent::{HelloAck, ReserveRequest, ToolRequest, UsageReport};
 use cadre_actors::client::ToolAnswer;
 use cadre_actors::domain::{AgentId, OrgId};
+use cadre_actors::task::{TaskOrder, TaskReport, TaskState, TaskStep};
 use std::time::Duration;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,8 +110,8 @@ async fn serve(mut socket: WebSocket, session: Session) {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<RuntimeMessage>(&t).ok(),
         _ => None,
     };
-    match hello {
-        Some(RuntimeMessage::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => {}
+    let pid = match hello {
+        Some(RuntimeMessage::Hello { protocol, pid, .. }) if protocol == PROTOCOL_VERSION => pid,
         Some(RuntimeMessage::Hello { protocol, .. }) => {
             let _ = send(
                 &mut socket,
@@ -132,7 +133,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
             .await;
             return;
         }
-    }
+    };
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         conn,
@@ -149,9 +150,31 @@ async fn serve(mut socket: WebSocket, session: Session) {
     // serving heartbeats and other frames.
     let (decided_tx, mut decided) = tokio::sync::mpsc::channel::<ServerMessage>(MAX_PARKED);
     let parked = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PARKED));
+    // Task orders from the agent actor (queued tasks at once, new ones as
+    // they come, cancellations).
+    let (task_tx, mut orders) = tokio::sync::mpsc::channel(TASK_ORDERS);
+    if let Err(e) = cadre.attach_tasks(&org, &agent, conn, pid, task_tx) {
+        let _ = send(&mut socket, &error("unavailable", e.to_string())).await;
+        return;
+    }
     loop {
         let frame = tokio::select! {
             frame = socket.recv() => frame,
+            Some(order) = orders.recv() => {
+                let msg = match order {
+                    TaskOrder::Run(t) => ServerMessage::Task {
+                        task_id: t.id,
+                        instruction: t.instruction,
+                        input: t.input,
+                        limits: t.limits,
+                    },
+                    TaskOrder::Cancel(task_id) => ServerMessage::CancelTask { task_id },
+                };
+                if !send(&mut socket, &msg).await {
+                    return;
+                }
+                continue;
+            }
             Some(msg) = decided.recv() => {
                 if !send(&mut socket, &msg).await {
                     return;
@@ -248,6 +271,50 @@ async fn serve(mut socket: WebSocket, session: Session) {
                 });
                 continue;
             }
+            Ok(RuntimeMessage::TaskState {
+                task_id,
+                state,
+                result,
+                error: why,
+            }) => match TaskState::parse(&state) {
+                Some(s) if s != TaskState::Queued && s != TaskState::Cancelled => {
+                    let report = TaskReport::State {
+                        task_id: task_id.clone(),
+                        state: s,
+                        result,
+                        error: why,
+                    };
+                    task_report(&cadre, &org, &agent, conn, report).await
+                }
+                _ => error(
+                    "bad_message",
+                    "state must be running, waiting_approval, succeeded or failed",
+                ),
+            },
+            Ok(RuntimeMessage::TaskStep {
+                task_id,
+                seq,
+                kind,
+                body,
+                tokens,
+                latency_ms,
+            }) => {
+                if seq == 0 || !matches!(kind.as_str(), "model" | "tool") {
+                    error("bad_message", "seq starts at 1; kind is model or tool")
+                } else {
+                    let step = TaskStep {
+                        task_id,
+                        seq,
+                        kind,
+                        body,
+                        tokens,
+                        latency_ms,
+                        // Set by the agent actor's clock.
+                        at: 0,
+                    };
+                    task_report(&cadre, &org, &agent, conn, TaskReport::Step(Box::new(step))).await
+                }
+            }
             Ok(RuntimeMessage::Reserve {
                 reservation_id,
                 model,
@@ -328,6 +395,29 @@ async fn serve(mut socket: WebSocket, session: Session) {
         if !send(&mut socket, &reply).await || end {
             return;
         }
+    }
+}
+
+/// Task orders buffered per connection (more than an agent may have open
+/// by default; the rest would be delivered on the next connection).
+const TASK_ORDERS: usize = 1024;
+
+/// Records a runtime's task report; the answer for the runtime.
+async fn task_report(
+    cadre: &cadre_actors::client::Cadre,
+    org: &cadre_actors::domain::OrgId,
+    agent: &cadre_actors::domain::AgentId,
+    conn: u64,
+    report: TaskReport,
+) -> ServerMessage {
+    match cadre.task_report(org, agent, conn, report).await {
+        Ok(t) => ServerMessage::TaskAck {
+            task_id: t.id,
+            state: t.state.as_str().to_string(),
+        },
+        Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
+        Err(cadre_actors::Error::Conflict(code, message)) => error(code, message),
+        Err(e) => error("unavailable", e.to_string()),
     }
 }
 

@@ -9,6 +9,7 @@ mod activity;
 mod governance;
 mod identity;
 mod sqlite;
+mod tasks;
 mod writer;
 
 pub use activity::{

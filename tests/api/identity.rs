@@ -936,6 +936,34 @@ async fn every_mutating_route_writes_an_audit_entry() {
         &home,
         &audit_actions(&app, &home).await,
     );
+    let idle = app.create_id(json!({ "name": "idle" })).await;
+    let (s, t) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{idle}/tasks"),
+            Some(json!({ "instruction": "later" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    check(
+        Method::POST,
+        "/agents/{id}/tasks",
+        "task.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let tid = t["id"].as_str().expect("task id");
+    let (s, _) = app
+        .call(Method::POST, &format!("/api/v1/tasks/{tid}/cancel"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::POST,
+        "/tasks/{id}/cancel",
+        "task.cancel",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
 
     // Mutating routes that change no record: refresh rotation is recorded in
     // the session table itself (reuse is audited), chaos kills an actor, and

@@ -11,3 +11,4 @@ mod governance;
 mod identity;
 mod lifecycle;
 mod metrics;
+mod tasks;

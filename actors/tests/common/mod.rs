@@ -393,6 +393,7 @@ pub fn fast_settings() -> Settings {
         },
         recovery_reset_after: Duration::from_secs(60),
         reservation_ttl: Duration::from_secs(60),
+        max_open_tasks: 100,
         max_recoveries: 2,
         supervisor_max_restarts: 3,
         supervisor_window: Duration::from_secs(60),
@@ -446,6 +447,7 @@ pub async fn start_on(store: Arc<MemStore>, org: OrgId, settings: Settings) -> H
         tenancy: Default::default(),
         gov: test_governance(),
         gov_store: Arc::new(MemGov::default()),
+        tasks: Arc::new(MemTasks::default()),
     });
     let cadre = Cadre::start(ctx).await.expect("tree starts");
     let _ = deployer.cadre.set(cadre.clone());
@@ -773,4 +775,54 @@ pub fn test_governance() -> Arc<cadre_actors::governance::Governance> {
         }],
     };
     Arc::new(Governance::new(catalog, policy, "open".into()))
+}
+
+/// In-memory `TaskStore`.
+#[derive(Default)]
+pub struct MemTasks {
+    tasks: std::sync::Mutex<std::collections::BTreeMap<String, cadre_actors::task::TaskRecord>>,
+    steps: std::sync::Mutex<std::collections::BTreeSet<(String, u32)>>,
+}
+
+#[async_trait::async_trait]
+impl cadre_actors::task::TaskStore for MemTasks {
+    async fn insert_task(
+        &self,
+        task: &cadre_actors::task::TaskRecord,
+        _audit: &cadre_actors::audit::AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.update_task(task, None).await
+    }
+    async fn update_task(
+        &self,
+        task: &cadre_actors::task::TaskRecord,
+        _audit: Option<&cadre_actors::audit::AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.tasks
+            .lock()
+            .expect("lock")
+            .insert(task.id.clone(), task.clone());
+        Ok(())
+    }
+    async fn add_step(&self, step: &cadre_actors::task::TaskStep) -> Result<(), StoreError> {
+        self.steps
+            .lock()
+            .expect("lock")
+            .insert((step.task_id.clone(), step.seq));
+        Ok(())
+    }
+    async fn open_tasks(
+        &self,
+        org: &str,
+        agent: &str,
+    ) -> Result<Vec<cadre_actors::task::TaskRecord>, StoreError> {
+        Ok(self
+            .tasks
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|t| t.org_id == org && t.agent_id == agent && !t.state.is_final())
+            .cloned()
+            .collect())
+    }
 }

@@ -1,0 +1,477 @@
+//! The runtime's task loop: for each task the control plane hands over, a
+//! tool-calling conversation with the model provider. Every model call is
+//! preceded by a budget reservation and followed by a usage report; every
+//! tool call is asked of the control plane (permission engine, approvals)
+//! and executed only on `allow`. Each model call and tool call is a step,
+//! reported as it completes.
+//!
+//! The loop talks to the connection through a [`Bus`]: questions carry a
+//! stable id (`task-<task>-<seq>[-<k>]`) and are asked again on every new
+//! connection until answered, so a reconnect (or a control-plane restart)
+//! finds the same approval request and its decision.
+
+use crate::llm::{Call, Provider, ToolResult, ToolSpec, Turn};
+use crate::protocol::{RuntimeMessage, ServerMessage};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// What the loop hands the connection.
+#[derive(Debug)]
+pub enum Out {
+    /// A question to send (and re-send after a reconnect) until answered.
+    Ask {
+        /// Its id (`call_id` or `reservation_id`).
+        id: String,
+        /// The task it belongs to.
+        task: String,
+        /// The frame.
+        msg: RuntimeMessage,
+        /// Where the answer goes.
+        tx: oneshot::Sender<ServerMessage>,
+    },
+    /// A report to send.
+    Tell(RuntimeMessage),
+}
+
+/// The loop's side of the connection.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    tx: mpsc::UnboundedSender<Out>,
+}
+
+impl Bus {
+    /// A bus and the connection's end of it.
+    pub fn new() -> (Bus, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Bus { tx }, rx)
+    }
+
+    async fn ask(&self, id: String, task: &str, msg: RuntimeMessage) -> Option<ServerMessage> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Out::Ask {
+                id,
+                task: task.to_string(),
+                msg,
+                tx,
+            })
+            .ok()?;
+        rx.await.ok()
+    }
+
+    fn tell(&self, msg: RuntimeMessage) {
+        let _ = self.tx.send(Out::Tell(msg));
+    }
+
+    fn state(&self, task: &str, state: &str, result: Option<String>, error: Option<String>) {
+        self.tell(RuntimeMessage::TaskState {
+            task_id: task.to_string(),
+            state: state.to_string(),
+            result,
+            error,
+        });
+    }
+}
+
+/// An open question of the loop, kept by the connection across reconnects.
+#[derive(Debug)]
+pub struct Asked {
+    /// The task.
+    pub task: String,
+    /// The frame to (re-)send.
+    pub msg: RuntimeMessage,
+    /// Where the answer goes.
+    pub tx: oneshot::Sender<ServerMessage>,
+    /// A tool call parked for approval.
+    pub waiting: bool,
+}
+
+/// A task as the control plane handed it over.
+#[derive(Debug, Clone)]
+pub struct TaskOrder {
+    /// Its id.
+    pub id: String,
+    /// What to do.
+    pub instruction: String,
+    /// Data.
+    pub input: Value,
+    /// Limits.
+    pub limits: cadre_actors::task::TaskLimits,
+}
+
+/// The loop's queue: tasks run one at a time, in the order received.
+#[derive(Debug)]
+pub struct Worker {
+    tx: mpsc::UnboundedSender<TaskOrder>,
+    seen: HashSet<String>,
+    cancelled: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Worker {
+    /// Starts the loop; `provider` is `None` when no model is configured
+    /// (tasks then fail with `no_model_provider`).
+    pub fn start(provider: Option<Provider>, bus: Bus) -> Worker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<TaskOrder>();
+        let cancelled = Arc::new(Mutex::new(HashSet::new()));
+        let c = cancelled.clone();
+        tokio::spawn(async move {
+            while let Some(task) = rx.recv().await {
+                let is_cancelled = || c.lock().map(|s| s.contains(&task.id)).unwrap_or(false);
+                if is_cancelled() {
+                    continue;
+                }
+                let (state, result, error) = match &provider {
+                    None => (
+                        "failed",
+                        None,
+                        Some("no_model_provider: this runtime has no [llm] settings".to_string()),
+                    ),
+                    Some(p) => run(p, &bus, &task, &is_cancelled).await,
+                };
+                if !is_cancelled() {
+                    eprintln!("cadre runtime: task {} {state}", task.id);
+                    bus.state(&task.id, state, result, error);
+                }
+            }
+        });
+        Worker {
+            tx,
+            seen: HashSet::new(),
+            cancelled,
+        }
+    }
+
+    /// Queues a task unless this process has it already.
+    pub fn submit(&mut self, task: TaskOrder) {
+        if self.seen.insert(task.id.clone()) {
+            let _ = self.tx.send(task);
+        }
+    }
+
+    /// Stops a task at its next step.
+    pub fn cancel(&self, id: &str) {
+        if let Ok(mut s) = self.cancelled.lock() {
+            s.insert(id.to_string());
+        }
+    }
+}
+
+/// The built-in tools offered to the model (each is in the tool catalog,
+/// and each call is judged by the control plane first).
+pub fn builtin_tools() -> Vec<ToolSpec> {
+    let path = json!({ "type": "object", "properties": { "path": { "type": "string", "description": "relative path inside the workspace" } }, "required": ["path"] });
+    vec![
+        ToolSpec {
+            tool: "files.read",
+            description: "Read a text file of the agent's workspace.",
+            parameters: path.clone(),
+        },
+        ToolSpec {
+            tool: "files.write",
+            description: "Write a text file in the agent's workspace.",
+            parameters: json!({ "type": "object", "properties": { "path": { "type": "string" }, "content": { "type": "string" } }, "required": ["path", "content"] }),
+        },
+        ToolSpec {
+            tool: "files.delete",
+            description: "Delete a file of the agent's workspace.",
+            parameters: path,
+        },
+        ToolSpec {
+            tool: "echo",
+            description: "Return the arguments (a harmless test tool).",
+            parameters: json!({ "type": "object" }),
+        },
+        ToolSpec {
+            tool: "task.finish",
+            description: "Finish the task with its result.",
+            parameters: json!({ "type": "object", "properties": { "result": { "type": "string" } }, "required": ["result"] }),
+        },
+    ]
+}
+
+const SYSTEM: &str = "You are an agent of an organization, working on one task. Use the tools \
+                      to do it; call task__finish with the result when done.";
+
+/// Runs one task to its end: (state, result, error).
+async fn run(
+    p: &Provider,
+    bus: &Bus,
+    task: &TaskOrder,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> (&'static str, Option<String>, Option<String>) {
+    let fail = |why: String| ("failed", None, Some(why));
+    bus.state(&task.id, "running", None, None);
+    let started = Instant::now();
+    let tools = builtin_tools();
+    let mut user = task.instruction.clone();
+    if !task.input.is_null() {
+        user.push_str(&format!("\n\nInput:\n{}", task.input));
+    }
+    let mut turns = vec![Turn::User(user)];
+    let mut seq = 0u32;
+    let mut model_calls = 0u32;
+    let mut tokens = 0u64;
+    loop {
+        if cancelled() {
+            return fail("cancelled".into());
+        }
+        if model_calls >= task.limits.max_steps {
+            return fail(format!(
+                "max_steps: the task made {model_calls} model calls, its limit"
+            ));
+        }
+        let left = Duration::from_secs(task.limits.max_seconds).saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return fail(format!(
+                "max_seconds: the task ran {} s, its limit",
+                task.limits.max_seconds
+            ));
+        }
+        if tokens >= task.limits.max_tokens {
+            return fail(format!(
+                "max_tokens: the task used {tokens} tokens, its limit {}",
+                task.limits.max_tokens
+            ));
+        }
+        let body = p.body(SYSTEM, &turns, &tools);
+        let text = body.to_string();
+        // Four bytes a token: a cautious estimate for the reservation, which
+        // is settled to the provider's own count afterwards.
+        let estimate = (text.len() as u64).div_ceil(4);
+        seq += 1;
+        model_calls += 1;
+        let rid = format!("task-{}-{seq}", task.id);
+        let reserve = RuntimeMessage::Reserve {
+            reservation_id: rid.clone(),
+            model: p.model().to_string(),
+            input_tokens: estimate,
+            max_output_tokens: p.max_output_tokens(),
+        };
+        match bus.ask(rid.clone(), &task.id, reserve).await {
+            Some(ServerMessage::Reservation { granted: true, .. }) => {}
+            Some(ServerMessage::Reservation { reason, .. }) => {
+                return fail(format!(
+                    "budget_exceeded: the model call was refused its reservation ({})",
+                    reason.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            _ => return fail("cancelled".into()),
+        }
+        let t0 = Instant::now();
+        let answer = tokio::time::timeout(left, p.complete(&body)).await;
+        let latency = t0.elapsed().as_millis() as u64;
+        let (reply, raw) = match answer {
+            Ok(Ok(ok)) => ok,
+            other => {
+                // Release the reservation: nothing was used that we know of.
+                bus.tell(RuntimeMessage::Usage {
+                    report_id: rid.clone(),
+                    model: p.model().to_string(),
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    reservation_id: Some(rid.clone()),
+                });
+                return fail(match other {
+                    Ok(Err(e)) => format!("model_error: {e}"),
+                    _ => format!(
+                        "max_seconds: the task ran {} s, its limit",
+                        task.limits.max_seconds
+                    ),
+                });
+            }
+        };
+        bus.tell(RuntimeMessage::Usage {
+            report_id: rid.clone(),
+            model: p.model().to_string(),
+            input_tokens: reply.input_tokens,
+            output_tokens: reply.output_tokens,
+            reservation_id: Some(rid.clone()),
+        });
+        let used = reply.input_tokens + reply.output_tokens;
+        tokens += used;
+        bus.tell(RuntimeMessage::TaskStep {
+            task_id: task.id.clone(),
+            seq,
+            kind: "model".into(),
+            body: json!({
+                "reservation_id": rid,
+                "request": body,
+                "response": raw,
+                "input_tokens": reply.input_tokens,
+                "output_tokens": reply.output_tokens,
+            }),
+            tokens: used,
+            latency_ms: latency,
+        });
+        if reply.calls.is_empty() {
+            return ("succeeded", Some(reply.text.unwrap_or_default()), None);
+        }
+        turns.push(Turn::Assistant {
+            text: reply.text.clone(),
+            calls: reply.calls.clone(),
+        });
+        let mut results = Vec::new();
+        let mut finished = None;
+        for (k, call) in reply.calls.iter().enumerate() {
+            seq += 1;
+            let (content, step, finish) = tool_call(bus, task, seq, k, call).await;
+            bus.tell(RuntimeMessage::TaskStep {
+                task_id: task.id.clone(),
+                seq,
+                kind: "tool".into(),
+                body: step,
+                tokens: 0,
+                latency_ms: 0,
+            });
+            if finish.is_some() {
+                finished = finish;
+            }
+            results.push(ToolResult {
+                call_id: call.id.clone(),
+                content,
+            });
+        }
+        if let Some(result) = finished {
+            return ("succeeded", Some(result), None);
+        }
+        turns.push(Turn::Results(results));
+    }
+}
+
+/// Asks for one tool call and runs it when allowed: (what the model is
+/// told, the step's record, the result when it was `task.finish`).
+async fn tool_call(
+    bus: &Bus,
+    task: &TaskOrder,
+    seq: u32,
+    k: usize,
+    call: &Call,
+) -> (String, Value, Option<String>) {
+    let call_id = format!("task-{}-{seq}-{k}", task.id);
+    let ask = RuntimeMessage::ToolRequest {
+        call_id: call_id.clone(),
+        tool: call.tool.clone(),
+        arguments: call.arguments.clone(),
+        estimated_cost_usd: None,
+    };
+    let t0 = Instant::now();
+    let answer = bus.ask(call_id.clone(), &task.id, ask).await;
+    let mut finish = None;
+    let (decision, content, approval_id, decided_by, comment) = match answer {
+        Some(ServerMessage::ToolDecision {
+            decision,
+            message,
+            approval_id,
+            decided_by,
+            comment,
+            ..
+        }) => {
+            let content = match decision.as_str() {
+                "allow" if call.tool == "task.finish" => {
+                    let r = call
+                        .arguments
+                        .get("result")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| call.arguments.to_string());
+                    finish = Some(r.clone());
+                    r
+                }
+                "allow" => match crate::runtime::execute(&call.tool, &call.arguments) {
+                    Ok(r) => r,
+                    Err(e) => format!("error: {e}"),
+                },
+                "simulate" => format!("simulated (sandbox): {} was not executed", call.tool),
+                _ => format!(
+                    "denied: {}",
+                    message.clone().unwrap_or_else(|| "not allowed".into())
+                ),
+            };
+            // The decider's comment goes back to the model with the result.
+            let content = match &comment {
+                Some(c) => format!(
+                    "{content} (comment from {}: {c})",
+                    decided_by.as_deref().unwrap_or("the approver")
+                ),
+                None => content,
+            };
+            (decision, content, approval_id, decided_by, comment)
+        }
+        _ => (
+            "cancelled".to_string(),
+            "the call was not answered".to_string(),
+            None,
+            None,
+            None,
+        ),
+    };
+    let step = json!({
+        "call_id": call_id,
+        "provider_call_id": call.id,
+        "tool": call.tool,
+        "arguments": call.arguments,
+        "decision": decision,
+        "approval_id": approval_id,
+        "decided_by": decided_by,
+        "comment": comment,
+        "result": content,
+        "latency_ms": t0.elapsed().as_millis() as u64,
+    });
+    (content, step, finish)
+}
+
+/// The connection's bookkeeping of the loop's open questions.
+#[derive(Debug, Default)]
+pub struct Asks {
+    /// Open questions by id.
+    pub open: BTreeMap<String, Asked>,
+}
+
+impl Asks {
+    /// Frames to send again on a new connection (or after a retry hint).
+    pub fn resend(&self) -> Vec<RuntimeMessage> {
+        self.open.values().map(|a| a.msg.clone()).collect()
+    }
+
+    /// Routes an answer to its question; frames to send (a task back to
+    /// `running` after its approval wait). Empty when it is not ours.
+    pub fn answer(&mut self, id: &str, msg: ServerMessage) -> Vec<RuntimeMessage> {
+        let Some(a) = self.open.remove(id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if a.waiting {
+            out.push(RuntimeMessage::TaskState {
+                task_id: a.task.clone(),
+                state: "running".into(),
+                result: None,
+                error: None,
+            });
+        }
+        let _ = a.tx.send(msg);
+        out
+    }
+
+    /// A question was parked for approval: the frame that says so.
+    pub fn pending(&mut self, id: &str) -> Option<RuntimeMessage> {
+        let a = self.open.get_mut(id)?;
+        if a.waiting {
+            return None;
+        }
+        a.waiting = true;
+        Some(RuntimeMessage::TaskState {
+            task_id: a.task.clone(),
+            state: "waiting_approval".into(),
+            result: None,
+            error: None,
+        })
+    }
+
+    /// Drops a cancelled task's questions (its loop then stops).
+    pub fn cancel(&mut self, task: &str) {
+        self.open.retain(|_, a| a.task != task);
+    }
+}

@@ -1,0 +1,281 @@
+//! Tasks: `POST /agents/{id}/tasks`, lists, one task, its steps, cancel.
+//! Creating and cancelling go to the agent's actor (which persists before
+//! answering and delivers to the runtime); reads come from the store.
+
+use super::agents::{agent_id, page_limit};
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::guard::Routes;
+use super::identity::page;
+use super::state::AppState;
+use crate::identity::{Action, Principal};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cadre_actors::domain::{AgentId, OrgId, rfc3339};
+use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The JSON of a task.
+pub fn task_json(t: &TaskRecord) -> Value {
+    json!({
+        "id": t.id,
+        "agent_id": t.agent_id,
+        "instruction": t.instruction,
+        "input": t.input,
+        "state": t.state.as_str(),
+        "result": t.result,
+        "error": t.error,
+        "limits": t.limits,
+        "created_by": t.created_by,
+        "created_at": rfc3339(t.created_at),
+        "started_at": t.started_at.map(rfc3339),
+        "finished_at": t.finished_at.map(rfc3339),
+    })
+}
+
+fn step_json(s: &TaskStep) -> Value {
+    json!({
+        "seq": s.seq,
+        "kind": s.kind,
+        "tokens": s.tokens,
+        "latency_ms": s.latency_ms,
+        "at": rfc3339(s.at),
+        "body": s.body,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsIn {
+    max_steps: Option<u32>,
+    max_seconds: Option<u64>,
+    max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskIn {
+    instruction: String,
+    #[serde(default)]
+    input: Value,
+    limits: Option<LimitsIn>,
+}
+
+/// Limits from the body over the configured defaults, each within bounds.
+fn limits(given: Option<LimitsIn>, default: TaskLimits) -> Result<TaskLimits, ApiError> {
+    let Some(l) = given else { return Ok(default) };
+    let check = |field: &str, v: Option<u64>, max: u64, d: u64| match v {
+        None => Ok(d),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(
+            &format!("limits.{field}"),
+            format!("1 to {max}"),
+        )),
+    };
+    Ok(TaskLimits {
+        max_steps: u32::try_from(check(
+            "max_steps",
+            l.max_steps.map(u64::from),
+            1_000,
+            u64::from(default.max_steps),
+        )?)
+        .unwrap_or(default.max_steps),
+        max_seconds: check("max_seconds", l.max_seconds, 86_400, default.max_seconds)?,
+        max_tokens: check("max_tokens", l.max_tokens, 100_000_000, default.max_tokens)?,
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TaskIn>,
+) -> Result<Response, ApiError> {
+    let agent = agent_id(&id)?;
+    let instruction = body.instruction.trim();
+    if instruction.is_empty() || instruction.chars().count() > 100_000 {
+        return Err(ApiError::invalid("instruction", "1 to 100000 characters"));
+    }
+    let limits = limits(body.limits, state.config.tasks.default_limits)?;
+    let task = TaskRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: p.org.0.clone(),
+        agent_id: agent.0.clone(),
+        instruction: instruction.to_string(),
+        input: body.input,
+        state: TaskState::Queued,
+        result: None,
+        error: None,
+        limits,
+        created_by: p.who().to_text(),
+        created_at: cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock),
+        started_at: None,
+        finished_at: None,
+        runner_pid: None,
+    };
+    let t = state
+        .cadre
+        .submit_task(&p.org, &agent, task, &p.who())
+        .await?;
+    Ok((StatusCode::CREATED, Json(task_json(&t))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let agent = agent_id(&id)?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "state: one of queued, running, waiting_approval, succeeded, failed, cancelled",
+            )
+        })?),
+    };
+    let limit = page_limit(q.limit)?;
+    let cursor = super::input::cursor(q.cursor.as_deref())?;
+    if state.cadre.get_agent(&p.org, &agent).await.is_err() {
+        return Err(ApiError::not_found("agent"));
+    }
+    let rows = state
+        .store
+        .tasks_page(
+            p.org.as_str(),
+            agent.as_str(),
+            filter,
+            (!cursor.is_empty()).then_some(cursor.as_str()),
+            u32::try_from(limit).unwrap_or(200) + 1,
+        )
+        .await?;
+    Ok(page(rows, limit, |t| t.id.clone(), task_json))
+}
+
+/// Task ids are UUIDs; anything else cannot exist.
+async fn find(state: &AppState, org: &OrgId, raw: &str) -> Result<TaskRecord, ApiError> {
+    if !(raw.len() == 36 && raw.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
+        return Err(ApiError::not_found("task"));
+    }
+    state
+        .store
+        .task(org.as_str(), &raw.to_ascii_lowercase())
+        .await?
+        .ok_or_else(|| ApiError::not_found("task"))
+}
+
+async fn get_task(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = find(&state, &p.org, &id).await?;
+    Ok(Json(task_json(&t)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepParams {
+    /// Steps after this sequence number.
+    after: Option<u32>,
+    limit: Option<usize>,
+}
+
+async fn steps(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StepParams>,
+) -> Result<Response, ApiError> {
+    let t = find(&state, &p.org, &id).await?;
+    let limit = page_limit(q.limit)?;
+    let mut rows = state
+        .store
+        .task_steps(
+            &t.id,
+            q.after.unwrap_or(0),
+            u32::try_from(limit).unwrap_or(200) + 1,
+        )
+        .await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(|s| s.seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "task": task_json(&t),
+        "items": rows.iter().map(step_json).collect::<Vec<_>>(),
+        "next_after": next,
+    }))
+    .into_response())
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = find(&state, &p.org, &id).await?;
+    if t.state.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("task {} is {} already", t.id, t.state.as_str()),
+        ));
+    }
+    let t = state
+        .cadre
+        .cancel_task(&p.org, &AgentId(t.agent_id.clone()), &t.id, &p.who())
+        .await?;
+    Ok(Json(task_json(&t)).into_response())
+}
+
+/// The task routes.
+pub fn routes(r: Routes) -> Routes {
+    r.add(
+        Method::POST,
+        "/agents/{id}/tasks",
+        Action::AgentsWrite,
+        post(create),
+    )
+    .add(
+        Method::GET,
+        "/agents/{id}/tasks",
+        Action::AgentsRead,
+        get(list),
+    )
+    .add(
+        Method::GET,
+        "/tasks/{id}",
+        Action::AgentsRead,
+        get(get_task),
+    )
+    .add(
+        Method::GET,
+        "/tasks/{id}/steps",
+        Action::AgentsRead,
+        get(steps),
+    )
+    .add(
+        Method::POST,
+        "/tasks/{id}/cancel",
+        Action::AgentsWrite,
+        post(cancel),
+    )
+}

@@ -1,0 +1,209 @@
+//! Tasks and their steps (the `TaskStore` port, and the reads of the API).
+
+use super::identity::insert_audit;
+use super::sqlite::{SqlStore, unavailable};
+use async_trait::async_trait;
+use cadre_actors::audit::AuditEntry;
+use cadre_actors::ports::StoreError;
+use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep, TaskStore};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
+                       created_by, created_at, started_at, finished_at, runner_pid";
+
+fn bad(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("unreadable task row: {e}"))
+}
+
+fn task_row(r: &SqliteRow) -> Result<TaskRecord, StoreError> {
+    let state: String = r.try_get("state").map_err(bad)?;
+    let input: String = r.try_get("input").map_err(bad)?;
+    let limits: String = r.try_get("limits").map_err(bad)?;
+    Ok(TaskRecord {
+        id: r.try_get("id").map_err(bad)?,
+        org_id: r.try_get("org_id").map_err(bad)?,
+        agent_id: r.try_get("agent_id").map_err(bad)?,
+        instruction: r.try_get("instruction").map_err(bad)?,
+        input: serde_json::from_str(&input).map_err(bad)?,
+        state: TaskState::parse(&state).ok_or_else(|| bad(format!("state {state}")))?,
+        result: r.try_get("result").map_err(bad)?,
+        error: r.try_get("error").map_err(bad)?,
+        limits: serde_json::from_str::<TaskLimits>(&limits).map_err(bad)?,
+        created_by: r.try_get("created_by").map_err(bad)?,
+        created_at: r.try_get("created_at").map_err(bad)?,
+        started_at: r.try_get("started_at").map_err(bad)?,
+        finished_at: r.try_get("finished_at").map_err(bad)?,
+        runner_pid: r
+            .try_get::<Option<i64>, _>("runner_pid")
+            .map_err(bad)?
+            .and_then(|p| u32::try_from(p).ok()),
+    })
+}
+
+fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+#[async_trait]
+impl TaskStore for SqlStore {
+    async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        sqlx::query(&format!(
+            "INSERT INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&t.id)
+        .bind(&t.org_id)
+        .bind(&t.agent_id)
+        .bind(&t.instruction)
+        .bind(json(&t.input)?)
+        .bind(t.state.as_str())
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(json(&t.limits)?)
+        .bind(&t.created_by)
+        .bind(t.created_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.runner_pid.map(i64::from))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn update_task(
+        &self,
+        t: &TaskRecord,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
+             runner_pid = ? WHERE id = ?",
+        )
+        .bind(t.state.as_str())
+        .bind(&t.result)
+        .bind(&t.error)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.runner_pid.map(i64::from))
+        .bind(&t.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(a) = audit {
+            insert_audit(&mut tx, a).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn add_step(&self, s: &TaskStep) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, seq) DO NOTHING",
+        )
+        .bind(&s.task_id)
+        .bind(i64::from(s.seq))
+        .bind(&s.kind)
+        .bind(json(&s.body)?)
+        .bind(i64::try_from(s.tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(s.latency_ms).unwrap_or(i64::MAX))
+        .bind(s.at)
+        .execute(self.write_pool())
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND agent_id = ? \
+             AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id"
+        ))
+        .bind(org)
+        .bind(agent)
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(task_row).collect()
+    }
+}
+
+impl SqlStore {
+    /// One task of `org`.
+    pub async fn task(&self, org: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND id = ?"
+        ))
+        .bind(org)
+        .bind(id)
+        .fetch_optional(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(task_row).transpose()
+    }
+
+    /// A page of an agent's tasks, newest first, with ids below `before`.
+    pub async fn tasks_page(
+        &self,
+        org: &str,
+        agent: &str,
+        state: Option<TaskState>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND agent_id = ? \
+             AND (? IS NULL OR state = ?) AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(org)
+        .bind(agent)
+        .bind(state.map(TaskState::as_str))
+        .bind(state.map(TaskState::as_str))
+        .bind(before)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    /// A task's steps in order (after `after`, at most `limit`).
+    pub async fn task_steps(
+        &self,
+        task: &str,
+        after: u32,
+        limit: u32,
+    ) -> Result<Vec<TaskStep>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, seq, kind, body, tokens, latency_ms, at FROM task_steps \
+             WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(task)
+        .bind(i64::from(after))
+        .bind(i64::from(limit))
+        .fetch_all(self.read_pool())
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get("body").map_err(bad)?;
+                let seq: i64 = r.try_get("seq").map_err(bad)?;
+                let tokens: i64 = r.try_get("tokens").map_err(bad)?;
+                let latency: i64 = r.try_get("latency_ms").map_err(bad)?;
+                Ok(TaskStep {
+                    task_id: r.try_get("task_id").map_err(bad)?,
+                    seq: u32::try_from(seq).map_err(bad)?,
+                    kind: r.try_get("kind").map_err(bad)?,
+                    body: serde_json::from_str(&body).map_err(bad)?,
+                    tokens: u64::try_from(tokens).unwrap_or(0),
+                    latency_ms: u64::try_from(latency).unwrap_or(0),
+                    at: r.try_get("at").map_err(bad)?,
+                })
+            })
+            .collect()
+    }
+}
