@@ -32,8 +32,6 @@ pub enum Out {
         /// Where the answer goes.
         tx: oneshot::Sender<ServerMessage>,
     },
-    /// A report to send.
-    Tell(RuntimeMessage),
 }
 
 /// The loop's side of the connection.
@@ -62,23 +60,68 @@ impl Bus {
         rx.await.ok()
     }
 
-    fn tell(&self, msg: RuntimeMessage) {
-        let _ = self.tx.send(Out::Tell(msg));
+    /// A report sent (and re-sent on every new connection) until the
+    /// control plane acknowledges it: `id` is what its acknowledgement names
+    /// ([`report_id`]). The loop does not wait for it.
+    fn report(&self, id: String, task: &str, msg: RuntimeMessage) {
+        let (tx, _) = oneshot::channel();
+        let _ = self.tx.send(Out::Ask {
+            id,
+            task: task.to_string(),
+            msg,
+            tx,
+        });
     }
 
     fn state(&self, task: &str, state: &str, result: Option<String>, error: Option<String>) {
-        self.tell(RuntimeMessage::TaskState {
-            task_id: task.to_string(),
-            state: state.to_string(),
-            result,
-            error,
-        });
+        self.report(
+            format!("state-{task}-{state}"),
+            task,
+            RuntimeMessage::TaskState {
+                task_id: task.to_string(),
+                state: state.to_string(),
+                result,
+                error,
+            },
+        );
+    }
+
+    fn usage(&self, task: &str, rid: &str, model: &str, input: u64, output: u64) {
+        self.report(
+            format!("usage-{rid}"),
+            task,
+            RuntimeMessage::Usage {
+                report_id: rid.to_string(),
+                model: model.to_string(),
+                input_tokens: input,
+                output_tokens: output,
+                reservation_id: Some(rid.to_string()),
+            },
+        );
+    }
+
+    fn step(&self, task: &str, seq: u32, kind: &str, body: Value, tokens: u64, latency_ms: u64) {
+        self.report(
+            format!("step-{task}-{seq}"),
+            task,
+            RuntimeMessage::TaskStep {
+                task_id: task.to_string(),
+                seq,
+                kind: kind.to_string(),
+                body,
+                tokens,
+                latency_ms,
+            },
+        );
     }
 }
 
 /// An open question of the loop, kept by the connection across reconnects.
 #[derive(Debug)]
 pub struct Asked {
+    /// When it was asked (questions are re-sent in this order, so a task's
+    /// steps reach the control plane before its final state).
+    pub order: u64,
     /// The task.
     pub task: String,
     /// The frame to (re-)send.
@@ -267,13 +310,7 @@ async fn run(
             Ok(Ok(ok)) => ok,
             other => {
                 // Release the reservation: nothing was used that we know of.
-                bus.tell(RuntimeMessage::Usage {
-                    report_id: rid.clone(),
-                    model: p.model().to_string(),
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    reservation_id: Some(rid.clone()),
-                });
+                bus.usage(&task.id, &rid, p.model(), 0, 0);
                 return fail(match other {
                     Ok(Err(e)) => format!("model_error: {e}"),
                     _ => format!(
@@ -283,29 +320,29 @@ async fn run(
                 });
             }
         };
-        bus.tell(RuntimeMessage::Usage {
-            report_id: rid.clone(),
-            model: p.model().to_string(),
-            input_tokens: reply.input_tokens,
-            output_tokens: reply.output_tokens,
-            reservation_id: Some(rid.clone()),
-        });
+        bus.usage(
+            &task.id,
+            &rid,
+            p.model(),
+            reply.input_tokens,
+            reply.output_tokens,
+        );
         let used = reply.input_tokens + reply.output_tokens;
         tokens += used;
-        bus.tell(RuntimeMessage::TaskStep {
-            task_id: task.id.clone(),
+        bus.step(
+            &task.id,
             seq,
-            kind: "model".into(),
-            body: json!({
+            "model",
+            json!({
                 "reservation_id": rid,
                 "request": body,
                 "response": raw,
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,
             }),
-            tokens: used,
-            latency_ms: latency,
-        });
+            used,
+            latency,
+        );
         if reply.calls.is_empty() {
             return ("succeeded", Some(reply.text.unwrap_or_default()), None);
         }
@@ -317,15 +354,18 @@ async fn run(
         let mut finished = None;
         for (k, call) in reply.calls.iter().enumerate() {
             seq += 1;
-            let (content, step, finish) = tool_call(bus, task, seq, k, call).await;
-            bus.tell(RuntimeMessage::TaskStep {
-                task_id: task.id.clone(),
-                seq,
-                kind: "tool".into(),
-                body: step,
-                tokens: 0,
-                latency_ms: 0,
-            });
+            // An approval wait counts against the task's wall time too.
+            let left =
+                Duration::from_secs(task.limits.max_seconds).saturating_sub(started.elapsed());
+            let Ok((content, step, finish)) =
+                tokio::time::timeout(left, tool_call(bus, task, seq, k, call)).await
+            else {
+                return fail(format!(
+                    "max_seconds: the task ran {} s, its limit (waiting for {})",
+                    task.limits.max_seconds, call.tool
+                ));
+            };
+            bus.step(&task.id, seq, "tool", step, 0, 0);
             if finish.is_some() {
                 finished = finish;
             }
@@ -428,12 +468,37 @@ async fn tool_call(
 pub struct Asks {
     /// Open questions by id.
     pub open: BTreeMap<String, Asked>,
+    next: u64,
 }
 
 impl Asks {
-    /// Frames to send again on a new connection (or after a retry hint).
+    /// Records a question before it is sent.
+    pub fn insert(
+        &mut self,
+        id: String,
+        task: String,
+        msg: RuntimeMessage,
+        tx: oneshot::Sender<ServerMessage>,
+    ) {
+        self.next += 1;
+        self.open.insert(
+            id,
+            Asked {
+                order: self.next,
+                task,
+                msg,
+                tx,
+                waiting: false,
+            },
+        );
+    }
+
+    /// Frames to send again on a new connection (or after a retry hint), in
+    /// the order they were first asked.
     pub fn resend(&self) -> Vec<RuntimeMessage> {
-        self.open.values().map(|a| a.msg.clone()).collect()
+        let mut open: Vec<&Asked> = self.open.values().collect();
+        open.sort_by_key(|a| a.order);
+        open.into_iter().map(|a| a.msg.clone()).collect()
     }
 
     /// Routes an answer to its question; frames to send (a task back to
@@ -473,5 +538,29 @@ impl Asks {
     /// Drops a cancelled task's questions (its loop then stops).
     pub fn cancel(&mut self, task: &str) {
         self.open.retain(|_, a| a.task != task);
+    }
+}
+
+/// The question an acknowledgement answers: `usage_ack` and `task_ack`
+/// settle the reports of [`Bus`]; decisions and reservations their asks.
+pub fn report_id(msg: &ServerMessage) -> Option<String> {
+    match msg {
+        ServerMessage::ToolDecision { call_id, .. } => Some(call_id.clone()),
+        ServerMessage::Reservation { reservation_id, .. } => Some(reservation_id.clone()),
+        ServerMessage::UsageAck { report_id, .. } => Some(format!("usage-{report_id}")),
+        ServerMessage::TaskAck {
+            task_id,
+            state,
+            seq: Some(seq),
+        } => {
+            let _ = state;
+            Some(format!("step-{task_id}-{seq}"))
+        }
+        ServerMessage::TaskAck {
+            task_id,
+            state,
+            seq: None,
+        } => Some(format!("state-{task_id}-{state}")),
+        _ => None,
     }
 }

@@ -230,6 +230,9 @@ pub enum ServerMessage {
         task_id: String,
         /// Its state now.
         state: String,
+        /// The step recorded, when the report was a step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u32>,
     },
     /// The agent must not run (stopped, budget exceeded, superseded): exit.
     Stop {

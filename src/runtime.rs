@@ -158,13 +158,8 @@ async fn session(
         }
         tokio::select! {
             Some(out) = tasks.outs.recv(), if script.welcomed => {
-                let msg = match out {
-                    crate::agent_loop::Out::Ask { id, task, msg, tx } => {
-                        tasks.asks.open.insert(id, crate::agent_loop::Asked { task, msg: msg.clone(), tx, waiting: false });
-                        msg
-                    }
-                    crate::agent_loop::Out::Tell(msg) => msg,
-                };
+                let crate::agent_loop::Out::Ask { id, task, msg, tx } = out;
+                tasks.asks.insert(id, task, msg.clone(), tx);
                 if let Err(e) = send(&mut ws, &msg).await {
                     return SessionEnd::Reconnect(e);
                 }
@@ -201,7 +196,11 @@ async fn session(
                         tasks.worker.cancel(&task_id);
                         tasks.asks.cancel(&task_id);
                     }
-                    Ok(ServerMessage::TaskAck { .. }) => {}
+                    Ok(msg @ (ServerMessage::TaskAck { .. } | ServerMessage::UsageAck { .. })) => {
+                        if let Some(id) = crate::agent_loop::report_id(&msg) {
+                            tasks.asks.answer(&id, msg);
+                        }
+                    }
                     Ok(ServerMessage::ToolPending { ref call_id, .. }) if tasks.asks.open.contains_key(call_id) => {
                         if let Some(msg) = tasks.asks.pending(call_id)
                             && let Err(e) = send(&mut ws, &msg).await
@@ -210,9 +209,9 @@ async fn session(
                         }
                     }
                     Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. }))
-                        if answer_id(&msg).is_some_and(|id| tasks.asks.open.contains_key(id)) =>
+                        if crate::agent_loop::report_id(&msg).is_some_and(|id| tasks.asks.open.contains_key(&id)) =>
                     {
-                        let id = answer_id(&msg).unwrap_or_default().to_string();
+                        let id = crate::agent_loop::report_id(&msg).unwrap_or_default();
                         for m in tasks.asks.answer(&id, msg) {
                             if let Err(e) = send(&mut ws, &m).await {
                                 return SessionEnd::Reconnect(e);
@@ -257,15 +256,6 @@ async fn session(
                 }
             }
         }
-    }
-}
-
-/// The question id an answer is for.
-fn answer_id(msg: &ServerMessage) -> Option<&str> {
-    match msg {
-        ServerMessage::ToolDecision { call_id, .. } => Some(call_id),
-        ServerMessage::Reservation { reservation_id, .. } => Some(reservation_id),
-        _ => None,
     }
 }
 

@@ -410,10 +410,15 @@ async fn task_report(
     conn: u64,
     report: TaskReport,
 ) -> ServerMessage {
+    let seq = match &report {
+        TaskReport::Step(s) => Some(s.seq),
+        TaskReport::State { .. } => None,
+    };
     match cadre.task_report(org, agent, conn, report).await {
         Ok(t) => ServerMessage::TaskAck {
             task_id: t.id,
             state: t.state.as_str().to_string(),
+            seq,
         },
         Err(cadre_actors::Error::Unauthorized) => error("unauthorized", "connection superseded"),
         Err(cadre_actors::Error::Conflict(code, message)) => error(code, message),

@@ -327,6 +327,8 @@ async fn a_task_stops_before_a_model_call_that_would_overshoot_the_budget_and_at
     let (llm, url) = FakeLlm::start(vec![
         tool_call("c1", "echo", json!({ "n": 1 })),
         tool_call("c2", "echo", json!({ "n": 2 })),
+        // The third task's call, parked for approval past its wall time.
+        tool_call("c3", "files__write", json!({ "path": "x", "content": "y" })),
     ])
     .await;
     let app = app_with_llm(&url, |_| {}).await;
@@ -350,6 +352,19 @@ async fn a_task_stops_before_a_model_call_that_would_overshoot_the_budget_and_at
     let why = failed["error"].as_str().expect("error");
     assert!(why.starts_with("budget_exceeded:"), "{why}");
     assert_eq!(llm.requests().len(), 2, "the provider was not called again");
+
+    // Waiting for a human counts against the task's wall time.
+    park_writes(&app).await;
+    let tid = give(
+        &app,
+        &agent,
+        json!({ "instruction": "write", "limits": { "max_seconds": 1 } }),
+    )
+    .await;
+    let failed = wait_task(&app, &tid, "failed").await;
+    let why = failed["error"].as_str().expect("error");
+    assert!(why.starts_with("max_seconds:"), "{why}");
+    assert_eq!(llm.requests().len(), 3);
 }
 
 #[tokio::test]
@@ -502,4 +517,55 @@ async fn queued_tasks_survive_a_server_restart_and_run_when_the_agent_does() {
     let done = wait_task(&app, &tid, "succeeded").await;
     assert_eq!(done["result"], "42");
     assert_eq!(llm.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_task_waiting_for_approval_finishes_after_a_control_plane_restart() {
+    let (llm, url) = FakeLlm::start(vec![
+        tool_call(
+            "w",
+            "files__write",
+            json!({ "path": "kept.txt", "content": "ok" }),
+        ),
+        tool_call("f", "task__finish", json!({ "result": "kept" })),
+    ])
+    .await;
+    let mut app = app_with_llm(&url, |_| {}).await;
+    park_writes(&app).await;
+    let agent = running_agent(&app, "steady", json!({})).await;
+    let tid = give(&app, &agent, json!({ "instruction": "write" })).await;
+    wait_task(&app, &tid, "waiting_approval").await;
+    let pid = app.runtime_pid(&agent);
+
+    // The same runtime process reconnects to the new server and asks its
+    // question again; the reloaded approval answers it.
+    app.restart().await;
+    let aid = app
+        .approvals(&format!("state=pending&agent_id={agent}"), 1)
+        .await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{aid}/decide"),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let done = wait_task(&app, &tid, "succeeded").await;
+    assert_eq!(done["result"], "kept");
+    assert_eq!(app.runtime_pid(&agent), pid, "the same process finished it");
+    let (_, steps) = app
+        .call(Method::GET, &format!("/api/v1/tasks/{tid}/steps"), None)
+        .await;
+    let seqs: Vec<u64> = steps["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4], "{steps}");
+    assert_eq!(llm.requests().len(), 2);
 }
