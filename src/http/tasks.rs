@@ -168,12 +168,10 @@ async fn list(
 
 /// Task ids are UUIDs; anything else cannot exist.
 async fn find(state: &AppState, org: &OrgId, raw: &str) -> Result<TaskRecord, ApiError> {
-    if !(raw.len() == 36 && raw.chars().all(|c| c.is_ascii_hexdigit() || c == '-')) {
-        return Err(ApiError::not_found("task"));
-    }
+    let id = super::input::path_id("task", raw)?;
     state
         .store
-        .task(org.as_str(), &raw.to_ascii_lowercase())
+        .task(org.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("task"))
 }

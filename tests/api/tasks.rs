@@ -29,8 +29,10 @@ impl FakeLlm {
             script: Arc::new(Mutex::new(script.into())),
             seen: Arc::default(),
         };
+        // Both protocols: OpenAI chat completions and Anthropic Messages.
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(complete))
+            .route("/v1/messages", axum::routing::post(complete))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -50,10 +52,16 @@ async fn complete(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (axum::http::StatusCode, Json<Value>) {
+    // The credential as sent: `authorization` (OpenAI) or `x-api-key`
+    // with its API version (Anthropic).
     let auth = headers
         .get("authorization")
+        .or_else(|| headers.get("x-api-key"))
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(|v| match headers.get("anthropic-version") {
+            Some(version) => format!("{v} ({})", version.to_str().unwrap_or("?")),
+            None => v.to_string(),
+        });
     fake.seen.lock().expect("lock").push((auth, body));
     match fake.script.lock().expect("lock").pop_front() {
         Some(r) => (axum::http::StatusCode::OK, Json(r)),
@@ -568,4 +576,62 @@ async fn a_task_waiting_for_approval_finishes_after_a_control_plane_restart() {
         .collect();
     assert_eq!(seqs, [1, 2, 3, 4], "{steps}");
     assert_eq!(llm.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_anthropic_messages_provider_is_a_config_change() {
+    let (llm, url) = FakeLlm::start(vec![
+        json!({
+            "id": "msg_1", "type": "message", "role": "assistant",
+            "content": [
+                { "type": "text", "text": "Let me check." },
+                { "type": "tool_use", "id": "toolu_1", "name": "echo", "input": { "q": "ping" } }
+            ],
+            "stop_reason": "tool_use",
+            "usage": { "input_tokens": 40, "output_tokens": 9 }
+        }),
+        json!({
+            "id": "msg_2", "type": "message", "role": "assistant",
+            "content": [{ "type": "text", "text": "pong received" }],
+            "stop_reason": "end_turn",
+            "usage": { "input_tokens": 60, "output_tokens": 3 }
+        }),
+    ])
+    .await;
+    let app = app_with_llm(&url, |c| c.llm.provider = "anthropic".into()).await;
+    let agent = running_agent(&app, "claude", json!({ "model": "claude-test" })).await;
+    let tid = give(&app, &agent, json!({ "instruction": "ping it" })).await;
+    let done = wait_task(&app, &tid, "succeeded").await;
+    assert_eq!(done["result"], "pong received");
+
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let key = std::env::var(KEY_ENV)
+        .ok()
+        .map(|k| format!("{k} (2023-06-01)"));
+    assert_eq!(reqs[0].0, key, "x-api-key and anthropic-version");
+    let first = &reqs[0].1;
+    assert_eq!(first["model"], "claude-test");
+    assert!(first["system"].is_string());
+    assert_eq!(first["messages"][0]["content"][0]["text"], "ping it");
+    assert!(
+        first["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .any(|t| t["name"] == "echo" && t["input_schema"].is_object())
+    );
+    // The tool result goes back as a user turn of tool_result blocks.
+    let msgs = reqs[1].1["messages"].as_array().expect("messages");
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["content"][1]["type"], "tool_use");
+    assert_eq!(msgs[2]["role"], "user");
+    assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+    assert_eq!(msgs[2]["content"][0]["tool_use_id"], "toolu_1");
+    let result = msgs[2]["content"][0]["content"].as_str().expect("result");
+    assert!(result.contains("ping"), "{result}");
+    eventually("usage counted", || async {
+        app.get(&agent).await["usage"]["tokens"].as_u64() == Some(112)
+    })
+    .await;
 }
