@@ -143,6 +143,8 @@ pub struct TaskOrder {
     pub input: Value,
     /// Limits.
     pub limits: cadre_actors::task::TaskLimits,
+    /// For a replay: the recorded steps to continue from.
+    pub replay: Vec<Value>,
 }
 
 /// The loop's queue: tasks run one at a time, in the order received.
@@ -257,6 +259,40 @@ async fn run(
     let mut seq = 0u32;
     let mut model_calls = 0u32;
     let mut tokens = 0u64;
+    // A replay: the conversation as its recorded steps left it.
+    let mut results = Vec::new();
+    for step in &task.replay {
+        seq = step["seq"]
+            .as_u64()
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(seq + 1);
+        tokens += step["tokens"].as_u64().unwrap_or(0);
+        let body = &step["body"];
+        if step["kind"] == "model" {
+            if !results.is_empty() {
+                turns.push(Turn::Results(std::mem::take(&mut results)));
+            }
+            model_calls += 1;
+            match p.parse(&body["response"]) {
+                Ok(r) => turns.push(Turn::Assistant {
+                    text: r.text,
+                    calls: r.calls,
+                }),
+                Err(e) => return fail(format!("replay_unreadable: step {seq}: {e}")),
+            }
+        } else {
+            results.push(ToolResult {
+                call_id: body["provider_call_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                content: body["result"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+    }
+    if !results.is_empty() {
+        turns.push(Turn::Results(results));
+    }
     loop {
         if cancelled() {
             return fail("cancelled".into());

@@ -281,12 +281,18 @@ impl Provider {
                 .unwrap_or("no message");
             return Err(format!("model provider answered {status}: {msg}"));
         }
-        let reply = if anthropic {
-            parse_anthropic(&raw)?
-        } else {
-            parse_openai(&raw)?
-        };
+        let reply = self.parse(&raw)?;
         Ok((reply, raw))
+    }
+
+    /// Reads a raw response of this provider (a live one, or one recorded
+    /// in a step that a replay reuses).
+    pub fn parse(&self, raw: &Value) -> Result<Reply, String> {
+        if self.settings.provider == "anthropic" {
+            parse_anthropic(raw)
+        } else {
+            parse_openai(raw)
+        }
     }
 }
 

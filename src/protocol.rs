@@ -218,6 +218,10 @@ pub enum ServerMessage {
         input: serde_json::Value,
         /// Its limits.
         limits: cadre_actors::task::TaskLimits,
+        /// For a replay: the recorded steps before the first live one
+        /// (`{"seq", "kind", "body", "tokens"}`), to continue from.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replay: Vec<serde_json::Value>,
     },
     /// Stop working on this task: an operator cancelled it.
     CancelTask {

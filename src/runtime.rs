@@ -188,8 +188,8 @@ async fn session(
                         }
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
-                    Ok(ServerMessage::Task { task_id, instruction, input, limits }) => {
-                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits });
+                    Ok(ServerMessage::Task { task_id, instruction, input, limits, replay }) => {
+                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits, replay });
                     }
                     Ok(ServerMessage::CancelTask { task_id }) => {
                         eprintln!("cadre runtime: task {task_id} cancelled");

@@ -117,6 +117,11 @@ pub struct TaskRecord {
     /// The runtime process that runs it (set when it starts): a runtime
     /// that connects with another pid has lost it.
     pub runner_pid: Option<u32>,
+    /// For a replay: the task it branches from.
+    pub parent_id: Option<String>,
+    /// For a replay: the first step run live (earlier ones are the
+    /// parent's, copied when the branch is stored).
+    pub from_step: Option<u32>,
 }
 
 /// One recorded step of a task (a model call or a tool call), as the

@@ -16,7 +16,11 @@ CREATE TABLE tasks (
     started_at   INTEGER,
     finished_at  INTEGER,
     -- The runtime process running it: another one connecting means lost.
-    runner_pid   INTEGER
+    runner_pid   INTEGER,
+    -- A replay: the task it branches from and the step it runs live from
+    -- (its steps before that are copies of the parent's).
+    parent_id    TEXT,
+    from_step    INTEGER
 );
 -- An agent's tasks newest first (the list endpoint), and its open ones
 -- (loaded by its actor).

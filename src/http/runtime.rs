@@ -49,6 +49,7 @@ async fn connect(
     let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
     let session = Session {
         cadre: state.cadre.clone(),
+        store: state.store.clone(),
         activity: state.activity.clone(),
         shutdown: state.shutdown.clone(),
         org,
@@ -63,6 +64,7 @@ async fn connect(
 /// One authenticated runtime connection.
 struct Session {
     cadre: Cadre,
+    store: std::sync::Arc<crate::store::SqlStore>,
     activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
     org: OrgId,
@@ -93,6 +95,7 @@ fn error(code: &str, message: impl Into<String>) -> ServerMessage {
 async fn serve(mut socket: WebSocket, session: Session) {
     let Session {
         cadre,
+        store,
         activity,
         mut shutdown,
         org,
@@ -162,12 +165,29 @@ async fn serve(mut socket: WebSocket, session: Session) {
             frame = socket.recv() => frame,
             Some(order) = orders.recv() => {
                 let msg = match order {
-                    TaskOrder::Run(t) => ServerMessage::Task {
-                        task_id: t.id,
-                        instruction: t.instruction,
-                        input: t.input,
-                        limits: t.limits,
-                    },
+                    TaskOrder::Run(t) => {
+                        // A replay continues from its copied steps.
+                        let replay = match t.from_step {
+                            Some(from) if from > 1 => match store.task_steps(&t.id, 0, from - 1).await {
+                                Ok(steps) => steps
+                                    .into_iter()
+                                    .map(|s| serde_json::json!({ "seq": s.seq, "kind": s.kind, "body": s.body, "tokens": s.tokens }))
+                                    .collect(),
+                                Err(e) => {
+                                    let _ = send(&mut socket, &error("unavailable", e.to_string())).await;
+                                    return;
+                                }
+                            },
+                            _ => Vec::new(),
+                        };
+                        ServerMessage::Task {
+                            task_id: t.id,
+                            instruction: t.instruction,
+                            input: t.input,
+                            limits: t.limits,
+                            replay,
+                        }
+                    }
                     TaskOrder::Cancel(task_id) => ServerMessage::CancelTask { task_id },
                 };
                 if !send(&mut socket, &msg).await {

@@ -33,6 +33,8 @@ pub fn task_json(t: &TaskRecord) -> Value {
         "created_at": rfc3339(t.created_at),
         "started_at": t.started_at.map(rfc3339),
         "finished_at": t.finished_at.map(rfc3339),
+        "parent_id": t.parent_id,
+        "from_step": t.from_step,
     })
 }
 
@@ -115,6 +117,8 @@ async fn create(
         started_at: None,
         finished_at: None,
         runner_pid: None,
+        parent_id: None,
+        from_step: None,
     };
     let t = state
         .cadre
@@ -244,6 +248,82 @@ async fn cancel(
     Ok(Json(task_json(&t)).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditsIn {
+    /// A new instruction for the branch.
+    instruction: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayIn {
+    from_step: u32,
+    edits: Option<EditsIn>,
+}
+
+/// Starts a branch of a task: the recorded steps before `from_step` (a
+/// model step) are reused, and the runtime runs live from there, with the
+/// instruction edited when asked.
+async fn replay(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReplayIn>,
+) -> Result<Response, ApiError> {
+    let parent = find(&state, &p.org, &id).await?;
+    let steps = state.store.task_steps(&parent.id, 0, 10_000).await?;
+    let from = body.from_step;
+    match steps.iter().find(|s| s.seq == from) {
+        Some(s) if s.kind == "model" => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "from_step",
+                format!("step {from} is a tool step; replay from a model step"),
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "from_step",
+                format!("task {} has no step {from}", parent.id),
+            ));
+        }
+    }
+    let instruction = match body.edits.and_then(|e| e.instruction) {
+        Some(i) if i.trim().is_empty() || i.chars().count() > 100_000 => {
+            return Err(ApiError::invalid(
+                "edits.instruction",
+                "1 to 100000 characters",
+            ));
+        }
+        Some(i) => i.trim().to_string(),
+        None => parent.instruction.clone(),
+    };
+    let task = TaskRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: p.org.0.clone(),
+        agent_id: parent.agent_id.clone(),
+        instruction,
+        input: parent.input.clone(),
+        state: TaskState::Queued,
+        result: None,
+        error: None,
+        limits: parent.limits,
+        created_by: p.who().to_text(),
+        created_at: cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock),
+        started_at: None,
+        finished_at: None,
+        runner_pid: None,
+        parent_id: Some(parent.id.clone()),
+        from_step: Some(from),
+    };
+    let t = state
+        .cadre
+        .submit_task(&p.org, &AgentId(parent.agent_id), task, &p.who())
+        .await?;
+    Ok((StatusCode::CREATED, Json(task_json(&t))).into_response())
+}
+
 /// The task routes.
 pub fn routes(r: Routes) -> Routes {
     r.add(
@@ -275,5 +355,11 @@ pub fn routes(r: Routes) -> Routes {
         "/tasks/{id}/cancel",
         Action::AgentsWrite,
         post(cancel),
+    )
+    .add(
+        Method::POST,
+        "/tasks/{id}/replay",
+        Action::AgentsWrite,
+        post(replay),
     )
 }

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
-                       created_by, created_at, started_at, finished_at, runner_pid";
+                       created_by, created_at, started_at, finished_at, runner_pid, parent_id, from_step";
 
 fn bad(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("unreadable task row: {e}"))
@@ -38,6 +38,11 @@ fn task_row(r: &SqliteRow) -> Result<TaskRecord, StoreError> {
             .try_get::<Option<i64>, _>("runner_pid")
             .map_err(bad)?
             .and_then(|p| u32::try_from(p).ok()),
+        parent_id: r.try_get("parent_id").map_err(bad)?,
+        from_step: r
+            .try_get::<Option<i64>, _>("from_step")
+            .map_err(bad)?
+            .and_then(|s| u32::try_from(s).ok()),
     })
 }
 
@@ -50,7 +55,7 @@ impl TaskStore for SqlStore {
     async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
         sqlx::query(&format!(
-            "INSERT INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&t.id)
         .bind(&t.org_id)
@@ -66,9 +71,25 @@ impl TaskStore for SqlStore {
         .bind(t.started_at)
         .bind(t.finished_at)
         .bind(t.runner_pid.map(i64::from))
+        .bind(&t.parent_id)
+        .bind(t.from_step.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
+        // A replay starts with copies of its parent's steps before from_step.
+        if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
+            sqlx::query(
+                "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                 SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
+                 WHERE task_id = ? AND seq < ?",
+            )
+            .bind(&t.id)
+            .bind(parent)
+            .bind(i64::from(from))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
         insert_audit(&mut tx, audit).await.map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
     }

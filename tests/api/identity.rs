@@ -964,6 +964,36 @@ async fn every_mutating_route_writes_an_audit_entry() {
         &home,
         &audit_actions(&app, &home).await,
     );
+    // A replay needs a recorded model step to start from.
+    cadre_actors::task::TaskStore::add_step(
+        app.store(),
+        &cadre_actors::task::TaskStep {
+            task_id: tid.to_string(),
+            seq: 1,
+            kind: "model".into(),
+            body: json!({}),
+            tokens: 0,
+            latency_ms: 0,
+            at: 0,
+        },
+    )
+    .await
+    .expect("step");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{tid}/replay"),
+            Some(json!({ "from_step": 1 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    check(
+        Method::POST,
+        "/tasks/{id}/replay",
+        "task.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
 
     // Mutating routes that change no record: refresh rotation is recorded in
     // the session table itself (reuse is audited), chaos kills an actor, and

@@ -635,3 +635,96 @@ async fn the_anthropic_messages_provider_is_a_config_change() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_replay_from_step_3_with_an_edit_reuses_the_first_steps_and_runs_live_from_there() {
+    let (llm, url) = FakeLlm::start(vec![
+        tool_call("e1", "echo", json!({ "n": 1 })),
+        tool_call("e2", "echo", json!({ "n": 2 })),
+        json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": "first" } }],
+                "usage": { "prompt_tokens": 30, "completion_tokens": 1 } }),
+        // The branch's live call.
+        json!({ "choices": [{ "index": 0, "message": { "role": "assistant", "content": "second" } }],
+                "usage": { "prompt_tokens": 31, "completion_tokens": 1 } }),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    let agent = running_agent(&app, "brancher", json!({})).await;
+    let parent = give(&app, &agent, json!({ "instruction": "first try" })).await;
+    assert_eq!(
+        wait_task(&app, &parent, "succeeded").await["result"],
+        "first"
+    );
+    let steps = |id: String| {
+        let app = &app;
+        async move {
+            let (_, v) = app
+                .call(Method::GET, &format!("/api/v1/tasks/{id}/steps"), None)
+                .await;
+            v["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let before = steps(parent.clone()).await;
+    assert_eq!(before.len(), 5, "model, tool, model, tool, model");
+
+    // Bad replays change nothing.
+    for (body, why) in [
+        (json!({ "from_step": 2 }), "a tool step"),
+        (json!({ "from_step": 9 }), "no such step"),
+        (
+            json!({ "from_step": 3, "edits": { "instruction": " " } }),
+            "empty edit",
+        ),
+        (
+            json!({ "from_step": 3, "edits": { "system": "x" } }),
+            "unknown edit",
+        ),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/tasks/{parent}/replay"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{why}: {v}");
+    }
+
+    let (s, b) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/tasks/{parent}/replay"),
+            Some(json!({ "from_step": 3, "edits": { "instruction": "second try" } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["parent_id"], parent.as_str());
+    assert_eq!(b["from_step"], 3);
+    assert_eq!(b["instruction"], "second try");
+    let branch = b["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        wait_task(&app, &branch, "succeeded").await["result"],
+        "second"
+    );
+
+    // The branch's first steps are the parent's; step 3 ran live.
+    let after = steps(branch.clone()).await;
+    let seqs: Vec<u64> = after.iter().filter_map(|s| s["seq"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    for i in 0..2 {
+        assert_eq!(after[i]["kind"], before[i]["kind"]);
+        assert_eq!(after[i]["body"], before[i]["body"], "step {}", i + 1);
+    }
+    assert_eq!(
+        after[2]["body"]["response"]["choices"][0]["message"]["content"],
+        "second"
+    );
+    // Only one live call; it carried the edit and the reused conversation.
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 4);
+    let msgs = reqs[3].1["messages"].as_array().expect("messages");
+    assert_eq!(msgs[1]["content"], "second try");
+    assert_eq!(msgs[2]["tool_calls"][0]["id"], "e1");
+    assert_eq!(msgs[3]["tool_call_id"], "e1");
+    assert_eq!(msgs.len(), 4, "{msgs:?}");
+}
