@@ -18,20 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// What the loop hands the connection.
+/// What the loop hands the connection: a question (or report) to send,
+/// and re-send after every reconnect, until answered.
 #[derive(Debug)]
-pub enum Out {
-    /// A question to send (and re-send after a reconnect) until answered.
-    Ask {
-        /// Its id (`call_id` or `reservation_id`).
-        id: String,
-        /// The task it belongs to.
-        task: String,
-        /// The frame.
-        msg: RuntimeMessage,
-        /// Where the answer goes.
-        tx: oneshot::Sender<ServerMessage>,
-    },
+pub struct Out {
+    /// Its id (`call_id`, `reservation_id`, or a report's [`report_id`]).
+    pub id: String,
+    /// The task it belongs to.
+    pub task: String,
+    /// The frame.
+    pub msg: RuntimeMessage,
+    /// Where the answer goes.
+    pub tx: oneshot::Sender<ServerMessage>,
 }
 
 /// The loop's side of the connection.
@@ -50,7 +48,7 @@ impl Bus {
     async fn ask(&self, id: String, task: &str, msg: RuntimeMessage) -> Option<ServerMessage> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Out::Ask {
+            .send(Out {
                 id,
                 task: task.to_string(),
                 msg,
@@ -65,7 +63,7 @@ impl Bus {
     /// ([`report_id`]). The loop does not wait for it.
     fn report(&self, id: String, task: &str, msg: RuntimeMessage) {
         let (tx, _) = oneshot::channel();
-        let _ = self.tx.send(Out::Ask {
+        let _ = self.tx.send(Out {
             id,
             task: task.to_string(),
             msg,
@@ -586,12 +584,9 @@ pub fn report_id(msg: &ServerMessage) -> Option<String> {
         ServerMessage::UsageAck { report_id, .. } => Some(format!("usage-{report_id}")),
         ServerMessage::TaskAck {
             task_id,
-            state,
             seq: Some(seq),
-        } => {
-            let _ = state;
-            Some(format!("step-{task_id}-{seq}"))
-        }
+            ..
+        } => Some(format!("step-{task_id}-{seq}")),
         ServerMessage::TaskAck {
             task_id,
             state,

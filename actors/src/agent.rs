@@ -1765,9 +1765,10 @@ async fn task_book(st: &mut AgentState) -> Result<&mut crate::task::TaskBook> {
 
 async fn submit_task(
     st: &mut AgentState,
-    task: crate::task::TaskRecord,
+    mut task: crate::task::TaskRecord,
     by: &Who,
 ) -> Result<crate::task::TaskRecord> {
+    task.created_at = st.now();
     let max = st.ctx.settings.max_open_tasks;
     let audit = AuditEntry::new(
         &st.rec.org_id,

@@ -124,6 +124,38 @@ pub struct TaskRecord {
     pub from_step: Option<u32>,
 }
 
+impl TaskRecord {
+    /// A new task in state `queued` (its agent's actor stamps `created_at`
+    /// when it stores it).
+    pub fn queued(
+        org_id: &str,
+        agent_id: &str,
+        instruction: String,
+        input: serde_json::Value,
+        limits: TaskLimits,
+        created_by: String,
+    ) -> TaskRecord {
+        TaskRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            org_id: org_id.to_string(),
+            agent_id: agent_id.to_string(),
+            instruction,
+            input,
+            state: TaskState::Queued,
+            result: None,
+            error: None,
+            limits,
+            created_by,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            runner_pid: None,
+            parent_id: None,
+            from_step: None,
+        }
+    }
+}
+
 /// One recorded step of a task (a model call or a tool call), as the
 /// runtime reported it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

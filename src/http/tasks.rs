@@ -90,6 +90,15 @@ fn limits(given: Option<LimitsIn>, default: TaskLimits) -> Result<TaskLimits, Ap
     })
 }
 
+/// An instruction, trimmed: 1 to 100,000 characters.
+fn instruction(field: &str, raw: &str) -> Result<String, ApiError> {
+    let i = raw.trim();
+    if i.is_empty() || i.chars().count() > 100_000 {
+        return Err(ApiError::invalid(field, "1 to 100000 characters"));
+    }
+    Ok(i.to_string())
+}
+
 async fn create(
     State(state): State<AppState>,
     p: Principal,
@@ -97,29 +106,16 @@ async fn create(
     ApiJson(body): ApiJson<TaskIn>,
 ) -> Result<Response, ApiError> {
     let agent = agent_id(&id)?;
-    let instruction = body.instruction.trim();
-    if instruction.is_empty() || instruction.chars().count() > 100_000 {
-        return Err(ApiError::invalid("instruction", "1 to 100000 characters"));
-    }
+    let instruction = instruction("instruction", &body.instruction)?;
     let limits = limits(body.limits, state.config.tasks.default_limits)?;
-    let task = TaskRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        org_id: p.org.0.clone(),
-        agent_id: agent.0.clone(),
-        instruction: instruction.to_string(),
-        input: body.input,
-        state: TaskState::Queued,
-        result: None,
-        error: None,
+    let task = TaskRecord::queued(
+        p.org.as_str(),
+        agent.as_str(),
+        instruction,
+        body.input,
         limits,
-        created_by: p.who().to_text(),
-        created_at: cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock),
-        started_at: None,
-        finished_at: None,
-        runner_pid: None,
-        parent_id: None,
-        from_step: None,
-    };
+        p.who().to_text(),
+    );
     let t = state
         .cadre
         .submit_task(&p.org, &agent, task, &p.who())
@@ -290,32 +286,20 @@ async fn replay(
         }
     }
     let instruction = match body.edits.and_then(|e| e.instruction) {
-        Some(i) if i.trim().is_empty() || i.chars().count() > 100_000 => {
-            return Err(ApiError::invalid(
-                "edits.instruction",
-                "1 to 100000 characters",
-            ));
-        }
-        Some(i) => i.trim().to_string(),
+        Some(i) => instruction("edits.instruction", &i)?,
         None => parent.instruction.clone(),
     };
     let task = TaskRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        org_id: p.org.0.clone(),
-        agent_id: parent.agent_id.clone(),
-        instruction,
-        input: parent.input.clone(),
-        state: TaskState::Queued,
-        result: None,
-        error: None,
-        limits: parent.limits,
-        created_by: p.who().to_text(),
-        created_at: cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock),
-        started_at: None,
-        finished_at: None,
-        runner_pid: None,
         parent_id: Some(parent.id.clone()),
         from_step: Some(from),
+        ..TaskRecord::queued(
+            p.org.as_str(),
+            &parent.agent_id,
+            instruction,
+            parent.input.clone(),
+            parent.limits,
+            p.who().to_text(),
+        )
     };
     let t = state
         .cadre
