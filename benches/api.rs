@@ -228,6 +228,7 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
             health: Default::default(),
             budget: Default::default(),
             profile: None,
+            runtime: Default::default(),
         };
         ids.push(
             cadre

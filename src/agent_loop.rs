@@ -28,8 +28,9 @@ pub struct Out {
     pub task: String,
     /// The frame.
     pub msg: RuntimeMessage,
-    /// Where the answer goes.
-    pub tx: oneshot::Sender<ServerMessage>,
+    /// Where the answer goes; `None` for a notice sent once and not
+    /// tracked (streamed text: live only, the step carries all of it).
+    pub tx: Option<oneshot::Sender<ServerMessage>>,
 }
 
 /// The loop's side of the connection.
@@ -52,7 +53,7 @@ impl Bus {
                 id,
                 task: task.to_string(),
                 msg,
-                tx,
+                tx: Some(tx),
             })
             .ok()?;
         rx.await.ok()
@@ -67,7 +68,21 @@ impl Bus {
             id,
             task: task.to_string(),
             msg,
-            tx,
+            tx: Some(tx),
+        });
+    }
+
+    /// Streamed text of model step `seq`, sent once if connected.
+    fn delta(&self, task: &str, seq: u32, text: String) {
+        let _ = self.tx.send(Out {
+            id: String::new(),
+            task: task.to_string(),
+            msg: RuntimeMessage::TaskDelta {
+                task_id: task.to_string(),
+                seq,
+                text,
+            },
+            tx: None,
         });
     }
 
@@ -338,7 +353,20 @@ async fn run(
             _ => return fail("cancelled".into()),
         }
         let t0 = Instant::now();
-        let answer = tokio::time::timeout(left, p.complete(&body)).await;
+        // Streamed text goes out in pieces of at most 50 ms or 512 bytes.
+        let mut pending = String::new();
+        let mut flushed = Instant::now();
+        let mut on_text = |t: &str| {
+            pending.push_str(t);
+            if pending.len() >= 512 || flushed.elapsed() >= Duration::from_millis(50) {
+                bus.delta(&task.id, seq, std::mem::take(&mut pending));
+                flushed = Instant::now();
+            }
+        };
+        let answer = tokio::time::timeout(left, p.complete(&body, &mut on_text)).await;
+        if !pending.is_empty() {
+            bus.delta(&task.id, seq, pending);
+        }
         let latency = t0.elapsed().as_millis() as u64;
         let (reply, raw) = match answer {
             Ok(Ok(ok)) => ok,

@@ -205,6 +205,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     bootstrap(&store, &config)
         .await
         .context("bootstrapping the first owner")?;
+    let sealer = crate::secrets::Sealer::load(&config.data_dir)
+        .map_err(anyhow::Error::msg)
+        .context("loading the secrets key")?;
     let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &config.data_dir)?;
     let jwt = Arc::new(JwtKeys::new(&secret, config.auth.token_ttl_secs));
 
@@ -248,11 +251,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_output_tokens: config.llm.max_output_tokens,
             temperature: config.llm.temperature,
             timeout_seconds: config.llm.timeout_seconds,
+            stream: config.llm.stream,
         },
         (!config.llm.api_key_env.is_empty())
             .then(|| std::env::var(&config.llm.api_key_env).ok())
             .flatten(),
-    );
+    )
+    .with_sealer(sealer.clone());
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
         .await
@@ -354,6 +359,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     let (closing, shutdown) = watch::channel(false);
     let state = AppState::new(crate::http::state::Shared {
+        sealer,
         shutdown,
         cadre: cadre.clone(),
         store: store.clone(),

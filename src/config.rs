@@ -103,6 +103,10 @@ pub struct LlmConfig {
     pub temperature: Option<f64>,
     /// Seconds to wait for one model response.
     pub timeout_seconds: u64,
+    /// Ask for streamed responses; the runtime forwards the text as it
+    /// arrives as `task.delta` events.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Limits of a plan (or an organization's overrides). Absent = unlimited.

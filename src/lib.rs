@@ -23,6 +23,7 @@ pub mod identity;
 pub mod llm;
 pub mod protocol;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod webhook;
 

@@ -247,8 +247,16 @@ impl Provider {
         body
     }
 
-    /// Sends `body` (from [`Provider::body`]); the reply and the raw response.
-    pub async fn complete(&self, body: &Value) -> Result<(Reply, Value), String> {
+    /// Sends `body` (from [`Provider::body`]); the reply and the raw
+    /// response. With `stream` set the provider is asked to stream: text is
+    /// handed to `on_text` as it arrives, and the raw response returned is
+    /// assembled into the provider's non-streaming shape, so the step log
+    /// and replays read it like any other.
+    pub async fn complete(
+        &self,
+        body: &Value,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<(Reply, Value), String> {
         let base = self.settings.base_url.trim_end_matches('/');
         let anthropic = self.settings.provider == "anthropic";
         let url = if anthropic {
@@ -256,7 +264,14 @@ impl Provider {
         } else {
             format!("{base}/chat/completions")
         };
-        let mut req = self.client.post(&url).json(body);
+        let mut body = body.clone();
+        if self.settings.stream {
+            body["stream"] = json!(true);
+            if !anthropic {
+                body["stream_options"] = json!({ "include_usage": true });
+            }
+        }
+        let mut req = self.client.post(&url).json(&body);
         if anthropic {
             req = req.header("anthropic-version", "2023-06-01");
             if let Some(k) = &self.api_key {
@@ -265,15 +280,44 @@ impl Provider {
         } else if let Some(k) = &self.api_key {
             req = req.bearer_auth(k);
         }
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .map_err(|e| format!("model request to {url} failed: {e}"))?;
         let status = resp.status();
-        let raw: Value = resp
-            .json()
-            .await
-            .map_err(|e| format!("model response from {url} unreadable: {e}"))?;
+        let streamed = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let raw: Value = if status.is_success() && streamed {
+            let mut sse = Sse::default();
+            let mut acc = if anthropic {
+                Assembler::Anthropic(AnthropicStream::default())
+            } else {
+                Assembler::OpenAi(OpenAiStream::default())
+            };
+            loop {
+                let chunk = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| format!("model stream from {url} broke: {e}"))?;
+                let Some(chunk) = chunk else { break };
+                for data in sse.feed(&chunk) {
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let event: Value = serde_json::from_str(&data)
+                        .map_err(|e| format!("model stream from {url} unreadable: {e}"))?;
+                    acc.event(&event, on_text)?;
+                }
+            }
+            acc.finish()
+        } else {
+            resp.json()
+                .await
+                .map_err(|e| format!("model response from {url} unreadable: {e}"))?
+        };
         if !status.is_success() {
             let msg = raw
                 .pointer("/error/message")
@@ -292,6 +336,196 @@ impl Provider {
             parse_anthropic(raw)
         } else {
             parse_openai(raw)
+        }
+    }
+}
+
+/// Server-sent events: splits a byte stream into the `data` of its events.
+#[derive(Default)]
+struct Sse {
+    buf: Vec<u8>,
+    data: String,
+}
+
+impl Sse {
+    /// Feeds bytes; the data of every event they complete.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    out.push(std::mem::take(&mut self.data));
+                }
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+        }
+        out
+    }
+}
+
+/// Builds a complete response out of streamed events.
+enum Assembler {
+    OpenAi(OpenAiStream),
+    Anthropic(AnthropicStream),
+}
+
+#[derive(Default)]
+struct OpenAiStream {
+    text: String,
+    /// By index: id, name, arguments so far.
+    calls: std::collections::BTreeMap<u64, (String, String, String)>,
+    usage: Value,
+}
+
+#[derive(Default)]
+struct AnthropicStream {
+    blocks: Vec<Value>,
+    partial: std::collections::BTreeMap<usize, String>,
+    input_tokens: u64,
+    output_tokens: u64,
+    stop_reason: Value,
+}
+
+impl Assembler {
+    fn event(&mut self, e: &Value, on_text: &mut (dyn FnMut(&str) + Send)) -> Result<(), String> {
+        if let Some(err) = e.get("error").filter(|v| !v.is_null()) {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("no message");
+            return Err(format!("model stream ended with an error: {msg}"));
+        }
+        match self {
+            Assembler::OpenAi(s) => {
+                if let Some(u) = e.get("usage").filter(|u| u.is_object()) {
+                    s.usage = u.clone();
+                }
+                for choice in e
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let delta = &choice["delta"];
+                    if let Some(t) = delta.get("content").and_then(Value::as_str)
+                        && !t.is_empty()
+                    {
+                        s.text.push_str(t);
+                        on_text(t);
+                    }
+                    for (k, tc) in delta
+                        .get("tool_calls")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        let idx = tc.get("index").and_then(Value::as_u64).unwrap_or(k as u64);
+                        let entry = s.calls.entry(idx).or_default();
+                        if let Some(id) = tc.get("id").and_then(Value::as_str) {
+                            entry.0 = id.to_string();
+                        }
+                        if let Some(n) = tc.pointer("/function/name").and_then(Value::as_str) {
+                            entry.1.push_str(n);
+                        }
+                        if let Some(a) = tc.pointer("/function/arguments").and_then(Value::as_str) {
+                            entry.2.push_str(a);
+                        }
+                    }
+                }
+            }
+            Assembler::Anthropic(s) => {
+                let index = e.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                match e.get("type").and_then(Value::as_str) {
+                    Some("message_start") => {
+                        s.input_tokens = tokens(&e["message"]["usage"], "input_tokens");
+                    }
+                    Some("content_block_start") => {
+                        if s.blocks.len() <= index {
+                            s.blocks.resize(index + 1, Value::Null);
+                        }
+                        s.blocks[index] = e["content_block"].clone();
+                    }
+                    Some("content_block_delta") => {
+                        let d = &e["delta"];
+                        match d.get("type").and_then(Value::as_str) {
+                            Some("text_delta") => {
+                                let t = d.get("text").and_then(Value::as_str).unwrap_or("");
+                                if let Some(b) = s.blocks.get_mut(index) {
+                                    let so_far = b["text"].as_str().unwrap_or("").to_string();
+                                    b["text"] = json!(so_far + t);
+                                }
+                                if !t.is_empty() {
+                                    on_text(t);
+                                }
+                            }
+                            Some("input_json_delta") => s
+                                .partial
+                                .entry(index)
+                                .or_default()
+                                .push_str(d["partial_json"].as_str().unwrap_or("")),
+                            _ => {}
+                        }
+                    }
+                    Some("content_block_stop") => {
+                        if let (Some(p), Some(b)) =
+                            (s.partial.remove(&index), s.blocks.get_mut(index))
+                            && !p.is_empty()
+                        {
+                            b["input"] = serde_json::from_str(&p).unwrap_or(Value::String(p));
+                        }
+                    }
+                    Some("message_delta") => {
+                        s.output_tokens = tokens(&e["usage"], "output_tokens");
+                        s.stop_reason = e["delta"]["stop_reason"].clone();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The response as the provider would have sent it unstreamed.
+    fn finish(self) -> Value {
+        match self {
+            Assembler::OpenAi(s) => {
+                let mut message = json!({
+                    "role": "assistant",
+                    "content": (!s.text.is_empty()).then_some(s.text),
+                });
+                if !s.calls.is_empty() {
+                    message["tool_calls"] = s
+                        .calls
+                        .into_values()
+                        .map(|(id, name, args)| {
+                            json!({ "id": id, "type": "function", "function": { "name": name, "arguments": args } })
+                        })
+                        .collect();
+                }
+                json!({
+                    "object": "chat.completion",
+                    "choices": [{ "index": 0, "message": message }],
+                    "usage": s.usage,
+                    "streamed": true,
+                })
+            }
+            Assembler::Anthropic(s) => json!({
+                "type": "message",
+                "role": "assistant",
+                "content": s.blocks.into_iter().filter(|b| !b.is_null()).collect::<Vec<_>>(),
+                "stop_reason": s.stop_reason,
+                "usage": { "input_tokens": s.input_tokens, "output_tokens": s.output_tokens },
+                "streamed": true,
+            }),
         }
     }
 }
@@ -382,6 +616,7 @@ mod tests {
 
     fn provider(kind: &str) -> Provider {
         let settings = LlmSettings {
+            stream: false,
             provider: kind.into(),
             base_url: "http://127.0.0.1:1".into(),
             max_output_tokens: 100,

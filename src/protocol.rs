@@ -108,6 +108,16 @@ pub enum RuntimeMessage {
         #[serde(default)]
         latency_ms: u64,
     },
+    /// Text the model is streaming for step `seq` of a task: published as
+    /// a `task.delta` event, not acknowledged (the step carries it all).
+    TaskDelta {
+        /// The task.
+        task_id: String,
+        /// The model step it belongs to.
+        seq: u32,
+        /// The text since the previous delta.
+        text: String,
+    },
 }
 
 /// One event of an `activity` batch.

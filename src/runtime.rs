@@ -159,7 +159,9 @@ async fn session(
         tokio::select! {
             Some(out) = tasks.outs.recv(), if script.welcomed => {
                 let crate::agent_loop::Out { id, task, msg, tx } = out;
-                tasks.asks.insert(id, task, msg.clone(), tx);
+                if let Some(tx) = tx {
+                    tasks.asks.insert(id, task, msg.clone(), tx);
+                }
                 if let Err(e) = send(&mut ws, &msg).await {
                     return SessionEnd::Reconnect(e);
                 }

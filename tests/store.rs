@@ -100,6 +100,7 @@ fn record(org: &OrgId, name: &str) -> AgentRecord {
             health: HealthOverrides::default(),
             budget: BudgetLimits::default(),
             profile: None,
+            runtime: Default::default(),
         },
         state: State::Draft,
         state_reason: None,

@@ -191,7 +191,7 @@ pub enum AgentMsg {
     /// A configuration change.
     Patch {
         /// The change (validated).
-        patch: AgentPatch,
+        patch: Box<AgentPatch>,
         /// Who asks.
         by: Who,
         /// Answer.
@@ -364,6 +364,23 @@ impl AgentState {
             target: self.rec.spec.target,
             model: self.rec.spec.model.clone().unwrap_or_default(),
             runtime_token: token,
+            runtime: self.rec.spec.runtime.clone(),
+            secrets: {
+                let gov = self.ctx.gov.org(&self.rec.org_id);
+                self.rec
+                    .spec
+                    .runtime
+                    .llm
+                    .api_key_secret
+                    .iter()
+                    .filter_map(|n| {
+                        gov.docs
+                            .secrets
+                            .get(n)
+                            .map(|s| (n.clone(), s.sealed.clone()))
+                    })
+                    .collect()
+            },
             heartbeat_interval_ms: Settings::heartbeat_interval(self.interval()).as_millis() as u64,
         }
     }
@@ -713,7 +730,7 @@ async fn handle_msg(
             let _ = reply.send(r);
         }
         AgentMsg::Patch { patch, by, reply } => {
-            let r = Box::pin(patch_agent(&myself, st, patch, &by)).await;
+            let r = Box::pin(patch_agent(&myself, st, *patch, &by)).await;
             let _ = reply.send(r);
         }
         AgentMsg::Delete { by, reply } => {
@@ -1763,6 +1780,47 @@ async fn task_book(st: &mut AgentState) -> Result<&mut crate::task::TaskBook> {
         .ok_or_else(|| Error::Unavailable("task book".into()))
 }
 
+/// Publishes a task event (after its change is committed).
+struct TaskEvents {
+    events: tokio::sync::broadcast::Sender<Arc<Event>>,
+    org: OrgId,
+    agent: crate::domain::AgentId,
+    at: i64,
+}
+
+impl TaskEvents {
+    fn of(st: &AgentState) -> TaskEvents {
+        TaskEvents {
+            events: st.ctx.events.clone(),
+            org: st.rec.org_id.clone(),
+            agent: st.rec.id.clone(),
+            at: st.now(),
+        }
+    }
+
+    fn send(&self, kind: &str, detail: serde_json::Value) {
+        let _ = self.events.send(Arc::new(Event::Task {
+            org_id: self.org.clone(),
+            agent_id: self.agent.clone(),
+            kind: kind.to_string(),
+            detail,
+            at: self.at,
+        }));
+    }
+
+    /// A task's new state.
+    fn state(&self, t: &crate::task::TaskRecord) {
+        self.send(
+            &format!("task.{}", t.state.as_str()),
+            serde_json::json!({
+                "task_id": t.id,
+                "result": t.result.as_deref().map(|r| r.chars().take(1000).collect::<String>()),
+                "error": t.error,
+            }),
+        );
+    }
+}
+
 async fn submit_task(
     st: &mut AgentState,
     mut task: crate::task::TaskRecord,
@@ -1789,6 +1847,14 @@ async fn submit_task(
     store.insert_task(&task, &audit).await?;
     book.open.insert(task.id.clone(), task.clone());
     book.deliver_one(&task);
+    TaskEvents::of(st).send(
+        "task.created",
+        serde_json::json!({
+            "task_id": task.id,
+            "instruction": task.instruction.chars().take(200).collect::<String>(),
+            "parent_id": task.parent_id,
+        }),
+    );
     Ok(task)
 }
 
@@ -1801,6 +1867,7 @@ async fn attach_tasks(
     use crate::task::TaskState;
     let now = st.now();
     let store = st.ctx.tasks.clone();
+    let events = TaskEvents::of(st);
     let Ok(book) = task_book(st).await else {
         return;
     };
@@ -1826,6 +1893,7 @@ async fn attach_tasks(
                 next.finished_at = Some(now);
                 if store.update_task(&next, None).await.is_ok() {
                     book.open.remove(&id);
+                    events.state(&next);
                 }
             }
         }
@@ -1841,6 +1909,7 @@ async fn task_report(
     use crate::task::{TaskReport, TaskState};
     let now = st.now();
     let store = st.ctx.tasks.clone();
+    let events = TaskEvents::of(st);
     let book = task_book(st).await?;
     let pid = book.outbox.as_ref().map(|o| o.pid);
     match report {
@@ -1854,7 +1923,34 @@ async fn task_report(
             };
             let t = t.clone();
             store.add_step(&step).await?;
+            let b = &step.body;
+            events.send(
+                "task.step",
+                serde_json::json!({
+                    "task_id": step.task_id,
+                    "seq": step.seq,
+                    "kind": step.kind,
+                    "tokens": step.tokens,
+                    "latency_ms": step.latency_ms,
+                    "tool": b.get("tool"),
+                    "decision": b.get("decision"),
+                    "approval_id": b.get("approval_id"),
+                }),
+            );
             Ok(t)
+        }
+        TaskReport::Delta { task_id, seq, text } => {
+            let Some(t) = book.open.get(&task_id) else {
+                return Err(Error::Conflict(
+                    "task_not_open",
+                    format!("task {task_id} is not open on this agent"),
+                ));
+            };
+            events.send(
+                "task.delta",
+                serde_json::json!({ "task_id": task_id, "seq": seq, "text": text }),
+            );
+            Ok(t.clone())
         }
         TaskReport::State {
             task_id,
@@ -1898,6 +1994,7 @@ async fn task_report(
             } else {
                 book.open.insert(task_id, next.clone());
             }
+            events.state(&next);
             Ok(next)
         }
     }
@@ -1915,6 +2012,7 @@ async fn cancel_task(st: &mut AgentState, id: &str, by: &Who) -> Result<crate::t
         now,
     );
     let store = st.ctx.tasks.clone();
+    let events = TaskEvents::of(st);
     let book = task_book(st).await?;
     let Some(t) = book.open.get(id) else {
         return Err(Error::Conflict(
@@ -1931,5 +2029,6 @@ async fn cancel_task(st: &mut AgentState, id: &str, by: &Who) -> Result<crate::t
     if let Some(out) = &book.outbox {
         let _ = out.tx.try_send(TaskOrder::Cancel(id.to_string()));
     }
+    events.state(&next);
     Ok(next)
 }

@@ -247,6 +247,8 @@ pub enum Doc {
     Profile(ProfileDef),
     /// An approval policy.
     Policy(PolicyDef),
+    /// A secret (sealed).
+    Secret(crate::governance::SecretDoc),
 }
 
 impl Doc {
@@ -255,6 +257,7 @@ impl Doc {
             Doc::Tool(_) => "tool",
             Doc::Profile(_) => "profile",
             Doc::Policy(_) => "policy",
+            Doc::Secret(_) => "secret",
         }
     }
 
@@ -263,6 +266,7 @@ impl Doc {
             Doc::Tool(t) => serde_json::to_string(t),
             Doc::Profile(p) => serde_json::to_string(p),
             Doc::Policy(p) => serde_json::to_string(p),
+            Doc::Secret(s) => serde_json::to_string(s),
         }
     }
 }
@@ -510,6 +514,10 @@ impl Actor for ApprovalActor {
                 }
                 "profile" => {
                     docs.profiles
+                        .insert(d.name.clone(), serde_json::from_str(&d.body).map_err(bad)?);
+                }
+                "secret" => {
+                    docs.secrets
                         .insert(d.name.clone(), serde_json::from_str(&d.body).map_err(bad)?);
                 }
                 _ => {
@@ -1137,9 +1145,11 @@ async fn put_doc(
         Some(Doc::Tool(t)) => docs.tools.insert(name.clone(), t.clone()).is_some(),
         Some(Doc::Profile(p)) => docs.profiles.insert(name.clone(), p.clone()).is_some(),
         Some(Doc::Policy(p)) => docs.policies.insert(name.clone(), p.clone()).is_some(),
+        Some(Doc::Secret(s)) => docs.secrets.insert(name.clone(), s.clone()).is_some(),
         None => match kind {
             "tool" => docs.tools.remove(&name).is_some(),
             "profile" => docs.profiles.remove(&name).is_some(),
+            "secret" => docs.secrets.remove(&name).is_some(),
             _ => docs.policies.remove(&name).is_some(),
         },
     };
@@ -1147,18 +1157,20 @@ async fn put_doc(
         return Err(Error::Missing(match kind {
             "tool" => "tool",
             "profile" => "profile",
+            "secret" => "secret",
             _ => "policy",
         }));
     }
     let action = format!("{kind}.{}", if doc.is_some() { "put" } else { "delete" });
-    let audit = st.audit(
-        by,
-        &action,
-        format!("{kind}:{name}"),
+    // A secret's audit entry names it; not even its sealed value is copied.
+    let detail = if kind == "secret" {
+        serde_json::json!({ "name": name })
+    } else {
         body.as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
-            .unwrap_or(serde_json::Value::Null),
-    );
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let audit = st.audit(by, &action, format!("{kind}:{name}"), detail);
     st.ctx
         .gov_store
         .put_doc(&st.org, kind, &name, body.as_deref(), &audit)

@@ -174,7 +174,7 @@ impl Cadre {
         by: Who,
     ) -> Result<Arc<AgentSnapshot>> {
         self.tenant_call(org, |reply| TenantMsg::Create {
-            spec: spec.clone(),
+            spec: Box::new(spec.clone()),
             by: by.clone(),
             reply,
         })
@@ -220,7 +220,7 @@ impl Cadre {
         by: Who,
     ) -> Result<Arc<AgentSnapshot>> {
         self.agent_call(org, id, |reply| AgentMsg::Patch {
-            patch: patch.clone(),
+            patch: Box::new(patch.clone()),
             by: by.clone(),
             reply,
         })

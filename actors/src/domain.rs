@@ -149,6 +149,77 @@ pub struct AgentSpec {
     /// Permission profile (a preset or one of the organization's); `None`
     /// takes the configured default.
     pub profile: Option<String>,
+    /// How its runtime works: model provider settings and MCP servers.
+    pub runtime: RuntimeSpec,
+}
+
+/// The agent's own model provider settings; every field left out takes
+/// the server's `[llm]` default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// `openai` (any chat-completions API) or `anthropic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Base URL of the API (`https://api.openai.com/v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Name of the organization secret holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
+    /// Output tokens per call at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Seconds per model response at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// Stream responses (forwarded live as task events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+}
+
+/// An MCP server the agent's runtime starts (stdio) or calls (HTTP); its
+/// tools join the catalog as `mcp.<name>.<tool>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// Short name (`a-z 0-9 _ -`), the middle part of its tool ids.
+    pub name: String,
+    /// Program to start, speaking MCP over stdin/stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Or: the URL of an MCP server over streamable HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The runtime part of an agent's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Model provider overrides.
+    #[serde(default)]
+    pub llm: LlmSpec,
+    /// MCP servers.
+    #[serde(default)]
+    pub mcp_servers: Vec<McpServerSpec>,
+}
+
+fn is_default_llm(l: &LlmSpec) -> bool {
+    *l == LlmSpec::default()
+}
+
+impl RuntimeSpec {
+    /// Whether nothing is set (stored as NULL).
+    pub fn is_default(&self) -> bool {
+        *self == RuntimeSpec::default()
+    }
 }
 
 impl AgentSpec {
@@ -186,6 +257,10 @@ pub struct AgentPatch {
     pub budget_period: Option<crate::budget::PeriodKind>,
     /// New permission profile; `Some(None)` returns to the default.
     pub profile: Option<Option<String>>,
+    /// New model provider settings (replace the old ones).
+    pub llm: Option<LlmSpec>,
+    /// New MCP servers (replace the old ones).
+    pub mcp_servers: Option<Vec<McpServerSpec>>,
 }
 
 impl AgentPatch {
@@ -228,6 +303,19 @@ impl AgentPatch {
         if let Some(p) = &self.profile {
             m.insert("profile".into(), p.clone().into());
         }
+        // Settings name their secrets; values never appear here.
+        if let Some(l) = &self.llm {
+            m.insert(
+                "llm".into(),
+                serde_json::to_value(l).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        if let Some(s) = &self.mcp_servers {
+            m.insert(
+                "mcp_servers".into(),
+                serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
+            );
+        }
         serde_json::Value::Object(m)
     }
 
@@ -235,6 +323,11 @@ impl AgentPatch {
     pub fn touches_deployment(&self, spec: &AgentSpec) -> bool {
         self.model.as_ref().is_some_and(|m| *m != spec.model)
             || self.target.is_some_and(|t| t != spec.target)
+            || self.llm.as_ref().is_some_and(|l| *l != spec.runtime.llm)
+            || self
+                .mcp_servers
+                .as_ref()
+                .is_some_and(|m| *m != spec.runtime.mcp_servers)
     }
 
     /// The spec with this patch applied.
@@ -266,6 +359,12 @@ impl AgentPatch {
         }
         if let Some(p) = &self.profile {
             s.profile = p.clone();
+        }
+        if let Some(l) = &self.llm {
+            s.runtime.llm = l.clone();
+        }
+        if let Some(m) = &self.mcp_servers {
+            s.runtime.mcp_servers = m.clone();
         }
         s
     }
@@ -402,6 +501,12 @@ pub struct AgentView {
     pub budget: BudgetView,
     /// Permission profile.
     pub profile: Option<String>,
+    /// Model provider settings of its own (secrets by name only).
+    #[serde(default, skip_serializing_if = "is_default_llm")]
+    pub llm: LlmSpec,
+    /// MCP servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerSpec>,
     /// Usage.
     pub usage: UsageView,
     /// RFC 3339.
@@ -440,6 +545,8 @@ impl AgentView {
                 period: rec.spec.budget.period,
             },
             profile: rec.spec.profile.clone(),
+            llm: rec.spec.runtime.llm.clone(),
+            mcp_servers: rec.spec.runtime.mcp_servers.clone(),
             usage: UsageView {
                 tokens: rec.usage.tokens,
                 cost_usd: micros_to_usd(rec.usage.cost_micros),

@@ -45,6 +45,20 @@ pub enum Event {
         /// Unix ms.
         at: i64,
     },
+    /// A task moved: created, a state change, a step recorded, or text
+    /// streamed by the model (`task.delta`, live only; the step holds it all).
+    Task {
+        /// Organization.
+        org_id: OrgId,
+        /// Agent.
+        agent_id: AgentId,
+        /// `task.created`, `task.running`, `task.step`, `task.delta`, …
+        kind: String,
+        /// Details (always with `task_id`).
+        detail: serde_json::Value,
+        /// Unix ms.
+        at: i64,
+    },
     /// An agent was deleted.
     Deleted {
         /// Organization.

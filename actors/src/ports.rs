@@ -153,6 +153,11 @@ pub struct DeployRequest {
     pub model: String,
     /// The runtime's credential (plain text; only its hash is stored).
     pub runtime_token: String,
+    /// The agent's runtime settings (model provider, MCP servers).
+    pub runtime: crate::domain::RuntimeSpec,
+    /// The organization secrets these settings name, still sealed (the
+    /// deployer opens them); a named secret that is not here is not set.
+    pub secrets: std::collections::BTreeMap<String, String>,
     /// How often the runtime sends heartbeats.
     pub heartbeat_interval_ms: u64,
 }

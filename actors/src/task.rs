@@ -202,6 +202,16 @@ pub enum TaskReport {
     },
     /// A step to record.
     Step(Box<TaskStep>),
+    /// Text the model streamed while step `seq` runs (published, not
+    /// stored: the step records the whole response).
+    Delta {
+        /// The task.
+        task_id: String,
+        /// The step it belongs to.
+        seq: u32,
+        /// The text.
+        text: String,
+    },
 }
 
 /// Durable storage of tasks and their steps. Every method returns only

@@ -75,7 +75,7 @@ pub enum TenantMsg {
     /// Create an agent in `draft`.
     Create {
         /// Validated configuration.
-        spec: AgentSpec,
+        spec: Box<AgentSpec>,
         /// Who asks.
         by: Who,
         /// Answer.
@@ -561,7 +561,7 @@ impl Actor for TenantSupervisor {
         st: &mut TenantState,
     ) -> std::result::Result<(), ActorProcessingErr> {
         match msg {
-            TenantMsg::Create { spec, by, reply } => st.begin_create(&myself, spec, by, reply),
+            TenantMsg::Create { spec, by, reply } => st.begin_create(&myself, *spec, by, reply),
             TenantMsg::Inserted {
                 record,
                 result,

@@ -210,6 +210,20 @@ pub fn row_of(ev: &Event) -> NewActivity {
             at: *at,
             record: None,
         },
+        Event::Task {
+            org_id,
+            agent_id,
+            kind,
+            detail,
+            at,
+        } => NewActivity {
+            org_id: org_id.0.clone(),
+            agent_id: Some(agent_id.0.clone()),
+            kind: kind.clone(),
+            payload: detail.to_string(),
+            at: *at,
+            record: None,
+        },
         Event::Deleted { org_id, agent_id } => NewActivity {
             org_id: org_id.0.clone(),
             agent_id: Some(agent_id.0.clone()),

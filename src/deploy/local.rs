@@ -41,6 +41,9 @@ pub struct RuntimeConfig {
     /// the environment as `CADRE_LLM_API_KEY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmSettings>,
+    /// MCP servers whose tools the runtime offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<cadre_actors::domain::McpServerSpec>,
 }
 
 /// The provider settings a runtime needs (`[llm]` without the key's source).
@@ -58,6 +61,41 @@ pub struct LlmSettings {
     pub temperature: Option<f64>,
     /// Seconds per model response at most.
     pub timeout_seconds: u64,
+    /// Ask for streamed responses (forwarded live as task events).
+    #[serde(default)]
+    pub stream: bool,
+}
+
+impl LlmSettings {
+    /// These settings with an agent's own overrides applied.
+    pub fn with(&self, spec: &cadre_actors::domain::LlmSpec) -> LlmSettings {
+        LlmSettings {
+            provider: spec
+                .provider
+                .clone()
+                .unwrap_or_else(|| self.provider.clone()),
+            base_url: spec
+                .base_url
+                .clone()
+                .unwrap_or_else(|| self.base_url.clone()),
+            max_output_tokens: spec.max_output_tokens.unwrap_or(self.max_output_tokens),
+            temperature: spec.temperature.or(self.temperature),
+            timeout_seconds: spec.timeout_seconds.unwrap_or(self.timeout_seconds),
+            stream: spec.stream.unwrap_or(self.stream),
+        }
+    }
+}
+
+/// What `deploy` leaves for `start` besides runtime.json: the environment
+/// the runtime gets, with secret values still sealed (opened only when the
+/// process starts, so no plain key is ever written to disk).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedEnv {
+    /// The organization the values are sealed for.
+    org: String,
+    /// Variable → sealed value.
+    env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -73,6 +111,7 @@ pub struct LocalDeployer {
     stop_grace: Duration,
     script_dir: Option<PathBuf>,
     llm: Option<(LlmSettings, Option<String>)>,
+    sealer: Option<crate::secrets::Sealer>,
     slots: DashMap<String, Arc<Mutex<Slot>>>,
 }
 
@@ -126,6 +165,7 @@ impl LocalDeployer {
             slots: DashMap::new(),
             script_dir: None,
             llm: None,
+            sealer: None,
         }
     }
 
@@ -134,6 +174,37 @@ impl LocalDeployer {
     pub fn with_llm(mut self, settings: LlmSettings, api_key: Option<String>) -> LocalDeployer {
         self.llm = Some((settings, api_key));
         self
+    }
+
+    /// Opens the organization secrets agents name (their model API keys).
+    pub fn with_sealer(mut self, sealer: crate::secrets::Sealer) -> LocalDeployer {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// The runtime's environment: the server's API key, or the agent's own
+    /// (opened from the sealed file `deploy` wrote).
+    fn runtime_env(&self, dir: &Path) -> Result<Vec<(String, String)>, DeployError> {
+        let mut env = std::collections::BTreeMap::new();
+        if let Some((_, Some(key))) = &self.llm {
+            env.insert("CADRE_LLM_API_KEY".to_string(), key.clone());
+        }
+        let sealed: SealedEnv = match std::fs::read(dir.join("runtime.env.sealed")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| err(format!("runtime.env.sealed unreadable: {e}")))?,
+            Err(_) => SealedEnv::default(),
+        };
+        for (k, v) in sealed.env {
+            let sealer = self
+                .sealer
+                .as_ref()
+                .ok_or_else(|| err("this deployer cannot open secrets"))?;
+            let plain = sealer
+                .open(&sealed.org, &v)
+                .map_err(|e| err(format!("opening the secret for {k}: {e}")))?;
+            env.insert(k, plain);
+        }
+        Ok(env.into_iter().collect())
     }
 
     /// Runtimes read their script from `<dir>/<agent id>.jsonl`.
@@ -222,6 +293,19 @@ impl Deployer for LocalDeployer {
         let dir = self.dir(deployment)?;
         let slot = self.slot(deployment);
         let _guard = slot.lock().await;
+        let spec = &req.runtime;
+        let mut sealed = SealedEnv {
+            org: req.org_id.to_string(),
+            env: Default::default(),
+        };
+        if let Some(name) = &spec.llm.api_key_secret {
+            let value = req.secrets.get(name).ok_or_else(|| {
+                err(format!(
+                    "secret {name:?} (llm.api_key_secret) is not set in the organization"
+                ))
+            })?;
+            sealed.env.insert("CADRE_LLM_API_KEY".into(), value.clone());
+        }
         let config = RuntimeConfig {
             connect_url: self.connect_url.clone(),
             agent_id: req.agent_id.to_string(),
@@ -232,14 +316,18 @@ impl Deployer for LocalDeployer {
                 .script_dir
                 .as_ref()
                 .map(|d| d.join(format!("{}.jsonl", req.agent_id))),
-            llm: self.llm.as_ref().map(|(s, _)| s.clone()),
+            llm: self.llm.as_ref().map(|(s, _)| s.with(&spec.llm)),
+            mcp_servers: spec.mcp_servers.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
-        let path = dir.join("runtime.json");
-        tokio::task::spawn_blocking(move || crate::auth::write_private(&path, &bytes))
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .map_err(|e| err(format!("writing runtime.json: {e}")))
+        let env = serde_json::to_vec(&sealed).map_err(|e| err(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            crate::auth::write_private(&dir.join("runtime.json"), &bytes)?;
+            crate::auth::write_private(&dir.join("runtime.env.sealed"), &env)
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("writing the runtime's configuration: {e}")))
     }
 
     async fn start(&self, deployment: &str) -> Result<(), DeployError> {
@@ -261,9 +349,7 @@ impl Deployer for LocalDeployer {
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
         let mut cmd = Command::new(&self.runtime_bin);
         cmd.env_remove("CADRE_LLM_API_KEY");
-        if let Some((_, Some(key))) = &self.llm {
-            cmd.env("CADRE_LLM_API_KEY", key);
-        }
+        cmd.envs(self.runtime_env(&dir)?);
         let child = cmd
             .arg("runtime")
             .arg("--config")

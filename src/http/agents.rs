@@ -16,7 +16,8 @@ use axum::routing::{delete as delete_route, get, patch as patch_route, post};
 use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
-    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides, OrgId,
+    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides, LlmSpec,
+    McpServerSpec, OrgId, RuntimeSpec,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -116,6 +117,8 @@ struct CreateAgent {
     health: Option<HealthIn>,
     budget: Option<BudgetIn>,
     profile: Option<String>,
+    llm: Option<LlmSpec>,
+    mcp_servers: Option<Vec<McpServerSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +134,8 @@ struct PatchAgent {
     budget: Option<BudgetIn>,
     #[serde(default, deserialize_with = "nullable")]
     profile: Option<Option<String>>,
+    llm: Option<LlmSpec>,
+    mcp_servers: Option<Vec<McpServerSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +231,124 @@ fn cost_micros(v: Option<f64>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+fn http_url(field: &str, url: &str) -> Result<(), ApiError> {
+    let ok = url.len() <= 500
+        && (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "an http:// or https:// URL of at most 500 characters",
+        ))
+    }
+}
+
+/// Checks an agent's model provider settings.
+fn llm_spec(l: LlmSpec) -> Result<LlmSpec, ApiError> {
+    if let Some(p) = &l.provider
+        && !matches!(p.as_str(), "openai" | "anthropic")
+    {
+        return Err(ApiError::invalid("llm.provider", "openai or anthropic"));
+    }
+    if let Some(u) = &l.base_url {
+        http_url("llm.base_url", u)?;
+    }
+    if let Some(s) = &l.api_key_secret
+        && !cadre_actors::governance::valid_id(s)
+    {
+        return Err(ApiError::invalid(
+            "llm.api_key_secret",
+            "a secret name: 1-100 of a-z 0-9 _ . -",
+        ));
+    }
+    if l.max_output_tokens
+        .is_some_and(|t| !(1..=1_000_000).contains(&t))
+    {
+        return Err(ApiError::invalid(
+            "llm.max_output_tokens",
+            "between 1 and 1000000",
+        ));
+    }
+    if l.temperature
+        .is_some_and(|t| !(t.is_finite() && (0.0..=2.0).contains(&t)))
+    {
+        return Err(ApiError::invalid("llm.temperature", "between 0 and 2"));
+    }
+    if l.timeout_seconds.is_some_and(|t| !(1..=3600).contains(&t)) {
+        return Err(ApiError::invalid(
+            "llm.timeout_seconds",
+            "between 1 and 3600",
+        ));
+    }
+    Ok(l)
+}
+
+/// Checks an agent's MCP servers: unique short names, a command or a URL.
+fn mcp_servers(list: Vec<McpServerSpec>) -> Result<Vec<McpServerSpec>, ApiError> {
+    if list.len() > 16 {
+        return Err(ApiError::invalid("mcp_servers", "at most 16 servers"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for m in &list {
+        let ok = !m.name.is_empty()
+            && m.name.len() <= 32
+            && m.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+        if !ok {
+            return Err(ApiError::invalid("mcp_servers.name", "1-32 of a-z 0-9 _ -"));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(ApiError::invalid(
+                "mcp_servers.name",
+                format!("{:?} is named twice", m.name),
+            ));
+        }
+        match (&m.command, &m.url) {
+            (Some(c), None) => {
+                text("mcp_servers.command", c, 500)?;
+                if m.args.len() > 64 || m.args.iter().any(|a| a.len() > 1000 || a.contains('\0')) {
+                    return Err(ApiError::invalid(
+                        "mcp_servers.args",
+                        "at most 64 arguments of at most 1000 bytes",
+                    ));
+                }
+            }
+            (None, Some(u)) if m.args.is_empty() => http_url("mcp_servers.url", u)?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "mcp_servers",
+                    "each server has a command (with args) or a url",
+                ));
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// The secret an agent's settings name must exist in its organization.
+fn known_secret(state: &AppState, org: &OrgId, l: Option<&LlmSpec>) -> Result<(), ApiError> {
+    match l.and_then(|l| l.api_key_secret.as_deref()) {
+        Some(name)
+            if !state
+                .cadre
+                .governance()
+                .org(org)
+                .docs
+                .secrets
+                .contains_key(name) =>
+        {
+            Err(ApiError::invalid(
+                "llm.api_key_secret",
+                format!("no secret {name:?}: PUT /api/v1/secrets/{name} sets it"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl CreateAgent {
     fn into_spec(self) -> Result<AgentSpec, ApiError> {
         let budget = self.budget.unwrap_or_default();
@@ -251,6 +374,14 @@ impl CreateAgent {
                 period: period(budget.period.as_deref())?.unwrap_or_default(),
             },
             profile: profile_name(self.profile.as_deref())?,
+            runtime: RuntimeSpec {
+                llm: self.llm.map(llm_spec).transpose()?.unwrap_or_default(),
+                mcp_servers: self
+                    .mcp_servers
+                    .map(mcp_servers)
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
         })
     }
 }
@@ -281,6 +412,8 @@ impl PatchAgent {
                 .profile
                 .map(|p| profile_name(p.as_deref()))
                 .transpose()?,
+            llm: self.llm.map(llm_spec).transpose()?,
+            mcp_servers: self.mcp_servers.map(mcp_servers).transpose()?,
         })
     }
 }
@@ -321,6 +454,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let spec = body.into_spec()?;
     known_profile(&state, &principal.org, spec.profile.as_deref())?;
+    known_secret(&state, &principal.org, Some(&spec.runtime.llm))?;
     let snap = state
         .cadre
         .create_agent(&principal.org, spec, principal.who())
@@ -394,6 +528,7 @@ async fn patch(
     if let Some(p) = &patch.profile {
         known_profile(&state, &principal.org, p.as_deref())?;
     }
+    known_secret(&state, &principal.org, patch.llm.as_ref())?;
     let snap = state
         .cadre
         .patch_agent(&principal.org, &id, patch, principal.who())

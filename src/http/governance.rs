@@ -574,8 +574,79 @@ async fn halt_get(State(state): State<AppState>, p: Principal) -> Response {
 }
 
 /// Governance routes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretIn {
+    value: String,
+}
+
+fn secret_json(name: &str, updated_at: i64) -> Value {
+    json!({ "name": name, "updated_at": rfc3339(updated_at) })
+}
+
+/// Sets a secret: the value is sealed here and never returned, listed,
+/// logged or audited (the audit entry names the secret only).
+async fn put_secret(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(n): Path<String>,
+    ApiJson(body): ApiJson<SecretIn>,
+) -> Result<Response, ApiError> {
+    let n = name(&n, "name")?;
+    if body.value.is_empty() || body.value.len() > 16 * 1024 {
+        return Err(ApiError::invalid("value", "1 to 16384 bytes"));
+    }
+    let sealed = state
+        .sealer
+        .seal(p.org.as_str(), &body.value)
+        .map_err(|e| ApiError::internal(&e))?;
+    let at = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let doc = Doc::Secret(cadre_actors::governance::SecretDoc {
+        sealed,
+        updated_at: at,
+    });
+    save(&state, &p, "secret", &n, doc, secret_json(&n, at)).await
+}
+
+async fn list_secrets(State(state): State<AppState>, p: Principal) -> Response {
+    let gov = state.cadre.governance().org(&p.org);
+    let items: Vec<Value> = gov
+        .docs
+        .secrets
+        .iter()
+        .map(|(n, s)| secret_json(n, s.updated_at))
+        .collect();
+    Json(json!({ "items": items })).into_response()
+}
+
+async fn delete_secret(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(n): Path<String>,
+) -> Result<Response, ApiError> {
+    delete_doc(&state, &p, "secret", &n).await
+}
+
 pub fn routes(r: Routes) -> Routes {
     r.add(Method::GET, "/tools", Action::AgentsRead, get(list_tools))
+        .add(
+            Method::GET,
+            "/secrets",
+            Action::GovernanceWrite,
+            get(list_secrets),
+        )
+        .add(
+            Method::PUT,
+            "/secrets/{name}",
+            Action::GovernanceWrite,
+            put(put_secret),
+        )
+        .add(
+            Method::DELETE,
+            "/secrets/{name}",
+            Action::GovernanceWrite,
+            delete(delete_secret),
+        )
         .add(
             Method::PUT,
             "/tools/{id}",

@@ -311,6 +311,25 @@ async fn serve(mut socket: WebSocket, session: Session) {
                     "state must be running, waiting_approval, succeeded or failed",
                 ),
             },
+            Ok(RuntimeMessage::TaskDelta { task_id, seq, text }) => {
+                if text.len() > 64 * 1024 {
+                    error("bad_message", "a delta carries at most 64 KiB")
+                } else {
+                    // Not acknowledged: only an error goes back.
+                    match task_report(
+                        &cadre,
+                        &org,
+                        &agent,
+                        conn,
+                        TaskReport::Delta { task_id, seq, text },
+                    )
+                    .await
+                    {
+                        ServerMessage::TaskAck { .. } => continue,
+                        other => other,
+                    }
+                }
+            }
             Ok(RuntimeMessage::TaskStep {
                 task_id,
                 seq,
@@ -432,7 +451,7 @@ async fn task_report(
 ) -> ServerMessage {
     let seq = match &report {
         TaskReport::Step(s) => Some(s.seq),
-        TaskReport::State { .. } => None,
+        TaskReport::State { .. } | TaskReport::Delta { .. } => None,
     };
     match cadre.task_report(org, agent, conn, report).await {
         Ok(t) => ServerMessage::TaskAck {

@@ -82,7 +82,7 @@ pub(super) fn classify(e: sqlx::Error) -> StoreError {
 const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_interval_ms, \
     health_failure_threshold, budget_tokens, budget_cost_micros, state, state_reason, restart_count, \
     usage_tokens, usage_cost_micros, usage_period, usage_warned, deployment_ref, runtime_token_hash, \
-    epoch, created_at, updated_at, profile, budget_period";
+    epoch, created_at, updated_at, profile, budget_period, runtime";
 
 /// An `agents` row in column order ([`AGENT_COLUMNS`]). Deserializable from
 /// a JSON array too, which is how hydration reads whole pages at once.
@@ -112,6 +112,7 @@ struct AgentRow(
     i64,
     Option<String>,
     String,
+    Option<String>,
 );
 
 impl AgentRow {
@@ -141,6 +142,7 @@ impl AgentRow {
             row.try_get(21)?,
             row.try_get(22)?,
             row.try_get(23)?,
+            row.try_get(24)?,
         ))
     }
 
@@ -170,6 +172,7 @@ impl AgentRow {
             updated_at,
             profile,
             budget_period,
+            runtime,
         ) = self;
         let bad = |what: String| StoreError::Unavailable(format!("bad agent row {id}: {what}"));
         Ok(AgentRecord {
@@ -190,6 +193,11 @@ impl AgentRow {
                         .ok_or_else(|| bad(format!("bad budget period {budget_period:?}")))?,
                 },
                 profile,
+                runtime: match runtime {
+                    Some(r) => serde_json::from_str(&r)
+                        .map_err(|e| bad(format!("bad runtime settings: {e}")))?,
+                    None => Default::default(),
+                },
             },
             state: State::parse(&state).ok_or_else(|| bad(format!("unknown state {state:?}")))?,
             state_reason,

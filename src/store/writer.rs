@@ -347,6 +347,13 @@ async fn count_agents(
 /// A new agent: record, creation entry, audit entry.
 type NewAgent<'a> = (&'a AgentRecord, &'a Transition, &'a AuditEntry);
 
+/// An agent's runtime settings as stored: NULL for the defaults.
+fn runtime_json(r: &cadre_actors::domain::RuntimeSpec) -> Option<String> {
+    (!r.is_default())
+        .then(|| serde_json::to_string(r).ok())
+        .flatten()
+}
+
 /// Inserts agents and their creation entries: one statement per table.
 async fn insert_rows(
     conn: &mut SqliteConnection,
@@ -356,7 +363,7 @@ async fn insert_rows(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
          usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at, \
-         profile, budget_period) ",
+         profile, budget_period, runtime) ",
     );
     agents.push_values(rows, |mut b, (rec, _, _)| {
         b.push_bind(rec.id.as_str())
@@ -382,7 +389,8 @@ async fn insert_rows(
             .push_bind(rec.created_at)
             .push_bind(rec.updated_at)
             .push_bind(rec.spec.profile.as_deref())
-            .push_bind(rec.spec.budget.period.as_str());
+            .push_bind(rec.spec.budget.period.as_str())
+            .push_bind(runtime_json(&rec.spec.runtime));
     });
     agents.build().execute(&mut *conn).await?;
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -457,7 +465,7 @@ async fn write(
         "UPDATE agents SET name = ?, role = ?, model = ?, target = ?, health_interval_ms = ?, \
          health_failure_threshold = ?, budget_tokens = ?, budget_cost_micros = ?, state = ?, state_reason = ?, \
          restart_count = ?, usage_tokens = ?, usage_cost_micros = ?, usage_period = ?, usage_warned = ?, \
-         deployment_ref = ?, runtime_token_hash = ?, updated_at = ?, profile = ?, budget_period = ? \
+         deployment_ref = ?, runtime_token_hash = ?, updated_at = ?, profile = ?, budget_period = ?, runtime = ? \
          WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
     )
     .bind(&rec.spec.name)
@@ -480,6 +488,7 @@ async fn write(
     .bind(rec.updated_at)
     .bind(rec.spec.profile.as_deref())
     .bind(rec.spec.budget.period.as_str())
+    .bind(runtime_json(&rec.spec.runtime))
     .bind(rec.id.as_str())
     .bind(rec.epoch)
     .execute(&mut *conn)

@@ -800,12 +800,18 @@ async fn every_mutating_route_writes_an_audit_entry() {
             json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 600 }] }),
             "policy.put",
         ),
+        (
+            "/api/v1/secrets/model-key",
+            json!({ "value": "sk-test" }),
+            "secret.put",
+        ),
     ] {
         let (s, v) = app.call(Method::PUT, path, Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let route: &'static str = match action {
             "tool.put" => "/tools/{id}",
             "profile.put" => "/profiles/{name}",
+            "secret.put" => "/secrets/{name}",
             _ => "/approval-policies/{name}",
         };
         check(
@@ -901,6 +907,11 @@ async fn every_mutating_route_writes_an_audit_entry() {
     );
     for (path, route, action) in [
         ("/api/v1/tools/crm.note", "/tools/{id}", "tool.delete"),
+        (
+            "/api/v1/secrets/model-key",
+            "/secrets/{name}",
+            "secret.delete",
+        ),
         (
             "/api/v1/approval-policies/echo",
             "/approval-policies/{name}",

@@ -51,7 +51,8 @@ async fn complete(
     State(fake): State<FakeLlm>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (axum::http::StatusCode, Json<Value>) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     // The credential as sent: `authorization` (OpenAI) or `x-api-key`
     // with its API version (Anthropic).
     let auth = headers
@@ -62,14 +63,96 @@ async fn complete(
             Some(version) => format!("{v} ({})", version.to_str().unwrap_or("?")),
             None => v.to_string(),
         });
+    let stream = body["stream"] == true;
     fake.seen.lock().expect("lock").push((auth, body));
-    match fake.script.lock().expect("lock").pop_front() {
-        Some(r) => (axum::http::StatusCode::OK, Json(r)),
-        None => (
+    let Some(r) = fake.script.lock().expect("lock").pop_front() else {
+        return (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({ "error": { "message": "script exhausted" } })),
-        ),
+        )
+            .into_response();
+    };
+    if !stream {
+        return Json(r).into_response();
     }
+    // Streamed: the scripted response as the provider's server-sent
+    // events, cut into 7-byte pieces so events and lines straddle reads.
+    let text = if r.get("content").is_some() {
+        anthropic_events(&r)
+    } else {
+        openai_chunks(&r)
+    };
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = text
+        .into_bytes()
+        .chunks(7)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(futures_util::stream::iter(pieces)),
+    )
+        .into_response()
+}
+
+/// Splits text into a few deltas.
+fn pieces(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(4).map(|c| c.iter().collect()).collect()
+}
+
+/// A chat completion as OpenAI streams it (`stream_options.include_usage`).
+fn openai_chunks(r: &Value) -> String {
+    let msg = &r["choices"][0]["message"];
+    let mut events = Vec::new();
+    let chunk = |delta: Value| json!({ "object": "chat.completion.chunk", "choices": [{ "index": 0, "delta": delta, "finish_reason": null }] });
+    events.push(chunk(json!({ "role": "assistant", "content": "" })));
+    for p in pieces(msg["content"].as_str().unwrap_or("")) {
+        events.push(chunk(json!({ "content": p })));
+    }
+    for (i, c) in msg["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        events.push(chunk(json!({ "tool_calls": [{ "index": i, "id": c["id"], "type": "function", "function": { "name": c["function"]["name"], "arguments": "" } }] })));
+        for p in pieces(c["function"]["arguments"].as_str().unwrap_or("")) {
+            events.push(chunk(
+                json!({ "tool_calls": [{ "index": i, "function": { "arguments": p } }] }),
+            ));
+        }
+    }
+    events.push(json!({ "object": "chat.completion.chunk", "choices": [], "usage": r["usage"] }));
+    let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+/// A message as Anthropic streams it.
+fn anthropic_events(r: &Value) -> String {
+    let mut events = vec![
+        json!({ "type": "message_start", "message": { "role": "assistant", "content": [], "usage": { "input_tokens": r["usage"]["input_tokens"], "output_tokens": 1 } } }),
+    ];
+    for (i, b) in r["content"].as_array().into_iter().flatten().enumerate() {
+        if b["type"] == "text" {
+            events.push(json!({ "type": "content_block_start", "index": i, "content_block": { "type": "text", "text": "" } }));
+            for p in pieces(b["text"].as_str().unwrap_or("")) {
+                events.push(json!({ "type": "content_block_delta", "index": i, "delta": { "type": "text_delta", "text": p } }));
+            }
+        } else {
+            events.push(json!({ "type": "content_block_start", "index": i, "content_block": { "type": "tool_use", "id": b["id"], "name": b["name"], "input": {} } }));
+            for p in pieces(&b["input"].to_string()) {
+                events.push(json!({ "type": "content_block_delta", "index": i, "delta": { "type": "input_json_delta", "partial_json": p } }));
+            }
+        }
+        events.push(json!({ "type": "content_block_stop", "index": i }));
+    }
+    events.push(json!({ "type": "message_delta", "delta": { "stop_reason": r["stop_reason"] }, "usage": { "output_tokens": r["usage"]["output_tokens"] } }));
+    events.push(json!({ "type": "message_stop" }));
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap_or("")))
+        .collect()
 }
 
 /// A response calling one tool.
@@ -727,4 +810,245 @@ async fn a_replay_from_step_3_with_an_edit_reuses_the_first_steps_and_runs_live_
     assert_eq!(msgs[2]["tool_calls"][0]["id"], "e1");
     assert_eq!(msgs[3]["tool_call_id"], "e1");
     assert_eq!(msgs.len(), 4, "{msgs:?}");
+}
+
+/// A final answer without tool calls.
+fn answer(text: &str) -> Value {
+    json!({
+        "id": "chatcmpl-9", "object": "chat.completion",
+        "choices": [{ "index": 0, "finish_reason": "stop", "message": { "role": "assistant", "content": text } }],
+        "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
+    })
+}
+
+#[tokio::test]
+async fn an_agent_uses_its_own_provider_settings_with_a_key_from_an_org_secret_that_is_never_shown()
+{
+    // The server's default provider must not be called at all.
+    let (default_llm, default_url) = FakeLlm::start(vec![]).await;
+    let (own, own_url) = FakeLlm::start(vec![answer("done by my own provider")]).await;
+    let app = app_with_llm(&default_url, |_| {}).await;
+    const KEY: &str = "sk-agent-7f3a9c";
+
+    // Secrets: set (sealed), listed by name only, admins only.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/research-key",
+            Some(json!({ "value": KEY })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(!v.to_string().contains(KEY), "{v}");
+    let (s, v) = app.call(Method::GET, "/api/v1/secrets", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["items"][0]["name"], "research-key");
+    assert!(!v.to_string().contains(KEY), "{v}");
+    let (_, viewer) = add_user(&app, "viewer@example.com", "viewer").await;
+    let (s, _) = app
+        .call_as(Some(&viewer), Method::GET, "/api/v1/secrets", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for (body, field) in [
+        (json!({ "value": "" }), "value"),
+        (json!({ "value": "x", "extra": 1 }), ""),
+    ] {
+        let (s, v) = app
+            .call(Method::PUT, "/api/v1/secrets/other", Some(body))
+            .await;
+        assert!(s.is_client_error(), "{v}");
+        if !field.is_empty() {
+            assert_eq!(v["field"], field, "{v}");
+        }
+    }
+
+    // Bad settings are refused, naming the field; nothing is created.
+    for (llm, field) in [
+        (json!({ "provider": "gemini" }), "llm.provider"),
+        (json!({ "base_url": "ftp://x" }), "llm.base_url"),
+        (json!({ "api_key_secret": "missing" }), "llm.api_key_secret"),
+        (json!({ "temperature": 7.5 }), "llm.temperature"),
+        (json!({ "max_output_tokens": 0 }), "llm.max_output_tokens"),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/v1/agents",
+                Some(json!({ "name": "bad", "llm": llm })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["field"], field, "{v}");
+    }
+
+    let agent = running_agent(
+        &app,
+        "researcher",
+        json!({ "llm": {
+            "base_url": own_url,
+            "api_key_secret": "research-key",
+            "max_output_tokens": 77,
+            "temperature": 0.3
+        } }),
+    )
+    .await;
+    let view = app.get(&agent).await;
+    assert_eq!(view["llm"]["api_key_secret"], "research-key");
+    let tid = give(&app, &agent, json!({ "instruction": "research" })).await;
+    let done = wait_task(&app, &tid, "succeeded").await;
+    assert_eq!(done["result"], "done by my own provider");
+    let reqs = own.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].0.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(reqs[0].1["max_tokens"], 77);
+    assert_eq!(reqs[0].1["temperature"], 0.3);
+    assert!(default_llm.requests().is_empty());
+
+    // The key is nowhere to be read: not in the agent's files (runtime.json,
+    // the sealed environment, the log), the audit log or the API.
+    for entry in std::fs::read_dir(app.agent_dir(&agent)).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).expect("read");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(KEY),
+                "{} holds the key",
+                path.display()
+            );
+        }
+    }
+    let (_, audit) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let audit = audit.to_string();
+    assert!(audit.contains("secret.put"), "{audit}");
+    assert!(!audit.contains(KEY));
+    assert!(!app.get(&agent).await.to_string().contains(KEY));
+
+    // Deleting a secret: 204, then 404.
+    let (s, _) = app
+        .call(Method::DELETE, "/api/v1/secrets/research-key", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = app
+        .call(Method::DELETE, "/api/v1/secrets/research-key", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+/// The activity events of `kind` (a prefix when it ends with `.`) for one
+/// task, oldest first, once `n` of them are recorded.
+async fn task_events(app: &TestApp, kind: &str, task: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/activity?kind={kind}&limit=200"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let mut items: Vec<Value> = v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["payload"]["task_id"] == task)
+            .cloned()
+            .collect();
+        items.sort_by_key(|e| e["id"].as_i64());
+        if items.len() >= n {
+            return items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} {kind} events of {task} never came: {items:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn streamed_responses_are_forwarded_as_task_events_and_recorded_whole() {
+    let openai = vec![
+        json!({
+            "choices": [{ "index": 0, "message": {
+                "role": "assistant", "content": "Checking the echo tool first.",
+                "tool_calls": [{ "id": "call_s1", "type": "function", "function": { "name": "echo", "arguments": "{\"q\":\"ping pong\"}" } }]
+            } }],
+            "usage": { "prompt_tokens": 50, "completion_tokens": 12 }
+        }),
+        answer("The echo answered: ping pong. Done."),
+    ];
+    let anthropic = vec![
+        json!({
+            "content": [
+                { "type": "text", "text": "Checking the echo tool first." },
+                { "type": "tool_use", "id": "toolu_s1", "name": "echo", "input": { "q": "ping pong" } }
+            ],
+            "stop_reason": "tool_use",
+            "usage": { "input_tokens": 50, "output_tokens": 12 }
+        }),
+        json!({
+            "content": [{ "type": "text", "text": "The echo answered: ping pong. Done." }],
+            "stop_reason": "end_turn",
+            "usage": { "input_tokens": 20, "output_tokens": 5 }
+        }),
+    ];
+    for (provider, script) in [("openai", openai), ("anthropic", anthropic)] {
+        let (llm, url) = FakeLlm::start(script).await;
+        let app = app_with_llm(&url, |c| c.llm.provider = provider.into()).await;
+        let agent = running_agent(&app, "streamer", json!({ "llm": { "stream": true } })).await;
+        let tid = give(&app, &agent, json!({ "instruction": "check the echo" })).await;
+        let done = wait_task(&app, &tid, "succeeded").await;
+        assert_eq!(
+            done["result"], "The echo answered: ping pong. Done.",
+            "{provider}"
+        );
+
+        // The provider was asked to stream (OpenAI: with the usage chunk).
+        let reqs = llm.requests();
+        assert_eq!(reqs.len(), 2, "{provider}: {reqs:?}");
+        assert_eq!(reqs[0].1["stream"], true, "{provider}");
+        if provider == "openai" {
+            assert_eq!(reqs[0].1["stream_options"]["include_usage"], true);
+        }
+        // The streamed tool call was assembled: its arguments reached the tool.
+        let second = reqs[1].1.to_string();
+        assert!(second.contains("ping pong"), "{provider}: {second}");
+
+        // Live: the text of each model step, in order, as task.delta events.
+        let deltas = task_events(&app, "task.delta", &tid, 2).await;
+        let text_of = |seq: u64| -> String {
+            deltas
+                .iter()
+                .filter(|e| e["payload"]["seq"].as_u64() == Some(seq))
+                .map(|e| e["payload"]["text"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(text_of(1), "Checking the echo tool first.", "{provider}");
+        assert_eq!(text_of(3), "The echo answered: ping pong. Done.");
+        // Steps and states are on the stream too.
+        let steps = task_events(&app, "task.step", &tid, 3).await;
+        assert_eq!(steps[1]["payload"]["tool"], "echo");
+        assert_eq!(steps[1]["payload"]["decision"], "allow");
+        task_events(&app, "task.succeeded", &tid, 1).await;
+        task_events(&app, "task.created", &tid, 1).await;
+
+        // Recorded whole, in the provider's own shape, with the usage the
+        // stream reported (so budgets and replays read it like any other).
+        let (_, log) = app
+            .call(Method::GET, &format!("/api/v1/tasks/{tid}/steps"), None)
+            .await;
+        let first = &log["items"][0];
+        assert_eq!(first["tokens"], 62, "{provider}: {first}");
+        assert_eq!(first["body"]["response"]["streamed"], true);
+        let recorded = first["body"]["response"].to_string();
+        assert!(
+            recorded.contains("Checking the echo tool first."),
+            "{recorded}"
+        );
+        eventually("usage counted", || async {
+            app.get(&agent).await["usage"]["tokens"].as_u64() == Some(62 + 25)
+        })
+        .await;
+    }
 }

@@ -229,6 +229,18 @@ pub struct OrgDocs {
     pub profiles: BTreeMap<String, ProfileDef>,
     /// Approval policies.
     pub policies: BTreeMap<String, PolicyDef>,
+    /// Secrets, sealed (only a deployer can open them).
+    pub secrets: BTreeMap<String, SecretDoc>,
+}
+
+/// An organization's secret as kept: its sealed value (never the plain one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDoc {
+    /// The value, sealed for the organization.
+    pub sealed: String,
+    /// When it was set (unix ms).
+    pub updated_at: i64,
 }
 
 /// Checks an identifier: 1–100 of `a-z 0-9 _ . -`.

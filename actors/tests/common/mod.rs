@@ -473,6 +473,7 @@ pub fn spec(name: &str) -> AgentSpec {
         health: HealthOverrides::default(),
         budget: BudgetLimits::default(),
         profile: None,
+        runtime: Default::default(),
     }
 }
 
