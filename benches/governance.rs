@@ -67,6 +67,7 @@ fn engine_checks(n: u64) -> f64 {
     for i in 0..n {
         let call = ToolCall {
             tool: tools[(i % tools.len() as u64) as usize],
+            arguments: None,
             estimated_cost_micros: 0,
             now_ms: 1_795_262_400_000,
         };

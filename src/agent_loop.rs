@@ -160,6 +160,15 @@ pub struct TaskOrder {
     pub replay: Vec<Value>,
 }
 
+/// What tools need besides the file system.
+#[derive(Debug, Clone)]
+pub struct Kit {
+    /// The HTTP tools' client (no redirects).
+    pub http: reqwest::Client,
+    /// MCP servers' tools.
+    pub mcp: crate::mcp::Servers,
+}
+
 /// The loop's queue: tasks run one at a time, in the order received.
 #[derive(Debug)]
 pub struct Worker {
@@ -171,7 +180,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the loop; `provider` is `None` when no model is configured
     /// (tasks then fail with `no_model_provider`).
-    pub fn start(provider: Option<Provider>, bus: Bus) -> Worker {
+    pub fn start(provider: Option<Provider>, kit: Kit, bus: Bus) -> Worker {
         let (tx, mut rx) = mpsc::unbounded_channel::<TaskOrder>();
         let cancelled = Arc::new(Mutex::new(HashSet::new()));
         let c = cancelled.clone();
@@ -187,7 +196,7 @@ impl Worker {
                         None,
                         Some("no_model_provider: this runtime has no [llm] settings".to_string()),
                     ),
-                    Some(p) => run(p, &bus, &task, &is_cancelled).await,
+                    Some(p) => run(p, &kit, &bus, &task, &is_cancelled).await,
                 };
                 if !is_cancelled() {
                     eprintln!("cadre runtime: task {} {state}", task.id);
@@ -221,30 +230,59 @@ impl Worker {
 /// and each call is judged by the control plane first).
 pub fn builtin_tools() -> Vec<ToolSpec> {
     let path = json!({ "type": "object", "properties": { "path": { "type": "string", "description": "relative path inside the workspace" } }, "required": ["path"] });
+    let url =
+        json!({ "type": "string", "description": "http:// or https:// URL on an allowed host" });
     vec![
         ToolSpec {
-            tool: "files.read",
-            description: "Read a text file of the agent's workspace.",
+            tool: "files.list".into(),
+            description: "List the files of the agent's workspace (or of one folder).".into(),
+            parameters: json!({ "type": "object", "properties": { "path": { "type": "string" } } }),
+        },
+        ToolSpec {
+            tool: "http.get".into(),
+            description: "GET a URL on an allowed host; answers the status and body.".into(),
+            parameters: json!({ "type": "object", "properties": { "url": url }, "required": ["url"] }),
+        },
+        ToolSpec {
+            tool: "http.request".into(),
+            description: "Any HTTP method to an allowed host, with headers and a body.".into(),
+            parameters: json!({ "type": "object", "properties": { "url": url, "method": { "type": "string" }, "headers": { "type": "object" }, "body": {} }, "required": ["url", "method"] }),
+        },
+        ToolSpec {
+            tool: "shell.exec".into(),
+            description:
+                "Run a shell command inside the workspace; answers the exit status and output."
+                    .into(),
+            parameters: json!({ "type": "object", "properties": { "command": { "type": "string" }, "timeout_seconds": { "type": "integer" } }, "required": ["command"] }),
+        },
+        ToolSpec {
+            tool: "agent.message".into(),
+            description: "Give another agent of the organization a task (by its name).".into(),
+            parameters: json!({ "type": "object", "properties": { "agent": { "type": "string" }, "message": { "type": "string" } }, "required": ["agent", "message"] }),
+        },
+        ToolSpec {
+            tool: "files.read".into(),
+            description: "Read a text file of the agent's workspace.".into(),
             parameters: path.clone(),
         },
         ToolSpec {
-            tool: "files.write",
-            description: "Write a text file in the agent's workspace.",
+            tool: "files.write".into(),
+            description: "Write a text file in the agent's workspace.".into(),
             parameters: json!({ "type": "object", "properties": { "path": { "type": "string" }, "content": { "type": "string" } }, "required": ["path", "content"] }),
         },
         ToolSpec {
-            tool: "files.delete",
-            description: "Delete a file of the agent's workspace.",
+            tool: "files.delete".into(),
+            description: "Delete a file of the agent's workspace.".into(),
             parameters: path,
         },
         ToolSpec {
-            tool: "echo",
-            description: "Return the arguments (a harmless test tool).",
+            tool: "echo".into(),
+            description: "Return the arguments (a harmless test tool).".into(),
             parameters: json!({ "type": "object" }),
         },
         ToolSpec {
-            tool: "task.finish",
-            description: "Finish the task with its result.",
+            tool: "task.finish".into(),
+            description: "Finish the task with its result.".into(),
             parameters: json!({ "type": "object", "properties": { "result": { "type": "string" } }, "required": ["result"] }),
         },
     ]
@@ -256,6 +294,7 @@ const SYSTEM: &str = "You are an agent of an organization, working on one task. 
 /// Runs one task to its end: (state, result, error).
 async fn run(
     p: &Provider,
+    kit: &Kit,
     bus: &Bus,
     task: &TaskOrder,
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -263,7 +302,8 @@ async fn run(
     let fail = |why: String| ("failed", None, Some(why));
     bus.state(&task.id, "running", None, None);
     let started = Instant::now();
-    let tools = builtin_tools();
+    let mut tools = builtin_tools();
+    tools.extend(kit.mcp.specs());
     let mut user = task.instruction.clone();
     if !task.input.is_null() {
         user.push_str(&format!("\n\nInput:\n{}", task.input));
@@ -420,7 +460,7 @@ async fn run(
             let left =
                 Duration::from_secs(task.limits.max_seconds).saturating_sub(started.elapsed());
             let Ok((content, step, finish)) =
-                tokio::time::timeout(left, tool_call(bus, task, seq, k, call)).await
+                tokio::time::timeout(left, tool_call(kit, bus, task, seq, k, call)).await
             else {
                 return fail(format!(
                     "max_seconds: the task ran {} s, its limit (waiting for {})",
@@ -446,6 +486,7 @@ async fn run(
 /// Asks for one tool call and runs it when allowed: (what the model is
 /// told, the step's record, the result when it was `task.finish`).
 async fn tool_call(
+    kit: &Kit,
     bus: &Bus,
     task: &TaskOrder,
     seq: u32,
@@ -482,7 +523,7 @@ async fn tool_call(
                     finish = Some(r.clone());
                     r
                 }
-                "allow" => match crate::runtime::execute(&call.tool, &call.arguments) {
+                "allow" => match execute(kit, bus, task, &call_id, call).await {
                     Ok(r) => r,
                     Err(e) => format!("error: {e}"),
                 },
@@ -523,6 +564,47 @@ async fn tool_call(
         "latency_ms": t0.elapsed().as_millis() as u64,
     });
     (content, step, finish)
+}
+
+/// Runs an allowed tool call.
+async fn execute(
+    kit: &Kit,
+    bus: &Bus,
+    task: &TaskOrder,
+    call_id: &str,
+    call: &Call,
+) -> Result<String, String> {
+    let args = &call.arguments;
+    match call.tool.as_str() {
+        "http.get" | "http.request" => crate::tools::http(&kit.http, &call.tool, args).await,
+        "shell.exec" => crate::tools::shell(args).await,
+        "files.list" => crate::tools::list(args),
+        "agent.message" => {
+            let field = |k: &str| {
+                args.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let ask = RuntimeMessage::AgentMessage {
+                call_id: call_id.to_string(),
+                task_id: task.id.clone(),
+                to: field("agent"),
+                message: field("message"),
+            };
+            match bus.ask(format!("msg-{call_id}"), &task.id, ask).await {
+                Some(ServerMessage::AgentMessageSent {
+                    task_id: Some(t), ..
+                }) => Ok(format!("sent: the agent has it as task {t}")),
+                Some(ServerMessage::AgentMessageSent { error, .. }) => {
+                    Err(error.unwrap_or_else(|| "not sent".into()))
+                }
+                _ => Err("not sent (the task was cancelled)".into()),
+            }
+        }
+        t if t.starts_with("mcp.") => kit.mcp.call(t, args).await,
+        other => crate::runtime::execute(other, args),
+    }
 }
 
 /// The connection's bookkeeping of the loop's open questions.
@@ -609,6 +691,7 @@ pub fn report_id(msg: &ServerMessage) -> Option<String> {
     match msg {
         ServerMessage::ToolDecision { call_id, .. } => Some(call_id.clone()),
         ServerMessage::Reservation { reservation_id, .. } => Some(reservation_id.clone()),
+        ServerMessage::AgentMessageSent { call_id, .. } => Some(format!("msg-{call_id}")),
         ServerMessage::UsageAck { report_id, .. } => Some(format!("usage-{report_id}")),
         ServerMessage::TaskAck {
             task_id,

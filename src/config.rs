@@ -873,6 +873,7 @@ mod tests {
                 None,
                 &ToolCall {
                     tool,
+                    arguments: None,
                     estimated_cost_micros: 0,
                     now_ms: 0,
                 },

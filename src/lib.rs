@@ -21,10 +21,12 @@ pub mod deploy;
 pub mod http;
 pub mod identity;
 pub mod llm;
+pub mod mcp;
 pub mod protocol;
 pub mod runtime;
 pub mod secrets;
 pub mod store;
+pub mod tools;
 pub mod webhook;
 
 /// mimalloc instead of glibc's malloc: allocation and its arena locks were

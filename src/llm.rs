@@ -48,9 +48,9 @@ pub struct ToolResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {
     /// The catalog's tool id.
-    pub tool: &'static str,
+    pub tool: String,
     /// What it does.
-    pub description: &'static str,
+    pub description: String,
     /// JSON schema of its arguments.
     pub parameters: Value,
 }
@@ -185,7 +185,7 @@ impl Provider {
             "tools": tools.iter().map(|t| json!({
                 "type": "function",
                 "function": {
-                    "name": wire_name(t.tool),
+                    "name": wire_name(&t.tool),
                     "description": t.description,
                     "parameters": t.parameters,
                 },
@@ -236,7 +236,7 @@ impl Provider {
             "messages": messages,
             "max_tokens": self.settings.max_output_tokens,
             "tools": tools.iter().map(|t| json!({
-                "name": wire_name(t.tool),
+                "name": wire_name(&t.tool),
                 "description": t.description,
                 "input_schema": t.parameters,
             })).collect::<Vec<_>>(),

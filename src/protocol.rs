@@ -108,6 +108,25 @@ pub enum RuntimeMessage {
         #[serde(default)]
         latency_ms: u64,
     },
+    /// The tools of the agent's MCP servers (sent after every welcome):
+    /// the control plane adds those its organization's catalog lacks.
+    Tools {
+        /// The tools.
+        tools: Vec<DiscoveredTool>,
+    },
+    /// The `agent.message` tool, allowed: give another agent of the same
+    /// organization a task. Asked again until answered; the same `call_id`
+    /// never creates a second task.
+    AgentMessage {
+        /// The tool call's id.
+        call_id: String,
+        /// The task it comes from.
+        task_id: String,
+        /// The other agent, by name (or id).
+        to: String,
+        /// What to tell it (its task's instruction).
+        message: String,
+    },
     /// Text the model is streaming for step `seq` of a task: published as
     /// a `task.delta` event, not acknowledged (the step carries it all).
     TaskDelta {
@@ -118,6 +137,16 @@ pub enum RuntimeMessage {
         /// The text since the previous delta.
         text: String,
     },
+}
+
+/// A tool a runtime found on an MCP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredTool {
+    /// `mcp.<server>.<tool>`.
+    pub id: String,
+    /// What the server says it does.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// One event of an `activity` batch.
@@ -237,6 +266,22 @@ pub enum ServerMessage {
     CancelTask {
         /// The task.
         task_id: String,
+    },
+    /// Answer to `tools`: how many joined the catalog.
+    ToolsAck {
+        /// Tools added (the others were there already).
+        added: usize,
+    },
+    /// Answer to `agent_message`: the task created, or why none was.
+    AgentMessageSent {
+        /// The tool call's id.
+        call_id: String,
+        /// The other agent's new task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_id: Option<String>,
+        /// Why no task was created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// A task report was recorded.
     TaskAck {

@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// The task loop as the connection sees it (kept across reconnects).
 struct Tasks {
+    /// MCP tools to announce after each welcome.
+    discovered: Vec<crate::protocol::DiscoveredTool>,
     worker: crate::agent_loop::Worker,
     outs: tokio::sync::mpsc::UnboundedReceiver<crate::agent_loop::Out>,
     asks: crate::agent_loop::Asks,
@@ -62,9 +64,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // MCP servers start with the runtime; their tools are announced to the
+    // control plane on every connection (it adds the new ones to the
+    // organization's catalog).
+    let mcp = crate::mcp::Servers::start(&config.mcp_servers).await;
+    let kit = crate::agent_loop::Kit {
+        http: crate::tools::http_client().map_err(anyhow::Error::msg)?,
+        mcp,
+    };
     let (bus, outs) = crate::agent_loop::Bus::new();
     let mut tasks = Tasks {
-        worker: crate::agent_loop::Worker::start(provider, bus),
+        discovered: kit
+            .mcp
+            .specs()
+            .into_iter()
+            .map(|s| crate::protocol::DiscoveredTool {
+                id: s.tool,
+                description: s.description,
+            })
+            .collect(),
+        worker: crate::agent_loop::Worker::start(provider, kit, bus),
         outs,
         asks: crate::agent_loop::Asks::default(),
     };
@@ -141,6 +160,14 @@ async fn session(
     let mut resend = true;
     loop {
         if script.welcomed && resend {
+            if !tasks.discovered.is_empty() {
+                let msg = RuntimeMessage::Tools {
+                    tools: tasks.discovered.clone(),
+                };
+                if let Err(e) = send(&mut ws, &msg).await {
+                    return SessionEnd::Reconnect(e);
+                }
+            }
             for msg in tasks.asks.resend() {
                 if let Err(e) = send(&mut ws, &msg).await {
                     return SessionEnd::Reconnect(e);
@@ -210,7 +237,7 @@ async fn session(
                             return SessionEnd::Reconnect(e);
                         }
                     }
-                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. }))
+                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. } | ServerMessage::AgentMessageSent { .. }))
                         if crate::agent_loop::report_id(&msg).is_some_and(|id| tasks.asks.open.contains_key(&id)) =>
                     {
                         let id = crate::agent_loop::report_id(&msg).unwrap_or_default();
@@ -502,7 +529,7 @@ impl Script {
 }
 
 /// A path inside the workspace (the working directory), or why not.
-fn workspace_path(args: &serde_json::Value) -> Result<std::path::PathBuf, String> {
+pub(crate) fn workspace_path(args: &serde_json::Value) -> Result<std::path::PathBuf, String> {
     let p = args
         .get("path")
         .and_then(|p| p.as_str())

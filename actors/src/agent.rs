@@ -1602,6 +1602,7 @@ fn tool_check(st: &mut AgentState, call: &ToolRequest) -> Result<crate::governan
         halted,
         &engine::ToolCall {
             tool: &call.tool,
+            arguments: Some(&call.arguments),
             estimated_cost_micros: call.estimated_cost_micros,
             now_ms: now,
         },

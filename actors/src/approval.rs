@@ -323,6 +323,17 @@ pub enum ApprovalMsg {
         /// Answer: whether it existed before.
         reply: RpcReplyPort<Result<bool>>,
     },
+    /// Tools an agent's runtime found on its MCP servers: those the
+    /// catalog lacks join the organization's tools (risk `medium`, skill
+    /// `mcp`), which the organization can change like any other.
+    Discover {
+        /// The tools.
+        tools: Vec<ToolDef>,
+        /// The runtime that found them.
+        by: Who,
+        /// Answer: how many were added.
+        reply: RpcReplyPort<Result<usize>>,
+    },
     /// A request's insert finished (sent by its write task).
     Inserted {
         /// The request.
@@ -599,6 +610,10 @@ impl Actor for ApprovalActor {
                 let _ = reply.send(r);
             }
             ApprovalMsg::Timeout { id, level } => Box::pin(timeout(&myself, st, &id, level)).await,
+            ApprovalMsg::Discover { tools, by, reply } => {
+                let r = Box::pin(discover(st, tools, &by)).await;
+                let _ = reply.send(r);
+            }
             ApprovalMsg::PutDoc {
                 kind,
                 name,
@@ -1121,6 +1136,20 @@ async fn timeout(myself: &ActorRef<ApprovalMsg>, st: &mut Book, id: &str, level:
         st.settle(&next);
         st.publish(kind, &next, serde_json::json!({ "approved": next.outcome }));
     }
+}
+
+async fn discover(st: &mut Book, tools: Vec<ToolDef>, by: &Who) -> Result<usize> {
+    let mut added = 0;
+    for t in tools {
+        let known =
+            st.docs.tools.contains_key(&t.id) || st.ctx.gov.org(&st.org).index.contains_key(&t.id);
+        if known {
+            continue;
+        }
+        Box::pin(put_doc(st, "tool", t.id.clone(), Some(Doc::Tool(t)), by)).await?;
+        added += 1;
+    }
+    Ok(added)
 }
 
 async fn put_doc(

@@ -515,6 +515,22 @@ impl Cadre {
         .await?
     }
 
+    /// Adds the MCP tools a runtime found that the organization's catalog
+    /// lacks; how many were added.
+    pub async fn discover_tools(
+        &self,
+        org: &OrgId,
+        tools: Vec<crate::governance::ToolDef>,
+        by: Who,
+    ) -> Result<usize> {
+        self.approvals_call(org, |reply| ApprovalMsg::Discover {
+            tools: tools.clone(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
     /// Revokes a standing grant.
     pub async fn revoke_grant(&self, org: &OrgId, grant: &str, by: Who) -> Result<Grant> {
         self.approvals_call(org, |reply| ApprovalMsg::RevokeGrant {

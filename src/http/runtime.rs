@@ -52,6 +52,7 @@ async fn connect(
         store: state.store.clone(),
         activity: state.activity.clone(),
         shutdown: state.shutdown.clone(),
+        limits: state.config.tasks.default_limits,
         org,
         agent,
         ack,
@@ -67,6 +68,8 @@ struct Session {
     store: std::sync::Arc<crate::store::SqlStore>,
     activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Limits of tasks that agents give each other.
+    limits: cadre_actors::task::TaskLimits,
     org: OrgId,
     agent: AgentId,
     ack: HelloAck,
@@ -98,6 +101,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
         store,
         activity,
         mut shutdown,
+        limits,
         org,
         agent,
         ack:
@@ -311,6 +315,57 @@ async fn serve(mut socket: WebSocket, session: Session) {
                     "state must be running, waiting_approval, succeeded or failed",
                 ),
             },
+            Ok(RuntimeMessage::Tools { tools }) => {
+                use cadre_actors::governance::{Risk, ToolDef, valid_id};
+                let ok = tools.len() <= 500
+                    && tools
+                        .iter()
+                        .all(|t| t.id.starts_with("mcp.") && valid_id(&t.id));
+                if ok {
+                    let defs = tools
+                        .into_iter()
+                        .map(|t| ToolDef {
+                            id: t.id,
+                            skill: "mcp".into(),
+                            description: t.description.chars().take(1000).collect(),
+                            risk: Risk::Medium,
+                            side_effects: Vec::new(),
+                        })
+                        .collect();
+                    let by = cadre_actors::domain::Who::of(cadre_actors::domain::Party::Runtime(
+                        agent.to_string(),
+                    ));
+                    match cadre.discover_tools(&org, defs, by).await {
+                        Ok(added) => ServerMessage::ToolsAck { added },
+                        Err(e) => error("unavailable", e.to_string()),
+                    }
+                } else {
+                    error(
+                        "bad_message",
+                        "at most 500 tools, each `mcp.<server>.<tool>` of a-z 0-9 _ . -",
+                    )
+                }
+            }
+            Ok(RuntimeMessage::AgentMessage {
+                call_id,
+                task_id,
+                to,
+                message,
+            }) => {
+                let (task_id, why) = match agent_message(
+                    &cadre, &store, &org, &agent, limits, &call_id, &task_id, &to, &message,
+                )
+                .await
+                {
+                    Ok(id) => (Some(id), None),
+                    Err(why) => (None, Some(why)),
+                };
+                ServerMessage::AgentMessageSent {
+                    call_id,
+                    task_id,
+                    error: why,
+                }
+            }
             Ok(RuntimeMessage::TaskDelta { task_id, seq, text }) => {
                 if text.len() > 64 * 1024 {
                     error("bad_message", "a delta carries at most 64 KiB")
@@ -441,6 +496,62 @@ async fn serve(mut socket: WebSocket, session: Session) {
 /// by default; the rest would be delivered on the next connection).
 const TASK_ORDERS: usize = 1024;
 
+/// The `agent.message` tool: a task for another agent of the organization,
+/// created once per call (its id derives from the call, so the runtime
+/// asking again after a reconnect finds the same task).
+#[allow(clippy::too_many_arguments)]
+async fn agent_message(
+    cadre: &Cadre,
+    store: &crate::store::SqlStore,
+    org: &OrgId,
+    from: &AgentId,
+    limits: cadre_actors::task::TaskLimits,
+    call_id: &str,
+    from_task: &str,
+    to: &str,
+    message: &str,
+) -> Result<String, String> {
+    let digest = sha256_hex(format!("{org}\n{from}\n{call_id}").as_bytes());
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    );
+    if let Ok(Some(t)) = store.task(org.as_str(), &id).await {
+        return Ok(t.id);
+    }
+    let message = message.trim();
+    if message.is_empty() || message.chars().count() > 20_000 {
+        return Err("the message must have 1 to 20000 characters".into());
+    }
+    let target = store
+        .agent_id_by_name(org.as_str(), to)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no agent named {to:?} in this organization"))?;
+    if target == from.as_str() {
+        return Err("an agent cannot message itself".into());
+    }
+    let mut task = cadre_actors::task::TaskRecord::queued(
+        org.as_str(),
+        &target,
+        message.to_string(),
+        serde_json::json!({ "from_agent": from.as_str(), "from_task": from_task }),
+        limits,
+        format!("runtime:{from}"),
+    );
+    task.id = id;
+    let by = cadre_actors::domain::Who::of(cadre_actors::domain::Party::Runtime(from.to_string()));
+    cadre
+        .submit_task(org, &AgentId(target), task, &by)
+        .await
+        .map(|t| t.id)
+        .map_err(|e| e.to_string())
+}
+
 /// Records a runtime's task report; the answer for the runtime.
 async fn task_report(
     cadre: &cadre_actors::client::Cadre,
@@ -503,8 +614,12 @@ fn decision(call_id: &str, o: &cadre_actors::approval::Outcome) -> ServerMessage
 
 /// The SHA-256 (hex) of the arguments' canonical JSON (object keys sorted).
 pub fn args_hash(arguments: &serde_json::Value) -> String {
-    let canonical = arguments.to_string();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    sha256_hex(arguments.to_string().as_bytes())
+}
+
+/// SHA-256 in hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

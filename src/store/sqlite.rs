@@ -401,6 +401,23 @@ impl SqlStore {
         &self.read
     }
 
+    /// A live agent's id by its name (or its id) in an organization.
+    pub async fn agent_id_by_name(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM agents WHERE org_id = ? AND (name = ? OR id = ?) AND deleted_at IS NULL LIMIT 1",
+        )
+        .bind(org)
+        .bind(name)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(unavailable)
+    }
+
     /// Whether `agent` exists in `org` (deleted agents keep their history).
     pub async fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE id = ? AND org_id = ?")

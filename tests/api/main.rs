@@ -12,3 +12,4 @@ mod identity;
 mod lifecycle;
 mod metrics;
 mod tasks;
+mod tools;

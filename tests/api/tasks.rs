@@ -15,16 +15,16 @@ use std::sync::{Arc, Mutex};
 /// A local chat-completions server: answers each request with the next
 /// scripted response and records what it was sent.
 /// A request as the fake provider saw it: its Authorization header and body.
-type Seen = (Option<String>, Value);
+pub(crate) type Seen = (Option<String>, Value);
 
 #[derive(Clone, Default)]
-struct FakeLlm {
+pub(crate) struct FakeLlm {
     script: Arc<Mutex<VecDeque<Value>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeLlm {
-    async fn start(script: Vec<Value>) -> (FakeLlm, String) {
+    pub(crate) async fn start(script: Vec<Value>) -> (FakeLlm, String) {
         let fake = FakeLlm {
             script: Arc::new(Mutex::new(script.into())),
             seen: Arc::default(),
@@ -42,7 +42,7 @@ impl FakeLlm {
         (fake, url)
     }
 
-    fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
     }
 }
@@ -156,7 +156,7 @@ fn anthropic_events(r: &Value) -> String {
 }
 
 /// A response calling one tool.
-fn tool_call(id: &str, wire_name: &str, args: Value) -> Value {
+pub(crate) fn tool_call(id: &str, wire_name: &str, args: Value) -> Value {
     json!({
         "id": "chatcmpl-1", "object": "chat.completion",
         "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
@@ -171,7 +171,10 @@ fn tool_call(id: &str, wire_name: &str, args: Value) -> Value {
 /// a variable cargo sets for every test process.
 const KEY_ENV: &str = "CARGO_PKG_NAME";
 
-async fn app_with_llm(url: &str, tweak: impl FnOnce(&mut cadre::config::Config)) -> TestApp {
+pub(crate) async fn app_with_llm(
+    url: &str,
+    tweak: impl FnOnce(&mut cadre::config::Config),
+) -> TestApp {
     let url = url.to_string();
     spawn_app_with(move |c| {
         c.llm.base_url = url;
@@ -197,7 +200,7 @@ async fn park_writes(app: &TestApp) {
 
 /// Creates an agent named `name` (`developer` profile, model `m`, plus
 /// `extra` fields), deploys it and waits until it runs.
-async fn running_agent(app: &TestApp, name: &str, extra: Value) -> String {
+pub(crate) async fn running_agent(app: &TestApp, name: &str, extra: Value) -> String {
     let mut body = json!({ "name": name, "role": "r", "model": "m", "profile": "developer" });
     if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
         b.extend(e);
@@ -210,7 +213,7 @@ async fn running_agent(app: &TestApp, name: &str, extra: Value) -> String {
 }
 
 /// Gives `agent` a task; its id.
-async fn give(app: &TestApp, agent: &str, body: Value) -> String {
+pub(crate) async fn give(app: &TestApp, agent: &str, body: Value) -> String {
     let (s, t) = app
         .call(
             Method::POST,
@@ -222,7 +225,7 @@ async fn give(app: &TestApp, agent: &str, body: Value) -> String {
     t["id"].as_str().expect("id").to_string()
 }
 
-async fn task(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn task(app: &TestApp, id: &str) -> Value {
     let (s, v) = app
         .call(Method::GET, &format!("/api/v1/tasks/{id}"), None)
         .await;
@@ -231,7 +234,7 @@ async fn task(app: &TestApp, id: &str) -> Value {
 }
 
 /// Polls a task until it reaches `state` (30 s deadline).
-async fn wait_task(app: &TestApp, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_task(app: &TestApp, id: &str, state: &str) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let t = task(app, id).await;
@@ -813,7 +816,7 @@ async fn a_replay_from_step_3_with_an_edit_reuses_the_first_steps_and_runs_live_
 }
 
 /// A final answer without tool calls.
-fn answer(text: &str) -> Value {
+pub(crate) fn answer(text: &str) -> Value {
     json!({
         "id": "chatcmpl-9", "object": "chat.completion",
         "choices": [{ "index": 0, "finish_reason": "stop", "message": { "role": "assistant", "content": text } }],
@@ -936,7 +939,7 @@ async fn an_agent_uses_its_own_provider_settings_with_a_key_from_an_org_secret_t
 
 /// The activity events of `kind` (a prefix when it ends with `.`) for one
 /// task, oldest first, once `n` of them are recorded.
-async fn task_events(app: &TestApp, kind: &str, task: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn task_events(app: &TestApp, kind: &str, task: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (s, v) = app

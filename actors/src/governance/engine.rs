@@ -13,6 +13,9 @@
 //! 7. `side_effect_blocked` — the tool has a side effect the profile blocks.
 //! 8. `outside_working_hours` — not within the profile's working hours.
 //! 9. `rate_limited` — the tool's rate limit is used up (the call counts).
+//!
+//! (Between 7 and 8: `host_not_allowed` — an `http.*` tool's `url` names a
+//! host that is not on the profile's `http_hosts`.)
 //! 10. sandbox: a tool with side effects other than reading is allowed as a
 //!     *simulation* (recorded, never executed); approval is moot.
 //! 11. a standing grant for this tool and these arguments → allow.
@@ -52,6 +55,8 @@ pub enum DenyReason {
     OutsideWorkingHours,
     /// Rate limit used up.
     RateLimited,
+    /// An `http.*` call to a host the profile does not allow.
+    HostNotAllowed,
 }
 
 impl DenyReason {
@@ -67,6 +72,7 @@ impl DenyReason {
             DenyReason::SideEffectBlocked => "side_effect_blocked",
             DenyReason::OutsideWorkingHours => "outside_working_hours",
             DenyReason::RateLimited => "rate_limited",
+            DenyReason::HostNotAllowed => "host_not_allowed",
         }
     }
 }
@@ -266,10 +272,46 @@ impl RateState {
 pub struct ToolCall<'a> {
     /// Tool id.
     pub tool: &'a str,
+    /// Its arguments (an `http.*` call's `url` is checked against the
+    /// profile's `http_hosts`).
+    pub arguments: Option<&'a serde_json::Value>,
     /// Estimated cost of the call (for cost-triggered policies).
     pub estimated_cost_micros: u64,
     /// Now, unix ms.
     pub now_ms: i64,
+}
+
+/// The host of an `http://` or `https://` URL, lower-cased, without
+/// credentials or port; `None` for anything else.
+pub fn url_host(url: &str) -> Option<String> {
+    let lower = url.trim().to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))?;
+    // `\` ends the authority too: URL parsers (WHATWG, reqwest's) read it
+    // as `/` in http(s) URLs, so `http://evil\@good/` goes to `evil`.
+    let authority = rest.split(['/', '\\', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Whether `host` is on the list: an exact name, or `*.example.com` for
+/// its subdomains (not the name itself).
+pub fn host_allowed(list: &[String], host: &str) -> bool {
+    list.iter().any(|h| {
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+            None => h == host,
+        }
+    })
 }
 
 fn deny(reason: DenyReason, message: String) -> Verdict {
@@ -344,6 +386,31 @@ pub fn check(
             );
         }
     };
+    if tool.id.starts_with("http.") {
+        let url = call
+            .arguments
+            .and_then(|a| a.get("url"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        match url_host(url) {
+            Some(host) if host_allowed(&profile.def.http_hosts, &host) => {}
+            Some(host) => {
+                return deny(
+                    DenyReason::HostNotAllowed,
+                    format!(
+                        "profile {} does not allow HTTP requests to {host} (http_hosts)",
+                        profile.name
+                    ),
+                );
+            }
+            None => {
+                return deny(
+                    DenyReason::HostNotAllowed,
+                    format!("{} needs an http:// or https:// url", tool.id),
+                );
+            }
+        }
+    }
     if let Some(h) = &profile.hours
         && !h.contains(call.now_ms)
     {
@@ -495,6 +562,7 @@ mod tests {
             halted,
             &ToolCall {
                 tool,
+                arguments: None,
                 estimated_cost_micros: 0,
                 now_ms: now,
             },
@@ -537,6 +605,7 @@ mod tests {
                 None,
                 &ToolCall {
                     tool: "echo",
+                    arguments: None,
                     estimated_cost_micros: 0,
                     now_ms: 0
                 },
@@ -685,6 +754,7 @@ mod tests {
             None,
             &ToolCall {
                 tool: "echo",
+                arguments: None,
                 estimated_cost_micros: 0,
                 now_ms: 0,
             },
@@ -733,6 +803,7 @@ mod tests {
             None,
             &ToolCall {
                 tool: "echo",
+                arguments: None,
                 estimated_cost_micros: 0,
                 now_ms: 0,
             },
@@ -751,6 +822,7 @@ mod tests {
                 None,
                 &ToolCall {
                     tool: "echo",
+                    arguments: None,
                     estimated_cost_micros: cost,
                     now_ms: 0,
                 },
@@ -809,5 +881,38 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn http_hosts_match_exact_names_and_subdomain_wildcards() {
+        assert_eq!(
+            url_host("https://API.example.com:8443/v1?q#f").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            url_host("http://user:pw@10.0.0.1/x").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(url_host("http://[::1]:80/").as_deref(), Some("::1"));
+        assert_eq!(url_host("ftp://example.com"), None);
+        assert_eq!(url_host("https://"), None);
+        // The userinfo trick: the host is what follows the last `@`.
+        assert_eq!(
+            url_host("https://allowed.com@evil.com/").as_deref(),
+            Some("evil.com")
+        );
+        assert_eq!(
+            url_host("https://evil.com\\@allowed.com/").as_deref(),
+            Some("evil.com")
+        );
+        let list = vec!["api.example.com".to_string(), "*.corp.test".to_string()];
+        assert!(host_allowed(&list, "api.example.com"));
+        assert!(!host_allowed(&list, "example.com"));
+        assert!(!host_allowed(&list, "evilapi.example.com"));
+        assert!(host_allowed(&list, "a.corp.test"));
+        assert!(host_allowed(&list, "b.a.corp.test"));
+        assert!(!host_allowed(&list, "corp.test"));
+        assert!(!host_allowed(&list, "evilcorp.test"));
+        assert!(!host_allowed(&[], "api.example.com"));
     }
 }

@@ -205,6 +205,10 @@ pub struct ProfileDef {
     /// Simulate (record, never execute) tools with side effects.
     #[serde(default)]
     pub sandbox: bool,
+    /// Hosts `http.*` tools may reach: exact names or `*.example.com`
+    /// (empty: none).
+    #[serde(default)]
+    pub http_hosts: Vec<String>,
 }
 
 /// The shipped catalog file.
@@ -295,6 +299,22 @@ pub fn validate_profile(p: &ProfileDef) -> Result<(), String> {
     }
     if p.description.len() > 1000 {
         return Err("description: at most 1000 characters".into());
+    }
+    if p.http_hosts.len() > 200 {
+        return Err("http_hosts: at most 200 hosts".into());
+    }
+    for h in &p.http_hosts {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b));
+        if !ok {
+            return Err(format!(
+                "http_hosts: {h:?} is not a host name (`api.example.com` or `*.example.com`, no scheme or path)"
+            ));
+        }
     }
     Ok(())
 }
