@@ -40,6 +40,7 @@ pub struct Running {
     audit_bridge: JoinHandle<()>,
     webhook: Option<JoinHandle<()>>,
     closing: watch::Sender<bool>,
+    scheduler: crate::schedule::Scheduler,
     server: JoinHandle<std::io::Result<()>>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -57,6 +58,7 @@ impl Running {
         if let Some(m) = self.metrics_server {
             let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
         }
+        self.scheduler.stop();
         self.cadre.shutdown().await;
         // The actors' last events reach the queue before it closes.
         self.bridge.abort();
@@ -357,8 +359,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks: store.clone(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
+    let scheduler = crate::schedule::Scheduler::start(store.clone(), cadre.clone())
+        .await
+        .context("starting the scheduler")?;
     let (closing, shutdown) = watch::channel(false);
     let state = AppState::new(crate::http::state::Shared {
+        scheduler: scheduler.clone(),
         sealer,
         shutdown,
         cadre: cadre.clone(),
@@ -417,6 +423,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audit_bridge,
         webhook,
         closing,
+        scheduler,
         server,
         metrics_server,
     })

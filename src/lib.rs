@@ -17,6 +17,7 @@ pub mod agent_loop;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cron;
 pub mod deploy;
 pub mod http;
 pub mod identity;
@@ -24,6 +25,7 @@ pub mod llm;
 pub mod mcp;
 pub mod protocol;
 pub mod runtime;
+pub mod schedule;
 pub mod secrets;
 pub mod store;
 pub mod tools;
@@ -34,6 +36,22 @@ pub mod webhook;
 /// Governance); with it they run 59 % faster and single-event ingest 30 %.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A UUID-shaped id derived from `seed` (SHA-256): the same seed gives the
+/// same id, so a repeated request (a re-sent tool call, a scheduled run
+/// after a crash) finds what the first one created.
+pub fn derived_uuid(seed: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, seed.as_bytes());
+    let h: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
 
 /// Installs aws-lc-rs as the process's TLS crypto provider (the one crypto
 /// backend). Outbound HTTPS clients (reqwest on rustls) need it before they

@@ -13,6 +13,7 @@ pub mod guard;
 pub mod identity;
 pub mod input;
 pub mod runtime;
+pub mod schedules;
 pub mod state;
 pub mod tasks;
 
@@ -265,6 +266,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = activity::routes(r);
     let r = governance::routes(r);
     let r = tasks::routes(r);
+    let r = schedules::routes(r);
     admin::routes(r)
 }
 

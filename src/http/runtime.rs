@@ -511,15 +511,7 @@ async fn agent_message(
     to: &str,
     message: &str,
 ) -> Result<String, String> {
-    let digest = sha256_hex(format!("{org}\n{from}\n{call_id}").as_bytes());
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &digest[0..8],
-        &digest[8..12],
-        &digest[12..16],
-        &digest[16..20],
-        &digest[20..32]
-    );
+    let id = crate::derived_uuid(&format!("message\n{org}\n{from}\n{call_id}"));
     if let Ok(Some(t)) = store.task(org.as_str(), &id).await {
         return Ok(t.id);
     }
@@ -614,12 +606,8 @@ fn decision(call_id: &str, o: &cadre_actors::approval::Outcome) -> ServerMessage
 
 /// The SHA-256 (hex) of the arguments' canonical JSON (object keys sorted).
 pub fn args_hash(arguments: &serde_json::Value) -> String {
-    sha256_hex(arguments.to_string().as_bytes())
-}
-
-/// SHA-256 in hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, arguments.to_string().as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -46,6 +46,8 @@ pub struct Shared {
     pub activity: crate::activity::Activity,
     /// Rate limiters.
     pub limiters: Arc<super::guard::Limiters>,
+    /// The scheduler (cron tasks).
+    pub scheduler: crate::schedule::Scheduler,
     /// Seals organization secrets before they reach the approval actor.
     pub sealer: crate::secrets::Sealer,
     /// Becomes `true` when the server shuts down: long-lived connections

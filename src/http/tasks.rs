@@ -51,7 +51,7 @@ fn step_json(s: &TaskStep) -> Value {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitsIn {
+pub(super) struct LimitsIn {
     max_steps: Option<u32>,
     max_seconds: Option<u64>,
     max_tokens: Option<u64>,
@@ -67,7 +67,7 @@ struct TaskIn {
 }
 
 /// Limits from the body over the configured defaults, each within bounds.
-fn limits(given: Option<LimitsIn>, default: TaskLimits) -> Result<TaskLimits, ApiError> {
+pub(super) fn limits(given: Option<LimitsIn>, default: TaskLimits) -> Result<TaskLimits, ApiError> {
     let Some(l) = given else { return Ok(default) };
     let check = |field: &str, v: Option<u64>, max: u64, d: u64| match v {
         None => Ok(d),
@@ -91,7 +91,7 @@ fn limits(given: Option<LimitsIn>, default: TaskLimits) -> Result<TaskLimits, Ap
 }
 
 /// An instruction, trimmed: 1 to 100,000 characters.
-fn instruction(field: &str, raw: &str) -> Result<String, ApiError> {
+pub(super) fn instruction(field: &str, raw: &str) -> Result<String, ApiError> {
     let i = raw.trim();
     if i.is_empty() || i.chars().count() > 100_000 {
         return Err(ApiError::invalid(field, "1 to 100000 characters"));

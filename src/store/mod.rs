@@ -8,6 +8,7 @@
 mod activity;
 mod governance;
 mod identity;
+mod schedules;
 mod sqlite;
 mod tasks;
 mod writer;
@@ -21,6 +22,7 @@ pub use identity::{
     AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
     UserRecord,
 };
+pub use schedules::Schedule;
 pub use sqlite::{Checkpoints, Durability, SqlStore};
 
 use serde::Serialize;

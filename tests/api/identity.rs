@@ -963,6 +963,48 @@ async fn every_mutating_route_writes_an_audit_entry() {
         &home,
         &audit_actions(&app, &home).await,
     );
+    let (s, sc) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{idle}/schedules"),
+            Some(json!({ "cron": "@daily", "instruction": "report" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sc}");
+    check(
+        Method::POST,
+        "/agents/{id}/schedules",
+        "schedule.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let sid = sc["id"].as_str().expect("schedule id");
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/schedules/{sid}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::PATCH,
+        "/schedules/{id}",
+        "schedule.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/schedules/{sid}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    check(
+        Method::DELETE,
+        "/schedules/{id}",
+        "schedule.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
     let tid = t["id"].as_str().expect("task id");
     let (s, _) = app
         .call(Method::POST, &format!("/api/v1/tasks/{tid}/cancel"), None)

@@ -11,5 +11,6 @@ mod governance;
 mod identity;
 mod lifecycle;
 mod metrics;
+mod schedules;
 mod tasks;
 mod tools;
