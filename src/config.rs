@@ -888,7 +888,9 @@ mod tests {
         };
         let table = [
             ("read_only", "files.read", "allow"),
-            ("read_only", "http.get", "allow"),
+            // No preset names hosts: HTTP tools need a profile with
+            // `http_hosts` (arguments are not given here: no url).
+            ("read_only", "http.get", "host_not_allowed"),
             ("read_only", "files.write", "side_effect_blocked"),
             ("read_only", "shell.exec", "not_allowed"),
             ("support_agent", "knowledge.search", "allow"),
@@ -898,7 +900,7 @@ mod tests {
             ("support_agent", "shell.exec", "not_allowed"),
             ("developer", "shell.exec", "allow"),
             ("developer", "files.delete", "approval"),
-            ("developer", "http.request", "approval"),
+            ("developer", "http.request", "host_not_allowed"),
             ("developer", "payments.refund", "not_allowed"),
             ("full_access", "shell.exec", "allow"),
             ("full_access", "email.send", "allow"),

@@ -1911,6 +1911,8 @@ async fn task_report(
     let now = st.now();
     let store = st.ctx.tasks.clone();
     let events = TaskEvents::of(st);
+    let pricing = st.ctx.pricing.clone();
+    let model = st.rec.spec.model.clone().unwrap_or_default();
     let book = task_book(st).await?;
     let pid = book.outbox.as_ref().map(|o| o.pid);
     match report {
@@ -1923,6 +1925,18 @@ async fn task_report(
                 ));
             };
             let t = t.clone();
+            // A model step's cost, priced here (the runtime knows no prices).
+            if step.kind == "model"
+                && let Some(body) = step.body.as_object_mut()
+            {
+                let tokens = |k: &str| body.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let micros =
+                    pricing.cost_micros(&model, tokens("input_tokens"), tokens("output_tokens"));
+                body.insert(
+                    "cost_usd".into(),
+                    serde_json::json!(crate::domain::micros_to_usd(micros)),
+                );
+            }
             store.add_step(&step).await?;
             let b = &step.body;
             events.send(

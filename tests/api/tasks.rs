@@ -1044,6 +1044,8 @@ async fn streamed_responses_are_forwarded_as_task_events_and_recorded_whole() {
         let first = &log["items"][0];
         assert_eq!(first["tokens"], 62, "{provider}: {first}");
         assert_eq!(first["body"]["response"]["streamed"], true);
+        // Priced by the control plane: 50 in × $3 + 12 out × $15 per Mtok.
+        assert_eq!(first["body"]["cost_usd"], 0.00033, "{provider}");
         let recorded = first["body"]["response"].to_string();
         assert!(
             recorded.contains("Checking the echo tool first."),
