@@ -323,6 +323,17 @@ pub enum ApprovalMsg {
         /// Answer: whether it existed before.
         reply: RpcReplyPort<Result<bool>>,
     },
+    /// Turn the organization's or one of its agents' kill switch on or off.
+    Halt {
+        /// Organization or agent scope.
+        scope: crate::governance::HaltScope,
+        /// `Some(reason)`: on.
+        on: Option<String>,
+        /// Who.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// Tools an agent's runtime found on its MCP servers: those the
     /// catalog lacks join the organization's tools (risk `medium`, skill
     /// `mcp`), which the organization can change like any other.
@@ -610,6 +621,15 @@ impl Actor for ApprovalActor {
                 let _ = reply.send(r);
             }
             ApprovalMsg::Timeout { id, level } => Box::pin(timeout(&myself, st, &id, level)).await,
+            ApprovalMsg::Halt {
+                scope,
+                on,
+                by,
+                reply,
+            } => {
+                let r = Box::pin(halt(&st.ctx, scope, on, by)).await;
+                let _ = reply.send(r);
+            }
             ApprovalMsg::Discover { tools, by, reply } => {
                 let r = Box::pin(discover(st, tools, &by)).await;
                 let _ = reply.send(r);
@@ -1136,6 +1156,77 @@ async fn timeout(myself: &ActorRef<ApprovalMsg>, st: &mut Book, id: &str, level:
         st.settle(&next);
         st.publish(kind, &next, serde_json::json!({ "approved": next.outcome }));
     }
+}
+
+/// Turns a kill switch on (`Some(reason)`) or off, as its owning actor:
+/// persisted with its audit entry first, then tool calls and reservations
+/// are refused, then the covered agents stop. Called by the organization's
+/// approval actor (organization and agent scopes) and the root supervisor
+/// (the instance), one message at a time, so two changes of one switch
+/// never interleave.
+pub(crate) async fn halt(
+    ctx: &Ctx,
+    scope: crate::governance::HaltScope,
+    on: Option<String>,
+    by: Who,
+) -> Result<()> {
+    use crate::domain::AgentId;
+    use crate::governance::HaltScope;
+    let org = match &scope {
+        HaltScope::Instance => None,
+        HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.clone()),
+    };
+    let now = ctx.clock.now_ms();
+    let action = if on.is_some() { "halt.on" } else { "halt.off" };
+    let audit = crate::audit::AuditEntry::new(
+        org.as_ref().unwrap_or(&OrgId("*".into())),
+        &by,
+        action.to_string(),
+        format!("{}:{}", scope.kind(), scope.target()),
+        serde_json::json!({ "scope": scope.kind(), "reason": on }),
+        now,
+    );
+    ctx.gov_store
+        .set_halt(&scope, on.as_deref(), &by.to_text(), now, &audit)
+        .await?;
+    ctx.gov.set_halt(&scope, on.is_some());
+    let agents: Vec<(OrgId, AgentId)> = match &scope {
+        HaltScope::Instance => ctx.registry.all_agents(),
+        HaltScope::Org(o) => ctx
+            .registry
+            .org_agents(o)
+            .into_iter()
+            .map(|a| (o.clone(), a))
+            .collect(),
+        HaltScope::Agent(o, a) => vec![(o.clone(), a.clone())],
+    };
+    let orgs: std::collections::BTreeSet<OrgId> = match &org {
+        Some(o) => [o.clone()].into(),
+        None => agents.iter().map(|(o, _)| o.clone()).collect(),
+    };
+    for o in orgs {
+        let _ = ctx.events.send(Arc::new(crate::events::Event::Governance {
+            org_id: o,
+            agent_id: match &scope {
+                HaltScope::Agent(_, a) => Some(a.clone()),
+                _ => None,
+            },
+            kind: action.to_string(),
+            detail: serde_json::json!({ "scope": scope.kind(), "target": scope.target(), "reason": on, "by": by.to_text() }),
+            at: now,
+        }));
+    }
+    if on.is_some() {
+        for (o, a) in agents {
+            if let Some(h) = ctx.registry.agent(&o, &a) {
+                let _ = h.actor.cast(crate::agent::AgentMsg::Halt {
+                    scope: scope.kind(),
+                    by: by.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn discover(st: &mut Book, tools: Vec<ToolDef>, by: &Who) -> Result<usize> {

@@ -547,64 +547,37 @@ impl Cadre {
     /// then forced after the deployer's grace period). Off: agents may be
     /// started again (they stay stopped until an operator starts them).
     pub async fn set_halt(&self, scope: HaltScope, on: Option<String>, by: Who) -> Result<()> {
-        let _serial = self.ctx.gov.halt_lock().lock().await;
-        let org = match &scope {
-            HaltScope::Instance => None,
-            HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.clone()),
-        };
-        let now = self.ctx.clock.now_ms();
-        let action = if on.is_some() { "halt.on" } else { "halt.off" };
-        let audit = crate::audit::AuditEntry::new(
-            org.as_ref().unwrap_or(&OrgId("*".into())),
-            &by,
-            action.to_string(),
-            format!("{}:{}", scope.kind(), scope.target()),
-            serde_json::json!({ "scope": scope.kind(), "reason": on }),
-            now,
-        );
-        self.ctx
-            .gov_store
-            .set_halt(&scope, on.as_deref(), &by.to_text(), now, &audit)
-            .await?;
-        self.ctx.gov.set_halt(&scope, on.is_some());
-        let agents: Vec<(OrgId, AgentId)> = match &scope {
-            HaltScope::Instance => self.ctx.registry.all_agents(),
-            HaltScope::Org(o) => self
-                .ctx
-                .registry
-                .org_agents(o)
-                .into_iter()
-                .map(|a| (o.clone(), a))
-                .collect(),
-            HaltScope::Agent(o, a) => vec![(o.clone(), a.clone())],
-        };
-        let orgs: std::collections::BTreeSet<OrgId> = match &org {
-            Some(o) => [o.clone()].into(),
-            None => agents.iter().map(|(o, _)| o.clone()).collect(),
-        };
-        for o in orgs {
-            let _ = self.ctx.events.send(Arc::new(crate::events::Event::Governance {
-                org_id: o,
-                agent_id: match &scope {
-                    HaltScope::Agent(_, a) => Some(a.clone()),
-                    _ => None,
-                },
-                kind: action.to_string(),
-                detail: serde_json::json!({ "scope": scope.kind(), "target": scope.target(), "reason": on, "by": by.to_text() }),
-                at: now,
-            }));
-        }
-        if on.is_some() {
-            for (o, a) in agents {
-                if let Some(h) = self.ctx.registry.agent(&o, &a) {
-                    let _ = h.actor.cast(AgentMsg::Halt {
-                        scope: scope.kind(),
+        // The owner of the switch persists and applies it: the
+        // organization's approval actor for its own and its agents'
+        // switches, the root supervisor for the instance's.
+        match &scope {
+            HaltScope::Instance => match self
+                .root
+                .call(
+                    |reply| RootMsg::Halt {
+                        on: on.clone(),
                         by: by.clone(),
-                    });
-                }
+                        reply,
+                    },
+                    Some(self.ctx.settings.call_timeout),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(r)) => r,
+                Ok(ractor::rpc::CallResult::Timeout) => Err(Error::Timeout),
+                _ => Err(Error::Unavailable("root supervisor down".into())),
+            },
+            HaltScope::Org(org) | HaltScope::Agent(org, _) => {
+                let org = org.clone();
+                self.approvals_call(&org, |reply| ApprovalMsg::Halt {
+                    scope: scope.clone(),
+                    on: on.clone(),
+                    by: by.clone(),
+                    reply,
+                })
+                .await?
             }
         }
-        Ok(())
     }
 
     /// Chaos: ends the actor of an agent or of a tenant. Returns `NotFound`

@@ -40,6 +40,15 @@ pub enum RootMsg {
     Respawn(OrgId),
     /// Whether every tenant is up.
     IsReady(RpcReplyPort<bool>),
+    /// Turn the instance's kill switch on (`Some(reason)`) or off.
+    Halt {
+        /// On, with why.
+        on: Option<String>,
+        /// Who.
+        by: crate::domain::Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<()>>,
+    },
 }
 
 struct TenantSlot {
@@ -164,6 +173,12 @@ impl Actor for RootSupervisor {
             }
             RootMsg::IsReady(reply) => {
                 let _ = reply.send(st.tenants.values().all(|s| s.actor.is_some()));
+            }
+            RootMsg::Halt { on, by, reply } => {
+                let r =
+                    crate::approval::halt(&st.ctx, crate::governance::HaltScope::Instance, on, by)
+                        .await;
+                let _ = reply.send(r);
             }
         }
         Ok(())

@@ -450,7 +450,6 @@ pub struct Governance {
     halted_instance: AtomicBool,
     halted_orgs: DashMap<OrgId, ()>,
     halted_agents: DashMap<AgentId, ()>,
-    halt_lock: tokio::sync::Mutex<()>,
 }
 
 /// Which switch.
@@ -500,13 +499,7 @@ impl Governance {
             halted_instance: AtomicBool::new(false),
             halted_orgs: DashMap::new(),
             halted_agents: DashMap::new(),
-            halt_lock: tokio::sync::Mutex::new(()),
         }
-    }
-
-    /// Serializes kill-switch changes (persist, then publish, in order).
-    pub fn halt_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.halt_lock
     }
 
     /// The shipped catalog.
