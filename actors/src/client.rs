@@ -139,15 +139,21 @@ impl Cadre {
     /// Makes sure `org` has a running tenant supervisor.
     pub async fn ensure_tenant(&self, org: &OrgId) -> Result<()> {
         let org = org.clone();
+        self.root_call(|reply| RootMsg::EnsureTenant {
+            org: org.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the root supervisor.
+    async fn root_call<R: Send + 'static>(
+        &self,
+        build: impl FnOnce(ractor::RpcReplyPort<Result<R>>) -> RootMsg,
+    ) -> Result<R> {
         match self
             .root
-            .call(
-                |reply| RootMsg::EnsureTenant {
-                    org: org.clone(),
-                    reply,
-                },
-                Some(self.ctx.settings.call_timeout),
-            )
+            .call(build, Some(self.ctx.settings.call_timeout))
             .await
         {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
@@ -551,22 +557,14 @@ impl Cadre {
         // organization's approval actor for its own and its agents'
         // switches, the root supervisor for the instance's.
         match &scope {
-            HaltScope::Instance => match self
-                .root
-                .call(
-                    |reply| RootMsg::Halt {
-                        on: on.clone(),
-                        by: by.clone(),
-                        reply,
-                    },
-                    Some(self.ctx.settings.call_timeout),
-                )
+            HaltScope::Instance => {
+                self.root_call(|reply| RootMsg::Halt {
+                    on: on.clone(),
+                    by: by.clone(),
+                    reply,
+                })
                 .await
-            {
-                Ok(ractor::rpc::CallResult::Success(r)) => r,
-                Ok(ractor::rpc::CallResult::Timeout) => Err(Error::Timeout),
-                _ => Err(Error::Unavailable("root supervisor down".into())),
-            },
+            }
             HaltScope::Org(org) | HaltScope::Agent(org, _) => {
                 let org = org.clone();
                 self.approvals_call(&org, |reply| ApprovalMsg::Halt {

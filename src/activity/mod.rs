@@ -163,6 +163,24 @@ impl Activity {
     }
 }
 
+/// An event that is its kind and detail.
+fn plain(
+    org: &cadre_actors::domain::OrgId,
+    agent: Option<&cadre_actors::domain::AgentId>,
+    kind: &str,
+    detail: &serde_json::Value,
+    at: i64,
+) -> NewActivity {
+    NewActivity {
+        org_id: org.0.clone(),
+        agent_id: agent.map(|a| a.0.clone()),
+        kind: kind.to_string(),
+        payload: detail.to_string(),
+        at,
+        record: None,
+    }
+}
+
 /// The activity row of an actor event.
 pub fn row_of(ev: &Event) -> NewActivity {
     match ev {
@@ -202,28 +220,14 @@ pub fn row_of(ev: &Event) -> NewActivity {
             kind,
             detail,
             at,
-        } => NewActivity {
-            org_id: org_id.0.clone(),
-            agent_id: agent_id.as_ref().map(|a| a.0.clone()),
-            kind: kind.clone(),
-            payload: detail.to_string(),
-            at: *at,
-            record: None,
-        },
+        } => plain(org_id, agent_id.as_ref(), kind, detail, *at),
         Event::Task {
             org_id,
             agent_id,
             kind,
             detail,
             at,
-        } => NewActivity {
-            org_id: org_id.0.clone(),
-            agent_id: Some(agent_id.0.clone()),
-            kind: kind.clone(),
-            payload: detail.to_string(),
-            at: *at,
-            record: None,
-        },
+        } => plain(org_id, Some(agent_id), kind, detail, *at),
         Event::Deleted { org_id, agent_id } => NewActivity {
             org_id: org_id.0.clone(),
             agent_id: Some(agent_id.0.clone()),
