@@ -302,16 +302,26 @@ impl Servers {
     /// Connects to every server and lists its tools; a server that fails is
     /// left out (and said so in the runtime's log).
     pub async fn start(specs: &[McpServerSpec]) -> Servers {
-        let mut servers = Vec::new();
-        let mut tools = Vec::new();
-        for spec in specs {
-            let started = async {
+        // All at once, each within 20 s: the runtime says hello only after
+        // this, and the control plane waits `health.start_timeout_ms` (60 s
+        // by default) for that.
+        let started = futures_util::future::join_all(specs.iter().map(|spec| async move {
+            let run = async {
                 let server = Server::connect(spec).await?;
                 let listed = server.list_tools().await?;
                 Ok::<_, String>((server, listed))
             };
-            match tokio::time::timeout(Duration::from_secs(30), started).await {
-                Ok(Ok((server, listed))) => {
+            match tokio::time::timeout(Duration::from_secs(20), run).await {
+                Ok(r) => r,
+                Err(_) => Err("no answer within 20 s".into()),
+            }
+        }))
+        .await;
+        let mut servers = Vec::new();
+        let mut tools = Vec::new();
+        for (spec, r) in specs.iter().zip(started) {
+            match r {
+                Ok((server, listed)) => {
                     let idx = servers.len();
                     eprintln!("cadre runtime: mcp {}: {} tools", server.name, listed.len());
                     for (name, description, schema) in listed {
@@ -327,11 +337,7 @@ impl Servers {
                     }
                     servers.push(server);
                 }
-                Ok(Err(e)) => eprintln!("cadre runtime: mcp {}: left out: {e}", spec.name),
-                Err(_) => eprintln!(
-                    "cadre runtime: mcp {}: left out: no answer in 30 s",
-                    spec.name
-                ),
+                Err(e) => eprintln!("cadre runtime: mcp {}: left out: {e}", spec.name),
             }
         }
         Servers {

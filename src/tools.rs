@@ -113,25 +113,55 @@ pub async fn shell(args: &Value) -> Result<String, String> {
         .arg(command)
         .current_dir("workspace")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     for k in HIDDEN_ENV {
         cmd.env_remove(k);
     }
-    let run = cmd.output();
-    let out = match tokio::time::timeout(Duration::from_secs(secs), run).await {
-        Ok(out) => out.map_err(|e| format!("starting sh: {e}"))?,
+    let mut child = cmd.spawn().map_err(|e| format!("starting sh: {e}"))?;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    // Output beyond what the model gets is read and dropped, so a chatty
+    // command neither blocks on a full pipe nor fills the runtime's memory.
+    let run = async {
+        let (out, err) = tokio::join!(capped(out), capped(err));
+        (child.wait().await, out, err)
+    };
+    let (status, out, err) = match tokio::time::timeout(Duration::from_secs(secs), run).await {
+        Ok(done) => done,
         Err(_) => return Err(format!("timed out after {secs} s (killed)")),
     };
-    let code = out
-        .status
+    let code = status
+        .map_err(|e| format!("waiting for sh: {e}"))?
         .code()
         .map(|c| c.to_string())
         .unwrap_or_else(|| "killed by a signal".into());
-    Ok(format!(
-        "exit {code}\nstdout:\n{}\nstderr:\n{}",
-        clip(&out.stdout),
-        clip(&out.stderr)
-    ))
+    Ok(format!("exit {code}\nstdout:\n{out}\nstderr:\n{err}"))
+}
+
+/// Reads a pipe to its end, keeping the first [`MAX_OUTPUT`] bytes.
+async fn capped<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> String {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+        let room = MAX_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    let text = String::from_utf8_lossy(&kept).into_owned();
+    if total > kept.len() {
+        format!("{text}\n[… {} more bytes]", total - kept.len())
+    } else {
+        text
+    }
 }
 
 /// `files.list`: the workspace's files (or a folder's), one per line,

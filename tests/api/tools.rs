@@ -101,6 +101,7 @@ async fn built_in_tools_reach_allowed_hosts_run_commands_and_message_other_agent
             ("c5", "files__list", json!({})),
             ("c6", "agent__message", json!({ "agent": "helper", "message": "please summarize the data" })),
             ("c7", "agent__message", json!({ "agent": "nobody", "message": "hello?" })),
+            ("c8", "shell__exec", json!({ "command": "yes | head -c 100000" })),
         ]),
         answer("all done"),
     ])
@@ -166,6 +167,9 @@ async fn built_in_tools_reach_allowed_hosts_run_commands_and_message_other_agent
     assert!(r["c5"].lines().any(|l| l == "made.txt"), "{}", r["c5"]);
     assert!(r["c6"].starts_with("sent:"), "{}", r["c6"]);
     assert!(r["c7"].contains("no agent named"), "{}", r["c7"]);
+    // Output past 64 KiB is counted, not kept.
+    assert!(r["c8"].contains("more bytes]"), "{}", &r["c8"][..200]);
+    assert!(r["c8"].len() < 70_000, "{}", r["c8"].len());
 
     // The message is a task of the other agent, waiting for it to run.
     let sent = r["c6"].rsplit(' ').next().expect("task id").to_string();
