@@ -39,6 +39,7 @@ pub struct Running {
     retention: JoinHandle<()>,
     audit_bridge: JoinHandle<()>,
     webhook: Option<JoinHandle<()>>,
+    docker_watch: JoinHandle<()>,
     closing: watch::Sender<bool>,
     scheduler: crate::schedule::Scheduler,
     server: JoinHandle<std::io::Result<()>>,
@@ -64,6 +65,7 @@ impl Running {
         self.bridge.abort();
         self.retention.abort();
         self.audit_bridge.abort();
+        self.docker_watch.abort();
         if let Some(w) = self.webhook {
             w.abort();
         }
@@ -236,7 +238,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         PathBuf::from(&config.deploy.local.runtime_bin)
     };
-    let deployer = LocalDeployer::new(
+    let llm = crate::deploy::LlmSettings {
+        provider: config.llm.provider.clone(),
+        base_url: config.llm.base_url.clone(),
+        max_output_tokens: config.llm.max_output_tokens,
+        temperature: config.llm.temperature,
+        timeout_seconds: config.llm.timeout_seconds,
+        stream: config.llm.stream,
+    };
+    let llm_key = (!config.llm.api_key_env.is_empty())
+        .then(|| std::env::var(&config.llm.api_key_env).ok())
+        .flatten();
+    let docker = Arc::new(
+        crate::deploy::DockerDeployer::new(config.deploy.docker.clone(), &connect_url)
+            .with_llm(llm.clone(), llm_key.clone())
+            .with_sealer(sealer.clone()),
+    );
+    let local = LocalDeployer::new(
         config.data_dir.join("agents"),
         runtime_bin,
         connect_url,
@@ -246,20 +264,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (!config.deploy.local.script_dir.is_empty())
             .then(|| PathBuf::from(&config.deploy.local.script_dir)),
     )
-    .with_llm(
-        crate::deploy::local::LlmSettings {
-            provider: config.llm.provider.clone(),
-            base_url: config.llm.base_url.clone(),
-            max_output_tokens: config.llm.max_output_tokens,
-            temperature: config.llm.temperature,
-            timeout_seconds: config.llm.timeout_seconds,
-            stream: config.llm.stream,
-        },
-        (!config.llm.api_key_env.is_empty())
-            .then(|| std::env::var(&config.llm.api_key_env).ok())
-            .flatten(),
-    )
+    .with_llm(llm, llm_key)
     .with_sealer(sealer.clone());
+    let deployer = crate::deploy::Targets::new(Arc::new(local), docker.clone());
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
         .await
@@ -359,6 +366,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks: store.clone(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
+    // A container that dies is probed at once, not at its next health tick.
+    let docker_watch = {
+        let cadre = cadre.clone();
+        docker.watch(move |org, agent| {
+            let org = cadre_actors::domain::OrgId(org.to_string());
+            let agent = cadre_actors::domain::AgentId(agent.to_string());
+            cadre.probe_now(&org, &agent);
+        })
+    };
     let scheduler = crate::schedule::Scheduler::start(store.clone(), cadre.clone())
         .await
         .context("starting the scheduler")?;
@@ -422,6 +438,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         retention,
         audit_bridge,
         webhook,
+        docker_watch,
         closing,
         scheduler,
         server,

@@ -335,6 +335,40 @@ pub struct ActorsConfig {
 pub struct DeployConfig {
     /// `[deploy.local]`.
     pub local: LocalDeployConfig,
+    /// `[deploy.docker]`.
+    pub docker: DockerDeployConfig,
+}
+
+/// `[deploy.docker]`: agents as containers on a Docker engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerDeployConfig {
+    /// Engine address: `unix:///var/run/docker.sock`, `tcp://host:2376`
+    /// ("" = `DOCKER_HOST`, else the local socket).
+    pub host: String,
+    /// For `tcp://` with TLS: the CA, client certificate and key (PEM paths).
+    pub tls_ca: String,
+    /// Client certificate.
+    pub tls_cert: String,
+    /// Client key.
+    pub tls_key: String,
+    /// Image agents run unless their own settings name one.
+    pub image: String,
+    /// Pull an image the engine lacks (`missing`) or never (`never`).
+    pub pull: String,
+    /// Network mode of agent containers (`bridge`, `host`, or a network name).
+    pub network: String,
+    /// URL the runtime in a container dials ("" = the server's own, with a
+    /// loopback host replaced by `host.docker.internal` off the host network).
+    pub connect_url: String,
+    /// Default CPU limit in cores.
+    pub cpus: f64,
+    /// Default memory limit in MiB.
+    pub memory_mb: u64,
+    /// Processes per container at most.
+    pub pids_limit: i64,
+    /// SIGTERM, then SIGKILL after this long.
+    pub stop_grace_ms: u64,
 }
 
 /// `[deploy.local]`.
@@ -613,6 +647,34 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        let docker = &self.deploy.docker;
+        if !matches!(docker.pull.as_str(), "missing" | "never") {
+            return bad("deploy.docker.pull", "expected \"missing\" or \"never\"");
+        }
+        if !(docker.host.is_empty()
+            || docker.host.starts_with("unix://")
+            || docker.host.starts_with("tcp://")
+            || docker.host.starts_with("http://")
+            || docker.host.starts_with("https://"))
+        {
+            return bad(
+                "deploy.docker.host",
+                "expected unix:///path, tcp://host:port or \"\"",
+            );
+        }
+        if !(0.01..=1024.0).contains(&docker.cpus) {
+            return bad("deploy.docker.cpus", "between 0.01 and 1024");
+        }
+        if docker.memory_mb < 16 {
+            return bad("deploy.docker.memory_mb", "at least 16");
+        }
+        let url = &docker.connect_url;
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
+            return bad(
+                "deploy.docker.connect_url",
+                "a ws:// or wss:// URL, or \"\"",
+            );
         }
         if !matches!(self.database.synchronous.as_str(), "normal" | "full") {
             return bad("database.synchronous", "expected \"normal\" or \"full\"");

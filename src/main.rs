@@ -1,4 +1,4 @@
-//! The `cadre` binary: `serve`, `migrate`, `runtime`.
+//! The `cadre` binary: `serve`, `migrate`, `runtime`, `image build`.
 
 use anyhow::Context;
 use cadre::config::Config;
@@ -32,9 +32,30 @@ enum Cmd {
     },
     /// Run an agent runtime (started by a deployer).
     Runtime {
-        /// The runtime.json written at deploy time.
+        /// The runtime.json written at deploy time (without it, the JSON in
+        /// the environment variable CADRE_RUNTIME_CONFIG).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// Runtime images for the Docker target.
+    Image {
+        #[command(subcommand)]
+        command: ImageCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the runtime image from this binary on the configured Docker
+    /// engine: the binary alone `FROM scratch` when it is static, else the
+    /// binary with the shared libraries it runs with. No registry is needed.
+    Build {
+        /// A TOML file layered over the defaults (for `[deploy.docker]`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Image name and tag (default: `[deploy.docker] image`).
+        #[arg(long)]
+        tag: Option<String>,
     },
 }
 
@@ -94,6 +115,23 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("cadre: migrations applied to {}", config.database_url());
             Ok(())
         }
-        Cmd::Runtime { config } => cadre::runtime::run(&config).await.context("runtime"),
+        Cmd::Runtime { config } => cadre::runtime::run(config.as_deref())
+            .await
+            .context("runtime"),
+        Cmd::Image {
+            command: ImageCmd::Build { config, tag },
+        } => {
+            let config = Config::from_env(config.as_deref())?;
+            let tag = tag.unwrap_or_else(|| config.deploy.docker.image.clone());
+            let docker = cadre::deploy::docker::connect(&config.deploy.docker)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("connecting to the Docker engine")?;
+            let id = cadre::deploy::image::build(&docker, &tag)
+                .await
+                .context("building the runtime image")?;
+            println!("{tag} {id}");
+            Ok(())
+        }
     }
 }

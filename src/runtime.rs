@@ -39,13 +39,28 @@ enum SessionEnd {
     Reconnect(String),
 }
 
-/// Runs until told to stop.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// Runs until told to stop. The configuration comes from the file
+/// `config_path`, or without one from the environment variable
+/// `CADRE_RUNTIME_CONFIG` (containers, where nothing is written to disk).
+pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     crate::init_tls();
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: RuntimeConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", config_path.display()))?;
+    let (text, source) = match config_path {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (
+            std::env::var(crate::deploy::CONFIG_ENV).with_context(|| {
+                format!(
+                    "no --config and no {} in the environment",
+                    crate::deploy::CONFIG_ENV
+                )
+            })?,
+            crate::deploy::CONFIG_ENV.to_string(),
+        ),
+    };
+    let config: RuntimeConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {source}"))?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut script = match &config.script {
         Some(path) => Script::load(path)?,

@@ -13,7 +13,11 @@ use std::time::Duration;
 const MAX_OUTPUT: usize = 64 * 1024;
 
 /// Environment variables a tool's child process never sees.
-pub const HIDDEN_ENV: &[&str] = &["CADRE_LLM_API_KEY", "CADRE_SECRETS_KEY"];
+pub const HIDDEN_ENV: &[&str] = &[
+    "CADRE_LLM_API_KEY",
+    "CADRE_SECRETS_KEY",
+    crate::deploy::CONFIG_ENV,
+];
 
 fn clip(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)]).into_owned();

@@ -252,7 +252,15 @@ pub enum AgentMsg {
         /// Answer.
         reply: RpcReplyPort<Result<UsageAck>>,
     },
-    /// Health timer.
+    /// The last lines of the deployment's log (read by a spawned task, so
+    /// a slow target never holds up the actor).
+    Logs {
+        /// Lines at most.
+        lines: usize,
+        /// Answer.
+        reply: RpcReplyPort<Result<String>>,
+    },
+    /// Health timer (also sent by a deployer that saw the deployment die).
     Tick,
     /// A probe finished.
     ProbeDone(std::result::Result<DeploymentStatus, DeployError>),
@@ -779,6 +787,24 @@ async fn handle_msg(
             let _ = reply.send(r);
         }
         AgentMsg::Halt { scope, by } => Box::pin(halt(&myself, st, scope, &by)).await,
+        AgentMsg::Logs { lines, reply } => match st.rec.deployment_ref.clone() {
+            Some(dep) => {
+                let deployer = st.ctx.deployer.clone();
+                tokio::spawn(async move {
+                    let r = deployer
+                        .logs(&dep, lines)
+                        .await
+                        .map_err(|e| Error::Unavailable(e.to_string()));
+                    let _ = reply.send(r);
+                });
+            }
+            None => {
+                let _ = reply.send(Err(Error::Conflict(
+                    "not_deployed",
+                    "the agent has no deployment: deploy it first".into(),
+                )));
+            }
+        },
         AgentMsg::Tick => {
             expire_holds(st);
             tick(&myself, st)
@@ -1040,6 +1066,20 @@ async fn patch_agent(
             ))
     {
         return Err(st.illegal(Command::Update));
+    }
+    // A deployment belongs to one target: moving it would strand the old
+    // one. The operator destroys it first (which keeps the agent).
+    if let Some(target) = patch.target
+        && target != st.rec.spec.target
+        && st.rec.deployment_ref.is_some()
+    {
+        return Err(Error::Conflict(
+            "target_in_use",
+            format!(
+                "the agent is deployed on {}: destroy the deployment first, then change the target",
+                st.rec.spec.target.as_str()
+            ),
+        ));
     }
     let mut next = st.rec.clone();
     next.spec = patch.apply(&st.rec.spec);

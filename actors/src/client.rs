@@ -201,6 +201,12 @@ impl Cadre {
         self.agent_call(org, id, AgentMsg::Get).await
     }
 
+    /// The last `lines` lines of an agent's deployment log.
+    pub async fn agent_logs(&self, org: &OrgId, id: &AgentId, lines: usize) -> Result<String> {
+        self.agent_call(org, id, |reply| AgentMsg::Logs { lines, reply })
+            .await?
+    }
+
     /// An operator command.
     pub async fn command(
         &self,
@@ -285,6 +291,15 @@ impl Cadre {
     /// The organization an agent belongs to (runtime connections name only the agent).
     pub fn org_of(&self, id: &AgentId) -> Option<OrgId> {
         self.ctx.registry.agent_any_org(id).map(|h| h.org)
+    }
+
+    /// Probes an agent's deployment now, instead of at its next health tick
+    /// (a deployer saw the deployment die). False if the agent is unknown.
+    pub fn probe_now(&self, org: &OrgId, id: &AgentId) -> bool {
+        self.ctx
+            .registry
+            .agent(org, id)
+            .is_some_and(|h| h.actor.cast(AgentMsg::Tick).is_ok())
     }
 
     /// A runtime's hello.

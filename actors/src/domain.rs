@@ -103,6 +103,8 @@ pub enum DeployTarget {
     /// A child process of the control plane (`cadre runtime`).
     #[default]
     Local,
+    /// A container on a Docker engine (through its API).
+    Docker,
 }
 
 impl DeployTarget {
@@ -110,6 +112,7 @@ impl DeployTarget {
     pub fn as_str(self) -> &'static str {
         match self {
             DeployTarget::Local => "local",
+            DeployTarget::Docker => "docker",
         }
     }
 
@@ -117,6 +120,7 @@ impl DeployTarget {
     pub fn parse(s: &str) -> Option<DeployTarget> {
         match s {
             "local" => Some(DeployTarget::Local),
+            "docker" => Some(DeployTarget::Docker),
             _ => None,
         }
     }
@@ -199,6 +203,29 @@ pub struct McpServerSpec {
     pub url: Option<String>,
 }
 
+/// Where and how big the agent's container is (target `docker`); every
+/// field left out takes the server's `[deploy.docker]` default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// Image to run (must contain `cadre` at `/cadre`: `cadre image build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU limit in cores (`0.5` is half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+}
+
+impl DockerSpec {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == DockerSpec::default()
+    }
+}
+
 /// The runtime part of an agent's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +236,9 @@ pub struct RuntimeSpec {
     /// MCP servers.
     #[serde(default)]
     pub mcp_servers: Vec<McpServerSpec>,
+    /// Container settings (target `docker`).
+    #[serde(default, skip_serializing_if = "DockerSpec::is_default")]
+    pub docker: DockerSpec,
 }
 
 fn is_default_llm(l: &LlmSpec) -> bool {
@@ -261,6 +291,8 @@ pub struct AgentPatch {
     pub llm: Option<LlmSpec>,
     /// New MCP servers (replace the old ones).
     pub mcp_servers: Option<Vec<McpServerSpec>>,
+    /// New container settings (replace the old ones).
+    pub docker: Option<DockerSpec>,
 }
 
 impl AgentPatch {
@@ -316,6 +348,12 @@ impl AgentPatch {
                 serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
             );
         }
+        if let Some(d) = &self.docker {
+            m.insert(
+                "docker".into(),
+                serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
+            );
+        }
         serde_json::Value::Object(m)
     }
 
@@ -328,6 +366,10 @@ impl AgentPatch {
                 .mcp_servers
                 .as_ref()
                 .is_some_and(|m| *m != spec.runtime.mcp_servers)
+            || self
+                .docker
+                .as_ref()
+                .is_some_and(|d| *d != spec.runtime.docker)
     }
 
     /// The spec with this patch applied.
@@ -365,6 +407,9 @@ impl AgentPatch {
         }
         if let Some(m) = &self.mcp_servers {
             s.runtime.mcp_servers = m.clone();
+        }
+        if let Some(d) = &self.docker {
+            s.runtime.docker = d.clone();
         }
         s
     }
@@ -444,6 +489,9 @@ pub struct DeploymentView {
     /// The deployer's handle, once deployed.
     #[serde(rename = "ref")]
     pub deployment_ref: Option<String>,
+    /// Container settings (target `docker`).
+    #[serde(default, skip_serializing_if = "DockerSpec::is_default")]
+    pub docker: DockerSpec,
 }
 
 /// The budget part of the view.
@@ -537,6 +585,7 @@ impl AgentView {
             deployment: DeploymentView {
                 target: rec.spec.target.as_str().to_string(),
                 deployment_ref: rec.deployment_ref.clone(),
+                docker: rec.spec.runtime.docker.clone(),
             },
             health,
             budget: BudgetView {

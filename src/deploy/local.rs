@@ -7,6 +7,7 @@
 //! the runtime reconnects by itself. Every operation is idempotent and
 //! serialized per deployment.
 
+use super::SealedEnv;
 use async_trait::async_trait;
 use cadre_actors::ports::{DeployError, DeployRequest, Deployer, DeploymentStatus};
 use dashmap::DashMap;
@@ -84,18 +85,6 @@ impl LlmSettings {
             stream: spec.stream.unwrap_or(self.stream),
         }
     }
-}
-
-/// What `deploy` leaves for `start` besides runtime.json: the environment
-/// the runtime gets, with secret values still sealed (opened only when the
-/// process starts, so no plain key is ever written to disk).
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SealedEnv {
-    /// The organization the values are sealed for.
-    org: String,
-    /// Variable → sealed value.
-    env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -185,26 +174,17 @@ impl LocalDeployer {
     /// The runtime's environment: the server's API key, or the agent's own
     /// (opened from the sealed file `deploy` wrote).
     fn runtime_env(&self, dir: &Path) -> Result<Vec<(String, String)>, DeployError> {
-        let mut env = std::collections::BTreeMap::new();
-        if let Some((_, Some(key))) = &self.llm {
-            env.insert("CADRE_LLM_API_KEY".to_string(), key.clone());
-        }
         let sealed: SealedEnv = match std::fs::read(dir.join("runtime.env.sealed")) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| err(format!("runtime.env.sealed unreadable: {e}")))?,
             Err(_) => SealedEnv::default(),
         };
-        for (k, v) in sealed.env {
-            let sealer = self
-                .sealer
-                .as_ref()
-                .ok_or_else(|| err("this deployer cannot open secrets"))?;
-            let plain = sealer
-                .open(&sealed.org, &v)
-                .map_err(|e| err(format!("opening the secret for {k}: {e}")))?;
-            env.insert(k, plain);
-        }
-        Ok(env.into_iter().collect())
+        let server_key = self.llm.as_ref().and_then(|(_, k)| k.as_deref());
+        Ok(sealed
+            .open(server_key, self.sealer.as_ref())
+            .map_err(err)?
+            .into_iter()
+            .collect())
     }
 
     /// Runtimes read their script from `<dir>/<agent id>.jsonl`.
@@ -293,32 +273,15 @@ impl Deployer for LocalDeployer {
         let dir = self.dir(deployment)?;
         let slot = self.slot(deployment);
         let _guard = slot.lock().await;
-        let spec = &req.runtime;
-        let mut sealed = SealedEnv {
-            org: req.org_id.to_string(),
-            env: Default::default(),
-        };
-        if let Some(name) = &spec.llm.api_key_secret {
-            let value = req.secrets.get(name).ok_or_else(|| {
-                err(format!(
-                    "secret {name:?} (llm.api_key_secret) is not set in the organization"
-                ))
-            })?;
-            sealed.env.insert("CADRE_LLM_API_KEY".into(), value.clone());
-        }
-        let config = RuntimeConfig {
-            connect_url: self.connect_url.clone(),
-            agent_id: req.agent_id.to_string(),
-            token: req.runtime_token.clone(),
-            heartbeat_interval_ms: req.heartbeat_interval_ms,
-            model: req.model.clone(),
-            script: self
-                .script_dir
+        let sealed = SealedEnv::of(req).map_err(err)?;
+        let config = super::runtime_config(
+            req,
+            &self.connect_url,
+            self.llm.as_ref().map(|(s, _)| s),
+            self.script_dir
                 .as_ref()
                 .map(|d| d.join(format!("{}.jsonl", req.agent_id))),
-            llm: self.llm.as_ref().map(|(s, _)| s.with(&spec.llm)),
-            mcp_servers: spec.mcp_servers.clone(),
-        };
+        );
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
         let env = serde_json::to_vec(&sealed).map_err(|e| err(e.to_string()))?;
         tokio::task::spawn_blocking(move || {

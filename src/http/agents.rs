@@ -16,8 +16,8 @@ use axum::routing::{delete as delete_route, get, patch as patch_route, post};
 use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
-    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, HealthOverrides, LlmSpec,
-    McpServerSpec, OrgId, RuntimeSpec,
+    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, DockerSpec, HealthOverrides,
+    LlmSpec, McpServerSpec, OrgId, RuntimeSpec,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -44,7 +44,8 @@ where
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeploymentIn {
-    target: String,
+    target: Option<String>,
+    docker: Option<DockerSpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -177,13 +178,48 @@ fn opt_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<Strin
     value.map(|v| text(field, v, max)).transpose()
 }
 
-fn target(d: &DeploymentIn) -> Result<DeployTarget, ApiError> {
-    DeployTarget::parse(&d.target).ok_or_else(|| {
+fn target(name: &str) -> Result<DeployTarget, ApiError> {
+    DeployTarget::parse(name).ok_or_else(|| {
         ApiError::invalid(
             "deployment.target",
-            format!("unsupported target {:?}; supported: local", d.target),
+            format!("unsupported target {name:?}; supported: local, docker"),
         )
     })
+}
+
+/// Container settings: an image reference, limits in range.
+fn docker_spec(d: DockerSpec) -> Result<DockerSpec, ApiError> {
+    if let Some(image) = &d.image {
+        let ok = !image.is_empty()
+            && image.len() <= 255
+            && image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+            && !image.starts_with(['-', '.', '/', ':', '@']);
+        if !ok {
+            return Err(ApiError::invalid(
+                "deployment.docker.image",
+                "an image reference like registry.example/team/agent:1.2 (letters, digits and . _ - / : @)",
+            ));
+        }
+    }
+    if let Some(cpus) = d.cpus
+        && !(0.01..=1024.0).contains(&cpus)
+    {
+        return Err(ApiError::invalid(
+            "deployment.docker.cpus",
+            "between 0.01 and 1024 cores",
+        ));
+    }
+    if let Some(mb) = d.memory_mb
+        && !(16..=1 << 20).contains(&mb)
+    {
+        return Err(ApiError::invalid(
+            "deployment.docker.memory_mb",
+            "between 16 and 1048576 MiB",
+        ));
+    }
+    Ok(d)
 }
 
 fn health(h: &HealthIn) -> Result<HealthOverrides, ApiError> {
@@ -359,6 +395,7 @@ impl CreateAgent {
             target: self
                 .deployment
                 .as_ref()
+                .and_then(|d| d.target.as_deref())
                 .map(target)
                 .transpose()?
                 .unwrap_or_default(),
@@ -379,6 +416,12 @@ impl CreateAgent {
                 mcp_servers: self
                     .mcp_servers
                     .map(mcp_servers)
+                    .transpose()?
+                    .unwrap_or_default(),
+                docker: self
+                    .deployment
+                    .and_then(|d| d.docker)
+                    .map(docker_spec)
                     .transpose()?
                     .unwrap_or_default(),
             },
@@ -403,7 +446,12 @@ impl PatchAgent {
                 .model
                 .map(|m| opt_text("model", m.as_deref(), MAX_MODEL))
                 .transpose()?,
-            target: self.deployment.as_ref().map(target).transpose()?,
+            target: self
+                .deployment
+                .as_ref()
+                .and_then(|d| d.target.as_deref())
+                .map(target)
+                .transpose()?,
             health: self.health.as_ref().map(health).transpose()?,
             monthly_tokens: budget.monthly_tokens.map(tokens).transpose()?,
             monthly_cost_micros: budget.monthly_cost_usd.map(cost_micros).transpose()?,
@@ -414,6 +462,11 @@ impl PatchAgent {
                 .transpose()?,
             llm: self.llm.map(llm_spec).transpose()?,
             mcp_servers: self.mcp_servers.map(mcp_servers).transpose()?,
+            docker: self
+                .deployment
+                .and_then(|d| d.docker)
+                .map(docker_spec)
+                .transpose()?,
         })
     }
 }
@@ -515,6 +568,42 @@ async fn get_one(
         .get_agent(&principal.org, &agent_id(&id)?)
         .await?;
     Ok(agent_response(StatusCode::OK, &snap))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    lines: Option<usize>,
+}
+
+/// Lines a log request returns at most.
+const MAX_LOG_LINES: usize = 5000;
+
+/// The last lines of the agent's runtime log, read from its target (the
+/// engine's log for a container, the log file for a local process).
+async fn logs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<LogParams>,
+) -> Result<Response, ApiError> {
+    let lines = match params.lines {
+        None => 200,
+        Some(n) if (1..=MAX_LOG_LINES).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("lines must be between 1 and {MAX_LOG_LINES}"),
+            ));
+        }
+    };
+    let id = agent_id(&id)?;
+    let text = state.cadre.agent_logs(&principal.org, &id, lines).await?;
+    Ok(
+        axum::Json(serde_json::json!({ "agent_id": id.as_str(), "lines": lines, "text": text }))
+            .into_response(),
+    )
 }
 
 async fn patch(
@@ -705,6 +794,12 @@ pub fn routes(r: Routes) -> Routes {
             "/agents/{id}/events",
             Action::AgentsRead,
             get(events),
+        )
+        .add(
+            Method::GET,
+            "/agents/{id}/logs",
+            Action::AgentsRead,
+            get(logs),
         )
         .add(
             Method::POST,

@@ -6,6 +6,7 @@ mod budget;
 mod chaos;
 mod cli;
 mod common;
+mod docker;
 mod errors;
 mod governance;
 mod identity;
