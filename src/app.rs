@@ -238,14 +238,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         PathBuf::from(&config.deploy.local.runtime_bin)
     };
-    let llm = crate::deploy::LlmSettings {
-        provider: config.llm.provider.clone(),
-        base_url: config.llm.base_url.clone(),
-        max_output_tokens: config.llm.max_output_tokens,
-        temperature: config.llm.temperature,
-        timeout_seconds: config.llm.timeout_seconds,
-        stream: config.llm.stream,
-    };
+    let llm = crate::deploy::LlmSettings::from(&config.llm);
     let llm_key = (!config.llm.api_key_env.is_empty())
         .then(|| std::env::var(&config.llm.api_key_env).ok())
         .flatten();
@@ -257,7 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let local = LocalDeployer::new(
         config.data_dir.join("agents"),
         runtime_bin,
-        connect_url,
+        connect_url.clone(),
         Duration::from_millis(config.deploy.local.stop_grace_ms),
     )
     .with_script_dir(
@@ -381,6 +374,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (closing, shutdown) = watch::channel(false);
     let state = AppState::new(crate::http::state::Shared {
         scheduler: scheduler.clone(),
+        connect_url,
         sealer,
         shutdown,
         cadre: cadre.clone(),

@@ -59,8 +59,19 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             crate::deploy::CONFIG_ENV.to_string(),
         ),
     };
-    let config: RuntimeConfig =
+    let mut config: RuntimeConfig =
         serde_json::from_str(&text).with_context(|| format!("parsing {source}"))?;
+    if config.token.is_empty() {
+        config.token = std::env::var(crate::deploy::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .with_context(|| {
+                format!(
+                    "{source} has no token and {} is not set",
+                    crate::deploy::TOKEN_ENV
+                )
+            })?;
+    }
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut script = match &config.script {
         Some(path) => Script::load(path)?,

@@ -17,6 +17,7 @@ pub const HIDDEN_ENV: &[&str] = &[
     "CADRE_LLM_API_KEY",
     "CADRE_SECRETS_KEY",
     crate::deploy::CONFIG_ENV,
+    crate::deploy::TOKEN_ENV,
 ];
 
 fn clip(bytes: &[u8]) -> String {

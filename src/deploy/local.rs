@@ -29,7 +29,9 @@ pub struct RuntimeConfig {
     pub connect_url: String,
     /// The agent.
     pub agent_id: String,
-    /// Credential (`<agent id>.<secret>`).
+    /// Credential (`<agent id>.<secret>`); empty in generated files, where
+    /// it comes from the environment as `CADRE_RUNTIME_TOKEN`.
+    #[serde(default)]
     pub token: String,
     /// Heartbeat period.
     pub heartbeat_interval_ms: u64,
@@ -45,6 +47,30 @@ pub struct RuntimeConfig {
     /// MCP servers whose tools the runtime offers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_servers: Vec<cadre_actors::domain::McpServerSpec>,
+    /// What the control plane enforces for this agent (in generated files,
+    /// for the operator to read; the runtime does not act on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governed: Option<Governed>,
+}
+
+/// The agent's permissions and limits as the control plane enforces them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Governed {
+    /// Permission profile.
+    pub profile: String,
+    /// Skills the profile allows.
+    pub skills: Vec<String>,
+    /// Token budget per period.
+    pub budget_tokens: Option<u64>,
+    /// Cost budget per period, USD.
+    pub budget_usd: Option<f64>,
+    /// `daily`, `weekly` or `monthly`.
+    pub budget_period: String,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
 }
 
 /// The provider settings a runtime needs (`[llm]` without the key's source).
@@ -65,6 +91,19 @@ pub struct LlmSettings {
     /// Ask for streamed responses (forwarded live as task events).
     #[serde(default)]
     pub stream: bool,
+}
+
+impl From<&crate::config::LlmConfig> for LlmSettings {
+    fn from(c: &crate::config::LlmConfig) -> LlmSettings {
+        LlmSettings {
+            provider: c.provider.clone(),
+            base_url: c.base_url.clone(),
+            max_output_tokens: c.max_output_tokens,
+            temperature: c.temperature,
+            timeout_seconds: c.timeout_seconds,
+            stream: c.stream,
+        }
+    }
 }
 
 impl LlmSettings {

@@ -5,11 +5,12 @@
 //! Nothing here knows about actors or HTTP.
 
 pub mod docker;
+pub mod generate;
 pub mod image;
 pub mod local;
 
 pub use docker::DockerDeployer;
-pub use local::{LlmSettings, LocalDeployer, RuntimeConfig};
+pub use local::{Governed, LlmSettings, LocalDeployer, RuntimeConfig};
 
 use async_trait::async_trait;
 use cadre_actors::domain::DeployTarget;
@@ -22,6 +23,10 @@ use std::sync::Arc;
 /// The environment variable a runtime reads its configuration from when it
 /// is started without `--config` (containers: nothing is written to disk).
 pub const CONFIG_ENV: &str = "CADRE_RUNTIME_CONFIG";
+
+/// The environment variable a runtime takes its token from when its
+/// configuration has none (hand deployments from generated files).
+pub const TOKEN_ENV: &str = "CADRE_RUNTIME_TOKEN";
 
 /// What a runtime reads at start for `req`: where to dial, its identity and
 /// token, its model provider (the server's `[llm]` under the agent's own
@@ -42,6 +47,7 @@ pub fn runtime_config(
         script,
         llm: llm.map(|s| s.with(&req.runtime.llm)),
         mcp_servers: req.runtime.mcp_servers.clone(),
+        governed: None,
     }
 }
 

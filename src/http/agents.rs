@@ -572,6 +572,90 @@ async fn get_one(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ConfigParams {
+    format: Option<String>,
+    runtime_bin: Option<String>,
+}
+
+/// What a target needs to run the agent, for operators who deploy by hand
+/// (`format` = runtime, env, compose or systemd). No secret is in any of them.
+async fn config_file(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ConfigParams>,
+) -> Result<Response, ApiError> {
+    use crate::deploy::generate::{FORMATS, Generator};
+    let format = params.format.as_deref().unwrap_or("runtime");
+    if !FORMATS.contains(&format) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("format must be one of {}", FORMATS.join(", ")),
+        ));
+    }
+    let runtime_bin = params
+        .runtime_bin
+        .unwrap_or_else(|| "/usr/local/bin/cadre".to_string());
+    if !runtime_bin.starts_with('/')
+        || runtime_bin.len() > 255
+        || !runtime_bin
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_.-".contains(c))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "runtime_bin must be an absolute path of letters, digits and / _ . -",
+        ));
+    }
+    let snap = state
+        .cadre
+        .get_agent(&principal.org, &agent_id(&id)?)
+        .await?;
+    let view: cadre_actors::domain::AgentView = serde_json::from_str(&snap.json)
+        .map_err(|e| ApiError::internal(format!("agent view: {e}")))?;
+    let config = &state.config;
+    let profile = view
+        .profile
+        .clone()
+        .unwrap_or_else(|| config.governance.default_profile.clone());
+    let skills = state
+        .cadre
+        .governance()
+        .org(&principal.org)
+        .profiles
+        .get(&profile)
+        .map(|p| p.def.allow_skills.clone())
+        .unwrap_or_default();
+    let llm = crate::deploy::LlmSettings::from(&config.llm);
+    let generator = Generator {
+        view: &view,
+        connect_url: &state.connect_url,
+        llm: &llm,
+        docker: &config.deploy.docker,
+        profile,
+        skills,
+        runtime_bin: &runtime_bin,
+    };
+    let Some((media, file, body)) = generator.render(format) else {
+        return Err(ApiError::internal("unknown format"));
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, media.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogParams {
     lines: Option<usize>,
 }
@@ -800,6 +884,12 @@ pub fn routes(r: Routes) -> Routes {
             "/agents/{id}/logs",
             Action::AgentsRead,
             get(logs),
+        )
+        .add(
+            Method::GET,
+            "/agents/{id}/config",
+            Action::AgentsRead,
+            get(config_file),
         )
         .add(
             Method::POST,

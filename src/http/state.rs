@@ -48,6 +48,8 @@ pub struct Shared {
     pub limiters: Arc<super::guard::Limiters>,
     /// The scheduler (cron tasks).
     pub scheduler: crate::schedule::Scheduler,
+    /// URL of the runtime endpoint as runtimes reach it (generated configs).
+    pub connect_url: String,
     /// Seals organization secrets before they reach the approval actor.
     pub sealer: crate::secrets::Sealer,
     /// Becomes `true` when the server shuts down: long-lived connections

@@ -353,3 +353,181 @@ async fn deployment_settings_are_validated_and_a_deployed_agent_keeps_its_target
     assert_eq!(v["deployment"]["target"], "docker");
     let _: Value = v;
 }
+
+/// Runs a checker program on a generated file; `None` when the program is
+/// missing and services are not required.
+fn check_with(program: &str, args: &[&str], dir: &std::path::Path) -> Option<std::process::Output> {
+    match std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("CADRE_REQUIRE_SERVICES=1 but {program} is unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("not checking with {program}: {e}");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn generated_configs_are_valid_for_their_tools_and_hold_no_secret() {
+    let app = spawn_app().await;
+    let secret = "sk-generated-config-never-shows-this";
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            "/api/v1/secrets/openai",
+            Some(json!({ "value": secret })),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    let id = app
+        .create_id(json!({
+            "name": "hand\nExecStartPre=/bin/false", "role": "r", "model": "gpt-4o",
+            "deployment": { "target": "docker", "docker": { "cpus": 0.5, "memory_mb": 300 } },
+            "llm": { "api_key_secret": "openai" },
+            "budget": { "monthly_tokens": 5000 },
+        }))
+        .await;
+    let get = |format: &str| {
+        let url = format!(
+            "/api/v1/agents/{id}/config?format={format}&runtime_bin={}",
+            env!("CARGO_BIN_EXE_cadre")
+        );
+        let app = &app;
+        let format = format.to_string();
+        async move {
+            let r = app
+                .client
+                .get(app.url(&url))
+                .bearer_auth(&app.token)
+                .send()
+                .await
+                .expect("config");
+            let status = r.status();
+            let disposition = r
+                .headers()
+                .get("content-disposition")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body = r.text().await.expect("body");
+            assert_eq!(status, StatusCode::OK, "{format}: {body}");
+            assert!(!body.contains(secret), "{format} leaks the secret");
+            (disposition, body)
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let (_, runtime) = get("runtime").await;
+    let rt: Value = serde_json::from_str(&runtime).expect("runtime.json is JSON");
+    assert_eq!(rt["agent_id"], id.as_str());
+    assert_eq!(rt["token"], "");
+    assert_eq!(
+        rt["connect_url"],
+        format!("ws://{}/api/v1/runtime/connect", app.addr)
+    );
+    assert_eq!(rt["model"], "gpt-4o");
+    assert_eq!(rt["governed"]["memory_mb"], 300);
+    assert_eq!(rt["governed"]["budget_tokens"], 5000);
+    assert!(rt["governed"]["skills"].is_array());
+    std::fs::write(dir.path().join("runtime.json"), &runtime).expect("write");
+
+    let (_, env) = get("env").await;
+    let vars: Vec<&str> = env.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        vars,
+        ["CADRE_RUNTIME_TOKEN=", "CADRE_LLM_API_KEY="],
+        "{env}"
+    );
+    std::fs::write(dir.path().join("runtime.env"), &env).expect("write");
+
+    let (disposition, unit) = get("systemd").await;
+    assert!(
+        disposition.contains(&format!("cadre-agent-{id}.service")),
+        "{disposition}"
+    );
+    for directive in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "DynamicUser=yes",
+        "Restart=on-failure",
+        "MemoryMax=300M",
+        "CPUQuota=50%",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == directive),
+            "{directive} missing: {unit}"
+        );
+    }
+    let unit_file = dir.path().join(format!("cadre-agent-{id}.service"));
+    std::fs::write(&unit_file, &unit).expect("write");
+    if let Some(out) = check_with(
+        "systemd-analyze",
+        &["verify", &unit_file.display().to_string()],
+        dir.path(),
+    ) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "systemd-analyze: {stderr}\n{unit}"
+        );
+    }
+
+    let (_, compose) = get("compose").await;
+    std::fs::write(dir.path().join("docker-compose.yml"), &compose).expect("write");
+    if let Some(out) = check_with("docker-compose", &["config"], dir.path()) {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "docker-compose: {}\n{compose}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Compose read what we meant: the hardening survived its parser.
+        for expected in [
+            "read_only: true",
+            "cap_drop:",
+            "no-new-privileges:true",
+            "cadre-runtime:latest",
+        ] {
+            assert!(
+                stdout.contains(expected),
+                "{expected} missing from: {stdout}"
+            );
+        }
+    }
+
+    let (s, v) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{id}/config?format=helm"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["code"], "invalid_query");
+    let (s, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{id}/config?format=systemd&runtime_bin=x;rm"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A viewer may read them too (nothing secret in them).
+    let (_, viewer) = add_user(&app, "viewer@example.com", "viewer").await;
+    let (s, _) = app
+        .call_as(
+            Some(&viewer),
+            Method::GET,
+            &format!("/api/v1/agents/{id}/config"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
