@@ -149,6 +149,9 @@ pub async fn build(docker: &Docker, tag: &str) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("reading {}", exe.display()))?;
     let libraries = mapped_libraries()?;
+    // The image this tag named before, to remove once replaced (rebuilds
+    // would otherwise leave one untagged image each).
+    let previous = docker.inspect_image(tag).await.ok().and_then(|i| i.id);
     let tar = tokio::task::spawn_blocking(move || context(&bin, &libraries))
         .await
         .context("assembling the build context")??;
@@ -176,9 +179,20 @@ pub async fn build(docker: &Docker, tag: &str) -> anyhow::Result<String> {
         .inspect_image(tag)
         .await
         .with_context(|| format!("inspecting the built image {tag}"))?;
-    image
+    let id = image
         .id
-        .context("the engine reported no id for the built image")
+        .context("the engine reported no id for the built image")?;
+    if let Some(old) = previous.filter(|old| *old != id) {
+        // Refused while a container still uses it: then it stays, untagged.
+        let _ = docker
+            .remove_image(
+                &old,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await;
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
