@@ -23,18 +23,22 @@ use support::{config, login};
 
 const IMAGE: &str = "cadre-runtime:bench";
 
+async fn agent(client: &reqwest::Client, base: &str, token: &str, id: &str) -> Value {
+    client
+        .get(format!("{base}/api/v1/agents/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn wait_running(client: &reqwest::Client, base: &str, token: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let v: Value = client
-            .get(format!("{base}/api/v1/agents/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let v = agent(client, base, token, id).await;
         match v["state"].as_str() {
             Some("running") => return,
             Some("error") => panic!("agent {id} failed: {v}"),
@@ -121,15 +125,7 @@ async fn round(n: usize) -> (Vec<f64>, Vec<f64>) {
     for id in &all {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let v: Value = client
-                .get(format!("{base}/api/v1/agents/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json");
+            let v = agent(&client, &base, &token, id).await;
             if v["state"] == "ready" || Instant::now() > deadline {
                 break;
             }

@@ -73,6 +73,11 @@ impl Sealer {
                 aws_lc_rs::rand::fill(&mut key).map_err(|_| "no randomness for a key")?;
                 crate::auth::write_private(&path, hex(&key).as_bytes())
                     .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                tracing::warn!(
+                    path = %path.display(),
+                    "no secrets key was configured: generated one; back it up with the database \
+                     (organization secrets cannot be opened without it) or set CADRE_SECRETS_KEY"
+                );
                 Sealer::new(&key)
             }
             Err(e) => Err(format!("reading {}: {e}", path.display())),

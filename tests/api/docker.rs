@@ -16,6 +16,15 @@ use std::sync::OnceLock;
 
 const IMAGE: &str = "cadre-runtime:test";
 
+/// A service this machine lacks: fails the test under
+/// `CADRE_REQUIRE_SERVICES=1` (CI), else says what is skipped.
+fn unavailable(what: &str, e: impl std::fmt::Display) {
+    if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("CADRE_REQUIRE_SERVICES=1 but {what} is unavailable: {e}");
+    }
+    eprintln!("skipping what needs {what}: {e}");
+}
+
 /// The engine, with the runtime image built once per test run; `None`
 /// (skip) when there is no engine and services are not required.
 async fn engine() -> Option<Docker> {
@@ -24,11 +33,8 @@ async fn engine() -> Option<Docker> {
         .docker;
     let docker = match cadre::deploy::docker::connect(&cfg).await {
         Ok(d) => d,
-        Err(e) if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("CADRE_REQUIRE_SERVICES=1 but the Docker engine is unavailable: {e}")
-        }
         Err(e) => {
-            eprintln!("skipping: no Docker engine ({e})");
+            unavailable("the Docker engine", e);
             return None;
         }
     };
@@ -363,11 +369,8 @@ fn check_with(program: &str, args: &[&str], dir: &std::path::Path) -> Option<std
         .output()
     {
         Ok(out) => Some(out),
-        Err(e) if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("CADRE_REQUIRE_SERVICES=1 but {program} is unavailable: {e}")
-        }
         Err(e) => {
-            eprintln!("not checking with {program}: {e}");
+            unavailable(program, e);
             None
         }
     }
