@@ -116,21 +116,17 @@ impl std::fmt::Debug for Targets {
     }
 }
 
-enum Routed<'a> {
-    Local(&'a str),
-    Docker(&'a str),
-}
-
 impl Targets {
     /// A router over the local and Docker deployers.
     pub fn new(local: Arc<LocalDeployer>, docker: Arc<DockerDeployer>) -> Targets {
         Targets { local, docker }
     }
 
-    fn route(handle: &str) -> Routed<'_> {
+    /// The target a handle belongs to, and the handle as that target knows it.
+    fn route<'a>(&self, handle: &'a str) -> (&dyn Deployer, &'a str) {
         match handle.strip_prefix("docker:") {
-            Some(rest) => Routed::Docker(rest),
-            None => Routed::Local(handle),
+            Some(rest) => (self.docker.as_ref(), rest),
+            None => (self.local.as_ref(), handle),
         }
     }
 }
@@ -145,44 +141,32 @@ impl Deployer for Targets {
     }
 
     async fn deploy(&self, deployment: &str, req: &DeployRequest) -> Result<(), DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.deploy(d, req).await,
-            Routed::Docker(d) => self.docker.deploy(d, req).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.deploy(d, req).await
     }
 
     async fn start(&self, deployment: &str) -> Result<(), DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.start(d).await,
-            Routed::Docker(d) => self.docker.start(d).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.start(d).await
     }
 
     async fn stop(&self, deployment: &str) -> Result<(), DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.stop(d).await,
-            Routed::Docker(d) => self.docker.stop(d).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.stop(d).await
     }
 
     async fn destroy(&self, deployment: &str) -> Result<(), DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.destroy(d).await,
-            Routed::Docker(d) => self.docker.destroy(d).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.destroy(d).await
     }
 
     async fn status(&self, deployment: &str) -> Result<DeploymentStatus, DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.status(d).await,
-            Routed::Docker(d) => self.docker.status(d).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.status(d).await
     }
 
     async fn logs(&self, deployment: &str, lines: usize) -> Result<String, DeployError> {
-        match Self::route(deployment) {
-            Routed::Local(d) => self.local.logs(d, lines).await,
-            Routed::Docker(d) => self.docker.logs(d, lines).await,
-        }
+        let (target, d) = self.route(deployment);
+        target.logs(d, lines).await
     }
 }
