@@ -8,6 +8,7 @@ use crate::deploy::LocalDeployer;
 use crate::http::state::AppState;
 use crate::store::{Durability, SqlStore};
 use anyhow::Context;
+use cadre_actors::domain::DeployTarget;
 use cadre_actors::ports::{Clock, SystemClock};
 use cadre_actors::{Cadre, Ctx};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -242,6 +243,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let llm_key = (!config.llm.api_key_env.is_empty())
         .then(|| std::env::var(&config.llm.api_key_env).ok())
         .flatten();
+    // Governance: the catalog, then every kill switch and live grant, before
+    // any actor can be asked about a tool call.
+    let gov = Arc::new(cadre_actors::governance::Governance::new(
+        config.governance.catalog()?,
+        config.governance.default_policy.clone(),
+        config.governance.default_profile.clone(),
+    ));
+    {
+        use cadre_actors::ports::GovStore;
+        for scope in store.halts().await.context("loading kill switches")? {
+            gov.set_halt(&scope, true);
+        }
+        for grant in store
+            .live_grants(SystemClock.now_ms())
+            .await
+            .context("loading grants")?
+        {
+            gov.add_grant(grant);
+        }
+    }
+    // Remote targets read their login key or API token when they need it.
+    let org_secrets: crate::deploy::SecretSource = {
+        let gov = gov.clone();
+        Arc::new(move |org: &str, name: &str| {
+            gov.org(&cadre_actors::domain::OrgId(org.to_string()))
+                .docs
+                .secrets
+                .get(name)
+                .map(|s| s.sealed.clone())
+        })
+    };
     let docker = Arc::new(
         crate::deploy::DockerDeployer::new(config.deploy.docker.clone(), &connect_url)
             .with_llm(llm.clone(), llm_key.clone())
@@ -257,9 +289,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (!config.deploy.local.script_dir.is_empty())
             .then(|| PathBuf::from(&config.deploy.local.script_dir)),
     )
-    .with_llm(llm, llm_key)
+    .with_llm(llm.clone(), llm_key.clone())
     .with_sealer(sealer.clone());
-    let deployer = crate::deploy::Targets::new(Arc::new(local), docker.clone());
+    let ssh = crate::deploy::ssh::SshDeployer::new(
+        config.deploy.ssh.clone(),
+        &connect_url,
+        if config.deploy.ssh.runtime_bin.is_empty() {
+            std::env::current_exe().context("locating this binary for the ssh runtime")?
+        } else {
+            PathBuf::from(&config.deploy.ssh.runtime_bin)
+        },
+        if config.deploy.ssh.known_hosts.is_empty() {
+            config.data_dir.join("ssh_known_hosts")
+        } else {
+            PathBuf::from(&config.deploy.ssh.known_hosts)
+        },
+        org_secrets.clone(),
+    )
+    .with_llm(llm.clone(), llm_key.clone())
+    .with_sealer(sealer.clone());
+    let deployer = crate::deploy::Targets::new(Arc::new(local), docker.clone())
+        .with(DeployTarget::Ssh, Arc::new(ssh));
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
         .await
@@ -323,26 +373,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 }
             }
         });
-    }
-    // Governance: the catalog, then every kill switch and live grant, before
-    // any actor can be asked about a tool call.
-    let gov = Arc::new(cadre_actors::governance::Governance::new(
-        config.governance.catalog()?,
-        config.governance.default_policy.clone(),
-        config.governance.default_profile.clone(),
-    ));
-    {
-        use cadre_actors::ports::GovStore;
-        for scope in store.halts().await.context("loading kill switches")? {
-            gov.set_halt(&scope, true);
-        }
-        for grant in store
-            .live_grants(SystemClock.now_ms())
-            .await
-            .context("loading grants")?
-        {
-            gov.add_grant(grant);
-        }
     }
     let ctx = Arc::new(Ctx {
         store: store.clone(),

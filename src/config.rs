@@ -337,6 +337,53 @@ pub struct DeployConfig {
     pub local: LocalDeployConfig,
     /// `[deploy.docker]`.
     pub docker: DockerDeployConfig,
+    /// `[deploy.ssh]`.
+    pub ssh: SshDeployConfig,
+    /// `[deploy.fly]`.
+    pub fly: CloudDeployConfig,
+    /// `[deploy.railway]`.
+    pub railway: CloudDeployConfig,
+}
+
+/// `[deploy.ssh]`: agents as processes on machines reached over SSH.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshDeployConfig {
+    /// Cadre's own known-hosts file ("" = `<data_dir>/ssh_known_hosts`).
+    pub known_hosts: String,
+    /// Connecting and the key exchange may take this long.
+    pub connect_timeout_ms: u64,
+    /// URL the remote runtime dials ("" = the server's own connect URL).
+    pub connect_url: String,
+    /// Binary uploaded as the runtime ("" = this one; it must run on the
+    /// hosts: a static build runs anywhere of the same architecture).
+    pub runtime_bin: String,
+    /// SIGTERM, then SIGKILL after this long (no-systemd hosts).
+    pub stop_grace_ms: u64,
+    /// CPU limit of the systemd unit, in cores.
+    pub cpus: f64,
+    /// Memory limit of the systemd unit, in MiB.
+    pub memory_mb: u64,
+    /// Tasks the systemd unit may run at most.
+    pub pids_limit: i64,
+}
+
+/// `[deploy.fly]` and `[deploy.railway]`: a provider's HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudDeployConfig {
+    /// The API's base URL.
+    pub api_url: String,
+    /// URL the runtime there dials ("" = the server's own connect URL, which
+    /// must then be public: `[server] public_url`).
+    pub connect_url: String,
+    /// A request answered 429 or 5xx, or not answered, is retried this many times.
+    pub max_retries: u32,
+    /// The first retry waits this long, each next one twice as long (or what
+    /// the provider's `Retry-After` says).
+    pub retry_base_ms: u64,
+    /// One request may take this long.
+    pub request_timeout_ms: u64,
 }
 
 /// `[deploy.docker]`: agents as containers on a Docker engine.

@@ -378,14 +378,13 @@ impl AgentState {
                 self.rec
                     .spec
                     .runtime
-                    .llm
-                    .api_key_secret
-                    .iter()
-                    .filter_map(|n| {
+                    .secret_names()
+                    .into_iter()
+                    .filter_map(|(_, n)| {
                         gov.docs
                             .secrets
                             .get(n)
-                            .map(|s| (n.clone(), s.sealed.clone()))
+                            .map(|s| (n.to_string(), s.sealed.clone()))
                     })
                     .collect()
             },

@@ -105,6 +105,13 @@ pub enum DeployTarget {
     Local,
     /// A container on a Docker engine (through its API).
     Docker,
+    /// A process on a machine reached over SSH (systemd unit or a plain
+    /// background process).
+    Ssh,
+    /// A Fly.io Machine (Machines API).
+    Fly,
+    /// A Railway service (public GraphQL API).
+    Railway,
 }
 
 impl DeployTarget {
@@ -113,6 +120,9 @@ impl DeployTarget {
         match self {
             DeployTarget::Local => "local",
             DeployTarget::Docker => "docker",
+            DeployTarget::Ssh => "ssh",
+            DeployTarget::Fly => "fly",
+            DeployTarget::Railway => "railway",
         }
     }
 
@@ -121,6 +131,9 @@ impl DeployTarget {
         match s {
             "local" => Some(DeployTarget::Local),
             "docker" => Some(DeployTarget::Docker),
+            "ssh" => Some(DeployTarget::Ssh),
+            "fly" => Some(DeployTarget::Fly),
+            "railway" => Some(DeployTarget::Railway),
             _ => None,
         }
     }
@@ -226,6 +239,72 @@ impl DockerSpec {
     }
 }
 
+/// The machine an agent runs on (target `ssh`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    /// Host name or address.
+    pub host: String,
+    /// Port (22 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Login user.
+    pub user: String,
+    /// Name of the organization secret holding the private key (OpenSSH format).
+    pub key_secret: String,
+    /// The host's public key (`ssh-ed25519 AAAA…`); when left out the key
+    /// seen at the first connection is pinned, and a changed key refuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// Directory on the host for binaries and agents (`.cadre` in the
+    /// user's home when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// `auto` (systemd when the host runs it and the user is root), `systemd`
+    /// or `none` (a background process with a pid file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
+}
+
+/// The Fly.io Machine an agent runs as (target `fly`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlySpec {
+    /// The Fly app (created when missing).
+    pub app: String,
+    /// The Fly organization slug the app is created in (`personal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_slug: Option<String>,
+    /// Region (Fly's choice when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Image in a registry Fly can pull (`registry.fly.io/app:tag`).
+    pub image: String,
+    /// Name of the organization secret holding the Fly API token.
+    pub token_secret: String,
+    /// Shared CPUs (1 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (256 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+}
+
+/// The Railway service an agent runs as (target `railway`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RailwaySpec {
+    /// The Railway project id.
+    pub project_id: String,
+    /// The environment's name (`production` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Image in a registry Railway can pull.
+    pub image: String,
+    /// Name of the organization secret holding the Railway API token.
+    pub token_secret: String,
+}
+
 /// The runtime part of an agent's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,6 +318,15 @@ pub struct RuntimeSpec {
     /// Container settings (target `docker`).
     #[serde(default, skip_serializing_if = "DockerSpec::is_default")]
     pub docker: DockerSpec,
+    /// Machine settings (target `ssh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
+    /// Fly.io settings (target `fly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fly: Option<FlySpec>,
+    /// Railway settings (target `railway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub railway: Option<RailwaySpec>,
 }
 
 fn is_default_llm(l: &LlmSpec) -> bool {
@@ -249,6 +337,35 @@ impl RuntimeSpec {
     /// Whether nothing is set (stored as NULL).
     pub fn is_default(&self) -> bool {
         *self == RuntimeSpec::default()
+    }
+
+    /// The organization secrets these settings name, with the field that
+    /// names each (the model key, an SSH key, a cloud token).
+    pub fn secret_names(&self) -> Vec<(&'static str, &str)> {
+        let mut names = Vec::new();
+        if let Some(n) = &self.llm.api_key_secret {
+            names.push(("llm.api_key_secret", n.as_str()));
+        }
+        if let Some(s) = &self.ssh {
+            names.push(("deployment.ssh.key_secret", s.key_secret.as_str()));
+        }
+        if let Some(f) = &self.fly {
+            names.push(("deployment.fly.token_secret", f.token_secret.as_str()));
+        }
+        if let Some(r) = &self.railway {
+            names.push(("deployment.railway.token_secret", r.token_secret.as_str()));
+        }
+        names
+    }
+
+    /// The settings `target` needs that are missing, by their API names.
+    pub fn missing_for(&self, target: DeployTarget) -> Option<&'static str> {
+        match target {
+            DeployTarget::Ssh if self.ssh.is_none() => Some("deployment.ssh"),
+            DeployTarget::Fly if self.fly.is_none() => Some("deployment.fly"),
+            DeployTarget::Railway if self.railway.is_none() => Some("deployment.railway"),
+            _ => None,
+        }
     }
 }
 
@@ -261,6 +378,9 @@ impl AgentSpec {
         }
         if self.model.as_deref().is_none_or(|m| m.trim().is_empty()) {
             missing.push("model");
+        }
+        if let Some(m) = self.runtime.missing_for(self.target) {
+            missing.push(m);
         }
         missing
     }
@@ -293,6 +413,12 @@ pub struct AgentPatch {
     pub mcp_servers: Option<Vec<McpServerSpec>>,
     /// New container settings (replace the old ones).
     pub docker: Option<DockerSpec>,
+    /// New SSH settings (replace the old ones).
+    pub ssh: Option<SshSpec>,
+    /// New Fly.io settings (replace the old ones).
+    pub fly: Option<FlySpec>,
+    /// New Railway settings (replace the old ones).
+    pub railway: Option<RailwaySpec>,
 }
 
 impl AgentPatch {
@@ -348,11 +474,20 @@ impl AgentPatch {
                 serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
             );
         }
+        let mut put = |k: &str, v: serde_json::Result<serde_json::Value>| {
+            m.insert(k.into(), v.unwrap_or(serde_json::Value::Null));
+        };
         if let Some(d) = &self.docker {
-            m.insert(
-                "docker".into(),
-                serde_json::to_value(d).unwrap_or(serde_json::Value::Null),
-            );
+            put("docker", serde_json::to_value(d));
+        }
+        if let Some(d) = &self.ssh {
+            put("ssh", serde_json::to_value(d));
+        }
+        if let Some(d) = &self.fly {
+            put("fly", serde_json::to_value(d));
+        }
+        if let Some(d) = &self.railway {
+            put("railway", serde_json::to_value(d));
         }
         serde_json::Value::Object(m)
     }
@@ -370,6 +505,9 @@ impl AgentPatch {
                 .docker
                 .as_ref()
                 .is_some_and(|d| *d != spec.runtime.docker)
+            || self.ssh.is_some() && self.ssh != spec.runtime.ssh
+            || self.fly.is_some() && self.fly != spec.runtime.fly
+            || self.railway.is_some() && self.railway != spec.runtime.railway
     }
 
     /// The spec with this patch applied.
@@ -410,6 +548,15 @@ impl AgentPatch {
         }
         if let Some(d) = &self.docker {
             s.runtime.docker = d.clone();
+        }
+        if self.ssh.is_some() {
+            s.runtime.ssh = self.ssh.clone();
+        }
+        if self.fly.is_some() {
+            s.runtime.fly = self.fly.clone();
+        }
+        if self.railway.is_some() {
+            s.runtime.railway = self.railway.clone();
         }
         s
     }
@@ -492,6 +639,15 @@ pub struct DeploymentView {
     /// Container settings (target `docker`).
     #[serde(default, skip_serializing_if = "DockerSpec::is_default")]
     pub docker: DockerSpec,
+    /// Machine settings (target `ssh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshSpec>,
+    /// Fly.io settings (target `fly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fly: Option<FlySpec>,
+    /// Railway settings (target `railway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub railway: Option<RailwaySpec>,
 }
 
 /// The budget part of the view.
@@ -586,6 +742,9 @@ impl AgentView {
                 target: rec.spec.target.as_str().to_string(),
                 deployment_ref: rec.deployment_ref.clone(),
                 docker: rec.spec.runtime.docker.clone(),
+                ssh: rec.spec.runtime.ssh.clone(),
+                fly: rec.spec.runtime.fly.clone(),
+                railway: rec.spec.runtime.railway.clone(),
             },
             health,
             budget: BudgetView {

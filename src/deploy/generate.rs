@@ -25,6 +25,93 @@ pub fn host_state_dir(agent_id: &str) -> String {
     format!("/var/lib/cadre/agents/{agent_id}")
 }
 
+/// What a systemd unit for one agent says.
+#[derive(Debug)]
+pub struct UnitSpec<'a> {
+    /// The agent's name (comments and description).
+    pub name: &'a str,
+    /// Its id.
+    pub id: &'a str,
+    /// Path of the `cadre` binary on the host.
+    pub bin: &'a str,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
+    /// Tasks at most.
+    pub pids: i64,
+}
+
+/// A hardened unit running the agent's runtime under a dynamic user:
+/// config in [`host_config_dir`], working directory [`host_state_dir`].
+pub fn systemd_unit(u: &UnitSpec<'_>) -> String {
+    let short: String =
+        u.id.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
+    let quota = (u.cpus * 100.0).round().max(1.0) as u64;
+    format!(
+        "# Cadre agent {name} ({id}).\n\
+         # Install as /etc/systemd/system/cadre-agent-{id}.service with\n\
+         # {cfg}/runtime.json (0644: nothing secret) and {cfg}/runtime.env\n\
+         # (0600, root: the token and secrets; systemd reads it).\n\
+         [Unit]\n\
+         Description=Cadre agent runtime {name} ({id})\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         StartLimitIntervalSec=300\n\
+         StartLimitBurst=5\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart={bin} runtime --config {cfg}/runtime.json\n\
+         EnvironmentFile={cfg}/runtime.env\n\
+         User=cadre-{short}\n\
+         DynamicUser=yes\n\
+         StateDirectory=cadre/agents/{id}\n\
+         WorkingDirectory={state}\n\
+         Restart=on-failure\n\
+         RestartSec=5s\n\
+         TimeoutStopSec=30s\n\
+         NoNewPrivileges=yes\n\
+         ProtectSystem=strict\n\
+         ProtectHome=yes\n\
+         PrivateTmp=yes\n\
+         PrivateDevices=yes\n\
+         ProtectKernelTunables=yes\n\
+         ProtectKernelModules=yes\n\
+         ProtectKernelLogs=yes\n\
+         ProtectControlGroups=yes\n\
+         ProtectClock=yes\n\
+         ProtectHostname=yes\n\
+         RestrictSUIDSGID=yes\n\
+         RestrictRealtime=yes\n\
+         RestrictNamespaces=yes\n\
+         LockPersonality=yes\n\
+         MemoryDenyWriteExecute=yes\n\
+         RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
+         SystemCallArchitectures=native\n\
+         CapabilityBoundingSet=\n\
+         AmbientCapabilities=\n\
+         UMask=0077\n\
+         MemoryMax={mem}M\n\
+         CPUQuota={quota}%\n\
+         TasksMax={pids}\n\
+         LimitNOFILE=4096\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        name = plain(u.name),
+        id = plain(u.id),
+        bin = u.bin,
+        cfg = host_config_dir(u.id),
+        state = host_state_dir(u.id),
+        mem = u.memory_mb,
+        pids = u.pids,
+    )
+}
+
 /// The formats `GET /agents/{id}/config` serves.
 pub const FORMATS: &[&str] = &["runtime", "env", "compose", "systemd"];
 
@@ -95,6 +182,9 @@ impl Generator<'_> {
                 llm: v.llm.clone(),
                 mcp_servers: v.mcp_servers.clone(),
                 docker: v.deployment.docker.clone(),
+                ssh: v.deployment.ssh.clone(),
+                fly: v.deployment.fly.clone(),
+                railway: v.deployment.railway.clone(),
             },
             secrets: Default::default(),
             heartbeat_interval_ms: cadre_actors::context::Settings::heartbeat_interval(
@@ -195,66 +285,14 @@ impl Generator<'_> {
     /// `cadre-agent-<id>.service`: a hardened unit running the runtime as a
     /// dedicated (dynamic) user that owns nothing but its state directory.
     pub fn systemd(&self) -> String {
-        let id = self.id();
-        let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
-        let quota = (self.cpus() * 100.0).round().max(1.0) as u64;
-        format!(
-            "# Cadre agent {name} ({id}).\n\
-             # Install as /etc/systemd/system/cadre-agent-{id}.service with\n\
-             # {cfg}/runtime.json and {cfg}/runtime.env (mode 0600, root).\n\
-             [Unit]\n\
-             Description=Cadre agent runtime {name} ({id})\n\
-             After=network-online.target\n\
-             Wants=network-online.target\n\
-             StartLimitIntervalSec=300\n\
-             StartLimitBurst=5\n\
-             \n\
-             [Service]\n\
-             Type=simple\n\
-             ExecStart={bin} runtime --config {cfg}/runtime.json\n\
-             EnvironmentFile={cfg}/runtime.env\n\
-             User=cadre-{short}\n\
-             DynamicUser=yes\n\
-             StateDirectory=cadre/agents/{id}\n\
-             WorkingDirectory={state}\n\
-             Restart=on-failure\n\
-             RestartSec=5s\n\
-             TimeoutStopSec=30s\n\
-             NoNewPrivileges=yes\n\
-             ProtectSystem=strict\n\
-             ProtectHome=yes\n\
-             PrivateTmp=yes\n\
-             PrivateDevices=yes\n\
-             ProtectKernelTunables=yes\n\
-             ProtectKernelModules=yes\n\
-             ProtectKernelLogs=yes\n\
-             ProtectControlGroups=yes\n\
-             ProtectClock=yes\n\
-             ProtectHostname=yes\n\
-             RestrictSUIDSGID=yes\n\
-             RestrictRealtime=yes\n\
-             RestrictNamespaces=yes\n\
-             LockPersonality=yes\n\
-             MemoryDenyWriteExecute=yes\n\
-             RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
-             SystemCallArchitectures=native\n\
-             CapabilityBoundingSet=\n\
-             AmbientCapabilities=\n\
-             UMask=0077\n\
-             MemoryMax={mem}M\n\
-             CPUQuota={quota}%\n\
-             TasksMax={pids}\n\
-             LimitNOFILE=4096\n\
-             \n\
-             [Install]\n\
-             WantedBy=multi-user.target\n",
-            name = plain(&self.view.name),
-            bin = self.runtime_bin,
-            cfg = host_config_dir(id),
-            state = host_state_dir(id),
-            mem = self.memory_mb(),
-            pids = self.docker.pids_limit,
-        )
+        systemd_unit(&UnitSpec {
+            name: &self.view.name,
+            id: self.id(),
+            bin: self.runtime_bin,
+            cpus: self.cpus(),
+            memory_mb: self.memory_mb(),
+            pids: self.docker.pids_limit,
+        })
     }
 
     /// The file for `format` (one of [`FORMATS`]) with its media type and

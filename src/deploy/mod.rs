@@ -8,6 +8,7 @@ pub mod docker;
 pub mod generate;
 pub mod image;
 pub mod local;
+pub mod ssh;
 
 pub use docker::DockerDeployer;
 pub use local::{Governed, LlmSettings, LocalDeployer, RuntimeConfig};
@@ -19,6 +20,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Finds an organization's secret by name, still sealed: `(org, name)`.
+/// Remote targets read their login key or API token through it on every
+/// call, so a rotated secret takes effect without a redeploy.
+pub type SecretSource = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
 
 /// The environment variable a runtime reads its configuration from when it
 /// is started without `--config` (containers: nothing is written to disk).
@@ -108,6 +114,7 @@ impl SealedEnv {
 pub struct Targets {
     local: Arc<LocalDeployer>,
     docker: Arc<DockerDeployer>,
+    remote: BTreeMap<&'static str, Arc<dyn Deployer>>,
 }
 
 impl std::fmt::Debug for Targets {
@@ -119,14 +126,45 @@ impl std::fmt::Debug for Targets {
 impl Targets {
     /// A router over the local and Docker deployers.
     pub fn new(local: Arc<LocalDeployer>, docker: Arc<DockerDeployer>) -> Targets {
-        Targets { local, docker }
+        Targets {
+            local,
+            docker,
+            remote: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the deployer of `target` (`ssh`, `fly`, `railway`).
+    pub fn with(mut self, target: DeployTarget, deployer: Arc<dyn Deployer>) -> Targets {
+        self.remote.insert(target.as_str(), deployer);
+        self
+    }
+
+    fn target(&self, target: DeployTarget) -> Result<&dyn Deployer, DeployError> {
+        match target {
+            DeployTarget::Local => Ok(self.local.as_ref()),
+            DeployTarget::Docker => Ok(self.docker.as_ref()),
+            other => self
+                .remote
+                .get(other.as_str())
+                .map(|d| d.as_ref())
+                .ok_or(DeployError {
+                    target: other.as_str(),
+                    message: "this server has no deployer for the target".into(),
+                }),
+        }
     }
 
     /// The target a handle belongs to, and the handle as that target knows it.
-    fn route<'a>(&self, handle: &'a str) -> (&dyn Deployer, &'a str) {
-        match handle.strip_prefix("docker:") {
-            Some(rest) => (self.docker.as_ref(), rest),
-            None => (self.local.as_ref(), handle),
+    fn route<'a>(&self, handle: &'a str) -> Result<(&dyn Deployer, &'a str), DeployError> {
+        match handle.split_once(':') {
+            Some((name, rest)) => {
+                let target = DeployTarget::parse(name).ok_or(DeployError {
+                    target: "any",
+                    message: format!("deployment handle of unknown target {name:?}"),
+                })?;
+                Ok((self.target(target)?, rest))
+            }
+            None => Ok((self.local.as_ref(), handle)),
         }
     }
 }
@@ -136,37 +174,41 @@ impl Deployer for Targets {
     async fn provision(&self, req: &DeployRequest) -> Result<String, DeployError> {
         match req.target {
             DeployTarget::Local => self.local.provision(req).await,
-            DeployTarget::Docker => Ok(format!("docker:{}", self.docker.provision(req).await?)),
+            t => Ok(format!(
+                "{}:{}",
+                t.as_str(),
+                self.target(t)?.provision(req).await?
+            )),
         }
     }
 
     async fn deploy(&self, deployment: &str, req: &DeployRequest) -> Result<(), DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.deploy(d, req).await
     }
 
     async fn start(&self, deployment: &str) -> Result<(), DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.start(d).await
     }
 
     async fn stop(&self, deployment: &str) -> Result<(), DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.stop(d).await
     }
 
     async fn destroy(&self, deployment: &str) -> Result<(), DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.destroy(d).await
     }
 
     async fn status(&self, deployment: &str) -> Result<DeploymentStatus, DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.status(d).await
     }
 
     async fn logs(&self, deployment: &str, lines: usize) -> Result<String, DeployError> {
-        let (target, d) = self.route(deployment);
+        let (target, d) = self.route(deployment)?;
         target.logs(d, lines).await
     }
 }

@@ -16,8 +16,8 @@ use axum::routing::{delete as delete_route, get, patch as patch_route, post};
 use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
-    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, DockerSpec, HealthOverrides,
-    LlmSpec, McpServerSpec, OrgId, RuntimeSpec,
+    AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, DockerSpec, FlySpec,
+    HealthOverrides, LlmSpec, McpServerSpec, OrgId, RailwaySpec, RuntimeSpec, SshSpec,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -41,11 +41,14 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DeploymentIn {
     target: Option<String>,
     docker: Option<DockerSpec>,
+    ssh: Option<SshSpec>,
+    fly: Option<FlySpec>,
+    railway: Option<RailwaySpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,26 +185,139 @@ fn target(name: &str) -> Result<DeployTarget, ApiError> {
     DeployTarget::parse(name).ok_or_else(|| {
         ApiError::invalid(
             "deployment.target",
-            format!("unsupported target {name:?}; supported: local, docker"),
+            format!("unsupported target {name:?}; supported: local, docker, ssh, fly, railway"),
         )
     })
+}
+
+/// An image reference: `registry.example/team/agent:1.2`.
+fn image_ref(field: &str, image: &str) -> Result<(), ApiError> {
+    let ok = !image.is_empty()
+        && image.len() <= 255
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && !image.starts_with(['-', '.', '/', ':', '@']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "an image reference like registry.example/team/agent:1.2 (letters, digits and . _ - / : @)",
+        ))
+    }
+}
+
+/// A name of `alphabet` characters, 1 to `max` long, not starting with `-`
+/// (so no remote command or API path can read it as an option).
+fn plain(field: &str, v: &str, max: usize, alphabet: fn(char) -> bool) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > max || v.starts_with('-') || !v.chars().all(alphabet) {
+        return Err(ApiError::invalid(
+            field,
+            format!("1-{max} characters of the allowed set, not starting with -"),
+        ));
+    }
+    Ok(())
+}
+
+fn secret_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if cadre_actors::governance::valid_id(name) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "a secret name: 1-100 of a-z 0-9 _ . -",
+        ))
+    }
+}
+
+/// SSH settings: a host name or address, a user, a key secret, a host key
+/// that parses, a directory without `..`, a known supervisor.
+fn ssh_spec(s: SshSpec) -> Result<SshSpec, ApiError> {
+    plain("deployment.ssh.host", &s.host, 253, |c| {
+        c.is_ascii_alphanumeric() || ".-:[]".contains(c)
+    })?;
+    plain("deployment.ssh.user", &s.user, 32, |c| {
+        c.is_ascii_alphanumeric() || "._-".contains(c)
+    })?;
+    secret_name("deployment.ssh.key_secret", &s.key_secret)?;
+    if s.port == Some(0) {
+        return Err(ApiError::invalid(
+            "deployment.ssh.port",
+            "between 1 and 65535",
+        ));
+    }
+    if let Some(k) = &s.host_key {
+        crate::deploy::ssh::parse_host_key(k)
+            .map_err(|e| ApiError::invalid("deployment.ssh.host_key", e))?;
+    }
+    if let Some(d) = &s.dir {
+        plain("deployment.ssh.dir", d, 200, |c| {
+            c.is_ascii_alphanumeric() || "._-/".contains(c)
+        })?;
+        if d.split('/').any(|part| part == "..") {
+            return Err(ApiError::invalid(
+                "deployment.ssh.dir",
+                "must not contain ..",
+            ));
+        }
+    }
+    if let Some(v) = &s.supervisor
+        && !matches!(v.as_str(), "auto" | "systemd" | "none")
+    {
+        return Err(ApiError::invalid(
+            "deployment.ssh.supervisor",
+            "auto, systemd or none",
+        ));
+    }
+    Ok(s)
+}
+
+/// Fly.io settings: Fly's own name rules, an image, a token secret, a size
+/// Fly offers.
+fn fly_spec(f: FlySpec) -> Result<FlySpec, ApiError> {
+    let lower = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    plain("deployment.fly.app", &f.app, 63, lower)?;
+    if let Some(o) = &f.org_slug {
+        plain("deployment.fly.org_slug", o, 63, lower)?;
+    }
+    if let Some(r) = &f.region {
+        plain("deployment.fly.region", r, 8, |c| c.is_ascii_lowercase())?;
+    }
+    image_ref("deployment.fly.image", &f.image)?;
+    secret_name("deployment.fly.token_secret", &f.token_secret)?;
+    if f.cpus.is_some_and(|c| !(1..=16).contains(&c)) {
+        return Err(ApiError::invalid("deployment.fly.cpus", "between 1 and 16"));
+    }
+    if f.memory_mb.is_some_and(|m| !(256..=131_072).contains(&m)) {
+        return Err(ApiError::invalid(
+            "deployment.fly.memory_mb",
+            "between 256 and 131072 MiB",
+        ));
+    }
+    Ok(f)
+}
+
+/// Railway settings: a project id, an environment name, an image, a token
+/// secret.
+fn railway_spec(r: RailwaySpec) -> Result<RailwaySpec, ApiError> {
+    plain("deployment.railway.project_id", &r.project_id, 64, |c| {
+        c.is_ascii_alphanumeric() || c == '-'
+    })?;
+    if let Some(e) = &r.environment {
+        plain("deployment.railway.environment", e, 64, |c| {
+            c.is_ascii_alphanumeric() || "_-".contains(c)
+        })?;
+    }
+    image_ref("deployment.railway.image", &r.image)?;
+    secret_name("deployment.railway.token_secret", &r.token_secret)?;
+    Ok(r)
 }
 
 /// Container settings: an image reference, limits in range.
 fn docker_spec(d: DockerSpec) -> Result<DockerSpec, ApiError> {
     if let Some(image) = &d.image {
-        let ok = !image.is_empty()
-            && image.len() <= 255
-            && image
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
-            && !image.starts_with(['-', '.', '/', ':', '@']);
-        if !ok {
-            return Err(ApiError::invalid(
-                "deployment.docker.image",
-                "an image reference like registry.example/team/agent:1.2 (letters, digits and . _ - / : @)",
-            ));
-        }
+        image_ref("deployment.docker.image", image)?;
     }
     if let Some(cpus) = d.cpus
         && !(0.01..=1024.0).contains(&cpus)
@@ -291,13 +407,8 @@ fn llm_spec(l: LlmSpec) -> Result<LlmSpec, ApiError> {
     if let Some(u) = &l.base_url {
         http_url("llm.base_url", u)?;
     }
-    if let Some(s) = &l.api_key_secret
-        && !cadre_actors::governance::valid_id(s)
-    {
-        return Err(ApiError::invalid(
-            "llm.api_key_secret",
-            "a secret name: 1-100 of a-z 0-9 _ . -",
-        ));
+    if let Some(s) = &l.api_key_secret {
+        secret_name("llm.api_key_secret", s)?;
     }
     if l.max_output_tokens
         .is_some_and(|t| !(1..=1_000_000).contains(&t))
@@ -364,41 +475,38 @@ fn mcp_servers(list: Vec<McpServerSpec>) -> Result<Vec<McpServerSpec>, ApiError>
     Ok(list)
 }
 
-/// The secret an agent's settings name must exist in its organization.
-fn known_secret(state: &AppState, org: &OrgId, l: Option<&LlmSpec>) -> Result<(), ApiError> {
-    match l.and_then(|l| l.api_key_secret.as_deref()) {
-        Some(name)
-            if !state
-                .cadre
-                .governance()
-                .org(org)
-                .docs
-                .secrets
-                .contains_key(name) =>
-        {
-            Err(ApiError::invalid(
-                "llm.api_key_secret",
-                format!("no secret {name:?}: PUT /api/v1/secrets/{name} sets it"),
-            ))
-        }
-        _ => Ok(()),
+/// Every secret an agent's settings name must exist in its organization.
+fn known_secrets(state: &AppState, org: &OrgId, spec: &RuntimeSpec) -> Result<(), ApiError> {
+    let gov = state.cadre.governance().org(org);
+    match spec
+        .secret_names()
+        .into_iter()
+        .find(|(_, name)| !gov.docs.secrets.contains_key(*name))
+    {
+        Some((field, name)) => Err(ApiError::invalid(
+            field,
+            format!("no secret {name:?}: PUT /api/v1/secrets/{name} sets it"),
+        )),
+        None => Ok(()),
     }
 }
 
 impl CreateAgent {
     fn into_spec(self) -> Result<AgentSpec, ApiError> {
         let budget = self.budget.unwrap_or_default();
+        let target = self
+            .deployment
+            .as_ref()
+            .and_then(|d| d.target.as_deref())
+            .map(target)
+            .transpose()?
+            .unwrap_or_default();
+        let dep = self.deployment.unwrap_or_default();
         Ok(AgentSpec {
             name: text("name", &self.name, MAX_NAME)?,
             role: opt_text("role", self.role.as_deref(), MAX_ROLE)?,
             model: opt_text("model", self.model.as_deref(), MAX_MODEL)?,
-            target: self
-                .deployment
-                .as_ref()
-                .and_then(|d| d.target.as_deref())
-                .map(target)
-                .transpose()?
-                .unwrap_or_default(),
+            target,
             health: self
                 .health
                 .as_ref()
@@ -418,12 +526,10 @@ impl CreateAgent {
                     .map(mcp_servers)
                     .transpose()?
                     .unwrap_or_default(),
-                docker: self
-                    .deployment
-                    .and_then(|d| d.docker)
-                    .map(docker_spec)
-                    .transpose()?
-                    .unwrap_or_default(),
+                docker: dep.docker.map(docker_spec).transpose()?.unwrap_or_default(),
+                ssh: dep.ssh.map(ssh_spec).transpose()?,
+                fly: dep.fly.map(fly_spec).transpose()?,
+                railway: dep.railway.map(railway_spec).transpose()?,
             },
         })
     }
@@ -432,6 +538,13 @@ impl CreateAgent {
 impl PatchAgent {
     fn into_patch(self) -> Result<AgentPatch, ApiError> {
         let budget = self.budget.unwrap_or_default();
+        let target = self
+            .deployment
+            .as_ref()
+            .and_then(|d| d.target.as_deref())
+            .map(target)
+            .transpose()?;
+        let dep = self.deployment.unwrap_or_default();
         Ok(AgentPatch {
             name: self
                 .name
@@ -446,12 +559,7 @@ impl PatchAgent {
                 .model
                 .map(|m| opt_text("model", m.as_deref(), MAX_MODEL))
                 .transpose()?,
-            target: self
-                .deployment
-                .as_ref()
-                .and_then(|d| d.target.as_deref())
-                .map(target)
-                .transpose()?,
+            target,
             health: self.health.as_ref().map(health).transpose()?,
             monthly_tokens: budget.monthly_tokens.map(tokens).transpose()?,
             monthly_cost_micros: budget.monthly_cost_usd.map(cost_micros).transpose()?,
@@ -462,11 +570,10 @@ impl PatchAgent {
                 .transpose()?,
             llm: self.llm.map(llm_spec).transpose()?,
             mcp_servers: self.mcp_servers.map(mcp_servers).transpose()?,
-            docker: self
-                .deployment
-                .and_then(|d| d.docker)
-                .map(docker_spec)
-                .transpose()?,
+            docker: dep.docker.map(docker_spec).transpose()?,
+            ssh: dep.ssh.map(ssh_spec).transpose()?,
+            fly: dep.fly.map(fly_spec).transpose()?,
+            railway: dep.railway.map(railway_spec).transpose()?,
         })
     }
 }
@@ -507,7 +614,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let spec = body.into_spec()?;
     known_profile(&state, &principal.org, spec.profile.as_deref())?;
-    known_secret(&state, &principal.org, Some(&spec.runtime.llm))?;
+    known_secrets(&state, &principal.org, &spec.runtime)?;
     let snap = state
         .cadre
         .create_agent(&principal.org, spec, principal.who())
@@ -701,7 +808,17 @@ async fn patch(
     if let Some(p) = &patch.profile {
         known_profile(&state, &principal.org, p.as_deref())?;
     }
-    known_secret(&state, &principal.org, patch.llm.as_ref())?;
+    known_secrets(
+        &state,
+        &principal.org,
+        &RuntimeSpec {
+            llm: patch.llm.clone().unwrap_or_default(),
+            ssh: patch.ssh.clone(),
+            fly: patch.fly.clone(),
+            railway: patch.railway.clone(),
+            ..RuntimeSpec::default()
+        },
+    )?;
     let snap = state
         .cadre
         .patch_agent(&principal.org, &id, patch, principal.who())

@@ -398,3 +398,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A service this machine lacks: fails the test under
+/// `CADRE_REQUIRE_SERVICES=1` (CI), else says what is skipped.
+pub fn unavailable(what: &str, e: impl std::fmt::Display) {
+    if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("CADRE_REQUIRE_SERVICES=1 but {what} is unavailable: {e}");
+    }
+    eprintln!("skipping what needs {what}: {e}");
+}

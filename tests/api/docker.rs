@@ -16,15 +16,6 @@ use std::sync::OnceLock;
 
 const IMAGE: &str = "cadre-runtime:test";
 
-/// A service this machine lacks: fails the test under
-/// `CADRE_REQUIRE_SERVICES=1` (CI), else says what is skipped.
-fn unavailable(what: &str, e: impl std::fmt::Display) {
-    if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("CADRE_REQUIRE_SERVICES=1 but {what} is unavailable: {e}");
-    }
-    eprintln!("skipping what needs {what}: {e}");
-}
-
 /// The engine, with the runtime image built once per test run; `None`
 /// (skip) when there is no engine and services are not required.
 async fn engine() -> Option<Docker> {

@@ -13,5 +13,6 @@ mod identity;
 mod lifecycle;
 mod metrics;
 mod schedules;
+mod ssh;
 mod tasks;
 mod tools;
