@@ -308,8 +308,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .with_llm(llm.clone(), llm_key.clone())
     .with_sealer(sealer.clone());
+    let llm_for = || Some((llm.clone(), llm_key.clone()));
+    let fly = crate::deploy::fly::FlyDeployer::new(
+        config.deploy.fly.clone(),
+        &connect_url,
+        org_secrets.clone(),
+        Some(sealer.clone()),
+        llm_for(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let railway = crate::deploy::railway::RailwayDeployer::new(
+        config.deploy.railway.clone(),
+        &connect_url,
+        org_secrets.clone(),
+        Some(sealer.clone()),
+        llm_for(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let deployer = crate::deploy::Targets::new(Arc::new(local), docker.clone())
-        .with(DeployTarget::Ssh, Arc::new(ssh));
+        .with(DeployTarget::Ssh, Arc::new(ssh))
+        .with(DeployTarget::Fly, Arc::new(fly))
+        .with(DeployTarget::Railway, Arc::new(railway));
     let (events, _) = broadcast::channel(4096);
     let activity = crate::activity::Activity::start(store.clone(), &config.activity)
         .await

@@ -4,10 +4,13 @@
 //!
 //! Nothing here knows about actors or HTTP.
 
+pub mod cloud;
 pub mod docker;
+pub mod fly;
 pub mod generate;
 pub mod image;
 pub mod local;
+pub mod railway;
 pub mod ssh;
 
 pub use docker::DockerDeployer;

@@ -942,8 +942,14 @@ mod tests {
     #[test]
     fn env_files_quote_for_their_reader() {
         let env = BTreeMap::from([("K".to_string(), r#"a"b\c'd $x"#.to_string())]);
-        assert_eq!(env_file(&env, true).expect("plain values"), "K=\"a\\\"b\\\\c'd $x\"\n");
-        assert_eq!(env_file(&env, false).expect("plain values"), "K='a\"b\\c'\\''d $x'\n");
+        assert_eq!(
+            env_file(&env, true).expect("plain values"),
+            "K=\"a\\\"b\\\\c'd $x\"\n"
+        );
+        assert_eq!(
+            env_file(&env, false).expect("plain values"),
+            "K='a\"b\\c'\\''d $x'\n"
+        );
         let bad = BTreeMap::from([("K".to_string(), "a\nb".to_string())]);
         assert!(env_file(&bad, false).is_err());
     }

@@ -5,6 +5,7 @@ mod activity;
 mod budget;
 mod chaos;
 mod cli;
+mod cloud;
 mod common;
 mod docker;
 mod errors;
