@@ -3,20 +3,23 @@
 //! (or the provider's `Retry-After`), never a 4xx, and the token and
 //! secrets of the agent's organization, opened only for the call.
 
-use super::SecretSource;
+use super::{LlmSettings, SealedEnv, SecretSource};
 use crate::config::CloudDeployConfig;
-use cadre_actors::ports::DeployError;
+use cadre_actors::ports::{DeployError, DeployRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A provider's API.
+/// A provider's API, and what a hosted runtime is given.
 pub struct Api {
     target: &'static str,
     http: reqwest::Client,
     cfg: CloudDeployConfig,
+    connect_url: String,
     secrets: SecretSource,
     sealer: Option<crate::secrets::Sealer>,
+    llm: Option<(LlmSettings, Option<String>)>,
 }
 
 impl std::fmt::Debug for Api {
@@ -32,12 +35,16 @@ impl std::fmt::Debug for Api {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 impl Api {
-    /// A client for `target`'s API as `cfg` says.
+    /// A client for `target`'s API as `cfg` says; runtimes there dial
+    /// `cfg.connect_url` or else `server_url`, and call the model provider
+    /// `llm` names.
     pub fn new(
         target: &'static str,
         cfg: CloudDeployConfig,
+        server_url: &str,
         secrets: SecretSource,
         sealer: Option<crate::secrets::Sealer>,
+        llm: Option<(LlmSettings, Option<String>)>,
     ) -> Result<Api, String> {
         crate::init_tls();
         let http = reqwest::Client::builder()
@@ -48,10 +55,47 @@ impl Api {
         Ok(Api {
             target,
             http,
+            connect_url: if cfg.connect_url.is_empty() {
+                server_url.to_string()
+            } else {
+                cfg.connect_url.clone()
+            },
             cfg,
             secrets,
             sealer,
+            llm,
         })
+    }
+
+    /// A deployment handle of this target.
+    pub fn handle<T: serde::de::DeserializeOwned>(&self, d: &str) -> Result<T, DeployError> {
+        serde_json::from_str(d).map_err(|e| self.err(format!("unreadable deployment handle: {e}")))
+    }
+
+    /// The runtime's configuration as JSON, without its token: nothing
+    /// secret, so it may sit in plain machine or service settings.
+    pub fn runtime_config(&self, req: &DeployRequest) -> Result<String, DeployError> {
+        let llm = self.llm.as_ref().map(|(s, _)| s);
+        let mut config = super::runtime_config(req, &self.connect_url, llm, None);
+        config.token = String::new();
+        serde_json::to_string(&config).map_err(|e| self.err(e.to_string()))
+    }
+
+    /// The runtime's secret environment: its token and the opened secrets
+    /// the agent names (the provider keeps them as secrets or variables).
+    pub fn runtime_env(
+        &self,
+        req: &DeployRequest,
+    ) -> Result<BTreeMap<String, String>, DeployError> {
+        let mut env = SealedEnv::of(req)
+            .map_err(|e| self.err(e))?
+            .open(
+                self.llm.as_ref().and_then(|(_, k)| k.as_deref()),
+                self.sealer.as_ref(),
+            )
+            .map_err(|e| self.err(e))?;
+        env.insert(super::TOKEN_ENV.to_string(), req.runtime_token.clone());
+        Ok(env)
     }
 
     /// An error of this target.

@@ -13,7 +13,7 @@
 //! here (tests/api/cloud.rs), not against Fly.io.
 
 use super::cloud::Api;
-use super::{LlmSettings, SealedEnv, SecretSource};
+use super::{LlmSettings, SecretSource};
 use crate::config::CloudDeployConfig;
 use async_trait::async_trait;
 use cadre_actors::ports::{DeployError, DeployRequest, Deployer, DeploymentStatus};
@@ -45,13 +45,10 @@ impl FlyHandle {
 #[derive(Debug)]
 pub struct FlyDeployer {
     api: Api,
-    connect_url: String,
-    llm: Option<(LlmSettings, Option<String>)>,
-    sealer: Option<crate::secrets::Sealer>,
 }
 
 impl FlyDeployer {
-    /// A deployer calling the API `cfg` names.
+    /// A deployer calling the API `cfg` names (see [`Api::new`]).
     pub fn new(
         cfg: CloudDeployConfig,
         server_url: &str,
@@ -60,20 +57,12 @@ impl FlyDeployer {
         llm: Option<(LlmSettings, Option<String>)>,
     ) -> Result<FlyDeployer, String> {
         Ok(FlyDeployer {
-            connect_url: if cfg.connect_url.is_empty() {
-                server_url.to_string()
-            } else {
-                cfg.connect_url.clone()
-            },
-            api: Api::new("fly", cfg, secrets, sealer.clone())?,
-            llm,
-            sealer,
+            api: Api::new("fly", cfg, server_url, secrets, sealer, llm)?,
         })
     }
 
     fn handle_of(&self, d: &str) -> Result<FlyHandle, DeployError> {
-        serde_json::from_str(d)
-            .map_err(|e| self.api.err(format!("unreadable deployment handle: {e}")))
+        self.api.handle(d)
     }
 
     fn token(&self, h: &FlyHandle) -> Result<String, DeployError> {
@@ -151,11 +140,8 @@ impl FlyDeployer {
         cpus: u32,
         memory_mb: u64,
     ) -> Result<Value, DeployError> {
-        let llm = self.llm.as_ref().map(|(s, _)| s);
-        let mut config = super::runtime_config(req, &self.connect_url, llm, None);
         // The token is an app secret; the config holds nothing secret.
-        config.token = String::new();
-        let config = serde_json::to_string(&config).map_err(|e| self.api.err(e.to_string()))?;
+        let config = self.api.runtime_config(req)?;
         Ok(json!({
             "image": image,
             "env": { super::CONFIG_ENV: config },
@@ -221,15 +207,7 @@ impl Deployer for FlyDeployer {
                 .err("the agent has no fly settings (deployment.fly)")
         })?;
         let token = self.token(&h)?;
-        let mut env = SealedEnv::of(req)
-            .map_err(|e| self.api.err(e))?
-            .open(
-                self.llm.as_ref().and_then(|(_, k)| k.as_deref()),
-                self.sealer.as_ref(),
-            )
-            .map_err(|e| self.api.err(e))?;
-        env.insert(super::TOKEN_ENV.to_string(), req.runtime_token.clone());
-        for (name, value) in &env {
+        for (name, value) in &self.api.runtime_env(req)? {
             let path = format!("/v1/apps/{}/secrets/{name}", h.app);
             let (status, body) = self
                 .api

@@ -15,7 +15,7 @@
 //! here (tests/api/cloud.rs), not against Railway.
 
 use super::cloud::Api;
-use super::{LlmSettings, SealedEnv, SecretSource};
+use super::{LlmSettings, SecretSource};
 use crate::config::CloudDeployConfig;
 use async_trait::async_trait;
 use cadre_actors::ports::{DeployError, DeployRequest, Deployer, DeploymentStatus};
@@ -45,13 +45,10 @@ pub struct RailwayHandle {
 #[derive(Debug)]
 pub struct RailwayDeployer {
     api: Api,
-    connect_url: String,
-    llm: Option<(LlmSettings, Option<String>)>,
-    sealer: Option<crate::secrets::Sealer>,
 }
 
 impl RailwayDeployer {
-    /// A deployer calling the API `cfg` names.
+    /// A deployer calling the API `cfg` names (see [`Api::new`]).
     pub fn new(
         cfg: CloudDeployConfig,
         server_url: &str,
@@ -60,20 +57,12 @@ impl RailwayDeployer {
         llm: Option<(LlmSettings, Option<String>)>,
     ) -> Result<RailwayDeployer, String> {
         Ok(RailwayDeployer {
-            connect_url: if cfg.connect_url.is_empty() {
-                server_url.to_string()
-            } else {
-                cfg.connect_url.clone()
-            },
-            api: Api::new("railway", cfg, secrets, sealer.clone())?,
-            llm,
-            sealer,
+            api: Api::new("railway", cfg, server_url, secrets, sealer, llm)?,
         })
     }
 
     fn handle_of(&self, d: &str) -> Result<RailwayHandle, DeployError> {
-        serde_json::from_str(d)
-            .map_err(|e| self.api.err(format!("unreadable deployment handle: {e}")))
+        self.api.handle(d)
     }
 
     /// One GraphQL operation; its `data`, or the API's first error.
@@ -193,21 +182,8 @@ impl Deployer for RailwayDeployer {
                 .err("the agent has no railway settings (deployment.railway)")
         })?;
         let token = self.api.secret(&h.org, &h.token_secret)?;
-        let llm = self.llm.as_ref().map(|(s, _)| s);
-        let mut config = super::runtime_config(req, &self.connect_url, llm, None);
-        config.token = String::new();
-        let mut vars = SealedEnv::of(req)
-            .map_err(|e| self.api.err(e))?
-            .open(
-                self.llm.as_ref().and_then(|(_, k)| k.as_deref()),
-                self.sealer.as_ref(),
-            )
-            .map_err(|e| self.api.err(e))?;
-        vars.insert(super::TOKEN_ENV.to_string(), req.runtime_token.clone());
-        vars.insert(
-            super::CONFIG_ENV.to_string(),
-            serde_json::to_string(&config).map_err(|e| self.api.err(e.to_string()))?,
-        );
+        let mut vars = self.api.runtime_env(req)?;
+        vars.insert(super::CONFIG_ENV.to_string(), self.api.runtime_config(req)?);
         self.gql(
             &token,
             "setting variables",

@@ -143,6 +143,27 @@ fn record(
     None
 }
 
+/// Records the request; then an injected failure, or `refused` without the
+/// right bearer token, or the JSON body to handle.
+fn admit(
+    fake: &mut Fake,
+    method: &HttpMethod,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    refused: Response,
+) -> Result<Value, Box<Response>> {
+    if let Some(r) = record(fake, method, uri, headers, body) {
+        return Err(Box::new(r));
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {}", fake.token))
+    {
+        return Err(Box::new(refused));
+    }
+    Ok(serde_json::from_slice(body).unwrap_or(Value::Null))
+}
+
 // ---- Fly Machines API ----
 
 async fn fly(
@@ -153,15 +174,11 @@ async fn fly(
     body: Bytes,
 ) -> Response {
     let mut f = lock(&s);
-    if let Some(r) = record(&mut f, &method, &uri, &headers, &body) {
-        return r;
-    }
-    if headers.get("authorization").and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {}", f.token))
-    {
-        return answer(401, json!({ "error": "unauthorized" }));
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let refused = answer(401, json!({ "error": "unauthorized" }));
+    let body = match admit(&mut f, &method, &uri, &headers, &body, refused) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     let query = uri.query().unwrap_or_default().to_string();
     let m = method.as_str();
@@ -281,17 +298,6 @@ async fn fly_server(token: &str, dir: &std::path::Path) -> (Shared, String) {
     (state, url)
 }
 
-async fn put_secret(app: &TestApp, name: &str, value: &str) {
-    let (s, v) = app
-        .call(
-            Method::PUT,
-            &format!("/api/v1/secrets/{name}"),
-            Some(json!({ "value": value })),
-        )
-        .await;
-    assert!(s.is_success(), "{v}");
-}
-
 fn calls(state: &Shared) -> Vec<String> {
     lock(state)
         .seen
@@ -311,8 +317,8 @@ async fn a_fly_agent_runs_as_a_machine_with_its_secrets_and_retries_429_and_5xx(
         c.deploy.fly.retry_base_ms = 10;
     })
     .await;
-    put_secret(&app, "fly-token", "fo1_test_token").await;
-    put_secret(&app, "model-key", "sk-fly-model").await;
+    app.put_secret("fly-token", "fo1_test_token").await;
+    app.put_secret("model-key", "sk-fly-model").await;
     let id = app
         .create_id(json!({
             "name": "flyer", "role": "r", "model": "m",
@@ -416,16 +422,13 @@ async fn fly_refusals_are_not_retried_and_lasting_outages_give_up_clearly() {
         c.deploy.fly.max_retries = 2;
     })
     .await;
-    put_secret(&app, "fly-token", "a-wrong-token").await;
+    app.put_secret("fly-token", "a-wrong-token").await;
     let spec =
         json!({ "app": "cadre-x", "image": "registry.fly.io/x:1", "token_secret": "fly-token" });
-    let id = app
-        .create_id(json!({ "name": "x", "role": "r", "model": "m",
+    let reason = app
+        .deploy_fails(json!({ "name": "x", "role": "r", "model": "m",
                            "deployment": { "target": "fly", "fly": spec } }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("401") && reason.contains("check the token secret"),
         "{reason}"
@@ -435,14 +438,11 @@ async fn fly_refusals_are_not_retried_and_lasting_outages_give_up_clearly() {
     // Always 503: the first attempt and two retries, then a clear error.
     lock(&fake).always = Some(503);
     lock(&fake).seen.clear();
-    put_secret(&app, "fly-token", "the-right-token").await;
-    let id = app
-        .create_id(json!({ "name": "y", "role": "r", "model": "m",
+    app.put_secret("fly-token", "the-right-token").await;
+    let reason = app
+        .deploy_fails(json!({ "name": "y", "role": "r", "model": "m",
                            "deployment": { "target": "fly", "fly": spec } }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("503") && reason.contains("after 3 attempts"),
         "{reason}"
@@ -460,18 +460,15 @@ async fn railway(
     body: Bytes,
 ) -> Response {
     let mut f = lock(&s);
-    if let Some(r) = record(&mut f, &method, &uri, &headers, &body) {
-        return r;
-    }
-    if headers.get("authorization").and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {}", f.token))
-    {
-        return answer(
-            200,
-            json!({ "errors": [{ "message": "Not Authorized" }], "data": null }),
-        );
-    }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // GraphQL: a refusal is a 200 with an error.
+    let refused = answer(
+        200,
+        json!({ "errors": [{ "message": "Not Authorized" }], "data": null }),
+    );
+    let body = match admit(&mut f, &method, &uri, &headers, &body, refused) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     let q = body["query"].as_str().unwrap_or_default();
     let v = &body["variables"];
     let data = if q.contains("project(") {
@@ -627,7 +624,7 @@ async fn a_railway_agent_runs_as_a_service_with_its_variables() {
         c.deploy.railway.retry_base_ms = 10;
     })
     .await;
-    put_secret(&app, "railway-token", "rw-token").await;
+    app.put_secret("railway-token", "rw-token").await;
     let id = app
         .create_id(json!({
             "name": "rail", "role": "r", "model": "m",
@@ -704,37 +701,31 @@ async fn railway_errors_name_the_cause() {
     )
     .await;
     let app = spawn_app_with(|c| c.deploy.railway.api_url = url.clone()).await;
-    put_secret(&app, "railway-token", "stale").await;
+    app.put_secret("railway-token", "stale").await;
     let spec = json!({ "project_id": "proj-1", "image": "ghcr.io/acme/cadre:1", "token_secret": "railway-token" });
-    let id = app
-        .create_id(json!({ "name": "a", "role": "r", "model": "m",
+    let reason = app
+        .deploy_fails(json!({ "name": "a", "role": "r", "model": "m",
                            "deployment": { "target": "railway", "railway": spec } }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("Not Authorized") && reason.contains("check the token secret"),
         "{reason}"
     );
 
-    put_secret(&app, "railway-token", "rw-token").await;
+    app.put_secret("railway-token", "rw-token").await;
     let mut spec = spec;
     spec["environment"] = json!("qa");
-    let id = app
-        .create_id(json!({ "name": "b", "role": "r", "model": "m",
+    let reason = app
+        .deploy_fails(json!({ "name": "b", "role": "r", "model": "m",
                            "deployment": { "target": "railway", "railway": spec } }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("no environment \"qa\""), "{reason}");
 }
 
 #[tokio::test]
 async fn cloud_settings_are_checked_before_anything_is_stored() {
     let app = spawn_app().await;
-    put_secret(&app, "tok", "x").await;
+    app.put_secret("tok", "x").await;
     let cases = [
         (
             json!({ "target": "fly", "fly": { "app": "Bad_App", "image": "i:1", "token_secret": "tok" } }),

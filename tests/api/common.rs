@@ -407,3 +407,27 @@ pub fn unavailable(what: &str, e: impl std::fmt::Display) {
     }
     eprintln!("skipping what needs {what}: {e}");
 }
+
+impl TestApp {
+    /// Sets the organization secret `name` (asserting it was accepted).
+    pub async fn put_secret(&self, name: &str, value: &str) {
+        let (s, v) = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/secrets/{name}"),
+                Some(serde_json::json!({ "value": value })),
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+    }
+
+    /// Creates an agent from `body`, deploys it and waits for `error`; the
+    /// reason it gives.
+    pub async fn deploy_fails(&self, body: Value) -> String {
+        let id = self.create_id(body).await;
+        let (s, v) = self.command(&id, "deploy").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let v = self.wait_state(&id, "error").await;
+        v["state_reason"].as_str().unwrap_or_default().to_string()
+    }
+}

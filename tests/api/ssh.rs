@@ -129,17 +129,6 @@ async fn ssh_app() -> TestApp {
     .await
 }
 
-async fn put_secret(app: &TestApp, name: &str, value: &str) {
-    let (s, v) = app
-        .call(
-            Method::PUT,
-            &format!("/api/v1/secrets/{name}"),
-            Some(json!({ "value": value })),
-        )
-        .await;
-    assert!(s.is_success(), "{v}");
-}
-
 /// Where agents' files go on the "remote" machine: a directory of the
 /// server's, removed with it.
 fn remote_base(sshd: &Sshd) -> PathBuf {
@@ -183,8 +172,8 @@ async fn an_ssh_agent_runs_on_the_host_recovers_after_a_kill_and_is_removed_on_d
         return;
     };
     let app = ssh_app().await;
-    put_secret(&app, "deploy-key", &private).await;
-    put_secret(&app, "model-key", "sk-ssh-secret-value").await;
+    app.put_secret("deploy-key", &private).await;
+    app.put_secret("model-key", "sk-ssh-secret-value").await;
     let id = app
         .create_id(json!({
             "name": "remote", "role": "r", "model": "m",
@@ -308,16 +297,13 @@ async fn a_wrong_key_and_a_changed_host_key_fail_clearly() {
     let app = ssh_app().await;
 
     // A key the server does not accept.
-    put_secret(&app, "deploy-key", &stranger).await;
-    let id = app
-        .create_id(json!({
+    app.put_secret("deploy-key", &stranger).await;
+    let reason = app
+        .deploy_fails(json!({
             "name": "wrong-key", "role": "r", "model": "m",
             "deployment": { "target": "ssh", "ssh": ssh_spec(&sshd, json!({})) },
         }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("refused the key") && reason.contains("deploy-key"),
         "{reason}"
@@ -325,17 +311,12 @@ async fn a_wrong_key_and_a_changed_host_key_fail_clearly() {
 
     // A configured host key that is not the server's.
     let (_, other_host) = keygen(&dir.path().join("other_host"));
-    put_secret(&app, "deploy-key", &private).await;
+    app.put_secret("deploy-key", &private).await;
     let sshd = sshd.with_new_host_key(&[&allowed, &public]).await;
-    let id = app
-        .create_id(json!({
+    let reason = app.deploy_fails(json!({
             "name": "pinned-other", "role": "r", "model": "m",
             "deployment": { "target": "ssh", "ssh": ssh_spec(&sshd, json!({ "host_key": other_host })) },
-        }))
-        .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
+        })).await;
     assert!(
         reason.contains("not the configured") && reason.contains("refusing"),
         "{reason}"
@@ -343,15 +324,12 @@ async fn a_wrong_key_and_a_changed_host_key_fail_clearly() {
 
     // Pinned at first use (the wrong-key attempt pinned the first host key;
     // the server has a new one now): a changed key refuses to connect.
-    let id = app
-        .create_id(json!({
+    let reason = app
+        .deploy_fails(json!({
             "name": "changed", "role": "r", "model": "m",
             "deployment": { "target": "ssh", "ssh": ssh_spec(&sshd, json!({})) },
         }))
         .await;
-    app.command(&id, "deploy").await;
-    let v = app.wait_state(&id, "error").await;
-    let reason = v["state_reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("changed") && reason.contains("refusing"),
         "{reason}"
@@ -373,7 +351,7 @@ async fn a_wrong_key_and_a_changed_host_key_fail_clearly() {
 #[tokio::test]
 async fn ssh_settings_are_checked_before_anything_is_stored() {
     let app = spawn_app().await;
-    put_secret(&app, "deploy-key", "not used").await;
+    app.put_secret("deploy-key", "not used").await;
     let base = json!({ "host": "h.example", "user": "deploy", "key_secret": "deploy-key" });
     let cases = [
         (json!({ "host": "-oProxyCommand=x" }), "deployment.ssh.host"),
