@@ -213,6 +213,8 @@ async fn an_ssh_agent_runs_on_the_host_recovers_after_a_kill_and_is_removed_on_d
         "{env}"
     );
     assert!(env.contains("CADRE_RUNTIME_TOKEN='"), "{env}");
+    // Nothing else: none of the control plane's own secrets.
+    assert_eq!(env.lines().count(), 2, "{env}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&env_path)
         .expect("env")
