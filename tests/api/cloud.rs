@@ -670,16 +670,7 @@ async fn a_railway_agent_runs_as_a_service_with_its_variables() {
         assert_eq!(update["restartPolicyType"], "NEVER");
     }
     // Logs come from the deployment.
-    eventually("railway deployment logs", || async {
-        let (s, v) = app
-            .call(Method::GET, &format!("/api/v1/agents/{id}/logs"), None)
-            .await;
-        s == StatusCode::OK
-            && v["text"]
-                .as_str()
-                .is_some_and(|t| t.contains(&format!("agent {id} starting")))
-    })
-    .await;
+    app.wait_runtime_log(&id).await;
     app.command(&id, "stop").await;
     eventually("the deployment stopped", || async {
         operations(&state).iter().any(|o| o == "deploymentStop")

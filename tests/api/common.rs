@@ -421,6 +421,25 @@ impl TestApp {
         assert!(s.is_success(), "{v}");
     }
 
+    /// Waits until the agent's log, as its target serves it, shows the
+    /// runtime starting.
+    pub async fn wait_runtime_log(&self, id: &str) {
+        eventually("the runtime's start in its log", || async {
+            let (s, v) = self
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/agents/{id}/logs?lines=50"),
+                    None,
+                )
+                .await;
+            s == StatusCode::OK
+                && v["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&format!("agent {id} starting")))
+        })
+        .await;
+    }
+
     /// Creates an agent from `body`, deploys it and waits for `error`; the
     /// reason it gives.
     pub async fn deploy_fails(&self, body: Value) -> String {

@@ -230,20 +230,7 @@ async fn an_ssh_agent_runs_on_the_host_recovers_after_a_kill_and_is_removed_on_d
     assert_eq!(bins.len(), 1, "{bins:?}");
 
     // Logs come from the host.
-    eventually("the runtime's log over ssh", || async {
-        let (s, v) = app
-            .call(
-                Method::GET,
-                &format!("/api/v1/agents/{id}/logs?lines=50"),
-                None,
-            )
-            .await;
-        s == StatusCode::OK
-            && v["text"]
-                .as_str()
-                .is_some_and(|t| t.contains(&format!("agent {id} starting")))
-    })
-    .await;
+    app.wait_runtime_log(&id).await;
 
     // Killed from outside: the health loop notices and starts it again.
     let first = pid_of(&agent_dir).await.expect("pid file");
