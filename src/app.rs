@@ -131,6 +131,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
         Durability::Normal
     };
     let url = config.database_url();
+    if let Some(backend) = crate::store::backend::Backend::of_url(&url)
+        && !backend.serves()
+    {
+        anyhow::bail!(
+            "database.url names a {} database: `cadre migrate` prepares its schema, but Cadre \
+             cannot serve on it yet (only on SQLite, the default); see docs/databases.md",
+            backend.dialect()
+        );
+    }
     let store = SqlStore::open(&url, durability, config.database.read_connections)
         .await
         .with_context(|| format!("opening database {url}"))?;

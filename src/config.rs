@@ -726,8 +726,13 @@ impl Config {
         if !matches!(self.database.synchronous.as_str(), "normal" | "full") {
             return bad("database.synchronous", "expected \"normal\" or \"full\"");
         }
-        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
-            return bad("database.url", "only sqlite: URLs are supported so far");
+        if !self.database.url.is_empty()
+            && crate::store::backend::Backend::of_url(&self.database.url).is_none()
+        {
+            return bad(
+                "database.url",
+                "expected a sqlite:, postgres: or mysql: (mariadb:) URL",
+            );
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be positive");
@@ -966,6 +971,18 @@ mod tests {
         let err = Config::load(None, env(&[("CADRE_DATABASE__SYNCHRONOUS", "off")]))
             .expect_err("must fail");
         assert!(err.to_string().contains("database.synchronous"), "{err}");
+        let err = Config::load(None, env(&[("CADRE_DATABASE_URL", "mongodb://h/db")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("database.url"), "{err}");
+        for url in [
+            "sqlite://x.db",
+            "postgres://u@h/db",
+            "mysql://u@h/db",
+            "mariadb://u@h/db",
+        ] {
+            let c = Config::load(None, env(&[("CADRE_DATABASE_URL", url)])).expect(url);
+            assert_eq!(c.database_url(), url);
+        }
     }
 
     #[test]

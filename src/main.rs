@@ -24,7 +24,8 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Apply database migrations and exit.
+    /// Apply the database's migrations (SQLite, PostgreSQL or MySQL /
+    /// MariaDB, by the URL's scheme), print what was applied, and exit.
     Migrate {
         /// A TOML file layered over the defaults.
         #[arg(long)]
@@ -110,9 +111,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Migrate { config } => {
             let config = Config::from_env(config.as_deref())?;
             init_tracing(&config);
-            let store = cadre::app::open_store(&config).await?;
-            store.close().await;
-            eprintln!("cadre: migrations applied to {}", config.database_url());
+            let url = config.database_url();
+            if config.database.url.is_empty() {
+                std::fs::create_dir_all(&config.data_dir)
+                    .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+            }
+            let report = cadre::store::backend::migrate(&url).await?;
+            println!("{report}");
             Ok(())
         }
         Cmd::Runtime { config } => cadre::runtime::run(config.as_deref())

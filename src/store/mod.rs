@@ -1,11 +1,13 @@
 //! Durable storage: the `Store` port for the actors plus the read API the
 //! HTTP layer may use for historical reads (history pages, login lookups).
 //!
-//! Only the SQLite backend exists so far (`sqlite.rs`); queries are runtime
-//! `query`/`query_as` so the same code paths can later serve PostgreSQL and
-//! MySQL. Nothing here knows about actors or HTTP.
+//! The store that serves is SQLite's (`sqlite.rs`). PostgreSQL and MySQL /
+//! MariaDB have their schemas and migrations (`backend.rs`,
+//! `migrations/<dialect>/`) but no store yet. Nothing here knows about
+//! actors or HTTP.
 
 mod activity;
+pub mod backend;
 mod governance;
 mod identity;
 mod schedules;

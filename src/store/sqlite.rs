@@ -64,8 +64,6 @@ impl Default for Checkpoints {
 /// How long a restarting checkpoint may wait for the writer and readers.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -375,7 +373,7 @@ impl SqlStore {
 
     /// Applies pending migrations (embedded in the binary).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.write).await
+        super::backend::SQLITE.run(&self.write).await
     }
 
     /// Closes both pools (waits for in-flight queries).
