@@ -138,6 +138,28 @@ where
     }
 }
 
+/// `(table, column)` pairs and index names, read on `conn` by two queries
+/// (columns `t` and `c`; one index name a row).
+macro_rules! schema {
+    ($conn:expr, $columns:expr, $indexes:expr) => {{
+        let conn = $conn;
+        let columns: BTreeSet<(String, String)> = sqlx::query($columns)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("columns")
+            .iter()
+            .map(|r| (r.get("t"), r.get("c")))
+            .collect();
+        let indexes: BTreeSet<String> = sqlx::query_scalar($indexes)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("indexes")
+            .into_iter()
+            .collect();
+        (columns, indexes)
+    }};
+}
+
 /// `(table, column)` of SQLite's schema after every migration, and its
 /// explicitly named indexes.
 async fn sqlite_schema() -> (BTreeSet<(String, String)>, BTreeSet<String>) {
@@ -146,25 +168,12 @@ async fn sqlite_schema() -> (BTreeSet<(String, String)>, BTreeSet<String>) {
     let report = backend::migrate(&url).await.expect("sqlite migrations");
     assert_eq!(report.applied.len(), SQLITE.iter().count());
     let mut c = SqliteConnection::connect(&url).await.expect("sqlite");
-    let columns = sqlx::query(
+    schema!(
+        &mut c,
         "SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p \
          WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'",
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
     )
-    .fetch_all(&mut c)
-    .await
-    .expect("columns")
-    .iter()
-    .map(|r| (r.get::<String, _>("t"), r.get::<String, _>("c")))
-    .collect();
-    let indexes = sqlx::query_scalar(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'",
-    )
-    .fetch_all(&mut c)
-    .await
-    .expect("indexes")
-    .into_iter()
-    .collect();
-    (columns, indexes)
 }
 
 /// Migrates `url` twice (the second run applies nothing) and checks that
@@ -184,57 +193,29 @@ async fn migrates_like_sqlite(url: &str, backend: Backend) {
     );
 
     let (want_columns, want_indexes) = sqlite_schema().await;
-    let (columns, indexes): (BTreeSet<(String, String)>, BTreeSet<String>) = match backend {
-        Backend::Postgres => {
-            let mut c = PgConnection::connect(url).await.expect("connect");
-            let cols = sqlx::query(
-                "SELECT table_name::text AS t, column_name::text AS c FROM information_schema.columns \
-                 WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("columns")
-            .iter()
-            .map(|r| (r.get("t"), r.get("c")))
-            .collect();
-            let idx = sqlx::query_scalar(
-                "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("indexes")
-            .into_iter()
-            .collect();
-            (cols, idx)
-        }
+    let (columns, indexes) = match backend {
+        Backend::Postgres => schema!(
+            &mut PgConnection::connect(url).await.expect("connect"),
+            "SELECT table_name::text AS t, column_name::text AS c FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'"
+        ),
         _ => {
-            let mut c = MySqlConnection::connect(url).await.expect("connect");
-            let cols = sqlx::query(
+            let (columns, indexes) = schema!(
+                &mut MySqlConnection::connect(url).await.expect("connect"),
                 "SELECT CAST(table_name AS CHAR) AS t, CAST(column_name AS CHAR) AS c \
                  FROM information_schema.columns \
                  WHERE table_schema = DATABASE() AND table_name <> '_sqlx_migrations'",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("columns")
-            .iter()
-            .map(|r| (r.get("t"), r.get("c")))
-            .collect::<BTreeSet<(String, String)>>()
-            .into_iter()
+                "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE()"
+            );
             // The generated column that stands in for SQLite's partial
             // unique index on live agents' names.
-            .filter(|(t, c)| !(t == "agents" && c == "live_name"))
-            .collect();
-            let idx = sqlx::query_scalar(
-                "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics \
-                 WHERE table_schema = DATABASE()",
-            )
-            .fetch_all(&mut c)
-            .await
-            .expect("indexes")
-            .into_iter()
-            .collect();
-            (cols, idx)
+            let columns = columns
+                .into_iter()
+                .filter(|(t, c)| !(t == "agents" && c == "live_name"))
+                .collect();
+            (columns, indexes)
         }
     };
     let missing: Vec<_> = want_columns.difference(&columns).collect();
