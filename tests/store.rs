@@ -491,24 +491,10 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
     assert_eq!(next.first_id, later.first_id + 1);
 }
 
-/// Under a steady stream of commits the WAL never gets rewound by a passive
-/// checkpoint alone (there is always a frame written after the copy began),
-/// so the file grew without bound: 1.4 GB in 25 s of approval decisions.
-/// The checkpointer now rewinds the log once it is large, so the file stays
-/// bounded by what is written between two checkpoints, however much is
-/// written in all. Here checkpoints come every 20 ms and rewind beyond 1 MiB;
-/// 160 MB pass through as fast as the store takes them; the file must stay
-/// far below that (without the rewind it ends above 160 MB).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_stays_bounded_under_continuous_writes() {
-    let (store, dir, org) = store_with(Checkpoints {
-        every: std::time::Duration::from_millis(20),
-        restart_frames: 256,
-    })
-    .await;
-    let wal = dir.path().join("t.db-wal");
+/// 100 rows of ~4 KB each: ~400 KB for one commit.
+fn bulk_rows(org: &OrgId) -> Vec<NewActivity> {
     let payload = format!("\"{}\"", "x".repeat(4000));
-    let rows: Vec<NewActivity> = (0..100)
+    (0..100)
         .map(|_| NewActivity {
             org_id: org.as_str().to_string(),
             agent_id: None,
@@ -517,10 +503,39 @@ async fn wal_stays_bounded_under_continuous_writes() {
             at: 0,
             record: None,
         })
-        .collect();
+        .collect()
+}
+
+/// The WAL header's checkpoint sequence number (bytes 12..16, big-endian),
+/// which SQLite increments each time it rewinds the log. `None` while the
+/// file is missing or holds no valid header.
+fn wal_sequence(wal: &std::path::Path) -> Option<u32> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(wal).ok()?.read_exact(&mut header).ok()?;
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    (magic & !1 == 0x377f_0682)
+        .then(|| u32::from_be_bytes([header[12], header[13], header[14], header[15]]))
+}
+
+/// The WAL's hard cap holds whatever the background checkpointer does:
+/// here it never gets a turn (its period is an hour), 160 MB are written
+/// back to back, and the file may exceed the 4 MiB cap by one commit at
+/// most, because the writer checkpoints and truncates it before the next
+/// write whenever it is larger. Without the cap the file ends above 160 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_never_outgrows_its_cap_even_without_background_checkpoints() {
+    let cap = 4 * 1024 * 1024;
+    let (store, dir, org) = store_with(Checkpoints {
+        every: std::time::Duration::from_secs(3600),
+        restart_frames: 256,
+        truncate_bytes: cap,
+    })
+    .await;
+    let wal = dir.path().join("t.db-wal");
+    let rows = bulk_rows(&org);
     let refs: Vec<&NewActivity> = rows.iter().collect();
     let mut largest = 0u64;
-    // ~400 KB of rows a commit, back to back, with no pause between them.
     for flush in 0..400 {
         store
             .write_activity(1_000 + flush, &refs, 1)
@@ -529,9 +544,10 @@ async fn wal_stays_bounded_under_continuous_writes() {
         let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
         largest = largest.max(size);
     }
+    // One commit is ~100 pages of 4 KiB plus their frame headers.
     assert!(
-        largest < 40 * 1024 * 1024,
-        "the WAL reached {largest} bytes while 160 MB were written"
+        largest <= cap + 1024 * 1024,
+        "the WAL reached {largest} bytes with a cap of {cap} while 160 MB were written"
     );
     assert_eq!(
         store
@@ -539,6 +555,44 @@ async fn wal_stays_bounded_under_continuous_writes() {
             .await
             .expect("count"),
         40_000
+    );
+}
+
+/// Under a steady stream of commits a passive checkpoint alone never
+/// rewinds the WAL (there is always a frame written after the copy began),
+/// so the file grew without bound: 1.4 GB in 25 s of approval decisions.
+/// The background checkpointer therefore rewinds a large log between two
+/// writes. Here it runs every 20 ms and rewinds beyond 1 MiB, the hard cap
+/// is off, and commits of ~400 KB follow each other with no pause: the log
+/// must be rewound (the header's sequence number moves) while they go on.
+/// The writes stop at 160 MB; without the rewind the sequence never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_rewinds_the_wal_under_continuous_writes() {
+    let (store, dir, org) = store_with(Checkpoints {
+        every: std::time::Duration::from_millis(20),
+        restart_frames: 256,
+        truncate_bytes: u64::MAX,
+    })
+    .await;
+    let wal = dir.path().join("t.db-wal");
+    let rows = bulk_rows(&org);
+    let refs: Vec<&NewActivity> = rows.iter().collect();
+    store.write_activity(1_000, &refs, 1).await.expect("write");
+    let first = wal_sequence(&wal).expect("a WAL with a header after the first write");
+    let mut rewound_after = None;
+    for flush in 1..400 {
+        store
+            .write_activity(1_000 + flush, &refs, 1)
+            .await
+            .expect("write");
+        if wal_sequence(&wal).is_some_and(|seq| seq != first) {
+            rewound_after = Some(flush);
+            break;
+        }
+    }
+    assert!(
+        rewound_after.is_some(),
+        "the WAL was never rewound while 160 MB were written"
     );
 }
 

@@ -51,6 +51,12 @@ pub struct Checkpoints {
     pub every: Duration,
     /// WAL frames (pages) beyond which it also rewinds the log.
     pub restart_frames: i64,
+    /// The hard cap: a WAL file larger than this when a write has just
+    /// finished is checkpointed and truncated by the writer itself before
+    /// the next write may start (back-pressure). The background
+    /// checkpointer keeps the log far smaller as long as it gets its turns;
+    /// this bounds the file when it does not (a loaded machine, slow disk).
+    pub truncate_bytes: u64,
 }
 
 impl Default for Checkpoints {
@@ -58,9 +64,16 @@ impl Default for Checkpoints {
         Checkpoints {
             every: Duration::from_millis(250),
             restart_frames: 2048,
+            truncate_bytes: JOURNAL_SIZE_LIMIT,
         }
     }
 }
+/// `journal_size_limit`: a rewound WAL file is trimmed to this size.
+const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+/// How long the writer's own truncating checkpoint waits for readers.
+const TRUNCATE_WAIT_MS: u64 = 1_000;
+/// The writer's usual busy timeout.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a restarting checkpoint may wait for the writer and readers.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
 
@@ -292,6 +305,44 @@ async fn restart(pool: &SqlitePool, writer: &SqlitePool) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Run each time the writer connection goes back to its pool, that is after
+/// every write: when the WAL file has grown past the hard cap, the writer
+/// checkpoints and truncates it before anyone may write again. The file
+/// only grows when frames are appended past its end, so its size is a
+/// faithful measure of the log here (a truncated file starts from zero);
+/// the check is one `stat`. Readers get [`TRUNCATE_WAIT_MS`] to finish;
+/// a checkpoint that fails or finds them busy is counted and retried after
+/// the next write, and never closes the writer.
+async fn cap_wal(conn: &mut sqlx::SqliteConnection, wal: &std::path::Path, cap: u64) {
+    let size = match std::fs::metadata(wal) {
+        Ok(m) => m.len(),
+        Err(_) => return,
+    };
+    if size <= cap {
+        return;
+    }
+    let wait = format!("PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}");
+    let restore = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+    let result: Result<(i64, i64, i64), sqlx::Error> = async {
+        sqlx::query(&wait).execute(&mut *conn).await?;
+        let checkpoint = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await;
+        sqlx::query(&restore).execute(&mut *conn).await?;
+        checkpoint
+    }
+    .await;
+    let outcome = match result {
+        Ok((0, _, _)) => "truncated",
+        Ok(_) => "busy",
+        Err(e) => {
+            tracing::warn!(error = %e, wal_bytes = size, "truncating the WAL failed; retrying after the next write");
+            "failed"
+        }
+    };
+    metrics::counter!("cadre_store_wal_truncations_total", "outcome" => outcome).increment(1);
+}
+
 impl SqlStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://path`).
     pub async fn open(
@@ -316,8 +367,14 @@ impl SqlStore {
                 Durability::Full => SqliteSynchronous::Full,
             })
             .foreign_keys(true)
-            .pragma("journal_size_limit", "67108864")
-            .busy_timeout(Duration::from_secs(10));
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
+            .busy_timeout(BUSY_TIMEOUT);
+        let wal = {
+            let mut name = base.get_filename().as_os_str().to_owned();
+            name.push("-wal");
+            std::sync::Arc::new(std::path::PathBuf::from(name))
+        };
+        let cap = checkpoints.truncate_bytes;
         // The writer never checkpoints (a checkpoint fsyncs the database
         // file, and on the writer it stalls every commit queued behind it);
         // a connection of its own does it in the background, which WAL
@@ -326,6 +383,13 @@ impl SqlStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(move |conn, _| {
+                let wal = wal.clone();
+                Box::pin(async move {
+                    cap_wal(conn, &wal, cap).await;
+                    Ok(true)
+                })
+            })
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
