@@ -1,4 +1,4 @@
-//! The `cadre` binary: `serve`, `migrate`, `runtime`, `image build`.
+//! The `cadre` binary: `serve`, `migrate`, `export`, `import`, `runtime`, `image build`.
 
 use anyhow::Context;
 use cadre::config::Config;
@@ -30,6 +30,26 @@ enum Cmd {
         /// A TOML file layered over the defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Write the whole database (every table, as JSON lines) into a new or
+    /// empty directory, from one consistent snapshot; Cadre may be serving.
+    Export {
+        /// A TOML file layered over the defaults (for `database.url`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The directory to write (created when missing; must be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load an export into the configured database, which must hold no
+    /// rows (its migrations are applied first); all or nothing.
+    Import {
+        /// A TOML file layered over the defaults (for `database.url`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The directory `cadre export` wrote.
+        #[arg(long)]
+        from: PathBuf,
     },
     /// Run an agent runtime (started by a deployer).
     Runtime {
@@ -117,6 +137,33 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
             }
             let report = cadre::store::backend::migrate(&url).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Cmd::Export { config, out } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            let url = config.database_url();
+            let manifest = cadre::store::transfer::export(&url, &out).await?;
+            println!(
+                "{}: exported {} rows of {} tables at schema {:04} to {}",
+                manifest.source,
+                manifest.rows(),
+                manifest.tables.len(),
+                manifest.schema,
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Import { config, from } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            let url = config.database_url();
+            if config.database.url.is_empty() {
+                std::fs::create_dir_all(&config.data_dir)
+                    .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+            }
+            let report = cadre::store::transfer::import(&url, &from).await?;
             println!("{report}");
             Ok(())
         }

@@ -13,6 +13,7 @@ mod identity;
 mod schedules;
 mod sqlite;
 mod tasks;
+pub mod transfer;
 mod writer;
 
 pub use activity::{
