@@ -80,6 +80,16 @@ enum ImageCmd {
     },
 }
 
+/// The data directory, where the default SQLite file lives, when no
+/// `database.url` names another place.
+fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
+    if config.database.url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    }
+    Ok(())
+}
+
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -132,10 +142,7 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::from_env(config.as_deref())?;
             init_tracing(&config);
             let url = config.database_url();
-            if config.database.url.is_empty() {
-                std::fs::create_dir_all(&config.data_dir)
-                    .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-            }
+            ensure_data_dir(&config)?;
             let report = cadre::store::backend::migrate(&url).await?;
             println!("{report}");
             Ok(())
@@ -159,10 +166,7 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::from_env(config.as_deref())?;
             init_tracing(&config);
             let url = config.database_url();
-            if config.database.url.is_empty() {
-                std::fs::create_dir_all(&config.data_dir)
-                    .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-            }
+            ensure_data_dir(&config)?;
             let report = cadre::store::transfer::import(&url, &from).await?;
             println!("{report}");
             Ok(())

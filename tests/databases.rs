@@ -517,6 +517,24 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
+/// The ids of the organization's activity, newest first.
+async fn activity_ids(client: &reqwest::Client, token: &str, base: &str) -> Vec<i64> {
+    let (_, page) = call(
+        client,
+        token,
+        reqwest::Method::GET,
+        format!("{base}/activity?limit=200"),
+        None,
+    )
+    .await;
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["id"].as_i64().expect("id"))
+        .collect()
+}
+
 /// Runs the built `cadre` binary with the data directory `data`.
 fn cadre_cli(data: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cadre"))
@@ -618,20 +636,7 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{sent}");
-    let (_, before) = call(
-        &client,
-        &token,
-        Method::GET,
-        format!("{base}/activity?limit=200"),
-        None,
-    )
-    .await;
-    let before_ids: Vec<i64> = before["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|e| e["id"].as_i64().expect("id"))
-        .collect();
+    let before_ids = activity_ids(&client, &token, &base).await;
     running.shutdown().await;
 
     // SQLite → export (the CLI).
@@ -720,20 +725,7 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
     ids.sort();
     agents.sort();
     assert_eq!(ids, agents);
-    let (_, after) = call(
-        &client,
-        &token,
-        Method::GET,
-        format!("{base}/activity?limit=200"),
-        None,
-    )
-    .await;
-    let after_ids: Vec<i64> = after["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|e| e["id"].as_i64().expect("id"))
-        .collect();
+    let after_ids = activity_ids(&client, &token, &base).await;
     assert_eq!(after_ids[after_ids.len() - before_ids.len()..], before_ids[..]);
     let (_, calls) = call(
         &client,

@@ -594,6 +594,18 @@ pub enum TransferError {
     },
 }
 
+/// The error of a statement on `table`.
+fn failed(
+    dialect: &'static str,
+    table: &'static str,
+) -> impl Fn(sqlx::Error) -> TransferError + Copy {
+    move |source| TransferError::Database {
+        dialect,
+        table,
+        source,
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
     move |source| TransferError::Io {
         path: path.to_path_buf(),
@@ -791,13 +803,7 @@ where
 {
     use futures_util::TryStreamExt;
     let dialect = backend.dialect();
-    let failed = |table: &'static str| {
-        move |source| TransferError::Database {
-            dialect,
-            table,
-            source,
-        }
-    };
+    let failed = |table| failed(dialect, table);
     // The bookkeeping table is read, never created: the source may be
     // opened read-only, and a database without it is simply unmigrated.
     let found: i64 = match sqlx::query_scalar::<DB, Option<i64>>(
@@ -808,13 +814,7 @@ where
     {
         Ok(version) => version.unwrap_or(0),
         Err(e) if e.as_database_error().is_some() => 0,
-        Err(source) => {
-            return Err(TransferError::Database {
-                dialect,
-                table: "_sqlx_migrations",
-                source,
-            });
-        }
+        Err(e) => return Err(failed("_sqlx_migrations")(e)),
     };
     if found != schema_version() {
         return Err(TransferError::Schema {
@@ -1001,13 +1001,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     let dialect = backend.dialect();
-    let failed = |table: &'static str| {
-        move |source| TransferError::Database {
-            dialect,
-            table,
-            source,
-        }
-    };
+    let failed = |table| failed(dialect, table);
     let mut tx = conn.begin().await.map_err(failed("(begin)"))?;
     for table in TABLES {
         let rows: i64 = sqlx::query_scalar(&format!(
