@@ -12,60 +12,65 @@ use cadre_actors::domain::{AgentId, OrgId};
 use cadre_actors::governance::{Grant, HaltScope};
 use cadre_actors::ports::{Cas, GovDoc, GovStore, StoreError};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-const APPROVAL_COLS: &str = "id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, \
+pub(super) const APPROVAL_COLS: &str = "id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, \
     levels, level, state, outcome, requested_by, created_at, expires_at, decided_by, decided_at, comment, grant_id";
 
 fn bad(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("bad approval row: {what}"))
 }
 
-fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord, StoreError> {
+pub(super) fn approval_row<R: super::DecodeRow>(r: &R) -> Result<ApprovalRecord, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
     let g = |e: sqlx::Error| bad(e);
-    let state: String = r.try_get("state").map_err(g)?;
-    let arguments: String = r.try_get("arguments").map_err(g)?;
-    let levels: String = r.try_get("levels").map_err(g)?;
+    let state: String = r.cell("state").map_err(g)?;
+    let arguments: String = r.cell("arguments").map_err(g)?;
+    let levels: String = r.cell("levels").map_err(g)?;
     Ok(ApprovalRecord {
-        id: r.try_get("id").map_err(g)?,
-        org_id: OrgId(r.try_get("org_id").map_err(g)?),
-        agent_id: AgentId(r.try_get("agent_id").map_err(g)?),
-        call_id: r.try_get("call_id").map_err(g)?,
-        tool: r.try_get("tool").map_err(g)?,
-        args_hash: r.try_get("args_hash").map_err(g)?,
+        id: r.cell("id").map_err(g)?,
+        org_id: OrgId(r.cell("org_id").map_err(g)?),
+        agent_id: AgentId(r.cell("agent_id").map_err(g)?),
+        call_id: r.cell("call_id").map_err(g)?,
+        tool: r.cell("tool").map_err(g)?,
+        args_hash: r.cell("args_hash").map_err(g)?,
         arguments: serde_json::from_str(&arguments).map_err(bad)?,
-        trigger: r.try_get("trigger").map_err(g)?,
-        policy: r.try_get("policy").map_err(g)?,
+        trigger: r.cell("trigger").map_err(g)?,
+        policy: r.cell("policy").map_err(g)?,
         levels: serde_json::from_str(&levels).map_err(bad)?,
-        level: u32::try_from(r.try_get::<i64, _>("level").map_err(g)?).unwrap_or(0),
+        level: u32::try_from(r.cell::<i64, _>("level").map_err(g)?).unwrap_or(0),
         state: ApprovalState::parse(&state).ok_or_else(|| bad(format!("state {state:?}")))?,
         outcome: r
-            .try_get::<Option<i64>, _>("outcome")
+            .cell::<Option<i64>, _>("outcome")
             .map_err(g)?
             .map(|o| o != 0),
-        requested_by: r.try_get("requested_by").map_err(g)?,
-        created_at: r.try_get("created_at").map_err(g)?,
-        expires_at: r.try_get("expires_at").map_err(g)?,
-        decided_by: r.try_get("decided_by").map_err(g)?,
-        decided_at: r.try_get("decided_at").map_err(g)?,
-        comment: r.try_get("comment").map_err(g)?,
-        grant_id: r.try_get("grant_id").map_err(g)?,
+        requested_by: r.cell("requested_by").map_err(g)?,
+        created_at: r.cell("created_at").map_err(g)?,
+        expires_at: r.cell("expires_at").map_err(g)?,
+        decided_by: r.cell("decided_by").map_err(g)?,
+        decided_at: r.cell("decided_at").map_err(g)?,
+        comment: r.cell("comment").map_err(g)?,
+        grant_id: r.cell("grant_id").map_err(g)?,
         votes: Vec::new(),
     })
 }
 
-fn grant_row(r: &SqliteRow) -> Result<Grant, StoreError> {
+pub(super) fn grant_row<R: super::DecodeRow>(r: &R) -> Result<Grant, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
     let g = |e: sqlx::Error| StoreError::Unavailable(format!("bad grant row: {e}"));
     Ok(Grant {
-        id: r.try_get("id").map_err(g)?,
-        org_id: OrgId(r.try_get("org_id").map_err(g)?),
-        agent_id: AgentId(r.try_get("agent_id").map_err(g)?),
-        tool: r.try_get("tool").map_err(g)?,
-        args_hash: r.try_get("args_hash").map_err(g)?,
-        approval_id: r.try_get("approval_id").map_err(g)?,
-        granted_by: r.try_get("granted_by").map_err(g)?,
-        created_at: r.try_get("created_at").map_err(g)?,
-        expires_at: r.try_get("expires_at").map_err(g)?,
+        id: r.cell("id").map_err(g)?,
+        org_id: OrgId(r.cell("org_id").map_err(g)?),
+        agent_id: AgentId(r.cell("agent_id").map_err(g)?),
+        tool: r.cell("tool").map_err(g)?,
+        args_hash: r.cell("args_hash").map_err(g)?,
+        approval_id: r.cell("approval_id").map_err(g)?,
+        granted_by: r.cell("granted_by").map_err(g)?,
+        created_at: r.cell("created_at").map_err(g)?,
+        expires_at: r.cell("expires_at").map_err(g)?,
     })
 }
 

@@ -9,6 +9,7 @@
 mod activity;
 pub mod backend;
 mod governance;
+pub mod postgres;
 mod identity;
 mod schedules;
 mod sqlite;
@@ -58,6 +59,45 @@ pub struct EventRow {
     pub detail: serde_json::Value,
     /// RFC 3339.
     pub at: String,
+}
+
+/// A value every dialect decodes: text, 64-bit integers and their
+/// `Option`s (every select of ours reads its columns back as these, casting
+/// where a dialect stores another type), so that one decoder of an agent or
+/// approval row serves each backend.
+pub(crate) trait Cell:
+    Sized
+    + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+    + sqlx::Type<sqlx::Sqlite>
+    + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+{
+}
+
+impl<T> Cell for T where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+{
+}
+
+/// A row of any of our dialects, read through [`Cell`]s.
+pub(crate) trait DecodeRow: sqlx::Row {
+    /// `try_get` for a [`Cell`].
+    fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error>;
+}
+
+impl DecodeRow for sqlx::sqlite::SqliteRow {
+    fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, index)
+    }
+}
+
+impl DecodeRow for sqlx::postgres::PgRow {
+    fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get(self, index)
+    }
 }
 
 /// Saturating conversion for counters stored in signed 64-bit columns.

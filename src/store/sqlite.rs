@@ -17,7 +17,7 @@ use cadre_actors::domain::{
 use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
@@ -90,7 +90,7 @@ pub(super) fn classify(e: sqlx::Error) -> StoreError {
     unavailable(e)
 }
 
-const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_interval_ms, \
+pub(super) const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_interval_ms, \
     health_failure_threshold, budget_tokens, budget_cost_micros, state, state_reason, restart_count, \
     usage_tokens, usage_cost_micros, usage_period, usage_warned, deployment_ref, runtime_token_hash, \
     epoch, created_at, updated_at, profile, budget_period, runtime";
@@ -98,7 +98,7 @@ const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_inter
 /// An `agents` row in column order ([`AGENT_COLUMNS`]). Deserializable from
 /// a JSON array too, which is how hydration reads whole pages at once.
 #[derive(serde::Deserialize)]
-struct AgentRow(
+pub(super) struct AgentRow(
     String,
     String,
     String,
@@ -127,37 +127,42 @@ struct AgentRow(
 );
 
 impl AgentRow {
-    fn from_sql(row: &SqliteRow) -> Result<AgentRow, sqlx::Error> {
+    /// Reads a row of [`AGENT_COLUMNS`] in any dialect whose select casts
+    /// its columns to text and 64-bit integers (`postgres::AGENT_COLUMNS`).
+    pub(super) fn from_sql<R: super::DecodeRow>(row: &R) -> Result<AgentRow, sqlx::Error>
+    where
+        usize: sqlx::ColumnIndex<R>,
+    {
         Ok(AgentRow(
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            row.try_get(4)?,
-            row.try_get(5)?,
-            row.try_get(6)?,
-            row.try_get(7)?,
-            row.try_get(8)?,
-            row.try_get(9)?,
-            row.try_get(10)?,
-            row.try_get(11)?,
-            row.try_get(12)?,
-            row.try_get(13)?,
-            row.try_get(14)?,
-            row.try_get(15)?,
-            row.try_get(16)?,
-            row.try_get(17)?,
-            row.try_get(18)?,
-            row.try_get(19)?,
-            row.try_get(20)?,
-            row.try_get(21)?,
-            row.try_get(22)?,
-            row.try_get(23)?,
-            row.try_get(24)?,
+            row.cell(0)?,
+            row.cell(1)?,
+            row.cell(2)?,
+            row.cell(3)?,
+            row.cell(4)?,
+            row.cell(5)?,
+            row.cell(6)?,
+            row.cell(7)?,
+            row.cell(8)?,
+            row.cell(9)?,
+            row.cell(10)?,
+            row.cell(11)?,
+            row.cell(12)?,
+            row.cell(13)?,
+            row.cell(14)?,
+            row.cell(15)?,
+            row.cell(16)?,
+            row.cell(17)?,
+            row.cell(18)?,
+            row.cell(19)?,
+            row.cell(20)?,
+            row.cell(21)?,
+            row.cell(22)?,
+            row.cell(23)?,
+            row.cell(24)?,
         ))
     }
 
-    fn into_record(self) -> Result<AgentRecord, StoreError> {
+    pub(super) fn into_record(self) -> Result<AgentRecord, StoreError> {
         let AgentRow(
             id,
             org_id,
@@ -231,7 +236,10 @@ impl AgentRow {
     }
 }
 
-fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
+pub(super) fn agent_from_row<R: super::DecodeRow>(row: &R) -> Result<AgentRecord, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
     AgentRow::from_sql(row)
         .map_err(|e| StoreError::Unavailable(format!("bad agent row: {e}")))?
         .into_record()

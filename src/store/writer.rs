@@ -253,10 +253,18 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
             _ => job.apply(&mut tx).await,
         });
     }
-    if outcomes.iter().any(Outcome::is_fatal) && batch.len() > 1 {
-        // Something other than a refusal went wrong: do every job alone.
+    if outcomes.iter().any(Outcome::is_fatal) {
+        // Something other than a refusal went wrong: nothing of the batch
+        // is kept (a job may have written part of its rows), and each job
+        // is done alone; a job alone is answered with its failure.
         let _ = tx.rollback().await;
         metrics::counter!("cadre_store_flush_failures_total").increment(1);
+        if batch.len() == 1 {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                job.answer(outcome);
+            }
+            return;
+        }
         for job in batch {
             Box::pin(commit_batch(pool, vec![job])).await;
         }
@@ -437,7 +445,20 @@ async fn insert(
             max_agents.unwrap_or(0)
         )));
     }
-    insert_rows(conn, &[new]).await.map_err(classify)
+    match insert_rows(conn, &[new]).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A refused create (a duplicate name) is answered and its batch
+            // committed: give its slot back, or the count drifts up with
+            // every refusal until the plan's limit refuses creates falsely.
+            sqlx::query("UPDATE orgs SET agent_count = agent_count - 1 WHERE id = ?")
+                .bind(org)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            Err(classify(e))
+        }
+    }
 }
 
 async fn write(

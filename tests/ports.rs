@@ -1,0 +1,695 @@
+//! The actors' ports (`Store`, `GovStore`) as every backend must keep them:
+//! one suite, run against SQLite's store on a file and PostgreSQL's on a
+//! fresh database of its own (random name, dropped after). Concurrency is
+//! real: the operations race on the store's own connections.
+//!
+//! - agents: insert, claim (epochs), fenced writes and deletes, duplicate
+//!   live names, a deleted agent's name free again, hydration pages in
+//!   byte order of ids;
+//! - the plan's agent limit under concurrent creates;
+//! - usage reports counted once under concurrent retries, and the
+//!   organization's spend equal to the sum of distinct reports;
+//! - approvals: concurrent settlements with exactly one winner, a vote that
+//!   arrives after the settlement lost, duplicate call ids refused, grants
+//!   and their revocation, kill switches, governance documents.
+//!
+//! PostgreSQL: `CADRE_TEST_POSTGRES_URL` (default
+//! `postgres://cadre:cadre@127.0.0.1:5432/postgres`); unreachable, its test
+//! skips unless `CADRE_REQUIRE_SERVICES=1`.
+
+mod support;
+
+use cadre::store::backend::Backend;
+use cadre::store::postgres::PgStore;
+use cadre::store::{Durability, SqlStore};
+use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
+use cadre_actors::audit::AuditEntry;
+use cadre_actors::budget::{BudgetLimits, Period, Usage};
+use cadre_actors::domain::{
+    AgentEvent, AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
+    Who,
+};
+use cadre_actors::governance::{Grant, HaltScope};
+use cadre_actors::lifecycle::State;
+use cadre_actors::ports::{
+    AgentInsert, AgentWrite, Cas, Charge, GovStore, Store, StoreError, WriteOutcome,
+};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+use std::sync::Arc;
+
+/// A store under test and a way to read its tables directly.
+struct Subject<S> {
+    store: Arc<S>,
+    backend: Backend,
+    url: String,
+}
+
+impl<S> Subject<S> {
+    /// One integer a query returns, read on a connection of its own.
+    async fn scalar(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = PgConnection::connect(&self.url).await.expect("connect");
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            _ => {
+                let mut c = SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = PgConnection::connect(&self.url).await.expect("connect");
+                c.execute(sql).await.expect("statement");
+            }
+            _ => {
+                let mut c = SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                c.execute(sql).await.expect("statement");
+            }
+        }
+    }
+}
+
+fn org() -> OrgId {
+    OrgId("org-1".into())
+}
+
+fn audit(action: &str, target: &str) -> AuditEntry {
+    AuditEntry::new(
+        &org(),
+        &Who::system(),
+        action,
+        target,
+        serde_json::json!({ "why": "test" }),
+        1,
+    )
+}
+
+fn record(id: &str, name: &str) -> AgentRecord {
+    record_in(&org(), id, name)
+}
+
+fn record_in(org: &OrgId, id: &str, name: &str) -> AgentRecord {
+    AgentRecord {
+        id: AgentId(id.into()),
+        org_id: org.clone(),
+        spec: AgentSpec {
+            name: name.into(),
+            role: Some("answers".into()),
+            model: Some("gpt-4o".into()),
+            target: DeployTarget::Local,
+            health: HealthOverrides::default(),
+            budget: BudgetLimits::default(),
+            profile: None,
+            runtime: Default::default(),
+        },
+        state: State::Draft,
+        state_reason: None,
+        restart_count: 0,
+        usage: Usage::empty(Period::parse("2026-11").expect("period")),
+        deployment_ref: None,
+        runtime_token_hash: None,
+        epoch: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn created() -> Transition {
+    Transition {
+        from: None,
+        to: State::Draft,
+        reason: Some("created".into()),
+        by: "system".into(),
+        at: 1,
+    }
+}
+
+async fn insert<S: Store>(store: &S, rec: &AgentRecord, max: Option<u64>) -> Result<(), StoreError> {
+    let audit = audit("agent.create", &format!("agent:{}", rec.id));
+    store
+        .insert_agent(AgentInsert {
+            record: rec,
+            created: &created(),
+            audit: &audit,
+            max_agents: max,
+        })
+        .await
+}
+
+fn plain_write(rec: &AgentRecord) -> AgentWrite<'_> {
+    AgentWrite {
+        record: rec,
+        transitions: &[],
+        event: None,
+        usage: None,
+        audit: None,
+    }
+}
+
+async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
+    let store = &*s.store;
+    let a = record("agent-a", "support");
+    insert(store, &a, None).await.expect("insert");
+    assert!(
+        matches!(
+            insert(store, &record("agent-b", "support"), None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "two live agents of one organization share a name"
+    );
+    // A claim bumps the epoch; the old incarnation's writes are refused.
+    let claimed = store
+        .claim_agent(&org(), &a.id)
+        .await
+        .expect("claim")
+        .expect("the agent");
+    assert_eq!(claimed.epoch, 2);
+    assert_eq!(claimed.spec, a.spec);
+    let mut stale = a.clone();
+    stale.state = State::Configuring;
+    assert_eq!(
+        store.write_agent(plain_write(&stale)).await,
+        Err(StoreError::Fenced)
+    );
+    let mut next = claimed.clone();
+    next.state = State::Ready;
+    next.state_reason = Some("configured".into());
+    next.usage.warned = true;
+    next.spec.runtime = serde_json::from_value(serde_json::json!({ "llm": { "provider": "anthropic" } }))
+        .expect("runtime settings");
+    let moved = Transition {
+        from: Some(State::Draft),
+        to: State::Ready,
+        reason: Some("configured".into()),
+        by: "user:u".into(),
+        at: 2,
+    };
+    let event = AgentEvent {
+        kind: "budget_warning".into(),
+        detail: serde_json::json!({ "share": 0.8 }),
+        at: 2,
+    };
+    let change = audit("agent.update", "agent:agent-a");
+    assert_eq!(
+        store
+            .write_agent(AgentWrite {
+                record: &next,
+                transitions: std::slice::from_ref(&moved),
+                event: Some(&event),
+                usage: None,
+                audit: Some(&change),
+            })
+            .await,
+        Ok(WriteOutcome::Written)
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM agent_transitions WHERE agent_id = 'agent-a'")
+            .await,
+        2
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM agent_events WHERE agent_id = 'agent-a'")
+            .await,
+        1
+    );
+    let page = store.org_page(&org(), None, 10).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].state, State::Ready);
+    assert_eq!(page[0].state_reason.as_deref(), Some("configured"));
+    assert!(page[0].usage.warned);
+    assert_eq!(page[0].spec.runtime, next.spec.runtime);
+
+    // Deleting is fenced too, and frees the name.
+    assert_eq!(
+        store.delete_agent(&a, 3, &audit("agent.delete", "agent:agent-a")).await,
+        Err(StoreError::Fenced)
+    );
+    store
+        .delete_agent(&next, 3, &audit("agent.delete", "agent:agent-a"))
+        .await
+        .expect("delete");
+    assert!(store.claim_agent(&org(), &a.id).await.expect("claim").is_none());
+    insert(store, &record("agent-c", "support"), None)
+        .await
+        .expect("a deleted agent's name is free again");
+    assert_eq!(s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'").await, 1);
+
+    // Pages cover every live agent once, in the byte order of their ids
+    // (upper case before lower, '-' before letters), whatever the locale.
+    let ids: Vec<String> = (0..57)
+        .map(|i| match i % 3 {
+            0 => format!("Z-{i:03}"),
+            1 => format!("a-{i:03}"),
+            _ => format!("a{i:03}"),
+        })
+        .collect();
+    for id in &ids {
+        insert(store, &record(id, &format!("n-{id}")), None)
+            .await
+            .expect("insert");
+    }
+    store.claim_org(&org()).await.expect("claim org");
+    let mut seen = Vec::new();
+    let mut after: Option<AgentId> = None;
+    loop {
+        let page = store
+            .org_page(&org(), after.as_ref(), 10)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        assert!(page.iter().all(|r| r.epoch == 2), "claim_org bumped every epoch");
+        seen.extend(page.into_iter().map(|r| r.id.0));
+    }
+    let mut want: Vec<String> = ids.clone();
+    want.push("agent-c".into());
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(store.list_orgs().await.expect("orgs"), vec![org()]);
+    assert_eq!(
+        s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'").await,
+        58,
+        "the live-agent count is exact (a refused create took no slot)"
+    );
+    store.ping().await.expect("ping");
+}
+
+async fn the_agent_limit_holds_under_concurrent_creates<S: Store>(s: &Subject<S>) {
+    s.execute("INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-2', 'Two', 1, 'org-2')")
+        .await;
+    let two = OrgId("org-2".into());
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let store = s.store.clone();
+            let rec = record_in(&two, &format!("l-{i:02}"), &format!("l{i}"));
+            tokio::spawn(async move { insert(&*store, &rec, Some(5)).await })
+        })
+        .collect();
+    let mut made = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => made += 1,
+            Err(StoreError::LimitReached(_)) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((made, refused), (5, 19));
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM agents WHERE org_id = 'org-2' AND deleted_at IS NULL")
+            .await,
+        5
+    );
+    assert_eq!(s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-2'").await, 5);
+}
+
+async fn usage_reports_count_once_under_concurrency<S: Store>(s: &Subject<S>) {
+    let a = record("agent-u", "spender");
+    insert(&*s.store, &a, None).await.expect("insert");
+    let period = Period::parse("2026-11").expect("period");
+    // The same report, retried ten times at once, and 15 distinct ones.
+    let reports: Vec<String> = std::iter::repeat_n("r-same".to_string(), 10)
+        .chain((0..15).map(|i| format!("r-{i}")))
+        .collect();
+    let tasks: Vec<_> = reports
+        .into_iter()
+        .map(|report| {
+            let store = s.store.clone();
+            let mut rec = a.clone();
+            rec.usage.tokens = 100;
+            tokio::spawn(async move {
+                store
+                    .write_agent(AgentWrite {
+                        record: &rec,
+                        transitions: &[],
+                        event: None,
+                        usage: Some(Charge {
+                            report_id: &report,
+                            tokens: 100,
+                            cost_micros: 7,
+                            org_period: period,
+                        }),
+                        audit: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut written = 0;
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(WriteOutcome::Written) => written += 1,
+            Ok(WriteOutcome::Duplicate) => duplicates += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((written, duplicates), (16, 9));
+    assert_eq!(
+        s.scalar("SELECT tokens FROM org_usage WHERE org_id = 'org-1' AND period = '2026-11'")
+            .await,
+        1_600
+    );
+    assert_eq!(
+        s.scalar("SELECT cost_micros FROM org_usage WHERE org_id = 'org-1'")
+            .await,
+        112
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM usage_reports WHERE agent_id = 'agent-u'")
+            .await,
+        16
+    );
+    // A fenced charge counts nothing.
+    let mut stale = a.clone();
+    stale.epoch = 0;
+    assert_eq!(
+        s.store
+            .write_agent(AgentWrite {
+                record: &stale,
+                transitions: &[],
+                event: None,
+                usage: Some(Charge {
+                    report_id: "r-fenced",
+                    tokens: 1,
+                    cost_micros: 1,
+                    org_period: period,
+                }),
+                audit: None,
+            })
+            .await,
+        Err(StoreError::Fenced)
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM usage_reports WHERE report_id = 'r-fenced'")
+            .await,
+        0
+    );
+}
+
+fn approval(i: usize) -> ApprovalRecord {
+    ApprovalRecord {
+        id: format!("ap-{i:03}"),
+        org_id: org(),
+        agent_id: AgentId("agent-x".into()),
+        call_id: format!("call-{i}"),
+        tool: "shell.exec".into(),
+        args_hash: "h".into(),
+        arguments: serde_json::json!({ "cmd": "rm -rf /tmp/x", "n": i }),
+        trigger: "risk:critical".into(),
+        policy: "default".into(),
+        levels: Vec::new(),
+        level: 0,
+        state: ApprovalState::Pending,
+        outcome: None,
+        requested_by: "runtime:agent-x".into(),
+        created_at: 1,
+        expires_at: 1_000_000,
+        decided_by: None,
+        decided_at: None,
+        comment: None,
+        grant_id: None,
+        votes: Vec::new(),
+    }
+}
+
+fn vote(by: &str, approve: bool) -> Vote {
+    Vote {
+        by: by.into(),
+        level: 0,
+        approve,
+        comment: Some(format!("{by} says so")),
+        at: 3,
+    }
+}
+
+async fn approvals_settle_exactly_once<S: GovStore>(s: &Subject<S>) {
+    let store = &*s.store;
+    let first = approval(1);
+    store
+        .insert_approval(&first, &audit("approval.request", "approval:ap-001"))
+        .await
+        .expect("insert");
+    store
+        .insert_approval(&approval(2), &audit("approval.request", "approval:ap-002"))
+        .await
+        .expect("insert");
+    let mut again = approval(9);
+    again.call_id = first.call_id.clone();
+    assert!(
+        matches!(
+            store
+                .insert_approval(&again, &audit("approval.request", "approval:ap-009"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "one request per (agent, call)"
+    );
+    let found = store
+        .approval_by_call(&first.agent_id, &first.call_id)
+        .await
+        .expect("by call")
+        .expect("found");
+    assert_eq!(found.arguments, first.arguments);
+    assert_eq!(found.state, ApprovalState::Pending);
+
+    // A vote at the current level is kept and read back.
+    assert_eq!(
+        store
+            .add_vote(&first, &vote("early", true), &audit("approval.vote", "approval:ap-001"))
+            .await,
+        Ok(Cas::Applied)
+    );
+
+    // Twelve deciders at once: one wins, the others lose and write nothing.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = s.store.clone();
+            tokio::spawn(async move {
+                let by = format!("user-{i}");
+                let mut decided = approval(1);
+                decided.state = if i % 2 == 0 {
+                    ApprovalState::Approved
+                } else {
+                    ApprovalState::Denied
+                };
+                decided.outcome = Some(i % 2 == 0);
+                decided.decided_by = Some(by.clone());
+                decided.decided_at = Some(3);
+                decided.comment = Some(format!("{by} says so"));
+                let grant = (i % 2 == 0).then(|| Grant {
+                    id: format!("grant-{i}"),
+                    org_id: org(),
+                    agent_id: AgentId("agent-x".into()),
+                    tool: "shell.exec".into(),
+                    args_hash: "h".into(),
+                    approval_id: "ap-001".into(),
+                    granted_by: by.clone(),
+                    created_at: 3,
+                    expires_at: 5_000,
+                });
+                decided.grant_id = grant.as_ref().map(|g| g.id.clone());
+                let v = vote(&by, i % 2 == 0);
+                let outcome = store
+                    .settle_approval(
+                        &decided,
+                        0,
+                        Some(&v),
+                        grant.as_ref(),
+                        &audit("approval.decide", "approval:ap-001"),
+                    )
+                    .await;
+                (by, outcome)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (by, outcome) = t.await.expect("task");
+        match outcome {
+            Ok(Cas::Applied) => winners.push(by),
+            Ok(Cas::Lost) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one decision wins: {winners:?}");
+    let settled = store
+        .approval(&org(), "ap-001")
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(settled.decided_by.as_deref(), Some(winners[0].as_str()));
+    assert_ne!(settled.state, ApprovalState::Pending);
+    assert_eq!(
+        settled.votes.iter().map(|v| v.by.as_str()).collect::<Vec<_>>(),
+        vec!["early", winners[0].as_str()],
+        "the early vote and the winner's, no loser's"
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'approval.decide'")
+            .await,
+        1
+    );
+    // A vote after the settlement is lost.
+    assert_eq!(
+        store
+            .add_vote(&first, &vote("late", true), &audit("approval.vote", "approval:ap-001"))
+            .await,
+        Ok(Cas::Lost)
+    );
+    let pending = store.pending_approvals(&org()).await.expect("pending");
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec!["ap-002"]
+    );
+
+    // Grants: the winner's (if it approved) is live until revoked.
+    let live = store.live_grants(4).await.expect("grants");
+    let approved = settled.state == ApprovalState::Approved;
+    assert_eq!(live.len(), usize::from(approved));
+    assert!(store.live_grants(6_000).await.expect("grants").is_empty());
+    if let Some(g) = live.first() {
+        let revoked = store
+            .revoke_grant(&org(), &g.id, "user:u", 5, &audit("grant.revoke", "grant"))
+            .await
+            .expect("revoke");
+        assert_eq!(revoked.as_ref().map(|r| r.id.as_str()), Some(g.id.as_str()));
+        assert!(store.live_grants(4).await.expect("grants").is_empty());
+        assert!(
+            store
+                .revoke_grant(&org(), &g.id, "user:u", 6, &audit("grant.revoke", "grant"))
+                .await
+                .expect("revoke again")
+                .is_none()
+        );
+    }
+}
+
+async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
+    let store = &*s.store;
+    let agent = HaltScope::Agent(org(), AgentId("agent-h".into()));
+    store
+        .set_halt(&HaltScope::Instance, Some("maintenance"), "user:u", 1, &audit("halt", "instance"))
+        .await
+        .expect("halt");
+    store
+        .set_halt(&agent, Some("runaway"), "user:u", 2, &audit("halt", "agent"))
+        .await
+        .expect("halt");
+    store
+        .set_halt(&agent, Some("still runaway"), "user:u", 3, &audit("halt", "agent"))
+        .await
+        .expect("halt again replaces");
+    assert_eq!(
+        store.halts().await.expect("halts"),
+        vec![HaltScope::Instance, agent.clone()]
+    );
+    store
+        .set_halt(&HaltScope::Instance, None, "user:u", 4, &audit("resume", "instance"))
+        .await
+        .expect("resume");
+    assert_eq!(store.halts().await.expect("halts"), vec![agent]);
+
+    let body = r#"{"risk":"critical","skill":"ops"}"#;
+    assert!(
+        store
+            .put_doc(&org(), "tool", "shell.exec", Some(body), &audit("tool.put", "tool"))
+            .await
+            .expect("put")
+    );
+    store
+        .put_doc(&org(), "profile", "ops", Some(r#"{"max_risk":"low"}"#), &audit("profile.put", "p"))
+        .await
+        .expect("put");
+    let docs = store.docs(&org()).await.expect("docs");
+    assert_eq!(
+        docs.iter().map(|d| (d.kind.as_str(), d.name.as_str())).collect::<Vec<_>>(),
+        vec![("profile", "ops"), ("tool", "shell.exec")]
+    );
+    let stored: serde_json::Value = serde_json::from_str(&docs[1].body).expect("json body");
+    assert_eq!(stored, serde_json::json!({ "risk": "critical", "skill": "ops" }));
+    assert!(
+        store
+            .put_doc(&org(), "tool", "shell.exec", None, &audit("tool.delete", "tool"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .put_doc(&org(), "tool", "shell.exec", None, &audit("tool.delete", "tool"))
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(store.docs(&org()).await.expect("docs").len(), 1);
+}
+
+/// Every check, in order, on one store (each check uses its own agents and
+/// requests, so they share the database).
+async fn conformance<S: Store + GovStore>(s: Subject<S>) {
+    s.execute(
+        "INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')",
+    )
+    .await;
+    agents_claims_fencing_and_pages(&s).await;
+    the_agent_limit_holds_under_concurrent_creates(&s).await;
+    usage_reports_count_once_under_concurrency(&s).await;
+    approvals_settle_exactly_once(&s).await;
+    halts_and_documents(&s).await;
+    // Every change above wrote its audit entry in its transaction.
+    assert!(s.scalar("SELECT COUNT(*) FROM audit_log").await > 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_the_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("p.db").display());
+    let store = SqlStore::open(&url, Durability::Normal, 4)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    conformance(Subject {
+        store: Arc::new(store),
+        backend: Backend::Sqlite,
+        url,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_ports() {
+    let Some(admin) = support::server(
+        "CADRE_TEST_POSTGRES_URL",
+        support::POSTGRES_URL,
+        Backend::Postgres,
+    )
+    .await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Postgres, &admin, |url| async move {
+        let store = PgStore::connect(&url, 8).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        conformance(Subject {
+            store: Arc::new(store.clone()),
+            backend: Backend::Postgres,
+            url,
+        })
+        .await;
+        store.close().await;
+    })
+    .await;
+}
