@@ -363,8 +363,8 @@ fn read_export(
     .expect("manifest json");
     let mut tables = std::collections::BTreeMap::new();
     for table in TABLES {
-        let text = std::fs::read_to_string(dir.join(format!("{}.jsonl", table.name)))
-            .expect("table file");
+        let text =
+            std::fs::read_to_string(dir.join(format!("{}.jsonl", table.name))).expect("table file");
         let mut rows: Vec<String> = text
             .lines()
             .map(|line| {
@@ -389,7 +389,10 @@ fn read_export(
 fn same_export(a: &std::path::Path, b: &std::path::Path, what: &str) {
     let (ma, ta) = read_export(a);
     let (mb, tb) = read_export(b);
-    assert_eq!(ma.tables, mb.tables, "{what}: row counts or id counters differ");
+    assert_eq!(
+        ma.tables, mb.tables,
+        "{what}: row counts or id counters differ"
+    );
     for (table, rows) in &ta {
         assert_eq!(Some(rows), tb.get(table), "{what}: table {table} differs");
     }
@@ -406,8 +409,8 @@ async fn serve(dir: &std::path::Path) -> (cadre::app::Running, reqwest::Client, 
         ("CADRE_BOOTSTRAP_PASSWORD", PASSWORD.to_string()),
         ("CADRE_LOG__LEVEL", "warn".to_string()),
     ];
-    let config = cadre::config::Config::load(None, env.map(|(k, v)| (k.to_string(), v)))
-        .expect("config");
+    let config =
+        cadre::config::Config::load(None, env.map(|(k, v)| (k.to_string(), v))).expect("config");
     let running = cadre::app::start(config).await.expect("app starts");
     let base = format!("http://{}/api/v1", running.addr);
     let client = reqwest::Client::new();
@@ -438,7 +441,10 @@ async fn call(
     let response = request.send().await.expect("request");
     let status = response.status();
     let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// The ids of the organization's activity, newest first.
@@ -519,8 +525,10 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
         &token,
         Method::POST,
         format!("{base}/users"),
-        Some(json!({ "email": "viewer@example.com", "name": "V", "password": PASSWORD,
-                     "role": "viewer" })),
+        Some(
+            json!({ "email": "viewer@example.com", "name": "V", "password": PASSWORD,
+                     "role": "viewer" }),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -565,7 +573,10 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
 
     // SQLite → export (the CLI).
     let export_a = work.path().join("a");
-    let said = cadre_cli(&first, &["export", "--out", export_a.to_str().expect("path")]);
+    let said = cadre_cli(
+        &first,
+        &["export", "--out", export_a.to_str().expect("path")],
+    );
     assert!(said.starts_with("sqlite: exported "), "{said}");
     let (manifest, rows) = read_export(&export_a);
     assert_eq!(manifest.source, "sqlite");
@@ -598,7 +609,10 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
             let report = cadre::store::transfer::import(&url, &a)
                 .await
                 .expect("import into postgres");
-            assert!(report.to_string().starts_with("postgres: imported "), "{report}");
+            assert!(
+                report.to_string().starts_with("postgres: imported "),
+                "{report}"
+            );
             // A second import finds it populated and changes nothing.
             let e = cadre::store::transfer::import(&url, &a)
                 .await
@@ -630,10 +644,16 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
     let last = work.path().join("last");
     std::fs::create_dir_all(&last).expect("dir");
     std::fs::copy(first.join("secrets.key"), last.join("secrets.key")).expect("secrets key");
-    let said = cadre_cli(&last, &["import", "--from", export_c.to_str().expect("path")]);
+    let said = cadre_cli(
+        &last,
+        &["import", "--from", export_c.to_str().expect("path")],
+    );
     assert!(said.starts_with("sqlite: imported "), "{said}");
     let export_d = work.path().join("d");
-    cadre_cli(&last, &["export", "--out", export_d.to_str().expect("path")]);
+    cadre_cli(
+        &last,
+        &["export", "--out", export_d.to_str().expect("path")],
+    );
     same_export(&export_a, &export_d, "mysql → sqlite");
 
     // Cadre serves the moved installation as before.
@@ -650,7 +670,10 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
     agents.sort();
     assert_eq!(ids, agents);
     let after_ids = activity_ids(&client, &token, &base).await;
-    assert_eq!(after_ids[after_ids.len() - before_ids.len()..], before_ids[..]);
+    assert_eq!(
+        after_ids[after_ids.len() - before_ids.len()..],
+        before_ids[..]
+    );
     let (_, calls) = call(
         &client,
         &token,
@@ -659,9 +682,22 @@ async fn an_installation_moves_from_sqlite_to_postgres_to_mysql_and_back() {
         None,
     )
     .await;
-    assert_eq!(calls["items"][0]["arguments"]["token"], "[redacted]", "{calls}");
-    assert_eq!(calls["items"][0]["arguments"]["q"], "ü \"quoted\"", "{calls}");
-    let (_, secrets) = call(&client, &token, Method::GET, format!("{base}/secrets"), None).await;
+    assert_eq!(
+        calls["items"][0]["arguments"]["token"], "[redacted]",
+        "{calls}"
+    );
+    assert_eq!(
+        calls["items"][0]["arguments"]["q"], "ü \"quoted\"",
+        "{calls}"
+    );
+    let (_, secrets) = call(
+        &client,
+        &token,
+        Method::GET,
+        format!("{base}/secrets"),
+        None,
+    )
+    .await;
     assert!(secrets.to_string().contains("model-key"), "{secrets}");
     let highest = *before_ids.iter().max().expect("events");
     let (s, sent) = call(
@@ -737,10 +773,7 @@ async fn a_bad_export_is_refused_and_changes_nothing() {
         (
             copy("schema", &|d| {
                 rewrite(d, "manifest.json", &|t| {
-                    t.replace(
-                        &format!("\"schema\": {}", manifest.schema),
-                        "\"schema\": 3",
-                    )
+                    t.replace(&format!("\"schema\": {}", manifest.schema), "\"schema\": 3")
                 })
             }),
             "exported at schema 0003",
@@ -761,7 +794,9 @@ async fn a_bad_export_is_refused_and_changes_nothing() {
         ),
         (
             copy("badkind", &|d| {
-                rewrite(d, "activity.jsonl", &|t| t.replacen("\"at\":1", "\"at\":\"soon\"", 1))
+                rewrite(d, "activity.jsonl", &|t| {
+                    t.replacen("\"at\":1", "\"at\":\"soon\"", 1)
+                })
             }),
             "line 1: column at: expected a 64-bit integer",
         ),
@@ -775,7 +810,9 @@ async fn a_bad_export_is_refused_and_changes_nothing() {
         ),
         (
             copy("extra", &|d| {
-                rewrite(d, "orgs.jsonl", &|t| t.replacen("{", "{\"colour\":\"red\",", 1))
+                rewrite(d, "orgs.jsonl", &|t| {
+                    t.replacen("{", "{\"colour\":\"red\",", 1)
+                })
             }),
             "unknown column colour",
         ),

@@ -1,6 +1,6 @@
 //! The actors' ports (`Store`, `GovStore`) as every backend must keep them:
-//! one suite, run against SQLite's store on a file and PostgreSQL's on a
-//! fresh database of its own (random name, dropped after). Concurrency is
+//! one suite, run against SQLite's store on a file and the server store on a
+//! fresh PostgreSQL and a fresh MariaDB/MySQL database of its own (random name, dropped after). Concurrency is
 //! real: the operations race on the store's own connections.
 //!
 //! - agents: insert, claim (epochs), fenced writes and deletes, duplicate
@@ -13,14 +13,15 @@
 //!   arrives after the settlement lost, duplicate call ids refused, grants
 //!   and their revocation, kill switches, governance documents.
 //!
-//! PostgreSQL: `CADRE_TEST_POSTGRES_URL` (default
-//! `postgres://cadre:cadre@127.0.0.1:5432/postgres`); unreachable, its test
-//! skips unless `CADRE_REQUIRE_SERVICES=1`.
+//! Servers: `CADRE_TEST_POSTGRES_URL` (default
+//! `postgres://cadre:cadre@127.0.0.1:5432/postgres`) and
+//! `CADRE_TEST_MYSQL_URL` (default `mysql://cadre:cadre@127.0.0.1:3306/mysql`);
+//! unreachable, a test skips unless `CADRE_REQUIRE_SERVICES=1`.
 
 mod support;
 
 use cadre::store::backend::Backend;
-use cadre::store::postgres::PgStore;
+use cadre::store::server::{MySqlStore, PgStore};
 use cadre::store::{Durability, SqlStore};
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
@@ -34,7 +35,7 @@ use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{
     AgentInsert, AgentWrite, Cas, Charge, GovStore, Store, StoreError, WriteOutcome,
 };
-use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection, SqliteConnection};
 use std::sync::Arc;
 
 /// A store under test and a way to read its tables directly.
@@ -55,10 +56,15 @@ impl<S> Subject<S> {
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"))
             }
-            _ => {
-                let mut c = SqliteConnection::connect(&self.url)
+            Backend::Mysql => {
+                let mut c = MySqlConnection::connect(&self.url).await.expect("connect");
+                sqlx::query_scalar::<_, i64>(&format!("SELECT CAST(({sql}) AS SIGNED)"))
+                    .fetch_one(&mut c)
                     .await
-                    .expect("connect");
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::connect(&self.url).await.expect("connect");
                 sqlx::query_scalar::<_, i64>(sql)
                     .fetch_one(&mut c)
                     .await
@@ -73,10 +79,12 @@ impl<S> Subject<S> {
                 let mut c = PgConnection::connect(&self.url).await.expect("connect");
                 c.execute(sql).await.expect("statement");
             }
-            _ => {
-                let mut c = SqliteConnection::connect(&self.url)
-                    .await
-                    .expect("connect");
+            Backend::Mysql => {
+                let mut c = MySqlConnection::connect(&self.url).await.expect("connect");
+                c.execute(sql).await.expect("statement");
+            }
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::connect(&self.url).await.expect("connect");
                 c.execute(sql).await.expect("statement");
             }
         }
@@ -138,7 +146,11 @@ fn created() -> Transition {
     }
 }
 
-async fn insert<S: Store>(store: &S, rec: &AgentRecord, max: Option<u64>) -> Result<(), StoreError> {
+async fn insert<S: Store>(
+    store: &S,
+    rec: &AgentRecord,
+    max: Option<u64>,
+) -> Result<(), StoreError> {
     let audit = audit("agent.create", &format!("agent:{}", rec.id));
     store
         .insert_agent(AgentInsert {
@@ -189,8 +201,9 @@ async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
     next.state = State::Ready;
     next.state_reason = Some("configured".into());
     next.usage.warned = true;
-    next.spec.runtime = serde_json::from_value(serde_json::json!({ "llm": { "provider": "anthropic" } }))
-        .expect("runtime settings");
+    next.spec.runtime =
+        serde_json::from_value(serde_json::json!({ "llm": { "provider": "anthropic" } }))
+            .expect("runtime settings");
     let moved = Transition {
         from: Some(State::Draft),
         to: State::Ready,
@@ -235,18 +248,30 @@ async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
 
     // Deleting is fenced too, and frees the name.
     assert_eq!(
-        store.delete_agent(&a, 3, &audit("agent.delete", "agent:agent-a")).await,
+        store
+            .delete_agent(&a, 3, &audit("agent.delete", "agent:agent-a"))
+            .await,
         Err(StoreError::Fenced)
     );
     store
         .delete_agent(&next, 3, &audit("agent.delete", "agent:agent-a"))
         .await
         .expect("delete");
-    assert!(store.claim_agent(&org(), &a.id).await.expect("claim").is_none());
+    assert!(
+        store
+            .claim_agent(&org(), &a.id)
+            .await
+            .expect("claim")
+            .is_none()
+    );
     insert(store, &record("agent-c", "support"), None)
         .await
         .expect("a deleted agent's name is free again");
-    assert_eq!(s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'").await, 1);
+    assert_eq!(
+        s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'")
+            .await,
+        1
+    );
 
     // Pages cover every live agent once, in the byte order of their ids
     // (upper case before lower, '-' before letters), whatever the locale.
@@ -272,7 +297,10 @@ async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
             .expect("page");
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        assert!(page.iter().all(|r| r.epoch == 2), "claim_org bumped every epoch");
+        assert!(
+            page.iter().all(|r| r.epoch == 2),
+            "claim_org bumped every epoch"
+        );
         seen.extend(page.into_iter().map(|r| r.id.0));
     }
     let mut want: Vec<String> = ids.clone();
@@ -281,7 +309,8 @@ async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
     assert_eq!(seen, want);
     assert_eq!(store.list_orgs().await.expect("orgs"), vec![org()]);
     assert_eq!(
-        s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'").await,
+        s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-1'")
+            .await,
         58,
         "the live-agent count is exact (a refused create took no slot)"
     );
@@ -314,7 +343,11 @@ async fn the_agent_limit_holds_under_concurrent_creates<S: Store>(s: &Subject<S>
             .await,
         5
     );
-    assert_eq!(s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-2'").await, 5);
+    assert_eq!(
+        s.scalar("SELECT agent_count FROM orgs WHERE id = 'org-2'")
+            .await,
+        5
+    );
 }
 
 async fn usage_reports_count_once_under_concurrency<S: Store>(s: &Subject<S>) {
@@ -470,7 +503,11 @@ async fn approvals_settle_exactly_once<S: GovStore>(s: &Subject<S>) {
     // A vote at the current level is kept and read back.
     assert_eq!(
         store
-            .add_vote(&first, &vote("early", true), &audit("approval.vote", "approval:ap-001"))
+            .add_vote(
+                &first,
+                &vote("early", true),
+                &audit("approval.vote", "approval:ap-001")
+            )
             .await,
         Ok(Cas::Applied)
     );
@@ -535,7 +572,11 @@ async fn approvals_settle_exactly_once<S: GovStore>(s: &Subject<S>) {
     assert_eq!(settled.decided_by.as_deref(), Some(winners[0].as_str()));
     assert_ne!(settled.state, ApprovalState::Pending);
     assert_eq!(
-        settled.votes.iter().map(|v| v.by.as_str()).collect::<Vec<_>>(),
+        settled
+            .votes
+            .iter()
+            .map(|v| v.by.as_str())
+            .collect::<Vec<_>>(),
         vec!["early", winners[0].as_str()],
         "the early vote and the winner's, no loser's"
     );
@@ -547,7 +588,11 @@ async fn approvals_settle_exactly_once<S: GovStore>(s: &Subject<S>) {
     // A vote after the settlement is lost.
     assert_eq!(
         store
-            .add_vote(&first, &vote("late", true), &audit("approval.vote", "approval:ap-001"))
+            .add_vote(
+                &first,
+                &vote("late", true),
+                &audit("approval.vote", "approval:ap-001")
+            )
             .await,
         Ok(Cas::Lost)
     );
@@ -583,15 +628,33 @@ async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
     let store = &*s.store;
     let agent = HaltScope::Agent(org(), AgentId("agent-h".into()));
     store
-        .set_halt(&HaltScope::Instance, Some("maintenance"), "user:u", 1, &audit("halt", "instance"))
+        .set_halt(
+            &HaltScope::Instance,
+            Some("maintenance"),
+            "user:u",
+            1,
+            &audit("halt", "instance"),
+        )
         .await
         .expect("halt");
     store
-        .set_halt(&agent, Some("runaway"), "user:u", 2, &audit("halt", "agent"))
+        .set_halt(
+            &agent,
+            Some("runaway"),
+            "user:u",
+            2,
+            &audit("halt", "agent"),
+        )
         .await
         .expect("halt");
     store
-        .set_halt(&agent, Some("still runaway"), "user:u", 3, &audit("halt", "agent"))
+        .set_halt(
+            &agent,
+            Some("still runaway"),
+            "user:u",
+            3,
+            &audit("halt", "agent"),
+        )
         .await
         .expect("halt again replaces");
     assert_eq!(
@@ -599,7 +662,13 @@ async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
         vec![HaltScope::Instance, agent.clone()]
     );
     store
-        .set_halt(&HaltScope::Instance, None, "user:u", 4, &audit("resume", "instance"))
+        .set_halt(
+            &HaltScope::Instance,
+            None,
+            "user:u",
+            4,
+            &audit("resume", "instance"),
+        )
         .await
         .expect("resume");
     assert_eq!(store.halts().await.expect("halts"), vec![agent]);
@@ -607,30 +676,59 @@ async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
     let body = r#"{"risk":"critical","skill":"ops"}"#;
     assert!(
         store
-            .put_doc(&org(), "tool", "shell.exec", Some(body), &audit("tool.put", "tool"))
+            .put_doc(
+                &org(),
+                "tool",
+                "shell.exec",
+                Some(body),
+                &audit("tool.put", "tool")
+            )
             .await
             .expect("put")
     );
     store
-        .put_doc(&org(), "profile", "ops", Some(r#"{"max_risk":"low"}"#), &audit("profile.put", "p"))
+        .put_doc(
+            &org(),
+            "profile",
+            "ops",
+            Some(r#"{"max_risk":"low"}"#),
+            &audit("profile.put", "p"),
+        )
         .await
         .expect("put");
     let docs = store.docs(&org()).await.expect("docs");
     assert_eq!(
-        docs.iter().map(|d| (d.kind.as_str(), d.name.as_str())).collect::<Vec<_>>(),
+        docs.iter()
+            .map(|d| (d.kind.as_str(), d.name.as_str()))
+            .collect::<Vec<_>>(),
         vec![("profile", "ops"), ("tool", "shell.exec")]
     );
     let stored: serde_json::Value = serde_json::from_str(&docs[1].body).expect("json body");
-    assert_eq!(stored, serde_json::json!({ "risk": "critical", "skill": "ops" }));
+    assert_eq!(
+        stored,
+        serde_json::json!({ "risk": "critical", "skill": "ops" })
+    );
     assert!(
         store
-            .put_doc(&org(), "tool", "shell.exec", None, &audit("tool.delete", "tool"))
+            .put_doc(
+                &org(),
+                "tool",
+                "shell.exec",
+                None,
+                &audit("tool.delete", "tool")
+            )
             .await
             .expect("delete")
     );
     assert!(
         !store
-            .put_doc(&org(), "tool", "shell.exec", None, &audit("tool.delete", "tool"))
+            .put_doc(
+                &org(),
+                "tool",
+                "shell.exec",
+                None,
+                &audit("tool.delete", "tool")
+            )
             .await
             .expect("delete again")
     );
@@ -640,10 +738,8 @@ async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
 /// Every check, in order, on one store (each check uses its own agents and
 /// requests, so they share the database).
 async fn conformance<S: Store + GovStore>(s: Subject<S>) {
-    s.execute(
-        "INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')",
-    )
-    .await;
+    s.execute("INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')")
+        .await;
     agents_claims_fencing_and_pages(&s).await;
     the_agent_limit_holds_under_concurrent_creates(&s).await;
     usage_reports_count_once_under_concurrency(&s).await;
@@ -686,6 +782,27 @@ async fn postgres_keeps_the_ports() {
         conformance(Subject {
             store: Arc::new(store.clone()),
             backend: Backend::Postgres,
+            url,
+        })
+        .await;
+        store.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_keeps_the_ports() {
+    let Some(admin) =
+        support::server("CADRE_TEST_MYSQL_URL", support::MYSQL_URL, Backend::Mysql).await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Mysql, &admin, |url| async move {
+        let store = MySqlStore::connect(&url, 8).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        conformance(Subject {
+            store: Arc::new(store.clone()),
+            backend: Backend::Mysql,
             url,
         })
         .await;

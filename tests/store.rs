@@ -512,7 +512,10 @@ fn bulk_rows(org: &OrgId) -> Vec<NewActivity> {
 fn wal_sequence(wal: &std::path::Path) -> Option<u32> {
     use std::io::Read;
     let mut header = [0u8; 16];
-    std::fs::File::open(wal).ok()?.read_exact(&mut header).ok()?;
+    std::fs::File::open(wal)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
     let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     (magic & !1 == 0x377f_0682)
         .then(|| u32::from_be_bytes([header[12], header[13], header[14], header[15]]))

@@ -9,9 +9,9 @@
 mod activity;
 pub mod backend;
 mod governance;
-pub mod postgres;
 mod identity;
 mod schedules;
+pub mod server;
 mod sqlite;
 mod tasks;
 pub mod transfer;
@@ -65,12 +65,14 @@ pub struct EventRow {
 /// `Option`s (every select of ours reads its columns back as these, casting
 /// where a dialect stores another type), so that one decoder of an agent or
 /// approval row serves each backend.
-pub(crate) trait Cell:
+pub trait Cell:
     Sized
     + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
     + sqlx::Type<sqlx::Sqlite>
     + for<'r> sqlx::Decode<'r, sqlx::Postgres>
     + sqlx::Type<sqlx::Postgres>
+    + for<'r> sqlx::Decode<'r, sqlx::MySql>
+    + sqlx::Type<sqlx::MySql>
 {
 }
 
@@ -79,11 +81,13 @@ impl<T> Cell for T where
         + sqlx::Type<sqlx::Sqlite>
         + for<'r> sqlx::Decode<'r, sqlx::Postgres>
         + sqlx::Type<sqlx::Postgres>
+        + for<'r> sqlx::Decode<'r, sqlx::MySql>
+        + sqlx::Type<sqlx::MySql>
 {
 }
 
 /// A row of any of our dialects, read through [`Cell`]s.
-pub(crate) trait DecodeRow: sqlx::Row {
+pub trait DecodeRow: sqlx::Row {
     /// `try_get` for a [`Cell`].
     fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error>;
 }
@@ -97,6 +101,16 @@ impl DecodeRow for sqlx::sqlite::SqliteRow {
 impl DecodeRow for sqlx::postgres::PgRow {
     fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error> {
         sqlx::Row::try_get(self, index)
+    }
+}
+
+impl DecodeRow for sqlx::mysql::MySqlRow {
+    /// Unchecked: text in `utf8mb4_bin` columns comes flagged binary, which
+    /// sqlx's check refuses for `String` although the bytes are UTF-8 text
+    /// (decoding still fails on bytes that are not). Every select casts
+    /// flags and JSON to `SIGNED` and `CHAR`, so the types are ours.
+    fn cell<T: Cell, I: sqlx::ColumnIndex<Self>>(&self, index: I) -> Result<T, sqlx::Error> {
+        sqlx::Row::try_get_unchecked(self, index)
     }
 }
 

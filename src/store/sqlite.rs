@@ -16,9 +16,7 @@ use cadre_actors::domain::{
 };
 use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;

@@ -445,11 +445,7 @@ pub static TABLES: &[Table] = &[
     Table {
         name: "usage_reports",
         serial: None,
-        columns: &[
-            c("agent_id", Text),
-            c("report_id", Text),
-            c("at", Int),
-        ],
+        columns: &[c("agent_id", Text), c("report_id", Text), c("at", Int)],
     },
 ];
 
@@ -699,8 +695,8 @@ fn read_manifest(dir: &Path) -> Result<Manifest, TransferError> {
             "{e} (an export is complete only once its manifest is written)"
         ))
     })?;
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a Cadre export manifest: {e}")))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a Cadre export manifest: {e}")))?;
     if manifest.format != FORMAT || manifest.version != FORMAT_VERSION {
         return Err(bad(format!(
             "format {} version {}; this build reads {FORMAT} version {FORMAT_VERSION}",
@@ -845,7 +841,11 @@ where
     let mut tables = BTreeMap::new();
     for table in TABLES {
         let fail = failed(table.name);
-        let columns: Vec<String> = table.columns.iter().map(|c| read_expr(backend, c)).collect();
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| read_expr(backend, c))
+            .collect();
         let mut sql = format!(
             "SELECT {} FROM {}",
             columns.join(", "),
@@ -902,7 +902,8 @@ where
         tables,
     };
     let path = dir.join(MANIFEST);
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io(&path)(std::io::Error::other(e)))?;
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| io(&path)(std::io::Error::other(e)))?;
     std::fs::write(&path, text).map_err(io(&path))?;
     Ok(manifest)
 }
@@ -948,7 +949,8 @@ fn parse_cell(column: &Column, value: serde_json::Value) -> Result<Cell, String>
         (Text, _) => return Err(wrong("a string or null")),
         (Int, Value::Null) => Cell::Int(None),
         (Int, Value::Number(n)) => Cell::Int(Some(
-            n.as_i64().ok_or_else(|| wrong("a 64-bit integer or null"))?,
+            n.as_i64()
+                .ok_or_else(|| wrong("a 64-bit integer or null"))?,
         )),
         (Int, _) => return Err(wrong("a 64-bit integer or null")),
         (Bool, Value::Null) => Cell::Bool(None),
@@ -1100,7 +1102,11 @@ where
     for<'a> Option<bool>: Encode<'a, DB> + Type<DB>,
     for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
 {
-    let columns: Vec<String> = table.columns.iter().map(|c| quote(backend, c.name)).collect();
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| quote(backend, c.name))
+        .collect();
     let mut sql = format!(
         "INSERT INTO {} ({}) VALUES ",
         quote(backend, table.name),

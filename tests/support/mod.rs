@@ -86,4 +86,3 @@ where
         std::panic::resume_unwind(panic);
     }
 }
-
