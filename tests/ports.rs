@@ -11,7 +11,9 @@
 //!   organization's spend equal to the sum of distinct reports;
 //! - approvals: concurrent settlements with exactly one winner, a vote that
 //!   arrives after the settlement lost, duplicate call ids refused, grants
-//!   and their revocation, kill switches, governance documents.
+//!   and their revocation, kill switches, governance documents;
+//! - tasks: open ones in id order, updates, a step re-sent stored once, a
+//!   replay starting with copies of its parent's earlier steps.
 //!
 //! Servers: `CADRE_TEST_POSTGRES_URL` (default
 //! `postgres://cadre:cadre@127.0.0.1:5432/postgres`) and
@@ -35,6 +37,7 @@ use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{
     AgentInsert, AgentWrite, Cas, Charge, GovStore, Store, StoreError, WriteOutcome,
 };
+use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep, TaskStore};
 use sqlx::{Connection, Executor, MySqlConnection, PgConnection, SqliteConnection};
 use std::sync::Arc;
 
@@ -735,9 +738,126 @@ async fn halts_and_documents<S: GovStore>(s: &Subject<S>) {
     assert_eq!(store.docs(&org()).await.expect("docs").len(), 1);
 }
 
+fn task(id: &str) -> TaskRecord {
+    let mut t = TaskRecord::queued(
+        "org-1",
+        "agent-t",
+        format!("do {id}"),
+        serde_json::json!({ "ticket": 7, "text": "ü \"quoted\"" }),
+        TaskLimits {
+            max_steps: 9,
+            max_seconds: 60,
+            max_tokens: 1000,
+        },
+        "user:u".into(),
+    );
+    t.id = id.into();
+    t.created_at = 5;
+    t
+}
+
+fn step(task: &str, seq: u32, text: &str) -> TaskStep {
+    TaskStep {
+        task_id: task.into(),
+        seq,
+        kind: "model".into(),
+        body: serde_json::json!({ "text": text }),
+        tokens: 12,
+        latency_ms: 30,
+        at: 6,
+    }
+}
+
+async fn tasks_and_their_steps<S: TaskStore>(s: &Subject<S>) {
+    let store = &*s.store;
+    for id in ["task-1", "task-2", "task-3"] {
+        store
+            .insert_task(&task(id), &audit("task.create", id))
+            .await
+            .expect("insert task");
+    }
+    let mut running = task("task-1");
+    running.state = TaskState::Running;
+    running.started_at = Some(7);
+    running.runner_pid = Some(4242);
+    store.update_task(&running, None).await.expect("update");
+    let mut done = task("task-3");
+    done.state = TaskState::Succeeded;
+    done.result = Some("done".into());
+    done.finished_at = Some(8);
+    store
+        .update_task(&done, Some(&audit("task.finish", "task-3")))
+        .await
+        .expect("update");
+    let open = store.open_tasks("org-1", "agent-t").await.expect("open");
+    assert_eq!(
+        open.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["task-1", "task-2"]
+    );
+    assert_eq!(open[0].state, TaskState::Running);
+    assert_eq!(open[0].runner_pid, Some(4242));
+    assert_eq!(open[1].input, task("task-2").input);
+    assert_eq!(open[1].limits.max_steps, 9);
+    assert!(
+        store
+            .open_tasks("org-1", "nobody")
+            .await
+            .expect("open")
+            .is_empty()
+    );
+
+    // A step re-sent after a reconnect is stored once, as first sent.
+    store
+        .add_step(&step("task-1", 1, "first"))
+        .await
+        .expect("step");
+    store
+        .add_step(&step("task-1", 2, "second"))
+        .await
+        .expect("step");
+    store
+        .add_step(&step("task-1", 1, "resent"))
+        .await
+        .expect("step again");
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM task_steps WHERE task_id = 'task-1'")
+            .await,
+        2
+    );
+    assert_eq!(
+        s.scalar("SELECT tokens FROM task_steps WHERE task_id = 'task-1' AND seq = 1")
+            .await,
+        12
+    );
+    // A replay from step 2 starts with a copy of step 1.
+    let mut replay = task("task-r");
+    replay.parent_id = Some("task-1".into());
+    replay.from_step = Some(2);
+    store
+        .insert_task(&replay, &audit("task.replay", "task-r"))
+        .await
+        .expect("replay");
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM task_steps WHERE task_id = 'task-r' AND seq = 1")
+            .await,
+        1
+    );
+    assert_eq!(
+        s.scalar("SELECT COUNT(*) FROM task_steps WHERE task_id = 'task-r'")
+            .await,
+        1
+    );
+    let open = store.open_tasks("org-1", "agent-t").await.expect("open");
+    let r = open.iter().find(|t| t.id == "task-r").expect("replay open");
+    assert_eq!(
+        (r.parent_id.as_deref(), r.from_step),
+        (Some("task-1"), Some(2))
+    );
+}
+
 /// Every check, in order, on one store (each check uses its own agents and
 /// requests, so they share the database).
-async fn conformance<S: Store + GovStore>(s: Subject<S>) {
+async fn conformance<S: Store + GovStore + TaskStore>(s: Subject<S>) {
     s.execute("INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')")
         .await;
     agents_claims_fencing_and_pages(&s).await;
@@ -745,6 +865,7 @@ async fn conformance<S: Store + GovStore>(s: Subject<S>) {
     usage_reports_count_once_under_concurrency(&s).await;
     approvals_settle_exactly_once(&s).await;
     halts_and_documents(&s).await;
+    tasks_and_their_steps(&s).await;
     // Every change above wrote its audit entry in its transaction.
     assert!(s.scalar("SELECT COUNT(*) FROM audit_log").await > 40);
 }

@@ -6,7 +6,8 @@
 //! This is the first part of those backends: agents (inserts under the plan
 //! limit, fenced writes, usage reports counted once, claims, hydration
 //! pages), approvals and their compare-and-swap, votes, grants, governance
-//! documents and kill switches. It passes the port conformance suite
+//! documents and kill switches (`GovStore`), tasks and their steps
+//! (`TaskStore`). It passes the port conformance suite
 //! (`tests/ports.rs`) that SQLite's store passes, concurrency tests
 //! included. `cadre serve` does not run on them yet: the identity,
 //! activity, task and schedule stores and the HTTP layer's reads are still
@@ -39,6 +40,7 @@ use cadre_actors::governance::{Grant, HaltScope};
 use cadre_actors::ports::{
     AgentInsert, AgentWrite, Cas, GovDoc, GovStore, Store, StoreError, WriteOutcome,
 };
+use cadre_actors::task::{TaskRecord, TaskStep, TaskStore};
 use sqlx::pool::PoolOptions;
 use sqlx::{ColumnIndex, Database, Encode, Executor, IntoArguments, Pool, Type};
 use std::time::Duration;
@@ -66,6 +68,9 @@ pub trait Dialect: Database {
     fn upsert(keys: &str) -> String;
     /// The value an upsert tried to insert into `column`.
     fn inserted(column: &str) -> String;
+    /// What follows `INSERT …` to keep the row whose key is taken as it is
+    /// (`column` is any column of the table).
+    fn keep_existing(keys: &str, column: &str) -> String;
     /// Rows a statement changed (or matched).
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// The embedded migrations.
@@ -103,6 +108,9 @@ impl Dialect for sqlx::Postgres {
     fn inserted(column: &str) -> String {
         format!("EXCLUDED.{column}")
     }
+    fn keep_existing(keys: &str, _column: &str) -> String {
+        format!("ON CONFLICT ({keys}) DO NOTHING")
+    }
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         result.rows_affected()
     }
@@ -131,6 +139,9 @@ impl Dialect for sqlx::MySql {
     }
     fn inserted(column: &str) -> String {
         format!("VALUES({column})")
+    }
+    fn keep_existing(_keys: &str, column: &str) -> String {
+        format!("ON DUPLICATE KEY UPDATE {column} = {column}")
     }
     fn rows_affected(result: &Self::QueryResult) -> u64 {
         // sqlx asks for CLIENT_FOUND_ROWS: matched rows, not changed ones,
@@ -1091,5 +1102,131 @@ where
             });
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl<D> TaskStore for ServerStore<D>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
+    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> Option<String>: Encode<'q, D> + Type<D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
+    for<'q> bool: Encode<'q, D> + Type<D>,
+    for<'q> Option<bool>: Encode<'q, D> + Type<D>,
+    D::Row: DecodeRow,
+    usize: ColumnIndex<D::Row>,
+    for<'a> &'a str: ColumnIndex<D::Row>,
+{
+    async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = D::sql(&format!(
+            "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
+            super::tasks::COLUMNS,
+            j = D::JSON
+        ));
+        let query = sqlx::query(&sql)
+            .bind(t.id.as_str())
+            .bind(t.org_id.as_str())
+            .bind(t.agent_id.as_str())
+            .bind(t.instruction.as_str())
+            .bind(super::tasks::json(&t.input)?)
+            .bind(t.state.as_str())
+            .bind(t.result.as_deref())
+            .bind(t.error.as_deref())
+            .bind(super::tasks::json(&t.limits)?)
+            .bind(t.created_by.as_str())
+            .bind(t.created_at)
+            .bind(t.started_at)
+            .bind(t.finished_at)
+            .bind(t.runner_pid.map(i64::from))
+            .bind(t.parent_id.as_deref())
+            .bind(t.from_step.map(i64::from));
+        Self::run(&mut tx, query).await.map_err(classify)?;
+        // A replay starts with copies of its parent's steps before from_step.
+        if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
+            let sql = D::sql(
+                "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                 SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
+                 WHERE task_id = ? AND seq < ?",
+            );
+            let query = sqlx::query(&sql)
+                .bind(t.id.as_str())
+                .bind(parent.as_str())
+                .bind(i64::from(from));
+            Self::run(&mut tx, query).await.map_err(unavailable)?;
+        }
+        Self::insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn update_task(
+        &self,
+        t: &TaskRecord,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = D::sql(
+            "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
+             runner_pid = ? WHERE id = ?",
+        );
+        let query = sqlx::query(&sql)
+            .bind(t.state.as_str())
+            .bind(t.result.as_deref())
+            .bind(t.error.as_deref())
+            .bind(t.started_at)
+            .bind(t.finished_at)
+            .bind(t.runner_pid.map(i64::from))
+            .bind(t.id.as_str());
+        Self::run(&mut tx, query).await.map_err(unavailable)?;
+        if let Some(a) = audit {
+            Self::insert_audit(&mut tx, a).await?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn add_step(&self, st: &TaskStep) -> Result<(), StoreError> {
+        let sql = D::sql(&format!(
+            "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+             VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
+            D::JSON,
+            D::keep_existing("task_id, seq", "seq")
+        ));
+        let query = sqlx::query(&sql)
+            .bind(st.task_id.as_str())
+            .bind(i64::from(st.seq))
+            .bind(st.kind.as_str())
+            .bind(super::tasks::json(&st.body)?)
+            .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
+            .bind(st.at);
+        query
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let columns = super::tasks::COLUMNS
+            .replace("input,", &format!("{},", D::json("input")))
+            .replace("limits,", &format!("{},", D::json("limits")));
+        let sql = D::sql(&format!(
+            "SELECT {columns} FROM tasks WHERE org_id = ? AND agent_id = ? \
+             AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",
+            D::BYTES
+        ));
+        let rows = sqlx::query(&sql)
+            .bind(org)
+            .bind(agent)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(super::tasks::task_row).collect()
     }
 }

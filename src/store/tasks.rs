@@ -7,46 +7,49 @@ use cadre_actors::audit::AuditEntry;
 use cadre_actors::ports::StoreError;
 use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep, TaskStore};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
+pub(super) const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
                        created_by, created_at, started_at, finished_at, runner_pid, parent_id, from_step";
 
 fn bad(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("unreadable task row: {e}"))
 }
 
-fn task_row(r: &SqliteRow) -> Result<TaskRecord, StoreError> {
-    let state: String = r.try_get("state").map_err(bad)?;
-    let input: String = r.try_get("input").map_err(bad)?;
-    let limits: String = r.try_get("limits").map_err(bad)?;
+/// A row of [`COLUMNS`] (JSON documents read back as text), in any dialect.
+pub(super) fn task_row<R: super::DecodeRow>(r: &R) -> Result<TaskRecord, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let state: String = r.cell("state").map_err(bad)?;
+    let input: String = r.cell("input").map_err(bad)?;
+    let limits: String = r.cell("limits").map_err(bad)?;
     Ok(TaskRecord {
-        id: r.try_get("id").map_err(bad)?,
-        org_id: r.try_get("org_id").map_err(bad)?,
-        agent_id: r.try_get("agent_id").map_err(bad)?,
-        instruction: r.try_get("instruction").map_err(bad)?,
+        id: r.cell("id").map_err(bad)?,
+        org_id: r.cell("org_id").map_err(bad)?,
+        agent_id: r.cell("agent_id").map_err(bad)?,
+        instruction: r.cell("instruction").map_err(bad)?,
         input: serde_json::from_str(&input).map_err(bad)?,
         state: TaskState::parse(&state).ok_or_else(|| bad(format!("state {state}")))?,
-        result: r.try_get("result").map_err(bad)?,
-        error: r.try_get("error").map_err(bad)?,
+        result: r.cell("result").map_err(bad)?,
+        error: r.cell("error").map_err(bad)?,
         limits: serde_json::from_str::<TaskLimits>(&limits).map_err(bad)?,
-        created_by: r.try_get("created_by").map_err(bad)?,
-        created_at: r.try_get("created_at").map_err(bad)?,
-        started_at: r.try_get("started_at").map_err(bad)?,
-        finished_at: r.try_get("finished_at").map_err(bad)?,
+        created_by: r.cell("created_by").map_err(bad)?,
+        created_at: r.cell("created_at").map_err(bad)?,
+        started_at: r.cell("started_at").map_err(bad)?,
+        finished_at: r.cell("finished_at").map_err(bad)?,
         runner_pid: r
-            .try_get::<Option<i64>, _>("runner_pid")
+            .cell::<Option<i64>, _>("runner_pid")
             .map_err(bad)?
             .and_then(|p| u32::try_from(p).ok()),
-        parent_id: r.try_get("parent_id").map_err(bad)?,
+        parent_id: r.cell("parent_id").map_err(bad)?,
         from_step: r
-            .try_get::<Option<i64>, _>("from_step")
+            .cell::<Option<i64>, _>("from_step")
             .map_err(bad)?
             .and_then(|s| u32::try_from(s).ok()),
     })
 }
 
-fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+pub(super) fn json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 

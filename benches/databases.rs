@@ -1,0 +1,299 @@
+//! The actors' ports on each backend: SQLite (a file), PostgreSQL and
+//! MariaDB/MySQL (a fresh database each, dropped after).
+//!
+//! - create: `Store::insert_agent` (the agent, its history entry and audit
+//!   entry in one transaction under the plan limit), one at a time (latency)
+//!   and 64 in flight (throughput);
+//! - hydrate: walk 100,000 live agents with `Store::org_page` in pages of
+//!   500, as the supervisors do at start (the rows are seeded by plain
+//!   multi-row inserts first);
+//!
+//! `cargo bench --bench databases` prints medians of 3 rounds;
+//! `cargo bench --bench databases -- --test` is the CI smoke run (tiny
+//! sizes). A server that cannot be reached is skipped with a note, unless
+//! `CADRE_REQUIRE_SERVICES=1`. Servers: `CADRE_TEST_POSTGRES_URL`,
+//! `CADRE_TEST_MYSQL_URL` (the tests' defaults otherwise).
+
+#[path = "../tests/support/mod.rs"]
+mod db;
+
+use cadre::store::backend::Backend;
+use cadre::store::server::{MySqlStore, PgStore};
+use cadre::store::{Durability, SqlStore};
+use cadre_actors::audit::AuditEntry;
+use cadre_actors::budget::{BudgetLimits, Period, Usage};
+use cadre_actors::domain::{
+    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, Who,
+};
+use cadre_actors::lifecycle::State;
+use cadre_actors::ports::{AgentInsert, Store};
+use sqlx::{Connection, Executor, MySqlConnection, PgConnection, SqliteConnection};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Sizes {
+    serial: usize,
+    concurrent: usize,
+    hydrate: usize,
+    rounds: usize,
+}
+
+fn record(org: &OrgId, i: usize, round: usize) -> AgentRecord {
+    AgentRecord {
+        id: AgentId(format!("bench-{round}-{i:07}")),
+        org_id: org.clone(),
+        spec: AgentSpec {
+            name: format!("agent {round}-{i}"),
+            role: Some("answers".into()),
+            model: Some("gpt-4o".into()),
+            target: DeployTarget::Local,
+            health: HealthOverrides::default(),
+            budget: BudgetLimits::default(),
+            profile: None,
+            runtime: Default::default(),
+        },
+        state: State::Draft,
+        state_reason: None,
+        restart_count: 0,
+        usage: Usage::empty(Period::parse("2026-12").expect("period")),
+        deployment_ref: None,
+        runtime_token_hash: None,
+        epoch: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn create<S: Store>(store: &S, rec: &AgentRecord) {
+    let created = Transition {
+        from: None,
+        to: State::Draft,
+        reason: Some("created".into()),
+        by: "system".into(),
+        at: 1,
+    };
+    let audit = AuditEntry::new(
+        &rec.org_id,
+        &Who::system(),
+        "agent.create",
+        format!("agent:{}", rec.id),
+        serde_json::json!({ "name": rec.spec.name }),
+        1,
+    );
+    store
+        .insert_agent(AgentInsert {
+            record: rec,
+            created: &created,
+            audit: &audit,
+            max_agents: Some(10_000_000),
+        })
+        .await
+        .expect("insert");
+}
+
+/// Runs raw SQL on a connection of its own.
+async fn execute(backend: Backend, url: &str, sql: &str) {
+    match backend {
+        Backend::Sqlite => {
+            let mut c = SqliteConnection::connect(url).await.expect("connect");
+            c.execute(sql).await.expect("sql");
+        }
+        Backend::Postgres => {
+            let mut c = PgConnection::connect(url).await.expect("connect");
+            c.execute(sql).await.expect("sql");
+        }
+        Backend::Mysql => {
+            let mut c = MySqlConnection::connect(url).await.expect("connect");
+            c.execute(sql).await.expect("sql");
+        }
+    }
+}
+
+/// Seeds `n` live agents of organization `org` by multi-row inserts.
+async fn seed(backend: Backend, url: &str, org: &str, n: usize) {
+    execute(
+        backend,
+        url,
+        &format!(
+            "INSERT INTO orgs (id, name, created_at, slug) VALUES ('{org}', '{org}', 1, '{org}')"
+        ),
+    )
+    .await;
+    for start in (0..n).step_by(1000) {
+        let rows: Vec<String> = (start..(start + 1000).min(n))
+            .map(|i| {
+                format!(
+                    "('{org}-{i:07}', '{org}', 'agent {i}', 'answers', 'gpt-4o', 'local', 'running', \
+                     '2026-12', 1, 1, 1)"
+                )
+            })
+            .collect();
+        execute(
+            backend,
+            url,
+            &format!(
+                "INSERT INTO agents (id, org_id, name, role, model, target, state, usage_period, \
+                 epoch, created_at, updated_at) VALUES {}",
+                rows.join(", ")
+            ),
+        )
+        .await;
+    }
+    execute(
+        backend,
+        url,
+        &format!("UPDATE orgs SET agent_count = {n} WHERE id = '{org}'"),
+    )
+    .await;
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The three figures of one backend.
+async fn measure<S: Store>(name: &str, store: Arc<S>, backend: Backend, url: &str, sizes: &Sizes) {
+    let org = OrgId("bench".into());
+    execute(
+        backend,
+        url,
+        "INSERT INTO orgs (id, name, created_at, slug) VALUES ('bench', 'bench', 1, 'bench')",
+    )
+    .await;
+    let (mut serial, mut p50s, mut parallel) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..sizes.rounds {
+        let mut latencies = Vec::with_capacity(sizes.serial);
+        let started = Instant::now();
+        for i in 0..sizes.serial {
+            let rec = record(&org, i, round);
+            let t = Instant::now();
+            create(&*store, &rec).await;
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        serial.push(sizes.serial as f64 / started.elapsed().as_secs_f64());
+        p50s.push(median(latencies));
+
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..64 {
+            let (store, next, org) = (store.clone(), next.clone(), org.clone());
+            let total = sizes.concurrent;
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    create(&*store, &record(&org, 1_000_000 + i, round)).await;
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task");
+        }
+        parallel.push(sizes.concurrent as f64 / started.elapsed().as_secs_f64());
+    }
+
+    let hydrated = OrgId("hydrate".into());
+    seed(backend, url, "hydrate", sizes.hydrate).await;
+    let mut walks = Vec::new();
+    for _ in 0..sizes.rounds {
+        let started = Instant::now();
+        let mut after: Option<AgentId> = None;
+        let mut seen = 0;
+        loop {
+            let page = store
+                .org_page(&hydrated, after.as_ref(), 500)
+                .await
+                .expect("page");
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            seen += page.len();
+        }
+        assert_eq!(seen, sizes.hydrate, "every agent read once");
+        walks.push(started.elapsed().as_secs_f64());
+    }
+    println!(
+        "{name}: create one at a time {:.0}/s (p50 {:.2} ms), 64 in flight {:.0}/s; \
+         hydrate {} agents {:.2} s",
+        median(serial),
+        median(p50s),
+        median(parallel),
+        sizes.hydrate,
+        median(walks)
+    );
+}
+
+fn main() {
+    let test = std::env::args().any(|a| a == "--test");
+    let sizes = if test {
+        println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
+        Sizes {
+            serial: 20,
+            concurrent: 100,
+            hydrate: 1_500,
+            rounds: 1,
+        }
+    } else {
+        Sizes {
+            serial: 1_000,
+            concurrent: 5_000,
+            hydrate: 100_000,
+            rounds: 3,
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let store = SqlStore::open(&url, Durability::Normal, 4)
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        measure("sqlite", Arc::new(store), Backend::Sqlite, &url, &sizes).await;
+
+        if let Some(admin) = db::server(
+            "CADRE_TEST_POSTGRES_URL",
+            db::POSTGRES_URL,
+            Backend::Postgres,
+        )
+        .await
+        {
+            let sizes = &sizes;
+            db::on_fresh_database(Backend::Postgres, &admin, |url| async move {
+                let store = PgStore::connect(&url, 16).await.expect("connect");
+                store.migrate().await.expect("migrate");
+                measure(
+                    "postgres",
+                    Arc::new(store.clone()),
+                    Backend::Postgres,
+                    &url,
+                    sizes,
+                )
+                .await;
+                store.close().await;
+            })
+            .await;
+        }
+        if let Some(admin) = db::server("CADRE_TEST_MYSQL_URL", db::MYSQL_URL, Backend::Mysql).await
+        {
+            let sizes = &sizes;
+            db::on_fresh_database(Backend::Mysql, &admin, |url| async move {
+                let store = MySqlStore::connect(&url, 16).await.expect("connect");
+                store.migrate().await.expect("migrate");
+                measure(
+                    "mysql",
+                    Arc::new(store.clone()),
+                    Backend::Mysql,
+                    &url,
+                    sizes,
+                )
+                .await;
+                store.close().await;
+            })
+            .await;
+        }
+    });
+}
