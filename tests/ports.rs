@@ -931,3 +931,217 @@ async fn mysql_keeps_the_ports() {
     })
     .await;
 }
+
+/// Connection loss under load: 8 writers charge usage reports while every
+/// connection of the store is killed from outside, four times, each time
+/// after another batch of writes was acknowledged. A write that loses its
+/// connection before its commit is tried again on a new one (so writers
+/// see few or no failures); a failure is only ever `Unavailable`; every
+/// acknowledged report is stored and counted once in the organization's
+/// spend; and the store goes on without being reopened.
+async fn writes_survive_lost_connections<S: Store>(
+    s: &Subject<S>,
+    kill: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    s.execute("INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')")
+        .await;
+    let agent = record("agent-k", "kept");
+    insert(&*s.store, &agent, None).await.expect("insert");
+    let period = Period::parse("2026-11").expect("period");
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, acked, agent) = (s.store.clone(), acked.clone(), agent.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..40 {
+                    let report = format!("r-{w}-{i:02}");
+                    let done = store
+                        .write_agent(AgentWrite {
+                            record: &agent,
+                            transitions: &[],
+                            event: None,
+                            usage: Some(Charge {
+                                report_id: &report,
+                                tokens: 100,
+                                cost_micros: 1,
+                                org_period: period,
+                            }),
+                            audit: None,
+                        })
+                        .await;
+                    if done == Ok(WriteOutcome::Written) {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    outcomes.push((report, done));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut killed = Vec::new();
+    for round in 1..=4 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while acked.load(Ordering::SeqCst) < round * 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes stalled at {} acknowledged",
+                acked.load(Ordering::SeqCst)
+            );
+            tokio::task::yield_now().await;
+        }
+        killed.push(kill().await);
+    }
+    let mut ok = Vec::new();
+    let mut failed = 0;
+    for w in writers {
+        for (report, done) in w.await.expect("writer") {
+            match done {
+                Ok(WriteOutcome::Written) => ok.push(report),
+                Err(StoreError::Unavailable(e)) => {
+                    eprintln!("{report}: unavailable: {e}");
+                    failed += 1
+                }
+                other => panic!("{report}: {other:?}"),
+            }
+        }
+    }
+    assert!(
+        killed.iter().all(|&n| n > 0),
+        "every round killed the store's connections: {killed:?}"
+    );
+    eprintln!(
+        "{:?}: {} acknowledged, {failed} unavailable, connections killed {killed:?}",
+        s.backend,
+        ok.len()
+    );
+    assert!(
+        ok.len() >= 200,
+        "only {} of 320 writes went through",
+        ok.len()
+    );
+    // Nothing acknowledged is lost; what is stored is counted exactly once.
+    let stored = s
+        .scalar("SELECT COUNT(*) FROM usage_reports WHERE agent_id = 'agent-k'")
+        .await;
+    for report in &ok {
+        assert_eq!(
+            s.scalar(&format!(
+                "SELECT COUNT(*) FROM usage_reports WHERE agent_id = 'agent-k' AND report_id = '{report}'"
+            ))
+            .await,
+            1,
+            "acknowledged report {report} is stored"
+        );
+    }
+    assert!(stored >= i64::try_from(ok.len()).expect("count"));
+    assert_eq!(
+        s.scalar("SELECT tokens FROM org_usage WHERE org_id = 'org-1'")
+            .await,
+        stored * 100,
+        "the spend counts each stored report once"
+    );
+    // It recovers without being reopened.
+    assert_eq!(
+        s.store
+            .write_agent(AgentWrite {
+                record: &agent,
+                transitions: &[],
+                event: None,
+                usage: Some(Charge {
+                    report_id: "after",
+                    tokens: 1,
+                    cost_micros: 1,
+                    org_period: period,
+                }),
+                audit: None,
+            })
+            .await,
+        Ok(WriteOutcome::Written)
+    );
+    s.store.ping().await.expect("ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_survive_lost_connections() {
+    let Some(admin) = support::server(
+        "CADRE_TEST_POSTGRES_URL",
+        support::POSTGRES_URL,
+        Backend::Postgres,
+    )
+    .await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Postgres, &admin, |url| async move {
+        let store = PgStore::connect(&url, 8).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let killer = url.clone();
+        let kill = move || {
+            let url = killer.clone();
+            Box::pin(async move {
+                let mut c = PgConnection::connect(&url).await.expect("connect");
+                let killed: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .fetch_all(&mut c)
+                .await
+                .expect("terminate");
+                killed.into_iter().filter(|k| *k).count()
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>
+        };
+        let subject = Subject {
+            store: Arc::new(store.clone()),
+            backend: Backend::Postgres,
+            url,
+        };
+        writes_survive_lost_connections(&subject, kill).await;
+        store.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_writes_survive_lost_connections() {
+    let Some(admin) =
+        support::server("CADRE_TEST_MYSQL_URL", support::MYSQL_URL, Backend::Mysql).await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Mysql, &admin, |url| async move {
+        let store = MySqlStore::connect(&url, 8).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let killer = url.clone();
+        let kill = move || {
+            let url = killer.clone();
+            Box::pin(async move {
+                let mut c = MySqlConnection::connect(&url).await.expect("connect");
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
+                     WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+                )
+                .fetch_all(&mut c)
+                .await
+                .expect("processlist");
+                let mut killed = 0usize;
+                for id in ids {
+                    // A connection may have closed meanwhile.
+                    if c.execute(format!("KILL {id}").as_str()).await.is_ok() {
+                        killed += 1;
+                    }
+                }
+                killed
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>
+        };
+        let subject = Subject {
+            store: Arc::new(store.clone()),
+            backend: Backend::Mysql,
+            url,
+        };
+        writes_survive_lost_connections(&subject, kill).await;
+        store.close().await;
+    })
+    .await;
+}

@@ -190,6 +190,97 @@ fn classify(e: sqlx::Error) -> StoreError {
     unavailable(e)
 }
 
+/// How one try of a write ended, when not in success.
+enum Attempt {
+    /// Failed before its commit was sent, for a reason that passes (the
+    /// connection was lost, the server restarted, a deadlock was broken):
+    /// nothing of it was committed, so it is tried again.
+    Retry(sqlx::Error),
+    /// The answer to give.
+    Done(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        Attempt::Done(e)
+    }
+}
+
+/// Whether an error means the connection or the transaction was lost,
+/// not that the statement was refused: I/O and protocol errors, SQLSTATE
+/// class 08 (connection exception), 57P01-57P03 (PostgreSQL shutting down
+/// or terminating the backend), 70100 (MariaDB: connection killed), 40001
+/// and 40P01 (serialization failure, deadlock: rolled back).
+fn passing(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "57P01" | "57P02" | "57P03" | "70100" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// A statement's error inside a write: retried when it passes.
+fn stmt(e: sqlx::Error) -> Attempt {
+    if passing(&e) {
+        Attempt::Retry(e)
+    } else {
+        Attempt::Done(unavailable(e))
+    }
+}
+
+/// Like [`stmt`], a unique key violation being a `Conflict`.
+fn stmt_classify(e: sqlx::Error) -> Attempt {
+    if passing(&e) {
+        Attempt::Retry(e)
+    } else {
+        Attempt::Done(classify(e))
+    }
+}
+
+/// A commit's error is never retried: the commit may have reached the
+/// server, and the caller hears `Unavailable` (the actors treat it as a
+/// failed write and reload what the database holds).
+fn at_commit(e: sqlx::Error) -> Attempt {
+    Attempt::Done(unavailable(e))
+}
+
+/// Tries before a passing failure is given up as `Unavailable`.
+const TRIES: u32 = 4;
+
+/// Runs a write, trying it again (after 20, 80, 320 ms) while it fails
+/// before its commit for a reason that passes.
+async fn retry<T, F, Fut>(op: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
+    let mut wait = Duration::from_millis(20);
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(Attempt::Done(e)) => return Err(e),
+            Err(Attempt::Retry(e)) if tries < TRIES => {
+                metrics::counter!("cadre_store_retries_total").increment(1);
+                tracing::warn!(error = %e, tries, "database connection lost during a write; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+                tries += 1;
+            }
+            Err(Attempt::Retry(e)) => return Err(unavailable(e)),
+        }
+    }
+}
+
 /// An agent's runtime settings as stored: NULL for the defaults.
 fn runtime_json(r: &cadre_actors::domain::RuntimeSpec) -> Option<String> {
     (!r.is_default())
@@ -280,8 +371,8 @@ where
         row.as_ref().map(agent_from_row).transpose()
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, StoreError> {
-        self.pool.begin().await.map_err(unavailable)
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
+        self.pool.begin().await.map_err(stmt)
     }
 
     /// Runs a statement, returning the rows it changed.
@@ -353,7 +444,7 @@ where
         Ok(rows)
     }
 
-    async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), StoreError> {
+    async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
         let sql = D::sql(&format!(
             "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
              VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
@@ -368,17 +459,14 @@ where
             .bind(a.request_id.as_deref())
             .bind(a.client.as_deref())
             .bind(a.at);
-        Self::run(conn, query)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
     }
 
     async fn insert_transition(
         conn: &mut D::Connection,
         rec: &AgentRecord,
         t: &Transition,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Attempt> {
         let sql = D::sql(
             "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -391,17 +479,14 @@ where
             .bind(t.reason.as_deref())
             .bind(t.by.as_str())
             .bind(t.at);
-        Self::run(conn, query)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
     }
 
     async fn insert_event(
         conn: &mut D::Connection,
         rec: &AgentRecord,
         ev: &AgentEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Attempt> {
         let sql = D::sql(&format!(
             "INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?{}, ?)",
             D::JSON
@@ -412,13 +497,10 @@ where
             .bind(ev.kind.as_str())
             .bind(ev.detail.to_string())
             .bind(ev.at);
-        Self::run(conn, query)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
     }
 
-    async fn insert_vote(conn: &mut D::Connection, id: &str, v: &Vote) -> Result<(), StoreError> {
+    async fn insert_vote(conn: &mut D::Connection, id: &str, v: &Vote) -> Result<(), Attempt> {
         let sql = D::sql(
             "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -430,7 +512,10 @@ where
             .bind(v.approve)
             .bind(v.comment.as_deref())
             .bind(v.at);
-        Self::run(conn, query).await.map(|_| ()).map_err(classify)
+        Self::run(conn, query)
+            .await
+            .map(|_| ())
+            .map_err(stmt_classify)
     }
 
     /// The agent row's columns after `id`, as an `UPDATE … SET` or in
@@ -505,117 +590,123 @@ where
     for<'a> &'a str: ColumnIndex<D::Row>,
 {
     async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
-        let rec = ins.record;
-        let mut tx = self.begin().await?;
-        // The organization's row is the lock concurrent creates queue on.
-        let sql = D::sql(
-            "UPDATE orgs SET agent_count = agent_count + 1 \
-             WHERE id = ? AND (? IS NULL OR agent_count + 1 <= ?)",
-        );
-        let max = ins.max_agents.map(to_i64);
-        let counted = Self::run(
-            &mut tx,
-            sqlx::query(&sql)
-                .bind(rec.org_id.as_str())
-                .bind(max)
-                .bind(max),
-        )
-        .await
-        .map_err(unavailable)?;
-        if counted != 1 {
-            return Err(StoreError::LimitReached(format!(
-                "the organization's plan allows at most {} agents",
-                ins.max_agents.unwrap_or(0)
-            )));
-        }
-        let marks = vec!["?"; SPEC_COLUMNS.len() - 1].join(", ");
-        let sql = D::sql(&format!(
-            "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{})",
-            SPEC_COLUMNS.join(", "),
-            D::JSON
-        ));
-        let query = sqlx::query(&sql)
-            .bind(rec.id.as_str())
-            .bind(rec.org_id.as_str())
-            .bind(rec.epoch)
-            .bind(rec.created_at);
-        Self::run(&mut tx, Self::bind_spec(query, rec))
+        retry(|| async move {
+            let rec = ins.record;
+            let mut tx = self.begin().await?;
+            // The organization's row is the lock concurrent creates queue on.
+            let sql = D::sql(
+                "UPDATE orgs SET agent_count = agent_count + 1 \
+                 WHERE id = ? AND (? IS NULL OR agent_count + 1 <= ?)",
+            );
+            let max = ins.max_agents.map(to_i64);
+            let counted = Self::run(
+                &mut tx,
+                sqlx::query(&sql)
+                    .bind(rec.org_id.as_str())
+                    .bind(max)
+                    .bind(max),
+            )
             .await
-            .map_err(classify)?;
-        Self::insert_transition(&mut tx, rec, ins.created).await?;
-        Self::insert_audit(&mut tx, ins.audit).await?;
-        tx.commit().await.map_err(unavailable)
+            .map_err(stmt)?;
+            if counted != 1 {
+                return Err(Attempt::Done(StoreError::LimitReached(format!(
+                    "the organization's plan allows at most {} agents",
+                    ins.max_agents.unwrap_or(0)
+                ))));
+            }
+            let marks = vec!["?"; SPEC_COLUMNS.len() - 1].join(", ");
+            let sql = D::sql(&format!(
+                "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{})",
+                SPEC_COLUMNS.join(", "),
+                D::JSON
+            ));
+            let query = sqlx::query(&sql)
+                .bind(rec.id.as_str())
+                .bind(rec.org_id.as_str())
+                .bind(rec.epoch)
+                .bind(rec.created_at);
+            Self::run(&mut tx, Self::bind_spec(query, rec))
+                .await
+                .map_err(stmt_classify)?;
+            Self::insert_transition(&mut tx, rec, ins.created).await?;
+            Self::insert_audit(&mut tx, ins.audit).await?;
+            tx.commit().await.map_err(at_commit)
+                })
+            .await
     }
 
     async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        let rec = w.record;
-        let mut tx = self.begin().await?;
-        // The report's key first: of two concurrent writes of one report,
-        // the second waits on the first's row and then meets its key.
-        if let Some(charge) = w.usage {
-            let sql =
-                D::sql("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)");
-            let query = sqlx::query(&sql)
-                .bind(rec.id.as_str())
-                .bind(charge.report_id)
-                .bind(rec.updated_at);
-            match Self::run(&mut tx, query).await {
-                Ok(_) => {}
-                Err(e) if unique_violation(&e) => return Ok(WriteOutcome::Duplicate),
-                Err(e) => return Err(unavailable(e)),
+        retry(|| async move {
+            let rec = w.record;
+            let mut tx = self.begin().await?;
+            // The report's key first: of two concurrent writes of one report,
+            // the second waits on the first's row and then meets its key.
+            if let Some(charge) = w.usage {
+                let sql =
+                    D::sql("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)");
+                let query = sqlx::query(&sql)
+                    .bind(rec.id.as_str())
+                    .bind(charge.report_id)
+                    .bind(rec.updated_at);
+                match Self::run(&mut tx, query).await {
+                    Ok(_) => {}
+                    Err(e) if unique_violation(&e) => return Ok(WriteOutcome::Duplicate),
+                    Err(e) => return Err(stmt(e)),
+                }
             }
-        }
-        let set: Vec<String> = SPEC_COLUMNS
-            .iter()
-            .map(|c| {
-                let json = if *c == "runtime" { D::JSON } else { "" };
-                format!("{c} = ?{json}")
-            })
-            .collect();
-        let sql = D::sql(&format!(
-            "UPDATE agents SET {} WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
-            set.join(", ")
-        ));
-        let query = Self::bind_spec(sqlx::query(&sql), rec)
-            .bind(rec.id.as_str())
-            .bind(rec.epoch);
-        if Self::run(&mut tx, query).await.map_err(classify)? == 0 {
-            return Err(StoreError::Fenced);
-        }
-        if let Some(charge) = w.usage {
-            // The organization's spend outlives its agents (deleting agents
-            // does not reset the period); it saturates instead of failing.
-            let add = |c: &str| {
-                format!(
-                    "{c} = CASE WHEN org_usage.{c} > 9223372036854775807 - {new} \
-                     THEN 9223372036854775807 ELSE org_usage.{c} + {new} END",
-                    new = D::inserted(c)
-                )
-            };
+            let set: Vec<String> = SPEC_COLUMNS
+                .iter()
+                .map(|c| {
+                    let json = if *c == "runtime" { D::JSON } else { "" };
+                    format!("{c} = ?{json}")
+                })
+                .collect();
             let sql = D::sql(&format!(
-                "INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES (?, ?, ?, ?) {} {}, {}",
-                D::upsert("org_id, period"),
-                add("tokens"),
-                add("cost_micros")
+                "UPDATE agents SET {} WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+                set.join(", ")
             ));
-            let query = sqlx::query(&sql)
-                .bind(rec.org_id.as_str())
-                .bind(charge.org_period.to_string())
-                .bind(to_i64(charge.tokens))
-                .bind(to_i64(charge.cost_micros));
-            Self::run(&mut tx, query).await.map_err(unavailable)?;
-        }
-        for t in w.transitions {
-            Self::insert_transition(&mut tx, rec, t).await?;
-        }
-        if let Some(ev) = w.event {
-            Self::insert_event(&mut tx, rec, ev).await?;
-        }
-        if let Some(a) = w.audit {
-            Self::insert_audit(&mut tx, a).await?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(WriteOutcome::Written)
+            let query = Self::bind_spec(sqlx::query(&sql), rec)
+                .bind(rec.id.as_str())
+                .bind(rec.epoch);
+            if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
+                return Err(Attempt::Done(StoreError::Fenced));
+            }
+            if let Some(charge) = w.usage {
+                // The organization's spend outlives its agents (deleting agents
+                // does not reset the period); it saturates instead of failing.
+                let add = |c: &str| {
+                    format!(
+                        "{c} = CASE WHEN org_usage.{c} > 9223372036854775807 - {new} \
+                         THEN 9223372036854775807 ELSE org_usage.{c} + {new} END",
+                        new = D::inserted(c)
+                    )
+                };
+                let sql = D::sql(&format!(
+                    "INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES (?, ?, ?, ?) {} {}, {}",
+                    D::upsert("org_id, period"),
+                    add("tokens"),
+                    add("cost_micros")
+                ));
+                let query = sqlx::query(&sql)
+                    .bind(rec.org_id.as_str())
+                    .bind(charge.org_period.to_string())
+                    .bind(to_i64(charge.tokens))
+                    .bind(to_i64(charge.cost_micros));
+                Self::run(&mut tx, query).await.map_err(stmt)?;
+            }
+            for t in w.transitions {
+                Self::insert_transition(&mut tx, rec, t).await?;
+            }
+            if let Some(ev) = w.event {
+                Self::insert_event(&mut tx, rec, ev).await?;
+            }
+            if let Some(a) = w.audit {
+                Self::insert_audit(&mut tx, a).await?;
+            }
+            tx.commit().await.map_err(at_commit)?;
+            Ok(WriteOutcome::Written)
+                })
+            .await
     }
 
     async fn delete_agent(
@@ -624,33 +715,37 @@ where
         at: i64,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = D::sql(
-            "UPDATE agents SET deleted_at = ?, updated_at = ? \
-             WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
-        );
-        let query = sqlx::query(&sql)
-            .bind(at)
-            .bind(at)
-            .bind(rec.id.as_str())
-            .bind(rec.epoch);
-        if Self::run(&mut tx, query).await.map_err(classify)? == 0 {
-            return Err(StoreError::Fenced);
-        }
-        let deleted = Transition {
-            from: Some(rec.state),
-            to: rec.state,
-            reason: Some("deleted".into()),
-            by: "system".into(),
-            at,
-        };
-        Self::insert_transition(&mut tx, rec, &deleted).await?;
-        let sql = D::sql("UPDATE orgs SET agent_count = GREATEST(agent_count - 1, 0) WHERE id = ?");
-        Self::run(&mut tx, sqlx::query(&sql).bind(rec.org_id.as_str()))
-            .await
-            .map_err(unavailable)?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let sql = D::sql(
+                "UPDATE agents SET deleted_at = ?, updated_at = ? \
+                 WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+            );
+            let query = sqlx::query(&sql)
+                .bind(at)
+                .bind(at)
+                .bind(rec.id.as_str())
+                .bind(rec.epoch);
+            if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
+                return Err(Attempt::Done(StoreError::Fenced));
+            }
+            let deleted = Transition {
+                from: Some(rec.state),
+                to: rec.state,
+                reason: Some("deleted".into()),
+                by: "system".into(),
+                at,
+            };
+            Self::insert_transition(&mut tx, rec, &deleted).await?;
+            let sql =
+                D::sql("UPDATE orgs SET agent_count = GREATEST(agent_count - 1, 0) WHERE id = ?");
+            Self::run(&mut tx, sqlx::query(&sql).bind(rec.org_id.as_str()))
+                .await
+                .map_err(stmt)?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)
+        })
+        .await
     }
 
     async fn claim_agent(
@@ -658,54 +753,61 @@ where
         org: &OrgId,
         id: &AgentId,
     ) -> Result<Option<AgentRecord>, StoreError> {
-        let mut tx = self.begin().await?;
-        let bump = "UPDATE agents SET epoch = epoch + 1 WHERE id = ? AND org_id = ? AND deleted_at IS NULL";
-        let row = if D::RETURNING {
-            let sql = D::sql(&format!("{bump} RETURNING {}", agent_columns::<D>()));
-            sqlx::query(&sql)
-                .bind(id.as_str())
-                .bind(org.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?
-        } else {
-            // The bump locks the row until the commit, so the read after it
-            // sees exactly the claimed record.
-            let sql = D::sql(bump);
-            let claimed = Self::run(
-                &mut tx,
-                sqlx::query(&sql).bind(id.as_str()).bind(org.as_str()),
-            )
-            .await
-            .map_err(unavailable)?;
-            if claimed == 0 {
-                None
-            } else {
-                let sql = D::sql(&format!(
-                    "SELECT {} FROM agents WHERE id = ?",
-                    agent_columns::<D>()
-                ));
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let bump = "UPDATE agents SET epoch = epoch + 1 WHERE id = ? AND org_id = ? AND deleted_at IS NULL";
+            let row = if D::RETURNING {
+                let sql = D::sql(&format!("{bump} RETURNING {}", agent_columns::<D>()));
                 sqlx::query(&sql)
                     .bind(id.as_str())
+                    .bind(org.as_str())
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(unavailable)?
-            }
-        };
-        let record = row.as_ref().map(agent_from_row).transpose()?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(record)
+                    .map_err(stmt)?
+            } else {
+                // The bump locks the row until the commit, so the read after it
+                // sees exactly the claimed record.
+                let sql = D::sql(bump);
+                let claimed = Self::run(
+                    &mut tx,
+                    sqlx::query(&sql).bind(id.as_str()).bind(org.as_str()),
+                )
+                .await
+                .map_err(stmt)?;
+                if claimed == 0 {
+                    None
+                } else {
+                    let sql = D::sql(&format!(
+                        "SELECT {} FROM agents WHERE id = ?",
+                        agent_columns::<D>()
+                    ));
+                    sqlx::query(&sql)
+                        .bind(id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(stmt)?
+                }
+            };
+            let record = row.as_ref().map(agent_from_row).transpose()?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(record)
+                })
+            .await
     }
 
     async fn claim_org(&self, org: &OrgId) -> Result<(), StoreError> {
-        let sql =
-            D::sql("UPDATE agents SET epoch = epoch + 1 WHERE org_id = ? AND deleted_at IS NULL");
-        sqlx::query(&sql)
-            .bind(org.as_str())
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        retry(|| async move {
+            let sql = D::sql(
+                "UPDATE agents SET epoch = epoch + 1 WHERE org_id = ? AND deleted_at IS NULL",
+            );
+            sqlx::query(&sql)
+                .bind(org.as_str())
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(stmt)
+        })
+        .await
     }
 
     async fn org_page(
@@ -804,38 +906,42 @@ where
         body: Option<&str>,
         audit: &AuditEntry,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let n = match body {
-            Some(b) => {
-                let sql = D::sql(&format!(
-                    "INSERT INTO gov_docs (org_id, kind, name, body, updated_at) \
-                     VALUES (?, ?, ?, ?{}, ?) {} body = {}, updated_at = {}",
-                    D::JSON,
-                    D::upsert("org_id, kind, name"),
-                    D::inserted("body"),
-                    D::inserted("updated_at")
-                ));
-                let query = sqlx::query(&sql)
-                    .bind(org.as_str())
-                    .bind(kind)
-                    .bind(name)
-                    .bind(b)
-                    .bind(audit.at);
-                Self::run(&mut tx, query).await
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let n = match body {
+                Some(b) => {
+                    let sql = D::sql(&format!(
+                        "INSERT INTO gov_docs (org_id, kind, name, body, updated_at) \
+                         VALUES (?, ?, ?, ?{}, ?) {} body = {}, updated_at = {}",
+                        D::JSON,
+                        D::upsert("org_id, kind, name"),
+                        D::inserted("body"),
+                        D::inserted("updated_at")
+                    ));
+                    let query = sqlx::query(&sql)
+                        .bind(org.as_str())
+                        .bind(kind)
+                        .bind(name)
+                        .bind(b)
+                        .bind(audit.at);
+                    Self::run(&mut tx, query).await
+                }
+                None => {
+                    let sql =
+                        D::sql("DELETE FROM gov_docs WHERE org_id = ? AND kind = ? AND name = ?");
+                    Self::run(
+                        &mut tx,
+                        sqlx::query(&sql).bind(org.as_str()).bind(kind).bind(name),
+                    )
+                    .await
+                }
             }
-            None => {
-                let sql = D::sql("DELETE FROM gov_docs WHERE org_id = ? AND kind = ? AND name = ?");
-                Self::run(
-                    &mut tx,
-                    sqlx::query(&sql).bind(org.as_str()).bind(kind).bind(name),
-                )
-                .await
-            }
-        }
-        .map_err(unavailable)?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(n > 0)
+            .map_err(stmt)?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(n > 0)
+        })
+        .await
     }
 
     async fn insert_approval(
@@ -843,34 +949,37 @@ where
         a: &ApprovalRecord,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let levels = serde_json::to_string(&a.levels)
-            .map_err(|e| StoreError::Unavailable(format!("approval levels: {e}")))?;
-        let mut tx = self.begin().await?;
-        let sql = D::sql(&format!(
-            "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, \
-             {}, policy, levels, level, state, requested_by, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?{j}, ?, ?, ?{j}, ?, 'pending', ?, ?, ?)",
-            D::TRIGGER,
-            j = D::JSON
-        ));
-        let query = sqlx::query(&sql)
-            .bind(a.id.as_str())
-            .bind(a.org_id.as_str())
-            .bind(a.agent_id.as_str())
-            .bind(a.call_id.as_str())
-            .bind(a.tool.as_str())
-            .bind(a.args_hash.as_str())
-            .bind(a.arguments.to_string())
-            .bind(a.trigger.as_str())
-            .bind(a.policy.as_str())
-            .bind(levels)
-            .bind(i64::from(a.level))
-            .bind(a.requested_by.as_str())
-            .bind(a.created_at)
-            .bind(a.expires_at);
-        Self::run(&mut tx, query).await.map_err(classify)?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)
+        retry(|| async move {
+            let levels = serde_json::to_string(&a.levels)
+                .map_err(|e| StoreError::Unavailable(format!("approval levels: {e}")))?;
+            let mut tx = self.begin().await?;
+            let sql = D::sql(&format!(
+                "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, \
+                 {}, policy, levels, level, state, requested_by, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?{j}, ?, ?, ?{j}, ?, 'pending', ?, ?, ?)",
+                D::TRIGGER,
+                j = D::JSON
+            ));
+            let query = sqlx::query(&sql)
+                .bind(a.id.as_str())
+                .bind(a.org_id.as_str())
+                .bind(a.agent_id.as_str())
+                .bind(a.call_id.as_str())
+                .bind(a.tool.as_str())
+                .bind(a.args_hash.as_str())
+                .bind(a.arguments.to_string())
+                .bind(a.trigger.as_str())
+                .bind(a.policy.as_str())
+                .bind(levels)
+                .bind(i64::from(a.level))
+                .bind(a.requested_by.as_str())
+                .bind(a.created_at)
+                .bind(a.expires_at);
+            Self::run(&mut tx, query).await.map_err(stmt_classify)?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)
+        })
+        .await
     }
 
     async fn approval_by_call(
@@ -915,25 +1024,28 @@ where
         vote: &Vote,
         audit: &AuditEntry,
     ) -> Result<Cas, StoreError> {
-        let mut tx = self.begin().await?;
-        // Locks the request's row: a settlement racing this vote either
-        // committed before (the vote is lost) or waits for it.
-        let sql = D::sql(
-            "SELECT id FROM approvals WHERE id = ? AND state = 'pending' AND level = ? FOR UPDATE",
-        );
-        let still = sqlx::query(&sql)
-            .bind(a.id.as_str())
-            .bind(i64::from(a.level))
-            .fetch_optional(&mut *tx)
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            // Locks the request's row: a settlement racing this vote either
+            // committed before (the vote is lost) or waits for it.
+            let sql = D::sql(
+                "SELECT id FROM approvals WHERE id = ? AND state = 'pending' AND level = ? FOR UPDATE",
+            );
+            let still = sqlx::query(&sql)
+                .bind(a.id.as_str())
+                .bind(i64::from(a.level))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(stmt)?;
+            if still.is_none() {
+                return Ok(Cas::Lost);
+            }
+            Self::insert_vote(&mut tx, &a.id, vote).await?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(Cas::Applied)
+                })
             .await
-            .map_err(unavailable)?;
-        if still.is_none() {
-            return Ok(Cas::Lost);
-        }
-        Self::insert_vote(&mut tx, &a.id, vote).await?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Cas::Applied)
     }
 
     async fn settle_approval(
@@ -944,50 +1056,53 @@ where
         grant: Option<&Grant>,
         audit: &AuditEntry,
     ) -> Result<Cas, StoreError> {
-        let mut tx = self.begin().await?;
-        // The compare-and-swap: of concurrent settlements the first to
-        // commit wins; the others re-check the condition and match nothing.
-        let sql = D::sql(
-            "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, \
-             decided_by = ?, decided_at = ?, comment = ?, grant_id = ? \
-             WHERE id = ? AND state = 'pending' AND level = ?",
-        );
-        let query = sqlx::query(&sql)
-            .bind(a.state.as_str())
-            .bind(a.outcome)
-            .bind(i64::from(a.level))
-            .bind(a.expires_at)
-            .bind(a.decided_by.as_deref())
-            .bind(a.decided_at)
-            .bind(a.comment.as_deref())
-            .bind(a.grant_id.as_deref())
-            .bind(a.id.as_str())
-            .bind(i64::from(from_level));
-        if Self::run(&mut tx, query).await.map_err(unavailable)? == 0 {
-            return Ok(Cas::Lost);
-        }
-        if let Some(v) = vote {
-            Self::insert_vote(&mut tx, &a.id, v).await?;
-        }
-        if let Some(g) = grant {
-            let sql = D::sql(&format!(
-                "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ));
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            // The compare-and-swap: of concurrent settlements the first to
+            // commit wins; the others re-check the condition and match nothing.
+            let sql = D::sql(
+                "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, \
+                 decided_by = ?, decided_at = ?, comment = ?, grant_id = ? \
+                 WHERE id = ? AND state = 'pending' AND level = ?",
+            );
             let query = sqlx::query(&sql)
-                .bind(g.id.as_str())
-                .bind(g.org_id.as_str())
-                .bind(g.agent_id.as_str())
-                .bind(g.tool.as_str())
-                .bind(g.args_hash.as_str())
-                .bind(g.approval_id.as_str())
-                .bind(g.granted_by.as_str())
-                .bind(g.created_at)
-                .bind(g.expires_at);
-            Self::run(&mut tx, query).await.map_err(classify)?;
-        }
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Cas::Applied)
+                .bind(a.state.as_str())
+                .bind(a.outcome)
+                .bind(i64::from(a.level))
+                .bind(a.expires_at)
+                .bind(a.decided_by.as_deref())
+                .bind(a.decided_at)
+                .bind(a.comment.as_deref())
+                .bind(a.grant_id.as_deref())
+                .bind(a.id.as_str())
+                .bind(i64::from(from_level));
+            if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
+                return Ok(Cas::Lost);
+            }
+            if let Some(v) = vote {
+                Self::insert_vote(&mut tx, &a.id, v).await?;
+            }
+            if let Some(g) = grant {
+                let sql = D::sql(&format!(
+                    "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ));
+                let query = sqlx::query(&sql)
+                    .bind(g.id.as_str())
+                    .bind(g.org_id.as_str())
+                    .bind(g.agent_id.as_str())
+                    .bind(g.tool.as_str())
+                    .bind(g.args_hash.as_str())
+                    .bind(g.approval_id.as_str())
+                    .bind(g.granted_by.as_str())
+                    .bind(g.created_at)
+                    .bind(g.expires_at);
+                Self::run(&mut tx, query).await.map_err(stmt_classify)?;
+            }
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(Cas::Applied)
+        })
+        .await
     }
 
     async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
@@ -1010,32 +1125,35 @@ where
         at: i64,
         audit: &AuditEntry,
     ) -> Result<Option<Grant>, StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = D::sql(
-            "UPDATE grants SET revoked_at = ?, revoked_by = ? \
-             WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
-        );
-        let query = sqlx::query(&sql)
-            .bind(at)
-            .bind(by)
-            .bind(org.as_str())
-            .bind(id);
-        if Self::run(&mut tx, query).await.map_err(unavailable)? == 0 {
-            return Ok(None);
-        }
-        let sql = D::sql(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE org_id = ? AND id = ?"
-        ));
-        let row = sqlx::query(&sql)
-            .bind(org.as_str())
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let grant = grant_row(&row)?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(grant))
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let sql = D::sql(
+                "UPDATE grants SET revoked_at = ?, revoked_by = ? \
+                 WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
+            );
+            let query = sqlx::query(&sql)
+                .bind(at)
+                .bind(by)
+                .bind(org.as_str())
+                .bind(id);
+            if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
+                return Ok(None);
+            }
+            let sql = D::sql(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE org_id = ? AND id = ?"
+            ));
+            let row = sqlx::query(&sql)
+                .bind(org.as_str())
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(stmt)?;
+            let grant = grant_row(&row)?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(Some(grant))
+        })
+        .await
     }
 
     async fn set_halt(
@@ -1046,42 +1164,45 @@ where
         at: i64,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        let org = match scope {
-            HaltScope::Instance => None,
-            HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.as_str()),
-        };
-        let mut tx = self.begin().await?;
-        match on {
-            Some(reason) => {
-                let sql = D::sql(&format!(
-                    "INSERT INTO halts (scope, target, org_id, reason, by_who, at) \
-                     VALUES (?, ?, ?, ?, ?, ?) {} reason = {}, by_who = {}, at = {}",
-                    D::upsert("scope, target"),
-                    D::inserted("reason"),
-                    D::inserted("by_who"),
-                    D::inserted("at")
-                ));
-                let query = sqlx::query(&sql)
-                    .bind(scope.kind())
-                    .bind(scope.target())
-                    .bind(org)
-                    .bind(reason)
-                    .bind(by)
-                    .bind(at);
-                Self::run(&mut tx, query).await
+        retry(|| async move {
+            let org = match scope {
+                HaltScope::Instance => None,
+                HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.as_str()),
+            };
+            let mut tx = self.begin().await?;
+            match on {
+                Some(reason) => {
+                    let sql = D::sql(&format!(
+                        "INSERT INTO halts (scope, target, org_id, reason, by_who, at) \
+                         VALUES (?, ?, ?, ?, ?, ?) {} reason = {}, by_who = {}, at = {}",
+                        D::upsert("scope, target"),
+                        D::inserted("reason"),
+                        D::inserted("by_who"),
+                        D::inserted("at")
+                    ));
+                    let query = sqlx::query(&sql)
+                        .bind(scope.kind())
+                        .bind(scope.target())
+                        .bind(org)
+                        .bind(reason)
+                        .bind(by)
+                        .bind(at);
+                    Self::run(&mut tx, query).await
+                }
+                None => {
+                    let sql = D::sql("DELETE FROM halts WHERE scope = ? AND target = ?");
+                    Self::run(
+                        &mut tx,
+                        sqlx::query(&sql).bind(scope.kind()).bind(scope.target()),
+                    )
+                    .await
+                }
             }
-            None => {
-                let sql = D::sql("DELETE FROM halts WHERE scope = ? AND target = ?");
-                Self::run(
-                    &mut tx,
-                    sqlx::query(&sql).bind(scope.kind()).bind(scope.target()),
-                )
-                .await
-            }
-        }
-        .map_err(unavailable)?;
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)
+            .map_err(stmt)?;
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)
+        })
+        .await
     }
 
     async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
@@ -1124,45 +1245,48 @@ where
     for<'a> &'a str: ColumnIndex<D::Row>,
 {
     async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = D::sql(&format!(
-            "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
-            super::tasks::COLUMNS,
-            j = D::JSON
-        ));
-        let query = sqlx::query(&sql)
-            .bind(t.id.as_str())
-            .bind(t.org_id.as_str())
-            .bind(t.agent_id.as_str())
-            .bind(t.instruction.as_str())
-            .bind(super::tasks::json(&t.input)?)
-            .bind(t.state.as_str())
-            .bind(t.result.as_deref())
-            .bind(t.error.as_deref())
-            .bind(super::tasks::json(&t.limits)?)
-            .bind(t.created_by.as_str())
-            .bind(t.created_at)
-            .bind(t.started_at)
-            .bind(t.finished_at)
-            .bind(t.runner_pid.map(i64::from))
-            .bind(t.parent_id.as_deref())
-            .bind(t.from_step.map(i64::from));
-        Self::run(&mut tx, query).await.map_err(classify)?;
-        // A replay starts with copies of its parent's steps before from_step.
-        if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
-            let sql = D::sql(
-                "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
-                 SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
-                 WHERE task_id = ? AND seq < ?",
-            );
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let sql = D::sql(&format!(
+                "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
+                super::tasks::COLUMNS,
+                j = D::JSON
+            ));
             let query = sqlx::query(&sql)
                 .bind(t.id.as_str())
-                .bind(parent.as_str())
-                .bind(i64::from(from));
-            Self::run(&mut tx, query).await.map_err(unavailable)?;
-        }
-        Self::insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)
+                .bind(t.org_id.as_str())
+                .bind(t.agent_id.as_str())
+                .bind(t.instruction.as_str())
+                .bind(super::tasks::json(&t.input)?)
+                .bind(t.state.as_str())
+                .bind(t.result.as_deref())
+                .bind(t.error.as_deref())
+                .bind(super::tasks::json(&t.limits)?)
+                .bind(t.created_by.as_str())
+                .bind(t.created_at)
+                .bind(t.started_at)
+                .bind(t.finished_at)
+                .bind(t.runner_pid.map(i64::from))
+                .bind(t.parent_id.as_deref())
+                .bind(t.from_step.map(i64::from));
+            Self::run(&mut tx, query).await.map_err(stmt_classify)?;
+            // A replay starts with copies of its parent's steps before from_step.
+            if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
+                let sql = D::sql(
+                    "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                     SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
+                     WHERE task_id = ? AND seq < ?",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(t.id.as_str())
+                    .bind(parent.as_str())
+                    .bind(i64::from(from));
+                Self::run(&mut tx, query).await.map_err(stmt)?;
+            }
+            Self::insert_audit(&mut tx, audit).await?;
+            tx.commit().await.map_err(at_commit)
+                })
+            .await
     }
 
     async fn update_task(
@@ -1170,46 +1294,48 @@ where
         t: &TaskRecord,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let sql = D::sql(
-            "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
-             runner_pid = ? WHERE id = ?",
-        );
-        let query = sqlx::query(&sql)
-            .bind(t.state.as_str())
-            .bind(t.result.as_deref())
-            .bind(t.error.as_deref())
-            .bind(t.started_at)
-            .bind(t.finished_at)
-            .bind(t.runner_pid.map(i64::from))
-            .bind(t.id.as_str());
-        Self::run(&mut tx, query).await.map_err(unavailable)?;
-        if let Some(a) = audit {
-            Self::insert_audit(&mut tx, a).await?;
-        }
-        tx.commit().await.map_err(unavailable)
+        retry(|| async move {
+            let mut tx = self.begin().await?;
+            let sql = D::sql(
+                "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
+                 runner_pid = ? WHERE id = ?",
+            );
+            let query = sqlx::query(&sql)
+                .bind(t.state.as_str())
+                .bind(t.result.as_deref())
+                .bind(t.error.as_deref())
+                .bind(t.started_at)
+                .bind(t.finished_at)
+                .bind(t.runner_pid.map(i64::from))
+                .bind(t.id.as_str());
+            Self::run(&mut tx, query).await.map_err(stmt)?;
+            if let Some(a) = audit {
+                Self::insert_audit(&mut tx, a).await?;
+            }
+            tx.commit().await.map_err(at_commit)
+                })
+            .await
     }
 
     async fn add_step(&self, st: &TaskStep) -> Result<(), StoreError> {
-        let sql = D::sql(&format!(
-            "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
-             VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
-            D::JSON,
-            D::keep_existing("task_id, seq", "seq")
-        ));
-        let query = sqlx::query(&sql)
-            .bind(st.task_id.as_str())
-            .bind(i64::from(st.seq))
-            .bind(st.kind.as_str())
-            .bind(super::tasks::json(&st.body)?)
-            .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
-            .bind(st.at);
-        query
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        retry(|| async move {
+            let sql = D::sql(&format!(
+                "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                 VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
+                D::JSON,
+                D::keep_existing("task_id, seq", "seq")
+            ));
+            let query = sqlx::query(&sql)
+                .bind(st.task_id.as_str())
+                .bind(i64::from(st.seq))
+                .bind(st.kind.as_str())
+                .bind(super::tasks::json(&st.body)?)
+                .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
+                .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
+                .bind(st.at);
+            query.execute(&self.pool).await.map(|_| ()).map_err(stmt)
+        })
+        .await
     }
 
     async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
