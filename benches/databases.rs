@@ -21,11 +21,7 @@ use cadre::store::backend::Backend;
 use cadre::store::server::{MySqlStore, PgStore};
 use cadre::store::{Durability, SqlStore};
 use cadre_actors::audit::AuditEntry;
-use cadre_actors::budget::{BudgetLimits, Period, Usage};
-use cadre_actors::domain::{
-    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, Who,
-};
-use cadre_actors::lifecycle::State;
+use cadre_actors::domain::{AgentId, AgentRecord, OrgId, Who};
 use cadre_actors::ports::{AgentInsert, Store};
 use sqlx::{Connection, Executor, MySqlConnection, PgConnection, SqliteConnection};
 use std::sync::Arc;
@@ -39,39 +35,15 @@ struct Sizes {
 }
 
 fn record(org: &OrgId, i: usize, round: usize) -> AgentRecord {
-    AgentRecord {
-        id: AgentId(format!("bench-{round}-{i:07}")),
-        org_id: org.clone(),
-        spec: AgentSpec {
-            name: format!("agent {round}-{i}"),
-            role: Some("answers".into()),
-            model: Some("gpt-4o".into()),
-            target: DeployTarget::Local,
-            health: HealthOverrides::default(),
-            budget: BudgetLimits::default(),
-            profile: None,
-            runtime: Default::default(),
-        },
-        state: State::Draft,
-        state_reason: None,
-        restart_count: 0,
-        usage: Usage::empty(Period::parse("2026-12").expect("period")),
-        deployment_ref: None,
-        runtime_token_hash: None,
-        epoch: 1,
-        created_at: 1,
-        updated_at: 1,
-    }
+    db::agent_record(
+        org,
+        &format!("bench-{round}-{i:07}"),
+        &format!("agent {round}-{i}"),
+    )
 }
 
 async fn create<S: Store>(store: &S, rec: &AgentRecord) {
-    let created = Transition {
-        from: None,
-        to: State::Draft,
-        reason: Some("created".into()),
-        by: "system".into(),
-        at: 1,
-    };
+    let created = db::created();
     let audit = AuditEntry::new(
         &rec.org_id,
         &Who::system(),

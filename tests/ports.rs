@@ -27,11 +27,8 @@ use cadre::store::server::{MySqlStore, PgStore};
 use cadre::store::{Durability, SqlStore};
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
-use cadre_actors::budget::{BudgetLimits, Period, Usage};
-use cadre_actors::domain::{
-    AgentEvent, AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
-    Who,
-};
+use cadre_actors::budget::Period;
+use cadre_actors::domain::{AgentEvent, AgentId, AgentRecord, OrgId, Transition, Who};
 use cadre_actors::governance::{Grant, HaltScope};
 use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{
@@ -76,6 +73,31 @@ impl<S> Subject<S> {
         }
     }
 
+    /// The text column a query returns, one value a row.
+    async fn strings(&self, sql: &str) -> Vec<String> {
+        use cadre::store::DecodeRow;
+        fn first<R: DecodeRow>(rows: Vec<R>) -> Vec<String>
+        where
+            usize: sqlx::ColumnIndex<R>,
+        {
+            rows.iter().map(|r| r.cell(0usize).expect("text")).collect()
+        }
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = PgConnection::connect(&self.url).await.expect("connect");
+                first(sqlx::query(sql).fetch_all(&mut c).await.expect("query"))
+            }
+            Backend::Mysql => {
+                let mut c = MySqlConnection::connect(&self.url).await.expect("connect");
+                first(sqlx::query(sql).fetch_all(&mut c).await.expect("query"))
+            }
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::connect(&self.url).await.expect("connect");
+                first(sqlx::query(sql).fetch_all(&mut c).await.expect("query"))
+            }
+        }
+    }
+
     async fn execute(&self, sql: &str) {
         match self.backend {
             Backend::Postgres => {
@@ -114,39 +136,7 @@ fn record(id: &str, name: &str) -> AgentRecord {
 }
 
 fn record_in(org: &OrgId, id: &str, name: &str) -> AgentRecord {
-    AgentRecord {
-        id: AgentId(id.into()),
-        org_id: org.clone(),
-        spec: AgentSpec {
-            name: name.into(),
-            role: Some("answers".into()),
-            model: Some("gpt-4o".into()),
-            target: DeployTarget::Local,
-            health: HealthOverrides::default(),
-            budget: BudgetLimits::default(),
-            profile: None,
-            runtime: Default::default(),
-        },
-        state: State::Draft,
-        state_reason: None,
-        restart_count: 0,
-        usage: Usage::empty(Period::parse("2026-11").expect("period")),
-        deployment_ref: None,
-        runtime_token_hash: None,
-        epoch: 1,
-        created_at: 1,
-        updated_at: 1,
-    }
-}
-
-fn created() -> Transition {
-    Transition {
-        from: None,
-        to: State::Draft,
-        reason: Some("created".into()),
-        by: "system".into(),
-        at: 1,
-    }
+    support::agent_record(org, id, name)
 }
 
 async fn insert<S: Store>(
@@ -158,7 +148,7 @@ async fn insert<S: Store>(
     store
         .insert_agent(AgentInsert {
             record: rec,
-            created: &created(),
+            created: &support::created(),
             audit: &audit,
             max_agents: max,
         })
@@ -886,50 +876,54 @@ async fn sqlite_keeps_the_ports() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_keeps_the_ports() {
-    let Some(admin) = support::server(
-        "CADRE_TEST_POSTGRES_URL",
-        support::POSTGRES_URL,
-        Backend::Postgres,
-    )
-    .await
-    else {
+/// Runs `body` on a store `connect` opens (and migrates) on a fresh database
+/// of `backend`'s server, or skips when the server is not there.
+async fn on_server<S, C, CF, B, BF>(backend: Backend, connect: C, body: B)
+where
+    C: FnOnce(String) -> CF,
+    CF: std::future::Future<Output = S>,
+    B: FnOnce(Subject<S>) -> BF,
+    BF: std::future::Future<Output = ()>,
+{
+    let (var, default) = match backend {
+        Backend::Postgres => ("CADRE_TEST_POSTGRES_URL", support::POSTGRES_URL),
+        _ => ("CADRE_TEST_MYSQL_URL", support::MYSQL_URL),
+    };
+    let Some(admin) = support::server(var, default, backend).await else {
         return;
     };
-    support::on_fresh_database(Backend::Postgres, &admin, |url| async move {
-        let store = PgStore::connect(&url, 8).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        conformance(Subject {
-            store: Arc::new(store.clone()),
-            backend: Backend::Postgres,
+    support::on_fresh_database(backend, &admin, |url| async move {
+        let store = connect(url.clone()).await;
+        body(Subject {
+            store: Arc::new(store),
+            backend,
             url,
         })
         .await;
-        store.close().await;
     })
     .await;
 }
 
+async fn postgres(url: String) -> PgStore {
+    let store = PgStore::connect(&url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn mysql(url: String) -> MySqlStore {
+    let store = MySqlStore::connect(&url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_ports() {
+    on_server(Backend::Postgres, postgres, conformance).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_keeps_the_ports() {
-    let Some(admin) =
-        support::server("CADRE_TEST_MYSQL_URL", support::MYSQL_URL, Backend::Mysql).await
-    else {
-        return;
-    };
-    support::on_fresh_database(Backend::Mysql, &admin, |url| async move {
-        let store = MySqlStore::connect(&url, 8).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        conformance(Subject {
-            store: Arc::new(store.clone()),
-            backend: Backend::Mysql,
-            url,
-        })
-        .await;
-        store.close().await;
-    })
-    .await;
+    on_server(Backend::Mysql, mysql, conformance).await;
 }
 
 /// Connection loss under load: 8 writers charge usage reports while every
@@ -1025,16 +1019,13 @@ async fn writes_survive_lost_connections<S: Store>(
     let stored = s
         .scalar("SELECT COUNT(*) FROM usage_reports WHERE agent_id = 'agent-k'")
         .await;
-    for report in &ok {
-        assert_eq!(
-            s.scalar(&format!(
-                "SELECT COUNT(*) FROM usage_reports WHERE agent_id = 'agent-k' AND report_id = '{report}'"
-            ))
-            .await,
-            1,
-            "acknowledged report {report} is stored"
-        );
-    }
+    let kept: std::collections::BTreeSet<String> = s
+        .strings("SELECT report_id FROM usage_reports WHERE agent_id = 'agent-k'")
+        .await
+        .into_iter()
+        .collect();
+    let lost: Vec<&String> = ok.iter().filter(|r| !kept.contains(*r)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     assert!(stored >= i64::try_from(ok.len()).expect("count"));
     assert_eq!(
         s.scalar("SELECT tokens FROM org_usage WHERE org_id = 'org-1'")
@@ -1063,85 +1054,54 @@ async fn writes_survive_lost_connections<S: Store>(
     s.store.ping().await.expect("ping");
 }
 
+/// Kills every other connection to the PostgreSQL database `url` names.
+async fn terminate_postgres(url: String) -> usize {
+    let mut c = PgConnection::connect(&url).await.expect("connect");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut c)
+    .await
+    .expect("terminate");
+    killed.into_iter().filter(|k| *k).count()
+}
+
+/// Kills every other connection to the MySQL database `url` names.
+async fn kill_mysql(url: String) -> usize {
+    let mut c = MySqlConnection::connect(&url).await.expect("connect");
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
+         WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+    )
+    .fetch_all(&mut c)
+    .await
+    .expect("processlist");
+    let mut killed = 0usize;
+    for id in ids {
+        // A connection may have closed meanwhile.
+        if c.execute(format!("KILL {id}").as_str()).await.is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_writes_survive_lost_connections() {
-    let Some(admin) = support::server(
-        "CADRE_TEST_POSTGRES_URL",
-        support::POSTGRES_URL,
-        Backend::Postgres,
-    )
-    .await
-    else {
-        return;
-    };
-    support::on_fresh_database(Backend::Postgres, &admin, |url| async move {
-        let store = PgStore::connect(&url, 8).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let killer = url.clone();
-        let kill = move || {
-            let url = killer.clone();
-            Box::pin(async move {
-                let mut c = PgConnection::connect(&url).await.expect("connect");
-                let killed: Vec<bool> = sqlx::query_scalar(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                )
-                .fetch_all(&mut c)
-                .await
-                .expect("terminate");
-                killed.into_iter().filter(|k| *k).count()
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>
-        };
-        let subject = Subject {
-            store: Arc::new(store.clone()),
-            backend: Backend::Postgres,
-            url,
-        };
-        writes_survive_lost_connections(&subject, kill).await;
-        store.close().await;
+    on_server(Backend::Postgres, postgres, |s| async move {
+        let url = s.url.clone();
+        writes_survive_lost_connections(&s, move || Box::pin(terminate_postgres(url.clone())))
+            .await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_writes_survive_lost_connections() {
-    let Some(admin) =
-        support::server("CADRE_TEST_MYSQL_URL", support::MYSQL_URL, Backend::Mysql).await
-    else {
-        return;
-    };
-    support::on_fresh_database(Backend::Mysql, &admin, |url| async move {
-        let store = MySqlStore::connect(&url, 8).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let killer = url.clone();
-        let kill = move || {
-            let url = killer.clone();
-            Box::pin(async move {
-                let mut c = MySqlConnection::connect(&url).await.expect("connect");
-                let ids: Vec<i64> = sqlx::query_scalar(
-                    "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
-                     WHERE db = DATABASE() AND id <> CONNECTION_ID()",
-                )
-                .fetch_all(&mut c)
-                .await
-                .expect("processlist");
-                let mut killed = 0usize;
-                for id in ids {
-                    // A connection may have closed meanwhile.
-                    if c.execute(format!("KILL {id}").as_str()).await.is_ok() {
-                        killed += 1;
-                    }
-                }
-                killed
-            }) as std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>
-        };
-        let subject = Subject {
-            store: Arc::new(store.clone()),
-            backend: Backend::Mysql,
-            url,
-        };
-        writes_survive_lost_connections(&subject, kill).await;
-        store.close().await;
+    on_server(Backend::Mysql, mysql, |s| async move {
+        let url = s.url.clone();
+        writes_survive_lost_connections(&s, move || Box::pin(kill_mysql(url.clone()))).await;
     })
     .await;
 }

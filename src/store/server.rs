@@ -313,236 +313,255 @@ fn approval_columns<D: Dialect>() -> String {
 const GRANT_COLUMNS: &str =
     "id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at";
 
+/// Writes an impl over every [`Dialect`] with the bounds sqlx needs to run
+/// our statements, bind our values and read our rows. Rust does not imply
+/// where-clauses from a trait, so without this each impl would repeat them.
+macro_rules! on_servers {
+    (impl { $($body:tt)* }) => {
+        on_servers!(@with [impl<D> ServerStore<D>] { $($body)* });
+    };
+    (impl $port:ident { $($body:tt)* }) => {
+        on_servers!(@with [#[async_trait] impl<D> $port for ServerStore<D>] { $($body)* });
+    };
+    (@with [$($head:tt)*] { $($body:tt)* }) => {
+        $($head)*
+        where
+            D: Dialect,
+            for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+            for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
+            for<'q> &'q str: Encode<'q, D> + Type<D>,
+            for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
+            for<'q> String: Encode<'q, D> + Type<D>,
+            for<'q> Option<String>: Encode<'q, D> + Type<D>,
+            for<'q> i64: Encode<'q, D> + Type<D>,
+            for<'q> Option<i64>: Encode<'q, D> + Type<D>,
+            for<'q> bool: Encode<'q, D> + Type<D>,
+            for<'q> Option<bool>: Encode<'q, D> + Type<D>,
+            D::Row: DecodeRow,
+            usize: ColumnIndex<D::Row>,
+            for<'a> &'a str: ColumnIndex<D::Row>,
+        {
+            $($body)*
+        }
+    };
+}
+
 /// The statement type every method builds.
 type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
 
-impl<D> ServerStore<D>
-where
-    D: Dialect,
-    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
-    for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
-    for<'q> &'q str: Encode<'q, D> + Type<D>,
-    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> String: Encode<'q, D> + Type<D>,
-    for<'q> Option<String>: Encode<'q, D> + Type<D>,
-    for<'q> i64: Encode<'q, D> + Type<D>,
-    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
-    for<'q> bool: Encode<'q, D> + Type<D>,
-    for<'q> Option<bool>: Encode<'q, D> + Type<D>,
-    D::Row: DecodeRow,
-    usize: ColumnIndex<D::Row>,
-    for<'a> &'a str: ColumnIndex<D::Row>,
-{
-    /// Connects to `url` with at most `connections` connections.
-    /// Migrations are applied by [`ServerStore::migrate`].
-    pub async fn connect(url: &str, connections: u32) -> Result<Self, sqlx::Error> {
-        let pool = PoolOptions::<D>::new()
-            .max_connections(connections.max(2))
-            .acquire_timeout(Duration::from_secs(30))
-            .connect(&super::backend::mysql_url(url))
-            .await?;
-        Ok(ServerStore { pool })
-    }
-
-    /// Applies pending migrations (embedded in the binary).
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError>
-    where
-        D::Connection: sqlx::migrate::Migrate,
-    {
-        D::migrator().run(&self.pool).await
-    }
-
-    /// Closes the pool.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// The stored record of a live agent.
-    pub async fn load_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT {} FROM agents WHERE id = ? AND deleted_at IS NULL",
-            agent_columns::<D>()
-        ));
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        row.as_ref().map(agent_from_row).transpose()
-    }
-
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
-        self.pool.begin().await.map_err(stmt)
-    }
-
-    /// Runs a statement, returning the rows it changed.
-    async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, sqlx::Error> {
-        let done = query.execute(conn).await?;
-        Ok(D::rows_affected(&done))
-    }
-
-    /// The approval where `k1 = v1 AND k2 = v2`, with its votes.
-    async fn one_approval(
-        &self,
-        (k1, v1): (&str, &str),
-        (k2, v2): (&str, &str),
-    ) -> Result<Option<ApprovalRecord>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT {} FROM approvals WHERE {k1} = ? AND {k2} = ?",
-            approval_columns::<D>()
-        ));
-        let row = sqlx::query(&sql)
-            .bind(v1)
-            .bind(v2)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
+on_servers! {
+    impl {
+        /// Connects to `url` with at most `connections` connections.
+        /// Migrations are applied by [`ServerStore::migrate`].
+        pub async fn connect(url: &str, connections: u32) -> Result<Self, sqlx::Error> {
+            let pool = PoolOptions::<D>::new()
+                .max_connections(connections.max(2))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(&super::backend::mysql_url(url))
+                .await?;
+            Ok(ServerStore { pool })
         }
-    }
 
-    /// Attaches each request's votes (at its current level while pending).
-    async fn with_votes(
-        &self,
-        mut rows: Vec<ApprovalRecord>,
-    ) -> Result<Vec<ApprovalRecord>, StoreError> {
-        if rows.is_empty() {
-            return Ok(rows);
+        /// Applies pending migrations (embedded in the binary).
+        pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError>
+        where
+            D::Connection: sqlx::migrate::Migrate,
+        {
+            D::migrator().run(&self.pool).await
         }
-        let marks = vec!["?"; rows.len()].join(", ");
-        let sql = D::sql(&format!(
-            "SELECT approval_id, level, user_id, {}, comment, at FROM approval_votes \
-             WHERE approval_id IN ({marks}) ORDER BY at",
-            D::flag("approve")
-        ));
-        let mut query = sqlx::query(&sql);
-        for r in &rows {
-            query = query.bind(r.id.as_str());
+
+        /// Closes the pool.
+        pub async fn close(&self) {
+            self.pool.close().await;
         }
-        let votes = query.fetch_all(&self.pool).await.map_err(unavailable)?;
-        let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
-        for r in &votes {
-            let id: String = r.cell("approval_id").map_err(unavailable)?;
-            by_id.entry(id).or_default().push(Vote {
-                by: r.cell("user_id").map_err(unavailable)?,
-                level: u32::try_from(r.cell::<i64, _>("level").map_err(unavailable)?).unwrap_or(0),
-                approve: r.cell::<i64, _>("approve").map_err(unavailable)? != 0,
-                comment: r.cell("comment").map_err(unavailable)?,
-                at: r.cell("at").map_err(unavailable)?,
-            });
+
+        /// The stored record of a live agent.
+        pub async fn load_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM agents WHERE id = ? AND deleted_at IS NULL",
+                agent_columns::<D>()
+            ));
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(agent_from_row).transpose()
         }
-        for r in &mut rows {
-            if let Some(v) = by_id.remove(&r.id) {
-                r.votes = v
-                    .into_iter()
-                    .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
-                    .collect();
+
+        async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
+            self.pool.begin().await.map_err(stmt)
+        }
+
+        /// Runs a statement, returning the rows it changed.
+        async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, sqlx::Error> {
+            let done = query.execute(conn).await?;
+            Ok(D::rows_affected(&done))
+        }
+
+        /// The approval where `k1 = v1 AND k2 = v2`, with its votes.
+        async fn one_approval(
+            &self,
+            (k1, v1): (&str, &str),
+            (k2, v2): (&str, &str),
+        ) -> Result<Option<ApprovalRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM approvals WHERE {k1} = ? AND {k2} = ?",
+                approval_columns::<D>()
+            ));
+            let row = sqlx::query(&sql)
+                .bind(v1)
+                .bind(v2)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            match row {
+                None => Ok(None),
+                Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
             }
         }
-        Ok(rows)
-    }
 
-    async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
-        let sql = D::sql(&format!(
-            "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
-             VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
-            D::JSON
-        ));
-        let query = sqlx::query(&sql)
-            .bind(a.org_id.as_str())
-            .bind(a.actor.as_str())
-            .bind(a.action.as_str())
-            .bind(a.target.as_str())
-            .bind(a.summary.to_string())
-            .bind(a.request_id.as_deref())
-            .bind(a.client.as_deref())
-            .bind(a.at);
-        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
-    }
+        /// Attaches each request's votes (at its current level while pending).
+        async fn with_votes(
+            &self,
+            mut rows: Vec<ApprovalRecord>,
+        ) -> Result<Vec<ApprovalRecord>, StoreError> {
+            if rows.is_empty() {
+                return Ok(rows);
+            }
+            let marks = vec!["?"; rows.len()].join(", ");
+            let sql = D::sql(&format!(
+                "SELECT approval_id, level, user_id, {}, comment, at FROM approval_votes \
+                 WHERE approval_id IN ({marks}) ORDER BY at",
+                D::flag("approve")
+            ));
+            let mut query = sqlx::query(&sql);
+            for r in &rows {
+                query = query.bind(r.id.as_str());
+            }
+            let votes = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+            let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
+            for r in &votes {
+                let id: String = r.cell("approval_id").map_err(unavailable)?;
+                by_id.entry(id).or_default().push(Vote {
+                    by: r.cell("user_id").map_err(unavailable)?,
+                    level: u32::try_from(r.cell::<i64, _>("level").map_err(unavailable)?).unwrap_or(0),
+                    approve: r.cell::<i64, _>("approve").map_err(unavailable)? != 0,
+                    comment: r.cell("comment").map_err(unavailable)?,
+                    at: r.cell("at").map_err(unavailable)?,
+                });
+            }
+            for r in &mut rows {
+                if let Some(v) = by_id.remove(&r.id) {
+                    r.votes = v
+                        .into_iter()
+                        .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
+                        .collect();
+                }
+            }
+            Ok(rows)
+        }
 
-    async fn insert_transition(
-        conn: &mut D::Connection,
-        rec: &AgentRecord,
-        t: &Transition,
-    ) -> Result<(), Attempt> {
-        let sql = D::sql(
-            "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        );
-        let query = sqlx::query(&sql)
-            .bind(rec.id.as_str())
-            .bind(rec.org_id.as_str())
-            .bind(t.from.map(|s| s.as_str()))
-            .bind(t.to.as_str())
-            .bind(t.reason.as_deref())
-            .bind(t.by.as_str())
-            .bind(t.at);
-        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
-    }
+        async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
+            let sql = D::sql(&format!(
+                "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
+                 VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
+                D::JSON
+            ));
+            let query = sqlx::query(&sql)
+                .bind(a.org_id.as_str())
+                .bind(a.actor.as_str())
+                .bind(a.action.as_str())
+                .bind(a.target.as_str())
+                .bind(a.summary.to_string())
+                .bind(a.request_id.as_deref())
+                .bind(a.client.as_deref())
+                .bind(a.at);
+            Self::run(conn, query).await.map(|_| ()).map_err(stmt)
+        }
 
-    async fn insert_event(
-        conn: &mut D::Connection,
-        rec: &AgentRecord,
-        ev: &AgentEvent,
-    ) -> Result<(), Attempt> {
-        let sql = D::sql(&format!(
-            "INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?{}, ?)",
-            D::JSON
-        ));
-        let query = sqlx::query(&sql)
-            .bind(rec.id.as_str())
-            .bind(rec.org_id.as_str())
-            .bind(ev.kind.as_str())
-            .bind(ev.detail.to_string())
-            .bind(ev.at);
-        Self::run(conn, query).await.map(|_| ()).map_err(stmt)
-    }
+        async fn insert_transition(
+            conn: &mut D::Connection,
+            rec: &AgentRecord,
+            t: &Transition,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            );
+            let query = sqlx::query(&sql)
+                .bind(rec.id.as_str())
+                .bind(rec.org_id.as_str())
+                .bind(t.from.map(|s| s.as_str()))
+                .bind(t.to.as_str())
+                .bind(t.reason.as_deref())
+                .bind(t.by.as_str())
+                .bind(t.at);
+            Self::run(conn, query).await.map(|_| ()).map_err(stmt)
+        }
 
-    async fn insert_vote(conn: &mut D::Connection, id: &str, v: &Vote) -> Result<(), Attempt> {
-        let sql = D::sql(
-            "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        );
-        let query = sqlx::query(&sql)
-            .bind(id)
-            .bind(i64::from(v.level))
-            .bind(v.by.as_str())
-            .bind(v.approve)
-            .bind(v.comment.as_deref())
-            .bind(v.at);
-        Self::run(conn, query)
-            .await
-            .map(|_| ())
-            .map_err(stmt_classify)
-    }
+        async fn insert_event(
+            conn: &mut D::Connection,
+            rec: &AgentRecord,
+            ev: &AgentEvent,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(&format!(
+                "INSERT INTO agent_events (agent_id, org_id, kind, detail, at) VALUES (?, ?, ?, ?{}, ?)",
+                D::JSON
+            ));
+            let query = sqlx::query(&sql)
+                .bind(rec.id.as_str())
+                .bind(rec.org_id.as_str())
+                .bind(ev.kind.as_str())
+                .bind(ev.detail.to_string())
+                .bind(ev.at);
+            Self::run(conn, query).await.map(|_| ()).map_err(stmt)
+        }
 
-    /// The agent row's columns after `id`, as an `UPDATE … SET` or in
-    /// `INSERT` order, bound on `query`.
-    fn bind_spec<'q>(query: Query<'q, D>, rec: &'q AgentRecord) -> Query<'q, D> {
-        query
-            .bind(rec.spec.name.as_str())
-            .bind(rec.spec.role.as_deref())
-            .bind(rec.spec.model.as_deref())
-            .bind(rec.spec.target.as_str())
-            .bind(rec.spec.health.interval_ms.map(to_i64))
-            .bind(rec.spec.health.failure_threshold.map(i64::from))
-            .bind(rec.spec.budget.monthly_tokens.map(to_i64))
-            .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
-            .bind(rec.state.as_str())
-            .bind(rec.state_reason.as_deref())
-            .bind(i64::from(rec.restart_count))
-            .bind(to_i64(rec.usage.tokens))
-            .bind(to_i64(rec.usage.cost_micros))
-            .bind(rec.usage.period.to_string())
-            .bind(rec.usage.warned)
-            .bind(rec.deployment_ref.as_deref())
-            .bind(rec.runtime_token_hash.as_deref())
-            .bind(rec.updated_at)
-            .bind(rec.spec.profile.as_deref())
-            .bind(rec.spec.budget.period.as_str())
-            .bind(runtime_json(&rec.spec.runtime))
+        async fn insert_vote(conn: &mut D::Connection, id: &str, v: &Vote) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            );
+            let query = sqlx::query(&sql)
+                .bind(id)
+                .bind(i64::from(v.level))
+                .bind(v.by.as_str())
+                .bind(v.approve)
+                .bind(v.comment.as_deref())
+                .bind(v.at);
+            Self::run(conn, query)
+                .await
+                .map(|_| ())
+                .map_err(stmt_classify)
+        }
+
+        /// The agent row's columns after `id`, as an `UPDATE … SET` or in
+        /// `INSERT` order, bound on `query`.
+        fn bind_spec<'q>(query: Query<'q, D>, rec: &'q AgentRecord) -> Query<'q, D> {
+            query
+                .bind(rec.spec.name.as_str())
+                .bind(rec.spec.role.as_deref())
+                .bind(rec.spec.model.as_deref())
+                .bind(rec.spec.target.as_str())
+                .bind(rec.spec.health.interval_ms.map(to_i64))
+                .bind(rec.spec.health.failure_threshold.map(i64::from))
+                .bind(rec.spec.budget.monthly_tokens.map(to_i64))
+                .bind(rec.spec.budget.monthly_cost_micros.map(to_i64))
+                .bind(rec.state.as_str())
+                .bind(rec.state_reason.as_deref())
+                .bind(i64::from(rec.restart_count))
+                .bind(to_i64(rec.usage.tokens))
+                .bind(to_i64(rec.usage.cost_micros))
+                .bind(rec.usage.period.to_string())
+                .bind(rec.usage.warned)
+                .bind(rec.deployment_ref.as_deref())
+                .bind(rec.runtime_token_hash.as_deref())
+                .bind(rec.updated_at)
+                .bind(rec.spec.profile.as_deref())
+                .bind(rec.spec.budget.period.as_str())
+                .bind(runtime_json(&rec.spec.runtime))
+        }
     }
 }
 
@@ -571,788 +590,743 @@ const SPEC_COLUMNS: [&str; 21] = [
     "runtime",
 ];
 
-#[async_trait]
-impl<D> Store for ServerStore<D>
-where
-    D: Dialect,
-    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
-    for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
-    for<'q> &'q str: Encode<'q, D> + Type<D>,
-    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> String: Encode<'q, D> + Type<D>,
-    for<'q> Option<String>: Encode<'q, D> + Type<D>,
-    for<'q> i64: Encode<'q, D> + Type<D>,
-    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
-    for<'q> bool: Encode<'q, D> + Type<D>,
-    for<'q> Option<bool>: Encode<'q, D> + Type<D>,
-    D::Row: DecodeRow,
-    usize: ColumnIndex<D::Row>,
-    for<'a> &'a str: ColumnIndex<D::Row>,
-{
-    async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
-        retry(|| async move {
-            let rec = ins.record;
-            let mut tx = self.begin().await?;
-            // The organization's row is the lock concurrent creates queue on.
-            let sql = D::sql(
-                "UPDATE orgs SET agent_count = agent_count + 1 \
-                 WHERE id = ? AND (? IS NULL OR agent_count + 1 <= ?)",
-            );
-            let max = ins.max_agents.map(to_i64);
-            let counted = Self::run(
-                &mut tx,
-                sqlx::query(&sql)
-                    .bind(rec.org_id.as_str())
-                    .bind(max)
-                    .bind(max),
-            )
-            .await
-            .map_err(stmt)?;
-            if counted != 1 {
-                return Err(Attempt::Done(StoreError::LimitReached(format!(
-                    "the organization's plan allows at most {} agents",
-                    ins.max_agents.unwrap_or(0)
-                ))));
-            }
-            let marks = vec!["?"; SPEC_COLUMNS.len() - 1].join(", ");
-            let sql = D::sql(&format!(
-                "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{})",
-                SPEC_COLUMNS.join(", "),
-                D::JSON
-            ));
-            let query = sqlx::query(&sql)
-                .bind(rec.id.as_str())
-                .bind(rec.org_id.as_str())
-                .bind(rec.epoch)
-                .bind(rec.created_at);
-            Self::run(&mut tx, Self::bind_spec(query, rec))
-                .await
-                .map_err(stmt_classify)?;
-            Self::insert_transition(&mut tx, rec, ins.created).await?;
-            Self::insert_audit(&mut tx, ins.audit).await?;
-            tx.commit().await.map_err(at_commit)
-                })
-            .await
-    }
-
-    async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        retry(|| async move {
-            let rec = w.record;
-            let mut tx = self.begin().await?;
-            // The report's key first: of two concurrent writes of one report,
-            // the second waits on the first's row and then meets its key.
-            if let Some(charge) = w.usage {
-                let sql =
-                    D::sql("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)");
-                let query = sqlx::query(&sql)
-                    .bind(rec.id.as_str())
-                    .bind(charge.report_id)
-                    .bind(rec.updated_at);
-                match Self::run(&mut tx, query).await {
-                    Ok(_) => {}
-                    Err(e) if unique_violation(&e) => return Ok(WriteOutcome::Duplicate),
-                    Err(e) => return Err(stmt(e)),
-                }
-            }
-            let set: Vec<String> = SPEC_COLUMNS
-                .iter()
-                .map(|c| {
-                    let json = if *c == "runtime" { D::JSON } else { "" };
-                    format!("{c} = ?{json}")
-                })
-                .collect();
-            let sql = D::sql(&format!(
-                "UPDATE agents SET {} WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
-                set.join(", ")
-            ));
-            let query = Self::bind_spec(sqlx::query(&sql), rec)
-                .bind(rec.id.as_str())
-                .bind(rec.epoch);
-            if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
-                return Err(Attempt::Done(StoreError::Fenced));
-            }
-            if let Some(charge) = w.usage {
-                // The organization's spend outlives its agents (deleting agents
-                // does not reset the period); it saturates instead of failing.
-                let add = |c: &str| {
-                    format!(
-                        "{c} = CASE WHEN org_usage.{c} > 9223372036854775807 - {new} \
-                         THEN 9223372036854775807 ELSE org_usage.{c} + {new} END",
-                        new = D::inserted(c)
-                    )
-                };
-                let sql = D::sql(&format!(
-                    "INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES (?, ?, ?, ?) {} {}, {}",
-                    D::upsert("org_id, period"),
-                    add("tokens"),
-                    add("cost_micros")
-                ));
-                let query = sqlx::query(&sql)
-                    .bind(rec.org_id.as_str())
-                    .bind(charge.org_period.to_string())
-                    .bind(to_i64(charge.tokens))
-                    .bind(to_i64(charge.cost_micros));
-                Self::run(&mut tx, query).await.map_err(stmt)?;
-            }
-            for t in w.transitions {
-                Self::insert_transition(&mut tx, rec, t).await?;
-            }
-            if let Some(ev) = w.event {
-                Self::insert_event(&mut tx, rec, ev).await?;
-            }
-            if let Some(a) = w.audit {
-                Self::insert_audit(&mut tx, a).await?;
-            }
-            tx.commit().await.map_err(at_commit)?;
-            Ok(WriteOutcome::Written)
-                })
-            .await
-    }
-
-    async fn delete_agent(
-        &self,
-        rec: &AgentRecord,
-        at: i64,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let sql = D::sql(
-                "UPDATE agents SET deleted_at = ?, updated_at = ? \
-                 WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
-            );
-            let query = sqlx::query(&sql)
-                .bind(at)
-                .bind(at)
-                .bind(rec.id.as_str())
-                .bind(rec.epoch);
-            if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
-                return Err(Attempt::Done(StoreError::Fenced));
-            }
-            let deleted = Transition {
-                from: Some(rec.state),
-                to: rec.state,
-                reason: Some("deleted".into()),
-                by: "system".into(),
-                at,
-            };
-            Self::insert_transition(&mut tx, rec, &deleted).await?;
-            let sql =
-                D::sql("UPDATE orgs SET agent_count = GREATEST(agent_count - 1, 0) WHERE id = ?");
-            Self::run(&mut tx, sqlx::query(&sql).bind(rec.org_id.as_str()))
-                .await
-                .map_err(stmt)?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)
-        })
-        .await
-    }
-
-    async fn claim_agent(
-        &self,
-        org: &OrgId,
-        id: &AgentId,
-    ) -> Result<Option<AgentRecord>, StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let bump = "UPDATE agents SET epoch = epoch + 1 WHERE id = ? AND org_id = ? AND deleted_at IS NULL";
-            let row = if D::RETURNING {
-                let sql = D::sql(&format!("{bump} RETURNING {}", agent_columns::<D>()));
-                sqlx::query(&sql)
-                    .bind(id.as_str())
-                    .bind(org.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(stmt)?
-            } else {
-                // The bump locks the row until the commit, so the read after it
-                // sees exactly the claimed record.
-                let sql = D::sql(bump);
-                let claimed = Self::run(
+on_servers! {
+    impl Store {
+        async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
+            retry(|| async move {
+                let rec = ins.record;
+                let mut tx = self.begin().await?;
+                // The organization's row is the lock concurrent creates queue on.
+                let sql = D::sql(
+                    "UPDATE orgs SET agent_count = agent_count + 1 \
+                     WHERE id = ? AND (? IS NULL OR agent_count + 1 <= ?)",
+                );
+                let max = ins.max_agents.map(to_i64);
+                let counted = Self::run(
                     &mut tx,
-                    sqlx::query(&sql).bind(id.as_str()).bind(org.as_str()),
+                    sqlx::query(&sql)
+                        .bind(rec.org_id.as_str())
+                        .bind(max)
+                        .bind(max),
                 )
                 .await
                 .map_err(stmt)?;
-                if claimed == 0 {
-                    None
-                } else {
+                if counted != 1 {
+                    return Err(Attempt::Done(StoreError::LimitReached(format!(
+                        "the organization's plan allows at most {} agents",
+                        ins.max_agents.unwrap_or(0)
+                    ))));
+                }
+                let marks = vec!["?"; SPEC_COLUMNS.len() - 1].join(", ");
+                let sql = D::sql(&format!(
+                    "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{})",
+                    SPEC_COLUMNS.join(", "),
+                    D::JSON
+                ));
+                let query = sqlx::query(&sql)
+                    .bind(rec.id.as_str())
+                    .bind(rec.org_id.as_str())
+                    .bind(rec.epoch)
+                    .bind(rec.created_at);
+                Self::run(&mut tx, Self::bind_spec(query, rec))
+                    .await
+                    .map_err(stmt_classify)?;
+                Self::insert_transition(&mut tx, rec, ins.created).await?;
+                Self::insert_audit(&mut tx, ins.audit).await?;
+                tx.commit().await.map_err(at_commit)
+                    })
+                .await
+        }
+
+        async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
+            retry(|| async move {
+                let rec = w.record;
+                let mut tx = self.begin().await?;
+                // The report's key first: of two concurrent writes of one report,
+                // the second waits on the first's row and then meets its key.
+                if let Some(charge) = w.usage {
+                    let sql =
+                        D::sql("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)");
+                    let query = sqlx::query(&sql)
+                        .bind(rec.id.as_str())
+                        .bind(charge.report_id)
+                        .bind(rec.updated_at);
+                    match Self::run(&mut tx, query).await {
+                        Ok(_) => {}
+                        Err(e) if unique_violation(&e) => return Ok(WriteOutcome::Duplicate),
+                        Err(e) => return Err(stmt(e)),
+                    }
+                }
+                let set: Vec<String> = SPEC_COLUMNS
+                    .iter()
+                    .map(|c| {
+                        let json = if *c == "runtime" { D::JSON } else { "" };
+                        format!("{c} = ?{json}")
+                    })
+                    .collect();
+                let sql = D::sql(&format!(
+                    "UPDATE agents SET {} WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+                    set.join(", ")
+                ));
+                let query = Self::bind_spec(sqlx::query(&sql), rec)
+                    .bind(rec.id.as_str())
+                    .bind(rec.epoch);
+                if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
+                    return Err(Attempt::Done(StoreError::Fenced));
+                }
+                if let Some(charge) = w.usage {
+                    // The organization's spend outlives its agents (deleting agents
+                    // does not reset the period); it saturates instead of failing.
+                    let add = |c: &str| {
+                        format!(
+                            "{c} = CASE WHEN org_usage.{c} > 9223372036854775807 - {new} \
+                             THEN 9223372036854775807 ELSE org_usage.{c} + {new} END",
+                            new = D::inserted(c)
+                        )
+                    };
                     let sql = D::sql(&format!(
-                        "SELECT {} FROM agents WHERE id = ?",
-                        agent_columns::<D>()
+                        "INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES (?, ?, ?, ?) {} {}, {}",
+                        D::upsert("org_id, period"),
+                        add("tokens"),
+                        add("cost_micros")
                     ));
+                    let query = sqlx::query(&sql)
+                        .bind(rec.org_id.as_str())
+                        .bind(charge.org_period.to_string())
+                        .bind(to_i64(charge.tokens))
+                        .bind(to_i64(charge.cost_micros));
+                    Self::run(&mut tx, query).await.map_err(stmt)?;
+                }
+                for t in w.transitions {
+                    Self::insert_transition(&mut tx, rec, t).await?;
+                }
+                if let Some(ev) = w.event {
+                    Self::insert_event(&mut tx, rec, ev).await?;
+                }
+                if let Some(a) = w.audit {
+                    Self::insert_audit(&mut tx, a).await?;
+                }
+                tx.commit().await.map_err(at_commit)?;
+                Ok(WriteOutcome::Written)
+                    })
+                .await
+        }
+
+        async fn delete_agent(
+            &self,
+            rec: &AgentRecord,
+            at: i64,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(
+                    "UPDATE agents SET deleted_at = ?, updated_at = ? \
+                     WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(at)
+                    .bind(at)
+                    .bind(rec.id.as_str())
+                    .bind(rec.epoch);
+                if Self::run(&mut tx, query).await.map_err(stmt_classify)? == 0 {
+                    return Err(Attempt::Done(StoreError::Fenced));
+                }
+                let deleted = Transition {
+                    from: Some(rec.state),
+                    to: rec.state,
+                    reason: Some("deleted".into()),
+                    by: "system".into(),
+                    at,
+                };
+                Self::insert_transition(&mut tx, rec, &deleted).await?;
+                let sql =
+                    D::sql("UPDATE orgs SET agent_count = GREATEST(agent_count - 1, 0) WHERE id = ?");
+                Self::run(&mut tx, sqlx::query(&sql).bind(rec.org_id.as_str()))
+                    .await
+                    .map_err(stmt)?;
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        async fn claim_agent(
+            &self,
+            org: &OrgId,
+            id: &AgentId,
+        ) -> Result<Option<AgentRecord>, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let bump = "UPDATE agents SET epoch = epoch + 1 WHERE id = ? AND org_id = ? AND deleted_at IS NULL";
+                let row = if D::RETURNING {
+                    let sql = D::sql(&format!("{bump} RETURNING {}", agent_columns::<D>()));
                     sqlx::query(&sql)
                         .bind(id.as_str())
+                        .bind(org.as_str())
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(stmt)?
-                }
-            };
-            let record = row.as_ref().map(agent_from_row).transpose()?;
-            tx.commit().await.map_err(at_commit)?;
-            Ok(record)
-                })
-            .await
-    }
+                } else {
+                    // The bump locks the row until the commit, so the read after it
+                    // sees exactly the claimed record.
+                    let sql = D::sql(bump);
+                    let claimed = Self::run(
+                        &mut tx,
+                        sqlx::query(&sql).bind(id.as_str()).bind(org.as_str()),
+                    )
+                    .await
+                    .map_err(stmt)?;
+                    if claimed == 0 {
+                        None
+                    } else {
+                        let sql = D::sql(&format!(
+                            "SELECT {} FROM agents WHERE id = ?",
+                            agent_columns::<D>()
+                        ));
+                        sqlx::query(&sql)
+                            .bind(id.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(stmt)?
+                    }
+                };
+                let record = row.as_ref().map(agent_from_row).transpose()?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(record)
+                    })
+                .await
+        }
 
-    async fn claim_org(&self, org: &OrgId) -> Result<(), StoreError> {
-        retry(|| async move {
-            let sql = D::sql(
-                "UPDATE agents SET epoch = epoch + 1 WHERE org_id = ? AND deleted_at IS NULL",
-            );
-            sqlx::query(&sql)
+        async fn claim_org(&self, org: &OrgId) -> Result<(), StoreError> {
+            retry(|| async move {
+                let sql = D::sql(
+                    "UPDATE agents SET epoch = epoch + 1 WHERE org_id = ? AND deleted_at IS NULL",
+                );
+                sqlx::query(&sql)
+                    .bind(org.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(stmt)
+            })
+            .await
+        }
+
+        async fn org_page(
+            &self,
+            org: &OrgId,
+            after: Option<&AgentId>,
+            limit: usize,
+        ) -> Result<Vec<AgentRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM agents WHERE org_id = ? AND deleted_at IS NULL AND id{c} > ? \
+                 ORDER BY id{c} LIMIT ?",
+                agent_columns::<D>(),
+                c = D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
                 .bind(org.as_str())
+                .bind(after.map(AgentId::as_str).unwrap_or(""))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    AgentRow::from_sql(r)
+                        .map_err(|e| StoreError::Unavailable(format!("bad agent row: {e}")))?
+                        .into_record()
+                })
+                .collect()
+        }
+
+        async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError> {
+            let sql = format!("SELECT id FROM orgs ORDER BY id{}", D::BYTES);
+            let rows = sqlx::query(&sql)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| r.cell::<String, _>(0usize).map(OrgId).map_err(unavailable))
+                .collect()
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            sqlx::query("SELECT 1")
                 .execute(&self.pool)
                 .await
                 .map(|_| ())
-                .map_err(stmt)
-        })
-        .await
-    }
-
-    async fn org_page(
-        &self,
-        org: &OrgId,
-        after: Option<&AgentId>,
-        limit: usize,
-    ) -> Result<Vec<AgentRecord>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT {} FROM agents WHERE org_id = ? AND deleted_at IS NULL AND id{c} > ? \
-             ORDER BY id{c} LIMIT ?",
-            agent_columns::<D>(),
-            c = D::BYTES
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(org.as_str())
-            .bind(after.map(AgentId::as_str).unwrap_or(""))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                AgentRow::from_sql(r)
-                    .map_err(|e| StoreError::Unavailable(format!("bad agent row: {e}")))?
-                    .into_record()
-            })
-            .collect()
-    }
-
-    async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError> {
-        let sql = format!("SELECT id FROM orgs ORDER BY id{}", D::BYTES);
-        let rows = sqlx::query(&sql)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| r.cell::<String, _>(0usize).map(OrgId).map_err(unavailable))
-            .collect()
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+                .map_err(unavailable)
+        }
     }
 }
 
-#[async_trait]
-impl<D> GovStore for ServerStore<D>
-where
-    D: Dialect,
-    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
-    for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
-    for<'q> &'q str: Encode<'q, D> + Type<D>,
-    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> String: Encode<'q, D> + Type<D>,
-    for<'q> Option<String>: Encode<'q, D> + Type<D>,
-    for<'q> i64: Encode<'q, D> + Type<D>,
-    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
-    for<'q> bool: Encode<'q, D> + Type<D>,
-    for<'q> Option<bool>: Encode<'q, D> + Type<D>,
-    D::Row: DecodeRow,
-    usize: ColumnIndex<D::Row>,
-    for<'a> &'a str: ColumnIndex<D::Row>,
-{
-    async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT kind, name, {} FROM gov_docs WHERE org_id = ? ORDER BY kind{c}, name{c}",
-            D::json("body"),
-            c = D::BYTES
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(org.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                Ok(GovDoc {
-                    kind: r.cell("kind").map_err(unavailable)?,
-                    name: r.cell("name").map_err(unavailable)?,
-                    body: r.cell("body").map_err(unavailable)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn put_doc(
-        &self,
-        org: &OrgId,
-        kind: &str,
-        name: &str,
-        body: Option<&str>,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let n = match body {
-                Some(b) => {
-                    let sql = D::sql(&format!(
-                        "INSERT INTO gov_docs (org_id, kind, name, body, updated_at) \
-                         VALUES (?, ?, ?, ?{}, ?) {} body = {}, updated_at = {}",
-                        D::JSON,
-                        D::upsert("org_id, kind, name"),
-                        D::inserted("body"),
-                        D::inserted("updated_at")
-                    ));
-                    let query = sqlx::query(&sql)
-                        .bind(org.as_str())
-                        .bind(kind)
-                        .bind(name)
-                        .bind(b)
-                        .bind(audit.at);
-                    Self::run(&mut tx, query).await
-                }
-                None => {
-                    let sql =
-                        D::sql("DELETE FROM gov_docs WHERE org_id = ? AND kind = ? AND name = ?");
-                    Self::run(
-                        &mut tx,
-                        sqlx::query(&sql).bind(org.as_str()).bind(kind).bind(name),
-                    )
-                    .await
-                }
-            }
-            .map_err(stmt)?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    async fn insert_approval(
-        &self,
-        a: &ApprovalRecord,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        retry(|| async move {
-            let levels = serde_json::to_string(&a.levels)
-                .map_err(|e| StoreError::Unavailable(format!("approval levels: {e}")))?;
-            let mut tx = self.begin().await?;
+on_servers! {
+    impl GovStore {
+        async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
             let sql = D::sql(&format!(
-                "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, \
-                 {}, policy, levels, level, state, requested_by, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?{j}, ?, ?, ?{j}, ?, 'pending', ?, ?, ?)",
-                D::TRIGGER,
-                j = D::JSON
+                "SELECT kind, name, {} FROM gov_docs WHERE org_id = ? ORDER BY kind{c}, name{c}",
+                D::json("body"),
+                c = D::BYTES
             ));
-            let query = sqlx::query(&sql)
-                .bind(a.id.as_str())
-                .bind(a.org_id.as_str())
-                .bind(a.agent_id.as_str())
-                .bind(a.call_id.as_str())
-                .bind(a.tool.as_str())
-                .bind(a.args_hash.as_str())
-                .bind(a.arguments.to_string())
-                .bind(a.trigger.as_str())
-                .bind(a.policy.as_str())
-                .bind(levels)
-                .bind(i64::from(a.level))
-                .bind(a.requested_by.as_str())
-                .bind(a.created_at)
-                .bind(a.expires_at);
-            Self::run(&mut tx, query).await.map_err(stmt_classify)?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)
-        })
-        .await
-    }
-
-    async fn approval_by_call(
-        &self,
-        agent: &AgentId,
-        call_id: &str,
-    ) -> Result<Option<ApprovalRecord>, StoreError> {
-        self.one_approval(("agent_id", agent.as_str()), ("call_id", call_id))
-            .await
-    }
-
-    async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        self.one_approval(("org_id", org.as_str()), ("id", id))
-            .await
-    }
-
-    async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT {} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id{}",
-            approval_columns::<D>(),
-            D::BYTES
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(org.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        let rows = rows
-            .iter()
-            .map(approval_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(500) {
-            out.extend(self.with_votes(chunk.to_vec()).await?);
-        }
-        Ok(out)
-    }
-
-    async fn add_vote(
-        &self,
-        a: &ApprovalRecord,
-        vote: &Vote,
-        audit: &AuditEntry,
-    ) -> Result<Cas, StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            // Locks the request's row: a settlement racing this vote either
-            // committed before (the vote is lost) or waits for it.
-            let sql = D::sql(
-                "SELECT id FROM approvals WHERE id = ? AND state = 'pending' AND level = ? FOR UPDATE",
-            );
-            let still = sqlx::query(&sql)
-                .bind(a.id.as_str())
-                .bind(i64::from(a.level))
-                .fetch_optional(&mut *tx)
+            let rows = sqlx::query(&sql)
+                .bind(org.as_str())
+                .fetch_all(&self.pool)
                 .await
-                .map_err(stmt)?;
-            if still.is_none() {
-                return Ok(Cas::Lost);
-            }
-            Self::insert_vote(&mut tx, &a.id, vote).await?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)?;
-            Ok(Cas::Applied)
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GovDoc {
+                        kind: r.cell("kind").map_err(unavailable)?,
+                        name: r.cell("name").map_err(unavailable)?,
+                        body: r.cell("body").map_err(unavailable)?,
+                    })
                 })
-            .await
-    }
+                .collect()
+        }
 
-    async fn settle_approval(
-        &self,
-        a: &ApprovalRecord,
-        from_level: u32,
-        vote: Option<&Vote>,
-        grant: Option<&Grant>,
-        audit: &AuditEntry,
-    ) -> Result<Cas, StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            // The compare-and-swap: of concurrent settlements the first to
-            // commit wins; the others re-check the condition and match nothing.
-            let sql = D::sql(
-                "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, \
-                 decided_by = ?, decided_at = ?, comment = ?, grant_id = ? \
-                 WHERE id = ? AND state = 'pending' AND level = ?",
-            );
-            let query = sqlx::query(&sql)
-                .bind(a.state.as_str())
-                .bind(a.outcome)
-                .bind(i64::from(a.level))
-                .bind(a.expires_at)
-                .bind(a.decided_by.as_deref())
-                .bind(a.decided_at)
-                .bind(a.comment.as_deref())
-                .bind(a.grant_id.as_deref())
-                .bind(a.id.as_str())
-                .bind(i64::from(from_level));
-            if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
-                return Ok(Cas::Lost);
-            }
-            if let Some(v) = vote {
-                Self::insert_vote(&mut tx, &a.id, v).await?;
-            }
-            if let Some(g) = grant {
+        async fn put_doc(
+            &self,
+            org: &OrgId,
+            kind: &str,
+            name: &str,
+            body: Option<&str>,
+            audit: &AuditEntry,
+        ) -> Result<bool, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let n = match body {
+                    Some(b) => {
+                        let sql = D::sql(&format!(
+                            "INSERT INTO gov_docs (org_id, kind, name, body, updated_at) \
+                             VALUES (?, ?, ?, ?{}, ?) {} body = {}, updated_at = {}",
+                            D::JSON,
+                            D::upsert("org_id, kind, name"),
+                            D::inserted("body"),
+                            D::inserted("updated_at")
+                        ));
+                        let query = sqlx::query(&sql)
+                            .bind(org.as_str())
+                            .bind(kind)
+                            .bind(name)
+                            .bind(b)
+                            .bind(audit.at);
+                        Self::run(&mut tx, query).await
+                    }
+                    None => {
+                        let sql =
+                            D::sql("DELETE FROM gov_docs WHERE org_id = ? AND kind = ? AND name = ?");
+                        Self::run(
+                            &mut tx,
+                            sqlx::query(&sql).bind(org.as_str()).bind(kind).bind(name),
+                        )
+                        .await
+                    }
+                }
+                .map_err(stmt)?;
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(n > 0)
+            })
+            .await
+        }
+
+        async fn insert_approval(
+            &self,
+            a: &ApprovalRecord,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let levels = serde_json::to_string(&a.levels)
+                    .map_err(|e| StoreError::Unavailable(format!("approval levels: {e}")))?;
+                let mut tx = self.begin().await?;
                 let sql = D::sql(&format!(
-                    "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, \
+                     {}, policy, levels, level, state, requested_by, created_at, expires_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?{j}, ?, ?, ?{j}, ?, 'pending', ?, ?, ?)",
+                    D::TRIGGER,
+                    j = D::JSON
                 ));
                 let query = sqlx::query(&sql)
-                    .bind(g.id.as_str())
-                    .bind(g.org_id.as_str())
-                    .bind(g.agent_id.as_str())
-                    .bind(g.tool.as_str())
-                    .bind(g.args_hash.as_str())
-                    .bind(g.approval_id.as_str())
-                    .bind(g.granted_by.as_str())
-                    .bind(g.created_at)
-                    .bind(g.expires_at);
+                    .bind(a.id.as_str())
+                    .bind(a.org_id.as_str())
+                    .bind(a.agent_id.as_str())
+                    .bind(a.call_id.as_str())
+                    .bind(a.tool.as_str())
+                    .bind(a.args_hash.as_str())
+                    .bind(a.arguments.to_string())
+                    .bind(a.trigger.as_str())
+                    .bind(a.policy.as_str())
+                    .bind(levels)
+                    .bind(i64::from(a.level))
+                    .bind(a.requested_by.as_str())
+                    .bind(a.created_at)
+                    .bind(a.expires_at);
                 Self::run(&mut tx, query).await.map_err(stmt_classify)?;
-            }
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)?;
-            Ok(Cas::Applied)
-        })
-        .await
-    }
-
-    async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
-        let sql = D::sql(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(now_ms)
-            .fetch_all(&self.pool)
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
             .await
-            .map_err(unavailable)?;
-        rows.iter().map(grant_row).collect()
-    }
+        }
 
-    async fn revoke_grant(
-        &self,
-        org: &OrgId,
-        id: &str,
-        by: &str,
-        at: i64,
-        audit: &AuditEntry,
-    ) -> Result<Option<Grant>, StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let sql = D::sql(
-                "UPDATE grants SET revoked_at = ?, revoked_by = ? \
-                 WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
-            );
-            let query = sqlx::query(&sql)
-                .bind(at)
-                .bind(by)
-                .bind(org.as_str())
-                .bind(id);
-            if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
-                return Ok(None);
-            }
-            let sql = D::sql(&format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE org_id = ? AND id = ?"
-            ));
-            let row = sqlx::query(&sql)
-                .bind(org.as_str())
-                .bind(id)
-                .fetch_one(&mut *tx)
+        async fn approval_by_call(
+            &self,
+            agent: &AgentId,
+            call_id: &str,
+        ) -> Result<Option<ApprovalRecord>, StoreError> {
+            self.one_approval(("agent_id", agent.as_str()), ("call_id", call_id))
                 .await
-                .map_err(stmt)?;
-            let grant = grant_row(&row)?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)?;
-            Ok(Some(grant))
-        })
-        .await
-    }
+        }
 
-    async fn set_halt(
-        &self,
-        scope: &HaltScope,
-        on: Option<&str>,
-        by: &str,
-        at: i64,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        retry(|| async move {
-            let org = match scope {
-                HaltScope::Instance => None,
-                HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.as_str()),
-            };
-            let mut tx = self.begin().await?;
-            match on {
-                Some(reason) => {
+        async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+            self.one_approval(("org_id", org.as_str()), ("id", id))
+                .await
+        }
+
+        async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id{}",
+                approval_columns::<D>(),
+                D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(org.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let rows = rows
+                .iter()
+                .map(approval_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(500) {
+                out.extend(self.with_votes(chunk.to_vec()).await?);
+            }
+            Ok(out)
+        }
+
+        async fn add_vote(
+            &self,
+            a: &ApprovalRecord,
+            vote: &Vote,
+            audit: &AuditEntry,
+        ) -> Result<Cas, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                // Locks the request's row: a settlement racing this vote either
+                // committed before (the vote is lost) or waits for it.
+                let sql = D::sql(
+                    "SELECT id FROM approvals WHERE id = ? AND state = 'pending' AND level = ? FOR UPDATE",
+                );
+                let still = sqlx::query(&sql)
+                    .bind(a.id.as_str())
+                    .bind(i64::from(a.level))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                if still.is_none() {
+                    return Ok(Cas::Lost);
+                }
+                Self::insert_vote(&mut tx, &a.id, vote).await?;
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Cas::Applied)
+                    })
+                .await
+        }
+
+        async fn settle_approval(
+            &self,
+            a: &ApprovalRecord,
+            from_level: u32,
+            vote: Option<&Vote>,
+            grant: Option<&Grant>,
+            audit: &AuditEntry,
+        ) -> Result<Cas, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                // The compare-and-swap: of concurrent settlements the first to
+                // commit wins; the others re-check the condition and match nothing.
+                let sql = D::sql(
+                    "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, \
+                     decided_by = ?, decided_at = ?, comment = ?, grant_id = ? \
+                     WHERE id = ? AND state = 'pending' AND level = ?",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(a.state.as_str())
+                    .bind(a.outcome)
+                    .bind(i64::from(a.level))
+                    .bind(a.expires_at)
+                    .bind(a.decided_by.as_deref())
+                    .bind(a.decided_at)
+                    .bind(a.comment.as_deref())
+                    .bind(a.grant_id.as_deref())
+                    .bind(a.id.as_str())
+                    .bind(i64::from(from_level));
+                if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
+                    return Ok(Cas::Lost);
+                }
+                if let Some(v) = vote {
+                    Self::insert_vote(&mut tx, &a.id, v).await?;
+                }
+                if let Some(g) = grant {
                     let sql = D::sql(&format!(
-                        "INSERT INTO halts (scope, target, org_id, reason, by_who, at) \
-                         VALUES (?, ?, ?, ?, ?, ?) {} reason = {}, by_who = {}, at = {}",
-                        D::upsert("scope, target"),
-                        D::inserted("reason"),
-                        D::inserted("by_who"),
-                        D::inserted("at")
+                        "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     ));
                     let query = sqlx::query(&sql)
-                        .bind(scope.kind())
-                        .bind(scope.target())
-                        .bind(org)
-                        .bind(reason)
-                        .bind(by)
-                        .bind(at);
-                    Self::run(&mut tx, query).await
+                        .bind(g.id.as_str())
+                        .bind(g.org_id.as_str())
+                        .bind(g.agent_id.as_str())
+                        .bind(g.tool.as_str())
+                        .bind(g.args_hash.as_str())
+                        .bind(g.approval_id.as_str())
+                        .bind(g.granted_by.as_str())
+                        .bind(g.created_at)
+                        .bind(g.expires_at);
+                    Self::run(&mut tx, query).await.map_err(stmt_classify)?;
                 }
-                None => {
-                    let sql = D::sql("DELETE FROM halts WHERE scope = ? AND target = ?");
-                    Self::run(
-                        &mut tx,
-                        sqlx::query(&sql).bind(scope.kind()).bind(scope.target()),
-                    )
-                    .await
-                }
-            }
-            .map_err(stmt)?;
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)
-        })
-        .await
-    }
-
-    async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
-        let rows = sqlx::query("SELECT scope, target, org_id FROM halts ORDER BY at")
-            .fetch_all(&self.pool)
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Cas::Applied)
+            })
             .await
-            .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let scope: String = r.cell("scope").map_err(unavailable)?;
-            let target: String = r.cell("target").map_err(unavailable)?;
-            let org: Option<String> = r.cell("org_id").map_err(unavailable)?;
-            out.extend(match scope.as_str() {
-                "instance" => Some(HaltScope::Instance),
-                "org" => Some(HaltScope::Org(OrgId(target))),
-                "agent" => org.map(|o| HaltScope::Agent(OrgId(o), AgentId(target))),
-                _ => None,
-            });
         }
-        Ok(out)
+
+        async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(grant_row).collect()
+        }
+
+        async fn revoke_grant(
+            &self,
+            org: &OrgId,
+            id: &str,
+            by: &str,
+            at: i64,
+            audit: &AuditEntry,
+        ) -> Result<Option<Grant>, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(
+                    "UPDATE grants SET revoked_at = ?, revoked_by = ? \
+                     WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(at)
+                    .bind(by)
+                    .bind(org.as_str())
+                    .bind(id);
+                if Self::run(&mut tx, query).await.map_err(stmt)? == 0 {
+                    return Ok(None);
+                }
+                let sql = D::sql(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants WHERE org_id = ? AND id = ?"
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(org.as_str())
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let grant = grant_row(&row)?;
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Some(grant))
+            })
+            .await
+        }
+
+        async fn set_halt(
+            &self,
+            scope: &HaltScope,
+            on: Option<&str>,
+            by: &str,
+            at: i64,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let org = match scope {
+                    HaltScope::Instance => None,
+                    HaltScope::Org(o) | HaltScope::Agent(o, _) => Some(o.as_str()),
+                };
+                let mut tx = self.begin().await?;
+                match on {
+                    Some(reason) => {
+                        let sql = D::sql(&format!(
+                            "INSERT INTO halts (scope, target, org_id, reason, by_who, at) \
+                             VALUES (?, ?, ?, ?, ?, ?) {} reason = {}, by_who = {}, at = {}",
+                            D::upsert("scope, target"),
+                            D::inserted("reason"),
+                            D::inserted("by_who"),
+                            D::inserted("at")
+                        ));
+                        let query = sqlx::query(&sql)
+                            .bind(scope.kind())
+                            .bind(scope.target())
+                            .bind(org)
+                            .bind(reason)
+                            .bind(by)
+                            .bind(at);
+                        Self::run(&mut tx, query).await
+                    }
+                    None => {
+                        let sql = D::sql("DELETE FROM halts WHERE scope = ? AND target = ?");
+                        Self::run(
+                            &mut tx,
+                            sqlx::query(&sql).bind(scope.kind()).bind(scope.target()),
+                        )
+                        .await
+                    }
+                }
+                .map_err(stmt)?;
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
+            let rows = sqlx::query("SELECT scope, target, org_id FROM halts ORDER BY at")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let scope: String = r.cell("scope").map_err(unavailable)?;
+                let target: String = r.cell("target").map_err(unavailable)?;
+                let org: Option<String> = r.cell("org_id").map_err(unavailable)?;
+                out.extend(match scope.as_str() {
+                    "instance" => Some(HaltScope::Instance),
+                    "org" => Some(HaltScope::Org(OrgId(target))),
+                    "agent" => org.map(|o| HaltScope::Agent(OrgId(o), AgentId(target))),
+                    _ => None,
+                });
+            }
+            Ok(out)
+        }
     }
 }
 
-#[async_trait]
-impl<D> TaskStore for ServerStore<D>
-where
-    D: Dialect,
-    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
-    for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
-    for<'q> &'q str: Encode<'q, D> + Type<D>,
-    for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> String: Encode<'q, D> + Type<D>,
-    for<'q> Option<String>: Encode<'q, D> + Type<D>,
-    for<'q> i64: Encode<'q, D> + Type<D>,
-    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
-    for<'q> bool: Encode<'q, D> + Type<D>,
-    for<'q> Option<bool>: Encode<'q, D> + Type<D>,
-    D::Row: DecodeRow,
-    usize: ColumnIndex<D::Row>,
-    for<'a> &'a str: ColumnIndex<D::Row>,
-{
-    async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let sql = D::sql(&format!(
-                "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
-                super::tasks::COLUMNS,
-                j = D::JSON
-            ));
-            let query = sqlx::query(&sql)
-                .bind(t.id.as_str())
-                .bind(t.org_id.as_str())
-                .bind(t.agent_id.as_str())
-                .bind(t.instruction.as_str())
-                .bind(super::tasks::json(&t.input)?)
-                .bind(t.state.as_str())
-                .bind(t.result.as_deref())
-                .bind(t.error.as_deref())
-                .bind(super::tasks::json(&t.limits)?)
-                .bind(t.created_by.as_str())
-                .bind(t.created_at)
-                .bind(t.started_at)
-                .bind(t.finished_at)
-                .bind(t.runner_pid.map(i64::from))
-                .bind(t.parent_id.as_deref())
-                .bind(t.from_step.map(i64::from));
-            Self::run(&mut tx, query).await.map_err(stmt_classify)?;
-            // A replay starts with copies of its parent's steps before from_step.
-            if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
-                let sql = D::sql(
-                    "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
-                     SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
-                     WHERE task_id = ? AND seq < ?",
-                );
+on_servers! {
+    impl TaskStore {
+        async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
+                    super::tasks::COLUMNS,
+                    j = D::JSON
+                ));
                 let query = sqlx::query(&sql)
                     .bind(t.id.as_str())
-                    .bind(parent.as_str())
-                    .bind(i64::from(from));
+                    .bind(t.org_id.as_str())
+                    .bind(t.agent_id.as_str())
+                    .bind(t.instruction.as_str())
+                    .bind(super::tasks::json(&t.input)?)
+                    .bind(t.state.as_str())
+                    .bind(t.result.as_deref())
+                    .bind(t.error.as_deref())
+                    .bind(super::tasks::json(&t.limits)?)
+                    .bind(t.created_by.as_str())
+                    .bind(t.created_at)
+                    .bind(t.started_at)
+                    .bind(t.finished_at)
+                    .bind(t.runner_pid.map(i64::from))
+                    .bind(t.parent_id.as_deref())
+                    .bind(t.from_step.map(i64::from));
+                Self::run(&mut tx, query).await.map_err(stmt_classify)?;
+                // A replay starts with copies of its parent's steps before from_step.
+                if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {
+                    let sql = D::sql(
+                        "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                         SELECT ?, seq, kind, body, tokens, latency_ms, at FROM task_steps \
+                         WHERE task_id = ? AND seq < ?",
+                    );
+                    let query = sqlx::query(&sql)
+                        .bind(t.id.as_str())
+                        .bind(parent.as_str())
+                        .bind(i64::from(from));
+                    Self::run(&mut tx, query).await.map_err(stmt)?;
+                }
+                Self::insert_audit(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+                    })
+                .await
+        }
+
+        async fn update_task(
+            &self,
+            t: &TaskRecord,
+            audit: Option<&AuditEntry>,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(
+                    "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
+                     runner_pid = ? WHERE id = ?",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(t.state.as_str())
+                    .bind(t.result.as_deref())
+                    .bind(t.error.as_deref())
+                    .bind(t.started_at)
+                    .bind(t.finished_at)
+                    .bind(t.runner_pid.map(i64::from))
+                    .bind(t.id.as_str());
                 Self::run(&mut tx, query).await.map_err(stmt)?;
-            }
-            Self::insert_audit(&mut tx, audit).await?;
-            tx.commit().await.map_err(at_commit)
-                })
-            .await
-    }
+                if let Some(a) = audit {
+                    Self::insert_audit(&mut tx, a).await?;
+                }
+                tx.commit().await.map_err(at_commit)
+                    })
+                .await
+        }
 
-    async fn update_task(
-        &self,
-        t: &TaskRecord,
-        audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError> {
-        retry(|| async move {
-            let mut tx = self.begin().await?;
-            let sql = D::sql(
-                "UPDATE tasks SET state = ?, result = ?, error = ?, started_at = ?, finished_at = ?, \
-                 runner_pid = ? WHERE id = ?",
-            );
-            let query = sqlx::query(&sql)
-                .bind(t.state.as_str())
-                .bind(t.result.as_deref())
-                .bind(t.error.as_deref())
-                .bind(t.started_at)
-                .bind(t.finished_at)
-                .bind(t.runner_pid.map(i64::from))
-                .bind(t.id.as_str());
-            Self::run(&mut tx, query).await.map_err(stmt)?;
-            if let Some(a) = audit {
-                Self::insert_audit(&mut tx, a).await?;
-            }
-            tx.commit().await.map_err(at_commit)
-                })
+        async fn add_step(&self, st: &TaskStep) -> Result<(), StoreError> {
+            retry(|| async move {
+                let sql = D::sql(&format!(
+                    "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
+                     VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
+                    D::JSON,
+                    D::keep_existing("task_id, seq", "seq")
+                ));
+                let query = sqlx::query(&sql)
+                    .bind(st.task_id.as_str())
+                    .bind(i64::from(st.seq))
+                    .bind(st.kind.as_str())
+                    .bind(super::tasks::json(&st.body)?)
+                    .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
+                    .bind(st.at);
+                query.execute(&self.pool).await.map(|_| ()).map_err(stmt)
+            })
             .await
-    }
+        }
 
-    async fn add_step(&self, st: &TaskStep) -> Result<(), StoreError> {
-        retry(|| async move {
+        async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
+            let columns = super::tasks::COLUMNS
+                .replace("input,", &format!("{},", D::json("input")))
+                .replace("limits,", &format!("{},", D::json("limits")));
             let sql = D::sql(&format!(
-                "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
-                 VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
-                D::JSON,
-                D::keep_existing("task_id, seq", "seq")
+                "SELECT {columns} FROM tasks WHERE org_id = ? AND agent_id = ? \
+                 AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",
+                D::BYTES
             ));
-            let query = sqlx::query(&sql)
-                .bind(st.task_id.as_str())
-                .bind(i64::from(st.seq))
-                .bind(st.kind.as_str())
-                .bind(super::tasks::json(&st.body)?)
-                .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
-                .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
-                .bind(st.at);
-            query.execute(&self.pool).await.map(|_| ()).map_err(stmt)
-        })
-        .await
-    }
-
-    async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        let columns = super::tasks::COLUMNS
-            .replace("input,", &format!("{},", D::json("input")))
-            .replace("limits,", &format!("{},", D::json("limits")));
-        let sql = D::sql(&format!(
-            "SELECT {columns} FROM tasks WHERE org_id = ? AND agent_id = ? \
-             AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",
-            D::BYTES
-        ));
-        let rows = sqlx::query(&sql)
-            .bind(org)
-            .bind(agent)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(super::tasks::task_row).collect()
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(agent)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(super::tasks::task_row).collect()
+        }
     }
 }

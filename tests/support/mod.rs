@@ -1,5 +1,6 @@
 //! Database servers for the tests: where they are, and a fresh database of
-//! a test's own on each (random name, dropped after).
+//! a test's own on each (random name, dropped after); the agent records the
+//! store tests and benches insert.
 
 #![allow(dead_code)]
 
@@ -72,10 +73,21 @@ where
         .await;
     match backend {
         Backend::Postgres => {
+            // FORCE ends the test's own connections; an autovacuum worker
+            // (another role's) cannot be ended by it, so the drop is tried
+            // again until that worker has finished, within a deadline.
             let mut c = PgConnection::connect(admin).await.expect("admin");
-            c.execute(format!("{drop} WITH (FORCE)").as_str())
-                .await
-                .expect("drop database");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                match c.execute(format!("{drop} WITH (FORCE)").as_str()).await {
+                    Ok(_) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("drop database {name}: {e}; trying again");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("drop database {name}: {e}"),
+                }
+            }
         }
         _ => {
             let mut c = MySqlConnection::connect(admin).await.expect("admin");
@@ -84,5 +96,50 @@ where
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// A draft agent `id` named `name` of `org`, at epoch 1, usage period
+/// 2026-11: what the store tests and benches insert.
+pub fn agent_record(
+    org: &cadre_actors::domain::OrgId,
+    id: &str,
+    name: &str,
+) -> cadre_actors::domain::AgentRecord {
+    use cadre_actors::budget::{BudgetLimits, Period, Usage};
+    use cadre_actors::domain::{AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides};
+    AgentRecord {
+        id: AgentId(id.into()),
+        org_id: org.clone(),
+        spec: AgentSpec {
+            name: name.into(),
+            role: Some("answers".into()),
+            model: Some("gpt-4o".into()),
+            target: DeployTarget::Local,
+            health: HealthOverrides::default(),
+            budget: BudgetLimits::default(),
+            profile: None,
+            runtime: Default::default(),
+        },
+        state: cadre_actors::lifecycle::State::Draft,
+        state_reason: None,
+        restart_count: 0,
+        usage: Usage::empty(Period::parse("2026-11").expect("period")),
+        deployment_ref: None,
+        runtime_token_hash: None,
+        epoch: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// The history entry of a new agent.
+pub fn created() -> cadre_actors::domain::Transition {
+    cadre_actors::domain::Transition {
+        from: None,
+        to: cadre_actors::lifecycle::State::Draft,
+        reason: Some("created".into()),
+        by: "system".into(),
+        at: 1,
     }
 }
