@@ -929,10 +929,10 @@ async fn mysql_keeps_the_ports() {
 /// Connection loss under load: 8 writers charge usage reports while every
 /// connection of the store is killed from outside, four times, each time
 /// after another batch of writes was acknowledged. A write that loses its
-/// connection before its commit is tried again on a new one (so writers
-/// see few or no failures); a failure is only ever `Unavailable`; every
-/// acknowledged report is stored and counted once in the organization's
-/// spend; and the store goes on without being reopened.
+/// connection before its commit is tried again on a new one, so few writes
+/// fail (only those whose commit was cut off); a failure is only ever
+/// `Unavailable`; every acknowledged report is stored and counted once in
+/// the organization's spend; and the store goes on without being reopened.
 async fn writes_survive_lost_connections<S: Store>(
     s: &Subject<S>,
     kill: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
@@ -985,7 +985,20 @@ async fn writes_survive_lost_connections<S: Store>(
             );
             tokio::task::yield_now().await;
         }
-        killed.push(kill().await);
+        // Right after a kill the pool may have no connection yet: kill
+        // again until this round ends at least one.
+        loop {
+            let n = kill().await;
+            if n > 0 {
+                killed.push(n);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connection to kill"
+            );
+            tokio::task::yield_now().await;
+        }
     }
     let mut ok = Vec::new();
     let mut failed = 0;
@@ -1001,19 +1014,18 @@ async fn writes_survive_lost_connections<S: Store>(
             }
         }
     }
-    assert!(
-        killed.iter().all(|&n| n > 0),
-        "every round killed the store's connections: {killed:?}"
-    );
     eprintln!(
         "{:?}: {} acknowledged, {failed} unavailable, connections killed {killed:?}",
         s.backend,
         ok.len()
     );
+    // Without the retry, about one write per killed connection fails
+    // (22-28 of 320 for 32 kills here); with it, only a write whose commit
+    // was cut off (0-8): at most half the killed connections may cost one.
+    let kills: usize = killed.iter().sum();
     assert!(
-        ok.len() >= 200,
-        "only {} of 320 writes went through",
-        ok.len()
+        failed * 2 <= kills,
+        "{failed} writes failed for {kills} killed connections: lost connections are not retried"
     );
     // Nothing acknowledged is lost; what is stored is counted exactly once.
     let stored = s
