@@ -3,8 +3,9 @@
 //!
 //! The store that serves is SQLite's (`sqlite.rs`). PostgreSQL and MySQL /
 //! MariaDB have their schemas and migrations (`backend.rs`,
-//! `migrations/<dialect>/`) but no store yet. Nothing here knows about
-//! actors or HTTP.
+//! `migrations/<dialect>/`), the actors' ports (`server.rs`) and export /
+//! import (`transfer.rs`), not yet the rest that `cadre serve` needs.
+//! Nothing here knows about actors or HTTP.
 
 mod activity;
 pub mod backend;

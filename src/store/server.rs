@@ -1,4 +1,5 @@
-//! PostgreSQL and MySQL / MariaDB: the actors' ports (`Store`, `GovStore`)
+//! PostgreSQL and MySQL / MariaDB: the actors' ports (`Store`, `GovStore`,
+//! `TaskStore`)
 //! over the schemas of `migrations/postgres/` and `migrations/mysql/`, one
 //! implementation for both servers ([`ServerStore`], generic over the
 //! [`Dialect`] that says where their SQL differs).
@@ -10,8 +11,12 @@
 //! (`TaskStore`). It passes the port conformance suite
 //! (`tests/ports.rs`) that SQLite's store passes, concurrency tests
 //! included. `cadre serve` does not run on them yet: the identity,
-//! activity, task and schedule stores and the HTTP layer's reads are still
-//! SQLite's (`docs/databases.md`).
+//! activity and schedule stores and the HTTP layer's reads (tasks' pages
+//! among them) are still SQLite's (`docs/databases.md`).
+//!
+//! A write that loses its connection (or meets a deadlock) before its
+//! commit is tried again on a new connection (`retry`); a commit whose
+//! answer is lost is not, since it may have been applied.
 //!
 //! Where SQLite serializes every write through one connection, a server runs
 //! transactions side by side, so each guarantee rests on a row lock
