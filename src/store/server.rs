@@ -63,6 +63,8 @@ pub trait Dialect: Database {
     const TRIGGER: &'static str;
     /// Whether `UPDATE … RETURNING` exists.
     const RETURNING: bool;
+    /// Follows `FROM agents` in a hydration page.
+    const BY_ORG_AND_ID: &'static str;
     /// A statement's placeholders as the dialect writes them.
     fn sql(statement: &str) -> String;
     /// A flag column read back as a 64-bit integer, named as itself.
@@ -88,6 +90,7 @@ impl Dialect for sqlx::Postgres {
     const BYTES: &'static str = " COLLATE \"C\"";
     const TRIGGER: &'static str = "trigger";
     const RETURNING: bool = true;
+    const BY_ORG_AND_ID: &'static str = "";
     fn sql(statement: &str) -> String {
         let mut out = String::with_capacity(statement.len() + 16);
         let mut n = 0;
@@ -130,6 +133,10 @@ impl Dialect for sqlx::MySql {
     const BYTES: &'static str = "";
     const TRIGGER: &'static str = "`trigger`";
     const RETURNING: bool = false;
+    // MariaDB reads `org_id = ? AND id > ?` as a lookup of the whole
+    // organization, filtered row by row, unless told to use the range: 9 ms
+    // a page in the middle of 100,000 agents, 2.04 s for all (0.62 s with it).
+    const BY_ORG_AND_ID: &'static str = " FORCE INDEX (agents_org_id)";
     fn sql(statement: &str) -> String {
         statement.to_string()
     }
@@ -825,9 +832,10 @@ on_servers! {
             limit: usize,
         ) -> Result<Vec<AgentRecord>, StoreError> {
             let sql = D::sql(&format!(
-                "SELECT {} FROM agents WHERE org_id = ? AND deleted_at IS NULL AND id{c} > ? \
+                "SELECT {} FROM agents{} WHERE org_id = ? AND deleted_at IS NULL AND id{c} > ? \
                  ORDER BY id{c} LIMIT ?",
                 agent_columns::<D>(),
+                D::BY_ORG_AND_ID,
                 c = D::BYTES
             ));
             let rows = sqlx::query(&sql)
