@@ -155,6 +155,31 @@ async fn insert<S: Store>(
         .await
 }
 
+/// Charges a usage report of `tokens` and `cost` micro-dollars to `rec`
+/// in the organization's period 2026-11.
+async fn charge<S: Store>(
+    store: &S,
+    rec: &AgentRecord,
+    report: &str,
+    tokens: u64,
+    cost: u64,
+) -> Result<WriteOutcome, StoreError> {
+    store
+        .write_agent(AgentWrite {
+            record: rec,
+            transitions: &[],
+            event: None,
+            usage: Some(Charge {
+                report_id: report,
+                tokens,
+                cost_micros: cost,
+                org_period: Period::parse("2026-11").expect("period"),
+            }),
+            audit: None,
+        })
+        .await
+}
+
 fn plain_write(rec: &AgentRecord) -> AgentWrite<'_> {
     AgentWrite {
         record: rec,
@@ -346,7 +371,6 @@ async fn the_agent_limit_holds_under_concurrent_creates<S: Store>(s: &Subject<S>
 async fn usage_reports_count_once_under_concurrency<S: Store>(s: &Subject<S>) {
     let a = record("agent-u", "spender");
     insert(&*s.store, &a, None).await.expect("insert");
-    let period = Period::parse("2026-11").expect("period");
     // The same report, retried ten times at once, and 15 distinct ones.
     let reports: Vec<String> = std::iter::repeat_n("r-same".to_string(), 10)
         .chain((0..15).map(|i| format!("r-{i}")))
@@ -357,22 +381,7 @@ async fn usage_reports_count_once_under_concurrency<S: Store>(s: &Subject<S>) {
             let store = s.store.clone();
             let mut rec = a.clone();
             rec.usage.tokens = 100;
-            tokio::spawn(async move {
-                store
-                    .write_agent(AgentWrite {
-                        record: &rec,
-                        transitions: &[],
-                        event: None,
-                        usage: Some(Charge {
-                            report_id: &report,
-                            tokens: 100,
-                            cost_micros: 7,
-                            org_period: period,
-                        }),
-                        audit: None,
-                    })
-                    .await
-            })
+            tokio::spawn(async move { charge(&*store, &rec, &report, 100, 7).await })
         })
         .collect();
     let mut written = 0;
@@ -404,20 +413,7 @@ async fn usage_reports_count_once_under_concurrency<S: Store>(s: &Subject<S>) {
     let mut stale = a.clone();
     stale.epoch = 0;
     assert_eq!(
-        s.store
-            .write_agent(AgentWrite {
-                record: &stale,
-                transitions: &[],
-                event: None,
-                usage: Some(Charge {
-                    report_id: "r-fenced",
-                    tokens: 1,
-                    cost_micros: 1,
-                    org_period: period,
-                }),
-                audit: None,
-            })
-            .await,
+        charge(&*s.store, &stale, "r-fenced", 1, 1).await,
         Err(StoreError::Fenced)
     );
     assert_eq!(
@@ -942,7 +938,6 @@ async fn writes_survive_lost_connections<S: Store>(
         .await;
     let agent = record("agent-k", "kept");
     insert(&*s.store, &agent, None).await.expect("insert");
-    let period = Period::parse("2026-11").expect("period");
     let acked = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..8)
         .map(|w| {
@@ -951,20 +946,7 @@ async fn writes_survive_lost_connections<S: Store>(
                 let mut outcomes = Vec::new();
                 for i in 0..40 {
                     let report = format!("r-{w}-{i:02}");
-                    let done = store
-                        .write_agent(AgentWrite {
-                            record: &agent,
-                            transitions: &[],
-                            event: None,
-                            usage: Some(Charge {
-                                report_id: &report,
-                                tokens: 100,
-                                cost_micros: 1,
-                                org_period: period,
-                            }),
-                            audit: None,
-                        })
-                        .await;
+                    let done = charge(&*store, &agent, &report, 100, 1).await;
                     if done == Ok(WriteOutcome::Written) {
                         acked.fetch_add(1, Ordering::SeqCst);
                     }
@@ -1047,20 +1029,7 @@ async fn writes_survive_lost_connections<S: Store>(
     );
     // It recovers without being reopened.
     assert_eq!(
-        s.store
-            .write_agent(AgentWrite {
-                record: &agent,
-                transitions: &[],
-                event: None,
-                usage: Some(Charge {
-                    report_id: "after",
-                    tokens: 1,
-                    cost_micros: 1,
-                    org_period: period,
-                }),
-                audit: None,
-            })
-            .await,
+        charge(&*s.store, &agent, "after", 1, 1).await,
         Ok(WriteOutcome::Written)
     );
     s.store.ping().await.expect("ping");
