@@ -194,7 +194,7 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         serde_json::json!({ "bootstrap": true, "owner": email }),
         now,
     );
-    store.create_org(&org, &owner, &audit).await?;
+    store.identity().create_org(&org, &owner, &audit).await?;
     if generated {
         // Shown once, where Cadre's own messages go (stderr), never stored.
         crate::config::notice(
@@ -367,6 +367,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // time zone, published by the directory), so budgets hold across restarts.
     let now = SystemClock.now_ms();
     for (org, period, tokens, cost) in store
+        .identity()
         .org_spend()
         .await
         .context("loading organizations' spend")?

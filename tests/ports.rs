@@ -13,7 +13,13 @@
 //!   arrives after the settlement lost, duplicate call ids refused, grants
 //!   and their revocation, kill switches, governance documents;
 //! - tasks: open ones in id order, updates, a step re-sent stored once, a
-//!   replay starting with copies of its parent's earlier steps.
+//!   replay starting with copies of its parent's earlier steps;
+//! - identity (`Identity`, the tables of organizations, users, sessions,
+//!   keys, login throttling and the audit log): the plan's user limit under
+//!   concurrent creates, one refresh token used by concurrent rotations
+//!   (exactly one rotates, the family is revoked), every concurrent failed
+//!   login counted, key revocation, role changes ending sessions, pages in
+//!   byte order, audit filters, usage sums read back as integers.
 //!
 //! Servers: `CADRE_TEST_POSTGRES_URL` (default
 //! `postgres://cadre:cadre@127.0.0.1:5432/postgres`) and
@@ -24,7 +30,9 @@ mod support;
 
 use cadre::store::backend::Backend;
 use cadre::store::server::{MySqlStore, PgStore};
-use cadre::store::{Durability, SqlStore};
+use cadre::store::{
+    AuditFilter, Durability, KeyRecord, NewRefresh, NewUser, OrgRow, Rotation, SqlStore, UserChange,
+};
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::Period;
@@ -920,6 +928,261 @@ async fn postgres_keeps_the_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_keeps_the_ports() {
     on_server(Backend::Mysql, mysql, conformance).await;
+}
+
+/// The identity checks on one backend's `Identity` (a macro, not a generic
+/// function: the store's sqlx bounds are the crate's own).
+macro_rules! identity_suite {
+    ($s:expr) => {{
+        let s = $s;
+        let id = s.store.identity();
+        let id = &id;
+        let now = 1_000_000i64;
+        let who = |action: &str, target: &str| {
+            AuditEntry::new(
+                &OrgId("org-i".into()),
+                &Who::user("u-owner"),
+                action,
+                target,
+                serde_json::json!({ "test": true }),
+                now,
+            )
+        };
+        let org_row = OrgRow {
+            id: "org-i".into(),
+            name: "Identity".into(),
+            slug: "identity".into(),
+            plan: "team".into(),
+            limits: r#"{"max_users":5}"#.into(),
+            suspended_at: None,
+            created_at: now,
+            activity_retention_days: None,
+            timezone: "Europe/Paris".into(),
+            budget_period: "monthly".into(),
+        };
+        let user = |uid: &'static str, email: &'static str, role: &'static str| NewUser {
+            id: uid,
+            org_id: "org-i",
+            email,
+            name: "N",
+            role,
+            password_hash: "$argon2id$fake",
+            instance_admin: false,
+            now,
+        };
+        id.create_org(&org_row, &user("u-owner", "Owner@Example.com", "owner"), &who("org.create", "org:org-i"))
+            .await
+            .expect("create org");
+        // The slug is unique.
+        let mut twin = org_row.clone();
+        twin.id = "org-twin".into();
+        assert!(matches!(
+            id.create_org(&twin, &user("u-twin", "twin@example.com", "owner"), &who("org.create", "org:twin"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let got = id.org("org-i").await.expect("org").expect("there");
+        assert_eq!((got.plan.as_str(), got.timezone.as_str()), ("team", "Europe/Paris"));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&got.limits).expect("json")["max_users"], 5);
+        assert!(id.all_orgs().await.expect("orgs").iter().any(|o| o.id == "org-i"));
+        assert_eq!(
+            id.user_record_by_email("owner@EXAMPLE.com").await.expect("by email").map(|u| u.id),
+            Some("u-owner".into())
+        );
+
+        // 16 concurrent creates against a limit of 5 users (the owner is one).
+        let ids: Vec<String> = (0..16).map(|i| format!("u-{i:02}")).collect();
+        let emails: Vec<String> = (0..16).map(|i| format!("u{i}@example.com")).collect();
+        let results = futures_util::future::join_all((0..16).map(|i| {
+            let u = NewUser {
+                id: &ids[i],
+                org_id: "org-i",
+                email: &emails[i],
+                name: "N",
+                role: "member",
+                password_hash: "$argon2id$fake",
+                instance_admin: false,
+                now,
+            };
+            let a = who("user.create", &ids[i]);
+            async move { id.create_user(&u, Some(5), &a).await }
+        }))
+        .await;
+        let made = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(made, 4, "{results:?}");
+        let won: Vec<usize> = (0..16).filter(|&i| results[i].is_ok()).collect();
+        let (m0, m1) = (ids[won[0]].as_str(), ids[won[1]].as_str());
+        assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::LimitReached(_)))));
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM users WHERE org_id = 'org-i'").await, 5);
+        // A duplicate email is a conflict, without a limit too.
+        assert!(matches!(
+            id.create_user(&NewUser { email: &emails[won[0]], ..user("u-dup", "", "viewer") }, None, &who("user.create", "u-dup")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Pages in byte order of ids ('Z' < 'a' < 'u').
+        for (uid, email) in [("Zed", "zed@example.com"), ("alpha", "alpha@example.com")] {
+            id.create_user(&user(uid, email, "viewer"), None, &who("user.create", uid))
+                .await
+                .expect("create");
+        }
+        let first = id.users_page("org-i", "", 3).await.expect("page");
+        assert_eq!(first.len(), 3);
+        assert_eq!(first[0].id, "Zed");
+        assert_eq!(first[1].id, "alpha");
+        let rest = id.users_page("org-i", &first[2].id, 100).await.expect("page");
+        assert_eq!(first.len() + rest.len(), 7);
+        assert!(rest.iter().all(|u| u.id > first[2].id));
+
+        // One refresh token, rotated by 8 callers at once: one rotation,
+        // the rest see a reuse, and the family is revoked.
+        let t = NewRefresh {
+            hash: "h-0",
+            family: "fam-1",
+            user: "u-owner",
+            org: "org-i",
+            now_ms: now,
+            expires_ms: now + 60_000,
+        };
+        id.insert_refresh(&t, Some(&who("user.login", "u-owner"))).await.expect("refresh");
+        let news: Vec<String> = (0..8).map(|i| format!("h-new-{i}")).collect();
+        let rotations = futures_util::future::join_all(
+            news.iter().map(|n| id.rotate_refresh("h-0", n, now + 1, now + 60_000)),
+        )
+        .await;
+        let rotated = rotations.iter().filter(|r| matches!(r, Ok(Rotation::Rotated { .. }))).count();
+        let reused = rotations.iter().filter(|r| matches!(r, Ok(Rotation::Reused { .. }))).count();
+        assert_eq!((rotated, reused), (1, 7), "{rotations:?}");
+        assert!(id.revoked_families(now - 1).await.expect("revoked").contains(&"fam-1".to_string()));
+        assert_eq!(id.family_of("h-0").await.expect("family"), Some("fam-1".into()));
+        assert_eq!(id.rotate_refresh("h-missing", "x", now, now).await.expect("rotate"), Rotation::Invalid);
+        // Logout revokes the family of a fresh login and audits it.
+        let t2 = NewRefresh { hash: "h-2", family: "fam-2", ..t };
+        id.insert_refresh(&t2, None).await.expect("refresh");
+        assert_eq!(
+            id.revoke_refresh_family("h-2", now + 2, |u, _| who("user.logout", u)).await.expect("logout"),
+            Some(("u-owner".to_string(), "org-i".to_string()))
+        );
+        assert!(matches!(
+            id.rotate_refresh("h-2", "h-3", now + 3, now + 60_000).await,
+            Ok(Rotation::Reused { .. })
+        ));
+
+        // A role change ends the user's sessions.
+        id.insert_refresh(&NewRefresh { hash: "h-u0", family: "fam-u0", user: m0, ..t }, None)
+            .await
+            .expect("refresh");
+        let change = UserChange { role: Some("admin".into()), ..Default::default() };
+        let changed = id
+            .update_user("org-i", m0, &change, now + 5, &who("user.update", m0))
+            .await
+            .expect("update")
+            .expect("there");
+        assert_eq!((changed.role.as_str(), changed.sessions_after), ("admin", now + 5));
+        assert!(!changed.instance_admin);
+        assert!(id.revoked_families(now).await.expect("revoked").contains(&"fam-u0".to_string()));
+        assert!(id.update_user("other-org", m0, &change, now, &who("user.update", m0)).await.expect("update").is_none());
+
+        // Ten failed logins at once with a threshold of 5: two lock-outs.
+        let fails = futures_util::future::join_all(
+            (0..10).map(|_| id.login_failed("victim@example.com", now, 5, 1_000, 60_000)),
+        )
+        .await;
+        let locks = fails.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+        assert_eq!(locks, 2, "{fails:?}");
+        assert_eq!(s.scalar("SELECT lockouts FROM login_throttle WHERE email = 'victim@example.com'").await, 2);
+        assert!(id.locked_until("victim@example.com", now).await.expect("lock").is_some());
+        id.login_succeeded("victim@example.com").await.expect("success");
+        assert_eq!(id.locked_until("victim@example.com", now).await.expect("lock"), None);
+
+        // Keys: scopes kept, revocation idempotent, gone with their creator.
+        let key = KeyRecord {
+            id: "k-1".into(),
+            org_id: "org-i".into(),
+            name: "ci".into(),
+            secret_hash: "abc".into(),
+            scopes: vec!["agents:read".into()],
+            created_by: m1.into(),
+            created_at: now,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        id.create_key(&key, &who("key.create", "k-1")).await.expect("key");
+        id.touch_key("k-1", now + 9).await.expect("touch");
+        let keys = id.keys_page("org-i", "", 10).await.expect("keys");
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].scopes.clone(), keys[0].last_used_at), (vec!["agents:read".to_string()], Some(now + 9)));
+        let r1 = id.revoke_key("org-i", "k-1", now + 10, &who("key.revoke", "k-1")).await.expect("revoke").expect("there");
+        let r2 = id.revoke_key("org-i", "k-1", now + 20, &who("key.revoke", "k-1")).await.expect("revoke").expect("there");
+        assert_eq!((r1.revoked_at, r2.revoked_at), (Some(now + 10), Some(now + 10)));
+        assert!(id.revoke_key("org-i", "k-none", now, &who("key.revoke", "k-none")).await.expect("revoke").is_none());
+        id.create_key(&KeyRecord { id: "k-2".into(), secret_hash: "def".into(), ..key.clone() }, &who("key.create", "k-2"))
+            .await
+            .expect("key");
+        assert!(id.delete_user("org-i", m1, now + 30, &who("user.delete", m1)).await.expect("delete"));
+        assert!(!id.delete_user("org-i", m1, now + 30, &who("user.delete", m1)).await.expect("delete"));
+        let all = id.all_keys().await.expect("keys");
+        assert!(all.iter().all(|k| k.revoked_at.is_some()), "{all:?}");
+
+        // Organization changes; usage sums come back as integers.
+        assert!(id
+            .update_org("org-i", Some("enterprise"), Some(r#"{"max_agents":9}"#), Some(Some(30)), (None, Some("weekly")), &who("org.update", "org:org-i"))
+            .await
+            .expect("update org"));
+        assert!(!id.update_org("nope", Some("x"), None, None, (None, None), &who("org.update", "org:nope")).await.expect("update org"));
+        let got = id.org("org-i").await.expect("org").expect("there");
+        assert_eq!((got.plan.as_str(), got.activity_retention_days, got.budget_period.as_str(), got.timezone.as_str()), ("enterprise", Some(30), "weekly", "Europe/Paris"));
+        assert!(id.set_org_suspended("org-i", Some(now), &who("org.suspend", "org:org-i")).await.expect("suspend"));
+        assert_eq!(id.org("org-i").await.expect("org").expect("there").suspended_at, Some(now));
+        s.execute("INSERT INTO org_usage (org_id, period, tokens, cost_micros) VALUES ('org-i', '2026-12', 5000000000, 7), ('org-i', '2026-11', 1, 2)").await;
+        let usage = id.org_usage("org-i", "2026-12").await.expect("usage");
+        assert_eq!((usage.users, usage.tokens, usage.cost_micros), (6, 5_000_000_000, 7));
+        let spend = id.org_spend().await.expect("spend");
+        assert!(spend.contains(&("org-i".to_string(), "2026-12".to_string(), 5_000_000_000, 7)), "{spend:?}");
+
+        // The audit log: filters, a prefix, newest first, the bridge's order.
+        let page = id.audit_page("org-i", &AuditFilter { action: Some("user.".into()), ..Default::default() }, 100).await.expect("audit");
+        assert!(page.len() >= 8 && page.iter().all(|a| a.action.starts_with("user.")), "{page:?}");
+        assert!(page.windows(2).all(|w| w[0].id > w[1].id));
+        assert_eq!(page[0].summary["test"], true);
+        let one = id.audit_page("org-i", &AuditFilter { target: Some("k-1".into()), action: Some("key.revoke".into()), ..Default::default() }, 100).await.expect("audit");
+        assert_eq!(one.len(), 2);
+        let older = id.audit_page("org-i", &AuditFilter { before: Some(page[0].id), action: Some("user.".into()), ..Default::default() }, 100).await.expect("audit");
+        assert_eq!(older.len(), page.len() - 1);
+        let last = id.last_audit_id().await.expect("last");
+        let since = id.audit_since(last - 3, 10).await.expect("since");
+        assert_eq!(since.iter().map(|e| e.0).collect::<Vec<_>>(), vec![last - 2, last - 1, last]);
+        id.append_audit(&who("user.login", "u-owner")).await.expect("append");
+        assert_eq!(id.last_audit_id().await.expect("last"), last + 1);
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("i.db").display());
+    let store = SqlStore::open(&url, Durability::Normal, 4)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    identity_suite!(Subject {
+        store: Arc::new(store),
+        backend: Backend::Sqlite,
+        url,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_identity() {
+    on_server(Backend::Postgres, postgres, |s| async move {
+        identity_suite!(s)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_keeps_identity() {
+    on_server(Backend::Mysql, mysql, |s| async move { identity_suite!(s) }).await;
 }
 
 /// Connection loss under load: 8 writers charge usage reports while every

@@ -48,6 +48,7 @@ async fn store_with(checkpoints: Checkpoints) -> (SqlStore, tempfile::TempDir, O
     };
     let oid = OrgId("org".into());
     store
+        .identity()
         .create_org(&org, &owner, &audit_of(&oid, "org.create", "org:org"))
         .await
         .expect("org");
@@ -295,7 +296,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
             .map(|(_, _, t, c)| (t, c))
     };
     assert_eq!(
-        spend(store.org_spend().await.expect("spend")),
+        spend(store.identity().org_spend().await.expect("spend")),
         Some((10, 7))
     );
     let at = rec.updated_at + 1;
@@ -309,11 +310,12 @@ async fn usage_reports_count_once_even_in_one_batch() {
         .await
         .expect("delete");
     assert_eq!(
-        spend(store.org_spend().await.expect("spend")),
+        spend(store.identity().org_spend().await.expect("spend")),
         Some((10, 7))
     );
     assert_eq!(
         store
+            .identity()
             .org_usage(org.as_str(), &period)
             .await
             .expect("usage")
@@ -416,6 +418,7 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
         3
     );
     let audits = store
+        .identity()
         .audit_page(org.as_str(), &Default::default(), 100)
         .await
         .expect("audit")
@@ -476,6 +479,7 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
     );
     assert_eq!(
         store
+            .identity()
             .audit_page(org.as_str(), &Default::default(), 100)
             .await
             .expect("audit")
@@ -693,6 +697,7 @@ async fn settlements_in_one_batch_apply_only_the_winners() {
         assert_eq!(stored.votes[0].by, by);
     }
     let approves = store
+        .identity()
         .audit_since(0, 1_000)
         .await
         .expect("audit")

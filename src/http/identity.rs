@@ -161,18 +161,27 @@ pub(super) async fn list_orgs(
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let (after, limit) = q.window()?;
-    let rows = state.store.orgs_page(&after, fetch(limit)).await?;
+    let rows = state
+        .store
+        .identity()
+        .orgs_page(&after, fetch(limit))
+        .await?;
     Ok(page(rows, limit, |r| r.id.clone(), |r| org_json(&state, r)))
 }
 
 async fn org_with_usage(state: &AppState, org: &OrgId) -> Result<Value, ApiError> {
     let row = state
         .store
+        .identity()
         .org(org.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;
     let period = state.cadre.org_period(org).to_string();
-    let usage = state.store.org_usage(org.as_str(), &period).await?;
+    let usage = state
+        .store
+        .identity()
+        .org_usage(org.as_str(), &period)
+        .await?;
     let mut body = org_json(state, &row);
     body["usage"] = json!({
         "period": period,
@@ -361,6 +370,7 @@ pub(super) async fn list_users(
     let (after, limit) = q.window()?;
     let rows = state
         .store
+        .identity()
         .users_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |u| u.id.clone(), user_json))
@@ -374,6 +384,7 @@ pub(super) async fn get_user(
     let id = input::path_id("user", &id)?;
     let user = state
         .store
+        .identity()
         .user(p.org.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -482,6 +493,7 @@ pub(super) async fn list_keys(
     let (after, limit) = q.window()?;
     let rows = state
         .store
+        .identity()
         .keys_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |k| k.id.clone(), key_json))
@@ -543,6 +555,7 @@ pub(super) async fn audit(
     let limit = page_limit(q.limit)?;
     let rows = state
         .store
+        .identity()
         .audit_page(p.org.as_str(), &q.filter()?, fetch(limit))
         .await?;
     let more = rows.len() > limit;
@@ -566,6 +579,7 @@ pub(super) async fn audit_export(
     loop {
         let rows = state
             .store
+            .identity()
             .audit_page(p.org.as_str(), &filter, 1000)
             .await?;
         for r in &rows {

@@ -101,6 +101,7 @@ async fn create(
         Some(t) => timezone(t)?,
         None => state
             .store
+            .identity()
             .org(p.org.as_str())
             .await?
             .map(|o| o.timezone)

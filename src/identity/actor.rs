@@ -242,9 +242,12 @@ impl IdentityState {
             format!("org:{}", row.id),
             serde_json::json!({ "name": row.name, "slug": row.slug, "plan": row.plan, "owner": n.owner_email }),
         );
-        self.store.create_org(&row, &owner, &audit).await?;
+        self.store
+            .identity()
+            .create_org(&row, &owner, &audit)
+            .await?;
         self.dir.put_org(row.clone());
-        if let Some(u) = self.store.user(&row.id, &user_id).await? {
+        if let Some(u) = self.store.identity().user(&row.id, &user_id).await? {
             self.dir.put_user(&u);
         }
         Ok(row)
@@ -281,6 +284,7 @@ impl IdentityState {
         let audit = self.audit(&org, &by, "org.update", format!("org:{org}"), summary);
         if !self
             .store
+            .identity()
             .update_org(
                 org.as_str(),
                 plan.as_deref(),
@@ -295,6 +299,7 @@ impl IdentityState {
         }
         let row = self
             .store
+            .identity()
             .org(org.as_str())
             .await?
             .ok_or(IdentityError::NotFound("organization"))?;
@@ -315,6 +320,7 @@ impl IdentityState {
         let at = on.then(|| self.now());
         if !self
             .store
+            .identity()
             .set_org_suspended(org.as_str(), at, &audit)
             .await?
         {
@@ -322,6 +328,7 @@ impl IdentityState {
         }
         let row = self
             .store
+            .identity()
             .org(org.as_str())
             .await?
             .ok_or(IdentityError::NotFound("organization"))?;
@@ -363,9 +370,13 @@ impl IdentityState {
             serde_json::json!({ "email": spec.email, "name": spec.name, "role": spec.role }),
         );
         let max = self.dir.limits(&org).max_users;
-        self.store.create_user(&user, max, &audit).await?;
+        self.store
+            .identity()
+            .create_user(&user, max, &audit)
+            .await?;
         let rec = self
             .store
+            .identity()
             .user(org.as_str(), &id)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -382,6 +393,7 @@ impl IdentityState {
     ) -> Result<UserRecord, IdentityError> {
         let user = self
             .store
+            .identity()
             .user(org.as_str(), id)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -400,7 +412,11 @@ impl IdentityState {
         let mut after = String::new();
         let mut n = 0;
         loop {
-            let page = self.store.users_page(org.as_str(), &after, 500).await?;
+            let page = self
+                .store
+                .identity()
+                .users_page(org.as_str(), &after, 500)
+                .await?;
             n += page.iter().filter(|u| u.role == "owner").count();
             match page.last() {
                 Some(u) if page.len() == 500 => after = u.id.clone(),
@@ -450,6 +466,7 @@ impl IdentityState {
         );
         let rec = self
             .store
+            .identity()
             .update_user(org.as_str(), &id, &change, self.now(), &audit)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -482,6 +499,7 @@ impl IdentityState {
         );
         if !self
             .store
+            .identity()
             .delete_user(org.as_str(), &id, self.now(), &audit)
             .await?
         {
@@ -528,7 +546,7 @@ impl IdentityState {
             format!("api_key:{id}"),
             serde_json::json!({ "name": rec.name, "scopes": rec.scopes, "expires_at": rec.expires_at }),
         );
-        self.store.create_key(&rec, &audit).await?;
+        self.store.identity().create_key(&rec, &audit).await?;
         self.dir.put_key(&rec);
         Ok((rec, plain))
     }
@@ -548,6 +566,7 @@ impl IdentityState {
         );
         let rec = self
             .store
+            .identity()
             .revoke_key(org.as_str(), &id, self.now(), &audit)
             .await?
             .ok_or(IdentityError::NotFound("api key"))?;
@@ -569,7 +588,7 @@ impl IdentityState {
         user: UserRecord,
         by: Who,
     ) -> Result<Session, IdentityError> {
-        self.store.login_succeeded(&email).await?;
+        self.store.identity().login_succeeded(&email).await?;
         let now = self.now();
         let token = self.secrets.generate_token();
         let family = uuid::Uuid::now_v7().to_string();
@@ -582,6 +601,7 @@ impl IdentityState {
             serde_json::json!({}),
         );
         self.store
+            .identity()
             .insert_refresh(
                 &NewRefresh {
                     hash: &self.secrets.hash_token(&token),
@@ -606,6 +626,7 @@ impl IdentityState {
         let next = self.secrets.generate_token();
         match self
             .store
+            .identity()
             .rotate_refresh(
                 &self.secrets.hash_token(&token),
                 &self.secrets.hash_token(&next),
@@ -626,6 +647,7 @@ impl IdentityState {
                 let hash = self.secrets.hash_token(&token);
                 let _ = self
                     .store
+                    .identity()
                     .revoke_refresh_family(&hash, now, |u, o| {
                         AuditEntry::new(
                             &OrgId(o.to_string()),
@@ -637,7 +659,7 @@ impl IdentityState {
                         )
                     })
                     .await;
-                if let Some(f) = self.store.family_of(&hash).await? {
+                if let Some(f) = self.store.identity().family_of(&hash).await? {
                     self.dir.revoke_family(&f);
                 }
                 tracing::warn!(user = %user_id, org = %org_id, "refresh token reused: session family revoked");
@@ -652,6 +674,7 @@ impl IdentityState {
         let hash = self.secrets.hash_token(&token);
         let done = self
             .store
+            .identity()
             .revoke_refresh_family(&hash, now, |u, o| {
                 AuditEntry::new(
                     &OrgId(o.to_string()),
@@ -664,7 +687,7 @@ impl IdentityState {
             })
             .await?;
         if done.is_some()
-            && let Some(f) = self.store.family_of(&hash).await?
+            && let Some(f) = self.store.identity().family_of(&hash).await?
         {
             self.dir.revoke_family(&f);
         }
@@ -717,7 +740,7 @@ impl Actor for IdentityActor {
                 let _ = r.send(st.revoke_key(o, id, by).await);
             }
             IdentityMsg::TouchKey(id, at) => {
-                if let Err(e) = st.store.touch_key(&id, at).await {
+                if let Err(e) = st.store.identity().touch_key(&id, at).await {
                     tracing::warn!(key = %id, error = %e, "could not record API key use");
                 }
             }
@@ -726,6 +749,7 @@ impl Actor for IdentityActor {
                 let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
                 let res = st
                     .store
+                    .identity()
                     .login_failed(
                         &email,
                         st.now(),

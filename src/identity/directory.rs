@@ -88,16 +88,20 @@ impl Directory {
         now_ms: i64,
         access_ttl_ms: i64,
     ) -> Result<(), StoreError> {
-        for org in store.all_orgs().await? {
+        for org in store.identity().all_orgs().await? {
             self.put_org(org);
         }
-        for u in store.all_users().await? {
+        for u in store.identity().all_users().await? {
             self.put_user(&u);
         }
-        for k in store.all_keys().await? {
+        for k in store.identity().all_keys().await? {
             self.put_key(&k);
         }
-        for f in store.revoked_families(now_ms - access_ttl_ms).await? {
+        for f in store
+            .identity()
+            .revoked_families(now_ms - access_ttl_ms)
+            .await?
+        {
             self.revoked_families.insert(f, ());
         }
         Ok(())

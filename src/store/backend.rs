@@ -8,9 +8,10 @@
 //! folders disagree, and applies each dialect to a real server.
 //!
 //! `cadre migrate` prepares any of the three. The store that `cadre serve`
-//! runs on is SQLite's alone so far: the PostgreSQL and MySQL stores (the
-//! same `Store` port over these schemas) are not written yet, and `serve`
-//! refuses those URLs with a message that says so.
+//! runs on is SQLite's alone so far: the servers have the actors' ports and
+//! the identity tables (`server.rs`, `identity.rs`) but not yet activity,
+//! schedules and the HTTP layer's reads, so `serve` refuses their URLs with
+//! a message that says so.
 
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Connection, MySqlConnection, PgConnection, SqliteConnection};

@@ -5,41 +5,19 @@
 //! on the single writer connection. Plan limits (users) are checked inside
 //! that transaction, so concurrent requests can never exceed them.
 
-use super::sqlite::{classify, unavailable};
-use super::{SqlStore, to_i64, to_u64};
+use super::server::{Attempt, Dialect, at_commit, retry, stmt, stmt_classify};
+use super::sqlite::unavailable;
+use super::{Cell, DecodeRow, to_i64, to_u64};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::ports::StoreError;
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{ColumnIndex, Database, Pool};
 
-fn get<'r, T>(r: &'r SqliteRow, col: &str) -> Result<T, StoreError>
+fn get<R: DecodeRow, T: Cell>(r: &R, col: &str) -> Result<T, StoreError>
 where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    for<'a> &'a str: ColumnIndex<R>,
 {
-    r.try_get(col).map_err(unavailable)
-}
-
-/// Writes one audit entry on `conn` (inside the caller's transaction).
-pub(crate) async fn insert_audit(
-    conn: &mut SqliteConnection,
-    a: &AuditEntry,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(a.org_id.as_str())
-    .bind(&a.actor)
-    .bind(&a.action)
-    .bind(&a.target)
-    .bind(a.summary.to_string())
-    .bind(a.request_id.as_deref())
-    .bind(a.client.as_deref())
-    .bind(a.at)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    r.cell(col).map_err(unavailable)
 }
 
 /// An organization row.
@@ -185,7 +163,10 @@ pub enum Rotation {
     Invalid,
 }
 
-fn org_row(r: &SqliteRow) -> Result<OrgRow, StoreError> {
+fn org_row<R: DecodeRow>(r: &R) -> Result<OrgRow, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
     Ok(OrgRow {
         id: get(r, "id")?,
         name: get(r, "name")?,
@@ -200,21 +181,27 @@ fn org_row(r: &SqliteRow) -> Result<OrgRow, StoreError> {
     })
 }
 
-fn user_row(r: &SqliteRow) -> Result<UserRecord, StoreError> {
+fn user_row<R: DecodeRow>(r: &R) -> Result<UserRecord, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
     Ok(UserRecord {
         id: get(r, "id")?,
         org_id: get(r, "org_id")?,
         email: get(r, "email")?,
         name: get(r, "name")?,
         role: get(r, "role")?,
-        instance_admin: get::<i64>(r, "instance_admin")? != 0,
+        instance_admin: get::<_, i64>(r, "instance_admin")? != 0,
         sessions_after: get(r, "sessions_after")?,
         password_hash: get(r, "password_hash")?,
         created_at: get(r, "created_at")?,
     })
 }
 
-fn key_row(r: &SqliteRow) -> Result<KeyRecord, StoreError> {
+fn key_row<R: DecodeRow>(r: &R) -> Result<KeyRecord, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
     let scopes: String = get(r, "scopes")?;
     Ok(KeyRecord {
         id: get(r, "id")?,
@@ -230,10 +217,28 @@ fn key_row(r: &SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-const ORG_COLS: &str = "id, name, slug, plan, limits, suspended_at, created_at, activity_retention_days, timezone, budget_period";
-const USER_COLS: &str =
-    "id, org_id, email, name, role, instance_admin, sessions_after, password_hash, created_at";
-const KEY_COLS: &str = "id, org_id, name, secret_hash, scopes, created_by, created_at, expires_at, last_used_at, revoked_at";
+fn org_cols<D: Dialect>() -> String {
+    format!(
+        "id, name, slug, plan, {}, suspended_at, created_at, activity_retention_days, timezone, \
+         budget_period",
+        D::json("limits")
+    )
+}
+
+fn user_cols<D: Dialect>() -> String {
+    format!(
+        "id, org_id, email, name, role, {}, sessions_after, password_hash, created_at",
+        D::flag("instance_admin")
+    )
+}
+
+fn key_cols<D: Dialect>() -> String {
+    format!(
+        "id, org_id, name, secret_hash, {}, created_by, created_at, expires_at, last_used_at, \
+         revoked_at",
+        D::json("scopes")
+    )
+}
 
 /// A new user.
 #[derive(Debug, Clone)]
@@ -255,29 +260,6 @@ pub struct NewUser<'a> {
     /// Created.
     pub now: i64,
 }
-
-async fn insert_user(conn: &mut SqliteConnection, u: &NewUser<'_>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO users (id, org_id, email, name, role, password_hash, instance_admin, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(u.id)
-    .bind(u.org_id)
-    .bind(u.email)
-    .bind(u.name)
-    .bind(u.role)
-    .bind(u.password_hash)
-    .bind(i64::from(u.instance_admin))
-    .bind(u.now)
-    .bind(u.now)
-    .execute(conn)
-    .await
-    .map(|_| ())
-    .map_err(classify)
-}
-
-/// family, user, org, expires_at, used_at, revoked_at.
-type RefreshRow = (String, String, String, i64, Option<i64>, Option<i64>);
 
 /// A new refresh token.
 #[derive(Debug, Clone, Copy)]
@@ -307,759 +289,985 @@ pub struct UserChange {
     pub password_hash: Option<String>,
 }
 
-impl SqlStore {
-    async fn tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.write_pool().begin().await.map_err(unavailable)
-    }
+/// The identity and audit tables of one database: the same statements on
+/// SQLite (reads on its reader pool, writes on its one writer connection),
+/// PostgreSQL and MySQL / MariaDB (one pool for both), where only the
+/// [`Dialect`]'s fragments differ. Writes that lose their connection before
+/// the commit are tried again (`server::retry`).
+///
+/// What SQLite's single writer guarantees by serializing, a server gets from
+/// row locks taken in the same transaction: the organization's row for the
+/// user limit, the refresh token's row for its one use, the email's
+/// throttle row for counting every failed login.
+#[derive(Debug)]
+pub struct Identity<D: Database> {
+    read: Pool<D>,
+    write: Pool<D>,
+}
 
-    /// Every organization.
-    pub async fn all_orgs(&self) -> Result<Vec<OrgRow>, StoreError> {
-        let sql = format!("SELECT {ORG_COLS} FROM orgs ORDER BY id");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(org_row).collect()
-    }
-
-    /// One organization.
-    pub async fn org(&self, id: &str) -> Result<Option<OrgRow>, StoreError> {
-        let sql = format!("SELECT {ORG_COLS} FROM orgs WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        row.as_ref().map(org_row).transpose()
-    }
-
-    /// Every user (for the in-memory session directory).
-    pub async fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let sql = format!("SELECT {USER_COLS} FROM users");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(user_row).collect()
-    }
-
-    /// Every API key (for the in-memory key directory).
-    pub async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLS} FROM api_keys");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(key_row).collect()
-    }
-
-    /// A user by email (case-insensitive), for login.
-    pub async fn user_record_by_email(
-        &self,
-        email: &str,
-    ) -> Result<Option<UserRecord>, StoreError> {
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE lower(email) = lower(?)");
-        let row = sqlx::query(&sql)
-            .bind(email)
-            .fetch_optional(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    /// A user of `org`.
-    pub async fn user(&self, org: &str, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE org_id = ? AND id = ?");
-        let row = sqlx::query(&sql)
-            .bind(org)
-            .bind(id)
-            .fetch_optional(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        row.as_ref().map(user_row).transpose()
-    }
-
-    /// A page of `org`'s users, in id order after `after`.
-    pub async fn users_page(
-        &self,
-        org: &str,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<UserRecord>, StoreError> {
-        self.id_page(USER_COLS, "users", Some(org), after, limit, user_row)
-            .await
-    }
-
-    /// A page of `org`'s API keys, in id order after `after`.
-    pub async fn keys_page(
-        &self,
-        org: &str,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.id_page(KEY_COLS, "api_keys", Some(org), after, limit, key_row)
-            .await
-    }
-
-    /// A page of organizations (instance admins), in id order after `after`.
-    pub async fn orgs_page(&self, after: &str, limit: i64) -> Result<Vec<OrgRow>, StoreError> {
-        self.id_page(ORG_COLS, "orgs", None, after, limit, org_row)
-            .await
-    }
-
-    /// Rows of `table` with ids after `after`, in id order; only `org`'s when
-    /// given (every tenant table is filtered by its org).
-    async fn id_page<T>(
-        &self,
-        cols: &str,
-        table: &str,
-        org: Option<&str>,
-        after: &str,
-        limit: i64,
-        map: fn(&SqliteRow) -> Result<T, StoreError>,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "SELECT {cols} FROM {table} WHERE id > "
-        ));
-        q.push_bind(after.to_string());
-        if let Some(org) = org {
-            q.push(" AND org_id = ").push_bind(org.to_string());
+impl<D: Database> Clone for Identity<D> {
+    fn clone(&self) -> Self {
+        Identity {
+            read: self.read.clone(),
+            write: self.write.clone(),
         }
-        q.push(" ORDER BY id LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(map).collect()
-    }
-
-    /// Usage of `org` in `period` (`YYYY-MM`).
-    pub async fn org_usage(&self, org: &str, period: &str) -> Result<OrgUsage, StoreError> {
-        let row = sqlx::query(
-            "SELECT \
-               (SELECT agent_count FROM orgs WHERE id = ?1) AS agents, \
-               (SELECT COUNT(*) FROM users WHERE org_id = ?1) AS users, \
-               (SELECT COALESCE(SUM(tokens), 0) FROM org_usage WHERE org_id = ?1 AND period = ?2) AS tokens, \
-               (SELECT COALESCE(SUM(cost_micros), 0) FROM org_usage WHERE org_id = ?1 AND period = ?2) AS cost",
-        )
-        .bind(org)
-        .bind(period)
-        .fetch_one(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        Ok(OrgUsage {
-            agents: get::<Option<i64>>(&row, "agents")?.unwrap_or(0),
-            users: get(&row, "users")?,
-            tokens: get(&row, "tokens")?,
-            cost_micros: get(&row, "cost")?,
-        })
-    }
-
-    /// Every organization's spend per period since the start of last year
-    /// (periods are `YYYY-…`, so they compare as text): (org, period,
-    /// tokens, micro-dollars). The caller picks each organization's current
-    /// period, which depends on its time zone and period kind.
-    pub async fn org_spend(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
-        let since = time::OffsetDateTime::now_utc().year() - 1;
-        let rows = sqlx::query(
-            "SELECT org_id, period, tokens, cost_micros FROM org_usage WHERE period >= ?",
-        )
-        .bind(format!("{since:04}"))
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    get(r, "org_id")?,
-                    get(r, "period")?,
-                    to_u64(get(r, "tokens")?),
-                    to_u64(get(r, "cost_micros")?),
-                ))
-            })
-            .collect()
-    }
-
-    /// A page of `org`'s audit log, newest first.
-    pub async fn audit_page(
-        &self,
-        org: &str,
-        f: &AuditFilter,
-        limit: i64,
-    ) -> Result<Vec<AuditRow>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id, actor, action, target, summary, request_id, client, at FROM audit_log WHERE org_id = ",
-        );
-        q.push_bind(org);
-        if let Some(a) = &f.actor {
-            q.push(" AND actor = ").push_bind(a.clone());
-        }
-        match f.action.as_deref() {
-            Some(a) if a.ends_with('.') => {
-                q.push(" AND substr(action, 1, ")
-                    .push_bind(a.len() as i64)
-                    .push(") = ")
-                    .push_bind(a.to_string());
-            }
-            Some(a) => {
-                q.push(" AND action = ").push_bind(a.to_string());
-            }
-            None => {}
-        }
-        if let Some(t) = &f.target {
-            q.push(" AND target = ").push_bind(t.clone());
-        }
-        if let Some(b) = f.before {
-            q.push(" AND id < ").push_bind(b);
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let summary: String = get(r, "summary")?;
-                Ok(AuditRow {
-                    id: get(r, "id")?,
-                    actor: get(r, "actor")?,
-                    action: get(r, "action")?,
-                    target: get(r, "target")?,
-                    summary: serde_json::from_str(&summary).unwrap_or(serde_json::Value::Null),
-                    request_id: get(r, "request_id")?,
-                    client: get(r, "client")?,
-                    at: cadre_actors::domain::rfc3339(get(r, "at")?),
-                })
-            })
-            .collect()
-    }
-
-    /// Audit entries of every organization after `after`, oldest first: `(id,
-    /// org, at ms, actor, action, target, summary JSON, request id)` (the
-    /// activity stream's audit bridge).
-    #[allow(clippy::type_complexity)]
-    pub async fn audit_since(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<
-        Vec<(
-            i64,
-            String,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-        )>,
-        StoreError,
-    > {
-        sqlx::query_as(
-            "SELECT id, org_id, at, actor, action, target, summary, request_id FROM audit_log \
-             WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)
-    }
-
-    /// The highest audit entry id (0 when there is none).
-    pub async fn last_audit_id(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_log")
-            .fetch_one(self.read_pool())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Writes an audit entry on its own (changes with no other row, e.g. a login).
-    pub async fn append_audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.tx().await?;
-        insert_audit(&mut tx, a).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Creates an organization and its owner.
-    pub async fn create_org(
-        &self,
-        org: &OrgRow,
-        owner: &NewUser<'_>,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "INSERT INTO orgs (id, name, slug, plan, limits, created_at, timezone, budget_period) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&org.id)
-        .bind(&org.name)
-        .bind(&org.slug)
-        .bind(&org.plan)
-        .bind(&org.limits)
-        .bind(org.created_at)
-        .bind(&org.timezone)
-        .bind(&org.budget_period)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        insert_user(&mut tx, owner).await?;
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Changes an organization's plan and/or limit overrides; `false` if it does not exist.
-    /// `retention`: `Some(days)` sets the organization's activity
-    /// retention (`Some(None)`: back to the default), `None` keeps it.
-    pub async fn update_org(
-        &self,
-        id: &str,
-        plan: Option<&str>,
-        limits: Option<&str>,
-        retention: Option<Option<i64>>,
-        zone: (Option<&str>, Option<&str>),
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.tx().await?;
-        let done = sqlx::query(
-            "UPDATE orgs SET plan = COALESCE(?1, plan), limits = COALESCE(?2, limits), \
-             activity_retention_days = CASE WHEN ?3 THEN ?4 ELSE activity_retention_days END, \
-             timezone = COALESCE(?6, timezone), budget_period = COALESCE(?7, budget_period) \
-             WHERE id = ?5",
-        )
-        .bind(plan)
-        .bind(limits)
-        .bind(retention.is_some())
-        .bind(retention.flatten())
-        .bind(id)
-        .bind(zone.0)
-        .bind(zone.1)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
-    /// Suspends (`Some(at)`) or resumes (`None`) an organization; `false` if it does not exist.
-    pub async fn set_org_suspended(
-        &self,
-        id: &str,
-        at: Option<i64>,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.tx().await?;
-        let done = sqlx::query("UPDATE orgs SET suspended_at = ? WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
-    /// Creates a user, refusing with `LimitReached` when the organization
-    /// already has `max_users` (checked in the insert's transaction).
-    pub async fn create_user(
-        &self,
-        user: &NewUser<'_>,
-        max_users: Option<u64>,
-        audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.tx().await?;
-        if let Some(max) = max_users {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE org_id = ?")
-                .bind(user.org_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            if n >= to_i64(max) {
-                return Err(StoreError::LimitReached(format!(
-                    "the organization's plan allows at most {max} users"
-                )));
-            }
-        }
-        insert_user(&mut tx, user).await?;
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Changes a user; a role or password change moves `sessions_after` to
-    /// `now_ms` and revokes every refresh token of the user. `None` if the
-    /// user is not in `org`.
-    pub async fn update_user(
-        &self,
-        org: &str,
-        id: &str,
-        change: &UserChange,
-        now_ms: i64,
-        audit: &AuditEntry,
-    ) -> Result<Option<UserRecord>, StoreError> {
-        let mut tx = self.tx().await?;
-        let revoke = change.role.is_some() || change.password_hash.is_some();
-        let sql = format!(
-            "UPDATE users SET name = COALESCE(?, name), role = COALESCE(?, role), \
-             password_hash = COALESCE(?, password_hash), \
-             sessions_after = CASE WHEN ? THEN ? ELSE sessions_after END, updated_at = ? \
-             WHERE org_id = ? AND id = ? RETURNING {USER_COLS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(change.name.as_deref())
-            .bind(change.role.as_deref())
-            .bind(change.password_hash.as_deref())
-            .bind(revoke)
-            .bind(now_ms)
-            .bind(now_ms)
-            .bind(org)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user = user_row(&row)?;
-        if revoke {
-            revoke_user_tokens(&mut tx, id, now_ms).await?;
-        }
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some(user))
-    }
-
-    /// Deletes a user, their sessions, and revokes the API keys they created.
-    /// `false` if the user is not in `org`.
-    pub async fn delete_user(
-        &self,
-        org: &str,
-        id: &str,
-        now_ms: i64,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.tx().await?;
-        let done = sqlx::query("DELETE FROM users WHERE org_id = ? AND id = ?")
-            .bind(org)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        revoke_user_tokens(&mut tx, id, now_ms).await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE created_by = ? AND revoked_at IS NULL",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
-    }
-
-    /// Stores a new API key.
-    pub async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, org_id, name, secret_hash, scopes, created_by, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.id)
-        .bind(&key.org_id)
-        .bind(&key.name)
-        .bind(&key.secret_hash)
-        .bind(serde_json::to_string(&key.scopes).unwrap_or_else(|_| "[]".into()))
-        .bind(&key.created_by)
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Revokes a key of `org` (idempotent); `None` if there is no such key.
-    pub async fn revoke_key(
-        &self,
-        org: &str,
-        id: &str,
-        now_ms: i64,
-        audit: &AuditEntry,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        let mut tx = self.tx().await?;
-        let sql = format!(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE org_id = ? AND id = ? RETURNING {KEY_COLS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(now_ms)
-            .bind(org)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        insert_audit(&mut tx, audit).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        key_row(&row).map(Some)
-    }
-
-    /// Families revoked since `since_ms` (access tokens of a family live at
-    /// most one access-token lifetime, so older revocations no longer matter).
-    pub async fn revoked_families(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT DISTINCT family FROM refresh_tokens WHERE revoked_at IS NOT NULL AND revoked_at > ?",
-        )
-        .bind(since_ms)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)
-    }
-
-    /// The family of a refresh token.
-    pub async fn family_of(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT family FROM refresh_tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(self.write_pool())
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Records a key's last use.
-    pub async fn touch_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(self.write_pool())
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    /// The lock of an email, if one is in force at `now_ms`: when it ends.
-    pub async fn locked_until(&self, email: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
-        let until: Option<i64> =
-            sqlx::query_scalar("SELECT locked_until FROM login_throttle WHERE email = ?")
-                .bind(email)
-                .fetch_optional(self.read_pool())
-                .await
-                .map_err(unavailable)?;
-        Ok(until.filter(|u| *u > now_ms))
-    }
-
-    /// Counts a failed login for `email`; at `threshold` failures the email
-    /// is locked for `base_ms` doubled per earlier lock, at most `max_ms`.
-    /// Returns the lock's end if this failure locked it.
-    pub async fn login_failed(
-        &self,
-        email: &str,
-        now_ms: i64,
-        threshold: u32,
-        base_ms: i64,
-        max_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.tx().await?;
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT failures, lockouts FROM login_throttle WHERE email = ?")
-                .bind(email)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        let (failures, lockouts) = row.unwrap_or((0, 0));
-        let failures = failures + 1;
-        let (failures, lockouts, until) = if failures >= i64::from(threshold) {
-            let factor = 1i64
-                .checked_shl(lockouts.clamp(0, 30) as u32)
-                .unwrap_or(i64::MAX);
-            let period = base_ms.saturating_mul(factor).min(max_ms);
-            (0, lockouts + 1, now_ms + period)
-        } else {
-            (failures, lockouts, 0)
-        };
-        sqlx::query(
-            "INSERT INTO login_throttle (email, failures, lockouts, locked_until, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (email) DO UPDATE SET failures = excluded.failures, lockouts = excluded.lockouts, \
-             locked_until = CASE WHEN excluded.locked_until > 0 THEN excluded.locked_until ELSE locked_until END, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(email)
-        .bind(failures)
-        .bind(lockouts)
-        .bind(until)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok((until > 0).then_some(until))
-    }
-
-    /// Forgets an email's failed logins after a successful one.
-    pub async fn login_succeeded(&self, email: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_throttle WHERE email = ?")
-            .bind(email)
-            .execute(self.write_pool())
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    /// Stores a new refresh token (hash) in its family, with the login's audit entry.
-    pub async fn insert_refresh(
-        &self,
-        t: &NewRefresh<'_>,
-        audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError> {
-        let NewRefresh {
-            hash,
-            family,
-            user,
-            org,
-            now_ms,
-            expires_ms,
-        } = *t;
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (hash, family, user_id, org_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(hash)
-        .bind(family)
-        .bind(user)
-        .bind(org)
-        .bind(now_ms)
-        .bind(expires_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        if let Some(a) = audit {
-            insert_audit(&mut tx, a).await.map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Uses a refresh token once: marks it used and stores its successor in
-    /// the same family. A token used or revoked before revokes its family.
-    pub async fn rotate_refresh(
-        &self,
-        hash: &str,
-        new_hash: &str,
-        now_ms: i64,
-        expires_ms: i64,
-    ) -> Result<Rotation, StoreError> {
-        let mut tx = self.tx().await?;
-        let row: Option<RefreshRow> = sqlx::query_as(
-            "SELECT family, user_id, org_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE hash = ?",
-        )
-        .bind(hash)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let Some((family, user_id, org_id, expires_at, used, revoked)) = row else {
-            return Ok(Rotation::Invalid);
-        };
-        if used.is_some() || revoked.is_some() {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE family = ?",
-            )
-            .bind(now_ms)
-            .bind(&family)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            tx.commit().await.map_err(unavailable)?;
-            return Ok(Rotation::Reused { user_id, org_id });
-        }
-        if expires_at <= now_ms {
-            return Ok(Rotation::Invalid);
-        }
-        sqlx::query("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?")
-            .bind(now_ms)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (hash, family, user_id, org_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(new_hash)
-        .bind(&family)
-        .bind(&user_id)
-        .bind(&org_id)
-        .bind(now_ms)
-        .bind(expires_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Rotation::Rotated {
-            user_id,
-            org_id,
-            family,
-        })
-    }
-
-    /// Revokes the family of a refresh token (logout); returns its user and org.
-    pub async fn revoke_refresh_family(
-        &self,
-        hash: &str,
-        now_ms: i64,
-        audit: impl FnOnce(&str, &str) -> AuditEntry,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        let mut tx = self.tx().await?;
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT family, user_id, org_id FROM refresh_tokens WHERE hash = ?")
-                .bind(hash)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        let Some((family, user, org)) = row else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE family = ?",
-        )
-        .bind(now_ms)
-        .bind(&family)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        insert_audit(&mut tx, &audit(&user, &org))
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Some((user, org)))
     }
 }
 
-async fn revoke_user_tokens(
-    conn: &mut SqliteConnection,
-    user: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE user_id = ? AND revoked_at IS NULL",
-    )
-    .bind(now_ms)
-    .bind(user)
-    .execute(conn)
-    .await
-    .map(|_| ())
-    .map_err(unavailable)
+impl<D: Database> Identity<D> {
+    /// Reads on `read`, writes on `write` (the same pool on a server).
+    pub fn new(read: Pool<D>, write: Pool<D>) -> Identity<D> {
+        Identity { read, write }
+    }
+}
+
+/// The statement type every method builds.
+type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
+
+on_dialects! {
+    impl<D> Identity<D> {
+        /// Writes one audit entry on `conn` (inside the caller's transaction).
+        pub(crate) async fn insert_audit(
+            conn: &mut D::Connection,
+            a: &AuditEntry,
+        ) -> Result<(), sqlx::Error> {
+            let sql = D::sql(&format!(
+                "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
+                 VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
+                D::JSON
+            ));
+            sqlx::query(&sql)
+                .bind(a.org_id.as_str())
+                .bind(a.actor.as_str())
+                .bind(a.action.as_str())
+                .bind(a.target.as_str())
+                .bind(a.summary.to_string())
+                .bind(a.request_id.as_deref())
+                .bind(a.client.as_deref())
+                .bind(a.at)
+                .execute(conn)
+                .await
+                .map(|_| ())
+        }
+
+        async fn audit_in(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
+            Self::insert_audit(conn, a).await.map_err(stmt)
+        }
+
+        /// Runs a statement on `conn`, returning the rows it changed (matched
+        /// on MySQL).
+        async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, Attempt> {
+            let done = query.execute(conn).await.map_err(stmt)?;
+            Ok(D::rows_affected(&done))
+        }
+
+        async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
+            self.write.begin().await.map_err(stmt)
+        }
+
+        async fn insert_user(conn: &mut D::Connection, u: &NewUser<'_>) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "INSERT INTO users (id, org_id, email, name, role, password_hash, instance_admin, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(u.id)
+                .bind(u.org_id)
+                .bind(u.email)
+                .bind(u.name)
+                .bind(u.role)
+                .bind(u.password_hash)
+                .bind(u.instance_admin)
+                .bind(u.now)
+                .bind(u.now)
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(stmt_classify)
+        }
+
+        async fn revoke_user_tokens(
+            conn: &mut D::Connection,
+            user: &str,
+            now_ms: i64,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) \
+                 WHERE user_id = ? AND revoked_at IS NULL",
+            );
+            Self::run(conn, sqlx::query(&sql).bind(now_ms).bind(user))
+                .await
+                .map(|_| ())
+        }
+
+        async fn revoke_family(
+            conn: &mut D::Connection,
+            family: &str,
+            now_ms: i64,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE family = ?",
+            );
+            Self::run(conn, sqlx::query(&sql).bind(now_ms).bind(family))
+                .await
+                .map(|_| ())
+        }
+
+        async fn insert_token(
+            conn: &mut D::Connection,
+            (hash, family, user, org): (&str, &str, &str, &str),
+            now_ms: i64,
+            expires_ms: i64,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(
+                "INSERT INTO refresh_tokens (hash, family, user_id, org_id, created_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            );
+            sqlx::query(&sql)
+                .bind(hash)
+                .bind(family)
+                .bind(user)
+                .bind(org)
+                .bind(now_ms)
+                .bind(expires_ms)
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(stmt_classify)
+        }
+
+        /// Every organization.
+        pub async fn all_orgs(&self) -> Result<Vec<OrgRow>, StoreError> {
+            let sql = format!("SELECT {} FROM orgs ORDER BY id{}", org_cols::<D>(), D::BYTES);
+            let rows = sqlx::query(&sql)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(org_row).collect()
+        }
+
+        /// One organization.
+        pub async fn org(&self, id: &str) -> Result<Option<OrgRow>, StoreError> {
+            let sql = D::sql(&format!("SELECT {} FROM orgs WHERE id = ?", org_cols::<D>()));
+            let row = sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(org_row).transpose()
+        }
+
+        /// Every user (for the in-memory session directory).
+        pub async fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+            let sql = format!("SELECT {} FROM users", user_cols::<D>());
+            let rows = sqlx::query(&sql)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(user_row).collect()
+        }
+
+        /// Every API key (for the in-memory key directory).
+        pub async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+            let sql = format!("SELECT {} FROM api_keys", key_cols::<D>());
+            let rows = sqlx::query(&sql)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(key_row).collect()
+        }
+
+        /// A user by email (case-insensitive), for login.
+        pub async fn user_record_by_email(
+            &self,
+            email: &str,
+        ) -> Result<Option<UserRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM users WHERE lower(email) = lower(?)",
+                user_cols::<D>()
+            ));
+            let row = sqlx::query(&sql)
+                .bind(email)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(user_row).transpose()
+        }
+
+        /// A user of `org`.
+        pub async fn user(&self, org: &str, id: &str) -> Result<Option<UserRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM users WHERE org_id = ? AND id = ?",
+                user_cols::<D>()
+            ));
+            let row = sqlx::query(&sql)
+                .bind(org)
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(user_row).transpose()
+        }
+
+        /// A page of `org`'s users, in id order after `after`.
+        pub async fn users_page(
+            &self,
+            org: &str,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<UserRecord>, StoreError> {
+            let rows = self.id_page(&user_cols::<D>(), "users", Some(org), after, limit).await?;
+            rows.iter().map(user_row).collect()
+        }
+
+        /// A page of `org`'s API keys, in id order after `after`.
+        pub async fn keys_page(
+            &self,
+            org: &str,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<KeyRecord>, StoreError> {
+            let rows = self.id_page(&key_cols::<D>(), "api_keys", Some(org), after, limit).await?;
+            rows.iter().map(key_row).collect()
+        }
+
+        /// A page of organizations (instance admins), in id order after `after`.
+        pub async fn orgs_page(&self, after: &str, limit: i64) -> Result<Vec<OrgRow>, StoreError> {
+            let rows = self.id_page(&org_cols::<D>(), "orgs", None, after, limit).await?;
+            rows.iter().map(org_row).collect()
+        }
+
+        /// Rows of `table` with ids after `after`, in id (byte) order; only
+        /// `org`'s when given (every tenant table is filtered by its org).
+        async fn id_page(
+            &self,
+            cols: &str,
+            table: &str,
+            org: Option<&str>,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<D::Row>, StoreError> {
+            let by_org = if org.is_some() { " AND org_id = ?" } else { "" };
+            let sql = D::sql(&format!(
+                "SELECT {cols} FROM {table} WHERE id{b} > ?{by_org} ORDER BY id{b} LIMIT ?",
+                b = D::BYTES
+            ));
+            let mut query = sqlx::query(&sql).bind(after);
+            if let Some(org) = org {
+                query = query.bind(org);
+            }
+            query
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)
+        }
+
+        /// Usage of `org` in `period` (`YYYY-MM`).
+        pub async fn org_usage(&self, org: &str, period: &str) -> Result<OrgUsage, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} AS agents, {} AS users, {} AS tokens, {} AS cost",
+                D::int("(SELECT agent_count FROM orgs WHERE id = ?)"),
+                D::int("(SELECT COUNT(*) FROM users WHERE org_id = ?)"),
+                D::int(
+                    "(SELECT COALESCE(SUM(tokens), 0) FROM org_usage WHERE org_id = ? AND period = ?)"
+                ),
+                D::int(
+                    "(SELECT COALESCE(SUM(cost_micros), 0) FROM org_usage \
+                     WHERE org_id = ? AND period = ?)"
+                ),
+            ));
+            let row = sqlx::query(&sql)
+                .bind(org)
+                .bind(org)
+                .bind(org)
+                .bind(period)
+                .bind(org)
+                .bind(period)
+                .fetch_one(&self.read)
+                .await
+                .map_err(unavailable)?;
+            Ok(OrgUsage {
+                agents: get::<_, Option<i64>>(&row, "agents")?.unwrap_or(0),
+                users: get(&row, "users")?,
+                tokens: get(&row, "tokens")?,
+                cost_micros: get(&row, "cost")?,
+            })
+        }
+
+        /// Every organization's spend per period since the start of last year
+        /// (periods are `YYYY-…`, so they compare as text): (org, period,
+        /// tokens, micro-dollars). The caller picks each organization's current
+        /// period, which depends on its time zone and period kind.
+        pub async fn org_spend(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
+            let since = time::OffsetDateTime::now_utc().year() - 1;
+            let sql = D::sql(&format!(
+                "SELECT org_id, period, {} AS tokens, {} AS cost_micros FROM org_usage \
+                 WHERE period >= ?",
+                D::int("tokens"),
+                D::int("cost_micros")
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(format!("{since:04}"))
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        get(r, "org_id")?,
+                        get(r, "period")?,
+                        to_u64(get(r, "tokens")?),
+                        to_u64(get(r, "cost_micros")?),
+                    ))
+                })
+                .collect()
+        }
+
+        /// A page of `org`'s audit log, newest first.
+        pub async fn audit_page(
+            &self,
+            org: &str,
+            f: &AuditFilter,
+            limit: i64,
+        ) -> Result<Vec<AuditRow>, StoreError> {
+            let mut sql = format!(
+                "SELECT id, actor, action, target, {}, request_id, client, at FROM audit_log \
+                 WHERE org_id = ?",
+                D::json("summary")
+            );
+            if f.actor.is_some() {
+                sql.push_str(" AND actor = ?");
+            }
+            let prefix = f.action.as_deref().filter(|a| a.ends_with('.'));
+            match (prefix, &f.action) {
+                (Some(_), _) => sql.push_str(" AND substr(action, 1, CAST(? AS INTEGER)) = ?"),
+                (None, Some(_)) => sql.push_str(" AND action = ?"),
+                (None, None) => {}
+            }
+            if f.target.is_some() {
+                sql.push_str(" AND target = ?");
+            }
+            if f.before.is_some() {
+                sql.push_str(" AND id < ?");
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            let sql = D::sql(&sql);
+            let mut query = sqlx::query(&sql).bind(org);
+            if let Some(a) = &f.actor {
+                query = query.bind(a.as_str());
+            }
+            if let Some(a) = prefix {
+                query = query.bind(to_i64(a.len() as u64)).bind(a);
+            } else if let Some(a) = &f.action {
+                query = query.bind(a.as_str());
+            }
+            if let Some(t) = &f.target {
+                query = query.bind(t.as_str());
+            }
+            if let Some(b) = f.before {
+                query = query.bind(b);
+            }
+            let rows = query
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let summary: String = get(r, "summary")?;
+                    Ok(AuditRow {
+                        id: get(r, "id")?,
+                        actor: get(r, "actor")?,
+                        action: get(r, "action")?,
+                        target: get(r, "target")?,
+                        summary: serde_json::from_str(&summary).unwrap_or(serde_json::Value::Null),
+                        request_id: get(r, "request_id")?,
+                        client: get(r, "client")?,
+                        at: cadre_actors::domain::rfc3339(get(r, "at")?),
+                    })
+                })
+                .collect()
+        }
+
+        /// Audit entries of every organization after `after`, oldest first (the
+        /// activity stream's audit bridge).
+        pub async fn audit_since(
+            &self,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<AuditSince>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT id, org_id, at, actor, action, target, {}, request_id FROM audit_log \
+                 WHERE id > ? ORDER BY id LIMIT ?",
+                D::json("summary")
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        get(r, "id")?,
+                        get(r, "org_id")?,
+                        get(r, "at")?,
+                        get(r, "actor")?,
+                        get(r, "action")?,
+                        get(r, "target")?,
+                        get(r, "summary")?,
+                        get(r, "request_id")?,
+                    ))
+                })
+                .collect()
+        }
+
+        /// The highest audit entry id (0 when there is none).
+        pub async fn last_audit_id(&self) -> Result<i64, StoreError> {
+            let sql = format!("SELECT {} AS id", D::int("(SELECT COALESCE(MAX(id), 0) FROM audit_log)"));
+            let row = sqlx::query(&sql)
+                .fetch_one(&self.read)
+                .await
+                .map_err(unavailable)?;
+            get(&row, "id")
+        }
+
+        /// Writes an audit entry on its own (changes with no other row, e.g. a login).
+        pub async fn append_audit(&self, a: &AuditEntry) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                Self::audit_in(&mut tx, a).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        /// Creates an organization and its owner.
+        pub async fn create_org(
+            &self,
+            org: &OrgRow,
+            owner: &NewUser<'_>,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "INSERT INTO orgs (id, name, slug, plan, limits, created_at, timezone, budget_period) \
+                     VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
+                    D::JSON
+                ));
+                sqlx::query(&sql)
+                    .bind(org.id.as_str())
+                    .bind(org.name.as_str())
+                    .bind(org.slug.as_str())
+                    .bind(org.plan.as_str())
+                    .bind(org.limits.as_str())
+                    .bind(org.created_at)
+                    .bind(org.timezone.as_str())
+                    .bind(org.budget_period.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(stmt_classify)?;
+                Self::insert_user(&mut tx, owner).await?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        /// Changes an organization's plan and/or limit overrides; `false` if it does not exist.
+        /// `retention`: `Some(days)` sets the organization's activity
+        /// retention (`Some(None)`: back to the default), `None` keeps it.
+        pub async fn update_org(
+            &self,
+            id: &str,
+            plan: Option<&str>,
+            limits: Option<&str>,
+            retention: Option<Option<i64>>,
+            zone: (Option<&str>, Option<&str>),
+            audit: &AuditEntry,
+        ) -> Result<bool, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "UPDATE orgs SET plan = COALESCE(?, plan), limits = COALESCE(?{}, limits), \
+                     activity_retention_days = CASE WHEN ? THEN ? ELSE activity_retention_days END, \
+                     timezone = COALESCE(?, timezone), budget_period = COALESCE(?, budget_period) \
+                     WHERE id = ?",
+                    D::JSON
+                ));
+                let query = sqlx::query(&sql)
+                    .bind(plan)
+                    .bind(limits)
+                    .bind(retention.is_some())
+                    .bind(retention.flatten())
+                    .bind(zone.0)
+                    .bind(zone.1)
+                    .bind(id);
+                if Self::run(&mut tx, query).await? == 0 {
+                    return Ok(false);
+                }
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(true)
+            })
+            .await
+        }
+
+        /// Suspends (`Some(at)`) or resumes (`None`) an organization; `false` if it does not exist.
+        pub async fn set_org_suspended(
+            &self,
+            id: &str,
+            at: Option<i64>,
+            audit: &AuditEntry,
+        ) -> Result<bool, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql("UPDATE orgs SET suspended_at = ? WHERE id = ?");
+                if Self::run(&mut tx, sqlx::query(&sql).bind(at).bind(id)).await? == 0 {
+                    return Ok(false);
+                }
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(true)
+            })
+            .await
+        }
+
+        /// Creates a user, refusing with `LimitReached` when the organization
+        /// already has `max_users` (checked in the insert's transaction, under
+        /// the organization row's lock on a server).
+        pub async fn create_user(
+            &self,
+            user: &NewUser<'_>,
+            max_users: Option<u64>,
+            audit: &AuditEntry,
+        ) -> Result<(), StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                if let Some(max) = max_users {
+                    let lock = D::sql(&format!("SELECT id FROM orgs WHERE id = ?{}", D::FOR_UPDATE));
+                    sqlx::query(&lock)
+                        .bind(user.org_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(stmt)?;
+                    let count = D::sql(&format!(
+                        "SELECT {} AS n FROM users WHERE org_id = ?",
+                        D::int("COUNT(*)")
+                    ));
+                    let row = sqlx::query(&count)
+                        .bind(user.org_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(stmt)?;
+                    let n: i64 = get(&row, "n")?;
+                    if n >= to_i64(max) {
+                        return Err(StoreError::LimitReached(format!(
+                            "the organization's plan allows at most {max} users"
+                        ))
+                        .into());
+                    }
+                }
+                Self::insert_user(&mut tx, user).await?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        /// Changes a user; a role or password change moves `sessions_after` to
+        /// `now_ms` and revokes every refresh token of the user. `None` if the
+        /// user is not in `org`.
+        pub async fn update_user(
+            &self,
+            org: &str,
+            id: &str,
+            change: &UserChange,
+            now_ms: i64,
+            audit: &AuditEntry,
+        ) -> Result<Option<UserRecord>, StoreError> {
+            let revoke = change.role.is_some() || change.password_hash.is_some();
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(
+                    "UPDATE users SET name = COALESCE(?, name), role = COALESCE(?, role), \
+                     password_hash = COALESCE(?, password_hash), \
+                     sessions_after = CASE WHEN ? THEN ? ELSE sessions_after END, updated_at = ? \
+                     WHERE org_id = ? AND id = ?",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(change.name.as_deref())
+                    .bind(change.role.as_deref())
+                    .bind(change.password_hash.as_deref())
+                    .bind(revoke)
+                    .bind(now_ms)
+                    .bind(now_ms)
+                    .bind(org)
+                    .bind(id);
+                if Self::run(&mut tx, query).await? == 0 {
+                    return Ok(None);
+                }
+                let sql = D::sql(&format!(
+                    "SELECT {} FROM users WHERE org_id = ? AND id = ?",
+                    user_cols::<D>()
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let user = user_row(&row)?;
+                if revoke {
+                    Self::revoke_user_tokens(&mut tx, id, now_ms).await?;
+                }
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Some(user))
+            })
+            .await
+        }
+
+        /// Deletes a user, their sessions, and revokes the API keys they created.
+        /// `false` if the user is not in `org`.
+        pub async fn delete_user(
+            &self,
+            org: &str,
+            id: &str,
+            now_ms: i64,
+            audit: &AuditEntry,
+        ) -> Result<bool, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql("DELETE FROM users WHERE org_id = ? AND id = ?");
+                if Self::run(&mut tx, sqlx::query(&sql).bind(org).bind(id)).await? == 0 {
+                    return Ok(false);
+                }
+                Self::revoke_user_tokens(&mut tx, id, now_ms).await?;
+                let sql = D::sql(
+                    "UPDATE api_keys SET revoked_at = ? WHERE created_by = ? AND revoked_at IS NULL",
+                );
+                Self::run(&mut tx, sqlx::query(&sql).bind(now_ms).bind(id)).await?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(true)
+            })
+            .await
+        }
+
+        /// Stores a new API key.
+        pub async fn create_key(&self, key: &KeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+            let scopes = serde_json::to_string(&key.scopes).unwrap_or_else(|_| "[]".into());
+            let scopes = scopes.as_str();
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "INSERT INTO api_keys (id, org_id, name, secret_hash, scopes, created_by, \
+                     created_at, expires_at) VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
+                    D::JSON
+                ));
+                sqlx::query(&sql)
+                    .bind(key.id.as_str())
+                    .bind(key.org_id.as_str())
+                    .bind(key.name.as_str())
+                    .bind(key.secret_hash.as_str())
+                    .bind(scopes)
+                    .bind(key.created_by.as_str())
+                    .bind(key.created_at)
+                    .bind(key.expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(stmt_classify)?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        /// Revokes a key of `org` (idempotent); `None` if there is no such key.
+        pub async fn revoke_key(
+            &self,
+            org: &str,
+            id: &str,
+            now_ms: i64,
+            audit: &AuditEntry,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE org_id = ? AND id = ?",
+                );
+                if Self::run(&mut tx, sqlx::query(&sql).bind(now_ms).bind(org).bind(id)).await? == 0 {
+                    return Ok(None);
+                }
+                let sql = D::sql(&format!(
+                    "SELECT {} FROM api_keys WHERE org_id = ? AND id = ?",
+                    key_cols::<D>()
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let key = key_row(&row)?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Some(key))
+            })
+            .await
+        }
+
+        /// Families revoked since `since_ms` (access tokens of a family live at
+        /// most one access-token lifetime, so older revocations no longer matter).
+        pub async fn revoked_families(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+            let sql = D::sql(
+                "SELECT DISTINCT family FROM refresh_tokens \
+                 WHERE revoked_at IS NOT NULL AND revoked_at > ?",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(since_ms)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(|r| get(r, "family")).collect()
+        }
+
+        /// The family of a refresh token (read where it was written).
+        pub async fn family_of(&self, hash: &str) -> Result<Option<String>, StoreError> {
+            let sql = D::sql("SELECT family FROM refresh_tokens WHERE hash = ?");
+            let row = sqlx::query(&sql)
+                .bind(hash)
+                .fetch_optional(&self.write)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(|r| get(r, "family")).transpose()
+        }
+
+        /// Records a key's last use.
+        pub async fn touch_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+            let sql = D::sql("UPDATE api_keys SET last_used_at = ? WHERE id = ?");
+            sqlx::query(&sql)
+                .bind(at)
+                .bind(id)
+                .execute(&self.write)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        }
+
+        /// The lock of an email, if one is in force at `now_ms`: when it ends.
+        pub async fn locked_until(&self, email: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
+            let sql = D::sql("SELECT locked_until FROM login_throttle WHERE email = ?");
+            let row = sqlx::query(&sql)
+                .bind(email)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            let until: Option<i64> = row.as_ref().map(|r| get(r, "locked_until")).transpose()?;
+            Ok(until.filter(|u| *u > now_ms))
+        }
+
+        /// Counts a failed login for `email`; at `threshold` failures the email
+        /// is locked for `base_ms` doubled per earlier lock, at most `max_ms`.
+        /// Returns the lock's end if this failure locked it. Concurrent
+        /// failures are each counted: the email's row is created first, then
+        /// read under its lock.
+        pub async fn login_failed(
+            &self,
+            email: &str,
+            now_ms: i64,
+            threshold: u32,
+            base_ms: i64,
+            max_ms: i64,
+        ) -> Result<Option<i64>, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "INSERT INTO login_throttle (email, failures, lockouts, locked_until, updated_at) \
+                     VALUES (?, 0, 0, 0, ?) {}",
+                    D::keep_existing("email", "email")
+                ));
+                Self::run(&mut tx, sqlx::query(&sql).bind(email).bind(now_ms)).await?;
+                let sql = D::sql(&format!(
+                    "SELECT failures, lockouts FROM login_throttle WHERE email = ?{}",
+                    D::FOR_UPDATE
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(email)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let failures: i64 = get::<_, i64>(&row, "failures")? + 1;
+                let lockouts: i64 = get(&row, "lockouts")?;
+                let (failures, lockouts, until) = if failures >= i64::from(threshold) {
+                    let factor = 1i64
+                        .checked_shl(lockouts.clamp(0, 30) as u32)
+                        .unwrap_or(i64::MAX);
+                    let period = base_ms.saturating_mul(factor).min(max_ms);
+                    (0, lockouts + 1, now_ms + period)
+                } else {
+                    (failures, lockouts, 0)
+                };
+                let sql = D::sql(
+                    "UPDATE login_throttle SET failures = ?, lockouts = ?, \
+                     locked_until = CASE WHEN ? > 0 THEN ? ELSE locked_until END, updated_at = ? \
+                     WHERE email = ?",
+                );
+                let query = sqlx::query(&sql)
+                    .bind(failures)
+                    .bind(lockouts)
+                    .bind(until)
+                    .bind(until)
+                    .bind(now_ms)
+                    .bind(email);
+                Self::run(&mut tx, query).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok((until > 0).then_some(until))
+            })
+            .await
+        }
+
+        /// Forgets an email's failed logins after a successful one.
+        pub async fn login_succeeded(&self, email: &str) -> Result<(), StoreError> {
+            let sql = D::sql("DELETE FROM login_throttle WHERE email = ?");
+            sqlx::query(&sql)
+                .bind(email)
+                .execute(&self.write)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        }
+
+        /// Stores a new refresh token (hash) in its family, with the login's audit entry.
+        pub async fn insert_refresh(
+            &self,
+            t: &NewRefresh<'_>,
+            audit: Option<&AuditEntry>,
+        ) -> Result<(), StoreError> {
+            let t = *t;
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                Self::insert_token(&mut tx, (t.hash, t.family, t.user, t.org), t.now_ms, t.expires_ms)
+                    .await?;
+                if let Some(a) = audit {
+                    Self::audit_in(&mut tx, a).await?;
+                }
+                tx.commit().await.map_err(at_commit)
+            })
+            .await
+        }
+
+        /// Uses a refresh token once: marks it used and stores its successor in
+        /// the same family. A token used or revoked before revokes its family.
+        /// The token's row is read under its lock, so of two concurrent uses
+        /// the second sees the first's and revokes the family.
+        pub async fn rotate_refresh(
+            &self,
+            hash: &str,
+            new_hash: &str,
+            now_ms: i64,
+            expires_ms: i64,
+        ) -> Result<Rotation, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "SELECT family, user_id, org_id, expires_at, used_at, revoked_at \
+                     FROM refresh_tokens WHERE hash = ?{}",
+                    D::FOR_UPDATE
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(hash)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let Some(row) = row else {
+                    return Ok(Rotation::Invalid);
+                };
+                let family: String = get(&row, "family")?;
+                let user_id: String = get(&row, "user_id")?;
+                let org_id: String = get(&row, "org_id")?;
+                let expires_at: i64 = get(&row, "expires_at")?;
+                let used: Option<i64> = get(&row, "used_at")?;
+                let revoked: Option<i64> = get(&row, "revoked_at")?;
+                if used.is_some() || revoked.is_some() {
+                    Self::revoke_family(&mut tx, &family, now_ms).await?;
+                    tx.commit().await.map_err(at_commit)?;
+                    return Ok(Rotation::Reused { user_id, org_id });
+                }
+                if expires_at <= now_ms {
+                    return Ok(Rotation::Invalid);
+                }
+                let sql = D::sql("UPDATE refresh_tokens SET used_at = ? WHERE hash = ?");
+                Self::run(&mut tx, sqlx::query(&sql).bind(now_ms).bind(hash)).await?;
+                Self::insert_token(&mut tx, (new_hash, &family, &user_id, &org_id), now_ms, expires_ms)
+                    .await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Rotation::Rotated {
+                    user_id,
+                    org_id,
+                    family,
+                })
+            })
+            .await
+        }
+
+        /// Revokes the family of a refresh token (logout); returns its user and org.
+        pub async fn revoke_refresh_family(
+            &self,
+            hash: &str,
+            now_ms: i64,
+            audit: impl Fn(&str, &str) -> AuditEntry,
+        ) -> Result<Option<(String, String)>, StoreError> {
+            let audit = &audit;
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "SELECT family, user_id, org_id FROM refresh_tokens WHERE hash = ?{}",
+                    D::FOR_UPDATE
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(hash)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let family: String = get(&row, "family")?;
+                let user: String = get(&row, "user_id")?;
+                let org: String = get(&row, "org_id")?;
+                Self::revoke_family(&mut tx, &family, now_ms).await?;
+                Self::audit_in(&mut tx, &audit(&user, &org)).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(Some((user, org)))
+            })
+            .await
+        }
+    }
+}
+
+/// One audit entry as the activity stream's audit bridge reads it: `(id,
+/// org, at ms, actor, action, target, summary JSON, request id)`.
+pub type AuditSince = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+/// Writes one audit entry inside a SQLite transaction of another table's
+/// write (the group-commit writer's jobs, governance, schedules).
+pub(crate) async fn insert_audit(
+    conn: &mut sqlx::SqliteConnection,
+    a: &AuditEntry,
+) -> Result<(), sqlx::Error> {
+    Identity::<sqlx::Sqlite>::insert_audit(conn, a).await
 }

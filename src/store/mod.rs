@@ -3,9 +3,46 @@
 //!
 //! The store that serves is SQLite's (`sqlite.rs`). PostgreSQL and MySQL /
 //! MariaDB have their schemas and migrations (`backend.rs`,
-//! `migrations/<dialect>/`), the actors' ports (`server.rs`) and export /
-//! import (`transfer.rs`), not yet the rest that `cadre serve` needs.
+//! `migrations/<dialect>/`), the actors' ports (`server.rs`), the identity
+//! and audit tables (`identity.rs`, one implementation for all three
+//! dialects) and export / import (`transfer.rs`), not yet the rest that
+//! `cadre serve` needs.
 //! Nothing here knows about actors or HTTP.
+
+/// Writes an impl over every [`server::Dialect`] with the bounds sqlx
+/// needs to run our statements, bind our values and read our rows: `impl<D>
+/// Type<D> { … }` for inherent methods, `impl<D> Port for Type<D> { … }` for
+/// a port (an `async_trait`). Rust does not imply where-clauses from a trait,
+/// so without this each impl would repeat them.
+macro_rules! on_dialects {
+    (impl<D> $port:ident for $ty:ident<D> { $($body:tt)* }) => {
+        on_dialects!(@with [#[::async_trait::async_trait] impl<D> $port for $ty<D>] { $($body)* });
+    };
+    (impl<D> $ty:ident<D> { $($body:tt)* }) => {
+        on_dialects!(@with [impl<D> $ty<D>] { $($body)* });
+    };
+    (@with [$($head:tt)*] { $($body:tt)* }) => {
+        $($head)*
+        where
+            D: $crate::store::server::Dialect,
+            for<'c> &'c mut D::Connection: ::sqlx::Executor<'c, Database = D>,
+            for<'a> D::Arguments<'a>: ::sqlx::IntoArguments<'a, D>,
+            for<'q> &'q str: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> Option<&'q str>: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> String: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> Option<String>: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> i64: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> Option<i64>: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> bool: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            for<'q> Option<bool>: ::sqlx::Encode<'q, D> + ::sqlx::Type<D>,
+            D::Row: $crate::store::DecodeRow,
+            usize: ::sqlx::ColumnIndex<D::Row>,
+            for<'a> &'a str: ::sqlx::ColumnIndex<D::Row>,
+        {
+            $($body)*
+        }
+    };
+}
 
 mod activity;
 pub mod backend;
@@ -24,8 +61,8 @@ pub use activity::{
 };
 pub use governance::ApprovalFilter;
 pub use identity::{
-    AuditFilter, AuditRow, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation, UserChange,
-    UserRecord,
+    AuditFilter, AuditRow, AuditSince, Identity, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage,
+    Rotation, UserChange, UserRecord,
 };
 pub use schedules::Schedule;
 pub use sqlite::{Checkpoints, Durability, SqlStore};

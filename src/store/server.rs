@@ -10,9 +10,10 @@
 //! documents and kill switches (`GovStore`), tasks and their steps
 //! (`TaskStore`). It passes the port conformance suite
 //! (`tests/ports.rs`) that SQLite's store passes, concurrency tests
-//! included. `cadre serve` does not run on them yet: the identity,
-//! activity and schedule stores and the HTTP layer's reads (tasks' pages
-//! among them) are still SQLite's (`docs/databases.md`).
+//! included. The identity and audit tables ([`super::Identity`]) run on
+//! every [`Dialect`], SQLite's among them. `cadre serve` does not run on the
+//! servers yet: the activity and schedule stores and the HTTP layer's reads
+//! (tasks' pages among them) are still SQLite's (`docs/databases.md`).
 //!
 //! A write that loses its connection (or meets a deadlock) before its
 //! commit is tried again on a new connection (`retry`); a commit whose
@@ -35,9 +36,8 @@
 //! (`COLLATE "C"` on PostgreSQL; MySQL's columns are `utf8mb4_bin`).
 
 use super::governance::{approval_row, grant_row};
-use super::sqlite::{AgentRow, agent_from_row};
+use super::sqlite::{AgentRow, agent_from_row, classify, unavailable};
 use super::{DecodeRow, to_i64};
-use async_trait::async_trait;
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentEvent, AgentId, AgentRecord, OrgId, Transition};
@@ -47,7 +47,7 @@ use cadre_actors::ports::{
 };
 use cadre_actors::task::{TaskRecord, TaskStep, TaskStore};
 use sqlx::pool::PoolOptions;
-use sqlx::{ColumnIndex, Database, Encode, Executor, IntoArguments, Pool, Type};
+use sqlx::{Database, Pool};
 use std::time::Duration;
 
 /// Where the SQL of PostgreSQL and MySQL differs. Statements are written
@@ -65,12 +65,18 @@ pub trait Dialect: Database {
     const RETURNING: bool;
     /// Follows `FROM agents` in a hydration page.
     const BY_ORG_AND_ID: &'static str;
+    /// Follows a `SELECT` whose rows the transaction goes on to change:
+    /// locks them until it ends (SQLite's one writer needs no lock).
+    const FOR_UPDATE: &'static str;
     /// A statement's placeholders as the dialect writes them.
     fn sql(statement: &str) -> String;
     /// A flag column read back as a 64-bit integer, named as itself.
     fn flag(column: &str) -> String;
     /// A JSON column read back as text, named as itself.
     fn json(column: &str) -> String;
+    /// An integer expression (a count, a sum) read back as a 64-bit
+    /// integer (sums are `NUMERIC` on PostgreSQL, `DECIMAL` on MySQL).
+    fn int(expr: &str) -> String;
     /// What follows `INSERT …` to update the row whose key is taken.
     fn upsert(keys: &str) -> String;
     /// The value an upsert tried to insert into `column`.
@@ -91,6 +97,7 @@ impl Dialect for sqlx::Postgres {
     const TRIGGER: &'static str = "trigger";
     const RETURNING: bool = true;
     const BY_ORG_AND_ID: &'static str = "";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
     fn sql(statement: &str) -> String {
         let mut out = String::with_capacity(statement.len() + 16);
         let mut n = 0;
@@ -109,6 +116,9 @@ impl Dialect for sqlx::Postgres {
     }
     fn json(column: &str) -> String {
         format!("{column}::TEXT AS {column}")
+    }
+    fn int(expr: &str) -> String {
+        format!("CAST({expr} AS BIGINT)")
     }
     fn upsert(keys: &str) -> String {
         format!("ON CONFLICT ({keys}) DO UPDATE SET")
@@ -137,6 +147,7 @@ impl Dialect for sqlx::MySql {
     // organization, filtered row by row, unless told to use the range: 9 ms
     // a page in the middle of 100,000 agents, 2.04 s for all (0.62 s with it).
     const BY_ORG_AND_ID: &'static str = " FORCE INDEX (agents_org_id)";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
     fn sql(statement: &str) -> String {
         statement.to_string()
     }
@@ -145,6 +156,9 @@ impl Dialect for sqlx::MySql {
     }
     fn json(column: &str) -> String {
         format!("CAST({column} AS CHAR) AS {column}")
+    }
+    fn int(expr: &str) -> String {
+        format!("CAST({expr} AS SIGNED)")
     }
     fn upsert(_keys: &str) -> String {
         "ON DUPLICATE KEY UPDATE".to_string()
@@ -162,6 +176,45 @@ impl Dialect for sqlx::MySql {
     }
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &super::backend::MYSQL
+    }
+}
+
+/// SQLite: the SQL the statements are written in. Flags are integers and
+/// JSON is text already; ids compare in byte order (`BINARY`) by default.
+impl Dialect for sqlx::Sqlite {
+    const NAME: &'static str = "sqlite";
+    const JSON: &'static str = "";
+    const BYTES: &'static str = "";
+    const TRIGGER: &'static str = "trigger";
+    const RETURNING: bool = true;
+    const BY_ORG_AND_ID: &'static str = "";
+    const FOR_UPDATE: &'static str = "";
+    fn sql(statement: &str) -> String {
+        statement.to_string()
+    }
+    fn flag(column: &str) -> String {
+        column.to_string()
+    }
+    fn json(column: &str) -> String {
+        column.to_string()
+    }
+    fn int(expr: &str) -> String {
+        expr.to_string()
+    }
+    fn upsert(keys: &str) -> String {
+        format!("ON CONFLICT ({keys}) DO UPDATE SET")
+    }
+    fn inserted(column: &str) -> String {
+        format!("excluded.{column}")
+    }
+    fn keep_existing(keys: &str, _column: &str) -> String {
+        format!("ON CONFLICT ({keys}) DO NOTHING")
+    }
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &super::backend::SQLITE
     }
 }
 
@@ -184,26 +237,13 @@ impl<D: Database> Clone for ServerStore<D> {
     }
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 fn unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|db| db.is_unique_violation())
 }
 
-fn classify(e: sqlx::Error) -> StoreError {
-    if let Some(db) = e.as_database_error()
-        && db.is_unique_violation()
-    {
-        return StoreError::Conflict(db.message().to_string());
-    }
-    unavailable(e)
-}
-
 /// How one try of a write ended, when not in success.
-enum Attempt {
+pub(super) enum Attempt {
     /// Failed before its commit was sent, for a reason that passes (the
     /// connection was lost, the server restarted, a deadlock was broken):
     /// nothing of it was committed, so it is tried again.
@@ -241,7 +281,7 @@ fn passing(e: &sqlx::Error) -> bool {
 }
 
 /// A statement's error inside a write: retried when it passes.
-fn stmt(e: sqlx::Error) -> Attempt {
+pub(super) fn stmt(e: sqlx::Error) -> Attempt {
     if passing(&e) {
         Attempt::Retry(e)
     } else {
@@ -250,7 +290,7 @@ fn stmt(e: sqlx::Error) -> Attempt {
 }
 
 /// Like [`stmt`], a unique key violation being a `Conflict`.
-fn stmt_classify(e: sqlx::Error) -> Attempt {
+pub(super) fn stmt_classify(e: sqlx::Error) -> Attempt {
     if passing(&e) {
         Attempt::Retry(e)
     } else {
@@ -261,7 +301,7 @@ fn stmt_classify(e: sqlx::Error) -> Attempt {
 /// A commit's error is never retried: the commit may have reached the
 /// server, and the caller hears `Unavailable` (the actors treat it as a
 /// failed write and reload what the database holds).
-fn at_commit(e: sqlx::Error) -> Attempt {
+pub(super) fn at_commit(e: sqlx::Error) -> Attempt {
     Attempt::Done(unavailable(e))
 }
 
@@ -270,7 +310,7 @@ const TRIES: u32 = 4;
 
 /// Runs a write, trying it again (after 20, 80, 320 ms) while it fails
 /// before its commit for a reason that passes.
-async fn retry<T, F, Fut>(op: F) -> Result<T, StoreError>
+pub(super) async fn retry<T, F, Fut>(op: F) -> Result<T, StoreError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, Attempt>>,
@@ -325,44 +365,11 @@ fn approval_columns<D: Dialect>() -> String {
 const GRANT_COLUMNS: &str =
     "id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at";
 
-/// Writes an impl over every [`Dialect`] with the bounds sqlx needs to run
-/// our statements, bind our values and read our rows. Rust does not imply
-/// where-clauses from a trait, so without this each impl would repeat them.
-macro_rules! on_servers {
-    (impl { $($body:tt)* }) => {
-        on_servers!(@with [impl<D> ServerStore<D>] { $($body)* });
-    };
-    (impl $port:ident { $($body:tt)* }) => {
-        on_servers!(@with [#[async_trait] impl<D> $port for ServerStore<D>] { $($body)* });
-    };
-    (@with [$($head:tt)*] { $($body:tt)* }) => {
-        $($head)*
-        where
-            D: Dialect,
-            for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
-            for<'a> D::Arguments<'a>: IntoArguments<'a, D>,
-            for<'q> &'q str: Encode<'q, D> + Type<D>,
-            for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-            for<'q> String: Encode<'q, D> + Type<D>,
-            for<'q> Option<String>: Encode<'q, D> + Type<D>,
-            for<'q> i64: Encode<'q, D> + Type<D>,
-            for<'q> Option<i64>: Encode<'q, D> + Type<D>,
-            for<'q> bool: Encode<'q, D> + Type<D>,
-            for<'q> Option<bool>: Encode<'q, D> + Type<D>,
-            D::Row: DecodeRow,
-            usize: ColumnIndex<D::Row>,
-            for<'a> &'a str: ColumnIndex<D::Row>,
-        {
-            $($body)*
-        }
-    };
-}
-
 /// The statement type every method builds.
 type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
 
-on_servers! {
-    impl {
+on_dialects! {
+    impl<D> ServerStore<D> {
         /// Connects to `url` with at most `connections` connections.
         /// Migrations are applied by [`ServerStore::migrate`].
         pub async fn connect(url: &str, connections: u32) -> Result<Self, sqlx::Error> {
@@ -380,6 +387,11 @@ on_servers! {
             D::Connection: sqlx::migrate::Migrate,
         {
             D::migrator().run(&self.pool).await
+        }
+
+        /// The identity and audit tables.
+        pub fn identity(&self) -> super::identity::Identity<D> {
+            super::identity::Identity::new(self.pool.clone(), self.pool.clone())
         }
 
         /// Closes the pool.
@@ -475,21 +487,9 @@ on_servers! {
         }
 
         async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
-            let sql = D::sql(&format!(
-                "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
-                 VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
-                D::JSON
-            ));
-            let query = sqlx::query(&sql)
-                .bind(a.org_id.as_str())
-                .bind(a.actor.as_str())
-                .bind(a.action.as_str())
-                .bind(a.target.as_str())
-                .bind(a.summary.to_string())
-                .bind(a.request_id.as_deref())
-                .bind(a.client.as_deref())
-                .bind(a.at);
-            Self::run(conn, query).await.map(|_| ()).map_err(stmt)
+            super::identity::Identity::<D>::insert_audit(conn, a)
+                .await
+                .map_err(stmt)
         }
 
         async fn insert_transition(
@@ -602,8 +602,8 @@ const SPEC_COLUMNS: [&str; 21] = [
     "runtime",
 ];
 
-on_servers! {
-    impl Store {
+on_dialects! {
+    impl<D> Store for ServerStore<D> {
         async fn insert_agent(&self, ins: AgentInsert<'_>) -> Result<(), StoreError> {
             retry(|| async move {
                 let rec = ins.record;
@@ -875,8 +875,8 @@ on_servers! {
     }
 }
 
-on_servers! {
-    impl GovStore {
+on_dialects! {
+    impl<D> GovStore for ServerStore<D> {
         async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
             let sql = D::sql(&format!(
                 "SELECT kind, name, {} FROM gov_docs WHERE org_id = ? ORDER BY kind{c}, name{c}",
@@ -1228,8 +1228,8 @@ on_servers! {
     }
 }
 
-on_servers! {
-    impl TaskStore {
+on_dialects! {
+    impl<D> TaskStore for ServerStore<D> {
         async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
             retry(|| async move {
                 let mut tx = self.begin().await?;

@@ -40,6 +40,8 @@ pub struct SqlStore {
     jobs: mpsc::Sender<Job>,
     /// The WAL checkpointer's own connection.
     checkpoint: SqlitePool,
+    /// Identity and audit tables (reads on `read`, writes on `write`).
+    identity: super::identity::Identity<sqlx::Sqlite>,
 }
 
 /// When the background checkpointer works.
@@ -419,6 +421,7 @@ impl SqlStore {
             .await?;
         let jobs = writer::spawn(write.clone());
         Ok(SqlStore {
+            identity: super::identity::Identity::new(read.clone(), write.clone()),
             write,
             read,
             jobs,
@@ -459,6 +462,11 @@ impl SqlStore {
             .fetch_one(&self.read)
             .await
             .map_err(unavailable)
+    }
+
+    /// The identity and audit tables.
+    pub fn identity(&self) -> &super::identity::Identity<sqlx::Sqlite> {
+        &self.identity
     }
 
     pub(crate) fn write_pool(&self) -> &SqlitePool {
