@@ -149,7 +149,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 
 /// On an empty database: creates the default organization and its owner.
 async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
-    if store.org_count().await? > 0 {
+    if store.tables().org_count().await? > 0 {
         return Ok(());
     }
     let email = config.auth.bootstrap_email.trim().to_string();
@@ -194,7 +194,7 @@ async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
         serde_json::json!({ "bootstrap": true, "owner": email }),
         now,
     );
-    store.identity().create_org(&org, &owner, &audit).await?;
+    store.tables().create_org(&org, &owner, &audit).await?;
     if generated {
         // Shown once, where Cadre's own messages go (stderr), never stored.
         crate::config::notice(
@@ -367,7 +367,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // time zone, published by the directory), so budgets hold across restarts.
     let now = SystemClock.now_ms();
     for (org, period, tokens, cost) in store
-        .identity()
+        .tables()
         .org_spend()
         .await
         .context("loading organizations' spend")?

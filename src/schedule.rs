@@ -123,6 +123,7 @@ impl Book {
             Some(_) => Err(cadre_actors::Error::Missing("schedule")),
             None => self
                 .store
+                .tables()
                 .schedule(org, id)
                 .await
                 .map_err(unavailable)?
@@ -144,7 +145,7 @@ impl Book {
         let id = crate::derived_uuid(&format!("schedule\n{}\n{at}", s.id));
         let org = OrgId(s.org_id.clone());
         let agent = cadre_actors::domain::AgentId(s.agent_id.clone());
-        let given = match self.store.task(&s.org_id, &id).await {
+        let given = match self.store.tables().task(&s.org_id, &id).await {
             Ok(Some(_)) => Ok(()),
             _ => {
                 let mut task = cadre_actors::task::TaskRecord::queued(
@@ -195,6 +196,7 @@ impl Actor for SchedulerActor {
         (store, cadre): (Arc<SqlStore>, Cadre),
     ) -> Result<Book, ActorProcessingErr> {
         let live = store
+            .tables()
             .enabled_schedules()
             .await?
             .into_iter()
@@ -235,7 +237,7 @@ impl Actor for SchedulerActor {
                 s.updated_at = now;
                 s.next_run_at = next_run(&s, now);
                 let audit = audit(&s, &by, "schedule.create", now);
-                let r = st.store.save_schedule(&s, Some(&audit)).await;
+                let r = st.store.tables().save_schedule(&s, Some(&audit)).await;
                 let _ = reply.send(match r {
                     Ok(()) => {
                         st.keep(s.clone());
@@ -275,6 +277,7 @@ impl Actor for SchedulerActor {
                     s.updated_at = now;
                     let audit = audit(&s, &by, "schedule.update", now);
                     st.store
+                        .tables()
                         .save_schedule(&s, Some(&audit))
                         .await
                         .map_err(unavailable)?;
@@ -293,6 +296,7 @@ impl Actor for SchedulerActor {
                     let audit = audit(&s, &by, "schedule.delete", now);
                     if st
                         .store
+                        .tables()
                         .delete_schedule(&org, &id, &audit)
                         .await
                         .map_err(unavailable)?
@@ -318,7 +322,7 @@ impl Actor for SchedulerActor {
                     .collect();
                 for s in due {
                     let next = st.run(s, now).await;
-                    match st.store.save_schedule(&next, None).await {
+                    match st.store.tables().save_schedule(&next, None).await {
                         Ok(()) => st.keep(next),
                         // Not recorded: the run is repeated (and finds its
                         // task) on the next wake-up.

@@ -14,12 +14,14 @@
 //!   and their revocation, kill switches, governance documents;
 //! - tasks: open ones in id order, updates, a step re-sent stored once, a
 //!   replay starting with copies of its parent's earlier steps;
-//! - identity (`Identity`, the tables of organizations, users, sessions,
+//! - identity (`Tables`: organizations, users, sessions,
 //!   keys, login throttling and the audit log): the plan's user limit under
 //!   concurrent creates, one refresh token used by concurrent rotations
 //!   (exactly one rotates, the family is revoked), every concurrent failed
 //!   login counted, key revocation, role changes ending sessions, pages in
-//!   byte order, audit filters, usage sums read back as integers.
+//!   byte order, audit filters, usage sums read back as integers;
+//! - the HTTP layer's reads (history, events, approvals and grants pages,
+//!   tasks and steps) over what the checks above wrote, and schedules.
 //!
 //! Servers: `CADRE_TEST_POSTGRES_URL` (default
 //! `postgres://cadre:cadre@127.0.0.1:5432/postgres`) and
@@ -31,7 +33,8 @@ mod support;
 use cadre::store::backend::Backend;
 use cadre::store::server::{MySqlStore, PgStore};
 use cadre::store::{
-    AuditFilter, Durability, KeyRecord, NewRefresh, NewUser, OrgRow, Rotation, SqlStore, UserChange,
+    ApprovalFilter, AuditFilter, Durability, KeyRecord, NewRefresh, NewUser, OrgRow, Rotation,
+    Schedule, SqlStore, UserChange,
 };
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
 use cadre_actors::audit::AuditEntry;
@@ -851,17 +854,132 @@ async fn tasks_and_their_steps<S: TaskStore>(s: &Subject<S>) {
 
 /// Every check, in order, on one store (each check uses its own agents and
 /// requests, so they share the database).
-async fn conformance<S: Store + GovStore + TaskStore>(s: Subject<S>) {
+async fn conformance<S: Store + GovStore + TaskStore>(s: &Subject<S>) {
     s.execute("INSERT INTO orgs (id, name, created_at, slug) VALUES ('org-1', 'Org', 1, 'org-1')")
         .await;
-    agents_claims_fencing_and_pages(&s).await;
-    the_agent_limit_holds_under_concurrent_creates(&s).await;
-    usage_reports_count_once_under_concurrency(&s).await;
-    approvals_settle_exactly_once(&s).await;
-    halts_and_documents(&s).await;
-    tasks_and_their_steps(&s).await;
+    agents_claims_fencing_and_pages(s).await;
+    the_agent_limit_holds_under_concurrent_creates(s).await;
+    usage_reports_count_once_under_concurrency(s).await;
+    approvals_settle_exactly_once(s).await;
+    halts_and_documents(s).await;
+    tasks_and_their_steps(s).await;
     // Every change above wrote its audit entry in its transaction.
     assert!(s.scalar("SELECT COUNT(*) FROM audit_log").await > 40);
+}
+
+/// The HTTP layer's reads and the schedules on one backend's `Tables`,
+/// over what [`conformance`] wrote through the ports: each answer is
+/// compared with the tables themselves.
+macro_rules! reads_suite {
+    ($s:expr) => {{
+        let s = $s;
+        let t = s.store.tables();
+        let t = &t;
+        assert_eq!(t.org_count().await.expect("orgs"), s.scalar("SELECT COUNT(*) FROM orgs").await);
+
+        // Agents: live counts by state, ids by name, history and events.
+        let live = s.scalar("SELECT COUNT(*) FROM agents WHERE deleted_at IS NULL AND org_id = 'org-1'").await;
+        let counts = t.agent_state_counts().await.expect("counts");
+        assert_eq!(counts.iter().filter(|c| c.0 == "org-1").map(|c| c.2).sum::<i64>(), live);
+        let ids = s.strings("SELECT id FROM agents WHERE deleted_at IS NULL AND org_id = 'org-1' ORDER BY id").await;
+        let names = s.strings("SELECT name FROM agents WHERE deleted_at IS NULL AND org_id = 'org-1' ORDER BY id").await;
+        assert_eq!(t.agent_id_by_name("org-1", &names[0]).await.expect("by name"), Some(ids[0].clone()));
+        assert_eq!(t.agent_id_by_name("org-1", &ids[0]).await.expect("by id"), Some(ids[0].clone()));
+        assert_eq!(t.agent_id_by_name("org-x", &names[0]).await.expect("by name"), None);
+        assert!(t.agent_exists("org-1", &ids[0]).await.expect("exists"));
+        assert!(!t.agent_exists("org-x", &ids[0]).await.expect("exists"));
+        let with_history = s.strings("SELECT agent_id FROM agent_transitions ORDER BY id").await;
+        let a = &with_history[0];
+        let n = s.scalar(&format!("SELECT COUNT(*) FROM agent_transitions WHERE agent_id = '{a}'")).await;
+        let h = t.history("org-1", a, 0, 1000).await.expect("history");
+        assert_eq!(h.len() as i64, n);
+        assert!(h.windows(2).all(|w| w[0].id < w[1].id));
+        let rest = t.history("org-1", a, h[0].id, 1000).await.expect("history");
+        assert_eq!(rest.len(), h.len() - 1);
+        assert!(t.history_between("org-1", a, 0, (0, 1), 1000).await.expect("between").is_empty());
+        let with_events = s.strings("SELECT agent_id FROM agent_events ORDER BY id").await;
+        let a = &with_events[0];
+        let n = s.scalar(&format!("SELECT COUNT(*) FROM agent_events WHERE agent_id = '{a}'")).await;
+        let ev = t.events("org-1", a, 0, 1000).await.expect("events");
+        assert_eq!(ev.len() as i64, n);
+        assert!(ev.iter().all(|e| !e.detail.is_null()), "{ev:?}");
+
+        // Approvals newest first in byte order, filters, pages, votes.
+        let all = t.approvals_page("org-1", &ApprovalFilter::default(), 1000).await.expect("approvals");
+        assert_eq!(all.len() as i64, s.scalar("SELECT COUNT(*) FROM approvals WHERE org_id = 'org-1'").await);
+        assert!(all.windows(2).all(|w| w[0].id.as_bytes() > w[1].id.as_bytes()));
+        assert!(all.iter().map(|a| a.votes.len()).sum::<usize>() > 0);
+        let approved = t
+            .approvals_page("org-1", &ApprovalFilter { state: Some("approved".into()), ..Default::default() }, 1000)
+            .await
+            .expect("approved");
+        assert_eq!(approved.len() as i64, s.scalar("SELECT COUNT(*) FROM approvals WHERE org_id = 'org-1' AND state = 'approved'").await);
+        assert!(approved.iter().all(|a| a.state == ApprovalState::Approved));
+        let first = t.approvals_page("org-1", &ApprovalFilter::default(), 2).await.expect("page");
+        let next = t
+            .approvals_page("org-1", &ApprovalFilter { before: Some(first[1].id.clone()), ..Default::default() }, 2)
+            .await
+            .expect("page");
+        assert_eq!(first.iter().chain(&next).map(|a| a.id.clone()).collect::<Vec<_>>(), all.iter().take(4).map(|a| a.id.clone()).collect::<Vec<_>>());
+        let grants = t.grants_page("org-1", None, 1000).await.expect("grants");
+        assert_eq!(grants.len() as i64, s.scalar("SELECT COUNT(*) FROM grants WHERE org_id = 'org-1'").await);
+        assert_eq!(
+            grants.iter().filter(|g| g.1.is_some()).count() as i64,
+            s.scalar("SELECT COUNT(*) FROM grants WHERE org_id = 'org-1' AND revoked_at IS NOT NULL").await
+        );
+        assert_eq!(t.halt_rows().await.expect("halts").len() as i64, s.scalar("SELECT COUNT(*) FROM halts").await);
+
+        // Tasks and their steps.
+        let one = t.task("org-1", "task-1").await.expect("task").expect("there");
+        assert_eq!((one.state, one.runner_pid), (TaskState::Running, Some(4242)));
+        assert!(t.task("org-x", "task-1").await.expect("task").is_none());
+        let tasks = t.tasks_page("org-1", "agent-t", None, None, 100).await.expect("tasks");
+        assert_eq!(tasks.len() as i64, s.scalar("SELECT COUNT(*) FROM tasks WHERE agent_id = 'agent-t'").await);
+        assert!(tasks.windows(2).all(|w| w[0].id.as_bytes() > w[1].id.as_bytes()));
+        let running = t.tasks_page("org-1", "agent-t", Some(TaskState::Running), None, 100).await.expect("tasks");
+        assert_eq!(running.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["task-1"]);
+        let older = t.tasks_page("org-1", "agent-t", None, Some(&tasks[0].id), 100).await.expect("tasks");
+        assert_eq!(older.len(), tasks.len() - 1);
+        let steps = t.task_steps("task-1", 0, 100).await.expect("steps");
+        assert_eq!(steps.iter().map(|s| (s.seq, s.body["text"].clone())).collect::<Vec<_>>(), vec![(1, "first".into()), (2, "second".into())]);
+        assert_eq!(t.task_steps("task-1", 1, 100).await.expect("steps").len(), 1);
+
+        // Schedules: saved, replaced, read, only enabled ones started, deleted once.
+        let mut sch = Schedule {
+            id: "sch-1".into(),
+            org_id: "org-1".into(),
+            agent_id: "agent-t".into(),
+            cron: "0 9 * * *".into(),
+            timezone: "Europe/Paris".into(),
+            instruction: "report".into(),
+            input: serde_json::json!({ "quote": "ü \"x\"" }),
+            limits: TaskLimits { max_steps: 3, max_seconds: 30, max_tokens: 99 },
+            enabled: true,
+            next_run_at: Some(10),
+            last_run_at: None,
+            last_task_id: None,
+            last_error: None,
+            created_by: "user:u".into(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        t.save_schedule(&sch, Some(&audit("schedule.create", "sch-1"))).await.expect("save");
+        let mut off = sch.clone();
+        off.id = "sch-0".into();
+        off.enabled = false;
+        off.next_run_at = None;
+        t.save_schedule(&off, None).await.expect("save");
+        sch.last_run_at = Some(11);
+        sch.last_task_id = Some("task-9".into());
+        sch.updated_at = 2;
+        t.save_schedule(&sch, None).await.expect("save again");
+        assert_eq!(t.schedule("org-1", "sch-1").await.expect("schedule"), Some(sch.clone()));
+        assert_eq!(t.agent_schedules("org-1", "agent-t").await.expect("list"), vec![off.clone(), sch.clone()]);
+        assert_eq!(t.enabled_schedules().await.expect("enabled"), vec![sch.clone()]);
+        assert!(t.delete_schedule("org-1", "sch-1", &audit("schedule.delete", "sch-1")).await.expect("delete"));
+        assert!(!t.delete_schedule("org-1", "sch-1", &audit("schedule.delete", "sch-1")).await.expect("delete"));
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'schedule.%'").await, 2);
+    }};
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -872,12 +990,13 @@ async fn sqlite_keeps_the_ports() {
         .await
         .expect("open");
     store.migrate().await.expect("migrate");
-    conformance(Subject {
+    let s = Subject {
         store: Arc::new(store),
         backend: Backend::Sqlite,
         url,
-    })
-    .await;
+    };
+    conformance(&s).await;
+    reads_suite!(s);
 }
 
 /// Runs `body` on a store `connect` opens (and migrates) on a fresh database
@@ -922,12 +1041,20 @@ async fn mysql(url: String) -> MySqlStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_the_ports() {
-    on_server(Backend::Postgres, postgres, conformance).await;
+    on_server(Backend::Postgres, postgres, |s| async move {
+        conformance(&s).await;
+        reads_suite!(s);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_keeps_the_ports() {
-    on_server(Backend::Mysql, mysql, conformance).await;
+    on_server(Backend::Mysql, mysql, |s| async move {
+        conformance(&s).await;
+        reads_suite!(s);
+    })
+    .await;
 }
 
 /// The identity checks on one backend's `Identity` (a macro, not a generic
@@ -935,7 +1062,7 @@ async fn mysql_keeps_the_ports() {
 macro_rules! identity_suite {
     ($s:expr) => {{
         let s = $s;
-        let id = s.store.identity();
+        let id = s.store.tables();
         let id = &id;
         let now = 1_000_000i64;
         let who = |action: &str, target: &str| {

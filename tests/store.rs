@@ -48,7 +48,7 @@ async fn store_with(checkpoints: Checkpoints) -> (SqlStore, tempfile::TempDir, O
     };
     let oid = OrgId("org".into());
     store
-        .identity()
+        .tables()
         .create_org(&org, &owner, &audit_of(&oid, "org.create", "org:org"))
         .await
         .expect("org");
@@ -158,6 +158,7 @@ async fn concurrent_creates_refuse_only_the_duplicate_name() {
     );
     for r in &records[..3] {
         let history = store
+            .tables()
             .history("org", r.id.as_str(), 0, 10)
             .await
             .expect("history");
@@ -296,7 +297,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
             .map(|(_, _, t, c)| (t, c))
     };
     assert_eq!(
-        spend(store.identity().org_spend().await.expect("spend")),
+        spend(store.tables().org_spend().await.expect("spend")),
         Some((10, 7))
     );
     let at = rec.updated_at + 1;
@@ -310,12 +311,12 @@ async fn usage_reports_count_once_even_in_one_batch() {
         .await
         .expect("delete");
     assert_eq!(
-        spend(store.identity().org_spend().await.expect("spend")),
+        spend(store.tables().org_spend().await.expect("spend")),
         Some((10, 7))
     );
     assert_eq!(
         store
-            .identity()
+            .tables()
             .org_usage(org.as_str(), &period)
             .await
             .expect("usage")
@@ -418,7 +419,7 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
         3
     );
     let audits = store
-        .identity()
+        .tables()
         .audit_page(org.as_str(), &Default::default(), 100)
         .await
         .expect("audit")
@@ -479,7 +480,7 @@ async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
     );
     assert_eq!(
         store
-            .identity()
+            .tables()
             .audit_page(org.as_str(), &Default::default(), 100)
             .await
             .expect("audit")
@@ -697,7 +698,7 @@ async fn settlements_in_one_batch_apply_only_the_winners() {
         assert_eq!(stored.votes[0].by, by);
     }
     let approves = store
-        .identity()
+        .tables()
         .audit_since(0, 1_000)
         .await
         .expect("audit")

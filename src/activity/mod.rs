@@ -296,7 +296,7 @@ pub fn spawn_audit_bridge(
     const PAGE: i64 = 500;
     tokio::spawn(async move {
         let mut last = loop {
-            match store.identity().last_audit_id().await {
+            match store.tables().last_audit_id().await {
                 Ok(id) => break id,
                 Err(e) => {
                     tracing::warn!(error = %e, "audit bridge: log unreadable; retrying");
@@ -309,7 +309,7 @@ pub fn spawn_audit_bridge(
         loop {
             tick.tick().await;
             loop {
-                let entries = match store.identity().audit_since(last, PAGE).await {
+                let entries = match store.tables().audit_since(last, PAGE).await {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(error = %e, "audit bridge: log unreadable; next poll retries");

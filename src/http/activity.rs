@@ -664,6 +664,7 @@ async fn timeline(
     // retention), at most a page's worth.
     let states = state
         .store
+        .tables()
         .history_between(p.org.as_str(), agent.as_str(), 0, (from, from + DAY), 1000)
         .await?;
     let date = cadre_actors::domain::rfc3339(from);

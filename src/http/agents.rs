@@ -918,6 +918,7 @@ impl LogPage {
         let after = cursor_id(params.cursor.as_deref())?;
         if !state
             .store
+            .tables()
             .agent_exists(principal.org.as_str(), id.as_str())
             .await?
         {
@@ -942,6 +943,7 @@ async fn history(
     let org = principal.org.as_str();
     let rows = state
         .store
+        .tables()
         .history(org, page.id.as_str(), page.after, page.fetch())
         .await?;
     page_json(rows, page.limit, |r| r.id)
@@ -957,6 +959,7 @@ async fn events(
     let org = principal.org.as_str();
     let rows = state
         .store
+        .tables()
         .events(org, page.id.as_str(), page.after, page.fetch())
         .await?;
     page_json(rows, page.limit, |r| r.id)

@@ -129,10 +129,10 @@ pub(super) async fn login(
     }
     let email = req.email.trim().to_lowercase();
     let now = SystemClock.now_ms();
-    if let Some(until) = state.store.identity().locked_until(&email, now).await? {
+    if let Some(until) = state.store.tables().locked_until(&email, now).await? {
         return Ok(locked(until, now));
     }
-    let user: Option<UserRecord> = state.store.identity().user_record_by_email(&email).await?;
+    let user: Option<UserRecord> = state.store.tables().user_record_by_email(&email).await?;
     let hash = user
         .as_ref()
         .map(|u| u.password_hash.clone())
@@ -232,7 +232,7 @@ pub(super) async fn me(State(state): State<AppState>, p: Principal) -> Result<Re
             user_id,
             instance_admin,
         } => {
-            let u = state.store.identity().user(p.org.as_str(), user_id).await?;
+            let u = state.store.tables().user(p.org.as_str(), user_id).await?;
             (
                 "user",
                 user_id.clone(),

@@ -337,6 +337,7 @@ async fn list_approvals(
     };
     let rows = state
         .store
+        .tables()
         .approvals_page(
             p.org.as_str(),
             &filter,
@@ -452,6 +453,7 @@ async fn list_grants(
     let (cursor, limit) = q.window()?;
     let rows = state
         .store
+        .tables()
         .grants_page(
             p.org.as_str(),
             (!cursor.is_empty()).then_some(cursor.as_str()),

@@ -161,25 +161,21 @@ pub(super) async fn list_orgs(
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let (after, limit) = q.window()?;
-    let rows = state
-        .store
-        .identity()
-        .orgs_page(&after, fetch(limit))
-        .await?;
+    let rows = state.store.tables().orgs_page(&after, fetch(limit)).await?;
     Ok(page(rows, limit, |r| r.id.clone(), |r| org_json(&state, r)))
 }
 
 async fn org_with_usage(state: &AppState, org: &OrgId) -> Result<Value, ApiError> {
     let row = state
         .store
-        .identity()
+        .tables()
         .org(org.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;
     let period = state.cadre.org_period(org).to_string();
     let usage = state
         .store
-        .identity()
+        .tables()
         .org_usage(org.as_str(), &period)
         .await?;
     let mut body = org_json(state, &row);
@@ -370,7 +366,7 @@ pub(super) async fn list_users(
     let (after, limit) = q.window()?;
     let rows = state
         .store
-        .identity()
+        .tables()
         .users_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |u| u.id.clone(), user_json))
@@ -384,7 +380,7 @@ pub(super) async fn get_user(
     let id = input::path_id("user", &id)?;
     let user = state
         .store
-        .identity()
+        .tables()
         .user(p.org.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -493,7 +489,7 @@ pub(super) async fn list_keys(
     let (after, limit) = q.window()?;
     let rows = state
         .store
-        .identity()
+        .tables()
         .keys_page(p.org.as_str(), &after, fetch(limit))
         .await?;
     Ok(page(rows, limit, |k| k.id.clone(), key_json))
@@ -555,7 +551,7 @@ pub(super) async fn audit(
     let limit = page_limit(q.limit)?;
     let rows = state
         .store
-        .identity()
+        .tables()
         .audit_page(p.org.as_str(), &q.filter()?, fetch(limit))
         .await?;
     let more = rows.len() > limit;
@@ -579,7 +575,7 @@ pub(super) async fn audit_export(
     loop {
         let rows = state
             .store
-            .identity()
+            .tables()
             .audit_page(p.org.as_str(), &filter, 1000)
             .await?;
         for r in &rows {

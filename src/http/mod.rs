@@ -80,7 +80,7 @@ async fn record_agent_states(state: &AppState) {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
     static SEEN: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
-    let counts = match state.store.agent_state_counts().await {
+    let counts = match state.store.tables().agent_state_counts().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "agents by state not readable for /metrics");

@@ -172,7 +172,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
                     TaskOrder::Run(t) => {
                         // A replay continues from its copied steps.
                         let replay = match t.from_step {
-                            Some(from) if from > 1 => match store.task_steps(&t.id, 0, from - 1).await {
+                            Some(from) if from > 1 => match store.tables().task_steps(&t.id, 0, from - 1).await {
                                 Ok(steps) => steps
                                     .into_iter()
                                     .map(|s| serde_json::json!({ "seq": s.seq, "kind": s.kind, "body": s.body, "tokens": s.tokens }))
@@ -512,7 +512,7 @@ async fn agent_message(
     message: &str,
 ) -> Result<String, String> {
     let id = crate::derived_uuid(&format!("message\n{org}\n{from}\n{call_id}"));
-    if let Ok(Some(t)) = store.task(org.as_str(), &id).await {
+    if let Ok(Some(t)) = store.tables().task(org.as_str(), &id).await {
         return Ok(t.id);
     }
     let message = message.trim();
@@ -520,6 +520,7 @@ async fn agent_message(
         return Err("the message must have 1 to 20000 characters".into());
     }
     let target = store
+        .tables()
         .agent_id_by_name(org.as_str(), to)
         .await
         .map_err(|e| e.to_string())?

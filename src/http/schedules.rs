@@ -101,7 +101,7 @@ async fn create(
         Some(t) => timezone(t)?,
         None => state
             .store
-            .identity()
+            .tables()
             .org(p.org.as_str())
             .await?
             .map(|o| o.timezone)
@@ -114,6 +114,7 @@ async fn create(
     }
     if state
         .store
+        .tables()
         .agent_schedules(p.org.as_str(), agent.as_str())
         .await?
         .len()
@@ -159,6 +160,7 @@ async fn list(
     }
     let items: Vec<Value> = state
         .store
+        .tables()
         .agent_schedules(p.org.as_str(), agent.as_str())
         .await?
         .iter()
@@ -171,6 +173,7 @@ async fn find(state: &AppState, p: &Principal, raw: &str) -> Result<Schedule, Ap
     let id = super::input::path_id("schedule", raw)?;
     state
         .store
+        .tables()
         .schedule(p.org.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("schedule"))

@@ -155,6 +155,7 @@ async fn list(
     }
     let rows = state
         .store
+        .tables()
         .tasks_page(
             p.org.as_str(),
             agent.as_str(),
@@ -171,6 +172,7 @@ async fn find(state: &AppState, org: &OrgId, raw: &str) -> Result<TaskRecord, Ap
     let id = super::input::path_id("task", raw)?;
     state
         .store
+        .tables()
         .task(org.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("task"))
@@ -203,6 +205,7 @@ async fn steps(
     let limit = page_limit(q.limit)?;
     let mut rows = state
         .store
+        .tables()
         .task_steps(
             &t.id,
             q.after.unwrap_or(0),
@@ -268,7 +271,11 @@ async fn replay(
     ApiJson(body): ApiJson<ReplayIn>,
 ) -> Result<Response, ApiError> {
     let parent = find(&state, &p.org, &id).await?;
-    let steps = state.store.task_steps(&parent.id, 0, 10_000).await?;
+    let steps = state
+        .store
+        .tables()
+        .task_steps(&parent.id, 0, 10_000)
+        .await?;
     let from = body.from_step;
     match steps.iter().find(|s| s.seq == from) {
         Some(s) if s.kind == "model" => {}

@@ -242,12 +242,9 @@ impl IdentityState {
             format!("org:{}", row.id),
             serde_json::json!({ "name": row.name, "slug": row.slug, "plan": row.plan, "owner": n.owner_email }),
         );
-        self.store
-            .identity()
-            .create_org(&row, &owner, &audit)
-            .await?;
+        self.store.tables().create_org(&row, &owner, &audit).await?;
         self.dir.put_org(row.clone());
-        if let Some(u) = self.store.identity().user(&row.id, &user_id).await? {
+        if let Some(u) = self.store.tables().user(&row.id, &user_id).await? {
             self.dir.put_user(&u);
         }
         Ok(row)
@@ -284,7 +281,7 @@ impl IdentityState {
         let audit = self.audit(&org, &by, "org.update", format!("org:{org}"), summary);
         if !self
             .store
-            .identity()
+            .tables()
             .update_org(
                 org.as_str(),
                 plan.as_deref(),
@@ -299,7 +296,7 @@ impl IdentityState {
         }
         let row = self
             .store
-            .identity()
+            .tables()
             .org(org.as_str())
             .await?
             .ok_or(IdentityError::NotFound("organization"))?;
@@ -320,7 +317,7 @@ impl IdentityState {
         let at = on.then(|| self.now());
         if !self
             .store
-            .identity()
+            .tables()
             .set_org_suspended(org.as_str(), at, &audit)
             .await?
         {
@@ -328,7 +325,7 @@ impl IdentityState {
         }
         let row = self
             .store
-            .identity()
+            .tables()
             .org(org.as_str())
             .await?
             .ok_or(IdentityError::NotFound("organization"))?;
@@ -370,13 +367,10 @@ impl IdentityState {
             serde_json::json!({ "email": spec.email, "name": spec.name, "role": spec.role }),
         );
         let max = self.dir.limits(&org).max_users;
-        self.store
-            .identity()
-            .create_user(&user, max, &audit)
-            .await?;
+        self.store.tables().create_user(&user, max, &audit).await?;
         let rec = self
             .store
-            .identity()
+            .tables()
             .user(org.as_str(), &id)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -393,7 +387,7 @@ impl IdentityState {
     ) -> Result<UserRecord, IdentityError> {
         let user = self
             .store
-            .identity()
+            .tables()
             .user(org.as_str(), id)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -414,7 +408,7 @@ impl IdentityState {
         loop {
             let page = self
                 .store
-                .identity()
+                .tables()
                 .users_page(org.as_str(), &after, 500)
                 .await?;
             n += page.iter().filter(|u| u.role == "owner").count();
@@ -466,7 +460,7 @@ impl IdentityState {
         );
         let rec = self
             .store
-            .identity()
+            .tables()
             .update_user(org.as_str(), &id, &change, self.now(), &audit)
             .await?
             .ok_or(IdentityError::NotFound("user"))?;
@@ -499,7 +493,7 @@ impl IdentityState {
         );
         if !self
             .store
-            .identity()
+            .tables()
             .delete_user(org.as_str(), &id, self.now(), &audit)
             .await?
         {
@@ -546,7 +540,7 @@ impl IdentityState {
             format!("api_key:{id}"),
             serde_json::json!({ "name": rec.name, "scopes": rec.scopes, "expires_at": rec.expires_at }),
         );
-        self.store.identity().create_key(&rec, &audit).await?;
+        self.store.tables().create_key(&rec, &audit).await?;
         self.dir.put_key(&rec);
         Ok((rec, plain))
     }
@@ -566,7 +560,7 @@ impl IdentityState {
         );
         let rec = self
             .store
-            .identity()
+            .tables()
             .revoke_key(org.as_str(), &id, self.now(), &audit)
             .await?
             .ok_or(IdentityError::NotFound("api key"))?;
@@ -588,7 +582,7 @@ impl IdentityState {
         user: UserRecord,
         by: Who,
     ) -> Result<Session, IdentityError> {
-        self.store.identity().login_succeeded(&email).await?;
+        self.store.tables().login_succeeded(&email).await?;
         let now = self.now();
         let token = self.secrets.generate_token();
         let family = uuid::Uuid::now_v7().to_string();
@@ -601,7 +595,7 @@ impl IdentityState {
             serde_json::json!({}),
         );
         self.store
-            .identity()
+            .tables()
             .insert_refresh(
                 &NewRefresh {
                     hash: &self.secrets.hash_token(&token),
@@ -626,7 +620,7 @@ impl IdentityState {
         let next = self.secrets.generate_token();
         match self
             .store
-            .identity()
+            .tables()
             .rotate_refresh(
                 &self.secrets.hash_token(&token),
                 &self.secrets.hash_token(&next),
@@ -647,7 +641,7 @@ impl IdentityState {
                 let hash = self.secrets.hash_token(&token);
                 let _ = self
                     .store
-                    .identity()
+                    .tables()
                     .revoke_refresh_family(&hash, now, |u, o| {
                         AuditEntry::new(
                             &OrgId(o.to_string()),
@@ -659,7 +653,7 @@ impl IdentityState {
                         )
                     })
                     .await;
-                if let Some(f) = self.store.identity().family_of(&hash).await? {
+                if let Some(f) = self.store.tables().family_of(&hash).await? {
                     self.dir.revoke_family(&f);
                 }
                 tracing::warn!(user = %user_id, org = %org_id, "refresh token reused: session family revoked");
@@ -674,7 +668,7 @@ impl IdentityState {
         let hash = self.secrets.hash_token(&token);
         let done = self
             .store
-            .identity()
+            .tables()
             .revoke_refresh_family(&hash, now, |u, o| {
                 AuditEntry::new(
                     &OrgId(o.to_string()),
@@ -687,7 +681,7 @@ impl IdentityState {
             })
             .await?;
         if done.is_some()
-            && let Some(f) = self.store.identity().family_of(&hash).await?
+            && let Some(f) = self.store.tables().family_of(&hash).await?
         {
             self.dir.revoke_family(&f);
         }
@@ -740,7 +734,7 @@ impl Actor for IdentityActor {
                 let _ = r.send(st.revoke_key(o, id, by).await);
             }
             IdentityMsg::TouchKey(id, at) => {
-                if let Err(e) = st.store.identity().touch_key(&id, at).await {
+                if let Err(e) = st.store.tables().touch_key(&id, at).await {
                     tracing::warn!(key = %id, error = %e, "could not record API key use");
                 }
             }
@@ -749,7 +743,7 @@ impl Actor for IdentityActor {
                 let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
                 let res = st
                     .store
-                    .identity()
+                    .tables()
                     .login_failed(
                         &email,
                         st.now(),

@@ -88,17 +88,17 @@ impl Directory {
         now_ms: i64,
         access_ttl_ms: i64,
     ) -> Result<(), StoreError> {
-        for org in store.identity().all_orgs().await? {
+        for org in store.tables().all_orgs().await? {
             self.put_org(org);
         }
-        for u in store.identity().all_users().await? {
+        for u in store.tables().all_users().await? {
             self.put_user(&u);
         }
-        for k in store.identity().all_keys().await? {
+        for k in store.tables().all_keys().await? {
             self.put_key(&k);
         }
         for f in store
-            .identity()
+            .tables()
             .revoked_families(now_ms - access_ttl_ms)
             .await?
         {

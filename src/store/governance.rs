@@ -111,142 +111,12 @@ impl SqlStore {
         }
     }
 
-    async fn votes_of(&self, ids: &[&str]) -> Result<Vec<(String, Vote)>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT approval_id, level, user_id, approve, comment, at FROM approval_votes WHERE approval_id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(id.to_string());
-        }
-        q.push(") ORDER BY at");
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let g = |e: sqlx::Error| bad(e);
-                Ok((
-                    r.try_get("approval_id").map_err(g)?,
-                    Vote {
-                        by: r.try_get("user_id").map_err(g)?,
-                        level: u32::try_from(r.try_get::<i64, _>("level").map_err(g)?).unwrap_or(0),
-                        approve: r.try_get::<i64, _>("approve").map_err(g)? != 0,
-                        comment: r.try_get("comment").map_err(g)?,
-                        at: r.try_get("at").map_err(g)?,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// Attaches each request's approving votes at its current level.
+    /// Attaches each request's votes.
     async fn with_votes(
         &self,
-        mut rows: Vec<ApprovalRecord>,
+        rows: Vec<ApprovalRecord>,
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let votes = self.votes_of(&ids).await?;
-        let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
-        for (id, v) in votes {
-            by_id.entry(id).or_default().push(v);
-        }
-        for r in &mut rows {
-            if let Some(v) = by_id.remove(&r.id) {
-                r.votes = v
-                    .into_iter()
-                    .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
-                    .collect();
-            }
-        }
-        Ok(rows)
-    }
-
-    /// A page of an organization's approval requests, newest first.
-    pub async fn approvals_page(
-        &self,
-        org: &str,
-        f: &ApprovalFilter,
-        limit: i64,
-    ) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = "
-        ));
-        q.push_bind(org.to_string());
-        if let Some(s) = &f.state {
-            q.push(" AND state = ").push_bind(s.clone());
-        }
-        if let Some(a) = &f.agent {
-            q.push(" AND agent_id = ").push_bind(a.clone());
-        }
-        if let Some(t) = &f.tool {
-            q.push(" AND tool = ").push_bind(t.clone());
-        }
-        if let Some(b) = &f.before {
-            q.push(" AND id < ").push_bind(b.clone());
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        let rows = rows
-            .iter()
-            .map(approval_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.with_votes(rows).await
-    }
-
-    /// A page of an organization's grants (live and revoked), newest first.
-    pub async fn grants_page(
-        &self,
-        org: &str,
-        before: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<(Grant, Option<i64>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at, revoked_at \
-             FROM grants WHERE org_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(org)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| Ok((grant_row(r)?, r.try_get("revoked_at").map_err(unavailable)?)))
-            .collect()
-    }
-
-    /// Every kill switch that is on: (scope, target, reason, by, at).
-    pub async fn halt_rows(
-        &self,
-    ) -> Result<Vec<(String, String, Option<String>, Option<String>, String, i64)>, StoreError>
-    {
-        let rows =
-            sqlx::query("SELECT scope, target, org_id, reason, by_who, at FROM halts ORDER BY at")
-                .fetch_all(self.read_pool())
-                .await
-                .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("scope").map_err(unavailable)?,
-                    r.try_get("target").map_err(unavailable)?,
-                    r.try_get("org_id").map_err(unavailable)?,
-                    r.try_get("reason").map_err(unavailable)?,
-                    r.try_get("by_who").map_err(unavailable)?,
-                    r.try_get("at").map_err(unavailable)?,
-                ))
-            })
-            .collect()
+        super::tables::Tables::<sqlx::Sqlite>::with_votes_on(self.read_pool(), rows).await
     }
 }
 
@@ -479,6 +349,7 @@ impl GovStore for SqlStore {
 
     async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
         Ok(self
+            .tables()
             .halt_rows()
             .await?
             .into_iter()

@@ -7,11 +7,12 @@
 
 use super::server::{Attempt, Dialect, at_commit, retry, stmt, stmt_classify};
 use super::sqlite::unavailable;
+use super::tables::Tables;
 use super::{Cell, DecodeRow, to_i64, to_u64};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::ports::StoreError;
 use serde::Serialize;
-use sqlx::{ColumnIndex, Database, Pool};
+use sqlx::ColumnIndex;
 
 fn get<R: DecodeRow, T: Cell>(r: &R, col: &str) -> Result<T, StoreError>
 where
@@ -289,82 +290,8 @@ pub struct UserChange {
     pub password_hash: Option<String>,
 }
 
-/// The identity and audit tables of one database: the same statements on
-/// SQLite (reads on its reader pool, writes on its one writer connection),
-/// PostgreSQL and MySQL / MariaDB (one pool for both), where only the
-/// [`Dialect`]'s fragments differ. Writes that lose their connection before
-/// the commit are tried again (`server::retry`).
-///
-/// What SQLite's single writer guarantees by serializing, a server gets from
-/// row locks taken in the same transaction: the organization's row for the
-/// user limit, the refresh token's row for its one use, the email's
-/// throttle row for counting every failed login.
-#[derive(Debug)]
-pub struct Identity<D: Database> {
-    read: Pool<D>,
-    write: Pool<D>,
-}
-
-impl<D: Database> Clone for Identity<D> {
-    fn clone(&self) -> Self {
-        Identity {
-            read: self.read.clone(),
-            write: self.write.clone(),
-        }
-    }
-}
-
-impl<D: Database> Identity<D> {
-    /// Reads on `read`, writes on `write` (the same pool on a server).
-    pub fn new(read: Pool<D>, write: Pool<D>) -> Identity<D> {
-        Identity { read, write }
-    }
-}
-
-/// The statement type every method builds.
-type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
-
 on_dialects! {
-    impl<D> Identity<D> {
-        /// Writes one audit entry on `conn` (inside the caller's transaction).
-        pub(crate) async fn insert_audit(
-            conn: &mut D::Connection,
-            a: &AuditEntry,
-        ) -> Result<(), sqlx::Error> {
-            let sql = D::sql(&format!(
-                "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
-                 VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
-                D::JSON
-            ));
-            sqlx::query(&sql)
-                .bind(a.org_id.as_str())
-                .bind(a.actor.as_str())
-                .bind(a.action.as_str())
-                .bind(a.target.as_str())
-                .bind(a.summary.to_string())
-                .bind(a.request_id.as_deref())
-                .bind(a.client.as_deref())
-                .bind(a.at)
-                .execute(conn)
-                .await
-                .map(|_| ())
-        }
-
-        async fn audit_in(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
-            Self::insert_audit(conn, a).await.map_err(stmt)
-        }
-
-        /// Runs a statement on `conn`, returning the rows it changed (matched
-        /// on MySQL).
-        async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, Attempt> {
-            let done = query.execute(conn).await.map_err(stmt)?;
-            Ok(D::rows_affected(&done))
-        }
-
-        async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
-            self.write.begin().await.map_err(stmt)
-        }
-
+    impl<D> Tables<D> {
         async fn insert_user(conn: &mut D::Connection, u: &NewUser<'_>) -> Result<(), Attempt> {
             let sql = D::sql(
                 "INSERT INTO users (id, org_id, email, name, role, password_hash, instance_admin, \
@@ -1269,5 +1196,5 @@ pub(crate) async fn insert_audit(
     conn: &mut sqlx::SqliteConnection,
     a: &AuditEntry,
 ) -> Result<(), sqlx::Error> {
-    Identity::<sqlx::Sqlite>::insert_audit(conn, a).await
+    Tables::<sqlx::Sqlite>::insert_audit(conn, a).await
 }

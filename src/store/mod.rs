@@ -48,9 +48,11 @@ mod activity;
 pub mod backend;
 mod governance;
 mod identity;
+mod reads;
 mod schedules;
 pub mod server;
 mod sqlite;
+mod tables;
 mod tasks;
 pub mod transfer;
 mod writer;
@@ -61,11 +63,13 @@ pub use activity::{
 };
 pub use governance::ApprovalFilter;
 pub use identity::{
-    AuditFilter, AuditRow, AuditSince, Identity, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage,
-    Rotation, UserChange, UserRecord,
+    AuditFilter, AuditRow, AuditSince, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
+    UserChange, UserRecord,
 };
+pub use reads::HaltRow;
 pub use schedules::Schedule;
 pub use sqlite::{Checkpoints, Durability, SqlStore};
+pub use tables::Tables;
 
 use serde::Serialize;
 

@@ -10,7 +10,7 @@
 //! documents and kill switches (`GovStore`), tasks and their steps
 //! (`TaskStore`). It passes the port conformance suite
 //! (`tests/ports.rs`) that SQLite's store passes, concurrency tests
-//! included. The identity and audit tables ([`super::Identity`]) run on
+//! included. The identity and audit tables ([`super::Tables`]) run on
 //! every [`Dialect`], SQLite's among them. `cadre serve` does not run on the
 //! servers yet: the activity and schedule stores and the HTTP layer's reads
 //! (tasks' pages among them) are still SQLite's (`docs/databases.md`).
@@ -38,7 +38,7 @@
 use super::governance::{approval_row, grant_row};
 use super::sqlite::{AgentRow, agent_from_row, classify, unavailable};
 use super::{DecodeRow, to_i64};
-use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
+use cadre_actors::approval::{ApprovalRecord, Vote};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentEvent, AgentId, AgentRecord, OrgId, Transition};
 use cadre_actors::governance::{Grant, HaltScope};
@@ -351,7 +351,7 @@ fn agent_columns<D: Dialect>() -> String {
     )
 }
 
-fn approval_columns<D: Dialect>() -> String {
+pub(super) fn approval_columns<D: Dialect>() -> String {
     format!(
         "id, org_id, agent_id, call_id, tool, args_hash, {}, {}, policy, {}, level, state, {}, \
          requested_by, created_at, expires_at, decided_by, decided_at, comment, grant_id",
@@ -362,11 +362,17 @@ fn approval_columns<D: Dialect>() -> String {
     )
 }
 
-const GRANT_COLUMNS: &str =
+pub(super) const GRANT_COLUMNS: &str =
     "id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at";
 
-/// The statement type every method builds.
-type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
+/// The task columns with JSON read back as text.
+pub(super) fn task_columns<D: Dialect>() -> String {
+    super::tasks::COLUMNS
+        .replace("input,", &format!("{},", D::json("input")))
+        .replace("limits,", &format!("{},", D::json("limits")))
+}
+
+use super::tables::Query;
 
 on_dialects! {
     impl<D> ServerStore<D> {
@@ -389,9 +395,10 @@ on_dialects! {
             D::migrator().run(&self.pool).await
         }
 
-        /// The identity and audit tables.
-        pub fn identity(&self) -> super::identity::Identity<D> {
-            super::identity::Identity::new(self.pool.clone(), self.pool.clone())
+        /// The tables kept the same way on every backend (identity, audit,
+        /// schedules, the HTTP layer's reads).
+        pub fn tables(&self) -> super::tables::Tables<D> {
+            super::tables::Tables::new(self.pool.clone(), self.pool.clone())
         }
 
         /// Closes the pool.
@@ -445,49 +452,16 @@ on_dialects! {
             }
         }
 
-        /// Attaches each request's votes (at its current level while pending).
+        /// Attaches each request's votes.
         async fn with_votes(
             &self,
-            mut rows: Vec<ApprovalRecord>,
+            rows: Vec<ApprovalRecord>,
         ) -> Result<Vec<ApprovalRecord>, StoreError> {
-            if rows.is_empty() {
-                return Ok(rows);
-            }
-            let marks = vec!["?"; rows.len()].join(", ");
-            let sql = D::sql(&format!(
-                "SELECT approval_id, level, user_id, {}, comment, at FROM approval_votes \
-                 WHERE approval_id IN ({marks}) ORDER BY at",
-                D::flag("approve")
-            ));
-            let mut query = sqlx::query(&sql);
-            for r in &rows {
-                query = query.bind(r.id.as_str());
-            }
-            let votes = query.fetch_all(&self.pool).await.map_err(unavailable)?;
-            let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
-            for r in &votes {
-                let id: String = r.cell("approval_id").map_err(unavailable)?;
-                by_id.entry(id).or_default().push(Vote {
-                    by: r.cell("user_id").map_err(unavailable)?,
-                    level: u32::try_from(r.cell::<i64, _>("level").map_err(unavailable)?).unwrap_or(0),
-                    approve: r.cell::<i64, _>("approve").map_err(unavailable)? != 0,
-                    comment: r.cell("comment").map_err(unavailable)?,
-                    at: r.cell("at").map_err(unavailable)?,
-                });
-            }
-            for r in &mut rows {
-                if let Some(v) = by_id.remove(&r.id) {
-                    r.votes = v
-                        .into_iter()
-                        .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
-                        .collect();
-                }
-            }
-            Ok(rows)
+            super::tables::Tables::<D>::with_votes_on(&self.pool, rows).await
         }
 
         async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
-            super::identity::Identity::<D>::insert_audit(conn, a)
+            super::tables::Tables::<D>::insert_audit(conn, a)
                 .await
                 .map_err(stmt)
         }
@@ -1325,9 +1299,7 @@ on_dialects! {
         }
 
         async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
-            let columns = super::tasks::COLUMNS
-                .replace("input,", &format!("{},", D::json("input")))
-                .replace("limits,", &format!("{},", D::json("limits")));
+            let columns = task_columns::<D>();
             let sql = D::sql(&format!(
                 "SELECT {columns} FROM tasks WHERE org_id = ? AND agent_id = ? \
                  AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",

@@ -6,18 +6,18 @@
 //! `NORMAL` (default) keeps every acknowledged commit across a crash or kill
 //! of the process; `FULL` also across a power loss.
 
+use super::to_u64;
 use super::writer::{self, Job};
-use super::{EventRow, HistoryRow, to_u64};
 use async_trait::async_trait;
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, PeriodKind, Usage};
 use cadre_actors::domain::{
-    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition, rfc3339,
+    AgentId, AgentRecord, AgentSpec, DeployTarget, HealthOverrides, OrgId, Transition,
 };
 use cadre_actors::lifecycle::State;
 use cadre_actors::ports::{AgentInsert, AgentWrite, Store, StoreError, WriteOutcome};
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -40,8 +40,8 @@ pub struct SqlStore {
     jobs: mpsc::Sender<Job>,
     /// The WAL checkpointer's own connection.
     checkpoint: SqlitePool,
-    /// Identity and audit tables (reads on `read`, writes on `write`).
-    identity: super::identity::Identity<sqlx::Sqlite>,
+    /// The tables kept the same way on every backend.
+    tables: super::tables::Tables<sqlx::Sqlite>,
 }
 
 /// When the background checkpointer works.
@@ -421,7 +421,7 @@ impl SqlStore {
             .await?;
         let jobs = writer::spawn(write.clone());
         Ok(SqlStore {
-            identity: super::identity::Identity::new(read.clone(), write.clone()),
+            tables: super::tables::Tables::new(read.clone(), write.clone()),
             write,
             read,
             jobs,
@@ -456,17 +456,10 @@ impl SqlStore {
         self.read.close().await;
     }
 
-    /// Number of organizations.
-    pub async fn org_count(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM orgs")
-            .fetch_one(&self.read)
-            .await
-            .map_err(unavailable)
-    }
-
-    /// The identity and audit tables.
-    pub fn identity(&self) -> &super::identity::Identity<sqlx::Sqlite> {
-        &self.identity
+    /// The tables kept the same way on every backend (identity, audit,
+    /// schedules, the HTTP layer's reads).
+    pub fn tables(&self) -> &super::tables::Tables<sqlx::Sqlite> {
+        &self.tables
     }
 
     pub(crate) fn write_pool(&self) -> &SqlitePool {
@@ -475,127 +468,6 @@ impl SqlStore {
 
     pub(crate) fn read_pool(&self) -> &SqlitePool {
         &self.read
-    }
-
-    /// A live agent's id by its name (or its id) in an organization.
-    pub async fn agent_id_by_name(
-        &self,
-        org: &str,
-        name: &str,
-    ) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT id FROM agents WHERE org_id = ? AND (name = ? OR id = ?) AND deleted_at IS NULL LIMIT 1",
-        )
-        .bind(org)
-        .bind(name)
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await
-        .map_err(unavailable)
-    }
-
-    /// Whether `agent` exists in `org` (deleted agents keep their history).
-    pub async fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE id = ? AND org_id = ?")
-            .bind(agent)
-            .bind(org)
-            .fetch_one(&self.read)
-            .await
-            .map_err(unavailable)?;
-        Ok(n > 0)
-    }
-
-    /// Live agents by organization and state (the `cadre_agents` gauge). The
-    /// agents table is write-through, so this is what the actors hold.
-    pub async fn agent_state_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
-        sqlx::query_as(
-            "SELECT org_id, state, COUNT(*) FROM agents WHERE deleted_at IS NULL \
-             GROUP BY org_id, state",
-        )
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)
-    }
-
-    /// A page of an agent's state history, oldest first, after `cursor`.
-    pub async fn history(
-        &self,
-        org: &str,
-        agent: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<HistoryRow>, StoreError> {
-        self.history_between(org, agent, after, (i64::MIN, i64::MAX), limit)
-            .await
-    }
-
-    /// Like [`SqlStore::history`], of the transitions made in `[from, until)`
-    /// (unix ms).
-    pub async fn history_between(
-        &self,
-        org: &str,
-        agent: &str,
-        after: i64,
-        (from, until): (i64, i64),
-        limit: i64,
-    ) -> Result<Vec<HistoryRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, from_state, to_state, reason, by_who, at FROM agent_transitions \
-             WHERE org_id = ? AND agent_id = ? AND id > ? AND at >= ? AND at < ? \
-             ORDER BY id LIMIT ?",
-        )
-        .bind(org)
-        .bind(agent)
-        .bind(after)
-        .bind(from)
-        .bind(until)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                Ok(HistoryRow {
-                    id: r.try_get("id").map_err(unavailable)?,
-                    from: r.try_get("from_state").map_err(unavailable)?,
-                    to: r.try_get("to_state").map_err(unavailable)?,
-                    reason: r.try_get("reason").map_err(unavailable)?,
-                    by: r.try_get("by_who").map_err(unavailable)?,
-                    at: rfc3339(r.try_get("at").map_err(unavailable)?),
-                })
-            })
-            .collect()
-    }
-
-    /// A page of an agent's events, oldest first, after `cursor`.
-    pub async fn events(
-        &self,
-        org: &str,
-        agent: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, kind, detail, at FROM agent_events WHERE org_id = ? AND agent_id = ? AND id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(org)
-        .bind(agent)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail").map_err(unavailable)?;
-                Ok(EventRow {
-                    id: r.try_get("id").map_err(unavailable)?,
-                    kind: r.try_get("kind").map_err(unavailable)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                    at: rfc3339(r.try_get("at").map_err(unavailable)?),
-                })
-            })
-            .collect()
     }
 
     /// The stored record of an agent (tests and diagnostics; actors hold the live copy).

@@ -6,7 +6,6 @@ use async_trait::async_trait;
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::ports::StoreError;
 use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep, TaskStore};
-use sqlx::Row;
 
 pub(super) const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
                        created_by, created_at, started_at, finished_at, runner_pid, parent_id, from_step";
@@ -152,82 +151,5 @@ impl TaskStore for SqlStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(task_row).collect()
-    }
-}
-
-impl SqlStore {
-    /// One task of `org`.
-    pub async fn task(&self, org: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND id = ?"
-        ))
-        .bind(org)
-        .bind(id)
-        .fetch_optional(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        row.as_ref().map(task_row).transpose()
-    }
-
-    /// A page of an agent's tasks, newest first, with ids below `before`.
-    pub async fn tasks_page(
-        &self,
-        org: &str,
-        agent: &str,
-        state: Option<TaskState>,
-        before: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND agent_id = ? \
-             AND (? IS NULL OR state = ?) AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(org)
-        .bind(agent)
-        .bind(state.map(TaskState::as_str))
-        .bind(state.map(TaskState::as_str))
-        .bind(before)
-        .bind(before)
-        .bind(i64::from(limit))
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(task_row).collect()
-    }
-
-    /// A task's steps in order (after `after`, at most `limit`).
-    pub async fn task_steps(
-        &self,
-        task: &str,
-        after: u32,
-        limit: u32,
-    ) -> Result<Vec<TaskStep>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT task_id, seq, kind, body, tokens, latency_ms, at FROM task_steps \
-             WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(task)
-        .bind(i64::from(after))
-        .bind(i64::from(limit))
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let body: String = r.try_get("body").map_err(bad)?;
-                let seq: i64 = r.try_get("seq").map_err(bad)?;
-                let tokens: i64 = r.try_get("tokens").map_err(bad)?;
-                let latency: i64 = r.try_get("latency_ms").map_err(bad)?;
-                Ok(TaskStep {
-                    task_id: r.try_get("task_id").map_err(bad)?,
-                    seq: u32::try_from(seq).map_err(bad)?,
-                    kind: r.try_get("kind").map_err(bad)?,
-                    body: serde_json::from_str(&body).map_err(bad)?,
-                    tokens: u64::try_from(tokens).unwrap_or(0),
-                    latency_ms: u64::try_from(latency).unwrap_or(0),
-                    at: r.try_get("at").map_err(bad)?,
-                })
-            })
-            .collect()
     }
 }

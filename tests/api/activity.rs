@@ -836,7 +836,7 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
     assert_eq!(org["activity_retention_default"], false);
     let audit = app
         .store()
-        .identity()
+        .tables()
         .audit_page(&other, &Default::default(), 100)
         .await
         .expect("audit");

@@ -59,7 +59,7 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
         .await
         .expect("open");
     assert_eq!(
-        store.org_count().await.expect("orgs table exists"),
+        store.tables().org_count().await.expect("orgs table exists"),
         0,
         "migrate bootstraps nothing"
     );

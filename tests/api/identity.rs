@@ -585,7 +585,7 @@ async fn api_keys_act_with_their_scopes_and_never_above_their_creator() {
 
 async fn audit_actions(app: &TestApp, org: &str) -> Vec<String> {
     app.store()
-        .identity()
+        .tables()
         .audit_page(org, &Default::default(), 10_000)
         .await
         .expect("audit")

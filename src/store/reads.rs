@@ -1,0 +1,384 @@
+//! The HTTP layer's reads of agents (ids by name, history, events, counts
+//! by state), approvals and grants, kill switches and tasks: the same
+//! statements on every backend, on [`Tables`].
+
+use super::governance::{ApprovalFilter, approval_row, grant_row};
+use super::server::{GRANT_COLUMNS, approval_columns, task_columns};
+use super::sqlite::unavailable;
+use super::tables::Tables;
+use super::tasks::task_row;
+use super::{DecodeRow, EventRow, HistoryRow};
+use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
+use cadre_actors::domain::rfc3339;
+use cadre_actors::governance::Grant;
+use cadre_actors::ports::StoreError;
+use cadre_actors::task::{TaskRecord, TaskState, TaskStep};
+
+fn bad(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("unreadable row: {what}"))
+}
+
+/// A kill switch that is on: (scope, target, organization, reason, by, at).
+pub type HaltRow = (String, String, Option<String>, Option<String>, String, i64);
+
+on_dialects! {
+    impl<D> Tables<D> {
+        /// Number of organizations.
+        pub async fn org_count(&self) -> Result<i64, StoreError> {
+            let sql = format!("SELECT {} AS n FROM orgs", D::int("COUNT(*)"));
+            let row = sqlx::query(&sql).fetch_one(&self.read).await.map_err(unavailable)?;
+            row.cell("n").map_err(bad)
+        }
+
+        /// A live agent's id by its name (or its id) in an organization.
+        pub async fn agent_id_by_name(
+            &self,
+            org: &str,
+            name: &str,
+        ) -> Result<Option<String>, StoreError> {
+            let sql = D::sql(
+                "SELECT id FROM agents WHERE org_id = ? AND (name = ? OR id = ?) \
+                 AND deleted_at IS NULL LIMIT 1",
+            );
+            let row = sqlx::query(&sql)
+                .bind(org)
+                .bind(name)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.map(|r| r.cell("id").map_err(bad)).transpose()
+        }
+
+        /// Whether `agent` exists in `org` (deleted agents keep their history).
+        pub async fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError> {
+            let sql = D::sql("SELECT id FROM agents WHERE id = ? AND org_id = ?");
+            let row = sqlx::query(&sql)
+                .bind(agent)
+                .bind(org)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            Ok(row.is_some())
+        }
+
+        /// Live agents by organization and state (the `cadre_agents` gauge). The
+        /// agents table is write-through, so this is what the actors hold.
+        pub async fn agent_state_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+            let sql = format!(
+                "SELECT org_id, state, {} AS n FROM agents WHERE deleted_at IS NULL \
+                 GROUP BY org_id, state",
+                D::int("COUNT(*)")
+            );
+            let rows = sqlx::query(&sql).fetch_all(&self.read).await.map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.cell("org_id").map_err(bad)?,
+                        r.cell("state").map_err(bad)?,
+                        r.cell("n").map_err(bad)?,
+                    ))
+                })
+                .collect()
+        }
+
+        /// A page of an agent's state history, oldest first, after `cursor`.
+        pub async fn history(
+            &self,
+            org: &str,
+            agent: &str,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<HistoryRow>, StoreError> {
+            self.history_between(org, agent, after, (i64::MIN, i64::MAX), limit)
+                .await
+        }
+
+        /// Like [`Tables::history`], of the transitions made in `[from, until)`
+        /// (unix ms).
+        pub async fn history_between(
+            &self,
+            org: &str,
+            agent: &str,
+            after: i64,
+            (from, until): (i64, i64),
+            limit: i64,
+        ) -> Result<Vec<HistoryRow>, StoreError> {
+            let sql = D::sql(
+                "SELECT id, from_state, to_state, reason, by_who, at FROM agent_transitions \
+                 WHERE org_id = ? AND agent_id = ? AND id > ? AND at >= ? AND at < ? \
+                 ORDER BY id LIMIT ?",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(agent)
+                .bind(after)
+                .bind(from)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(HistoryRow {
+                        id: r.cell("id").map_err(bad)?,
+                        from: r.cell("from_state").map_err(bad)?,
+                        to: r.cell("to_state").map_err(bad)?,
+                        reason: r.cell("reason").map_err(bad)?,
+                        by: r.cell("by_who").map_err(bad)?,
+                        at: rfc3339(r.cell("at").map_err(bad)?),
+                    })
+                })
+                .collect()
+        }
+
+        /// A page of an agent's events, oldest first, after `cursor`.
+        pub async fn events(
+            &self,
+            org: &str,
+            agent: &str,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<EventRow>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT id, kind, {}, at FROM agent_events \
+                 WHERE org_id = ? AND agent_id = ? AND id > ? ORDER BY id LIMIT ?",
+                D::json("detail")
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(agent)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let detail: String = r.cell("detail").map_err(bad)?;
+                    Ok(EventRow {
+                        id: r.cell("id").map_err(bad)?,
+                        kind: r.cell("kind").map_err(bad)?,
+                        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                        at: rfc3339(r.cell("at").map_err(bad)?),
+                    })
+                })
+                .collect()
+        }
+
+        /// Attaches each request's votes (at its current level while pending),
+        /// read on `pool` (the writer's, where a caller must see its own writes).
+        pub(super) async fn with_votes_on(
+            pool: &sqlx::Pool<D>,
+            mut rows: Vec<ApprovalRecord>,
+        ) -> Result<Vec<ApprovalRecord>, StoreError> {
+            if rows.is_empty() {
+                return Ok(rows);
+            }
+            let marks = vec!["?"; rows.len()].join(", ");
+            let sql = D::sql(&format!(
+                "SELECT approval_id, level, user_id, {}, comment, at FROM approval_votes \
+                 WHERE approval_id IN ({marks}) ORDER BY at",
+                D::flag("approve")
+            ));
+            let mut query = sqlx::query(&sql);
+            for r in &rows {
+                query = query.bind(r.id.as_str());
+            }
+            let votes = query.fetch_all(pool).await.map_err(unavailable)?;
+            let mut by_id: std::collections::HashMap<String, Vec<Vote>> = Default::default();
+            for r in &votes {
+                let id: String = r.cell("approval_id").map_err(unavailable)?;
+                by_id.entry(id).or_default().push(Vote {
+                    by: r.cell("user_id").map_err(unavailable)?,
+                    level: u32::try_from(r.cell::<i64, _>("level").map_err(unavailable)?)
+                        .unwrap_or(0),
+                    approve: r.cell::<i64, _>("approve").map_err(unavailable)? != 0,
+                    comment: r.cell("comment").map_err(unavailable)?,
+                    at: r.cell("at").map_err(unavailable)?,
+                });
+            }
+            for r in &mut rows {
+                if let Some(v) = by_id.remove(&r.id) {
+                    r.votes = v
+                        .into_iter()
+                        .filter(|v| v.level == r.level || r.state != ApprovalState::Pending)
+                        .collect();
+                }
+            }
+            Ok(rows)
+        }
+
+        /// A page of an organization's approval requests, newest first.
+        pub async fn approvals_page(
+            &self,
+            org: &str,
+            f: &ApprovalFilter,
+            limit: i64,
+        ) -> Result<Vec<ApprovalRecord>, StoreError> {
+            let mut sql = format!(
+                "SELECT {} FROM approvals WHERE org_id = ?",
+                approval_columns::<D>()
+            );
+            for (given, clause) in [
+                (f.state.is_some(), " AND state = ?"),
+                (f.agent.is_some(), " AND agent_id = ?"),
+                (f.tool.is_some(), " AND tool = ?"),
+            ] {
+                if given {
+                    sql.push_str(clause);
+                }
+            }
+            if f.before.is_some() {
+                sql.push_str(&format!(" AND id{} < ?", D::BYTES));
+            }
+            sql.push_str(&format!(" ORDER BY id{} DESC LIMIT ?", D::BYTES));
+            let sql = D::sql(&sql);
+            let mut query = sqlx::query(&sql).bind(org);
+            for v in [&f.state, &f.agent, &f.tool, &f.before].into_iter().flatten() {
+                query = query.bind(v.as_str());
+            }
+            let rows = query
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            let rows = rows
+                .iter()
+                .map(approval_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Self::with_votes_on(&self.read, rows).await
+        }
+
+        /// A page of an organization's grants (live and revoked), newest
+        /// first: each with when it was revoked.
+        pub async fn grants_page(
+            &self,
+            org: &str,
+            before: Option<&str>,
+            limit: i64,
+        ) -> Result<Vec<(Grant, Option<i64>)>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {}, revoked_at FROM grants WHERE org_id = ? AND (? IS NULL OR id{b} < ?) \
+                 ORDER BY id{b} DESC LIMIT ?",
+                GRANT_COLUMNS,
+                b = D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(before)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| Ok((grant_row(r)?, r.cell("revoked_at").map_err(unavailable)?)))
+                .collect()
+        }
+
+        /// Every kill switch that is on, oldest first.
+        pub async fn halt_rows(&self) -> Result<Vec<HaltRow>, StoreError> {
+            let rows = sqlx::query("SELECT scope, target, org_id, reason, by_who, at FROM halts ORDER BY at")
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.cell("scope").map_err(unavailable)?,
+                        r.cell("target").map_err(unavailable)?,
+                        r.cell("org_id").map_err(unavailable)?,
+                        r.cell("reason").map_err(unavailable)?,
+                        r.cell("by_who").map_err(unavailable)?,
+                        r.cell("at").map_err(unavailable)?,
+                    ))
+                })
+                .collect()
+        }
+
+        /// One task of `org`.
+        pub async fn task(&self, org: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM tasks WHERE org_id = ? AND id = ?",
+                task_columns::<D>()
+            ));
+            let row = sqlx::query(&sql)
+                .bind(org)
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.as_ref().map(task_row).transpose()
+        }
+
+        /// A page of an agent's tasks, newest first, with ids below `before`.
+        pub async fn tasks_page(
+            &self,
+            org: &str,
+            agent: &str,
+            state: Option<TaskState>,
+            before: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<TaskRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM tasks WHERE org_id = ? AND agent_id = ? \
+                 AND (? IS NULL OR state = ?) AND (? IS NULL OR id{b} < ?) \
+                 ORDER BY id{b} DESC LIMIT ?",
+                task_columns::<D>(),
+                b = D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(agent)
+                .bind(state.map(TaskState::as_str))
+                .bind(state.map(TaskState::as_str))
+                .bind(before)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(task_row).collect()
+        }
+
+        /// A task's steps in order (after `after`, at most `limit`).
+        pub async fn task_steps(
+            &self,
+            task: &str,
+            after: u32,
+            limit: u32,
+        ) -> Result<Vec<TaskStep>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT task_id, seq, kind, {}, tokens, latency_ms, at FROM task_steps \
+                 WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                D::json("body")
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(task)
+                .bind(i64::from(after))
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let body: String = r.cell("body").map_err(bad)?;
+                    let seq: i64 = r.cell("seq").map_err(bad)?;
+                    let tokens: i64 = r.cell("tokens").map_err(bad)?;
+                    let latency: i64 = r.cell("latency_ms").map_err(bad)?;
+                    Ok(TaskStep {
+                        task_id: r.cell("task_id").map_err(bad)?,
+                        seq: u32::try_from(seq).map_err(bad)?,
+                        kind: r.cell("kind").map_err(bad)?,
+                        body: serde_json::from_str(&body).map_err(bad)?,
+                        tokens: u64::try_from(tokens).unwrap_or(0),
+                        latency_ms: u64::try_from(latency).unwrap_or(0),
+                        at: r.cell("at").map_err(bad)?,
+                    })
+                })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The tables every backend keeps with the same statements: one generic
+//! [`Tables`] over the [`Dialect`], whose methods live beside their tables'
+//! types (`identity.rs`: organizations, users, sessions, keys, the audit
+//! log; `schedules.rs`; the HTTP layer's reads of agents, approvals and
+//! tasks in `reads.rs`). SQLite's store and the server store each hand one
+//! out (`SqlStore::tables`, `ServerStore::tables`).
+//!
+//! On SQLite reads go to the reader pool and writes to the one writer
+//! connection; on a server one pool serves both. Writes that lose their
+//! connection before the commit are tried again (`server::retry`). What
+//! SQLite's single writer guarantees by serializing, a server gets from row
+//! locks taken in the same transaction (`Dialect::FOR_UPDATE`).
+
+use super::server::{Attempt, stmt};
+use cadre_actors::audit::AuditEntry;
+use sqlx::{Database, Pool};
+
+/// The generic tables of one database.
+#[derive(Debug)]
+pub struct Tables<D: Database> {
+    pub(super) read: Pool<D>,
+    pub(super) write: Pool<D>,
+}
+
+impl<D: Database> Clone for Tables<D> {
+    fn clone(&self) -> Self {
+        Tables {
+            read: self.read.clone(),
+            write: self.write.clone(),
+        }
+    }
+}
+
+impl<D: Database> Tables<D> {
+    /// Reads on `read`, writes on `write` (the same pool on a server).
+    pub fn new(read: Pool<D>, write: Pool<D>) -> Tables<D> {
+        Tables { read, write }
+    }
+}
+
+/// The statement type every method builds.
+pub(super) type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
+
+on_dialects! {
+    impl<D> Tables<D> {
+        /// Writes one audit entry on `conn` (inside the caller's transaction).
+        pub(crate) async fn insert_audit(
+            conn: &mut D::Connection,
+            a: &AuditEntry,
+        ) -> Result<(), sqlx::Error> {
+            let sql = D::sql(&format!(
+                "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) \
+                 VALUES (?, ?, ?, ?, ?{}, ?, ?, ?)",
+                D::JSON
+            ));
+            sqlx::query(&sql)
+                .bind(a.org_id.as_str())
+                .bind(a.actor.as_str())
+                .bind(a.action.as_str())
+                .bind(a.target.as_str())
+                .bind(a.summary.to_string())
+                .bind(a.request_id.as_deref())
+                .bind(a.client.as_deref())
+                .bind(a.at)
+                .execute(conn)
+                .await
+                .map(|_| ())
+        }
+
+        /// [`Tables::insert_audit`] inside a retried write.
+        pub(super) async fn audit_in(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
+            Self::insert_audit(conn, a).await.map_err(stmt)
+        }
+
+        /// Runs a statement on `conn`, returning the rows it changed (matched
+        /// on MySQL).
+        pub(super) async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, Attempt> {
+            let done = query.execute(conn).await.map_err(stmt)?;
+            Ok(D::rows_affected(&done))
+        }
+
+        /// A write transaction.
+        pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
+            self.write.begin().await.map_err(stmt)
+        }
+    }
+}
