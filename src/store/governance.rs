@@ -11,10 +11,6 @@ use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentId, OrgId};
 use cadre_actors::governance::{Grant, HaltScope};
 use cadre_actors::ports::{Cas, GovDoc, GovStore, StoreError};
-use sqlx::Row;
-
-pub(super) const APPROVAL_COLS: &str = "id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, \
-    levels, level, state, outcome, requested_by, created_at, expires_at, decided_by, decided_at, comment, grant_id";
 
 fn bad(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("bad approval row: {what}"))
@@ -87,58 +83,10 @@ pub struct ApprovalFilter {
     pub before: Option<String>,
 }
 
-impl SqlStore {
-    /// The approval where `k1 = v1 AND k2 = v2` (column names are ours), with its votes.
-    async fn one_approval(
-        &self,
-        k1: &str,
-        v1: &str,
-        k2: &str,
-        v2: &str,
-        pool: &sqlx::SqlitePool,
-    ) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {APPROVAL_COLS} FROM approvals WHERE {k1} = ? AND {k2} = ?"
-        ))
-        .bind(v1)
-        .bind(v2)
-        .fetch_optional(pool)
-        .await
-        .map_err(unavailable)?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
-        }
-    }
-
-    /// Attaches each request's votes.
-    async fn with_votes(
-        &self,
-        rows: Vec<ApprovalRecord>,
-    ) -> Result<Vec<ApprovalRecord>, StoreError> {
-        super::tables::Tables::<sqlx::Sqlite>::with_votes_on(self.read_pool(), rows).await
-    }
-}
-
 #[async_trait]
 impl GovStore for SqlStore {
     async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, name, body FROM gov_docs WHERE org_id = ? ORDER BY kind, name",
-        )
-        .bind(org.as_str())
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                Ok(GovDoc {
-                    kind: r.try_get("kind").map_err(unavailable)?,
-                    name: r.try_get("name").map_err(unavailable)?,
-                    body: r.try_get("body").map_err(unavailable)?,
-                })
-            })
-            .collect()
+        self.tables().docs(org).await
     }
 
     async fn put_doc(
@@ -192,39 +140,15 @@ impl GovStore for SqlStore {
         agent: &AgentId,
         call_id: &str,
     ) -> Result<Option<ApprovalRecord>, StoreError> {
-        // The writer's connection: the caller just lost an insert to this row.
-        self.one_approval(
-            "agent_id",
-            agent.as_str(),
-            "call_id",
-            call_id,
-            self.write_pool(),
-        )
-        .await
+        self.tables().approval_by_call(agent, call_id).await
     }
 
     async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        self.one_approval("org_id", org.as_str(), "id", id, self.read_pool())
-            .await
+        self.tables().approval(org, id).await
     }
 
     async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {APPROVAL_COLS} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id"
-        ))
-        .bind(org.as_str())
-        .fetch_all(self.write_pool())
-        .await
-        .map_err(unavailable)?;
-        let rows = rows
-            .iter()
-            .map(approval_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(500) {
-            out.extend(self.with_votes(chunk.to_vec()).await?);
-        }
-        Ok(out)
+        self.tables().pending_approvals(org).await
     }
 
     async fn add_vote(
@@ -270,15 +194,7 @@ impl GovStore for SqlStore {
     }
 
     async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at \
-             FROM grants WHERE revoked_at IS NULL AND expires_at > ?",
-        )
-        .bind(now_ms)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(grant_row).collect()
+        self.tables().live_grants(now_ms).await
     }
 
     async fn revoke_grant(
@@ -348,18 +264,7 @@ impl GovStore for SqlStore {
     }
 
     async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
-        Ok(self
-            .tables()
-            .halt_rows()
-            .await?
-            .into_iter()
-            .filter_map(|(scope, target, org, ..)| match scope.as_str() {
-                "instance" => Some(HaltScope::Instance),
-                "org" => Some(HaltScope::Org(OrgId(target))),
-                "agent" => Some(HaltScope::Agent(OrgId(org?), AgentId(target))),
-                _ => None,
-            })
-            .collect())
+        self.tables().halts().await
     }
 }
 

@@ -366,41 +366,28 @@ on_dialects! {
         /// Every organization.
         pub async fn all_orgs(&self) -> Result<Vec<OrgRow>, StoreError> {
             let sql = format!("SELECT {} FROM orgs ORDER BY id{}", org_cols::<D>(), D::BYTES);
-            let rows = sqlx::query(&sql)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let rows = self.rows(&sql, &[]).await?;
             rows.iter().map(org_row).collect()
         }
 
         /// One organization.
         pub async fn org(&self, id: &str) -> Result<Option<OrgRow>, StoreError> {
-            let sql = D::sql(&format!("SELECT {} FROM orgs WHERE id = ?", org_cols::<D>()));
-            let row = sqlx::query(&sql)
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let sql = format!("SELECT {} FROM orgs WHERE id = ?", org_cols::<D>());
+            let row = self.row(&sql, &[id]).await?;
             row.as_ref().map(org_row).transpose()
         }
 
         /// Every user (for the in-memory session directory).
         pub async fn all_users(&self) -> Result<Vec<UserRecord>, StoreError> {
             let sql = format!("SELECT {} FROM users", user_cols::<D>());
-            let rows = sqlx::query(&sql)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let rows = self.rows(&sql, &[]).await?;
             rows.iter().map(user_row).collect()
         }
 
         /// Every API key (for the in-memory key directory).
         pub async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
             let sql = format!("SELECT {} FROM api_keys", key_cols::<D>());
-            let rows = sqlx::query(&sql)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let rows = self.rows(&sql, &[]).await?;
             rows.iter().map(key_row).collect()
         }
 
@@ -409,30 +396,21 @@ on_dialects! {
             &self,
             email: &str,
         ) -> Result<Option<UserRecord>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM users WHERE lower(email) = lower(?)",
                 user_cols::<D>()
-            ));
-            let row = sqlx::query(&sql)
-                .bind(email)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            );
+            let row = self.row(&sql, &[email]).await?;
             row.as_ref().map(user_row).transpose()
         }
 
         /// A user of `org`.
         pub async fn user(&self, org: &str, id: &str) -> Result<Option<UserRecord>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM users WHERE org_id = ? AND id = ?",
                 user_cols::<D>()
-            ));
-            let row = sqlx::query(&sql)
-                .bind(org)
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            );
+            let row = self.row(&sql, &[org, id]).await?;
             row.as_ref().map(user_row).transpose()
         }
 
@@ -837,16 +815,11 @@ on_dialects! {
                 if Self::run(&mut tx, query).await? == 0 {
                     return Ok(None);
                 }
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "SELECT {} FROM users WHERE org_id = ? AND id = ?",
                     user_cols::<D>()
-                ));
-                let row = sqlx::query(&sql)
-                    .bind(org)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(stmt)?;
+                );
+                let row = Self::row_in(&mut tx, &sql, &[org, id]).await?;
                 let user = user_row(&row)?;
                 if revoke {
                     Self::revoke_user_tokens(&mut tx, id, now_ms).await?;
@@ -930,16 +903,11 @@ on_dialects! {
                 if Self::run(&mut tx, sqlx::query(&sql).bind(now_ms).bind(org).bind(id)).await? == 0 {
                     return Ok(None);
                 }
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "SELECT {} FROM api_keys WHERE org_id = ? AND id = ?",
                     key_cols::<D>()
-                ));
-                let row = sqlx::query(&sql)
-                    .bind(org)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(stmt)?;
+                );
+                let row = Self::row_in(&mut tx, &sql, &[org, id]).await?;
                 let key = key_row(&row)?;
                 Self::audit_in(&mut tx, audit).await?;
                 tx.commit().await.map_err(at_commit)?;
@@ -965,12 +933,12 @@ on_dialects! {
 
         /// The family of a refresh token (read where it was written).
         pub async fn family_of(&self, hash: &str) -> Result<Option<String>, StoreError> {
-            let sql = D::sql("SELECT family FROM refresh_tokens WHERE hash = ?");
-            let row = sqlx::query(&sql)
-                .bind(hash)
-                .fetch_optional(&self.write)
-                .await
-                .map_err(unavailable)?;
+            let row = Self::row_on(
+                &self.write,
+                "SELECT family FROM refresh_tokens WHERE hash = ?",
+                &[hash],
+            )
+            .await?;
             row.as_ref().map(|r| get(r, "family")).transpose()
         }
 
@@ -988,12 +956,11 @@ on_dialects! {
 
         /// The lock of an email, if one is in force at `now_ms`: when it ends.
         pub async fn locked_until(&self, email: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
-            let sql = D::sql("SELECT locked_until FROM login_throttle WHERE email = ?");
-            let row = sqlx::query(&sql)
-                .bind(email)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let row = self.row(
+                "SELECT locked_until FROM login_throttle WHERE email = ?",
+                &[email],
+            )
+            .await?;
             let until: Option<i64> = row.as_ref().map(|r| get(r, "locked_until")).transpose()?;
             Ok(until.filter(|u| *u > now_ms))
         }

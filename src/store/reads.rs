@@ -9,9 +9,9 @@ use super::tables::Tables;
 use super::tasks::task_row;
 use super::{DecodeRow, EventRow, HistoryRow};
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
-use cadre_actors::domain::rfc3339;
-use cadre_actors::governance::Grant;
-use cadre_actors::ports::StoreError;
+use cadre_actors::domain::{AgentId, OrgId, rfc3339};
+use cadre_actors::governance::{Grant, HaltScope};
+use cadre_actors::ports::{GovDoc, StoreError};
 use cadre_actors::task::{TaskRecord, TaskState, TaskStep};
 
 fn bad(what: impl std::fmt::Display) -> StoreError {
@@ -40,25 +40,17 @@ on_dialects! {
                 "SELECT id FROM agents WHERE org_id = ? AND (name = ? OR id = ?) \
                  AND deleted_at IS NULL LIMIT 1",
             );
-            let row = sqlx::query(&sql)
-                .bind(org)
-                .bind(name)
-                .bind(name)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let row = self.row(&sql, &[org, name, name]).await?;
             row.map(|r| r.cell("id").map_err(bad)).transpose()
         }
 
         /// Whether `agent` exists in `org` (deleted agents keep their history).
         pub async fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError> {
-            let sql = D::sql("SELECT id FROM agents WHERE id = ? AND org_id = ?");
-            let row = sqlx::query(&sql)
-                .bind(agent)
-                .bind(org)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let row = self.row(
+                "SELECT id FROM agents WHERE id = ? AND org_id = ?",
+                &[agent, org],
+            )
+            .await?;
             Ok(row.is_some())
         }
 
@@ -300,16 +292,11 @@ on_dialects! {
 
         /// One task of `org`.
         pub async fn task(&self, org: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM tasks WHERE org_id = ? AND id = ?",
                 task_columns::<D>()
-            ));
-            let row = sqlx::query(&sql)
-                .bind(org)
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            );
+            let row = self.row(&sql, &[org, id]).await?;
             row.as_ref().map(task_row).transpose()
         }
 
@@ -379,6 +366,134 @@ on_dialects! {
                     })
                 })
                 .collect()
+        }
+        // The ports' reads (`GovStore`, `TaskStore`), which both stores
+        // answer from here; their writes stay each store's own.
+
+        /// An organization's governance documents, by kind and name.
+        pub(super) async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
+            let sql = format!(
+                "SELECT kind, name, {} FROM gov_docs WHERE org_id = ? ORDER BY kind{c}, name{c}",
+                D::json("body"),
+                c = D::BYTES
+            );
+            let rows = self.rows(&sql, &[org.as_str()]).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GovDoc {
+                        kind: r.cell("kind").map_err(unavailable)?,
+                        name: r.cell("name").map_err(unavailable)?,
+                        body: r.cell("body").map_err(unavailable)?,
+                    })
+                })
+                .collect()
+        }
+
+        /// The approval where `k1 = v1 AND k2 = v2` (our column names), with
+        /// its votes; read where it was written when `fresh` (the caller has
+        /// just lost an insert to this row).
+        async fn approval_where(
+            &self,
+            (k1, v1): (&str, &str),
+            (k2, v2): (&str, &str),
+            fresh: bool,
+        ) -> Result<Option<ApprovalRecord>, StoreError> {
+            let pool = if fresh { &self.write } else { &self.read };
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE {k1} = ? AND {k2} = ?",
+                approval_columns::<D>()
+            );
+            let Some(row) = Self::row_on(pool, &sql, &[v1, v2]).await? else {
+                return Ok(None);
+            };
+            Ok(Self::with_votes_on(pool, vec![approval_row(&row)?]).await?.pop())
+        }
+
+        /// The request for an agent's tool call.
+        pub(super) async fn approval_by_call(
+            &self,
+            agent: &AgentId,
+            call_id: &str,
+        ) -> Result<Option<ApprovalRecord>, StoreError> {
+            self.approval_where(("agent_id", agent.as_str()), ("call_id", call_id), true)
+                .await
+        }
+
+        /// One request of an organization.
+        pub(super) async fn approval(
+            &self,
+            org: &OrgId,
+            id: &str,
+        ) -> Result<Option<ApprovalRecord>, StoreError> {
+            self.approval_where(("org_id", org.as_str()), ("id", id), false)
+                .await
+        }
+
+        /// Every pending request of an organization (all of them: a restart
+        /// re-parks each), with its votes.
+        pub(super) async fn pending_approvals(
+            &self,
+            org: &OrgId,
+        ) -> Result<Vec<ApprovalRecord>, StoreError> {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id{}",
+                approval_columns::<D>(),
+                D::BYTES
+            );
+            let rows = Self::rows_on(&self.write, &sql, &[org.as_str()]).await?;
+            let rows = rows
+                .iter()
+                .map(approval_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(500) {
+                out.extend(Self::with_votes_on(&self.read, chunk.to_vec()).await?);
+            }
+            Ok(out)
+        }
+
+        /// Grants neither revoked nor expired at `now_ms`.
+        pub(super) async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(now_ms)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(grant_row).collect()
+        }
+
+        /// The kill switches that are on.
+        pub(super) async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
+            Ok(self
+                .halt_rows()
+                .await?
+                .into_iter()
+                .filter_map(|(scope, target, org, ..)| match scope.as_str() {
+                    "instance" => Some(HaltScope::Instance),
+                    "org" => Some(HaltScope::Org(OrgId(target))),
+                    "agent" => Some(HaltScope::Agent(OrgId(org?), AgentId(target))),
+                    _ => None,
+                })
+                .collect())
+        }
+
+        /// An agent's tasks that are not finished, in id order.
+        pub(super) async fn open_tasks(
+            &self,
+            org: &str,
+            agent: &str,
+        ) -> Result<Vec<TaskRecord>, StoreError> {
+            let sql = format!(
+                "SELECT {} FROM tasks WHERE org_id = ? AND agent_id = ? \
+                 AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",
+                task_columns::<D>(),
+                D::BYTES
+            );
+            let rows = self.rows(&sql, &[org, agent]).await?;
+            rows.iter().map(task_row).collect()
         }
     }
 }

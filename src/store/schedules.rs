@@ -195,16 +195,11 @@ on_dialects! {
 
         /// One schedule of an organization.
         pub async fn schedule(&self, org: &str, id: &str) -> Result<Option<Schedule>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM schedules WHERE org_id = ? AND id = ?",
                 columns::<D>()
-            ));
-            let r = sqlx::query(&sql)
-                .bind(org)
-                .bind(id)
-                .fetch_optional(&self.read)
-                .await
-                .map_err(unavailable)?;
+            );
+            let r = self.row(&sql, &[org, id]).await?;
             r.as_ref().map(row).transpose()
         }
 
@@ -214,17 +209,12 @@ on_dialects! {
             org: &str,
             agent: &str,
         ) -> Result<Vec<Schedule>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM schedules WHERE org_id = ? AND agent_id = ? ORDER BY id{}",
                 columns::<D>(),
                 D::BYTES
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(org)
-                .bind(agent)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
+            );
+            let rows = self.rows(&sql, &[org, agent]).await?;
             rows.iter().map(row).collect()
         }
     }

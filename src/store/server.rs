@@ -35,7 +35,7 @@
 //! PostgreSQL). Paging by id compares in byte order, as SQLite does
 //! (`COLLATE "C"` on PostgreSQL; MySQL's columns are `utf8mb4_bin`).
 
-use super::governance::{approval_row, grant_row};
+use super::governance::grant_row;
 use super::sqlite::{AgentRow, agent_from_row, classify, unavailable};
 use super::{DecodeRow, to_i64};
 use cadre_actors::approval::{ApprovalRecord, Vote};
@@ -408,15 +408,11 @@ on_dialects! {
 
         /// The stored record of a live agent.
         pub async fn load_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT {} FROM agents WHERE id = ? AND deleted_at IS NULL",
                 agent_columns::<D>()
-            ));
-            let row = sqlx::query(&sql)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
+            );
+            let row = super::tables::Tables::<D>::row_on(&self.pool, &sql, &[id]).await?;
             row.as_ref().map(agent_from_row).transpose()
         }
 
@@ -430,35 +426,7 @@ on_dialects! {
             Ok(D::rows_affected(&done))
         }
 
-        /// The approval where `k1 = v1 AND k2 = v2`, with its votes.
-        async fn one_approval(
-            &self,
-            (k1, v1): (&str, &str),
-            (k2, v2): (&str, &str),
-        ) -> Result<Option<ApprovalRecord>, StoreError> {
-            let sql = D::sql(&format!(
-                "SELECT {} FROM approvals WHERE {k1} = ? AND {k2} = ?",
-                approval_columns::<D>()
-            ));
-            let row = sqlx::query(&sql)
-                .bind(v1)
-                .bind(v2)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            match row {
-                None => Ok(None),
-                Some(r) => Ok(self.with_votes(vec![approval_row(&r)?]).await?.pop()),
-            }
-        }
 
-        /// Attaches each request's votes.
-        async fn with_votes(
-            &self,
-            rows: Vec<ApprovalRecord>,
-        ) -> Result<Vec<ApprovalRecord>, StoreError> {
-            super::tables::Tables::<D>::with_votes_on(&self.pool, rows).await
-        }
 
         async fn insert_audit(conn: &mut D::Connection, a: &AuditEntry) -> Result<(), Attempt> {
             super::tables::Tables::<D>::insert_audit(conn, a)
@@ -830,10 +798,7 @@ on_dialects! {
 
         async fn list_orgs(&self) -> Result<Vec<OrgId>, StoreError> {
             let sql = format!("SELECT id FROM orgs ORDER BY id{}", D::BYTES);
-            let rows = sqlx::query(&sql)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+            let rows = super::tables::Tables::<D>::rows_on(&self.pool, &sql, &[]).await?;
             rows.iter()
                 .map(|r| r.cell::<String, _>(0usize).map(OrgId).map_err(unavailable))
                 .collect()
@@ -852,25 +817,7 @@ on_dialects! {
 on_dialects! {
     impl<D> GovStore for ServerStore<D> {
         async fn docs(&self, org: &OrgId) -> Result<Vec<GovDoc>, StoreError> {
-            let sql = D::sql(&format!(
-                "SELECT kind, name, {} FROM gov_docs WHERE org_id = ? ORDER BY kind{c}, name{c}",
-                D::json("body"),
-                c = D::BYTES
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(org.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(GovDoc {
-                        kind: r.cell("kind").map_err(unavailable)?,
-                        name: r.cell("name").map_err(unavailable)?,
-                        body: r.cell("body").map_err(unavailable)?,
-                    })
-                })
-                .collect()
+            self.tables().docs(org).await
         }
 
         async fn put_doc(
@@ -962,35 +909,15 @@ on_dialects! {
             agent: &AgentId,
             call_id: &str,
         ) -> Result<Option<ApprovalRecord>, StoreError> {
-            self.one_approval(("agent_id", agent.as_str()), ("call_id", call_id))
-                .await
+            self.tables().approval_by_call(agent, call_id).await
         }
 
         async fn approval(&self, org: &OrgId, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-            self.one_approval(("org_id", org.as_str()), ("id", id))
-                .await
+            self.tables().approval(org, id).await
         }
 
         async fn pending_approvals(&self, org: &OrgId) -> Result<Vec<ApprovalRecord>, StoreError> {
-            let sql = D::sql(&format!(
-                "SELECT {} FROM approvals WHERE org_id = ? AND state = 'pending' ORDER BY id{}",
-                approval_columns::<D>(),
-                D::BYTES
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(org.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            let rows = rows
-                .iter()
-                .map(approval_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut out = Vec::with_capacity(rows.len());
-            for chunk in rows.chunks(500) {
-                out.extend(self.with_votes(chunk.to_vec()).await?);
-            }
-            Ok(out)
+            self.tables().pending_approvals(org).await
         }
 
         async fn add_vote(
@@ -1081,15 +1008,7 @@ on_dialects! {
         }
 
         async fn live_grants(&self, now_ms: i64) -> Result<Vec<Grant>, StoreError> {
-            let sql = D::sql(&format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            rows.iter().map(grant_row).collect()
+            self.tables().live_grants(now_ms).await
         }
 
         async fn revoke_grant(
@@ -1181,23 +1100,7 @@ on_dialects! {
         }
 
         async fn halts(&self) -> Result<Vec<HaltScope>, StoreError> {
-            let rows = sqlx::query("SELECT scope, target, org_id FROM halts ORDER BY at")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let scope: String = r.cell("scope").map_err(unavailable)?;
-                let target: String = r.cell("target").map_err(unavailable)?;
-                let org: Option<String> = r.cell("org_id").map_err(unavailable)?;
-                out.extend(match scope.as_str() {
-                    "instance" => Some(HaltScope::Instance),
-                    "org" => Some(HaltScope::Org(OrgId(target))),
-                    "agent" => org.map(|o| HaltScope::Agent(OrgId(o), AgentId(target))),
-                    _ => None,
-                });
-            }
-            Ok(out)
+            self.tables().halts().await
         }
     }
 }
@@ -1299,19 +1202,7 @@ on_dialects! {
         }
 
         async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
-            let columns = task_columns::<D>();
-            let sql = D::sql(&format!(
-                "SELECT {columns} FROM tasks WHERE org_id = ? AND agent_id = ? \
-                 AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id{}",
-                D::BYTES
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(org)
-                .bind(agent)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            rows.iter().map(super::tasks::task_row).collect()
+            self.tables().open_tasks(org, agent).await
         }
     }
 }

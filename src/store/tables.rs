@@ -12,7 +12,9 @@
 //! locks taken in the same transaction (`Dialect::FOR_UPDATE`).
 
 use super::server::{Attempt, stmt};
+use super::sqlite::unavailable;
 use cadre_actors::audit::AuditEntry;
+use cadre_actors::ports::StoreError;
 use sqlx::{Database, Pool};
 
 /// The generic tables of one database.
@@ -77,6 +79,60 @@ on_dialects! {
         pub(super) async fn run<'q>(conn: &mut D::Connection, query: Query<'q, D>) -> Result<u64, Attempt> {
             let done = query.execute(conn).await.map_err(stmt)?;
             Ok(D::rows_affected(&done))
+        }
+
+        /// The rows `sql` (with `?` placeholders) selects on the reader, each
+        /// placeholder bound to the text in `args`, in order.
+        pub(super) async fn rows(&self, sql: &str, args: &[&str]) -> Result<Vec<D::Row>, StoreError> {
+            Self::rows_on(&self.read, sql, args).await
+        }
+
+        /// Like [`Tables::rows`], on `pool`.
+        pub(super) async fn rows_on(
+            pool: &Pool<D>,
+            sql: &str,
+            args: &[&str],
+        ) -> Result<Vec<D::Row>, StoreError> {
+            let sql = D::sql(sql);
+            let mut query = sqlx::query(&sql);
+            for a in args {
+                query = query.bind(*a);
+            }
+            query.fetch_all(pool).await.map_err(unavailable)
+        }
+
+        /// The first row `sql` selects on the reader, if any (see [`Tables::rows`]).
+        pub(super) async fn row(&self, sql: &str, args: &[&str]) -> Result<Option<D::Row>, StoreError> {
+            Self::row_on(&self.read, sql, args).await
+        }
+
+        /// Like [`Tables::row`], on `pool`.
+        pub(super) async fn row_on(
+            pool: &Pool<D>,
+            sql: &str,
+            args: &[&str],
+        ) -> Result<Option<D::Row>, StoreError> {
+            let sql = D::sql(sql);
+            let mut query = sqlx::query(&sql);
+            for a in args {
+                query = query.bind(*a);
+            }
+            query.fetch_optional(pool).await.map_err(unavailable)
+        }
+
+        /// The one row `sql` selects inside a write's transaction (see
+        /// [`Tables::rows`]).
+        pub(super) async fn row_in(
+            conn: &mut D::Connection,
+            sql: &str,
+            args: &[&str],
+        ) -> Result<D::Row, Attempt> {
+            let sql = D::sql(sql);
+            let mut query = sqlx::query(&sql);
+            for a in args {
+                query = query.bind(*a);
+            }
+            query.fetch_one(conn).await.map_err(stmt)
         }
 
         /// A write transaction.

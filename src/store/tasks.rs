@@ -141,15 +141,6 @@ impl TaskStore for SqlStore {
     }
 
     async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tasks WHERE org_id = ? AND agent_id = ? \
-             AND state IN ('queued', 'running', 'waiting_approval') ORDER BY id"
-        ))
-        .bind(org)
-        .bind(agent)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(task_row).collect()
+        self.tables().open_tasks(org, agent).await
     }
 }

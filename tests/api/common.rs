@@ -10,7 +10,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct-horse-battery";
-pub const LIMIT: Duration = Duration::from_secs(20);
+/// How long a poll waits for what it expects before it fails. Every use
+/// waits for something to happen (never for something not to), so a long
+/// limit costs nothing when the code works; 20 s was short on a slow host
+/// with the tests running side by side (an SSH upload of the debug binary,
+/// a runtime answered 500 approvals after a restart).
+pub const LIMIT: Duration = Duration::from_secs(60);
 
 pub struct TestApp {
     pub addr: SocketAddr,
