@@ -21,7 +21,10 @@
 //!   login counted, key revocation, role changes ending sessions, pages in
 //!   byte order, audit filters, usage sums read back as integers;
 //! - the HTTP layer's reads (history, events, approvals and grants pages,
-//!   tasks and steps) over what the checks above wrote, and schedules.
+//!   tasks and steps) over what the checks above wrote, and schedules;
+//! - activity: idempotent flushes with consecutive ids never reused, tool
+//!   calls, conversations and hourly counts added up across flushes, every
+//!   page, filter and cursor, stream resume, retention per organization.
 //!
 //! Servers: `CADRE_TEST_POSTGRES_URL` (default
 //! `postgres://cadre:cadre@127.0.0.1:5432/postgres`) and
@@ -1310,6 +1313,240 @@ async fn postgres_keeps_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_keeps_identity() {
     on_server(Backend::Mysql, mysql, |s| async move { identity_suite!(s) }).await;
+}
+
+/// The activity tables on one backend's `Tables`: flushes (idempotent by
+/// flush id, consecutive ids never reused), their typed records (tool
+/// calls, messages, conversations added up across flushes, hourly counts),
+/// every page and filter the API offers, stream resume, and retention (per
+/// organization, in batches, sparing the audit log and hours not yet past).
+macro_rules! activity_suite {
+    ($s:expr) => {{
+        use cadre::store::{
+            ActivityFilter, MessageRecord, NewActivity, Record, ToolCallFilter, ToolCallRecord,
+        };
+        use serde_json::json;
+        const DAY: i64 = 86_400_000;
+        const HOUR: i64 = 3_600_000;
+        let s = $s;
+        let t = s.store.tables();
+        let t = &t;
+        // An organization that keeps its activity 400 days; "org-a" has none
+        // of its own (the default, 90 days, applies).
+        let keep = OrgRow {
+            id: "org-keep".into(),
+            name: "Keeps".into(),
+            slug: "keeps".into(),
+            plan: "team".into(),
+            limits: "{}".into(),
+            suspended_at: None,
+            created_at: 1,
+            activity_retention_days: Some(400),
+            timezone: "UTC".into(),
+            budget_period: "monthly".into(),
+        };
+        let owner = NewUser {
+            id: "u-keep",
+            org_id: "org-keep",
+            email: "keep@example.com",
+            name: "K",
+            role: "owner",
+            password_hash: "$argon2id$fake",
+            instance_admin: false,
+            now: 1,
+        };
+        t.create_org(&keep, &owner, &audit("org.create", "org:org-keep")).await.expect("org");
+        assert!(t.update_org("org-keep", None, None, Some(Some(400)), (None, None), &audit("org.update", "org:org-keep")).await.expect("retention"));
+        let audits = s.scalar("SELECT COUNT(*) FROM audit_log").await;
+        let ev = |org: &str, agent: Option<&str>, kind: &str, payload: serde_json::Value, at: i64, record: Option<Record>| NewActivity {
+            org_id: org.into(),
+            agent_id: agent.map(Into::into),
+            kind: kind.into(),
+            payload: payload.to_string(),
+            at,
+            record,
+        };
+        let call = |tool: &str, status: &str, tokens, cost_micros| {
+            Some(Record::ToolCall(ToolCallRecord { tool_id: tool.into(), status: status.into(), tokens, cost_micros }))
+        };
+        let said = |conv: &str, title: Option<&str>, tokens| {
+            Some(Record::Message(MessageRecord { conversation_id: conv.into(), title: title.map(Into::into), tokens }))
+        };
+        let said_payload = |text: &str, tokens: i64| json!({ "role": "user", "content": text, "tokens": tokens, "conversation_id": "conv" });
+        let first_flush = [
+            ev("org-a", Some("ag-1"), "tool_call", json!({ "call_id": "c1", "arguments": { "q": "x" }, "result_summary": "found", "duration_ms": 12, "tokens": 2, "cost_usd": 0.000003 }), 2 * HOUR + 5, call("search", "ok", 2, 3)),
+            ev("org-a", Some("ag-1"), "tool_call", json!({ "call_id": "c2", "arguments": {}, "duration_ms": 40, "tokens": 4 }), 2 * HOUR + 6, call("fetch", "error", 4, 5)),
+            ev("org-a", Some("ag-1"), "message", said_payload("hello", 1), 3 * HOUR, said("conv", Some("Greeting"), 1)),
+            ev("org-a", Some("ag-1"), "message", said_payload("again", 2), 3 * HOUR + 1, said("conv", None, 2)),
+            ev("org-a", None, "org.note", json!({ "n": "é ✓" }), 0, None),
+            ev("org-keep", Some("ag-k"), "message", said_payload("kept", 1), HOUR, said("kc", None, 1)),
+            ev("org-a", Some("ag-2"), "agent.state_changed", json!({ "to": "running" }), 2 * HOUR, None),
+        ];
+        let rows: Vec<&NewActivity> = first_flush.iter().collect();
+        let first = t.write_activity(7, &rows, 1_000).await.expect("flush");
+        assert!(!first.replayed);
+        let f = first.first_id;
+        assert_eq!(t.last_activity_id().await.expect("last"), f + 6, "consecutive ids");
+        assert_eq!(s.scalar("SELECT MIN(id) FROM activity").await, f);
+        // The same flush again (a replacement writer) writes nothing and
+        // answers the first commit's ids.
+        let again = t.write_activity(7, &rows, 1_500).await.expect("reflush");
+        assert_eq!((again.first_id, again.replayed), (f, true));
+        assert_eq!(t.activity_count("org-a", None).await.expect("count"), 6);
+        let late = ev("org-a", Some("ag-1"), "message", said_payload("earlier", 3), HOUR, said("conv", Some("Renamed"), 3));
+        let second = t.write_activity(8, &[&late], 2_000).await.expect("flush");
+        assert_eq!(second.first_id, f + 7, "the next flush follows on");
+        let h = f + 7;
+        assert_eq!(t.activity_count("org-a", None).await.expect("count"), 7);
+        assert_eq!(t.activity_count("org-a", Some("tool_call")).await.expect("count"), 2);
+        assert_eq!(t.activity_count("org-keep", None).await.expect("count"), 1);
+
+        // Pages: newest first, filters, cursors, payloads read back as JSON.
+        let page = |f: ActivityFilter, before: Option<i64>, limit: i64| async move {
+            t.activity_page("org-a", &f, before, limit).await.expect("page").iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        let all = page(ActivityFilter::default(), None, 100).await;
+        assert_eq!(all, vec![h, f + 6, f + 4, f + 3, f + 2, f + 1, f]);
+        let rows_a = t.activity_page("org-a", &ActivityFilter::default(), None, 100).await.expect("page");
+        let a0 = rows_a.iter().find(|r| r.id == f).expect("first row");
+        assert_eq!(a0.payload["arguments"], json!({ "q": "x" }));
+        assert_eq!((a0.agent_id.as_deref(), a0.kind.as_str(), a0.at_ms), (Some("ag-1"), "tool_call", 2 * HOUR + 5));
+        let note = rows_a.iter().find(|r| r.id == f + 4).expect("note");
+        assert_eq!(note.payload, json!({ "n": "é ✓" }), "text beyond ASCII survives");
+        assert_eq!(note.agent_id, None);
+        let by = |agent: Option<&str>, kind: Option<&str>, since: Option<i64>, until: Option<i64>| ActivityFilter {
+            agent: agent.map(Into::into),
+            kind: kind.map(Into::into),
+            since,
+            until,
+        };
+        assert_eq!(page(by(Some("ag-1"), None, None, None), None, 100).await, vec![h, f + 3, f + 2, f + 1, f]);
+        assert_eq!(page(by(None, Some("tool_call"), None, None), None, 100).await, vec![f + 1, f]);
+        assert_eq!(page(by(None, Some("agent."), None, None), None, 100).await, vec![f + 6], "a kind prefix");
+        assert_eq!(page(by(None, Some("agent"), None, None), None, 100).await, Vec::<i64>::new(), "exact without the dot");
+        assert_eq!(page(by(None, None, Some(3 * HOUR), None), None, 100).await, vec![f + 3, f + 2]);
+        assert_eq!(page(by(None, None, None, Some(2 * HOUR + 6)), None, 100).await, vec![h, f + 6, f + 4, f]);
+        let mut walked: Vec<i64> = Vec::new();
+        let mut before = None;
+        loop {
+            let p = page(ActivityFilter::default(), before, 3).await;
+            walked.extend(p.iter().copied());
+            before = p.last().copied();
+            if p.len() < 3 {
+                break;
+            }
+        }
+        assert_eq!(walked, all, "cursor pages cover everything once");
+        let after = t.activity_after("org-a", &ActivityFilter::default(), f + 1, 100).await.expect("after");
+        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), vec![f + 2, f + 3, f + 4, f + 6, h]);
+        let after = t.activity_after("org-a", &by(Some("ag-1"), None, None, None), f + 1, 2).await.expect("after");
+        assert_eq!(after.iter().map(|r| r.id).collect::<Vec<_>>(), vec![f + 2, f + 3]);
+        assert_eq!(t.activity_page("org-keep", &ActivityFilter::default(), None, 100).await.expect("page").len(), 1);
+
+        // Tool calls.
+        let calls = t.tool_calls_page("org-a", "ag-1", &ToolCallFilter::default(), None, 10).await.expect("calls");
+        assert_eq!(calls.iter().map(|c| c.id).collect::<Vec<_>>(), vec![f + 1, f]);
+        let c = &calls[1];
+        assert_eq!((c.tool_id.as_str(), c.status.as_str(), c.duration_ms, c.tokens), ("search", "ok", 12, 2));
+        assert_eq!((c.call_id.clone(), c.arguments.clone(), c.result_summary.clone()), (Some(json!("c1")), json!({ "q": "x" }), Some(json!("found"))));
+        assert!((c.cost_usd - 0.000003).abs() < 1e-12);
+        let only = |tool: Option<&str>, status: Option<&str>| ToolCallFilter { tool: tool.map(Into::into), status: status.map(Into::into), since: None, until: None };
+        let ids = |v: Vec<cadre::store::ToolCallRow>| v.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(t.tool_calls_page("org-a", "ag-1", &only(None, Some("error")), None, 10).await.expect("calls")), vec![f + 1]);
+        assert_eq!(ids(t.tool_calls_page("org-a", "ag-1", &only(Some("search"), None), None, 10).await.expect("calls")), vec![f]);
+        assert_eq!(ids(t.tool_calls_page("org-a", "ag-1", &ToolCallFilter::default(), Some(f + 1), 10).await.expect("calls")), vec![f]);
+        assert!(t.tool_calls_page("org-keep", "ag-1", &ToolCallFilter::default(), None, 10).await.expect("calls").is_empty(), "another organization's");
+
+        // Conversations add up across flushes; the latest title given wins.
+        let convs = t.conversations_page("org-a", "ag-1", None, 10).await.expect("conversations");
+        assert_eq!(convs.len(), 1);
+        let conv = &convs[0];
+        assert_eq!((conv.id.as_str(), conv.title.as_deref(), conv.messages, conv.tokens), ("conv", Some("Renamed"), 3, 6));
+        assert_eq!((conv.started_at.clone(), conv.last_at.clone()), (cadre_actors::domain::rfc3339(HOUR), cadre_actors::domain::rfc3339(3 * HOUR + 1)));
+        assert_eq!(t.conversation("org-a", "ag-1", "conv").await.expect("conversation").as_ref(), Some(conv));
+        assert_eq!(t.conversation("org-keep", "ag-1", "conv").await.expect("conversation"), None);
+        let said: Vec<_> = t.messages_page("org-a", "ag-1", "conv", None, 10).await.expect("messages").into_iter().map(|m| (m.id, m.content, m.tokens)).collect();
+        assert_eq!(said, vec![(f + 2, json!("hello"), 1), (f + 3, json!("again"), 2), (h, json!("earlier"), 3)]);
+        let next = t.messages_page("org-a", "ag-1", "conv", Some(f + 2), 1).await.expect("messages");
+        assert_eq!(next.iter().map(|m| m.id).collect::<Vec<_>>(), vec![f + 3]);
+        assert_eq!(next[0].role, json!("user"));
+
+        // The day by hour.
+        let day = t.timeline("org-a", "ag-1", 0).await.expect("timeline");
+        assert_eq!(day.hours.len(), 24);
+        assert_eq!((day.hours[2].tool_calls, day.hours[2].tool_errors, day.hours[2].tool_tokens), (2, 1, 6));
+        assert!((day.hours[2].tool_cost_usd - 0.000008).abs() < 1e-12);
+        assert_eq!((day.hours[3].messages, day.hours[3].message_tokens), (2, 3));
+        assert_eq!((day.hours[1].messages, day.hours[1].message_tokens), (1, 3));
+        assert_eq!((day.totals.events, day.totals.tool_calls, day.totals.messages), (5, 2, 3));
+        assert_eq!(day.kinds.into_iter().collect::<Vec<_>>(), vec![("message".to_string(), 3), ("tool_call".to_string(), 2)]);
+        assert_eq!(t.timeline("org-a", "ag-1", DAY).await.expect("timeline").totals.events, 0);
+        assert_eq!(t.timeline("org-keep", "ag-1", 0).await.expect("timeline").totals.events, 0);
+
+        // Retention: 90 days (and two hours) after the flushes, org-a's rows
+        // go in batches of two; org-keep's stay; so do hours not yet past.
+        let now = 2_000 + 90 * DAY + 2 * HOUR;
+        let mut deleted = 0;
+        let mut passes = 0;
+        loop {
+            let e = t.expire_activity(now, 90, 2).await.expect("expire");
+            deleted += e.activity;
+            passes += 1;
+            assert!(e.activity <= 2, "a batch holds at most its size");
+            if !e.more() || passes > 20 {
+                break;
+            }
+        }
+        assert_eq!(deleted, 7);
+        assert_eq!(t.activity_count("org-a", None).await.expect("count"), 0);
+        assert_eq!(t.activity_count("org-keep", None).await.expect("count"), 1, "its own retention");
+        assert!(t.tool_calls_page("org-a", "ag-1", &ToolCallFilter::default(), None, 10).await.expect("calls").is_empty());
+        assert!(t.conversations_page("org-a", "ag-1", None, 10).await.expect("conversations").is_empty());
+        assert!(t.messages_page("org-a", "ag-1", "conv", None, 10).await.expect("messages").is_empty());
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM tool_calls").await, 0);
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM messages").await, 1, "org-keep's message");
+        let day = t.timeline("org-a", "ag-1", 0).await.expect("timeline");
+        assert_eq!((day.hours[1].events, day.hours[2].events, day.hours[3].events), (0, 2, 2), "an hour goes once all of it is past");
+        assert_eq!(t.timeline("org-keep", "ag-k", 0).await.expect("timeline").totals.events, 1);
+        t.expire_activity(now + 2 * HOUR, 90, 10).await.expect("expire");
+        assert_eq!(t.timeline("org-a", "ag-1", 0).await.expect("timeline").totals.events, 0);
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM audit_log").await, audits, "retention never deletes audit entries");
+        assert_eq!(s.scalar("SELECT COUNT(*) FROM activity_flushes").await, 0, "flush markers live a day");
+        // Ids are never reused, even after deletions.
+        let last = t.last_activity_id().await.expect("last");
+        assert!((f + 5..=h).contains(&last), "{last}: at least the highest stored");
+        let next = t.write_activity(9, &[&late], now).await.expect("flush");
+        assert_eq!(next.first_id, h + 1);
+        assert_eq!(t.last_activity_id().await.expect("last"), h + 1);
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_activity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let store = SqlStore::open(&url, Durability::Normal, 4)
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    activity_suite!(Subject {
+        store: Arc::new(store),
+        backend: Backend::Sqlite,
+        url,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_activity() {
+    on_server(Backend::Postgres, postgres, |s| async move {
+        activity_suite!(s)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_keeps_activity() {
+    on_server(Backend::Mysql, mysql, |s| async move { activity_suite!(s) }).await;
 }
 
 /// Connection loss under load: 8 writers charge usage reports while every

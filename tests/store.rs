@@ -1,10 +1,7 @@
 //! The SQLite store against a real database file: group commit, fencing,
 //! idempotent usage reports and paged hydration.
 
-use cadre::store::{
-    Checkpoints, Durability, MessageRecord, NewActivity, NewUser, OrgRow, Record, SqlStore,
-    ToolCallRecord,
-};
+use cadre::store::{Checkpoints, Durability, NewActivity, NewUser, OrgRow, SqlStore};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::budget::{BudgetLimits, Period, Usage};
 use cadre_actors::domain::{
@@ -365,137 +362,6 @@ async fn hydration_pages_cover_every_live_agent_once() {
     assert_eq!(seen, expected, "every live agent once, in id order");
 }
 
-#[tokio::test]
-async fn activity_flushes_are_idempotent_and_retention_spares_the_audit_log() {
-    let (store, _dir, org) = store().await;
-    const DAY: i64 = 86_400_000;
-    let row = |kind: &str| NewActivity {
-        org_id: org.as_str().to_string(),
-        agent_id: None,
-        kind: kind.into(),
-        payload: "{}".into(),
-        at: 0,
-        record: None,
-    };
-    // The old rows are a tool call and a message: their records go with them.
-    let mut a = row("tool_call");
-    a.agent_id = Some("ag".into());
-    a.record = Some(Record::ToolCall(ToolCallRecord {
-        tool_id: "search".into(),
-        status: "ok".into(),
-        tokens: 2,
-        cost_micros: 3,
-    }));
-    let mut b = row("message");
-    b.agent_id = Some("ag".into());
-    b.record = Some(Record::Message(MessageRecord {
-        conversation_id: "conv".into(),
-        title: None,
-        tokens: 1,
-    }));
-    let c = row("new");
-    let first = store
-        .write_activity(7, &[&a, &b], 1_000)
-        .await
-        .expect("flush");
-    assert!(!first.replayed);
-    // The same flush again (a replacement writer) writes nothing new and
-    // answers the same ids.
-    let again = store
-        .write_activity(7, &[&a, &b], 2_000)
-        .await
-        .expect("reflush");
-    assert_eq!((again.first_id, again.replayed), (first.first_id, true));
-    let later = store
-        .write_activity(8, &[&c], 100 * DAY)
-        .await
-        .expect("flush");
-    assert_eq!(later.first_id, first.first_id + 2, "ids follow in order");
-    assert_eq!(
-        store
-            .activity_count(org.as_str(), None)
-            .await
-            .expect("count"),
-        3
-    );
-    let audits = store
-        .tables()
-        .audit_page(org.as_str(), &Default::default(), 100)
-        .await
-        .expect("audit")
-        .len();
-    // 90 days after the first flush: the two old rows go, in batches of one.
-    let now = 1_000 + 90 * DAY + 1;
-    let records = || async {
-        (
-            store
-                .tool_calls_page(org.as_str(), "ag", &Default::default(), None, 10)
-                .await
-                .expect("tool calls")
-                .len(),
-            store
-                .conversations_page(org.as_str(), "ag", None, 10)
-                .await
-                .expect("conversations")
-                .len(),
-            store
-                .messages_page(org.as_str(), "ag", "conv", None, 10)
-                .await
-                .expect("messages")
-                .len(),
-            store
-                .timeline(org.as_str(), "ag", 0)
-                .await
-                .expect("timeline")
-                .totals
-                .events,
-        )
-    };
-    assert_eq!(
-        records().await,
-        (1, 1, 1, 2),
-        "written once despite the re-flush"
-    );
-    for expected in [1, 1, 0] {
-        let e = store.expire_activity(now, 90, 1).await.expect("expire");
-        assert_eq!(e.activity, expected);
-        assert_eq!(e.more(), expected == 1, "a full batch asks for another");
-    }
-    assert_eq!(
-        records().await,
-        (0, 0, 0, 2),
-        "records expire with their events; the hour's counts once the hour is past"
-    );
-    store
-        .expire_activity(now + 3_600_000, 90, 10)
-        .await
-        .expect("expire");
-    assert_eq!(records().await, (0, 0, 0, 0));
-    assert_eq!(
-        store
-            .activity_count(org.as_str(), Some("new"))
-            .await
-            .expect("count"),
-        1
-    );
-    assert_eq!(
-        store
-            .tables()
-            .audit_page(org.as_str(), &Default::default(), 100)
-            .await
-            .expect("audit")
-            .len(),
-        audits,
-        "retention never deletes audit entries"
-    );
-    // Ids are never reused, even after deletions.
-    let next = store
-        .write_activity(9, &[&c], 100 * DAY)
-        .await
-        .expect("flush");
-    assert_eq!(next.first_id, later.first_id + 1);
-}
-
 /// 100 rows of ~4 KB each: ~400 KB for one commit.
 fn bulk_rows(org: &OrgId) -> Vec<NewActivity> {
     let payload = format!("\"{}\"", "x".repeat(4000));
@@ -546,6 +412,7 @@ async fn the_wal_never_outgrows_its_cap_even_without_background_checkpoints() {
     let mut largest = 0u64;
     for flush in 0..400 {
         store
+            .tables()
             .write_activity(1_000 + flush, &refs, 1)
             .await
             .expect("write");
@@ -559,6 +426,7 @@ async fn the_wal_never_outgrows_its_cap_even_without_background_checkpoints() {
     );
     assert_eq!(
         store
+            .tables()
             .activity_count(org.as_str(), Some("bulk"))
             .await
             .expect("count"),
@@ -585,11 +453,16 @@ async fn the_checkpointer_rewinds_the_wal_under_continuous_writes() {
     let wal = dir.path().join("t.db-wal");
     let rows = bulk_rows(&org);
     let refs: Vec<&NewActivity> = rows.iter().collect();
-    store.write_activity(1_000, &refs, 1).await.expect("write");
+    store
+        .tables()
+        .write_activity(1_000, &refs, 1)
+        .await
+        .expect("write");
     let first = wal_sequence(&wal).expect("a WAL with a header after the first write");
     let mut rewound_after = None;
     for flush in 1..400 {
         store
+            .tables()
             .write_activity(1_000 + flush, &refs, 1)
             .await
             .expect("write");

@@ -382,7 +382,7 @@ pub fn spawn_retention(
             tick.tick().await;
             let now = now_ms();
             loop {
-                match store.expire_activity(now, days, batch).await {
+                match store.tables().expire_activity(now, days, batch).await {
                     Ok(n) => {
                         metrics::counter!("cadre_activity_rows_expired_total")
                             .increment(n.activity);

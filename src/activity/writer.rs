@@ -186,7 +186,11 @@ async fn write(shared: &Shared, flight: &Arc<Flight>) -> Result<(), String> {
     let now_ms = super::now_ms();
     spool.flush_started.store(now_ms.max(1), Ordering::Release);
     let rows: Vec<_> = flight.rows.iter().collect();
-    let result = shared.store.write_activity(flight.id, &rows, now_ms).await;
+    let result = shared
+        .store
+        .tables()
+        .write_activity(flight.id, &rows, now_ms)
+        .await;
     spool.flush_started.store(0, Ordering::Release);
     let flushed = match result {
         Ok(f) => f,

@@ -252,6 +252,7 @@ async fn list(
     let before = cursor_id(q.cursor.as_deref())?;
     let rows = state
         .store
+        .tables()
         .activity_page(p.org.as_str(), &f, before, limit as i64 + 1)
         .await?;
     Ok(json_page(rows, limit, |r| r.id))
@@ -304,6 +305,7 @@ impl Feed {
             if self.replaying {
                 let rows = self
                     .store
+                    .tables()
                     .activity_after(self.org.as_str(), &self.filter, self.last, REPLAY_PAGE)
                     .await
                     .ok()?;
@@ -358,7 +360,7 @@ async fn feed(
     let rx = state.activity.hub().subscribe(&org);
     let (last, replaying) = match after {
         Some(a) => (a, true),
-        None => (state.store.last_activity_id().await?, false),
+        None => (state.store.tables().last_activity_id().await?, false),
     };
     Ok(Feed {
         store: state.store.clone(),
@@ -566,6 +568,7 @@ async fn tool_calls(
     };
     let rows = state
         .store
+        .tables()
         .tool_calls_page(
             p.org.as_str(),
             agent.as_str(),
@@ -594,6 +597,7 @@ async fn conversations(
     let limit = page_limit(q.limit)?;
     let rows = state
         .store
+        .tables()
         .conversations_page(
             p.org.as_str(),
             agent.as_str(),
@@ -614,6 +618,7 @@ async fn messages(
     let limit = page_limit(q.limit)?;
     let Some(c) = state
         .store
+        .tables()
         .conversation(p.org.as_str(), agent.as_str(), &conversation)
         .await?
     else {
@@ -621,6 +626,7 @@ async fn messages(
     };
     let rows = state
         .store
+        .tables()
         .messages_page(
             p.org.as_str(),
             agent.as_str(),
@@ -658,6 +664,7 @@ async fn timeline(
     };
     let t = state
         .store
+        .tables()
         .timeline(p.org.as_str(), agent.as_str(), from)
         .await?;
     // State changes from the agent's history (kept beyond activity's

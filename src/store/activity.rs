@@ -1,13 +1,15 @@
 //! Activity rows: the batched insert the activity writer runs (one
 //! transaction per flush), the reads behind `GET /activity` and stream
-//! resumes, and the retention delete.
+//! resumes, and the retention delete, the same statements on every backend
+//! ([`Tables`]). Only how a flush reserves its ids differs by dialect
+//! ([`Serial`]).
 
+use super::server::Serial;
 use super::sqlite::unavailable;
-use super::{SqlStore, to_i64};
+use super::tables::{Arg, Tables, placeholders};
+use super::{DecodeRow, to_i64};
 use cadre_actors::ports::StoreError;
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 /// One activity row to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,59 +238,99 @@ impl Expired {
 }
 
 const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
 
-/// Rows per INSERT statement (7 parameters each, well under SQLite's limit).
+/// Rows per INSERT statement (7 parameters each: well under SQLite's
+/// 32,766 and the servers' 65,535).
 const CHUNK: usize = 1000;
 
-fn activity_row(r: &SqliteRow) -> Result<ActivityRow, StoreError> {
-    let bad = |e: sqlx::Error| StoreError::Unavailable(format!("bad activity row: {e}"));
-    let at: i64 = r.try_get("at").map_err(bad)?;
-    let payload: String = r.try_get("payload").map_err(bad)?;
+/// A transaction-level advisory lock key (PostgreSQL) that serializes id
+/// reservations of activity flushes.
+const ACTIVITY_LOCK: i64 = 0x6361_6472_6561_6374; // "cadreact"
+
+/// `n` placeholders for an `IN` list.
+fn list(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn bad(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| StoreError::Unavailable(format!("bad {what}: {e}"))
+}
+
+fn activity_row<R: DecodeRow>(r: &R) -> Result<ActivityRow, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let bad = bad("activity row");
+    let at: i64 = r.cell("at").map_err(&bad)?;
+    let payload: String = r.cell("payload").map_err(&bad)?;
     Ok(ActivityRow {
-        id: r.try_get("id").map_err(bad)?,
-        agent_id: r.try_get("agent_id").map_err(bad)?,
-        kind: r.try_get("kind").map_err(bad)?,
+        id: r.cell("id").map_err(&bad)?,
+        agent_id: r.cell("agent_id").map_err(&bad)?,
+        kind: r.cell("kind").map_err(&bad)?,
         payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
         at_ms: at,
         at: cadre_actors::domain::rfc3339(at),
     })
 }
 
-/// Writes the typed records of a flush's rows (ids from `first_id` on):
-/// tool calls and messages in multi-row inserts, one upsert per
-/// conversation and per (agent, hour, kind) with the flush's rows added up.
-async fn write_records(
-    tx: &mut sqlx::SqliteConnection,
+fn conversation_row<R: DecodeRow>(r: &R) -> Result<ConversationRow, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let bad = bad("conversation");
+    Ok(ConversationRow {
+        seq: r.cell("seq").map_err(&bad)?,
+        id: r.cell("id").map_err(&bad)?,
+        title: r.cell("title").map_err(&bad)?,
+        started_at: cadre_actors::domain::rfc3339(r.cell("started_at").map_err(&bad)?),
+        last_at: cadre_actors::domain::rfc3339(r.cell("last_at").map_err(&bad)?),
+        messages: r.cell("messages").map_err(&bad)?,
+        tokens: r.cell("tokens").map_err(&bad)?,
+    })
+}
+
+/// What a flush adds to one conversation.
+struct Conv<'a> {
+    org: &'a str,
+    title: Option<&'a str>,
+    first: i64,
+    last: i64,
+    messages: i64,
+    tokens: i64,
+}
+
+/// What a flush adds to one (agent, hour, kind).
+#[derive(Default)]
+struct Hour<'a> {
+    org: &'a str,
+    events: i64,
+    errors: i64,
+    tokens: i64,
+    cost: i64,
+}
+
+/// A flush's typed records (ids from `first_id` on): tool calls and
+/// messages as rows, conversations and hours added up.
+#[allow(clippy::type_complexity)]
+fn records<'a>(
     first_id: i64,
-    rows: &[&NewActivity],
-    now: i64,
-) -> Result<(), StoreError> {
-    use std::collections::BTreeMap;
-    struct Conv<'a> {
-        org: &'a str,
-        title: Option<&'a str>,
-        first: i64,
-        last: i64,
-        messages: i64,
-        tokens: i64,
-    }
-    #[derive(Default)]
-    struct Hour<'a> {
-        org: &'a str,
-        events: i64,
-        errors: i64,
-        tokens: i64,
-        cost: i64,
-    }
+    rows: &[&'a NewActivity],
+) -> (
+    Vec<(i64, &'a str, &'a ToolCallRecord)>,
+    Vec<(i64, &'a str, &'a MessageRecord)>,
+    std::collections::BTreeMap<(&'a str, &'a str), Conv<'a>>,
+    std::collections::BTreeMap<(&'a str, i64, &'a str), Hour<'a>>,
+) {
     let mut calls = Vec::new();
     let mut messages = Vec::new();
-    let mut hours: BTreeMap<(&str, i64, &str), Hour<'_>> = BTreeMap::new();
-    let mut convs: BTreeMap<(&str, &str), Conv<'_>> = BTreeMap::new();
-    for (id, r) in (first_id..).zip(rows) {
+    let mut hours = std::collections::BTreeMap::new();
+    let mut convs = std::collections::BTreeMap::new();
+    for (id, r) in (first_id..).zip(rows.iter().copied()) {
         let Some(agent) = r.agent_id.as_deref() else {
             continue; // organization events have no timeline
         };
-        let h = hours
+        let h: &mut Hour<'a> = hours
             .entry((agent, r.at.div_euclid(HOUR_MS) * HOUR_MS, r.kind.as_str()))
             .or_default();
         h.org = &r.org_id;
@@ -322,583 +364,686 @@ async fn write_records(
             None => {}
         }
     }
-    // 4 and 3 parameters a row: well under SQLite's 32766.
-    for chunk in calls.chunks(CHUNK) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO tool_calls (agent_id, activity_id, tool_id, status) ",
-        );
-        q.push_values(chunk, |mut b, (id, agent, t)| {
-            b.push_bind(*agent)
-                .push_bind(*id)
-                .push_bind(t.tool_id.as_str())
-                .push_bind(t.status.as_str());
-        });
-        q.build().execute(&mut *tx).await.map_err(unavailable)?;
-    }
-    for chunk in messages.chunks(CHUNK) {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO messages (agent_id, conversation_id, activity_id) ",
-        );
-        q.push_values(chunk, |mut b, (id, agent, m)| {
-            b.push_bind(*agent)
-                .push_bind(m.conversation_id.as_str())
-                .push_bind(*id);
-        });
-        q.build().execute(&mut *tx).await.map_err(unavailable)?;
-    }
-    for ((agent, id), c) in convs {
-        sqlx::query(
-            "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, \
-             messages, tokens, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (agent_id, id) DO UPDATE SET \
-               title = COALESCE(excluded.title, title), \
-               started_at = MIN(started_at, excluded.started_at), \
-               last_at = MAX(last_at, excluded.last_at), \
-               messages = messages + excluded.messages, \
-               tokens = tokens + excluded.tokens, \
-               recorded_at = excluded.recorded_at",
-        )
-        .bind(c.org)
-        .bind(agent)
-        .bind(id)
-        .bind(c.title)
-        .bind(c.first)
-        .bind(c.last)
-        .bind(c.messages)
-        .bind(c.tokens)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    }
-    for ((agent, hour, kind), h) in hours {
-        sqlx::query(
-            "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, \
-             cost_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (agent_id, hour, kind) DO UPDATE SET \
-               events = events + excluded.events, errors = errors + excluded.errors, \
-               tokens = tokens + excluded.tokens, cost_micros = cost_micros + excluded.cost_micros",
-        )
-        .bind(agent)
-        .bind(hour)
-        .bind(kind)
-        .bind(h.org)
-        .bind(h.events)
-        .bind(h.errors)
-        .bind(h.tokens)
-        .bind(h.cost)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-    }
-    Ok(())
+    (calls, messages, convs, hours)
 }
 
-fn conversation_row(r: &SqliteRow) -> Result<ConversationRow, StoreError> {
-    let bad = |e: sqlx::Error| StoreError::Unavailable(format!("bad conversation: {e}"));
-    Ok(ConversationRow {
-        seq: r.try_get("seq").map_err(bad)?,
-        id: r.try_get("id").map_err(bad)?,
-        title: r.try_get("title").map_err(bad)?,
-        started_at: cadre_actors::domain::rfc3339(r.try_get("started_at").map_err(bad)?),
-        last_at: cadre_actors::domain::rfc3339(r.try_get("last_at").map_err(bad)?),
-        messages: r.try_get("messages").map_err(bad)?,
-        tokens: r.try_get("tokens").map_err(bad)?,
-    })
-}
-
-impl SqlStore {
-    /// Writes one flush in one transaction. `flush_id` makes a re-flush of
-    /// the same batch (by a writer that replaced a killed one) a no-op that
-    /// answers the ids of the first commit.
-    pub async fn write_activity(
-        &self,
-        flush_id: i64,
-        rows: &[&NewActivity],
-        now: i64,
-    ) -> Result<Flushed, StoreError> {
-        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
-        let before: Option<i64> =
-            sqlx::query_scalar("SELECT first_id FROM activity_flushes WHERE id = ?")
+on_dialects! {
+    impl<D> Tables<D> {
+        /// Writes one flush in one transaction. `flush_id` makes a re-flush of
+        /// the same batch (by a writer that replaced a killed one) a no-op that
+        /// answers the ids of the first commit. Ids are consecutive from
+        /// `first_id`, increasing, never reused; per organization they also
+        /// increase in commit order, as one writer flushes an organization's
+        /// activity (one process runs it).
+        pub async fn write_activity(
+            &self,
+            flush_id: i64,
+            rows: &[&NewActivity],
+            now: i64,
+        ) -> Result<Flushed, StoreError> {
+            let mut tx = self.write.begin().await.map_err(unavailable)?;
+            let sql = D::sql("SELECT first_id FROM activity_flushes WHERE id = ?");
+            let before = sqlx::query(&sql)
                 .bind(flush_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-        if let Some(first_id) = before {
-            return Ok(Flushed {
-                first_id,
-                replayed: true,
-            });
-        }
-        // Ids are assigned here, under the single writer connection: the
-        // next after the highest ever used (AUTOINCREMENT's sequence), so
-        // they are increasing, never reused, and known without RETURNING.
-        let last: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'activity'), 0)",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        let first_id = last + 1;
-        let mut id = first_id;
-        for chunk in rows.chunks(CHUNK) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO activity (id, org_id, agent_id, kind, payload, at, recorded_at) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(id)
-                    .push_bind(r.org_id.as_str())
-                    .push_bind(r.agent_id.as_deref())
-                    .push_bind(r.kind.as_str())
-                    .push_bind(r.payload.as_str())
-                    .push_bind(r.at)
-                    .push_bind(now);
-                id += 1;
-            });
-            q.build().execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        write_records(&mut tx, first_id, rows, now).await?;
-        sqlx::query("INSERT INTO activity_flushes (id, first_id, count, at) VALUES (?, ?, ?, ?)")
-            .bind(flush_id)
-            .bind(first_id)
-            .bind(to_i64(rows.len() as u64))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Flushed {
-            first_id,
-            replayed: false,
-        })
-    }
-
-    /// A page of `org`'s activity, newest first, with ids below `before`.
-    pub async fn activity_page(
-        &self,
-        org: &str,
-        f: &ActivityFilter,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<ActivityRow>, StoreError> {
-        self.activity_rows(org, f, before.map(|b| ("<", b)), "DESC", limit)
-            .await
-    }
-
-    /// `org`'s activity after event `after`, oldest first (stream resume).
-    pub async fn activity_after(
-        &self,
-        org: &str,
-        f: &ActivityFilter,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<ActivityRow>, StoreError> {
-        self.activity_rows(org, f, Some((">", after)), "ASC", limit)
-            .await
-    }
-
-    async fn activity_rows(
-        &self,
-        org: &str,
-        f: &ActivityFilter,
-        bound: Option<(&'static str, i64)>,
-        order: &'static str,
-        limit: i64,
-    ) -> Result<Vec<ActivityRow>, StoreError> {
-        let mut q = self.activity_query(org, f);
-        if let Some((op, id)) = bound {
-            q.push(format!(" AND id {op} ")).push_bind(id);
-        }
-        q.push(format!(" ORDER BY id {order} LIMIT "))
-            .push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(activity_row).collect()
-    }
-
-    /// The highest event id so far (0 when there is none).
-    pub async fn last_activity_id(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'activity'), 0)",
-        )
-        .fetch_one(self.read_pool())
-        .await
-        .map_err(unavailable)
-    }
-
-    /// Number of `org`'s activity rows, of one kind if given (tests, usage).
-    pub async fn activity_count(&self, org: &str, kind: Option<&str>) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
-            "SELECT COUNT(*) FROM activity WHERE org_id = ? AND (? IS NULL OR kind = ?)",
-        )
-        .bind(org)
-        .bind(kind)
-        .bind(kind)
-        .fetch_one(self.read_pool())
-        .await
-        .map_err(unavailable)
-    }
-
-    fn activity_query<'a>(
-        &self,
-        org: &'a str,
-        f: &'a ActivityFilter,
-    ) -> sqlx::QueryBuilder<'a, sqlx::Sqlite> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id, agent_id, kind, payload, at FROM activity WHERE org_id = ",
-        );
-        q.push_bind(org);
-        if let Some(a) = &f.agent {
-            q.push(" AND agent_id = ").push_bind(a.as_str());
-        }
-        match f.kind.as_deref() {
-            Some(k) if k.ends_with('.') => {
-                q.push(" AND substr(kind, 1, ")
-                    .push_bind(k.len() as i64)
-                    .push(") = ")
-                    .push_bind(k);
+            if let Some(row) = before {
+                return Ok(Flushed {
+                    first_id: row.cell(0).map_err(bad("flush"))?,
+                    replayed: true,
+                });
             }
-            Some(k) => {
-                q.push(" AND kind = ").push_bind(k);
-            }
-            None => {}
-        }
-        if let Some(s) = f.since {
-            q.push(" AND at >= ").push_bind(s);
-        }
-        if let Some(u) = f.until {
-            q.push(" AND at < ").push_bind(u);
-        }
-        q
-    }
-
-    /// A page of an agent's tool calls, newest first, ids below `before`.
-    pub async fn tool_calls_page(
-        &self,
-        org: &str,
-        agent: &str,
-        f: &ToolCallFilter,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<ToolCallRow>, StoreError> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT t.activity_id, t.tool_id, t.status, a.at, a.payload FROM tool_calls t \
-             JOIN activity a ON a.id = t.activity_id WHERE t.agent_id = ",
-        );
-        q.push_bind(agent).push(" AND a.org_id = ").push_bind(org);
-        if let Some(t) = &f.tool {
-            q.push(" AND t.tool_id = ").push_bind(t.as_str());
-        }
-        if let Some(s) = &f.status {
-            q.push(" AND t.status = ").push_bind(s.as_str());
-        }
-        if let Some(s) = f.since {
-            q.push(" AND a.at >= ").push_bind(s);
-        }
-        if let Some(u) = f.until {
-            q.push(" AND a.at < ").push_bind(u);
-        }
-        if let Some(b) = before {
-            q.push(" AND t.activity_id < ").push_bind(b);
-        }
-        q.push(" ORDER BY t.activity_id DESC LIMIT ")
-            .push_bind(limit);
-        let rows = q
-            .build()
-            .fetch_all(self.read_pool())
-            .await
-            .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let bad = |e: sqlx::Error| StoreError::Unavailable(format!("bad tool call: {e}"));
-                let payload: String = r.try_get("payload").map_err(bad)?;
-                let p: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
-                let some = |k: &str| p.get(k).filter(|v| !v.is_null()).cloned();
-                let num = |k: &str| p.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
-                Ok(ToolCallRow {
-                    id: r.try_get("activity_id").map_err(bad)?,
-                    call_id: some("call_id"),
-                    tool_id: r.try_get("tool_id").map_err(bad)?,
-                    arguments: some("arguments").unwrap_or_else(|| serde_json::json!({})),
-                    result_summary: some("result_summary"),
-                    status: r.try_get("status").map_err(bad)?,
-                    duration_ms: num("duration_ms"),
-                    tokens: num("tokens"),
-                    cost_usd: p
-                        .get("cost_usd")
-                        .and_then(serde_json::Value::as_f64)
-                        .unwrap_or(0.0),
-                    at: cadre_actors::domain::rfc3339(r.try_get("at").map_err(bad)?),
-                })
-            })
-            .collect()
-    }
-
-    /// A page of an agent's conversations, the latest started first.
-    pub async fn conversations_page(
-        &self,
-        org: &str,
-        agent: &str,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<ConversationRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, id, title, started_at, last_at, messages, tokens FROM conversations \
-             WHERE agent_id = ? AND org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(agent)
-        .bind(org)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(conversation_row).collect()
-    }
-
-    /// One conversation of an agent.
-    pub async fn conversation(
-        &self,
-        org: &str,
-        agent: &str,
-        id: &str,
-    ) -> Result<Option<ConversationRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq, id, title, started_at, last_at, messages, tokens FROM conversations \
-             WHERE agent_id = ? AND id = ? AND org_id = ?",
-        )
-        .bind(agent)
-        .bind(id)
-        .bind(org)
-        .fetch_optional(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        row.as_ref().map(conversation_row).transpose()
-    }
-
-    /// A page of a conversation's messages, oldest first, ids above `after`.
-    pub async fn messages_page(
-        &self,
-        org: &str,
-        agent: &str,
-        conversation: &str,
-        after: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<MessageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT m.activity_id, a.at, a.payload FROM messages m \
-             JOIN activity a ON a.id = m.activity_id \
-             WHERE m.agent_id = ? AND m.conversation_id = ? AND a.org_id = ? \
-             AND m.activity_id > ? ORDER BY m.activity_id ASC LIMIT ?",
-        )
-        .bind(agent)
-        .bind(conversation)
-        .bind(org)
-        .bind(after.unwrap_or(0))
-        .bind(limit)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let bad = |e: sqlx::Error| StoreError::Unavailable(format!("bad message: {e}"));
-                let payload: String = r.try_get("payload").map_err(bad)?;
-                let mut p: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
-                let mut take = |k: &str| {
-                    p.get_mut(k)
-                        .map(serde_json::Value::take)
-                        .unwrap_or_default()
-                };
-                Ok(MessageRow {
-                    id: r.try_get("activity_id").map_err(bad)?,
-                    role: take("role"),
-                    content: take("content"),
-                    tokens: take("tokens").as_i64().unwrap_or(0),
-                    at: cadre_actors::domain::rfc3339(r.try_get("at").map_err(bad)?),
-                })
-            })
-            .collect()
-    }
-
-    /// An agent's activity from `from` for 24 hours (unix ms), by hour.
-    pub async fn timeline(
-        &self,
-        org: &str,
-        agent: &str,
-        from: i64,
-    ) -> Result<Timeline, StoreError> {
-        let bad = |e: sqlx::Error| StoreError::Unavailable(format!("bad timeline row: {e}"));
-        let rows = sqlx::query(
-            "SELECT hour, kind, events, errors, tokens, cost_micros FROM activity_hours \
-             WHERE agent_id = ? AND hour >= ? AND hour < ? AND org_id = ?",
-        )
-        .bind(agent)
-        .bind(from)
-        .bind(from + 24 * HOUR_MS)
-        .bind(org)
-        .fetch_all(self.read_pool())
-        .await
-        .map_err(unavailable)?;
-        let mut hours = vec![TimelineCounts::default(); 24];
-        let mut kinds = std::collections::BTreeMap::new();
-        for r in &rows {
-            let hour: i64 = r.try_get("hour").map_err(bad)?;
-            let kind: String = r.try_get("kind").map_err(bad)?;
-            let events: i64 = r.try_get("events").map_err(bad)?;
-            let tokens: i64 = r.try_get("tokens").map_err(bad)?;
-            let Some(b) = usize::try_from((hour - from) / HOUR_MS)
-                .ok()
-                .and_then(|h| hours.get_mut(h))
-            else {
-                continue;
+            let Some((head, rest)) = rows.split_first() else {
+                return Ok(Flushed { first_id: self.last_activity_id().await? + 1, replayed: false });
             };
-            b.events += events;
-            match kind.as_str() {
-                "tool_call" => {
-                    b.tool_calls += events;
-                    b.tool_errors += r.try_get::<i64, _>("errors").map_err(bad)?;
-                    b.tool_tokens += tokens;
-                    b.tool_cost_usd +=
-                        r.try_get::<i64, _>("cost_micros").map_err(bad)? as f64 / 1_000_000.0;
+            let n = to_i64(rows.len() as u64);
+            let (first_id, explicit) = match D::SERIAL {
+                Serial::SqliteSequence => {
+                    let sql = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'activity'), 0)";
+                    let row = sqlx::query(sql).fetch_one(&mut *tx).await.map_err(unavailable)?;
+                    (row.cell::<i64, _>(0).map_err(bad("sequence"))? + 1, rows)
                 }
-                "message" => {
-                    b.messages += events;
-                    b.message_tokens += tokens;
+                Serial::PgSequence => {
+                    let sql = D::sql("SELECT pg_advisory_xact_lock(?)");
+                    sqlx::query(&sql).bind(ACTIVITY_LOCK).execute(&mut *tx).await.map_err(unavailable)?;
+                    let sql = D::sql(
+                        "SELECT setval(s, nextval(s) + ? - 1) AS last FROM \
+                         (SELECT pg_get_serial_sequence('activity', 'id')::regclass AS s) q",
+                    );
+                    let row = sqlx::query(&sql).bind(n).fetch_one(&mut *tx).await.map_err(unavailable)?;
+                    (row.cell::<i64, _>(0).map_err(bad("sequence"))? - n + 1, rows)
                 }
-                _ => {}
-            }
-            *kinds.entry(kind).or_insert(0) += events;
-        }
-        let mut totals = TimelineCounts::default();
-        for h in &hours {
-            totals.events += h.events;
-            totals.tool_calls += h.tool_calls;
-            totals.tool_errors += h.tool_errors;
-            totals.tool_tokens += h.tool_tokens;
-            totals.tool_cost_usd += h.tool_cost_usd;
-            totals.messages += h.messages;
-            totals.message_tokens += h.message_tokens;
-        }
-        Ok(Timeline {
-            totals,
-            hours,
-            kinds,
-        })
-    }
-
-    /// Deletes up to `batch` activity rows of organizations whose retention
-    /// has passed (recorded before `now - days`) with their tool calls and
-    /// messages, up to `batch` conversations idle as long and hourly
-    /// counts as old, and flush markers older than a day. The caller
-    /// repeats while [`Expired::more`]. The audit log is a separate table
-    /// and never touched here.
-    pub async fn expire_activity(
-        &self,
-        now: i64,
-        default_days: u32,
-        batch: u32,
-    ) -> Result<Expired, StoreError> {
-        const DAY_MS: i64 = 86_400_000;
-        // One transaction: the expired events, then each one's tool-call or
-        // message row (looked up by its primary key), then the events.
-        let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
-        let victims: Vec<(i64, Option<String>, String, Option<String>)> = sqlx::query_as(
-            "SELECT a.id, a.agent_id, a.kind, \
-               CASE a.kind WHEN 'message' THEN json_extract(a.payload, '$.conversation_id') END \
-             FROM activity a LEFT JOIN orgs o ON o.id = a.org_id \
-             WHERE a.recorded_at < ?1 - COALESCE(o.activity_retention_days, ?2) * ?3 \
-             LIMIT ?4",
-        )
-        .bind(now)
-        .bind(i64::from(default_days))
-        .bind(DAY_MS)
-        .bind(i64::from(batch))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        for (id, agent, kind, conversation) in &victims {
-            let Some(agent) = agent else { continue };
-            match (kind.as_str(), conversation) {
-                ("tool_call", _) => {
-                    sqlx::query("DELETE FROM tool_calls WHERE agent_id = ? AND activity_id = ?")
-                        .bind(agent)
-                        .bind(id)
+                Serial::AutoIncrement => {
+                    let sql = D::sql(&format!(
+                        "INSERT INTO activity (org_id, agent_id, kind, payload, at, recorded_at) \
+                         VALUES (?, ?, ?, ?{}, ?, ?)",
+                        D::JSON
+                    ));
+                    sqlx::query(&sql)
+                        .bind(head.org_id.as_str())
+                        .bind(head.agent_id.as_deref())
+                        .bind(head.kind.as_str())
+                        .bind(head.payload.as_str())
+                        .bind(head.at)
+                        .bind(now)
                         .execute(&mut *tx)
                         .await
                         .map_err(unavailable)?;
+                    let row = sqlx::query("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                    (row.cell::<i64, _>(0).map_err(bad("insert id"))?, rest)
                 }
-                ("message", Some(c)) => {
-                    sqlx::query(
-                        "DELETE FROM messages \
-                         WHERE agent_id = ? AND conversation_id = ? AND activity_id = ?",
-                    )
+            };
+            let mut id = first_id + (n - to_i64(explicit.len() as u64));
+            for chunk in explicit.chunks(CHUNK) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO activity (id, org_id, agent_id, kind, payload, at, recorded_at) VALUES {}",
+                    placeholders(chunk.len(), 7, Some((4, D::JSON)))
+                ));
+                let mut args = Vec::with_capacity(chunk.len() * 7);
+                for r in chunk {
+                    args.extend([
+                        Arg::Int(id),
+                        Arg::Text(&r.org_id),
+                        Arg::MaybeText(r.agent_id.as_deref()),
+                        Arg::Text(&r.kind),
+                        Arg::Text(&r.payload),
+                        Arg::Int(r.at),
+                        Arg::Int(now),
+                    ]);
+                    id += 1;
+                }
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            Self::write_records(&mut tx, first_id, rows, now).await?;
+            let sql = D::sql("INSERT INTO activity_flushes (id, first_id, count, at) VALUES (?, ?, ?, ?)");
+            sqlx::query(&sql)
+                .bind(flush_id)
+                .bind(first_id)
+                .bind(n)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(Flushed {
+                first_id,
+                replayed: false,
+            })
+        }
+
+        /// Writes the typed records of a flush's rows (ids from `first_id` on):
+        /// tool calls and messages in multi-row inserts, one upsert per
+        /// conversation and per (agent, hour, kind) with the flush's rows added up.
+        async fn write_records(
+            tx: &mut D::Connection,
+            first_id: i64,
+            rows: &[&NewActivity],
+            now: i64,
+        ) -> Result<(), StoreError> {
+            let (calls, messages, convs, hours) = records(first_id, rows);
+            for chunk in calls.chunks(CHUNK) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO tool_calls (agent_id, activity_id, tool_id, status) VALUES {}",
+                    placeholders(chunk.len(), 4, None)
+                ));
+                let args: Vec<Arg<'_>> = chunk
+                    .iter()
+                    .flat_map(|(id, agent, t)| {
+                        [Arg::Text(agent), Arg::Int(*id), Arg::Text(&t.tool_id), Arg::Text(&t.status)]
+                    })
+                    .collect();
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            for chunk in messages.chunks(CHUNK) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO messages (agent_id, conversation_id, activity_id) VALUES {}",
+                    placeholders(chunk.len(), 3, None)
+                ));
+                let args: Vec<Arg<'_>> = chunk
+                    .iter()
+                    .flat_map(|(id, agent, m)| [Arg::Text(agent), Arg::Text(&m.conversation_id), Arg::Int(*id)])
+                    .collect();
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            let new = |c: &str| D::inserted(c);
+            let conv_sql = D::sql(&format!(
+                "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, \
+                 messages, tokens, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {} \
+                   title = COALESCE({}, conversations.title), \
+                   started_at = CASE WHEN {s} < conversations.started_at THEN {s} ELSE conversations.started_at END, \
+                   last_at = CASE WHEN {l} > conversations.last_at THEN {l} ELSE conversations.last_at END, \
+                   messages = conversations.messages + {}, \
+                   tokens = conversations.tokens + {}, \
+                   recorded_at = {}",
+                D::upsert("agent_id, id"),
+                new("title"),
+                new("messages"),
+                new("tokens"),
+                new("recorded_at"),
+                s = new("started_at"),
+                l = new("last_at"),
+            ));
+            for ((agent, id), c) in convs {
+                sqlx::query(&conv_sql)
+                    .bind(c.org)
                     .bind(agent)
-                    .bind(c)
                     .bind(id)
+                    .bind(c.title)
+                    .bind(c.first)
+                    .bind(c.last)
+                    .bind(c.messages)
+                    .bind(c.tokens)
+                    .bind(now)
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+            }
+            let add = |c: &str| format!("{c} = activity_hours.{c} + {}", new(c));
+            let hour_sql = D::sql(&format!(
+                "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, \
+                 cost_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {} {}, {}, {}, {}",
+                D::upsert("agent_id, hour, kind"),
+                add("events"),
+                add("errors"),
+                add("tokens"),
+                add("cost_micros"),
+            ));
+            for ((agent, hour, kind), h) in hours {
+                sqlx::query(&hour_sql)
+                    .bind(agent)
+                    .bind(hour)
+                    .bind(kind)
+                    .bind(h.org)
+                    .bind(h.events)
+                    .bind(h.errors)
+                    .bind(h.tokens)
+                    .bind(h.cost)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+
+        /// A page of `org`'s activity, newest first, with ids below `before`.
+        pub async fn activity_page(
+            &self,
+            org: &str,
+            f: &ActivityFilter,
+            before: Option<i64>,
+            limit: i64,
+        ) -> Result<Vec<ActivityRow>, StoreError> {
+            self.activity_rows(org, f, before.map(|b| ("<", b)), "DESC", limit)
+                .await
+        }
+
+        /// `org`'s activity after event `after`, oldest first (stream resume).
+        pub async fn activity_after(
+            &self,
+            org: &str,
+            f: &ActivityFilter,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<ActivityRow>, StoreError> {
+            self.activity_rows(org, f, Some((">", after)), "ASC", limit)
+                .await
+        }
+
+        async fn activity_rows(
+            &self,
+            org: &str,
+            f: &ActivityFilter,
+            bound: Option<(&'static str, i64)>,
+            order: &'static str,
+            limit: i64,
+        ) -> Result<Vec<ActivityRow>, StoreError> {
+            let mut sql = format!(
+                "SELECT id, agent_id, kind, {}, at FROM activity WHERE org_id = ?",
+                D::json("payload")
+            );
+            let mut args = vec![Arg::Text(org)];
+            if let Some(a) = &f.agent {
+                sql.push_str(" AND agent_id = ?");
+                args.push(Arg::Text(a));
+            }
+            match f.kind.as_deref() {
+                // The length is ours (a number), so it is written, not bound:
+                // PostgreSQL has no substr taking a 64-bit length.
+                Some(k) if k.ends_with('.') => {
+                    sql.push_str(&format!(" AND substr(kind, 1, {}) = ?", k.len()));
+                    args.push(Arg::Text(k));
                 }
-                _ => {}
+                Some(k) => {
+                    sql.push_str(" AND kind = ?");
+                    args.push(Arg::Text(k));
+                }
+                None => {}
             }
-        }
-        for chunk in victims.chunks(CHUNK) {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM activity WHERE id IN (");
-            let mut ids = q.separated(", ");
-            for (id, ..) in chunk {
-                ids.push_bind(*id);
+            if let Some(s) = f.since {
+                sql.push_str(" AND at >= ?");
+                args.push(Arg::Int(s));
             }
-            q.push(")");
-            q.build().execute(&mut *tx).await.map_err(unavailable)?;
+            if let Some(u) = f.until {
+                sql.push_str(" AND at < ?");
+                args.push(Arg::Int(u));
+            }
+            if let Some((op, id)) = bound {
+                sql.push_str(&format!(" AND id {op} ?"));
+                args.push(Arg::Int(id));
+            }
+            sql.push_str(&format!(" ORDER BY id {order} LIMIT ?"));
+            args.push(Arg::Int(limit));
+            let sql = D::sql(&sql);
+            let rows = Self::bind_all(sqlx::query(&sql), &args)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(activity_row).collect()
         }
-        tx.commit().await.map_err(unavailable)?;
-        let deleted = victims.len() as u64;
-        // Conversations whose last message is past retention (their
-        // messages went with their activity rows), and hourly counts.
-        let conversations = sqlx::query(
-            "DELETE FROM conversations WHERE seq IN ( \
-               SELECT c.seq FROM conversations c LEFT JOIN orgs o ON o.id = c.org_id \
-               WHERE c.recorded_at < ?1 - COALESCE(o.activity_retention_days, ?2) * ?3 \
-               LIMIT ?4)",
-        )
-        .bind(now)
-        .bind(i64::from(default_days))
-        .bind(DAY_MS)
-        .bind(i64::from(batch))
-        .execute(self.write_pool())
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        // An hour's counts go when the whole hour is past retention.
-        let hours = sqlx::query(
-            "DELETE FROM activity_hours WHERE (agent_id, hour, kind) IN ( \
-               SELECT h.agent_id, h.hour, h.kind FROM activity_hours h \
-               LEFT JOIN orgs o ON o.id = h.org_id \
-               WHERE h.hour + ?5 <= ?1 - COALESCE(o.activity_retention_days, ?2) * ?3 \
-               LIMIT ?4)",
-        )
-        .bind(now)
-        .bind(i64::from(default_days))
-        .bind(DAY_MS)
-        .bind(i64::from(batch))
-        .bind(HOUR_MS)
-        .execute(self.write_pool())
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        sqlx::query("DELETE FROM activity_flushes WHERE at < ?")
-            .bind(now - DAY_MS)
-            .execute(self.write_pool())
-            .await
-            .map_err(unavailable)?;
-        Ok(Expired {
-            activity: deleted,
-            conversations,
-            full: [deleted, conversations, hours].contains(&u64::from(batch)),
-        })
+
+        /// The highest event id so far (0 when there is none) on SQLite; on a
+        /// server the highest stored (retention may have removed later
+        /// ones). Either is a lower bound of the ids still to come, which is
+        /// what a live stream starts from.
+        pub async fn last_activity_id(&self) -> Result<i64, StoreError> {
+            let sql = match D::SERIAL {
+                Serial::SqliteSequence => {
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'activity'), 0)"
+                }
+                Serial::PgSequence | Serial::AutoIncrement => "SELECT COALESCE(MAX(id), 0) FROM activity",
+            };
+            let row = sqlx::query(sql).fetch_one(&self.read).await.map_err(unavailable)?;
+            row.cell(0).map_err(bad("sequence"))
+        }
+
+        /// Number of `org`'s activity rows, of one kind if given (tests, usage).
+        pub async fn activity_count(&self, org: &str, kind: Option<&str>) -> Result<i64, StoreError> {
+            let mut sql = format!("SELECT {} FROM activity WHERE org_id = ?", D::int("COUNT(*)"));
+            let mut args = vec![Arg::Text(org)];
+            if let Some(k) = kind {
+                sql.push_str(" AND kind = ?");
+                args.push(Arg::Text(k));
+            }
+            let sql = D::sql(&sql);
+            let row = Self::bind_all(sqlx::query(&sql), &args)
+                .fetch_one(&self.read)
+                .await
+                .map_err(unavailable)?;
+            row.cell(0).map_err(bad("count"))
+        }
+
+        /// A page of an agent's tool calls, newest first, ids below `before`.
+        pub async fn tool_calls_page(
+            &self,
+            org: &str,
+            agent: &str,
+            f: &ToolCallFilter,
+            before: Option<i64>,
+            limit: i64,
+        ) -> Result<Vec<ToolCallRow>, StoreError> {
+            // `payload` unqualified: tool_calls has no column of that name, and
+            // the dialect's cast names the result as the column.
+            let mut sql = format!(
+                "SELECT t.activity_id, t.tool_id, t.status, a.at, {} FROM tool_calls t \
+                 JOIN activity a ON a.id = t.activity_id WHERE t.agent_id = ? AND a.org_id = ?",
+                D::json("payload")
+            );
+            let mut args = vec![Arg::Text(agent), Arg::Text(org)];
+            if let Some(t) = &f.tool {
+                sql.push_str(" AND t.tool_id = ?");
+                args.push(Arg::Text(t));
+            }
+            if let Some(s) = &f.status {
+                sql.push_str(" AND t.status = ?");
+                args.push(Arg::Text(s));
+            }
+            if let Some(s) = f.since {
+                sql.push_str(" AND a.at >= ?");
+                args.push(Arg::Int(s));
+            }
+            if let Some(u) = f.until {
+                sql.push_str(" AND a.at < ?");
+                args.push(Arg::Int(u));
+            }
+            if let Some(b) = before {
+                sql.push_str(" AND t.activity_id < ?");
+                args.push(Arg::Int(b));
+            }
+            sql.push_str(" ORDER BY t.activity_id DESC LIMIT ?");
+            args.push(Arg::Int(limit));
+            let sql = D::sql(&sql);
+            let rows = Self::bind_all(sqlx::query(&sql), &args)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let bad = bad("tool call");
+                    let payload: String = r.cell("payload").map_err(&bad)?;
+                    let p: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+                    let some = |k: &str| p.get(k).filter(|v| !v.is_null()).cloned();
+                    let num = |k: &str| p.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+                    Ok(ToolCallRow {
+                        id: r.cell("activity_id").map_err(&bad)?,
+                        call_id: some("call_id"),
+                        tool_id: r.cell("tool_id").map_err(&bad)?,
+                        arguments: some("arguments").unwrap_or_else(|| serde_json::json!({})),
+                        result_summary: some("result_summary"),
+                        status: r.cell("status").map_err(&bad)?,
+                        duration_ms: num("duration_ms"),
+                        tokens: num("tokens"),
+                        cost_usd: p
+                            .get("cost_usd")
+                            .and_then(serde_json::Value::as_f64)
+                            .unwrap_or(0.0),
+                        at: cadre_actors::domain::rfc3339(r.cell("at").map_err(&bad)?),
+                    })
+                })
+                .collect()
+        }
+
+        /// A page of an agent's conversations, the latest started first.
+        pub async fn conversations_page(
+            &self,
+            org: &str,
+            agent: &str,
+            before: Option<i64>,
+            limit: i64,
+        ) -> Result<Vec<ConversationRow>, StoreError> {
+            let sql = D::sql(
+                "SELECT seq, id, title, started_at, last_at, messages, tokens FROM conversations \
+                 WHERE agent_id = ? AND org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(agent)
+                .bind(org)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(conversation_row).collect()
+        }
+
+        /// One conversation of an agent.
+        pub async fn conversation(
+            &self,
+            org: &str,
+            agent: &str,
+            id: &str,
+        ) -> Result<Option<ConversationRow>, StoreError> {
+            let row = self
+                .row(
+                    "SELECT seq, id, title, started_at, last_at, messages, tokens FROM conversations \
+                     WHERE agent_id = ? AND id = ? AND org_id = ?",
+                    &[agent, id, org],
+                )
+                .await?;
+            row.as_ref().map(conversation_row).transpose()
+        }
+
+        /// A page of a conversation's messages, oldest first, ids above `after`.
+        pub async fn messages_page(
+            &self,
+            org: &str,
+            agent: &str,
+            conversation: &str,
+            after: Option<i64>,
+            limit: i64,
+        ) -> Result<Vec<MessageRow>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT m.activity_id, a.at, {} FROM messages m \
+                 JOIN activity a ON a.id = m.activity_id \
+                 WHERE m.agent_id = ? AND m.conversation_id = ? AND a.org_id = ? \
+                 AND m.activity_id > ? ORDER BY m.activity_id ASC LIMIT ?",
+                D::json("payload")
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(agent)
+                .bind(conversation)
+                .bind(org)
+                .bind(after.unwrap_or(0))
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let bad = bad("message");
+                    let payload: String = r.cell("payload").map_err(&bad)?;
+                    let mut p: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+                    let mut take = |k: &str| {
+                        p.get_mut(k)
+                            .map(serde_json::Value::take)
+                            .unwrap_or_default()
+                    };
+                    Ok(MessageRow {
+                        id: r.cell("activity_id").map_err(&bad)?,
+                        role: take("role"),
+                        content: take("content"),
+                        tokens: take("tokens").as_i64().unwrap_or(0),
+                        at: cadre_actors::domain::rfc3339(r.cell("at").map_err(&bad)?),
+                    })
+                })
+                .collect()
+        }
+
+        /// An agent's activity from `from` for 24 hours (unix ms), by hour.
+        pub async fn timeline(
+            &self,
+            org: &str,
+            agent: &str,
+            from: i64,
+        ) -> Result<Timeline, StoreError> {
+            let bad = bad("timeline row");
+            let sql = D::sql(
+                "SELECT hour, kind, events, errors, tokens, cost_micros FROM activity_hours \
+                 WHERE agent_id = ? AND hour >= ? AND hour < ? AND org_id = ?",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(agent)
+                .bind(from)
+                .bind(from + 24 * HOUR_MS)
+                .bind(org)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            let mut hours = vec![TimelineCounts::default(); 24];
+            let mut kinds = std::collections::BTreeMap::new();
+            for r in &rows {
+                let hour: i64 = r.cell("hour").map_err(&bad)?;
+                let kind: String = r.cell("kind").map_err(&bad)?;
+                let events: i64 = r.cell("events").map_err(&bad)?;
+                let tokens: i64 = r.cell("tokens").map_err(&bad)?;
+                let Some(b) = usize::try_from((hour - from) / HOUR_MS)
+                    .ok()
+                    .and_then(|h| hours.get_mut(h))
+                else {
+                    continue;
+                };
+                b.events += events;
+                match kind.as_str() {
+                    "tool_call" => {
+                        b.tool_calls += events;
+                        b.tool_errors += r.cell::<i64, _>("errors").map_err(&bad)?;
+                        b.tool_tokens += tokens;
+                        b.tool_cost_usd +=
+                            r.cell::<i64, _>("cost_micros").map_err(&bad)? as f64 / 1_000_000.0;
+                    }
+                    "message" => {
+                        b.messages += events;
+                        b.message_tokens += tokens;
+                    }
+                    _ => {}
+                }
+                *kinds.entry(kind).or_insert(0) += events;
+            }
+            let mut totals = TimelineCounts::default();
+            for h in &hours {
+                totals.events += h.events;
+                totals.tool_calls += h.tool_calls;
+                totals.tool_errors += h.tool_errors;
+                totals.tool_tokens += h.tool_tokens;
+                totals.tool_cost_usd += h.tool_cost_usd;
+                totals.messages += h.messages;
+                totals.message_tokens += h.message_tokens;
+            }
+            Ok(Timeline {
+                totals,
+                hours,
+                kinds,
+            })
+        }
+
+        /// Deletes up to `batch` activity rows of organizations whose retention
+        /// has passed (recorded before `now - days`) with their tool calls and
+        /// messages, up to `batch` conversations idle as long and hourly
+        /// counts as old, and flush markers older than a day. The caller
+        /// repeats while [`Expired::more`]. The audit log is a separate table
+        /// and never touched here.
+        ///
+        /// Each step selects its keys, then deletes them: MySQL takes no
+        /// `LIMIT` in a subquery of the table it deletes from.
+        pub async fn expire_activity(
+            &self,
+            now: i64,
+            default_days: u32,
+            batch: u32,
+        ) -> Result<Expired, StoreError> {
+            let days = i64::from(default_days);
+            let limit = i64::from(batch);
+            let bad = bad("expired row");
+            // One transaction: the expired events, then each one's tool-call or
+            // message row (looked up by its primary key), then the events.
+            let mut tx = self.write.begin().await.map_err(unavailable)?;
+            let sql = D::sql(&format!(
+                "SELECT a.id, a.agent_id, a.kind, \
+                   CASE a.kind WHEN 'message' THEN {} END AS conversation \
+                 FROM activity a LEFT JOIN orgs o ON o.id = a.org_id \
+                 WHERE a.recorded_at < ? - COALESCE(o.activity_retention_days, ?) * ? \
+                 LIMIT ?",
+                D::json_text("a.payload", "conversation_id")
+            ));
+            let found = sqlx::query(&sql)
+                .bind(now)
+                .bind(days)
+                .bind(DAY_MS)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let mut victims: Vec<(i64, Option<String>, String, Option<String>)> = Vec::new();
+            for r in &found {
+                victims.push((
+                    r.cell(0).map_err(&bad)?,
+                    r.cell(1).map_err(&bad)?,
+                    r.cell(2).map_err(&bad)?,
+                    r.cell(3).map_err(&bad)?,
+                ));
+            }
+            let call_sql = D::sql("DELETE FROM tool_calls WHERE agent_id = ? AND activity_id = ?");
+            let message_sql = D::sql(
+                "DELETE FROM messages WHERE agent_id = ? AND conversation_id = ? AND activity_id = ?",
+            );
+            for (id, agent, kind, conversation) in &victims {
+                let Some(agent) = agent else { continue };
+                match (kind.as_str(), conversation) {
+                    ("tool_call", _) => {
+                        sqlx::query(&call_sql)
+                            .bind(agent.as_str())
+                            .bind(*id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    ("message", Some(c)) => {
+                        sqlx::query(&message_sql)
+                            .bind(agent.as_str())
+                            .bind(c.as_str())
+                            .bind(*id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    _ => {}
+                }
+            }
+            for chunk in victims.chunks(CHUNK) {
+                let sql = D::sql(&format!("DELETE FROM activity WHERE id IN ({})", list(chunk.len())));
+                let args: Vec<Arg<'_>> = chunk.iter().map(|v| Arg::Int(v.0)).collect();
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            let deleted = victims.len() as u64;
+            // Conversations whose last message is past retention (their
+            // messages went with their activity rows).
+            let sql = D::sql(
+                "SELECT c.seq FROM conversations c LEFT JOIN orgs o ON o.id = c.org_id \
+                 WHERE c.recorded_at < ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?",
+            );
+            let seqs = sqlx::query(&sql)
+                .bind(now)
+                .bind(days)
+                .bind(DAY_MS)
+                .bind(limit)
+                .fetch_all(&self.write)
+                .await
+                .map_err(unavailable)?;
+            let mut conversations = 0;
+            for chunk in seqs.chunks(CHUNK) {
+                let sql = D::sql(&format!("DELETE FROM conversations WHERE seq IN ({})", list(chunk.len())));
+                let args = chunk
+                    .iter()
+                    .map(|r| r.cell::<i64, _>(0).map(Arg::Int).map_err(&bad))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let done = Self::bind_all(sqlx::query(&sql), &args)
+                    .execute(&self.write)
+                    .await
+                    .map_err(unavailable)?;
+                conversations += D::rows_affected(&done);
+            }
+            // An hour's counts go when the whole hour is past retention.
+            let sql = D::sql(
+                "SELECT h.agent_id, h.hour, h.kind FROM activity_hours h \
+                 LEFT JOIN orgs o ON o.id = h.org_id \
+                 WHERE h.hour + ? <= ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?",
+            );
+            let hours = sqlx::query(&sql)
+                .bind(HOUR_MS)
+                .bind(now)
+                .bind(days)
+                .bind(DAY_MS)
+                .bind(limit)
+                .fetch_all(&self.write)
+                .await
+                .map_err(unavailable)?;
+            let hour_sql = D::sql("DELETE FROM activity_hours WHERE agent_id = ? AND hour = ? AND kind = ?");
+            for r in &hours {
+                let (agent, hour, kind): (String, i64, String) =
+                    (r.cell(0).map_err(&bad)?, r.cell(1).map_err(&bad)?, r.cell(2).map_err(&bad)?);
+                sqlx::query(&hour_sql)
+                    .bind(agent)
+                    .bind(hour)
+                    .bind(kind)
+                    .execute(&self.write)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let sql = D::sql("DELETE FROM activity_flushes WHERE at < ?");
+            sqlx::query(&sql)
+                .bind(now - DAY_MS)
+                .execute(&self.write)
+                .await
+                .map_err(unavailable)?;
+            Ok(Expired {
+                activity: deleted,
+                conversations,
+                full: [deleted, conversations, hours.len() as u64].contains(&u64::from(batch)),
+            })
+        }
     }
 }

@@ -88,6 +88,30 @@ pub trait Dialect: Database {
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// The embedded migrations.
     fn migrator() -> &'static sqlx::migrate::Migrator;
+    /// How the activity table's ids are handed out.
+    const SERIAL: Serial;
+    /// The text of the top-level `key` of the JSON `column`.
+    fn json_text(column: &str, key: &str) -> String;
+}
+
+/// How a dialect hands out the increasing ids of a serial column (the
+/// activity table's): the flush reserves a consecutive run and inserts its
+/// rows with explicit ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serial {
+    /// SQLite's `AUTOINCREMENT`: an explicit id advances `sqlite_sequence`,
+    /// which holds the highest id ever used; the one writer connection
+    /// serializes flushes.
+    SqliteSequence,
+    /// PostgreSQL's identity sequence: explicit ids do not advance it, so the
+    /// flush takes the run with `nextval` and `setval` under a transaction
+    /// advisory lock (two processes never take overlapping runs).
+    PgSequence,
+    /// MySQL's `AUTO_INCREMENT`: the first row is inserted without an id and
+    /// `LAST_INSERT_ID()` names it; explicit ids after it advance the
+    /// counter. A concurrent writer in another process that takes an id of
+    /// the run makes the flush fail on the key (it is retried, not lost).
+    AutoIncrement,
 }
 
 impl Dialect for sqlx::Postgres {
@@ -135,6 +159,10 @@ impl Dialect for sqlx::Postgres {
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &super::backend::POSTGRES
     }
+    const SERIAL: Serial = Serial::PgSequence;
+    fn json_text(column: &str, key: &str) -> String {
+        format!("{column} ->> '{key}'")
+    }
 }
 
 impl Dialect for sqlx::MySql {
@@ -177,6 +205,10 @@ impl Dialect for sqlx::MySql {
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &super::backend::MYSQL
     }
+    const SERIAL: Serial = Serial::AutoIncrement;
+    fn json_text(column: &str, key: &str) -> String {
+        format!("JSON_UNQUOTE(JSON_EXTRACT({column}, '$.{key}'))")
+    }
 }
 
 /// SQLite: the SQL the statements are written in. Flags are integers and
@@ -215,6 +247,10 @@ impl Dialect for sqlx::Sqlite {
     }
     fn migrator() -> &'static sqlx::migrate::Migrator {
         &super::backend::SQLITE
+    }
+    const SERIAL: Serial = Serial::SqliteSequence;
+    fn json_text(column: &str, key: &str) -> String {
+        format!("json_extract({column}, '$.{key}')")
     }
 }
 

@@ -466,10 +466,6 @@ impl SqlStore {
         &self.write
     }
 
-    pub(crate) fn read_pool(&self) -> &SqlitePool {
-        &self.read
-    }
-
     /// The stored record of an agent (tests and diagnostics; actors hold the live copy).
     pub async fn load_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ? AND deleted_at IS NULL");

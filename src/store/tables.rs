@@ -43,6 +43,32 @@ impl<D: Database> Tables<D> {
 /// The statement type every method builds.
 pub(super) type Query<'q, D> = sqlx::query::Query<'q, D, <D as Database>::Arguments<'q>>;
 
+/// A value bound to a statement built at run time (filters, multi-row
+/// inserts): `sqlx::QueryBuilder` over a generic dialect cannot be run
+/// without borrowing itself for its arguments' whole lifetime.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg<'a> {
+    /// Text.
+    Text(&'a str),
+    /// Text or NULL.
+    MaybeText(Option<&'a str>),
+    /// A 64-bit integer.
+    Int(i64),
+}
+
+/// `rows` groups of `columns` placeholders, `(?, ?), (?, ?)`; `json`
+/// names the column (0-based) whose placeholder takes `D::JSON` after it.
+pub(super) fn placeholders(rows: usize, columns: usize, json: Option<(usize, &str)>) -> String {
+    let one: Vec<String> = (0..columns)
+        .map(|c| match json {
+            Some((j, cast)) if j == c => format!("?{cast}"),
+            _ => "?".to_string(),
+        })
+        .collect();
+    let one = format!("({})", one.join(", "));
+    vec![one; rows].join(", ")
+}
+
 on_dialects! {
     impl<D> Tables<D> {
         /// Writes one audit entry on `conn` (inside the caller's transaction).
@@ -133,6 +159,18 @@ on_dialects! {
                 query = query.bind(*a);
             }
             query.fetch_one(conn).await.map_err(stmt)
+        }
+
+        /// `query` with `args` bound in order.
+        pub(super) fn bind_all<'q>(mut query: Query<'q, D>, args: &[Arg<'q>]) -> Query<'q, D> {
+            for a in args {
+                query = match *a {
+                    Arg::Text(v) => query.bind(v),
+                    Arg::MaybeText(v) => query.bind(v),
+                    Arg::Int(v) => query.bind(v),
+                };
+            }
+            query
         }
 
         /// A write transaction.

@@ -61,6 +61,7 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     let org = org_id(&app).await;
     assert_eq!(
         app.store()
+            .tables()
             .activity_count(&org, Some("step"))
             .await
             .expect("count"),
@@ -191,6 +192,7 @@ async fn ingest_is_acknowledged_once_committed_and_pages_newest_first() {
     for kind in ["k", "tool_call", "message"] {
         assert_eq!(
             app.store()
+                .tables()
                 .activity_count(&org, Some(kind))
                 .await
                 .expect("count"),
@@ -428,6 +430,7 @@ async fn killing_the_writer_during_ingest_loses_nothing_acknowledged() {
     assert!(activity.flush(LIMIT).await, "flushed");
     let stored = app
         .store()
+        .tables()
         .activity_count(&org, Some("ingest"))
         .await
         .expect("count");
@@ -500,6 +503,7 @@ async fn a_locked_database_holds_producers_back_then_everything_lands() {
     }
     assert_eq!(
         app.store()
+            .tables()
             .activity_count(&org, Some("held"))
             .await
             .expect("count"),
@@ -852,6 +856,7 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
     let later = cadre::activity::now_ms() + 2 * 86_400_000;
     while app
         .store()
+        .tables()
         .expire_activity(later, 90, 1)
         .await
         .expect("expire")
@@ -859,6 +864,7 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
     {}
     assert_eq!(
         app.store()
+            .tables()
             .activity_count(&other, Some("note"))
             .await
             .expect("count"),
@@ -866,6 +872,7 @@ async fn an_organizations_retention_is_set_through_the_api_and_honoured() {
     );
     assert_eq!(
         app.store()
+            .tables()
             .activity_count(&ours, Some("step"))
             .await
             .expect("count"),
