@@ -24,7 +24,6 @@ mod support;
 
 use cadre::app;
 use cadre_actors::domain::{AgentId, OrgId};
-use cadre_actors::ports::Store;
 use cadre_actors::{ChaosMode, ChaosTarget};
 use serde_json::json;
 use std::sync::Arc;
@@ -210,7 +209,7 @@ async fn create_and_list(sizes: &Sizes) -> (Vec<f64>, Vec<f64>) {
 async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let running = app::start(config(dir.path())).await.expect("start");
-    let org: OrgId = running.store.list_orgs().await.expect("orgs")[0].clone();
+    let org: OrgId = running.store.store().list_orgs().await.expect("orgs")[0].clone();
     let cadre = running.cadre.clone();
     let who = cadre_actors::domain::Who::system();
     // One kill per agent: a second kill inside the supervisor window meets the

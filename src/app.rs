@@ -6,7 +6,7 @@ use crate::auth::{AwsLcSecrets, JwtKeys};
 use crate::config::Config;
 use crate::deploy::LocalDeployer;
 use crate::http::state::AppState;
-use crate::store::{Durability, SqlStore};
+use crate::store::{Db, Durability};
 use anyhow::Context;
 use cadre_actors::domain::DeployTarget;
 use cadre_actors::ports::{Clock, SystemClock};
@@ -28,7 +28,7 @@ pub struct Running {
     /// The actor tree.
     pub cadre: Cadre,
     /// The store.
-    pub store: Arc<SqlStore>,
+    pub store: Arc<Db>,
     /// The identity actor.
     pub identity: crate::identity::Identity,
     /// The activity pipeline.
@@ -121,8 +121,9 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Opens the store and applies migrations.
-pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+/// Opens the store `database.url` names (SQLite in the data directory by
+/// default, or a PostgreSQL or MySQL/MariaDB server) and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Db> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let durability = if config.database.synchronous == "full" {
@@ -131,24 +132,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
         Durability::Normal
     };
     let url = config.database_url();
-    if let Some(backend) = crate::store::backend::Backend::of_url(&url)
-        && !backend.serves()
-    {
-        anyhow::bail!(
-            "database.url names a {} database: `cadre migrate` prepares its schema, but Cadre \
-             cannot serve on it yet (only on SQLite, the default); see docs/databases.md",
-            backend.dialect()
-        );
-    }
-    let store = SqlStore::open(&url, durability, config.database.read_connections)
-        .await
-        .with_context(|| format!("opening database {url}"))?;
+    let store = Db::open(
+        &url,
+        durability,
+        config.database.read_connections,
+        config.database.server_connections,
+    )
+    .await
+    .with_context(|| format!("opening database {}", crate::store::backend::redact(&url)))?;
     store.migrate().await.context("applying migrations")?;
     Ok(store)
 }
 
 /// On an empty database: creates the default organization and its owner.
-async fn bootstrap(store: &SqlStore, config: &Config) -> anyhow::Result<()> {
+async fn bootstrap(store: &Db, config: &Config) -> anyhow::Result<()> {
     if store.tables().org_count().await? > 0 {
         return Ok(());
     }
@@ -260,11 +257,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.governance.default_profile.clone(),
     ));
     {
-        use cadre_actors::ports::GovStore;
-        for scope in store.halts().await.context("loading kill switches")? {
+        let gov_store = store.gov();
+        for scope in gov_store.halts().await.context("loading kill switches")? {
             gov.set_halt(&scope, true);
         }
-        for grant in store
+        for grant in gov_store
             .live_grants(SystemClock.now_ms())
             .await
             .context("loading grants")?
@@ -404,7 +401,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
     }
     let ctx = Arc::new(Ctx {
-        store: store.clone(),
+        store: store.store(),
         deployer: Arc::new(deployer),
         clock: Arc::new(SystemClock),
         secrets: Arc::new(AwsLcSecrets),
@@ -414,8 +411,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Default::default(),
         tenancy,
         gov,
-        gov_store: store.clone(),
-        tasks: store.clone(),
+        gov_store: store.gov(),
+        tasks: store.tasks(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
     // A container that dies is probed at once, not at its next health tick.

@@ -243,8 +243,10 @@ pub struct DatabaseConfig {
     pub url: String,
     /// `normal` or `full`.
     pub synchronous: String,
-    /// Read pool size.
+    /// Read pool size (SQLite).
     pub read_connections: u32,
+    /// Connections to a PostgreSQL or MySQL/MariaDB server.
+    pub server_connections: u32,
 }
 
 /// `[auth]`.
@@ -733,6 +735,9 @@ impl Config {
                 "database.url",
                 "expected a sqlite:, postgres: or mysql: (mariadb:) URL",
             );
+        }
+        if self.database.server_connections < 2 {
+            return bad("database.server_connections", "must be at least 2");
         }
         if self.auth.token_ttl_secs == 0 {
             return bad("auth.token_ttl_secs", "must be positive");

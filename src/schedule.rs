@@ -11,7 +11,7 @@
 //! store).
 
 use crate::cron::Cron;
-use crate::store::{Schedule, SqlStore};
+use crate::store::{Db, Schedule};
 use cadre_actors::Cadre;
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{OrgId, Who};
@@ -78,7 +78,7 @@ pub enum SchedMsg {
 
 /// The scheduler's state.
 pub struct Book {
-    store: Arc<SqlStore>,
+    store: Arc<Db>,
     cadre: Cadre,
     /// Enabled schedules by id.
     live: HashMap<String, Schedule>,
@@ -188,12 +188,12 @@ pub struct SchedulerActor;
 impl Actor for SchedulerActor {
     type Msg = SchedMsg;
     type State = Book;
-    type Arguments = (Arc<SqlStore>, Cadre);
+    type Arguments = (Arc<Db>, Cadre);
 
     async fn pre_start(
         &self,
         myself: ActorRef<SchedMsg>,
-        (store, cadre): (Arc<SqlStore>, Cadre),
+        (store, cadre): (Arc<Db>, Cadre),
     ) -> Result<Book, ActorProcessingErr> {
         let live = store
             .tables()
@@ -370,7 +370,7 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// Starts the actor (loading every enabled schedule) and its watchdog.
-    pub async fn start(store: Arc<SqlStore>, cadre: Cadre) -> anyhow::Result<Scheduler> {
+    pub async fn start(store: Arc<Db>, cadre: Cadre) -> anyhow::Result<Scheduler> {
         let (actor, handle) =
             Actor::spawn(None, SchedulerActor, (store.clone(), cadre.clone())).await?;
         let shared = Arc::new(RwLock::new(actor));

@@ -272,28 +272,61 @@ async fn unknown_schemes_and_unreachable_servers_are_clear_errors() {
     );
 }
 
+/// `cadre serve`'s store on a server URL: an unreachable one is named in
+/// the error without its password; a reachable one is opened and migrated,
+/// and answers for PostgreSQL and MariaDB alike.
 #[tokio::test]
-async fn serve_refuses_a_backend_it_cannot_serve_yet() {
+async fn serve_opens_a_server_url_and_names_an_unreachable_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = [
-        (
-            "CADRE_DATA_DIR".to_string(),
-            dir.path().display().to_string(),
-        ),
-        (
-            "CADRE_DATABASE_URL".to_string(),
-            "postgres://cadre:cadre@127.0.0.1:1/cadre".to_string(),
-        ),
-    ];
-    let config = cadre::config::Config::load(None, env).expect("config");
-    let Err(e) = cadre::app::open_store(&config).await else {
-        panic!("served on a PostgreSQL URL");
+    let config = |url: &str| {
+        let env = [
+            (
+                "CADRE_DATA_DIR".to_string(),
+                dir.path().display().to_string(),
+            ),
+            ("CADRE_DATABASE_URL".to_string(), url.to_string()),
+        ];
+        cadre::config::Config::load(None, env).expect("config")
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let Err(e) = cadre::app::open_store(&config(&format!(
+        "postgres://cadre:hunter2@127.0.0.1:{port}/cadre"
+    )))
+    .await
+    else {
+        panic!("opened a database nothing serves");
     };
     let e = format!("{e:#}");
     assert!(
-        e.contains("postgres database") && e.contains("cannot serve on it yet"),
+        e.contains(&format!(
+            "opening database postgres://cadre:***@127.0.0.1:{port}/cadre"
+        )),
         "{e}"
     );
+    assert!(!e.contains("hunter2"), "the password leaked: {e}");
+    for (backend, var, default) in [
+        (Backend::Postgres, "CADRE_TEST_POSTGRES_URL", POSTGRES_URL),
+        (Backend::Mysql, "CADRE_TEST_MYSQL_URL", MYSQL_URL),
+    ] {
+        let Some(admin) = server(var, default, backend).await else {
+            continue;
+        };
+        on_fresh_database(backend, &admin, |url| {
+            let config = config(&url);
+            async move {
+                let db = cadre::app::open_store(&config).await.expect("open");
+                assert_eq!(db.backend(), backend);
+                assert_eq!(db.tables().org_count().await.expect("orgs"), 0, "migrated");
+                db.ping().await.expect("ping");
+                db.close().await;
+            }
+        })
+        .await;
+    }
 }
 
 /// The export catalog names every table and column the migrations create

@@ -18,7 +18,7 @@ pub mod spool;
 pub mod writer;
 
 use crate::config::ActivityConfig;
-use crate::store::{NewActivity, SqlStore};
+use crate::store::{Db, NewActivity};
 use cadre_actors::events::Event;
 use hub::Hub;
 use ractor::{Actor, ActorRef};
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Activity {
 impl Activity {
     /// Starts the writer under its supervisor.
     pub async fn start(
-        store: Arc<SqlStore>,
+        store: Arc<Db>,
         config: &ActivityConfig,
     ) -> Result<Activity, ractor::SpawnErr> {
         let shared = Arc::new(Shared {
@@ -289,7 +289,7 @@ pub fn spawn_bridge(
 /// interval before a crash are in the audit log (the record of truth) but
 /// not on the stream.
 pub fn spawn_audit_bridge(
-    store: Arc<SqlStore>,
+    store: Arc<Db>,
     activity: Activity,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -369,10 +369,7 @@ pub fn spawn_audit_bridge(
 }
 
 /// Deletes expired activity in batches, once per interval.
-pub fn spawn_retention(
-    store: Arc<SqlStore>,
-    config: &ActivityConfig,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_retention(store: Arc<Db>, config: &ActivityConfig) -> tokio::task::JoinHandle<()> {
     let days = config.retention_days;
     let batch = config.retention_batch;
     let every = Duration::from_secs(config.retention_interval_secs);

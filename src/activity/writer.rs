@@ -8,7 +8,7 @@
 
 use super::hub::{Hub, StreamEvent};
 use super::spool::{Flight, Spool, Take};
-use crate::store::SqlStore;
+use crate::store::Db;
 use cadre_actors::domain::OrgId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub struct Shared {
     /// Where committed events go live.
     pub hub: Arc<Hub>,
     /// The database.
-    pub store: Arc<SqlStore>,
+    pub store: Arc<Db>,
     /// First retry delay.
     pub retry_base: Duration,
     /// Longest retry delay.

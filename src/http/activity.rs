@@ -14,7 +14,7 @@ use crate::activity::hub::StreamEvent;
 use crate::activity::records;
 use crate::activity::spool::SpoolError;
 use crate::identity::{Action, Principal};
-use crate::store::{ActivityFilter, NewActivity, SqlStore, ToolCallFilter};
+use crate::store::{ActivityFilter, Db, NewActivity, ToolCallFilter};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -270,7 +270,7 @@ enum Item {
 
 /// A subscriber's view of its organization's events.
 struct Feed {
-    store: Arc<SqlStore>,
+    store: Arc<Db>,
     org: OrgId,
     filter: ActivityFilter,
     rx: broadcast::Receiver<Arc<StreamEvent>>,

@@ -352,9 +352,9 @@ async fn get_approval(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    use cadre_actors::ports::GovStore;
     let a = state
         .store
+        .gov()
         .approval(&p.org, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("approval"))?;

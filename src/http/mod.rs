@@ -32,7 +32,6 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    use cadre_actors::ports::Store;
     let store = state.store.ping().await.is_ok();
     let supervisors = state.cadre.is_ready().await;
     let activity = state.activity.healthy();

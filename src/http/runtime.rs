@@ -65,7 +65,7 @@ async fn connect(
 /// One authenticated runtime connection.
 struct Session {
     cadre: Cadre,
-    store: std::sync::Arc<crate::store::SqlStore>,
+    store: std::sync::Arc<crate::store::Db>,
     activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Limits of tasks that agents give each other.
@@ -502,7 +502,7 @@ const TASK_ORDERS: usize = 1024;
 #[allow(clippy::too_many_arguments)]
 async fn agent_message(
     cadre: &Cadre,
-    store: &crate::store::SqlStore,
+    store: &crate::store::Db,
     org: &OrgId,
     from: &AgentId,
     limits: cadre_actors::task::TaskLimits,

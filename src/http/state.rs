@@ -3,7 +3,7 @@
 
 use crate::auth::JwtKeys;
 use crate::config::Config;
-use crate::store::SqlStore;
+use crate::store::Db;
 use cadre_actors::Cadre;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub struct Shared {
     /// The actor tree (all writes go through it).
     pub cadre: Cadre,
     /// Read API for historical reads and login.
-    pub store: Arc<SqlStore>,
+    pub store: Arc<Db>,
     /// Access-token keys.
     pub jwt: Arc<JwtKeys>,
     /// Configuration.

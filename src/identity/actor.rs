@@ -10,9 +10,7 @@
 use super::directory::Directory;
 use super::{Role, Scope};
 use crate::config::{Config, Limits};
-use crate::store::{
-    KeyRecord, NewRefresh, NewUser, OrgRow, Rotation, SqlStore, UserChange, UserRecord,
-};
+use crate::store::{Db, KeyRecord, NewRefresh, NewUser, OrgRow, Rotation, UserChange, UserRecord};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{OrgId, Who};
 use cadre_actors::ports::{Clock, Secrets, StoreError, SystemClock};
@@ -180,7 +178,7 @@ pub enum IdentityMsg {
 struct IdentityActor;
 
 struct IdentityState {
-    store: Arc<SqlStore>,
+    store: Arc<Db>,
     dir: Arc<Directory>,
     config: Arc<Config>,
     secrets: Arc<dyn Secrets>,
@@ -773,7 +771,7 @@ impl Actor for IdentityActor {
 #[derive(Clone)]
 pub struct Identity {
     actor: Arc<Mutex<ActorRef<IdentityMsg>>>,
-    store: Arc<SqlStore>,
+    store: Arc<Db>,
     dir: Arc<Directory>,
     config: Arc<Config>,
     secrets: Arc<dyn Secrets>,
@@ -789,7 +787,7 @@ impl std::fmt::Debug for Identity {
 impl Identity {
     /// Starts the actor.
     pub async fn start(
-        store: Arc<SqlStore>,
+        store: Arc<Db>,
         dir: Arc<Directory>,
         config: Arc<Config>,
         secrets: Arc<dyn Secrets>,
@@ -806,7 +804,7 @@ impl Identity {
     }
 
     async fn spawn(
-        store: &Arc<SqlStore>,
+        store: &Arc<Db>,
         dir: &Arc<Directory>,
         config: &Arc<Config>,
         secrets: &Arc<dyn Secrets>,

@@ -8,7 +8,7 @@
 
 use super::{Role, Scope};
 use crate::config::{Limits, PlansConfig};
-use crate::store::{KeyRecord, OrgRow, SqlStore, UserRecord};
+use crate::store::{Db, KeyRecord, OrgRow, UserRecord};
 use cadre_actors::domain::OrgId;
 use cadre_actors::ports::StoreError;
 use cadre_actors::tenancy::{OrgStanding, Tenancy};
@@ -84,7 +84,7 @@ impl Directory {
     /// Loads everything from the store.
     pub async fn load(
         &self,
-        store: &SqlStore,
+        store: &Db,
         now_ms: i64,
         access_ttl_ms: i64,
     ) -> Result<(), StoreError> {

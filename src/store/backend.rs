@@ -7,11 +7,8 @@
 //! same version numbers and names; `tests/databases.rs` fails when the
 //! folders disagree, and applies each dialect to a real server.
 //!
-//! `cadre migrate` prepares any of the three. The store that `cadre serve`
-//! runs on is SQLite's alone so far: the servers have the actors' ports and
-//! the identity tables (`server.rs`, `identity.rs`) but not yet activity,
-//! schedules and the HTTP layer's reads, so `serve` refuses their URLs with
-//! a message that says so.
+//! `cadre migrate` prepares any of the three, and `cadre serve` runs on any
+//! of them (`any.rs`).
 
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::{Connection, MySqlConnection, PgConnection, SqliteConnection};
@@ -63,11 +60,6 @@ impl Backend {
             Backend::Postgres => &POSTGRES,
             Backend::Mysql => &MYSQL,
         }
-    }
-
-    /// Whether `cadre serve` can run on it.
-    pub fn serves(self) -> bool {
-        self == Backend::Sqlite
     }
 }
 
@@ -171,6 +163,22 @@ pub fn mysql_url(url: &str) -> String {
     }
 }
 
+/// `url` with the password of its user part (`scheme://user:password@…`)
+/// replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split_once(':').map_or(user, |(n, _)| n);
+            format!("{scheme}://{name}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// The versions a database has applied (creating the bookkeeping table).
 async fn applied<C: Migrate>(conn: &mut C) -> Result<Vec<i64>, sqlx::migrate::MigrateError> {
     conn.ensure_migrations_table().await?;
@@ -185,6 +193,23 @@ async fn applied<C: Migrate>(conn: &mut C) -> Result<Vec<i64>, sqlx::migrate::Mi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://cadre:s3cr%40t@db.example:5432/cadre?sslmode=require"),
+            "postgres://cadre:***@db.example:5432/cadre?sslmode=require"
+        );
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/x"),
+            "mysql://root@127.0.0.1/x"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/cadre/cadre.db"),
+            "sqlite:///var/lib/cadre/cadre.db"
+        );
+        assert_eq!(redact("not a url"), "not a url");
+    }
 
     #[test]
     fn schemes_pick_backends() {

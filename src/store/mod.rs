@@ -1,13 +1,14 @@
 //! Durable storage: the `Store` port for the actors plus the read API the
 //! HTTP layer may use for historical reads (history pages, login lookups).
 //!
-//! The store that serves is SQLite's (`sqlite.rs`). PostgreSQL and MySQL /
-//! MariaDB have their schemas and migrations (`backend.rs`,
-//! `migrations/<dialect>/`), the actors' ports (`server.rs`), the identity
-//! and audit tables (`identity.rs`, one implementation for all three
-//! dialects) and export / import (`transfer.rs`), not yet the rest that
-//! `cadre serve` needs.
-//! Nothing here knows about actors or HTTP.
+//! `cadre serve` opens a [`Db`] (`any.rs`) for any `database.url`: SQLite's
+//! store (`sqlite.rs`, group commit on one writer connection) or the server
+//! store on PostgreSQL or MySQL / MariaDB (`server.rs`, the actors' ports
+//! over a [`server::Dialect`]). Every other table has one implementation
+//! for all three, [`Tables`] (`tables.rs`: identity and audit, activity,
+//! schedules, the HTTP layer's reads); the schemas and migrations are in
+//! `backend.rs` and `migrations/<dialect>/`, export / import in
+//! `transfer.rs`. Nothing here knows about actors or HTTP.
 
 /// Writes an impl over every [`server::Dialect`] with the bounds sqlx
 /// needs to run our statements, bind our values and read our rows: `impl<D>
@@ -45,6 +46,7 @@ macro_rules! on_dialects {
 }
 
 mod activity;
+mod any;
 pub mod backend;
 mod governance;
 mod identity;
@@ -61,6 +63,7 @@ pub use activity::{
     ActivityFilter, ActivityRow, ConversationRow, Expired, Flushed, MessageRecord, MessageRow,
     NewActivity, Record, Timeline, TimelineCounts, ToolCallFilter, ToolCallRecord, ToolCallRow,
 };
+pub use any::{AnyTables, Db};
 pub use governance::ApprovalFilter;
 pub use identity::{
     AuditFilter, AuditRow, AuditSince, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,

@@ -3,6 +3,7 @@
 //! writer, a locked database.
 
 use crate::common::*;
+use cadre::store::backend::Backend;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -455,17 +456,20 @@ async fn a_locked_database_holds_producers_back_then_everything_lands() {
     let org = org_id(&app).await;
     let (s, _) = app.call(Method::GET, "/readyz", None).await;
     assert_eq!(s, StatusCode::OK);
-    // Another process holds the write lock: every flush waits, then fails.
-    let mut lock = {
-        use sqlx::Connection;
-        sqlx::SqliteConnection::connect(&app.config.database_url())
-            .await
-            .expect("lock connection")
+    // Another process holds the write lock: every flush waits (SQLite's
+    // fails after its busy timeout and is tried again).
+    let mut lock = app.direct().await;
+    let (take, release): (&[&str], &[&str]) = match crate::common::test_backend() {
+        Backend::Sqlite => (&["BEGIN EXCLUSIVE"], &["ROLLBACK"]),
+        Backend::Postgres => (
+            &["BEGIN", "LOCK TABLE activity IN EXCLUSIVE MODE"],
+            &["ROLLBACK"],
+        ),
+        Backend::Mysql => (&["LOCK TABLES activity WRITE"], &["UNLOCK TABLES"]),
     };
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut lock)
-        .await
-        .expect("lock");
+    for sql in take {
+        lock.execute(sql).await.expect("lock");
+    }
     let mut posts = Vec::new();
     for _ in 0..6 {
         let client = app.client.clone();
@@ -493,10 +497,9 @@ async fn a_locked_database_holds_producers_back_then_everything_lands() {
         posts.iter().all(|p| !p.is_finished()),
         "nothing acknowledged while locked"
     );
-    sqlx::query("ROLLBACK")
-        .execute(&mut lock)
-        .await
-        .expect("unlock");
+    for sql in release {
+        lock.execute(sql).await.expect("unlock");
+    }
     drop(lock);
     for p in posts {
         assert_eq!(p.await.expect("post"), StatusCode::OK);

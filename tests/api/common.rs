@@ -1,8 +1,12 @@
-//! `TestApp`: a real server on a random port with a temp SQLite file, real
-//! `cadre runtime` child processes, and typed helpers.
+//! `TestApp`: a real server on a random port with a temp SQLite file (or,
+//! with `CADRE_TEST_DATABASE=postgres` or `mysql`, a fresh database of its
+//! own on that server, dropped after), real `cadre runtime` child
+//! processes, and typed helpers.
 
+use super::support;
 use cadre::app::{self, Running};
 use cadre::config::Config;
+use cadre::store::backend::Backend;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -23,7 +27,157 @@ pub struct TestApp {
     pub client: Client,
     pub token: String,
     pub running: Option<Running>,
+    /// The server database of this app, dropped with it.
+    database: Option<ServerDatabase>,
     _dir: tempfile::TempDir,
+}
+
+/// A connection to the app's database on whichever backend it runs.
+pub enum Direct {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
+
+impl Direct {
+    /// Runs one statement (the text protocol: no parameters).
+    pub async fn execute(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        use sqlx::Executor;
+        match self {
+            Direct::Sqlite(c) => c.execute(sql).await.map(drop),
+            Direct::Postgres(c) => c.execute(sql).await.map(drop),
+            Direct::Mysql(c) => c.execute(sql).await.map(drop),
+        }
+    }
+}
+
+/// A database of one test on a PostgreSQL or MySQL/MariaDB server.
+pub struct ServerDatabase {
+    backend: Backend,
+    admin: String,
+    name: String,
+}
+
+/// The backend the API tests run on: `CADRE_TEST_DATABASE` = `postgres` or
+/// `mysql` (MariaDB too), SQLite when unset.
+pub fn test_backend() -> Backend {
+    match std::env::var("CADRE_TEST_DATABASE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("mysql") => Backend::Mysql,
+        Ok("" | "sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("CADRE_TEST_DATABASE={other}: expected sqlite, postgres or mysql"),
+    }
+}
+
+impl ServerDatabase {
+    /// A fresh database on the server of `backend`; the server must be
+    /// there (the run asked for it by name).
+    async fn create(backend: Backend) -> ServerDatabase {
+        use sqlx::{Connection, Executor};
+        let (var, default) = match backend {
+            Backend::Postgres => ("CADRE_TEST_POSTGRES_URL", support::POSTGRES_URL),
+            _ => ("CADRE_TEST_MYSQL_URL", support::MYSQL_URL),
+        };
+        let admin = std::env::var(var).unwrap_or_else(|_| default.to_string());
+        let name = format!("cadre_api_{}", uuid::Uuid::now_v7().simple());
+        let create = format!("CREATE DATABASE {name}");
+        match backend {
+            Backend::Postgres => sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("{var}: {e} (CADRE_TEST_DATABASE asks for it)"))
+                .execute(create.as_str())
+                .await
+                .map(drop),
+            _ => sqlx::MySqlConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("{var}: {e} (CADRE_TEST_DATABASE asks for it)"))
+                .execute(create.as_str())
+                .await
+                .map(drop),
+        }
+        .expect("create database");
+        ServerDatabase {
+            backend,
+            admin,
+            name,
+        }
+    }
+
+    fn url(&self) -> String {
+        support::with_database(&self.admin, &self.name)
+    }
+
+    /// Runs `sql` as the server's admin login (on another connection than
+    /// the app's), `{db}` replaced by the database's name.
+    pub async fn admin(&self, sql: &str) {
+        use sqlx::{Connection, Executor};
+        let sql = sql.replace("{db}", &self.name);
+        match self.backend {
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.admin)
+                    .await
+                    .expect("admin");
+                c.execute(sql.as_str()).await.map(drop)
+            }
+            _ => {
+                let mut c = sqlx::MySqlConnection::connect(&self.admin)
+                    .await
+                    .expect("admin");
+                c.execute(sql.as_str()).await.map(drop)
+            }
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Drops it, on a runtime of its own (from `Drop`, inside the test's).
+    fn drop_now(&self) {
+        use sqlx::{Connection, Executor};
+        let (backend, admin, name) = (self.backend, self.admin.clone(), self.name.clone());
+        let sql = match backend {
+            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let result = match backend {
+                    Backend::Postgres => match sqlx::PgConnection::connect(&admin).await {
+                        Ok(mut c) => c.execute(sql.as_str()).await.map(drop),
+                        Err(e) => Err(e),
+                    },
+                    // The app may still hold a transaction open on it (the
+                    // test's runtime is blocked here), whose metadata lock the
+                    // drop would wait for: its connections are ended first.
+                    _ => match sqlx::MySqlConnection::connect(&admin).await {
+                        Ok(mut c) => {
+                            let ids: Vec<(i64,)> = sqlx::query_as(
+                                "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ?",
+                            )
+                            .bind(&name)
+                            .fetch_all(&mut c)
+                            .await
+                            .unwrap_or_default();
+                            for (id,) in ids {
+                                let _ = c.execute(format!("KILL {id}").as_str()).await;
+                            }
+                            c.execute(sql.as_str()).await.map(drop)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                result.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("drop database {}: {e}", self.name),
+            Err(_) => eprintln!("drop database {}: the dropping thread panicked", self.name),
+        }
+    }
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -59,6 +213,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(test_backend(), tweak).await
+}
+
+/// An app on `backend` whatever `CADRE_TEST_DATABASE` says (a server's
+/// database is fresh and dropped with the app).
+pub async fn spawn_app_on(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     cadre::init_tls();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
@@ -66,6 +226,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     // Rate limits are off unless a test turns them on (tests fire bursts).
     config.http.rate_limit_per_client.per_second = 0;
     config.http.rate_limit_per_principal.per_second = 0;
+    let database = match backend {
+        Backend::Sqlite => None,
+        backend => Some(ServerDatabase::create(backend).await),
+    };
+    if let Some(db) = &database {
+        config.database.url = db.url();
+    }
     tweak(&mut config);
     let running = app::start(config.clone()).await.expect("app starts");
     let addr = running.addr;
@@ -81,6 +248,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         client,
         token: String::new(),
         running: Some(running),
+        database,
         _dir: dir,
     };
     app.token = app.login(PASSWORD).await;
@@ -347,7 +515,32 @@ impl TestApp {
         self.running = Some(running);
     }
 
-    pub fn store(&self) -> &cadre::store::SqlStore {
+    /// A connection of the test's own to the app's database, beside the
+    /// app's pool (as another process would hold one).
+    pub async fn direct(&self) -> Direct {
+        use sqlx::Connection;
+        let url = self.config.database_url();
+        match test_backend() {
+            Backend::Sqlite => Direct::Sqlite(
+                sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("connect"),
+            ),
+            Backend::Postgres => {
+                Direct::Postgres(sqlx::PgConnection::connect(&url).await.expect("connect"))
+            }
+            Backend::Mysql => {
+                Direct::Mysql(sqlx::MySqlConnection::connect(&url).await.expect("connect"))
+            }
+        }
+    }
+
+    /// The app's server database (none on SQLite).
+    pub fn database(&self) -> Option<&ServerDatabase> {
+        self.database.as_ref()
+    }
+
+    pub fn store(&self) -> &cadre::store::Db {
         &self.running.as_ref().expect("running").store
     }
 }
@@ -366,6 +559,9 @@ impl Drop for TestApp {
                     );
                 }
             }
+        }
+        if let Some(db) = &self.database {
+            db.drop_now();
         }
     }
 }

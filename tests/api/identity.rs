@@ -1020,7 +1020,7 @@ async fn every_mutating_route_writes_an_audit_entry() {
     );
     // A replay needs a recorded model step to start from.
     cadre_actors::task::TaskStore::add_step(
-        app.store(),
+        &*app.store().tasks(),
         &cadre_actors::task::TaskStep {
             task_id: tid.to_string(),
             seq: 1,
@@ -1113,10 +1113,9 @@ async fn every_mutating_route_writes_an_audit_entry() {
 #[tokio::test]
 async fn the_audit_log_is_append_only_in_the_database() {
     let app = app().await;
-    let url = app.config.database_url();
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+    let mut db = app.direct().await;
     for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
-        let err = sqlx::query(sql).execute(&pool).await.expect_err("refused");
+        let err = db.execute(sql).await.expect_err("refused");
         assert!(err.to_string().contains("append-only"), "{err}");
     }
 }

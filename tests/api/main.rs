@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod cloud;
 mod common;
+mod databases;
 mod docker;
 mod errors;
 mod governance;
@@ -15,5 +16,7 @@ mod lifecycle;
 mod metrics;
 mod schedules;
 mod ssh;
+#[path = "../support/mod.rs"]
+mod support;
 mod tasks;
 mod tools;
