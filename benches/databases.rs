@@ -7,6 +7,11 @@
 //! - hydrate: walk 100,000 live agents with `Store::org_page` in pages of
 //!   500, as the supervisors do at start (the rows are seeded by plain
 //!   multi-row inserts first);
+//! - ingest: the activity writer's durable flush (`Tables::write_activity`,
+//!   one transaction each, committed before it returns), 100,000 events of
+//!   ~200 bytes with their typed records (a quarter tool calls, a quarter
+//!   conversation messages), in flushes of 2,000 (a full batch, the
+//!   writer's limit) and of 100 (light load);
 //!
 //! `cargo bench --bench databases` prints medians of 3 rounds;
 //! `cargo bench --bench databases -- --test` is the CI smoke run (tiny
@@ -19,7 +24,7 @@ mod db;
 
 use cadre::store::backend::Backend;
 use cadre::store::server::{MySqlStore, PgStore};
-use cadre::store::{Durability, SqlStore};
+use cadre::store::{Db, Durability, MessageRecord, NewActivity, Record, SqlStore, ToolCallRecord};
 use cadre_actors::audit::AuditEntry;
 use cadre_actors::domain::{AgentId, AgentRecord, OrgId, Who};
 use cadre_actors::ports::{AgentInsert, Store};
@@ -31,7 +36,77 @@ struct Sizes {
     serial: usize,
     concurrent: usize,
     hydrate: usize,
+    ingest: usize,
     rounds: usize,
+}
+
+/// `n` activity events of organization `bench` as agents report them.
+fn activity(n: usize, round: usize) -> Vec<NewActivity> {
+    (0..n)
+        .map(|i| {
+            let agent = format!("bench-agent-{}", i % 50);
+            let (kind, record) = match i % 4 {
+                0 => (
+                    "tool_call",
+                    Some(Record::ToolCall(ToolCallRecord {
+                        tool_id: "http_get".into(),
+                        status: if i % 20 == 0 { "error" } else { "ok" }.into(),
+                        tokens: 120,
+                        cost_micros: 40,
+                    })),
+                ),
+                1 => (
+                    "message",
+                    Some(Record::Message(MessageRecord {
+                        conversation_id: format!("conv-{round}-{}", i % 200),
+                        title: None,
+                        tokens: 60,
+                    })),
+                ),
+                _ => ("step", None),
+            };
+            NewActivity {
+                org_id: "bench".into(),
+                agent_id: Some(agent),
+                kind: kind.into(),
+                payload: serde_json::json!({
+                    "i": i,
+                    "round": round,
+                    "text": "the agent looked the order up and answered the customer",
+                    "arguments": { "url": "https://example.com/orders/12345" },
+                })
+                .to_string(),
+                at: 1_764_000_000_000 + i as i64,
+                record,
+            }
+        })
+        .collect()
+}
+
+/// Events per second through durable flushes of `batch` rows, and the
+/// median flush.
+async fn ingest(db: &Db, sizes: &Sizes, batch: usize, flush_ids: &mut i64) -> (f64, f64) {
+    let (mut rates, mut p50s) = (Vec::new(), Vec::new());
+    for round in 0..sizes.rounds {
+        let rows = activity(sizes.ingest, round);
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        for chunk in rows.chunks(batch) {
+            let refs: Vec<&NewActivity> = chunk.iter().collect();
+            *flush_ids += 1;
+            let t = Instant::now();
+            let f = db
+                .tables()
+                .write_activity(*flush_ids, &refs, 1)
+                .await
+                .expect("flush");
+            assert!(!f.replayed);
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        rates.push(sizes.ingest as f64 / started.elapsed().as_secs_f64());
+        p50s.push(median(latencies));
+    }
+    (median(rates), median(p50s))
 }
 
 fn record(org: &OrgId, i: usize, round: usize) -> AgentRecord {
@@ -42,7 +117,7 @@ fn record(org: &OrgId, i: usize, round: usize) -> AgentRecord {
     )
 }
 
-async fn create<S: Store>(store: &S, rec: &AgentRecord) {
+async fn create(store: &dyn Store, rec: &AgentRecord) {
     let created = db::created();
     let audit = AuditEntry::new(
         &rec.org_id,
@@ -124,8 +199,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The three figures of one backend.
-async fn measure<S: Store>(name: &str, store: Arc<S>, backend: Backend, url: &str, sizes: &Sizes) {
+/// The figures of one backend.
+async fn measure(name: &str, db: Db, backend: Backend, url: &str, sizes: &Sizes) {
+    let store = db.store();
     let org = OrgId("bench".into());
     execute(
         backend,
@@ -187,15 +263,34 @@ async fn measure<S: Store>(name: &str, store: Arc<S>, backend: Backend, url: &st
         assert_eq!(seen, sizes.hydrate, "every agent read once");
         walks.push(started.elapsed().as_secs_f64());
     }
+    let mut flush_ids = 0;
+    let (full, full_p50) = ingest(&db, sizes, 2_000, &mut flush_ids).await;
+    let (light, light_p50) = ingest(&db, sizes, 100, &mut flush_ids).await;
+    let stored = db
+        .tables()
+        .activity_count("bench", None)
+        .await
+        .expect("count");
+    assert_eq!(
+        stored as usize,
+        2 * sizes.rounds * sizes.ingest,
+        "every event stored once"
+    );
     println!(
         "{name}: create one at a time {:.0}/s (p50 {:.2} ms), 64 in flight {:.0}/s; \
-         hydrate {} agents {:.2} s",
+         hydrate {} agents {:.2} s; ingest {:.0} events/s in flushes of 2,000 (p50 {:.1} ms), \
+         {:.0}/s in flushes of 100 (p50 {:.2} ms)",
         median(serial),
         median(p50s),
         median(parallel),
         sizes.hydrate,
-        median(walks)
+        median(walks),
+        full,
+        full_p50,
+        light,
+        light_p50
     );
+    db.close().await;
 }
 
 fn main() {
@@ -206,6 +301,7 @@ fn main() {
             serial: 20,
             concurrent: 100,
             hydrate: 1_500,
+            ingest: 4_000,
             rounds: 1,
         }
     } else {
@@ -213,6 +309,7 @@ fn main() {
             serial: 1_000,
             concurrent: 5_000,
             hydrate: 100_000,
+            ingest: 100_000,
             rounds: 3,
         }
     };
@@ -224,7 +321,7 @@ fn main() {
             .await
             .expect("open");
         store.migrate().await.expect("migrate");
-        measure("sqlite", Arc::new(store), Backend::Sqlite, &url, &sizes).await;
+        measure("sqlite", store.into(), Backend::Sqlite, &url, &sizes).await;
 
         if let Some(admin) = db::server(
             "CADRE_TEST_POSTGRES_URL",
@@ -237,15 +334,7 @@ fn main() {
             db::on_fresh_database(Backend::Postgres, &admin, |url| async move {
                 let store = PgStore::connect(&url, 16).await.expect("connect");
                 store.migrate().await.expect("migrate");
-                measure(
-                    "postgres",
-                    Arc::new(store.clone()),
-                    Backend::Postgres,
-                    &url,
-                    sizes,
-                )
-                .await;
-                store.close().await;
+                measure("postgres", store.into(), Backend::Postgres, &url, sizes).await;
             })
             .await;
         }
@@ -255,15 +344,7 @@ fn main() {
             db::on_fresh_database(Backend::Mysql, &admin, |url| async move {
                 let store = MySqlStore::connect(&url, 16).await.expect("connect");
                 store.migrate().await.expect("migrate");
-                measure(
-                    "mysql",
-                    Arc::new(store.clone()),
-                    Backend::Mysql,
-                    &url,
-                    sizes,
-                )
-                .await;
-                store.close().await;
+                measure("mysql", store.into(), Backend::Mysql, &url, sizes).await;
             })
             .await;
         }

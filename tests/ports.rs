@@ -1518,6 +1518,14 @@ macro_rules! activity_suite {
         let next = t.write_activity(9, &[&late], now).await.expect("flush");
         assert_eq!(next.first_id, h + 1);
         assert_eq!(t.last_activity_id().await.expect("last"), h + 1);
+        // An hour's counts add up within a flush and across flushes (the
+        // upsert's update path).
+        let tool = ev("org-a", Some("ag-9"), "tool_call", json!({}), 5 * HOUR, call("x", "error", 2, 7));
+        t.write_activity(10, &[&tool, &tool], now).await.expect("flush");
+        t.write_activity(11, &[&tool], now).await.expect("flush");
+        let day = t.timeline("org-a", "ag-9", 0).await.expect("timeline");
+        assert_eq!((day.hours[5].tool_calls, day.hours[5].tool_errors, day.hours[5].tool_tokens), (3, 3, 6));
+        assert!((day.hours[5].tool_cost_usd - 0.000021).abs() < 1e-12);
     }};
 }
 

@@ -6,7 +6,7 @@
 
 use super::server::Serial;
 use super::sqlite::unavailable;
-use super::tables::{Arg, Tables, placeholders};
+use super::tables::{Arg, Built, Tables, placeholders};
 use super::{DecodeRow, to_i64};
 use cadre_actors::ports::StoreError;
 use serde::Serialize;
@@ -509,62 +509,77 @@ on_dialects! {
                     .collect();
                 Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
             }
+            // One multi-row upsert per chunk (a flush adds up its rows per
+            // key first, so no key is twice in a statement): a round trip per
+            // conversation and per hour made small flushes on a server 4× slower.
             let new = |c: &str| D::inserted(c);
-            let conv_sql = D::sql(&format!(
-                "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, \
-                 messages, tokens, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {} \
-                   title = COALESCE({}, conversations.title), \
-                   started_at = CASE WHEN {s} < conversations.started_at THEN {s} ELSE conversations.started_at END, \
-                   last_at = CASE WHEN {l} > conversations.last_at THEN {l} ELSE conversations.last_at END, \
-                   messages = conversations.messages + {}, \
-                   tokens = conversations.tokens + {}, \
-                   recorded_at = {}",
-                D::upsert("agent_id, id"),
-                new("title"),
-                new("messages"),
-                new("tokens"),
-                new("recorded_at"),
-                s = new("started_at"),
-                l = new("last_at"),
-            ));
-            for ((agent, id), c) in convs {
-                sqlx::query(&conv_sql)
-                    .bind(c.org)
-                    .bind(agent)
-                    .bind(id)
-                    .bind(c.title)
-                    .bind(c.first)
-                    .bind(c.last)
-                    .bind(c.messages)
-                    .bind(c.tokens)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+            let convs: Vec<_> = convs.into_iter().collect();
+            for chunk in convs.chunks(CHUNK) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, \
+                     messages, tokens, recorded_at) VALUES {} {} \
+                       title = COALESCE({}, conversations.title), \
+                       started_at = CASE WHEN {s} < conversations.started_at THEN {s} ELSE conversations.started_at END, \
+                       last_at = CASE WHEN {l} > conversations.last_at THEN {l} ELSE conversations.last_at END, \
+                       messages = conversations.messages + {}, \
+                       tokens = conversations.tokens + {}, \
+                       recorded_at = {}",
+                    placeholders(chunk.len(), 9, None),
+                    D::upsert("agent_id, id"),
+                    new("title"),
+                    new("messages"),
+                    new("tokens"),
+                    new("recorded_at"),
+                    s = new("started_at"),
+                    l = new("last_at"),
+                ));
+                let args: Vec<Arg<'_>> = chunk
+                    .iter()
+                    .flat_map(|((agent, id), c)| {
+                        [
+                            Arg::Text(c.org),
+                            Arg::Text(agent),
+                            Arg::Text(id),
+                            Arg::MaybeText(c.title),
+                            Arg::Int(c.first),
+                            Arg::Int(c.last),
+                            Arg::Int(c.messages),
+                            Arg::Int(c.tokens),
+                            Arg::Int(now),
+                        ]
+                    })
+                    .collect();
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
             }
             let add = |c: &str| format!("{c} = activity_hours.{c} + {}", new(c));
-            let hour_sql = D::sql(&format!(
-                "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, \
-                 cost_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {} {}, {}, {}, {}",
-                D::upsert("agent_id, hour, kind"),
-                add("events"),
-                add("errors"),
-                add("tokens"),
-                add("cost_micros"),
-            ));
-            for ((agent, hour, kind), h) in hours {
-                sqlx::query(&hour_sql)
-                    .bind(agent)
-                    .bind(hour)
-                    .bind(kind)
-                    .bind(h.org)
-                    .bind(h.events)
-                    .bind(h.errors)
-                    .bind(h.tokens)
-                    .bind(h.cost)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+            let hours: Vec<_> = hours.into_iter().collect();
+            for chunk in hours.chunks(CHUNK) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, \
+                     cost_micros) VALUES {} {} {}, {}, {}, {}",
+                    placeholders(chunk.len(), 8, None),
+                    D::upsert("agent_id, hour, kind"),
+                    add("events"),
+                    add("errors"),
+                    add("tokens"),
+                    add("cost_micros"),
+                ));
+                let args: Vec<Arg<'_>> = chunk
+                    .iter()
+                    .flat_map(|((agent, hour, kind), h)| {
+                        [
+                            Arg::Text(agent),
+                            Arg::Int(*hour),
+                            Arg::Text(kind),
+                            Arg::Text(h.org),
+                            Arg::Int(h.events),
+                            Arg::Int(h.errors),
+                            Arg::Int(h.tokens),
+                            Arg::Int(h.cost),
+                        ]
+                    })
+                    .collect();
+                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
             }
             Ok(())
         }
@@ -601,48 +616,23 @@ on_dialects! {
             order: &'static str,
             limit: i64,
         ) -> Result<Vec<ActivityRow>, StoreError> {
-            let mut sql = format!(
-                "SELECT id, agent_id, kind, {}, at FROM activity WHERE org_id = ?",
-                D::json("payload")
+            let mut q = Built::new(
+                format!("SELECT id, agent_id, kind, {}, at FROM activity WHERE org_id = ?", D::json("payload")),
+                [Arg::Text(org)],
             );
-            let mut args = vec![Arg::Text(org)];
-            if let Some(a) = &f.agent {
-                sql.push_str(" AND agent_id = ?");
-                args.push(Arg::Text(a));
-            }
+            q.filter(" AND agent_id = ?", f.agent.as_deref().map(Arg::Text));
             match f.kind.as_deref() {
                 // The length is ours (a number), so it is written, not bound:
                 // PostgreSQL has no substr taking a 64-bit length.
-                Some(k) if k.ends_with('.') => {
-                    sql.push_str(&format!(" AND substr(kind, 1, {}) = ?", k.len()));
-                    args.push(Arg::Text(k));
-                }
-                Some(k) => {
-                    sql.push_str(" AND kind = ?");
-                    args.push(Arg::Text(k));
-                }
-                None => {}
-            }
-            if let Some(s) = f.since {
-                sql.push_str(" AND at >= ?");
-                args.push(Arg::Int(s));
-            }
-            if let Some(u) = f.until {
-                sql.push_str(" AND at < ?");
-                args.push(Arg::Int(u));
-            }
-            if let Some((op, id)) = bound {
-                sql.push_str(&format!(" AND id {op} ?"));
-                args.push(Arg::Int(id));
-            }
-            sql.push_str(&format!(" ORDER BY id {order} LIMIT ?"));
-            args.push(Arg::Int(limit));
-            let sql = D::sql(&sql);
-            let rows = Self::bind_all(sqlx::query(&sql), &args)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
-            rows.iter().map(activity_row).collect()
+                Some(k) if k.ends_with('.') => q.push(&format!(" AND substr(kind, 1, {}) = ?", k.len()), Arg::Text(k)),
+                Some(k) => q.push(" AND kind = ?", Arg::Text(k)),
+                None => &mut q,
+            };
+            q.filter(" AND at >= ?", f.since.map(Arg::Int))
+                .filter(" AND at < ?", f.until.map(Arg::Int))
+                .filter(&format!(" AND id {} ?", bound.map_or("", |b| b.0)), bound.map(|b| Arg::Int(b.1)))
+                .push(&format!(" ORDER BY id {order} LIMIT ?"), Arg::Int(limit));
+            self.fetch(&q).await?.iter().map(activity_row).collect()
         }
 
         /// The highest event id so far (0 when there is none) on SQLite; on a
@@ -662,18 +652,10 @@ on_dialects! {
 
         /// Number of `org`'s activity rows, of one kind if given (tests, usage).
         pub async fn activity_count(&self, org: &str, kind: Option<&str>) -> Result<i64, StoreError> {
-            let mut sql = format!("SELECT {} FROM activity WHERE org_id = ?", D::int("COUNT(*)"));
-            let mut args = vec![Arg::Text(org)];
-            if let Some(k) = kind {
-                sql.push_str(" AND kind = ?");
-                args.push(Arg::Text(k));
-            }
-            let sql = D::sql(&sql);
-            let row = Self::bind_all(sqlx::query(&sql), &args)
-                .fetch_one(&self.read)
-                .await
-                .map_err(unavailable)?;
-            row.cell(0).map_err(bad("count"))
+            let mut q = Built::new(format!("SELECT {} FROM activity WHERE org_id = ?", D::int("COUNT(*)")), [Arg::Text(org)]);
+            q.filter(" AND kind = ?", kind.map(Arg::Text));
+            let rows = self.fetch(&q).await?;
+            rows.first().map_or(Ok(0), |r| r.cell(0).map_err(bad("count")))
         }
 
         /// A page of an agent's tool calls, newest first, ids below `before`.
@@ -687,40 +669,23 @@ on_dialects! {
         ) -> Result<Vec<ToolCallRow>, StoreError> {
             // `payload` unqualified: tool_calls has no column of that name, and
             // the dialect's cast names the result as the column.
-            let mut sql = format!(
-                "SELECT t.activity_id, t.tool_id, t.status, a.at, {} FROM tool_calls t \
-                 JOIN activity a ON a.id = t.activity_id WHERE t.agent_id = ? AND a.org_id = ?",
-                D::json("payload")
+            let mut q = Built::new(
+                format!(
+                    "SELECT t.activity_id, t.tool_id, t.status, a.at, {} FROM tool_calls t \
+                     JOIN activity a ON a.id = t.activity_id WHERE t.agent_id = ? AND a.org_id = ?",
+                    D::json("payload")
+                ),
+                [Arg::Text(agent), Arg::Text(org)],
             );
-            let mut args = vec![Arg::Text(agent), Arg::Text(org)];
-            if let Some(t) = &f.tool {
-                sql.push_str(" AND t.tool_id = ?");
-                args.push(Arg::Text(t));
-            }
-            if let Some(s) = &f.status {
-                sql.push_str(" AND t.status = ?");
-                args.push(Arg::Text(s));
-            }
-            if let Some(s) = f.since {
-                sql.push_str(" AND a.at >= ?");
-                args.push(Arg::Int(s));
-            }
-            if let Some(u) = f.until {
-                sql.push_str(" AND a.at < ?");
-                args.push(Arg::Int(u));
-            }
-            if let Some(b) = before {
-                sql.push_str(" AND t.activity_id < ?");
-                args.push(Arg::Int(b));
-            }
-            sql.push_str(" ORDER BY t.activity_id DESC LIMIT ?");
-            args.push(Arg::Int(limit));
-            let sql = D::sql(&sql);
-            let rows = Self::bind_all(sqlx::query(&sql), &args)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
+            q.filter(" AND t.tool_id = ?", f.tool.as_deref().map(Arg::Text))
+                .filter(" AND t.status = ?", f.status.as_deref().map(Arg::Text))
+                .filter(" AND a.at >= ?", f.since.map(Arg::Int))
+                .filter(" AND a.at < ?", f.until.map(Arg::Int))
+                .filter(" AND t.activity_id < ?", before.map(Arg::Int))
+                .push(" ORDER BY t.activity_id DESC LIMIT ?", Arg::Int(limit));
+            self.fetch(&q)
+                .await?
+                .iter()
                 .map(|r| {
                     let bad = bad("tool call");
                     let payload: String = r.cell("payload").map_err(&bad)?;
@@ -754,19 +719,12 @@ on_dialects! {
             before: Option<i64>,
             limit: i64,
         ) -> Result<Vec<ConversationRow>, StoreError> {
-            let sql = D::sql(
+            let q = Built::new(
                 "SELECT seq, id, title, started_at, last_at, messages, tokens FROM conversations \
                  WHERE agent_id = ? AND org_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                [Arg::Text(agent), Arg::Text(org), Arg::Int(before.unwrap_or(i64::MAX)), Arg::Int(limit)],
             );
-            let rows = sqlx::query(&sql)
-                .bind(agent)
-                .bind(org)
-                .bind(before.unwrap_or(i64::MAX))
-                .bind(limit)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
-            rows.iter().map(conversation_row).collect()
+            self.fetch(&q).await?.iter().map(conversation_row).collect()
         }
 
         /// One conversation of an agent.
@@ -795,23 +753,19 @@ on_dialects! {
             after: Option<i64>,
             limit: i64,
         ) -> Result<Vec<MessageRow>, StoreError> {
-            let sql = D::sql(&format!(
-                "SELECT m.activity_id, a.at, {} FROM messages m \
-                 JOIN activity a ON a.id = m.activity_id \
-                 WHERE m.agent_id = ? AND m.conversation_id = ? AND a.org_id = ? \
-                 AND m.activity_id > ? ORDER BY m.activity_id ASC LIMIT ?",
-                D::json("payload")
-            ));
-            let rows = sqlx::query(&sql)
-                .bind(agent)
-                .bind(conversation)
-                .bind(org)
-                .bind(after.unwrap_or(0))
-                .bind(limit)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
-            rows.iter()
+            let q = Built::new(
+                format!(
+                    "SELECT m.activity_id, a.at, {} FROM messages m \
+                     JOIN activity a ON a.id = m.activity_id \
+                     WHERE m.agent_id = ? AND m.conversation_id = ? AND a.org_id = ? \
+                     AND m.activity_id > ? ORDER BY m.activity_id ASC LIMIT ?",
+                    D::json("payload")
+                ),
+                [Arg::Text(agent), Arg::Text(conversation), Arg::Text(org), Arg::Int(after.unwrap_or(0)), Arg::Int(limit)],
+            );
+            self.fetch(&q)
+                .await?
+                .iter()
                 .map(|r| {
                     let bad = bad("message");
                     let payload: String = r.cell("payload").map_err(&bad)?;
@@ -840,18 +794,13 @@ on_dialects! {
             from: i64,
         ) -> Result<Timeline, StoreError> {
             let bad = bad("timeline row");
-            let sql = D::sql(
-                "SELECT hour, kind, events, errors, tokens, cost_micros FROM activity_hours \
-                 WHERE agent_id = ? AND hour >= ? AND hour < ? AND org_id = ?",
-            );
-            let rows = sqlx::query(&sql)
-                .bind(agent)
-                .bind(from)
-                .bind(from + 24 * HOUR_MS)
-                .bind(org)
-                .fetch_all(&self.read)
-                .await
-                .map_err(unavailable)?;
+            let rows = self
+                .fetch(&Built::new(
+                    "SELECT hour, kind, events, errors, tokens, cost_micros FROM activity_hours \
+                     WHERE agent_id = ? AND hour >= ? AND hour < ? AND org_id = ?",
+                    [Arg::Text(agent), Arg::Int(from), Arg::Int(from + 24 * HOUR_MS), Arg::Text(org)],
+                ))
+                .await?;
             let mut hours = vec![TimelineCounts::default(); 24];
             let mut kinds = std::collections::BTreeMap::new();
             for r in &rows {

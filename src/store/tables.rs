@@ -56,6 +56,39 @@ pub(super) enum Arg<'a> {
     Int(i64),
 }
 
+/// A statement built at run time: its text with `?` placeholders and the
+/// values bound to them, in order.
+#[derive(Debug, Clone)]
+pub(super) struct Built<'a> {
+    sql: String,
+    args: Vec<Arg<'a>>,
+}
+
+impl<'a> Built<'a> {
+    /// `sql` with `args` for its placeholders so far.
+    pub(super) fn new(sql: impl Into<String>, args: impl IntoIterator<Item = Arg<'a>>) -> Self {
+        Built {
+            sql: sql.into(),
+            args: args.into_iter().collect(),
+        }
+    }
+
+    /// Appends `clause` (text with one `?`) bound to `arg`.
+    pub(super) fn push(&mut self, clause: &str, arg: Arg<'a>) -> &mut Self {
+        self.sql.push_str(clause);
+        self.args.push(arg);
+        self
+    }
+
+    /// Appends `clause` when there is an `arg` (an optional filter).
+    pub(super) fn filter(&mut self, clause: &str, arg: Option<Arg<'a>>) -> &mut Self {
+        if let Some(arg) = arg {
+            self.push(clause, arg);
+        }
+        self
+    }
+}
+
 /// `rows` groups of `columns` placeholders, `(?, ?), (?, ?)`; `json`
 /// names the column (0-based) whose placeholder takes `D::JSON` after it.
 pub(super) fn placeholders(rows: usize, columns: usize, json: Option<(usize, &str)>) -> String {
@@ -171,6 +204,15 @@ on_dialects! {
                 };
             }
             query
+        }
+
+        /// The rows a [`Built`] statement selects on the reader.
+        pub(super) async fn fetch(&self, b: &Built<'_>) -> Result<Vec<D::Row>, StoreError> {
+            let sql = D::sql(&b.sql);
+            Self::bind_all(sqlx::query(&sql), &b.args)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)
         }
 
         /// A write transaction.
