@@ -293,12 +293,16 @@ async fn serve_opens_a_server_url_and_names_an_unreachable_one() {
         .local_addr()
         .expect("addr")
         .port();
-    let Err(e) = cadre::app::open_store(&config(&format!(
-        "postgres://cadre:hunter2@127.0.0.1:{port}/cadre"
-    )))
+    // Reported at once, not after the pool's 30 s of trying again.
+    let Ok(Err(e)) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        cadre::app::open_store(&config(&format!(
+            "postgres://cadre:hunter2@127.0.0.1:{port}/cadre"
+        ))),
+    )
     .await
     else {
-        panic!("opened a database nothing serves");
+        panic!("opened a database nothing serves, or took more than 10 s to say it could not");
     };
     let e = format!("{e:#}");
     assert!(

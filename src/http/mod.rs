@@ -25,14 +25,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use error::ApiError;
 use state::AppState;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.store.ping().await.is_ok();
+    // A server that does not answer (down, not refusing) would hold the
+    // probe for the pool's acquire timeout; a probe wants an answer.
+    let store = matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+        Ok(Ok(()))
+    );
     let supervisors = state.cadre.is_ready().await;
     let activity = state.activity.healthy();
     let status = if store && supervisors && activity {
@@ -158,7 +163,7 @@ async fn track(req: Request, next: Next) -> Response {
 /// `http.request_timeout_ms` (a slow client's body included). Work an actor
 /// already accepted goes on; only the wait ends, so the caller should read
 /// the resource's state before retrying.
-async fn deadline(State(limit): State<std::time::Duration>, req: Request, next: Next) -> Response {
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => ApiError::new(

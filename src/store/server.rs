@@ -415,10 +415,15 @@ on_dialects! {
         /// Connects to `url` with at most `connections` connections.
         /// Migrations are applied by [`ServerStore::migrate`].
         pub async fn connect(url: &str, connections: u32) -> Result<Self, sqlx::Error> {
+            // One connection of its own first: an unreachable server or a
+            // refused login is reported at once, where the pool would keep
+            // trying for its whole acquire timeout.
+            let url = &super::backend::mysql_url(url);
+            sqlx::Connection::close(<D::Connection as sqlx::Connection>::connect(url).await?).await?;
             let pool = PoolOptions::<D>::new()
                 .max_connections(connections.max(2))
                 .acquire_timeout(Duration::from_secs(30))
-                .connect(&super::backend::mysql_url(url))
+                .connect(url)
                 .await?;
             Ok(ServerStore { pool })
         }
