@@ -439,10 +439,10 @@ on_dialects! {
             };
             let mut id = first_id + (n - to_i64(explicit.len() as u64));
             for chunk in explicit.chunks(CHUNK) {
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "INSERT INTO activity (id, org_id, agent_id, kind, payload, at, recorded_at) VALUES {}",
                     placeholders(chunk.len(), 7, Some((4, D::JSON)))
-                ));
+                );
                 let mut args = Vec::with_capacity(chunk.len() * 7);
                 for r in chunk {
                     args.extend([
@@ -456,18 +456,15 @@ on_dialects! {
                     ]);
                     id += 1;
                 }
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                Self::exec(&mut *tx, &sql, &args).await?;
             }
             Self::write_records(&mut tx, first_id, rows, now).await?;
-            let sql = D::sql("INSERT INTO activity_flushes (id, first_id, count, at) VALUES (?, ?, ?, ?)");
-            sqlx::query(&sql)
-                .bind(flush_id)
-                .bind(first_id)
-                .bind(n)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            Self::exec(
+                &mut tx,
+                "INSERT INTO activity_flushes (id, first_id, count, at) VALUES (?, ?, ?, ?)",
+                &[Arg::Int(flush_id), Arg::Int(first_id), Arg::Int(n), Arg::Int(now)],
+            )
+            .await?;
             tx.commit().await.map_err(unavailable)?;
             Ok(Flushed {
                 first_id,
@@ -486,28 +483,28 @@ on_dialects! {
         ) -> Result<(), StoreError> {
             let (calls, messages, convs, hours) = records(first_id, rows);
             for chunk in calls.chunks(CHUNK) {
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "INSERT INTO tool_calls (agent_id, activity_id, tool_id, status) VALUES {}",
                     placeholders(chunk.len(), 4, None)
-                ));
+                );
                 let args: Vec<Arg<'_>> = chunk
                     .iter()
                     .flat_map(|(id, agent, t)| {
                         [Arg::Text(agent), Arg::Int(*id), Arg::Text(&t.tool_id), Arg::Text(&t.status)]
                     })
                     .collect();
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                Self::exec(&mut *tx, &sql, &args).await?;
             }
             for chunk in messages.chunks(CHUNK) {
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "INSERT INTO messages (agent_id, conversation_id, activity_id) VALUES {}",
                     placeholders(chunk.len(), 3, None)
-                ));
+                );
                 let args: Vec<Arg<'_>> = chunk
                     .iter()
                     .flat_map(|(id, agent, m)| [Arg::Text(agent), Arg::Text(&m.conversation_id), Arg::Int(*id)])
                     .collect();
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                Self::exec(&mut *tx, &sql, &args).await?;
             }
             // One multi-row upsert per chunk (a flush adds up its rows per
             // key first, so no key is twice in a statement): a round trip per
@@ -515,7 +512,7 @@ on_dialects! {
             let new = |c: &str| D::inserted(c);
             let convs: Vec<_> = convs.into_iter().collect();
             for chunk in convs.chunks(CHUNK) {
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, \
                      messages, tokens, recorded_at) VALUES {} {} \
                        title = COALESCE({}, conversations.title), \
@@ -532,7 +529,7 @@ on_dialects! {
                     new("recorded_at"),
                     s = new("started_at"),
                     l = new("last_at"),
-                ));
+                );
                 let args: Vec<Arg<'_>> = chunk
                     .iter()
                     .flat_map(|((agent, id), c)| {
@@ -549,12 +546,12 @@ on_dialects! {
                         ]
                     })
                     .collect();
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                Self::exec(&mut *tx, &sql, &args).await?;
             }
             let add = |c: &str| format!("{c} = activity_hours.{c} + {}", new(c));
             let hours: Vec<_> = hours.into_iter().collect();
             for chunk in hours.chunks(CHUNK) {
-                let sql = D::sql(&format!(
+                let sql = format!(
                     "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, \
                      cost_micros) VALUES {} {} {}, {}, {}, {}",
                     placeholders(chunk.len(), 8, None),
@@ -563,7 +560,7 @@ on_dialects! {
                     add("errors"),
                     add("tokens"),
                     add("cost_micros"),
-                ));
+                );
                 let args: Vec<Arg<'_>> = chunk
                     .iter()
                     .flat_map(|((agent, hour, kind), h)| {
@@ -579,7 +576,7 @@ on_dialects! {
                         ]
                     })
                     .collect();
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                Self::exec(&mut *tx, &sql, &args).await?;
             }
             Ok(())
         }
@@ -863,30 +860,22 @@ on_dialects! {
             default_days: u32,
             batch: u32,
         ) -> Result<Expired, StoreError> {
-            let days = i64::from(default_days);
-            let limit = i64::from(batch);
             let bad = bad("expired row");
+            // Recorded before the organization's retention (or the default).
+            let past = [Arg::Int(now), Arg::Int(i64::from(default_days)), Arg::Int(DAY_MS), Arg::Int(i64::from(batch))];
             // One transaction: the expired events, then each one's tool-call or
             // message row (looked up by its primary key), then the events.
             let mut tx = self.write.begin().await.map_err(unavailable)?;
-            let sql = D::sql(&format!(
+            let sql = format!(
                 "SELECT a.id, a.agent_id, a.kind, \
                    CASE a.kind WHEN 'message' THEN {} END AS conversation \
                  FROM activity a LEFT JOIN orgs o ON o.id = a.org_id \
                  WHERE a.recorded_at < ? - COALESCE(o.activity_retention_days, ?) * ? \
                  LIMIT ?",
                 D::json_text("a.payload", "conversation_id")
-            ));
-            let found = sqlx::query(&sql)
-                .bind(now)
-                .bind(days)
-                .bind(DAY_MS)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            );
             let mut victims: Vec<(i64, Option<String>, String, Option<String>)> = Vec::new();
-            for r in &found {
+            for r in &Self::select(&mut tx, &sql, &past).await? {
                 victims.push((
                     r.cell(0).map_err(&bad)?,
                     r.cell(1).map_err(&bad)?,
@@ -894,100 +883,55 @@ on_dialects! {
                     r.cell(3).map_err(&bad)?,
                 ));
             }
-            let call_sql = D::sql("DELETE FROM tool_calls WHERE agent_id = ? AND activity_id = ?");
-            let message_sql = D::sql(
-                "DELETE FROM messages WHERE agent_id = ? AND conversation_id = ? AND activity_id = ?",
-            );
             for (id, agent, kind, conversation) in &victims {
                 let Some(agent) = agent else { continue };
                 match (kind.as_str(), conversation) {
                     ("tool_call", _) => {
-                        sqlx::query(&call_sql)
-                            .bind(agent.as_str())
-                            .bind(*id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(unavailable)?;
+                        let sql = "DELETE FROM tool_calls WHERE agent_id = ? AND activity_id = ?";
+                        Self::exec(&mut tx, sql, &[Arg::Text(agent), Arg::Int(*id)]).await?;
                     }
                     ("message", Some(c)) => {
-                        sqlx::query(&message_sql)
-                            .bind(agent.as_str())
-                            .bind(c.as_str())
-                            .bind(*id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(unavailable)?;
+                        let sql = "DELETE FROM messages WHERE agent_id = ? AND conversation_id = ? AND activity_id = ?";
+                        Self::exec(&mut tx, sql, &[Arg::Text(agent), Arg::Text(c), Arg::Int(*id)]).await?;
                     }
                     _ => {}
                 }
             }
             for chunk in victims.chunks(CHUNK) {
-                let sql = D::sql(&format!("DELETE FROM activity WHERE id IN ({})", list(chunk.len())));
-                let args: Vec<Arg<'_>> = chunk.iter().map(|v| Arg::Int(v.0)).collect();
-                Self::bind_all(sqlx::query(&sql), &args).execute(&mut *tx).await.map_err(unavailable)?;
+                let sql = format!("DELETE FROM activity WHERE id IN ({})", list(chunk.len()));
+                let ids: Vec<Arg<'_>> = chunk.iter().map(|v| Arg::Int(v.0)).collect();
+                Self::exec(&mut tx, &sql, &ids).await?;
             }
             tx.commit().await.map_err(unavailable)?;
             let deleted = victims.len() as u64;
+            let mut conn = self.write.acquire().await.map_err(unavailable)?;
             // Conversations whose last message is past retention (their
             // messages went with their activity rows).
-            let sql = D::sql(
-                "SELECT c.seq FROM conversations c LEFT JOIN orgs o ON o.id = c.org_id \
-                 WHERE c.recorded_at < ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?",
-            );
-            let seqs = sqlx::query(&sql)
-                .bind(now)
-                .bind(days)
-                .bind(DAY_MS)
-                .bind(limit)
-                .fetch_all(&self.write)
-                .await
-                .map_err(unavailable)?;
+            let sql = "SELECT c.seq FROM conversations c LEFT JOIN orgs o ON o.id = c.org_id \
+                       WHERE c.recorded_at < ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?";
+            let seqs = Self::select(&mut conn, sql, &past).await?;
             let mut conversations = 0;
             for chunk in seqs.chunks(CHUNK) {
-                let sql = D::sql(&format!("DELETE FROM conversations WHERE seq IN ({})", list(chunk.len())));
-                let args = chunk
+                let sql = format!("DELETE FROM conversations WHERE seq IN ({})", list(chunk.len()));
+                let ids = chunk
                     .iter()
                     .map(|r| r.cell::<i64, _>(0).map(Arg::Int).map_err(&bad))
                     .collect::<Result<Vec<_>, _>>()?;
-                let done = Self::bind_all(sqlx::query(&sql), &args)
-                    .execute(&self.write)
-                    .await
-                    .map_err(unavailable)?;
-                conversations += D::rows_affected(&done);
+                conversations += Self::exec(&mut conn, &sql, &ids).await?;
             }
             // An hour's counts go when the whole hour is past retention.
-            let sql = D::sql(
-                "SELECT h.agent_id, h.hour, h.kind FROM activity_hours h \
-                 LEFT JOIN orgs o ON o.id = h.org_id \
-                 WHERE h.hour + ? <= ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?",
-            );
-            let hours = sqlx::query(&sql)
-                .bind(HOUR_MS)
-                .bind(now)
-                .bind(days)
-                .bind(DAY_MS)
-                .bind(limit)
-                .fetch_all(&self.write)
-                .await
-                .map_err(unavailable)?;
-            let hour_sql = D::sql("DELETE FROM activity_hours WHERE agent_id = ? AND hour = ? AND kind = ?");
+            let sql = "SELECT h.agent_id, h.hour, h.kind FROM activity_hours h \
+                       LEFT JOIN orgs o ON o.id = h.org_id \
+                       WHERE h.hour + ? <= ? - COALESCE(o.activity_retention_days, ?) * ? LIMIT ?";
+            let hour_args: Vec<Arg<'_>> = std::iter::once(Arg::Int(HOUR_MS)).chain(past).collect();
+            let hours = Self::select(&mut conn, sql, &hour_args).await?;
             for r in &hours {
                 let (agent, hour, kind): (String, i64, String) =
                     (r.cell(0).map_err(&bad)?, r.cell(1).map_err(&bad)?, r.cell(2).map_err(&bad)?);
-                sqlx::query(&hour_sql)
-                    .bind(agent)
-                    .bind(hour)
-                    .bind(kind)
-                    .execute(&self.write)
-                    .await
-                    .map_err(unavailable)?;
+                let sql = "DELETE FROM activity_hours WHERE agent_id = ? AND hour = ? AND kind = ?";
+                Self::exec(&mut conn, sql, &[Arg::Text(&agent), Arg::Int(hour), Arg::Text(&kind)]).await?;
             }
-            let sql = D::sql("DELETE FROM activity_flushes WHERE at < ?");
-            sqlx::query(&sql)
-                .bind(now - DAY_MS)
-                .execute(&self.write)
-                .await
-                .map_err(unavailable)?;
+            Self::exec(&mut conn, "DELETE FROM activity_flushes WHERE at < ?", &[Arg::Int(now - DAY_MS)]).await?;
             Ok(Expired {
                 activity: deleted,
                 conversations,

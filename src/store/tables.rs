@@ -215,6 +215,26 @@ on_dialects! {
                 .map_err(unavailable)
         }
 
+        /// Runs `sql` (with `?` placeholders) bound to `args` on `conn`:
+        /// the rows it changed (matched on MySQL).
+        pub(super) async fn exec(conn: &mut D::Connection, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+            let sql = D::sql(sql);
+            let done = Self::bind_all(sqlx::query(&sql), args)
+                .execute(conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(D::rows_affected(&done))
+        }
+
+        /// The rows `sql` bound to `args` selects on `conn`.
+        pub(super) async fn select(conn: &mut D::Connection, sql: &str, args: &[Arg<'_>]) -> Result<Vec<D::Row>, StoreError> {
+            let sql = D::sql(sql);
+            Self::bind_all(sqlx::query(&sql), args)
+                .fetch_all(conn)
+                .await
+                .map_err(unavailable)
+        }
+
         /// A write transaction.
         pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
             self.write.begin().await.map_err(stmt)
