@@ -1721,3 +1721,117 @@ async fn mysql_writes_survive_lost_connections() {
     })
     .await;
 }
+
+/// Cancels `cadre::store::begin` on a one-connection pool again and again,
+/// each time with the connection idle so that the cancelled `BEGIN` really
+/// reaches the server, and then checks that the connection is not left in a
+/// transaction: rows the pool then writes outside any transaction must be
+/// visible at once to another connection. With sqlx's own `pool.begin()`
+/// each cancellation leaves the connection inside a transaction nothing
+/// ends (transact-rs/sqlx#4393), and these rows stay invisible.
+macro_rules! cancelled_begins_leave_nothing_open {
+    ($url:expr, $pool:ty, $conn:ty) => {{
+        use futures_util::FutureExt;
+        let url: String = $url;
+        let pool = <$pool>::new()
+            .max_connections(1)
+            // Else acquiring pings first and a cancel would land before BEGIN.
+            .test_before_acquire(false)
+            .connect(&url)
+            .await
+            .expect("pool");
+        pool.execute("CREATE TABLE probe (n INTEGER NOT NULL)")
+            .await
+            .expect("create probe");
+        const ROUNDS: i64 = 100;
+        let mut cancelled = 0;
+        for n in 0..ROUNDS {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while pool.num_idle() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the connection came back"
+                );
+                tokio::task::yield_now().await;
+            }
+            // One poll sends BEGIN and waits for its answer; then the
+            // future is dropped.
+            match cadre::store::begin(&pool).now_or_never() {
+                None => cancelled += 1,
+                // Preempted long enough for the round trip: nothing cancelled.
+                Some(done) => drop(done.expect("begin")),
+            }
+            sqlx::query(
+                "INSERT INTO probe (n) VALUES (?)"
+                    .replace(
+                        '?',
+                        if url.starts_with("postgres") {
+                            "$1"
+                        } else {
+                            "?"
+                        },
+                    )
+                    .as_str(),
+            )
+            .bind(n)
+            .execute(&pool)
+            .await
+            .expect("insert");
+        }
+        let mut other = <$conn>::connect(&url).await.expect("connect");
+        let seen: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS SIGNED) FROM probe"
+                .replace(
+                    "SIGNED",
+                    if url.starts_with("postgres") {
+                        "BIGINT"
+                    } else {
+                        "SIGNED"
+                    },
+                )
+                .as_str(),
+        )
+        .fetch_one(&mut other)
+        .await
+        .expect("count");
+        assert!(
+            cancelled >= 10,
+            "BEGINs were cancelled in flight ({cancelled} of {ROUNDS})"
+        );
+        assert_eq!(
+            seen, ROUNDS,
+            "writes after a cancelled BEGIN were committed, not held in a stale transaction"
+        );
+        pool.close().await;
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cancelled_begins_leave_nothing_open() {
+    let Some(admin) = support::server(
+        "CADRE_TEST_POSTGRES_URL",
+        support::POSTGRES_URL,
+        Backend::Postgres,
+    )
+    .await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Postgres, &admin, |url| async move {
+        cancelled_begins_leave_nothing_open!(url, sqlx::postgres::PgPoolOptions, PgConnection);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_cancelled_begins_leave_nothing_open() {
+    let Some(admin) =
+        support::server("CADRE_TEST_MYSQL_URL", support::MYSQL_URL, Backend::Mysql).await
+    else {
+        return;
+    };
+    support::on_fresh_database(Backend::Mysql, &admin, |url| async move {
+        cancelled_begins_leave_nothing_open!(url, sqlx::mysql::MySqlPoolOptions, MySqlConnection);
+    })
+    .await;
+}

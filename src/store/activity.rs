@@ -381,7 +381,7 @@ on_dialects! {
             rows: &[&NewActivity],
             now: i64,
         ) -> Result<Flushed, StoreError> {
-            let mut tx = self.write.begin().await.map_err(unavailable)?;
+            let mut tx = super::begin(&self.write).await.map_err(unavailable)?;
             let sql = D::sql("SELECT first_id FROM activity_flushes WHERE id = ?");
             let before = sqlx::query(&sql)
                 .bind(flush_id)
@@ -865,7 +865,7 @@ on_dialects! {
             let past = [Arg::Int(now), Arg::Int(i64::from(default_days)), Arg::Int(DAY_MS), Arg::Int(i64::from(batch))];
             // One transaction: the expired events, then each one's tool-call or
             // message row (looked up by its primary key), then the events.
-            let mut tx = self.write.begin().await.map_err(unavailable)?;
+            let mut tx = super::begin(&self.write).await.map_err(unavailable)?;
             let sql = format!(
                 "SELECT a.id, a.agent_id, a.kind, \
                    CASE a.kind WHEN 'message' THEN {} END AS conversation \

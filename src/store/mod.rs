@@ -76,6 +76,32 @@ pub use tables::Tables;
 
 use serde::Serialize;
 
+/// `pool.begin()`, carried to the end even when the caller is cancelled.
+///
+/// sqlx (0.8.6, and 0.9.0 too) is not cancel-safe here on PostgreSQL and
+/// MySQL: it counts a transaction as open only once `BEGIN` has answered, so
+/// a future dropped while `BEGIN` is in flight (an actor killed by its
+/// supervisor, a request that timed out) queues no `ROLLBACK`, and the pool
+/// takes the connection back still inside that transaction
+/// (transact-rs/sqlx#4393). Every later statement on it then runs inside
+/// the stale transaction: what they write holds its row locks and stays
+/// uncommitted until some later `COMMIT` on that connection publishes all of
+/// it at once. Cadre saw both under its chaos test on PostgreSQL: a tenant's
+/// claim of its agents waited forever on such a lock, and a claim that
+/// surfaced late fenced a live agent out of the registry.
+///
+/// Here the `BEGIN` runs on a task of its own: if the caller goes away, the
+/// task still finishes it and drops the transaction it made, and that drop
+/// queues the `ROLLBACK` the pool flushes before it reuses the connection.
+pub async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("BEGIN task failed: {e}"))))
+}
+
 /// One history entry as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryRow {

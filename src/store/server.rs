@@ -458,7 +458,7 @@ on_dialects! {
         }
 
         async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
-            self.pool.begin().await.map_err(stmt)
+            super::begin(&self.pool).await.map_err(stmt)
         }
 
         /// Runs a statement, returning the rows it changed.

@@ -237,7 +237,7 @@ on_dialects! {
 
         /// A write transaction.
         pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, D>, Attempt> {
-            self.write.begin().await.map_err(stmt)
+            super::begin(&self.write).await.map_err(stmt)
         }
     }
 }

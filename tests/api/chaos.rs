@@ -73,7 +73,7 @@ async fn worker(app: Arc<TestApp>, w: usize, known: Arc<Mutex<Vec<String>>>) -> 
                 ledger.deleted.insert(id);
                 ledger.acked += 1;
             } else {
-                assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+                assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{id}: {v}");
                 ledger.maybe_deleted.insert(id);
                 ledger.failed += 1;
             }
@@ -93,7 +93,7 @@ async fn worker(app: Arc<TestApp>, w: usize, known: Arc<Mutex<Vec<String>>>) -> 
             ledger.maybe_roles.remove(&id);
             ledger.acked += 1;
         } else {
-            assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+            assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{id}: {v}");
             ledger.maybe_roles.entry(id).or_default().insert(role);
             ledger.failed += 1;
         }
@@ -168,15 +168,23 @@ async fn chaos_kills_lose_no_acknowledged_write() {
     assert!(kills > 100, "the killer ran ({kills} kills)");
     assert!(acked > 100, "mutations got through ({acked})");
 
-    eventually("ready after chaos", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() == StatusCode::OK)
-            .unwrap_or(false)
-    })
-    .await;
+    // Polls by hand rather than with `eventually`, so that a timeout says
+    // which check stayed false.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (status, body) = match app.client.get(app.url("/readyz")).send().await {
+            Ok(r) => (r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready {LIMIT:?} after chaos: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     for ledger in &ledgers {
         for id in &ledger.created {

@@ -220,6 +220,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 /// database is fresh and dropped with the app).
 pub async fn spawn_app_on(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     cadre::init_tls();
+    // `CADRE_TEST_LOG=cadre_actors=debug` (an env-filter) shows the
+    // servers' logs beside a failing test's output.
+    if let Ok(filter) = std::env::var("CADRE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     std::fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
