@@ -252,13 +252,13 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert(REQUEST_ID, v);
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // The strict default; a page with inline code of its own (the
+    // dashboard) sets a policy naming that code by hash instead.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ),
-    );
+        ));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

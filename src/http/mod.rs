@@ -7,6 +7,7 @@ pub mod activity;
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 mod governance;
 pub mod guard;
@@ -280,6 +281,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = std::time::Duration::from_millis(state.config.http.request_timeout_ms);
     let api = api_routes(&state).into_router();
     let mut app = Router::new()
+        .route("/", get(dashboard::index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if state.config.metrics.listen.is_empty() {

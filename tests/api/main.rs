@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod cloud;
 mod common;
+mod dashboard;
 mod databases;
 mod docker;
 mod errors;
