@@ -12,6 +12,10 @@
 //!   ~200 bytes with their typed records (a quarter tool calls, a quarter
 //!   conversation messages), in flushes of 2,000 (a full batch, the
 //!   writer's limit) and of 100 (light load);
+//! - begin (servers only): an empty transaction (`BEGIN`, `COMMIT`) begun
+//!   with sqlx's `pool.begin()` and with `cadre::store::begin`, which runs
+//!   the `BEGIN` on a task of its own (see its docs): one at a time and 16
+//!   in flight, the two ways alternating round by round;
 //!
 //! `cargo bench --bench databases` prints medians of 3 rounds;
 //! `cargo bench --bench databases -- --test` is the CI smoke run (tiny
@@ -194,6 +198,63 @@ async fn seed(backend: Backend, url: &str, org: &str, n: usize) {
     .await;
 }
 
+/// Empty transactions per second, `n` of them over `width` tasks, begun
+/// with `pool.begin()` (`spawned == false`) or `cadre::store::begin`.
+async fn begins<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    n: usize,
+    width: usize,
+    spawned: bool,
+) -> f64 {
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..width {
+        let (pool, next) = (pool.clone(), next.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let tx = if spawned {
+                    cadre::store::begin(&pool).await
+                } else {
+                    pool.begin().await
+                };
+                tx.expect("begin").commit().await.expect("commit");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `begins` both ways, one at a time and 16 in flight, alternating.
+async fn measure_begins<DB: sqlx::Database>(name: &str, url: &str, sizes: &Sizes) {
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(16)
+        .connect(url)
+        .await
+        .expect("connect");
+    let mut figures = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..sizes.rounds {
+        for (i, (width, spawned)) in [(1, false), (1, true), (16, false), (16, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let n = sizes.serial * width.min(4);
+            figures[i].push(begins(&pool, n, width, spawned).await);
+        }
+    }
+    let [a, b, c, d] = figures.map(median);
+    println!(
+        "{name}: empty transactions one at a time {a:.0}/s with pool.begin(), {b:.0}/s with \
+         cadre::store::begin ({:.2}x); 16 in flight {c:.0}/s and {d:.0}/s ({:.2}x)",
+        b / a,
+        d / c
+    );
+    pool.close().await;
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -335,6 +396,7 @@ fn main() {
                 let store = PgStore::connect(&url, 16).await.expect("connect");
                 store.migrate().await.expect("migrate");
                 measure("postgres", store.into(), Backend::Postgres, &url, sizes).await;
+                measure_begins::<sqlx::Postgres>("postgres", &url, sizes).await;
             })
             .await;
         }
@@ -345,6 +407,7 @@ fn main() {
                 let store = MySqlStore::connect(&url, 16).await.expect("connect");
                 store.migrate().await.expect("migrate");
                 measure("mysql", store.into(), Backend::Mysql, &url, sizes).await;
+                measure_begins::<sqlx::MySql>("mysql", &url, sizes).await;
             })
             .await;
         }
