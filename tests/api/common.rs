@@ -515,9 +515,19 @@ impl TestApp {
 
     /// Stops the server (runtimes keep running) and starts a new one on the same files and port.
     pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    /// Stops the server; runtimes keep running.
+    pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+    }
+
+    /// Starts the server again on the same files and port.
+    pub async fn start(&mut self) {
         let running = app::start(self.config.clone()).await.expect("app restarts");
         assert_eq!(running.addr, self.addr);
         self.running = Some(running);

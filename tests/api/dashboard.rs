@@ -7,7 +7,11 @@
 //! `$CARGO_TARGET_TMPDIR/dashboard/` (under `target/`), and the browser's
 //! console must hold no JavaScript error.
 
-use crate::common::{LIMIT, PASSWORD, TestApp, add_user, eventually, spawn_app, unavailable};
+use crate::common::{
+    LIMIT, PASSWORD, TestApp, add_user, eventually, org_id, spawn_app, spawn_app_with, unavailable,
+};
+use crate::tasks::{FakeLlm, app_with_llm, tool_call};
+use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::{Method, StatusCode};
@@ -42,6 +46,11 @@ fn chromedriver() -> Option<PathBuf> {
 }
 
 async fn browser() -> Option<Browser> {
+    browser_with(&[]).await
+}
+
+/// A browser started with `extra` command-line switches.
+async fn browser_with(extra: &[&str]) -> Option<Browser> {
     let Some(path) = chromedriver() else {
         unavailable("chromedriver (Debian: chromium-driver)", "not installed");
         return None;
@@ -76,6 +85,9 @@ async fn browser() -> Option<Browser> {
         "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1280,800", "--lang=en-US"],
     });
+    if let Some(args) = options["args"].as_array_mut() {
+        args.extend(extra.iter().map(|a| json!(a)));
+    }
     if std::path::Path::new("/usr/bin/chromium").exists() {
         options["binary"] = json!("/usr/bin/chromium");
     }
@@ -155,6 +167,21 @@ impl Browser {
             texts.push(e.text().await.unwrap_or_default());
         }
         assert!(texts.is_empty(), "{name} shows errors: {texts:?}");
+        // Every visible control has a label (or its own text, for buttons).
+        let unlabelled = self
+            .client
+            .execute(
+                "return [...document.querySelectorAll('input, select, textarea, button')]
+                   .filter((e) => e.getClientRects().length > 0)
+                   .filter((e) => e.tagName === 'BUTTON'
+                     ? !e.textContent.trim() && !e.getAttribute('aria-label')
+                     : !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                   .map((e) => e.id || e.outerHTML.slice(0, 120));",
+                vec![],
+            )
+            .await
+            .expect("labels");
+        assert_eq!(unlabelled, json!([]), "{name} has controls without a label");
     }
 
     async fn sign_in(&self, app: &TestApp, email: &str) {
@@ -163,6 +190,74 @@ impl Browser {
         self.fill("#password", PASSWORD).await;
         self.click("form.signin button[type=submit]").await;
         self.wait_for("#h-overview").await;
+    }
+
+    /// Signs in with the keyboard alone: the form focuses the email field,
+    /// Tab moves to the password, Enter submits.
+    async fn sign_in_by_keyboard(&self, app: &TestApp, email: &str) {
+        self.client.goto(&app.url("/")).await.expect("open");
+        self.wait_for("#email").await;
+        let typed = |text: String| async move {
+            self.client
+                .active_element()
+                .await
+                .expect("focus")
+                .send_keys(&text)
+                .await
+                .expect("keys");
+        };
+        typed(format!("{email}{}", Key::Tab)).await;
+        typed(format!("{PASSWORD}{}", Key::Enter)).await;
+        self.wait_for("#h-overview").await;
+    }
+
+    /// Presses Tab until `css` has the focus (at most 40 times).
+    async fn tab_to(&self, css: &str) {
+        let check = format!("return document.activeElement.matches({css:?});");
+        for _ in 0..40 {
+            if self.client.execute(&check, vec![]).await.expect("focus") == json!(true) {
+                return;
+            }
+            self.client
+                .active_element()
+                .await
+                .expect("focus")
+                .send_keys(&Key::Tab.to_string())
+                .await
+                .expect("tab");
+        }
+        panic!("Tab never reached {css}");
+    }
+
+    /// The page's computed background colour.
+    async fn background(&self) -> String {
+        let v = self
+            .client
+            .execute(
+                "return getComputedStyle(document.body).backgroundColor;",
+                vec![],
+            )
+            .await
+            .expect("style");
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Sets a marker in the page's window; `assert_marked` fails if the
+    /// document was reloaded since.
+    async fn mark(&self) {
+        self.client
+            .execute("window.__cadre_marker = 42; return true;", vec![])
+            .await
+            .expect("marker");
+    }
+
+    async fn assert_marked(&self) {
+        let marker = self
+            .client
+            .execute("return window.__cadre_marker;", vec![])
+            .await
+            .expect("marker");
+        assert_eq!(marker, json!(42), "the page was reloaded");
     }
 
     async fn go(&self, hash: &str, heading: &str) {
@@ -190,11 +285,27 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
-    let app = spawn_app().await;
+    // The agent's model (a local server speaking the chat-completions
+    // protocol) writes two files, then finishes.
+    let (_llm, llm_url) = FakeLlm::start(vec![
+        tool_call(
+            "c1",
+            "files__write",
+            json!({ "path": "a.txt", "content": "hello" }),
+        ),
+        tool_call(
+            "c2",
+            "files__write",
+            json!({ "path": "b.txt", "content": "again" }),
+        ),
+        tool_call("c3", "task__finish", json!({ "result": "both written" })),
+    ])
+    .await;
+    let app = app_with_llm(&llm_url, |_| {}).await;
     let Some(b) = browser().await else {
         return;
     };
-    // Owners approve writes; the agent's runtime writes twice.
+    // Owners approve writes.
     let (s, v) = app
         .call(
             Method::PUT,
@@ -208,6 +319,11 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     let (_, viewer) = add_user(&app, "viewer@x.test", "viewer").await;
 
     b.sign_in(&app, "admin@localhost").await;
+    assert_eq!(
+        b.background().await,
+        "rgb(247, 247, 248)",
+        "the light theme"
+    );
     b.shot("overview").await;
 
     // Create an agent in the form.
@@ -229,10 +345,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .and_then(|f| f.strip_prefix("/agents/"))
         .expect("the detail page of the new agent")
         .to_string();
-    let (s, stored) = app
-        .call(Method::GET, &format!("/api/v1/agents/{id}"), None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{stored}");
+    let stored = agent(&app, &id).await;
     assert_eq!(
         (&stored["name"], &stored["profile"], &stored["state"]),
         (
@@ -241,33 +354,89 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
             &json!("draft")
         )
     );
-    app.script(
-        &id,
-        &[
-            json!({ "tool": "files.write", "arguments": { "path": "a.txt", "content": "hello" } }),
-            json!({ "tool": "files.write", "arguments": { "path": "b.txt", "content": "again" } }),
-        ],
+
+    // Edit it: a new role and a cost budget, the rest as it was.
+    b.click("#edit-agent-link").await;
+    b.wait_for("#h-edit").await;
+    let role = b.wait_for("#new-role").await;
+    role.clear().await.expect("clear");
+    role.send_keys("writes reports").await.expect("role");
+    b.fill("#new-cost", "25").await;
+    b.shot("edit-agent").await;
+    b.click("#edit-agent button[type=submit]").await;
+    b.wait_for("#h-agent").await;
+    let edited = agent(&app, &id).await;
+    assert_eq!(
+        (
+            &edited["role"],
+            &edited["budget"]["monthly_cost_usd"],
+            &edited["model"],
+            &edited["profile"]
+        ),
+        (
+            &json!("writes reports"),
+            &json!(25.0),
+            &json!("m"),
+            &json!("developer")
+        ),
+        "{edited}"
     );
 
     // Deploy from the page (after its confirmation) and watch the state
     // change arrive live: a marker set in the page survives, so it was not
     // reloaded.
-    b.client
-        .execute("window.__cadre_marker = 42; return true;", vec![])
-        .await
-        .expect("marker");
+    b.mark().await;
     b.click("button[data-command='deploy']").await;
     b.client.accept_alert().await.expect("confirm deploy");
     b.wait_for("#agent-state-now [data-state='running']").await;
-    let marker = b
-        .client
-        .execute("return window.__cadre_marker;", vec![])
-        .await
-        .expect("marker");
-    assert_eq!(marker, json!(42), "the page was reloaded");
+    b.assert_marked().await;
     b.shot("agent-running").await;
 
-    // The runtime's first write waits in the inbox; approve it there.
+    // The API's refusal shows in words and changes nothing: a deployed
+    // agent cannot move to another target.
+    b.click("#edit-agent-link").await;
+    b.wait_for("#new-target option[value='docker']")
+        .await
+        .click()
+        .await
+        .expect("target");
+    b.click("#edit-agent button[type=submit]").await;
+    let refusal = b
+        .wait_for("#edit-agent .notice.error")
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        refusal.contains("destroy the deployment first") && refusal.contains("target_in_use"),
+        "{refusal}"
+    );
+    assert_eq!(agent(&app, &id).await["deployment"]["target"], "local");
+
+    // Give it a task from its page; the task shows up in the list.
+    b.client
+        .goto(&app.url(&format!("/#/agents/{id}")))
+        .await
+        .expect("agent");
+    b.fill("#task-instruction", "Write the two files").await;
+    b.click("#task-form button[type=submit]").await;
+    let link = b.wait_for("#tasks [data-task] a").await;
+    let tid = link
+        .attr("href")
+        .await
+        .expect("href")
+        .and_then(|h| h.strip_prefix("#/tasks/").map(str::to_string))
+        .expect("a link to the task");
+    link.click().await.expect("open the task");
+    b.wait_for("#task-state [data-state='waiting_approval']")
+        .await;
+    // The model's step is on its timeline; the write waits for a decision.
+    b.wait_for("#steps li[data-kind='model']").await;
+    b.wait_for("#task-waiting:not([hidden]) a[href='#/approvals']")
+        .await;
+    b.shot("task-waiting").await;
+
+    // Its first write waits in the inbox; approve it there.
     b.go("#/approvals", "#h-approvals").await;
     b.wait_for("[data-approval] [data-decide='approve']").await;
     // It says why (the policy) and how risky the tool is (the catalog).
@@ -284,7 +453,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     b.shot("approvals").await;
     b.fill("[data-approval] input", "go ahead").await;
     b.click("[data-approval] [data-decide='approve']").await;
-    eventually("the runtime wrote after the approval", || async {
+    eventually("the task wrote after the approval", || async {
         app.workspace_file(&id, "a.txt").as_deref() == Some("hello")
     })
     .await;
@@ -293,13 +462,74 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .await;
     assert_eq!(decided["items"][0]["comment"], "go ahead", "{decided}");
 
+    // Users: change a member's role, then remove them.
+    let (member, _) = add_user(&app, "member@x.test", "member").await;
+    b.go("#/users", "#h-users").await;
+    b.wait_for(&format!("#role-{member} option[value='admin']"))
+        .await
+        .click()
+        .await
+        .expect("role");
+    b.click(&format!("[data-user='{member}'] [data-user-action='role']"))
+        .await;
+    eventually("the member became an admin", || async {
+        let (_, u) = app
+            .call(Method::GET, &format!("/api/v1/users/{member}"), None)
+            .await;
+        u["role"] == "admin"
+    })
+    .await;
+    b.wait_for(&format!("#role-{member} option[value='admin']:checked"))
+        .await;
+    b.shot("users").await;
+    b.click(&format!(
+        "[data-user='{member}'] [data-user-action='remove']"
+    ))
+    .await;
+    b.client.accept_alert().await.expect("confirm removal");
+    eventually("the member was removed", || async {
+        let (s, _) = app
+            .call(Method::GET, &format!("/api/v1/users/{member}"), None)
+            .await;
+        s == StatusCode::NOT_FOUND
+    })
+    .await;
+    eventually_absent(&b, &format!("[data-user='{member}']")).await;
+
+    // Usage against the plan's limits, each with its gauge.
+    let org = org_id(&app).await;
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/orgs/{org}"),
+            Some(json!({ "limits": { "max_users": 10, "monthly_cost_usd": 100.0 } })),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    b.go("#/settings", "#h-org").await;
+    // The owner and the viewer, of 10.
+    let used = b
+        .wait_for("[data-usage='users'] td:nth-child(2)")
+        .await
+        .text()
+        .await
+        .expect("text");
+    let limit = b
+        .wait_for("[data-usage='users'] td:nth-child(3)")
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert_eq!((used.as_str(), limit.as_str()), ("2", "10"));
+    b.wait_for("[data-usage='users'] [role=meter]").await;
+    b.wait_for("[data-usage='cost'] [role=meter]").await;
+    b.shot("organization").await;
+
     // The other pages render without an error.
     for (hash, heading, name) in [
         ("#/agents", "#h-agents", "agents"),
         ("#/audit", "#h-audit", "audit"),
-        ("#/users", "#h-users", "users"),
         ("#/secrets", "#h-secrets", "secrets"),
-        ("#/settings", "#h-org", "organization"),
     ] {
         b.go(hash, heading).await;
         b.shot(name).await;
@@ -352,11 +582,180 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(app.workspace_file(&id, "b.txt"), None);
 
+    // The viewer watches the task page while an owner approves: the task
+    // goes on and finishes, live, without a reload.
+    b.client
+        .execute(
+            &format!("location.hash = '#/tasks/{tid}'; return true;"),
+            vec![],
+        )
+        .await
+        .expect("open the task");
+    b.wait_for("#task-state [data-state='waiting_approval']")
+        .await;
+    b.mark().await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{second}/decide"),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    b.wait_for("#task-state [data-state='succeeded']").await;
+    let result = b.wait_for("#task-result").await.text().await.expect("text");
+    assert_eq!(result, "both written");
+    // Its timeline holds every step the store has, in order.
+    let (_, steps) = app
+        .call(Method::GET, &format!("/api/v1/tasks/{tid}/steps"), None)
+        .await;
+    let want: Vec<String> = steps["items"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["seq"].to_string())
+        .collect();
+    let shown = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#steps li')].map((li) => li.dataset.step);",
+            vec![],
+        )
+        .await
+        .expect("steps");
+    assert_eq!(shown, json!(want));
+    // Model, write, model, write, model, finish.
+    assert_eq!(want.len(), 6, "{steps}");
+    b.assert_marked().await;
+    b.shot("task-done").await;
+    assert_eq!(app.workspace_file(&id, "b.txt").as_deref(), Some("again"));
+
     let errors = b.script_errors().await;
     assert!(
         errors.is_empty(),
         "JavaScript errors in the console: {errors:?}"
     );
+}
+
+/// Stream breaks: with the server down the page says it is offline; when
+/// the server is back it reconnects on its own and goes on updating in
+/// place. A stream that falls behind gets `resync` and the page reloads
+/// what it shows (again without reloading the document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_offline_reconnects_and_reloads_on_resync() {
+    let mut app = spawn_app_with(|c| c.activity.stream_buffer = 16).await;
+    // This browser's system theme is dark; the page follows it.
+    let Some(b) = browser_with(&["--force-dark-mode"]).await else {
+        return;
+    };
+    let id = app
+        .create_id(json!({ "name": "steady", "role": "r", "model": "m" }))
+        .await;
+    b.sign_in_by_keyboard(&app, "admin@localhost").await;
+    assert_eq!(b.background().await, "rgb(19, 20, 23)", "the dark theme");
+    // Keyboard only: tab to the Agents link, its focus visible, and follow it.
+    b.tab_to("nav a[href='#/agents']").await;
+    let outline = b
+        .client
+        .execute(
+            "return getComputedStyle(document.activeElement).outlineStyle;",
+            vec![],
+        )
+        .await
+        .expect("outline");
+    assert_ne!(outline, json!("none"), "focus is visible");
+    b.client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("enter");
+    b.wait_for("#h-agents").await;
+    b.wait_for(&format!("[data-agent='{id}'] [data-state='draft']"))
+        .await;
+    b.mark().await;
+    b.wait_for("#offline:not(.shown)").await;
+
+    app.stop().await;
+    b.wait_for("#offline.shown").await;
+    b.shot("offline").await;
+    app.start().await;
+    b.wait_for("#offline:not(.shown)").await;
+
+    // Live again: a deploy made through the API shows up in the list.
+    let (s, v) = app.command(&id, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    b.wait_for(&format!("[data-agent='{id}'] [data-state='running']"))
+        .await;
+    b.assert_marked().await;
+
+    // Fall behind: bursts far larger than the stream's 16-event buffer,
+    // until the page has been told to resync.
+    b.go("#/overview", "#h-overview").await;
+    b.client
+        .execute(
+            "document.getElementById('h-overview').dataset.old = '1'; return true;",
+            vec![],
+        )
+        .await
+        .expect("tag");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let burst: Vec<Value> = (0..500)
+            .map(|i| json!({ "agent_id": id, "kind": "bulk", "payload": { "i": i, "pad": "x".repeat(500) } }))
+            .collect();
+        let (s, v) = app
+            .call(
+                Method::POST,
+                "/api/v1/activity",
+                Some(json!({ "events": burst })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let resyncs = b
+            .client
+            .execute("return document.body.dataset.resyncs || '0';", vec![])
+            .await
+            .expect("resyncs");
+        if resyncs != json!("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never fell behind");
+    }
+    // The page was rendered anew (the tagged heading is gone), the
+    // document was not reloaded, and it says what happened.
+    b.wait_for("#h-overview:not([data-old])").await;
+    b.assert_marked().await;
+    let note = b.wait_for("#live-note").await.text().await.expect("text");
+    assert!(note.contains("fell behind"), "{note}");
+
+    let errors = b.script_errors().await;
+    assert!(
+        errors.is_empty(),
+        "JavaScript errors in the console: {errors:?}"
+    );
+}
+
+async fn agent(app: &TestApp, id: &str) -> Value {
+    let (s, v) = app
+        .call(Method::GET, &format!("/api/v1/agents/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+/// Waits until nothing on the page matches `css`.
+async fn eventually_absent(b: &Browser, css: &str) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let found = b.client.find_all(Locator::Css(css)).await.expect("find");
+        if found.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{css} stays on the page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
