@@ -227,7 +227,54 @@ pub(super) async fn patch_org(
     ApiJson(body): ApiJson<PatchOrg>,
 ) -> Result<Response, ApiError> {
     let org = org_id(&id)?;
-    let plan = body.plan.as_deref().map(|x| plan(&state, x)).transpose()?;
+    update_org(&state, &p, &org, body).await
+}
+
+/// What an organization's owner may change of it: not its plan or limits
+/// (an instance admin's), only how it runs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchOwnOrg {
+    #[serde(default, deserialize_with = "super::agents::nullable")]
+    activity_retention_days: Option<Option<u32>>,
+    timezone: Option<String>,
+    budget_period: Option<String>,
+}
+
+/// `PATCH /orgs/current`: the owner's settings of their own organization.
+pub(super) async fn patch_own_org(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiJson(body): ApiJson<PatchOwnOrg>,
+) -> Result<Response, ApiError> {
+    if body.activity_retention_days.is_none()
+        && body.timezone.is_none()
+        && body.budget_period.is_none()
+    {
+        return Err(ApiError::invalid(
+            "timezone",
+            "nothing to change: give timezone, budget_period and/or activity_retention_days",
+        ));
+    }
+    let org = p.org.clone();
+    let body = PatchOrg {
+        plan: None,
+        limits: None,
+        activity_retention_days: body.activity_retention_days,
+        timezone: body.timezone,
+        budget_period: body.budget_period,
+    };
+    update_org(&state, &p, &org, body).await
+}
+
+/// Checks a change of an organization, then makes it (audited).
+async fn update_org(
+    state: &AppState,
+    p: &Principal,
+    org: &OrgId,
+    body: PatchOrg,
+) -> Result<Response, ApiError> {
+    let plan = body.plan.as_deref().map(|x| plan(state, x)).transpose()?;
     if let Some(l) = &body.limits
         && l.monthly_cost_usd
             .is_some_and(|c| !c.is_finite() || c < 0.0)
@@ -283,10 +330,10 @@ pub(super) async fn patch_org(
         timezone: body.timezone,
         budget_period,
     };
-    let row = state.identity.update_org(&org, change, p.who()).await?;
+    let row = state.identity.update_org(org, change, p.who()).await?;
     // Lowered monthly limits take effect at once.
-    state.cadre.enforce_org_budget(&org);
-    Ok(Json(org_json(&state, &row)).into_response())
+    state.cadre.enforce_org_budget(org);
+    Ok(Json(org_json(state, &row)).into_response())
 }
 
 async fn set_suspended(

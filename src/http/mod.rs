@@ -203,6 +203,12 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
             get(identity::current_org),
         )
         .add(
+            M::PATCH,
+            "/orgs/current",
+            A::OrgOwner,
+            patch(identity::patch_own_org),
+        )
+        .add(
             M::GET,
             "/orgs/{id}",
             A::InstanceAdmin,

@@ -34,7 +34,7 @@ pub enum Action {
     ActivityRead,
     /// Report activity.
     ActivityWrite,
-    /// Owner-only operator tools (chaos).
+    /// Owner-only: operator tools (chaos) and the organization's own settings.
     OrgOwner,
     /// Instance administration (organizations); users only, never keys.
     InstanceAdmin,

@@ -523,6 +523,29 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     assert_eq!((used.as_str(), limit.as_str()), ("2", "10"));
     b.wait_for("[data-usage='users'] [role=meter]").await;
     b.wait_for("[data-usage='cost'] [role=meter]").await;
+    // The owner's settings: a bad time zone is refused in words, a good
+    // one is saved.
+    let tz = b.wait_for("#org-tz").await;
+    tz.clear().await.expect("clear");
+    tz.send_keys("Mars/Olympus").await.expect("tz");
+    b.click("#org-form button[type=submit]").await;
+    let refusal = b
+        .wait_for("#org-msg .notice.error")
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(refusal.contains("unknown time zone"), "{refusal}");
+    let tz = b.wait_for("#org-tz").await;
+    tz.clear().await.expect("clear");
+    tz.send_keys("Europe/Berlin").await.expect("tz");
+    b.click("#org-form button[type=submit]").await;
+    eventually("the time zone was saved", || async {
+        let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+        org["timezone"] == "Europe/Berlin"
+    })
+    .await;
+    b.wait_for("#org-tz[value='Europe/Berlin']").await;
     b.shot("organization").await;
 
     // The other pages render without an error.

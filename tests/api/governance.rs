@@ -1055,3 +1055,79 @@ async fn a_crashed_approval_actor_is_restarted_and_the_waiting_runtime_gets_its_
     let calls = app.tool_calls(&id, 1).await;
     assert_eq!(calls[0]["status"], "ok", "{calls:?}");
 }
+
+#[tokio::test]
+async fn an_owner_sets_their_organizations_settings_but_not_its_plan_or_limits() {
+    let app = spawn_app().await;
+    let (_, admin) = add_user(&app, "admin@x.test", "admin").await;
+    let patch = |who: Option<String>, body: Value| {
+        let app = &app;
+        async move {
+            app.call_as(
+                who.as_deref(),
+                Method::PATCH,
+                "/api/v1/orgs/current",
+                Some(body),
+            )
+            .await
+        }
+    };
+    let before = app.call(Method::GET, "/api/v1/orgs/current", None).await.1;
+    // Refused, and nothing changes: an admin (not the owner), a plan or
+    // limits (the instance admin's), an unknown zone, a retention too long.
+    let (s, v) = patch(Some(admin), json!({ "timezone": "Europe/Berlin" })).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden")),
+        "{v}"
+    );
+    for (bad, field) in [
+        (json!({ "plan": "enterprise" }), "plan"),
+        (json!({ "limits": { "max_agents": 1000 } }), "limits"),
+    ] {
+        let (s, v) = patch(Some(app.token.clone()), bad).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(field)),
+            "{v}"
+        );
+    }
+    for bad in [
+        json!({ "timezone": "Mars/Olympus" }),
+        json!({ "activity_retention_days": 4000 }),
+        json!({}),
+    ] {
+        let (s, v) = patch(Some(app.token.clone()), bad).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["code"], "invalid", "{v}");
+    }
+    let after = app.call(Method::GET, "/api/v1/orgs/current", None).await.1;
+    assert_eq!(after, before, "refusals change nothing");
+
+    // The owner's change, shown and audited.
+    let (s, v) = patch(
+        Some(app.token.clone()),
+        json!({ "timezone": "Europe/Berlin", "budget_period": "weekly", "activity_retention_days": 30 }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let org = app.call(Method::GET, "/api/v1/orgs/current", None).await.1;
+    assert_eq!(
+        (
+            &org["timezone"],
+            &org["budget_period"],
+            &org["activity_retention_days"]
+        ),
+        (&json!("Europe/Berlin"), &json!("weekly"), &json!(30)),
+        "{org}"
+    );
+    assert_eq!(org["plan"], before["plan"]);
+    assert_eq!(org["limits"], before["limits"]);
+    let (_, audit) = app
+        .call(Method::GET, "/api/v1/audit?action=org.update", None)
+        .await;
+    assert!(
+        audit["items"].as_array().is_some_and(|i| !i.is_empty()),
+        "{audit}"
+    );
+}
