@@ -496,6 +496,52 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     .await;
     eventually_absent(&b, &format!("[data-user='{member}']")).await;
 
+    // An API key made in the page is shown once and works; revoked there,
+    // it stops working, and the page no longer holds it.
+    b.fill("#k-name", "ci").await;
+    b.click("#key-form button[type=submit]").await;
+    let shown = b.wait_for("#new-key").await;
+    let key = shown.text().await.expect("key");
+    let kid = shown
+        .attr("data-key-id")
+        .await
+        .expect("attr")
+        .expect("key id");
+    assert!(key.starts_with("cadre_"), "{key}");
+    let (s, v) = app
+        .call_as(Some(&key), Method::GET, "/api/v1/agents", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    b.click(&format!("[data-key='{kid}'] [data-key-action='revoke']"))
+        .await;
+    b.client.accept_alert().await.expect("confirm revoke");
+    eventually_absent(
+        &b,
+        &format!("[data-key='{kid}'] [data-key-action='revoke']"),
+    )
+    .await;
+    let (s, v) = app
+        .call_as(Some(&key), Method::GET, "/api/v1/agents", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let page = b.client.source().await.expect("source");
+    assert!(!page.contains(&key), "the key is shown once only");
+
+    // A secret set in the page is listed by name; its value is not shown.
+    b.go("#/secrets", "#h-secrets").await;
+    b.fill("#s-name", "deploy-token").await;
+    b.fill("#s-value", "s3cr3t-value").await;
+    b.click("#secret-form button[type=submit]").await;
+    b.wait_for("[data-secret='deploy-token']").await;
+    let page = b.client.source().await.expect("source");
+    assert!(
+        !page.contains("s3cr3t-value"),
+        "a secret's value on the page"
+    );
+    let (_, secrets) = app.call(Method::GET, "/api/v1/secrets", None).await;
+    assert_eq!(secrets["items"][0]["name"], "deploy-token", "{secrets}");
+    b.shot("secrets").await;
+
     // Usage against the plan's limits, each with its gauge.
     let org = org_id(&app).await;
     let (s, v) = app
@@ -552,7 +598,6 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     for (hash, heading, name) in [
         ("#/agents", "#h-agents", "agents"),
         ("#/audit", "#h-audit", "audit"),
-        ("#/secrets", "#h-secrets", "secrets"),
     ] {
         b.go(hash, heading).await;
         b.shot(name).await;
