@@ -148,6 +148,18 @@ impl Browser {
         self.wait_for(css).await.send_keys(text).await.expect(css);
     }
 
+    /// The text of the first element matching `css`, once there is one.
+    async fn text(&self, css: &str) -> String {
+        self.wait_for(css).await.text().await.expect(css)
+    }
+
+    /// Replaces the value of the input matching `css` with `text`.
+    async fn replace(&self, css: &str, text: &str) {
+        let input = self.wait_for(css).await;
+        input.clear().await.expect(css);
+        input.send_keys(text).await.expect(css);
+    }
+
     async fn click(&self, css: &str) {
         self.wait_for(css).await.click().await.expect(css);
     }
@@ -358,9 +370,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     // Edit it: a new role and a cost budget, the rest as it was.
     b.click("#edit-agent-link").await;
     b.wait_for("#h-edit").await;
-    let role = b.wait_for("#new-role").await;
-    role.clear().await.expect("clear");
-    role.send_keys("writes reports").await.expect("role");
+    b.replace("#new-role", "writes reports").await;
     b.fill("#new-cost", "25").await;
     b.shot("edit-agent").await;
     b.click("#edit-agent button[type=submit]").await;
@@ -401,12 +411,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .await
         .expect("target");
     b.click("#edit-agent button[type=submit]").await;
-    let refusal = b
-        .wait_for("#edit-agent .notice.error")
-        .await
-        .text()
-        .await
-        .expect("text");
+    let refusal = b.text("#edit-agent .notice.error").await;
     assert!(
         refusal.contains("destroy the deployment first") && refusal.contains("target_in_use"),
         "{refusal}"
@@ -440,12 +445,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     b.go("#/approvals", "#h-approvals").await;
     b.wait_for("[data-approval] [data-decide='approve']").await;
     // It says why (the policy) and how risky the tool is (the catalog).
-    let card = b
-        .wait_for("[data-approval]")
-        .await
-        .text()
-        .await
-        .expect("text");
+    let card = b.text("[data-approval]").await;
     assert!(
         card.contains("policy writes") && card.contains("risk: "),
         "{card}"
@@ -571,20 +571,11 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     b.wait_for("[data-usage='cost'] [role=meter]").await;
     // The owner's settings: a bad time zone is refused in words, a good
     // one is saved.
-    let tz = b.wait_for("#org-tz").await;
-    tz.clear().await.expect("clear");
-    tz.send_keys("Mars/Olympus").await.expect("tz");
+    b.replace("#org-tz", "Mars/Olympus").await;
     b.click("#org-form button[type=submit]").await;
-    let refusal = b
-        .wait_for("#org-msg .notice.error")
-        .await
-        .text()
-        .await
-        .expect("text");
+    let refusal = b.text("#org-msg .notice.error").await;
     assert!(refusal.contains("unknown time zone"), "{refusal}");
-    let tz = b.wait_for("#org-tz").await;
-    tz.clear().await.expect("clear");
-    tz.send_keys("Europe/Berlin").await.expect("tz");
+    b.replace("#org-tz", "Europe/Berlin").await;
     b.click("#org-form button[type=submit]").await;
     eventually("the time zone was saved", || async {
         let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
@@ -594,14 +585,46 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     b.wait_for("#org-tz[value='Europe/Berlin']").await;
     b.shot("organization").await;
 
-    // The other pages render without an error.
-    for (hash, heading, name) in [
-        ("#/agents", "#h-agents", "agents"),
-        ("#/audit", "#h-audit", "audit"),
-    ] {
-        b.go(hash, heading).await;
-        b.shot(name).await;
+    b.go("#/agents", "#h-agents").await;
+    b.shot("agents").await;
+
+    // The audit log pages: more than a page of entries (renames of the
+    // viewer), 100 shown, then the rest after "Load more", none twice.
+    let viewer_id = add_user(&app, "renamed@x.test", "viewer").await.0;
+    for i in 0..120 {
+        let (s, v) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/users/{viewer_id}"),
+                Some(json!({ "name": format!("name {i}") })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
     }
+    let (_, all) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let total = all["items"].as_array().map(Vec::len).expect("items");
+    assert!((120..200).contains(&total), "{total} entries");
+    b.go("#/audit", "#h-audit").await;
+    let rows = "return [...document.querySelectorAll('[data-audit]')].map((r) => r.dataset.audit);";
+    let first = b.client.execute(rows, vec![]).await.expect("rows");
+    assert_eq!(first.as_array().map(Vec::len), Some(100));
+    b.click("#audit-more:not([hidden])").await;
+    let deadline = Instant::now() + LIMIT;
+    let shown = loop {
+        let shown = b.client.execute(rows, vec![]).await.expect("rows");
+        if shown.as_array().map(Vec::len) == Some(total) {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the next page never came: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ids: std::collections::HashSet<_> = shown.as_array().into_iter().flatten().collect();
+    assert_eq!(ids.len(), total, "no entry twice");
+    b.wait_for("#audit-more[hidden]").await;
+    b.shot("audit").await;
 
     // A phone-wide window: nothing wider than the screen.
     b.client.set_window_size(390, 844).await.expect("resize");
@@ -671,7 +694,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     b.wait_for("#task-state [data-state='succeeded']").await;
-    let result = b.wait_for("#task-result").await.text().await.expect("text");
+    let result = b.text("#task-result").await;
     assert_eq!(result, "both written");
     // Its timeline holds every step the store has, in order.
     let (_, steps) = app
@@ -795,7 +818,7 @@ async fn the_dashboard_shows_offline_reconnects_and_reloads_on_resync() {
     // document was not reloaded, and it says what happened.
     b.wait_for("#h-overview:not([data-old])").await;
     b.assert_marked().await;
-    let note = b.wait_for("#live-note").await.text().await.expect("text");
+    let note = b.text("#live-note").await;
     assert!(note.contains("fell behind"), "{note}");
 
     let errors = b.script_errors().await;
