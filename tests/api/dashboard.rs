@@ -432,6 +432,17 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .expect("href")
         .and_then(|h| h.strip_prefix("#/tasks/").map(str::to_string))
         .expect("a link to the task");
+    // One row, though the form's answer and the task's live events
+    // (created, running, its steps) all announce it.
+    b.wait_for("#tasks [data-task] [data-state='waiting_approval']")
+        .await;
+    let rows = b
+        .client
+        .find_all(Locator::Css("#tasks [data-task]"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1, "the task is listed once");
+    let link = b.wait_for("#tasks [data-task] a").await;
     link.click().await.expect("open the task");
     b.wait_for("#task-state [data-state='waiting_approval']")
         .await;

@@ -632,6 +632,21 @@ async fn every_mutating_route_writes_an_audit_entry() {
         &home,
         &audit_actions(&app, &home).await,
     );
+    let (s, _) = app
+        .call(
+            Method::PATCH,
+            "/api/v1/orgs/current",
+            Some(json!({ "timezone": "Europe/Oslo" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    check(
+        Method::PATCH,
+        "/orgs/current",
+        "org.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
     let (org, _) = other_org(&app, "audited", "team").await;
     check(
         Method::POST,
