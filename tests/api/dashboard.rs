@@ -209,18 +209,20 @@ impl Browser {
     async fn sign_in_by_keyboard(&self, app: &TestApp, email: &str) {
         self.client.goto(&app.url("/")).await.expect("open");
         self.wait_for("#email").await;
-        let typed = |text: String| async move {
-            self.client
-                .active_element()
-                .await
-                .expect("focus")
-                .send_keys(&text)
-                .await
-                .expect("keys");
-        };
-        typed(format!("{email}{}", Key::Tab)).await;
-        typed(format!("{PASSWORD}{}", Key::Enter)).await;
+        self.keys(&format!("{email}{}", Key::Tab)).await;
+        self.keys(&format!("{PASSWORD}{}", Key::Enter)).await;
         self.wait_for("#h-overview").await;
+    }
+
+    /// Types `text` (keys included) into whatever has the focus.
+    async fn keys(&self, text: &str) {
+        self.client
+            .active_element()
+            .await
+            .expect("focus")
+            .send_keys(text)
+            .await
+            .expect("keys");
     }
 
     /// Presses Tab until `css` has the focus (at most 40 times).
@@ -230,13 +232,7 @@ impl Browser {
             if self.client.execute(&check, vec![]).await.expect("focus") == json!(true) {
                 return;
             }
-            self.client
-                .active_element()
-                .await
-                .expect("focus")
-                .send_keys(&Key::Tab.to_string())
-                .await
-                .expect("tab");
+            self.keys(&Key::Tab.to_string()).await;
         }
         panic!("Tab never reached {css}");
     }
@@ -766,13 +762,7 @@ async fn the_dashboard_shows_offline_reconnects_and_reloads_on_resync() {
         .await
         .expect("outline");
     assert_ne!(outline, json!("none"), "focus is visible");
-    b.client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys(&Key::Enter.to_string())
-        .await
-        .expect("enter");
+    b.keys(&Key::Enter.to_string()).await;
     b.wait_for("#h-agents").await;
     b.wait_for(&format!("[data-agent='{id}'] [data-state='draft']"))
         .await;
