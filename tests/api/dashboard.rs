@@ -339,11 +339,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     b.fill("#new-name", "browser-agent").await;
     b.fill("#new-role", "writes files").await;
     b.fill("#new-model", "m").await;
-    b.wait_for("#new-profile option[value='developer']")
-        .await
-        .click()
-        .await
-        .expect("profile");
+    b.click("#new-profile option[value='developer']").await;
     b.shot("new-agent").await;
     b.click("form button[type=submit]").await;
     b.wait_for("#h-agent").await;
@@ -401,11 +397,7 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     // The API's refusal shows in words and changes nothing: a deployed
     // agent cannot move to another target.
     b.click("#edit-agent-link").await;
-    b.wait_for("#new-target option[value='docker']")
-        .await
-        .click()
-        .await
-        .expect("target");
+    b.click("#new-target option[value='docker']").await;
     b.click("#edit-agent button[type=submit]").await;
     let refusal = b.text("#edit-agent .notice.error").await;
     assert!(
@@ -472,11 +464,8 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
     // Users: change a member's role, then remove them.
     let (member, _) = add_user(&app, "member@x.test", "member").await;
     b.go("#/users", "#h-users").await;
-    b.wait_for(&format!("#role-{member} option[value='admin']"))
-        .await
-        .click()
-        .await
-        .expect("role");
+    b.click(&format!("#role-{member} option[value='admin']"))
+        .await;
     b.click(&format!("[data-user='{member}'] [data-user-action='role']"))
         .await;
     eventually("the member became an admin", || async {
