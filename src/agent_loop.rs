@@ -158,6 +158,8 @@ pub struct TaskOrder {
     pub limits: cadre_actors::task::TaskLimits,
     /// For a replay: the recorded steps to continue from.
     pub replay: Vec<Value>,
+    /// Memories recalled for it (put in its context).
+    pub memories: Vec<String>,
 }
 
 /// What tools need besides the file system.
@@ -276,6 +278,21 @@ pub fn builtin_tools() -> Vec<ToolSpec> {
             parameters: path,
         },
         ToolSpec {
+            tool: "knowledge.search".into(),
+            description: "Search the knowledge bases this agent may read; answers the best passages with their sources.".into(),
+            parameters: json!({ "type": "object", "properties": { "query": { "type": "string" }, "limit": { "type": "integer" } }, "required": ["query"] }),
+        },
+        ToolSpec {
+            tool: "memory.store".into(),
+            description: "Remember something across tasks: kind episodic (what happened), semantic (a fact), procedural (how to do something) or working (short-lived).".into(),
+            parameters: json!({ "type": "object", "properties": { "kind": { "type": "string", "enum": ["episodic", "semantic", "procedural", "working"] }, "content": { "type": "string" }, "importance": { "type": "number" }, "ttl_seconds": { "type": "integer" } }, "required": ["kind", "content"] }),
+        },
+        ToolSpec {
+            tool: "memory.recall".into(),
+            description: "Recall what you remember about something (the most relevant memories first).".into(),
+            parameters: json!({ "type": "object", "properties": { "query": { "type": "string" }, "kind": { "type": "string" }, "limit": { "type": "integer" } }, "required": ["query"] }),
+        },
+        ToolSpec {
             tool: "echo".into(),
             description: "Return the arguments (a harmless test tool).".into(),
             parameters: json!({ "type": "object" }),
@@ -307,6 +324,12 @@ async fn run(
     let mut user = task.instruction.clone();
     if !task.input.is_null() {
         user.push_str(&format!("\n\nInput:\n{}", task.input));
+    }
+    if !task.memories.is_empty() {
+        user.push_str("\n\nWhat you remember that may help:");
+        for m in &task.memories {
+            user.push_str(&format!("\n- {m}"));
+        }
     }
     let mut turns = vec![Turn::User(user)];
     let mut seq = 0u32;
@@ -602,6 +625,23 @@ async fn execute(
                 _ => Err("not sent (the task was cancelled)".into()),
             }
         }
+        "knowledge.search" | "memory.store" | "memory.recall" => {
+            let ask = RuntimeMessage::Knowledge {
+                call_id: call_id.to_string(),
+                task_id: task.id.clone(),
+                tool: call.tool.clone(),
+                arguments: args.clone(),
+            };
+            match bus.ask(format!("kn-{call_id}"), &task.id, ask).await {
+                Some(ServerMessage::KnowledgeResult {
+                    output: Some(o), ..
+                }) => Ok(o),
+                Some(ServerMessage::KnowledgeResult { error, .. }) => {
+                    Err(error.unwrap_or_else(|| "no answer".into()))
+                }
+                _ => Err("no answer (the task was cancelled)".into()),
+            }
+        }
         t if t.starts_with("mcp.") => kit.mcp.call(t, args).await,
         other => crate::runtime::execute(other, args),
     }
@@ -692,6 +732,7 @@ pub fn report_id(msg: &ServerMessage) -> Option<String> {
         ServerMessage::ToolDecision { call_id, .. } => Some(call_id.clone()),
         ServerMessage::Reservation { reservation_id, .. } => Some(reservation_id.clone()),
         ServerMessage::AgentMessageSent { call_id, .. } => Some(format!("msg-{call_id}")),
+        ServerMessage::KnowledgeResult { call_id, .. } => Some(format!("kn-{call_id}")),
         ServerMessage::UsageAck { report_id, .. } => Some(format!("usage-{report_id}")),
         ServerMessage::TaskAck {
             task_id,

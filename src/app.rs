@@ -33,6 +33,8 @@ pub struct Running {
     pub identity: crate::identity::Identity,
     /// The activity pipeline.
     pub activity: crate::activity::Activity,
+    /// Knowledge bases and memories.
+    pub knowledge: crate::knowledge::Knowledge,
     /// Every `/api/v1` route with its declared action (for the matrix test).
     pub routes: Vec<crate::http::guard::RouteSpec>,
     stop: oneshot::Sender<()>,
@@ -43,6 +45,8 @@ pub struct Running {
     docker_watch: JoinHandle<()>,
     closing: watch::Sender<bool>,
     scheduler: crate::schedule::Scheduler,
+    knowledge_writer: JoinHandle<()>,
+    purge: JoinHandle<()>,
     server: JoinHandle<std::io::Result<()>>,
     metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -62,6 +66,11 @@ impl Running {
         }
         self.scheduler.stop();
         self.cadre.shutdown().await;
+        // Every change the writer answered is committed; one it had not
+        // answered yet is finished on the next start (its rows are pending).
+        self.purge.abort();
+        self.knowledge_writer.abort();
+        let _ = self.knowledge_writer.await;
         // The actors' last events reach the queue before it closes.
         self.bridge.abort();
         self.retention.abort();
@@ -427,8 +436,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let scheduler = crate::schedule::Scheduler::start(store.clone(), cadre.clone())
         .await
         .context("starting the scheduler")?;
+    let chunker = crate::knowledge::chunk::Chunker::new(
+        config.knowledge.chunk_tokens,
+        config.knowledge.overlap_tokens,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (knowledge, knowledge_writer) = crate::knowledge::Knowledge::start(
+        store.clone(),
+        &config.data_dir.join("knowledge").join("index"),
+        chunker,
+    )
+    .await
+    .context("starting the knowledge index")?;
+    let purge = crate::knowledge::spawn_purge(
+        store.clone(),
+        knowledge.clone(),
+        Duration::from_secs(config.knowledge.purge_interval_seconds.max(1)),
+    );
     let (closing, shutdown) = watch::channel(false);
     let state = AppState::new(crate::http::state::Shared {
+        knowledge: knowledge.clone(),
         scheduler: scheduler.clone(),
         connect_url,
         sealer,
@@ -482,6 +509,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         store,
         identity,
         activity,
+        knowledge,
         routes,
         stop,
         bridge,
@@ -491,6 +519,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         docker_watch,
         closing,
         scheduler,
+        knowledge_writer,
+        purge,
         server,
         metrics_server,
     })

@@ -70,6 +70,31 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// `[llm]`: the model provider runtimes call.
     pub llm: LlmConfig,
+    /// `[knowledge]`: knowledge bases and agents' memories.
+    pub knowledge: KnowledgeConfig,
+}
+
+/// `[knowledge]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeConfig {
+    /// Largest chunk, in cl100k tokens.
+    pub chunk_tokens: usize,
+    /// Tokens neighbouring chunks share.
+    pub overlap_tokens: usize,
+    /// Largest document (its upload or fetched body), in bytes.
+    pub max_document_bytes: usize,
+    /// Hosts the control plane may fetch documents from (`docs.example.com`
+    /// or `*.example.com`, the rules of a profile's `http_hosts`); empty:
+    /// adding documents by URL is refused.
+    pub fetch_hosts: Vec<String>,
+    /// Seconds a fetch may take.
+    pub fetch_timeout_seconds: u64,
+    /// Default time to live of a `working` memory, in hours (other kinds
+    /// keep none unless given one).
+    pub working_ttl_hours: u64,
+    /// How often expired memories are purged, in seconds.
+    pub purge_interval_seconds: u64,
 }
 
 /// `[tasks]`.
@@ -666,6 +691,21 @@ impl Config {
         }
         if let Err(e) = self.governance.default_policy.validate() {
             return Err(ConfigError(format!("governance.default_policy: {e}")));
+        }
+        let k = &self.knowledge;
+        if k.chunk_tokens == 0 || k.chunk_tokens > 8192 || k.overlap_tokens >= k.chunk_tokens {
+            return bad(
+                "knowledge.chunk_tokens",
+                "1-8192, and above knowledge.overlap_tokens",
+            );
+        }
+        for h in &k.fetch_hosts {
+            if h.is_empty() || h.contains('/') || h.contains('@') {
+                return bad(
+                    "knowledge.fetch_hosts",
+                    "host names (`docs.example.com`, `*.example.com`), no scheme or path",
+                );
+            }
         }
         if !matches!(self.llm.provider.as_str(), "openai" | "anthropic") {
             return bad("llm.provider", "openai or anthropic");

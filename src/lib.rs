@@ -8,6 +8,7 @@
 //! - [`store`]: the SQL store (the `Store` port plus historical reads).
 //! - [`deploy`]: deployment targets (the `Deployer` port).
 //! - [`auth`]: passwords, access tokens, runtime-token secrets.
+//! - [`knowledge`]: knowledge bases, agents' memories, the search index.
 //! - [`protocol`] and [`runtime`]: the agent runtime and what it speaks.
 //!
 //! The actor runtime and the domain live in the `cadre-actors` crate.
@@ -21,6 +22,7 @@ pub mod cron;
 pub mod deploy;
 pub mod http;
 pub mod identity;
+pub mod knowledge;
 pub mod llm;
 pub mod mcp;
 pub mod protocol;

@@ -127,6 +127,21 @@ pub enum RuntimeMessage {
         /// What to tell it (its task's instruction).
         message: String,
     },
+    /// A tool the control plane runs for the agent (`knowledge.search`,
+    /// `memory.store`, `memory.recall`), after its `tool_request` was
+    /// allowed. Asked again until answered; the same `call_id` never
+    /// stores a second memory.
+    Knowledge {
+        /// The tool call's id.
+        call_id: String,
+        /// The task it comes from.
+        task_id: String,
+        /// The tool.
+        tool: String,
+        /// Its arguments.
+        #[serde(default)]
+        arguments: serde_json::Value,
+    },
     /// Text the model is streaming for step `seq` of a task: published as
     /// a `task.delta` event, not acknowledged (the step carries it all).
     TaskDelta {
@@ -261,6 +276,10 @@ pub enum ServerMessage {
         /// (`{"seq", "kind", "body", "tokens"}`), to continue from.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         replay: Vec<serde_json::Value>,
+        /// The agent's memories most relevant to the instruction (when its
+        /// `knowledge.recall_memories` is set), for the task's context.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        memories: Vec<String>,
     },
     /// Stop working on this task: an operator cancelled it.
     CancelTask {
@@ -280,6 +299,17 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         task_id: Option<String>,
         /// Why no task was created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Answer to `knowledge`: the tool's output, or why it failed.
+    KnowledgeResult {
+        /// The tool call's id.
+        call_id: String,
+        /// What the model is given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Why it failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

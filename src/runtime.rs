@@ -243,8 +243,8 @@ async fn session(
                         }
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
-                    Ok(ServerMessage::Task { task_id, instruction, input, limits, replay }) => {
-                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits, replay });
+                    Ok(ServerMessage::Task { task_id, instruction, input, limits, replay, memories }) => {
+                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits, replay, memories });
                     }
                     Ok(ServerMessage::CancelTask { task_id }) => {
                         eprintln!("cadre runtime: task {task_id} cancelled");
@@ -263,7 +263,7 @@ async fn session(
                             return SessionEnd::Reconnect(e);
                         }
                     }
-                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. } | ServerMessage::AgentMessageSent { .. }))
+                    Ok(msg @ (ServerMessage::ToolDecision { .. } | ServerMessage::Reservation { .. } | ServerMessage::AgentMessageSent { .. } | ServerMessage::KnowledgeResult { .. }))
                         if crate::agent_loop::report_id(&msg).is_some_and(|id| tasks.asks.open.contains_key(&id)) =>
                     {
                         let id = crate::agent_loop::report_id(&msg).unwrap_or_default();

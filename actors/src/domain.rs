@@ -305,6 +305,30 @@ pub struct RailwaySpec {
     pub token_secret: String,
 }
 
+/// What an agent may read and how it remembers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeSpec {
+    /// Knowledge bases (ids) its `knowledge.search` tool sees; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<String>,
+    /// Memories recalled into each task's context (the most relevant to
+    /// its instruction); 0 (the default) recalls none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recall_memories: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl KnowledgeSpec {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == KnowledgeSpec::default()
+    }
+}
+
 /// The runtime part of an agent's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +351,9 @@ pub struct RuntimeSpec {
     /// Railway settings (target `railway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub railway: Option<RailwaySpec>,
+    /// Knowledge bases it reads and memories it recalls.
+    #[serde(default, skip_serializing_if = "KnowledgeSpec::is_default")]
+    pub knowledge: KnowledgeSpec,
 }
 
 fn is_default_llm(l: &LlmSpec) -> bool {
@@ -419,6 +446,8 @@ pub struct AgentPatch {
     pub fly: Option<FlySpec>,
     /// New Railway settings (replace the old ones).
     pub railway: Option<RailwaySpec>,
+    /// New knowledge settings (replace the old ones).
+    pub knowledge: Option<KnowledgeSpec>,
 }
 
 impl AgentPatch {
@@ -489,6 +518,9 @@ impl AgentPatch {
         if let Some(d) = &self.railway {
             put("railway", serde_json::to_value(d));
         }
+        if let Some(k) = &self.knowledge {
+            put("knowledge", serde_json::to_value(k));
+        }
         serde_json::Value::Object(m)
     }
 
@@ -557,6 +589,9 @@ impl AgentPatch {
         }
         if self.railway.is_some() {
             s.runtime.railway = self.railway.clone();
+        }
+        if let Some(k) = &self.knowledge {
+            s.runtime.knowledge = k.clone();
         }
         s
     }
@@ -711,6 +746,9 @@ pub struct AgentView {
     /// MCP servers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_servers: Vec<McpServerSpec>,
+    /// Knowledge bases it reads, memories it recalls.
+    #[serde(default)]
+    pub knowledge: KnowledgeSpec,
     /// Usage.
     pub usage: UsageView,
     /// RFC 3339.
@@ -755,6 +793,7 @@ impl AgentView {
             profile: rec.spec.profile.clone(),
             llm: rec.spec.runtime.llm.clone(),
             mcp_servers: rec.spec.runtime.mcp_servers.clone(),
+            knowledge: rec.spec.runtime.knowledge.clone(),
             usage: UsageView {
                 tokens: rec.usage.tokens,
                 cost_usd: micros_to_usd(rec.usage.cost_micros),

@@ -185,6 +185,7 @@ impl Generator<'_> {
                 ssh: v.deployment.ssh.clone(),
                 fly: v.deployment.fly.clone(),
                 railway: v.deployment.railway.clone(),
+                knowledge: v.knowledge.clone(),
             },
             secrets: Default::default(),
             heartbeat_interval_ms: cadre_actors::context::Settings::heartbeat_interval(

@@ -17,7 +17,8 @@ use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
     AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, DockerSpec, FlySpec,
-    HealthOverrides, LlmSpec, McpServerSpec, OrgId, RailwaySpec, RuntimeSpec, SshSpec,
+    HealthOverrides, KnowledgeSpec, LlmSpec, McpServerSpec, OrgId, RailwaySpec, RuntimeSpec,
+    SshSpec,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -123,6 +124,7 @@ struct CreateAgent {
     profile: Option<String>,
     llm: Option<LlmSpec>,
     mcp_servers: Option<Vec<McpServerSpec>>,
+    knowledge: Option<KnowledgeSpec>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +142,7 @@ struct PatchAgent {
     profile: Option<Option<String>>,
     llm: Option<LlmSpec>,
     mcp_servers: Option<Vec<McpServerSpec>>,
+    knowledge: Option<KnowledgeSpec>,
 }
 
 #[derive(Deserialize)]
@@ -476,6 +479,49 @@ fn mcp_servers(list: Vec<McpServerSpec>) -> Result<Vec<McpServerSpec>, ApiError>
 }
 
 /// Every secret an agent's settings name must exist in its organization.
+/// Knowledge settings: at most 50 knowledge bases (ids), at most 20
+/// memories recalled per task.
+fn knowledge_spec(k: KnowledgeSpec) -> Result<KnowledgeSpec, ApiError> {
+    if k.bases.len() > 50 {
+        return Err(ApiError::invalid(
+            "knowledge.bases",
+            "at most 50 knowledge bases",
+        ));
+    }
+    let mut bases = Vec::with_capacity(k.bases.len());
+    for b in &k.bases {
+        let id = super::input::path_id("knowledge base", b).map_err(|_| {
+            ApiError::invalid(
+                "knowledge.bases",
+                format!("{b:?} is not a knowledge base id"),
+            )
+        })?;
+        if !bases.contains(&id) {
+            bases.push(id);
+        }
+    }
+    if k.recall_memories > 20 {
+        return Err(ApiError::invalid("knowledge.recall_memories", "0-20"));
+    }
+    Ok(KnowledgeSpec {
+        bases,
+        recall_memories: k.recall_memories,
+    })
+}
+
+/// Every knowledge base the settings name is the organization's.
+async fn known_bases(state: &AppState, org: &OrgId, k: &KnowledgeSpec) -> Result<(), ApiError> {
+    for b in &k.bases {
+        if state.store.tables().kb(org.as_str(), b).await?.is_none() {
+            return Err(ApiError::invalid(
+                "knowledge.bases",
+                format!("no knowledge base {b:?}: GET /api/v1/knowledge-bases lists them"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn known_secrets(state: &AppState, org: &OrgId, spec: &RuntimeSpec) -> Result<(), ApiError> {
     let gov = state.cadre.governance().org(org);
     match spec
@@ -530,6 +576,11 @@ impl CreateAgent {
                 ssh: dep.ssh.map(ssh_spec).transpose()?,
                 fly: dep.fly.map(fly_spec).transpose()?,
                 railway: dep.railway.map(railway_spec).transpose()?,
+                knowledge: self
+                    .knowledge
+                    .map(knowledge_spec)
+                    .transpose()?
+                    .unwrap_or_default(),
             },
         })
     }
@@ -574,6 +625,7 @@ impl PatchAgent {
             ssh: dep.ssh.map(ssh_spec).transpose()?,
             fly: dep.fly.map(fly_spec).transpose()?,
             railway: dep.railway.map(railway_spec).transpose()?,
+            knowledge: self.knowledge.map(knowledge_spec).transpose()?,
         })
     }
 }
@@ -615,6 +667,7 @@ async fn create(
     let spec = body.into_spec()?;
     known_profile(&state, &principal.org, spec.profile.as_deref())?;
     known_secrets(&state, &principal.org, &spec.runtime)?;
+    known_bases(&state, &principal.org, &spec.runtime.knowledge).await?;
     let snap = state
         .cadre
         .create_agent(&principal.org, spec, principal.who())
@@ -819,6 +872,9 @@ async fn patch(
             ..RuntimeSpec::default()
         },
     )?;
+    if let Some(k) = &patch.knowledge {
+        known_bases(&state, &principal.org, k).await?;
+    }
     let snap = state
         .cadre
         .patch_agent(&principal.org, &id, patch, principal.who())

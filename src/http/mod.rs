@@ -13,6 +13,7 @@ mod governance;
 pub mod guard;
 pub mod identity;
 pub mod input;
+pub mod knowledge;
 pub mod runtime;
 pub mod schedules;
 pub mod state;
@@ -278,6 +279,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = governance::routes(r);
     let r = tasks::routes(r);
     let r = schedules::routes(r);
+    let r = knowledge::routes(r);
     admin::routes(r)
 }
 

@@ -49,6 +49,8 @@ async fn connect(
     let ack = state.cadre.runtime_hello(&org, &agent, &token).await?;
     let session = Session {
         cadre: state.cadre.clone(),
+        knowledge: state.knowledge.clone(),
+        working_ttl_hours: state.config.knowledge.working_ttl_hours,
         store: state.store.clone(),
         activity: state.activity.clone(),
         shutdown: state.shutdown.clone(),
@@ -65,6 +67,8 @@ async fn connect(
 /// One authenticated runtime connection.
 struct Session {
     cadre: Cadre,
+    knowledge: crate::knowledge::Knowledge,
+    working_ttl_hours: u64,
     store: std::sync::Arc<crate::store::Db>,
     activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -98,6 +102,8 @@ fn error(code: &str, message: impl Into<String>) -> ServerMessage {
 async fn serve(mut socket: WebSocket, session: Session) {
     let Session {
         cadre,
+        knowledge,
+        working_ttl_hours,
         store,
         activity,
         mut shutdown,
@@ -184,12 +190,14 @@ async fn serve(mut socket: WebSocket, session: Session) {
                             },
                             _ => Vec::new(),
                         };
+                        let memories = recall_for_task(&cadre, &knowledge, &org, &agent, &t.instruction).await;
                         ServerMessage::Task {
                             task_id: t.id,
                             instruction: t.instruction,
                             input: t.input,
                             limits: t.limits,
                             replay,
+                            memories,
                         }
                     }
                     TaskOrder::Cancel(task_id) => ServerMessage::CancelTask { task_id },
@@ -363,6 +371,34 @@ async fn serve(mut socket: WebSocket, session: Session) {
                 ServerMessage::AgentMessageSent {
                     call_id,
                     task_id,
+                    error: why,
+                }
+            }
+            Ok(RuntimeMessage::Knowledge {
+                call_id,
+                task_id,
+                tool,
+                arguments,
+            }) => {
+                let (output, why) = match knowledge_tool(
+                    &cadre,
+                    &knowledge,
+                    &store,
+                    &org,
+                    &agent,
+                    working_ttl_hours,
+                    (&call_id, &task_id),
+                    &tool,
+                    arguments,
+                )
+                .await
+                {
+                    Ok(o) => (Some(o), None),
+                    Err(e) => (None, Some(e)),
+                };
+                ServerMessage::KnowledgeResult {
+                    call_id,
+                    output,
                     error: why,
                 }
             }
@@ -543,6 +579,173 @@ async fn agent_message(
         .await
         .map(|t| t.id)
         .map_err(|e| e.to_string())
+}
+
+/// The agent's knowledge settings (from its actor's published view).
+async fn knowledge_of(
+    cadre: &Cadre,
+    org: &OrgId,
+    agent: &AgentId,
+) -> Result<cadre_actors::domain::KnowledgeSpec, String> {
+    let snap = cadre
+        .get_agent(org, agent)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(snap.view().knowledge)
+}
+
+/// The memories recalled into a task's context: the agent's
+/// `recall_memories` most relevant to the instruction (none on error: a
+/// task is not held up by its context).
+async fn recall_for_task(
+    cadre: &Cadre,
+    knowledge: &crate::knowledge::Knowledge,
+    org: &OrgId,
+    agent: &AgentId,
+    instruction: &str,
+) -> Vec<String> {
+    let Ok(k) = knowledge_of(cadre, org, agent).await else {
+        return Vec::new();
+    };
+    if k.recall_memories == 0 {
+        return Vec::new();
+    }
+    use cadre_actors::ports::Clock;
+    let q = crate::knowledge::index::MemoryQuery {
+        org: org.to_string(),
+        agent: agent.to_string(),
+        text: instruction.chars().take(2000).collect(),
+        kinds: Vec::new(),
+        now: cadre_actors::ports::SystemClock.now_ms(),
+        limit: k.recall_memories as usize,
+    };
+    match knowledge.recall(q).await {
+        Ok(hits) => hits
+            .into_iter()
+            .map(|h| format!("[{}] {}", h.kind, h.content))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "recalling memories for a task");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs `knowledge.search`, `memory.store` or `memory.recall` for an
+/// agent: its output for the model. A search sees only the knowledge bases
+/// the agent's definition lists; memories are the agent's own.
+#[allow(clippy::too_many_arguments)]
+async fn knowledge_tool(
+    cadre: &Cadre,
+    knowledge: &crate::knowledge::Knowledge,
+    store: &crate::store::Db,
+    org: &OrgId,
+    agent: &AgentId,
+    working_ttl_hours: u64,
+    (call_id, task_id): (&str, &str),
+    tool: &str,
+    args: serde_json::Value,
+) -> Result<String, String> {
+    use cadre_actors::ports::Clock;
+    let now = cadre_actors::ports::SystemClock.now_ms();
+    let words = |args: &serde_json::Value| -> Result<String, String> {
+        args.get("query")
+            .and_then(|q| q.as_str())
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(|q| q.chars().take(2000).collect())
+            .ok_or_else(|| "arguments.query (a non-empty string) is required".to_string())
+    };
+    let limit = |args: &serde_json::Value, default: u64| {
+        args.get("limit")
+            .and_then(|l| l.as_u64())
+            .unwrap_or(default)
+            .clamp(1, 20) as usize
+    };
+    match tool {
+        "knowledge.search" => {
+            let k = knowledge_of(cadre, org, agent).await?;
+            if k.bases.is_empty() {
+                return Err(
+                    "this agent may read no knowledge base (its knowledge.bases is empty)".into(),
+                );
+            }
+            let hits = knowledge
+                .search(crate::knowledge::index::ChunkQuery {
+                    org: org.to_string(),
+                    text: words(&args)?,
+                    kbs: k.bases,
+                    doc: None,
+                    meta: Vec::new(),
+                    limit: limit(&args, 5),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if hits.is_empty() {
+                return Ok("no passage matches".into());
+            }
+            let out: Vec<String> = hits
+                .iter()
+                .map(|h| format!("[{} — {} #{}]\n{}", h.title, h.source, h.position, h.text))
+                .collect();
+            Ok(out.join("\n\n"))
+        }
+        "memory.store" => {
+            // One memory per call, however often it is asked.
+            let id = crate::derived_uuid(&format!("memory\n{org}\n{agent}\n{call_id}"));
+            if let Ok(Some(m)) = store
+                .tables()
+                .memory(org.as_str(), agent.as_str(), &id)
+                .await
+            {
+                return Ok(format!("remembered ({}, {})", m.kind, m.id));
+            }
+            let input: crate::http::knowledge::MemoryIn =
+                serde_json::from_value(args).map_err(|e| format!("arguments: {e}"))?;
+            let mut m = input
+                .into_memory(org.as_str(), agent.as_str(), working_ttl_hours, now)
+                .map_err(|e| e.message().to_string())?;
+            m.id = id;
+            // The task it came from, when the runtime names a real one.
+            if m.source_task.is_none()
+                && let Ok(Some(t)) = store.tables().task(org.as_str(), task_id).await
+            {
+                m.source_task = Some(t.id);
+            }
+            knowledge
+                .store_memory(m.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!("remembered ({}, {})", m.kind, m.id))
+        }
+        "memory.recall" => {
+            let kinds = match args.get("kind").and_then(|k| k.as_str()) {
+                Some(k) if crate::knowledge::KINDS.contains(&k) => vec![k.to_string()],
+                Some(k) => return Err(format!("no memory kind {k:?}")),
+                None => Vec::new(),
+            };
+            let hits = knowledge
+                .recall(crate::knowledge::index::MemoryQuery {
+                    org: org.to_string(),
+                    agent: agent.to_string(),
+                    text: words(&args)?,
+                    kinds,
+                    now,
+                    limit: limit(&args, 5),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if hits.is_empty() {
+                return Ok("nothing remembered about that".into());
+            }
+            Ok(hits
+                .iter()
+                .map(|h| format!("- [{}] {}", h.kind, h.content))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        other => Err(format!("{other} is not a knowledge tool")),
+    }
 }
 
 /// Records a runtime's task report; the answer for the runtime.

@@ -48,6 +48,8 @@ pub struct Shared {
     pub limiters: Arc<super::guard::Limiters>,
     /// The scheduler (cron tasks).
     pub scheduler: crate::schedule::Scheduler,
+    /// Knowledge bases and memories (their writer and the search index).
+    pub knowledge: crate::knowledge::Knowledge,
     /// URL of the runtime endpoint as runtimes reach it (generated configs).
     pub connect_url: String,
     /// Seals organization secrets before they reach the approval actor.

@@ -50,6 +50,7 @@ mod any;
 pub mod backend;
 mod governance;
 mod identity;
+mod knowledge;
 mod reads;
 mod schedules;
 pub mod server;
@@ -69,6 +70,7 @@ pub use identity::{
     AuditFilter, AuditRow, AuditSince, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
     UserChange, UserRecord,
 };
+pub use knowledge::{Chunk, Document, KnowledgeBase, Memory};
 pub use reads::HaltRow;
 pub use schedules::Schedule;
 pub use sqlite::{Checkpoints, Durability, SqlStore};

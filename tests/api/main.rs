@@ -13,6 +13,7 @@ mod docker;
 mod errors;
 mod governance;
 mod identity;
+mod knowledge;
 mod lifecycle;
 mod metrics;
 mod schedules;

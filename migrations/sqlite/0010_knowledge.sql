@@ -1,0 +1,66 @@
+-- Knowledge bases, their documents and chunks, and agents' memories. The
+-- database is the source of truth; the lexical index in the data directory
+-- is rebuilt from these rows (`cadre knowledge rebuild`, or on start when
+-- it is missing). `state` says how far a document or memory got into the
+-- index: `pending` (written here, not yet indexed), `indexed`, or
+-- `deleting` (leaving the index; its rows go once it has left).
+CREATE TABLE knowledge_bases (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    description  TEXT NOT NULL DEFAULT '',
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX knowledge_bases_name ON knowledge_bases (org_id, name);
+
+CREATE TABLE kb_documents (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL,
+    kb_id         TEXT NOT NULL,
+    title         TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    content_type  TEXT NOT NULL,
+    metadata      TEXT NOT NULL DEFAULT '{}',
+    content       TEXT NOT NULL,
+    content_hash  TEXT NOT NULL,
+    bytes         INTEGER NOT NULL,
+    chunk_count   INTEGER NOT NULL,
+    version       INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE INDEX kb_documents_kb ON kb_documents (org_id, kb_id, id);
+CREATE INDEX kb_documents_state ON kb_documents (state);
+
+CREATE TABLE kb_chunks (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL,
+    kb_id         TEXT NOT NULL,
+    doc_id        TEXT NOT NULL,
+    position      INTEGER NOT NULL,
+    start_offset  INTEGER NOT NULL,
+    end_offset    INTEGER NOT NULL,
+    tokens        INTEGER NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX kb_chunks_doc ON kb_chunks (doc_id, position);
+
+CREATE TABLE memories (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL,
+    agent_id      TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    content       TEXT NOT NULL,
+    importance    INTEGER NOT NULL,
+    source_task   TEXT,
+    expires_at    INTEGER,
+    state         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX memories_agent ON memories (org_id, agent_id, id);
+CREATE INDEX memories_expiry ON memories (expires_at);
+CREATE INDEX memories_state ON memories (state);

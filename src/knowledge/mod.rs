@@ -1,0 +1,699 @@
+//! Knowledge bases and agents' memories: documents split into chunks,
+//! memories, and the lexical (BM25) index over both.
+//!
+//! One persistence actor, the knowledge writer, owns every change: it
+//! writes the rows (durable, with their audit entries), then the index, in
+//! batches of whatever jobs are waiting (one index commit for all of them),
+//! and answers each caller only after both are committed. Rows are written
+//! first in state `pending` (or `deleting`), so a crash between the two
+//! commits is finished on the next start: pending rows are indexed again,
+//! deleting ones taken out. Searches read the index directly.
+
+pub mod chunk;
+pub mod index;
+
+use crate::store::{Chunk, Db, Document, KnowledgeBase, Memory};
+use cadre_actors::Error;
+use cadre_actors::audit::AuditEntry;
+use index::{ChunkHit, ChunkQuery, Lexical, MemoryHit, MemoryQuery};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs the writer takes in one batch at most.
+const BATCH: usize = 64;
+/// Rows read per page when resuming or rebuilding.
+const PAGE: i64 = 500;
+
+/// Memory kinds.
+pub const KINDS: [&str; 4] = ["episodic", "semantic", "procedural", "working"];
+
+type Done<T> = oneshot::Sender<Result<T, Error>>;
+
+/// What the writer is asked to do.
+enum Job {
+    CreateKb(KnowledgeBase, AuditEntry, Done<()>),
+    UpdateKb(KnowledgeBase, AuditEntry, Done<bool>),
+    DeleteKb(String, String, AuditEntry, Done<bool>),
+    PutDocument(Box<(Document, Vec<Chunk>, AuditEntry)>, Done<bool>),
+    DeleteDocument(String, String, AuditEntry, Done<bool>),
+    StoreMemory(Memory, Done<()>),
+    DeleteMemories(Vec<String>, Option<AuditEntry>, Done<u64>),
+    Rebuild(Done<Rebuilt>),
+}
+
+/// What a rebuild indexed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rebuilt {
+    /// Documents.
+    pub documents: u64,
+    /// Their chunks.
+    pub chunks: u64,
+    /// Memories.
+    pub memories: u64,
+}
+
+/// After the index commit: rows to mark or drop, then the answer.
+enum After {
+    MarkDoc(String, i64),
+    DropDocs(Vec<String>),
+    MarkMemories(Vec<String>),
+    DropMemories(Vec<String>),
+}
+
+/// One job's part of a batch.
+struct Step {
+    after: Vec<After>,
+    answer: Box<dyn FnOnce(Result<(), Error>) + Send>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// The handle: send jobs to the writer, search the index.
+#[derive(Clone)]
+pub struct Knowledge {
+    tx: mpsc::Sender<Job>,
+    lexical: Arc<Lexical>,
+    chunker: chunk::Chunker,
+}
+
+impl std::fmt::Debug for Knowledge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Knowledge").finish_non_exhaustive()
+    }
+}
+
+/// The writer's state.
+struct Writer {
+    store: Arc<Db>,
+    lexical: Arc<Lexical>,
+    w: Arc<Mutex<tantivy::IndexWriter>>,
+}
+
+impl Knowledge {
+    /// Opens (or creates) the index in `dir`, finishes what a previous run
+    /// left pending (or rebuilds the index from the database when it was
+    /// missing), and starts the writer.
+    pub async fn start(
+        store: Arc<Db>,
+        dir: &Path,
+        chunker: chunk::Chunker,
+    ) -> anyhow::Result<(Knowledge, tokio::task::JoinHandle<()>)> {
+        let dir = dir.to_path_buf();
+        let (lexical, fresh) = tokio::task::spawn_blocking(move || Lexical::open(&dir))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        let lexical = Arc::new(lexical);
+        let w = lexical.writer().map_err(anyhow::Error::msg)?;
+        let mut writer = Writer {
+            store,
+            lexical: lexical.clone(),
+            w: Arc::new(Mutex::new(w)),
+        };
+        if fresh {
+            let r = writer.rebuild().await.map_err(anyhow::Error::msg)?;
+            if r != Rebuilt::default() {
+                tracing::info!(?r, "knowledge index rebuilt from the database");
+            }
+        } else {
+            writer.resume().await.map_err(anyhow::Error::msg)?;
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(writer.run(rx));
+        Ok((
+            Knowledge {
+                tx,
+                lexical,
+                chunker,
+            },
+            task,
+        ))
+    }
+
+    /// The splitter.
+    pub fn chunker(&self) -> &chunk::Chunker {
+        &self.chunker
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Done<T>) -> Job) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(job(tx))
+            .await
+            .map_err(|_| unavailable("the knowledge writer has stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the knowledge writer stopped before answering"))?
+    }
+
+    /// Creates a knowledge base.
+    pub async fn create_kb(&self, kb: KnowledgeBase, audit: AuditEntry) -> Result<(), Error> {
+        self.ask(|d| Job::CreateKb(kb, audit, d)).await
+    }
+
+    /// Renames or re-describes one; whether it exists.
+    pub async fn update_kb(&self, kb: KnowledgeBase, audit: AuditEntry) -> Result<bool, Error> {
+        self.ask(|d| Job::UpdateKb(kb, audit, d)).await
+    }
+
+    /// Deletes one with its documents (rows and index); whether it existed.
+    pub async fn delete_kb(&self, org: &str, id: &str, audit: AuditEntry) -> Result<bool, Error> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.ask(|d| Job::DeleteKb(org, id, audit, d)).await
+    }
+
+    /// Adds a document (version 1) or a new version of one, with its
+    /// chunks; `false` when its knowledge base (or the document) is gone.
+    pub async fn put_document(
+        &self,
+        doc: Document,
+        chunks: Vec<Chunk>,
+        audit: AuditEntry,
+    ) -> Result<bool, Error> {
+        self.ask(|d| Job::PutDocument(Box::new((doc, chunks, audit)), d))
+            .await
+    }
+
+    /// Deletes a document (rows and index); whether it existed.
+    pub async fn delete_document(
+        &self,
+        org: &str,
+        id: &str,
+        audit: AuditEntry,
+    ) -> Result<bool, Error> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.ask(|d| Job::DeleteDocument(org, id, audit, d)).await
+    }
+
+    /// Stores a memory.
+    pub async fn store_memory(&self, m: Memory) -> Result<(), Error> {
+        self.ask(|d| Job::StoreMemory(m, d)).await
+    }
+
+    /// Deletes memories (rows and index); how many there were.
+    pub async fn delete_memories(
+        &self,
+        ids: Vec<String>,
+        audit: Option<AuditEntry>,
+    ) -> Result<u64, Error> {
+        self.ask(|d| Job::DeleteMemories(ids, audit, d)).await
+    }
+
+    /// Empties the index and indexes every document and memory again.
+    pub async fn rebuild(&self) -> Result<Rebuilt, Error> {
+        self.ask(Job::Rebuild).await
+    }
+
+    /// The best chunks (BM25).
+    pub async fn search(&self, q: ChunkQuery) -> Result<Vec<ChunkHit>, Error> {
+        let lexical = self.lexical.clone();
+        tokio::task::spawn_blocking(move || lexical.search_chunks(&q))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+
+    /// The most relevant live memories (BM25).
+    pub async fn recall(&self, q: MemoryQuery) -> Result<Vec<MemoryHit>, Error> {
+        let lexical = self.lexical.clone();
+        tokio::task::spawn_blocking(move || lexical.search_memories(&q))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+
+    /// Entries in the index.
+    pub fn indexed(&self) -> u64 {
+        self.lexical.len()
+    }
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut jobs, BATCH).await > 0 {
+            let mut steps = Vec::with_capacity(jobs.len());
+            for job in jobs.drain(..) {
+                if let Job::Rebuild(done) = job {
+                    // A rebuild commits on its own (after what came before).
+                    self.finish(std::mem::take(&mut steps)).await;
+                    let r = self.rebuild().await.map_err(unavailable);
+                    let _ = done.send(r);
+                    continue;
+                }
+                if let Some(step) = self.prepare(job).await {
+                    steps.push(step);
+                }
+            }
+            self.finish(steps).await;
+        }
+    }
+
+    /// Applies a batch's index changes and commits them, then the rows'
+    /// follow-ups, then answers.
+    async fn finish(&mut self, steps: Vec<Step>) {
+        if steps.is_empty() {
+            return;
+        }
+        let committed = if steps.iter().any(|s| !s.after.is_empty()) {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        for s in steps {
+            let mut r = committed.clone().map_err(unavailable);
+            if r.is_ok() {
+                for a in s.after {
+                    if let Err(e) = self.follow(a).await {
+                        r = Err(unavailable(e));
+                    }
+                }
+            }
+            (s.answer)(r);
+        }
+    }
+
+    async fn commit(&self) -> Result<(), String> {
+        let (w, lexical) = (self.w.clone(), self.lexical.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut w = w
+                .lock()
+                .map_err(|_| "knowledge index writer poisoned".to_string())?;
+            w.commit()
+                .map_err(|e| format!("knowledge index commit: {e}"))?;
+            lexical.reload()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn follow(&self, a: After) -> Result<(), String> {
+        let t = self.store.tables();
+        match a {
+            After::MarkDoc(id, v) => t
+                .mark_document_indexed(&id, v)
+                .await
+                .map_err(|e| e.to_string()),
+            After::DropDocs(ids) => {
+                for id in ids {
+                    t.drop_document(&id).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            After::MarkMemories(ids) => t
+                .set_memories_state(&ids, "indexed", None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            After::DropMemories(ids) => t.drop_memories(&ids).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&tantivy::IndexWriter, &Lexical) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let w = self
+            .w
+            .lock()
+            .map_err(|_| "knowledge index writer poisoned".to_string())?;
+        f(&w, &self.lexical)
+    }
+
+    /// A job's rows (committed here), its index changes (committed with
+    /// the batch) and what follows.
+    async fn prepare(&mut self, job: Job) -> Option<Step> {
+        let t = self.store.tables();
+        fn step<T: Send + 'static>(after: Vec<After>, done: Done<T>, value: T) -> Step {
+            Step {
+                after,
+                answer: Box::new(move |r| {
+                    let _ = done.send(r.map(|()| value));
+                }),
+            }
+        }
+        match job {
+            Job::CreateKb(kb, audit, done) => {
+                let _ = done.send(t.create_kb(&kb, &audit).await.map_err(|e| match e {
+                    cadre_actors::ports::StoreError::Conflict(_) => Error::Conflict(
+                        "name_taken",
+                        format!("a knowledge base named {:?} already exists", kb.name),
+                    ),
+                    other => unavailable(other),
+                }));
+                None
+            }
+            Job::UpdateKb(kb, audit, done) => {
+                let _ = done.send(t.update_kb(&kb, &audit).await.map_err(|e| match e {
+                    cadre_actors::ports::StoreError::Conflict(_) => Error::Conflict(
+                        "name_taken",
+                        format!("a knowledge base named {:?} already exists", kb.name),
+                    ),
+                    other => unavailable(other),
+                }));
+                None
+            }
+            Job::DeleteKb(org, id, audit, done) => {
+                let now = audit.at;
+                match t.delete_kb(&org, &id, now, &audit).await {
+                    Ok(false) => {
+                        let _ = done.send(Ok(false));
+                        None
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(unavailable(e)));
+                        None
+                    }
+                    Ok(true) => {
+                        let docs = match self.deleting(Some(&id)).await {
+                            Ok(d) => d,
+                            Err(e) => {
+                                let _ = done.send(Err(unavailable(e)));
+                                return None;
+                            }
+                        };
+                        if let Err(e) = self.with_writer(|w, l| {
+                            l.delete_kb(w, &id);
+                            Ok(())
+                        }) {
+                            let _ = done.send(Err(unavailable(e)));
+                            return None;
+                        }
+                        Some(step(vec![After::DropDocs(docs)], done, true))
+                    }
+                }
+            }
+            Job::PutDocument(b, done) => {
+                let (doc, chunks, audit) = *b;
+                match t.put_document(&doc, &chunks, &audit).await {
+                    Ok(false) => {
+                        let _ = done.send(Ok(false));
+                        None
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(unavailable(e)));
+                        None
+                    }
+                    Ok(true) => match self.with_writer(|w, l| {
+                        l.delete_doc(w, &doc.id);
+                        l.add_chunks(w, &doc, &chunks)
+                    }) {
+                        Ok(()) => Some(step(
+                            vec![After::MarkDoc(doc.id.clone(), doc.version)],
+                            done,
+                            true,
+                        )),
+                        Err(e) => {
+                            let _ = done.send(Err(unavailable(e)));
+                            None
+                        }
+                    },
+                }
+            }
+            Job::DeleteDocument(org, id, audit, done) => {
+                match t.mark_document_deleting(&org, &id, audit.at, &audit).await {
+                    Ok(false) => {
+                        let _ = done.send(Ok(false));
+                        None
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(unavailable(e)));
+                        None
+                    }
+                    Ok(true) => match self.with_writer(|w, l| {
+                        l.delete_doc(w, &id);
+                        Ok(())
+                    }) {
+                        Ok(()) => Some(step(vec![After::DropDocs(vec![id])], done, true)),
+                        Err(e) => {
+                            let _ = done.send(Err(unavailable(e)));
+                            None
+                        }
+                    },
+                }
+            }
+            Job::StoreMemory(m, done) => match t.insert_memory(&m).await {
+                Err(e) => {
+                    let _ = done.send(Err(unavailable(e)));
+                    None
+                }
+                Ok(()) => match self.with_writer(|w, l| l.add_memory(w, &m)) {
+                    Ok(()) => Some(step(vec![After::MarkMemories(vec![m.id])], done, ())),
+                    Err(e) => {
+                        let _ = done.send(Err(unavailable(e)));
+                        None
+                    }
+                },
+            },
+            Job::DeleteMemories(ids, audit, done) => {
+                match t.set_memories_state(&ids, "deleting", audit.as_ref()).await {
+                    Err(e) => {
+                        let _ = done.send(Err(unavailable(e)));
+                        None
+                    }
+                    Ok(n) => match self.with_writer(|w, l| {
+                        for id in &ids {
+                            l.delete_memory(w, id);
+                        }
+                        Ok(())
+                    }) {
+                        Ok(()) => Some(step(vec![After::DropMemories(ids)], done, n)),
+                        Err(e) => {
+                            let _ = done.send(Err(unavailable(e)));
+                            None
+                        }
+                    },
+                }
+            }
+            Job::Rebuild(done) => {
+                let _ = done.send(Err(unavailable("a rebuild is not part of a batch")));
+                None
+            }
+        }
+    }
+
+    /// Documents marked `deleting` (of one knowledge base, or all).
+    async fn deleting(&self, kb: Option<&str>) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .store
+                .tables()
+                .documents_in("deleting", &after, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            out.extend(
+                page.into_iter()
+                    .filter(|d| kb.is_none_or(|k| d.kb_id == k))
+                    .map(|d| d.id),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Indexes the documents in `state` (their chunks from the database);
+    /// what follows each.
+    async fn index_documents(
+        &self,
+        state: &str,
+        r: &mut Rebuilt,
+        after_all: &mut Vec<After>,
+    ) -> Result<(), String> {
+        let t = self.store.tables();
+        let mut after = String::new();
+        loop {
+            let page = t
+                .documents_in(state, &after, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            for doc in page {
+                let chunks = t
+                    .document_chunks(&doc.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.with_writer(|w, l| {
+                    l.delete_doc(w, &doc.id);
+                    l.add_chunks(w, &doc, &chunks)
+                })?;
+                r.documents += 1;
+                r.chunks += chunks.len() as u64;
+                if state == "pending" {
+                    after_all.push(After::MarkDoc(doc.id, doc.version));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the memories in `state`.
+    async fn index_memories(
+        &self,
+        state: &str,
+        r: &mut Rebuilt,
+        after_all: &mut Vec<After>,
+    ) -> Result<(), String> {
+        let t = self.store.tables();
+        let mut after = String::new();
+        loop {
+            let page = t
+                .memories_in(state, &after, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            let mut ids = Vec::with_capacity(page.len());
+            self.with_writer(|w, l| {
+                for m in &page {
+                    l.delete_memory(w, &m.id);
+                    l.add_memory(w, m)?;
+                }
+                Ok(())
+            })?;
+            for m in page {
+                r.memories += 1;
+                ids.push(m.id);
+            }
+            if state == "pending" {
+                after_all.push(After::MarkMemories(ids));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes out what is `deleting`; commits nothing.
+    async fn take_out_deleting(&self, after_all: &mut Vec<After>) -> Result<(), String> {
+        let docs = self.deleting(None).await?;
+        self.with_writer(|w, l| {
+            for d in &docs {
+                l.delete_doc(w, d);
+            }
+            Ok(())
+        })?;
+        after_all.push(After::DropDocs(docs));
+        let mut after = String::new();
+        loop {
+            let page = self
+                .store
+                .tables()
+                .memories_in("deleting", &after, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            let ids: Vec<String> = page.into_iter().map(|m| m.id).collect();
+            self.with_writer(|w, l| {
+                for id in &ids {
+                    l.delete_memory(w, id);
+                }
+                Ok(())
+            })?;
+            after_all.push(After::DropMemories(ids));
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, after_all: Vec<After>) -> Result<(), String> {
+        self.commit().await?;
+        for a in after_all {
+            self.follow(a).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes what a previous run left between its two commits.
+    async fn resume(&mut self) -> Result<(), String> {
+        let mut r = Rebuilt::default();
+        let mut after_all = Vec::new();
+        self.index_documents("pending", &mut r, &mut after_all)
+            .await?;
+        self.index_memories("pending", &mut r, &mut after_all)
+            .await?;
+        self.take_out_deleting(&mut after_all).await?;
+        if !after_all.is_empty() {
+            tracing::info!(?r, "knowledge index: finished pending changes");
+        }
+        self.settle(after_all).await
+    }
+
+    /// Empties the index and indexes every row again.
+    async fn rebuild(&mut self) -> Result<Rebuilt, String> {
+        self.with_writer(|w, l| l.clear(w))?;
+        let mut r = Rebuilt::default();
+        let mut after_all = Vec::new();
+        for state in ["indexed", "pending"] {
+            self.index_documents(state, &mut r, &mut after_all).await?;
+            self.index_memories(state, &mut r, &mut after_all).await?;
+        }
+        self.take_out_deleting(&mut after_all).await?;
+        self.settle(after_all).await?;
+        Ok(r)
+    }
+}
+
+/// Deletes expired memories every `every` (they are never returned once
+/// expired; this frees their rows and index entries).
+pub fn spawn_purge(
+    store: Arc<Db>,
+    knowledge: Knowledge,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    use cadre_actors::ports::Clock;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = cadre_actors::ports::SystemClock.now_ms();
+            loop {
+                match store.tables().expired_memories(now, 1000).await {
+                    Ok(ids) if ids.is_empty() => break,
+                    Ok(ids) => {
+                        let n = ids.len();
+                        if let Err(e) = knowledge.delete_memories(ids, None).await {
+                            tracing::warn!(error = %e, "purging expired memories");
+                            break;
+                        }
+                        metrics::counter!("cadre_memories_purged_total").increment(n as u64);
+                        if n < 1000 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing expired memories");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// SHA-256 of `text`, hex.
+pub fn content_hash(text: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The rows of a document's chunks.
+pub fn chunk_rows(doc: &Document, pieces: &[chunk::Piece]) -> Vec<Chunk> {
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Chunk {
+            id: format!("{}:{}:{i}", doc.id, doc.version),
+            org_id: doc.org_id.clone(),
+            kb_id: doc.kb_id.clone(),
+            doc_id: doc.id.clone(),
+            position: i as i64,
+            start: p.start as i64,
+            end: (p.start + p.text.len()) as i64,
+            tokens: p.tokens as i64,
+            text: p.text.clone(),
+        })
+        .collect()
+}

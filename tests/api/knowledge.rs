@@ -1,0 +1,749 @@
+//! Knowledge bases and memories through the API, on the real store and
+//! the real index in the app's data directory: documents, search and its
+//! filters, isolation, updates and deletes in both the rows and the index,
+//! restarts (resumption, rebuild), memories with TTL, and an agent's
+//! runtime searching and remembering through its tools.
+
+use crate::common::{TestApp, add_user, eventually, spawn_app_with};
+use crate::tasks::{FakeLlm, answer, app_with_llm, give, running_agent, tool_call, wait_task};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn kb(app: &TestApp, token: Option<&str>, name: &str) -> String {
+    let (s, v) = app
+        .call_as(
+            Some(token.unwrap_or(&app.token)),
+            Method::POST,
+            "/api/v1/knowledge-bases",
+            Some(json!({ "name": name, "description": "d" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v["id"].as_str().expect("id").to_string()
+}
+
+async fn doc(app: &TestApp, kb: &str, body: Value) -> Value {
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/knowledge-bases/{kb}/documents"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    v
+}
+
+async fn search(app: &TestApp, token: &str, body: Value) -> Vec<Value> {
+    let (s, v) = app
+        .call_as(
+            Some(token),
+            Method::POST,
+            "/api/v1/knowledge/search",
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["mode"], "lexical");
+    v["items"].as_array().expect("items").clone()
+}
+
+fn titles(hits: &[Value]) -> Vec<String> {
+    hits.iter()
+        .map(|h| h["title"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Serves `body` as `content_type` at `/page` on 127.0.0.1.
+async fn page_server(body: &'static str, content_type: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/page",
+        axum::routing::get(move || async move {
+            ([(axum::http::header::CONTENT_TYPE, content_type)], body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/page", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn documents_are_chunked_searched_filtered_updated_and_deleted_per_organization() {
+    let mut app = spawn_app_with(|c| c.knowledge.fetch_hosts = vec!["127.0.0.1".into()]).await;
+    let handbook = kb(&app, None, "handbook").await;
+    let faq = kb(&app, None, "faq").await;
+
+    // A Markdown document with several sections becomes several chunks.
+    let mut long = String::from("# Travel policy\n\n");
+    for i in 0..30 {
+        long.push_str(&format!(
+            "## Section {i}\n\nTravellers book trains for trips under four hours; section {i} covers \
+             the approval of bookings, receipts, per diem rates and what the finance team checks.\n\n"
+        ));
+    }
+    long.push_str("## Lodging\n\nHotel nights are reimbursed up to 180 euros in capital cities.\n");
+    let travel = doc(
+        &app,
+        &handbook,
+        json!({ "title": "Travel", "content": long, "content_type": "text/markdown", "metadata": { "team": "finance" } }),
+    )
+    .await;
+    assert!(
+        travel["chunk_count"].as_i64().expect("chunks") > 2,
+        "{travel}"
+    );
+    assert_eq!(travel["state"], "indexed");
+    let refunds = doc(
+        &app,
+        &faq,
+        json!({ "title": "Refunds", "content": "Customers get a refund within 30 days of delivery.", "metadata": { "team": "support" } }),
+    )
+    .await;
+    // HTML by URL, from an allowed host.
+    let url = page_server(
+        "<html><body><h1>Holidays</h1><p>The office closes between Christmas and New Year.</p></body></html>",
+        "text/html; charset=utf-8",
+    )
+    .await;
+    let holidays = doc(
+        &app,
+        &faq,
+        json!({ "url": url, "metadata": { "team": "support" } }),
+    )
+    .await;
+    assert_eq!(holidays["content_type"], "text/html");
+    assert_eq!(holidays["source"], url);
+
+    let token = app.token.clone();
+    let hits = search(
+        &app,
+        &token,
+        json!({ "query": "hotel night reimbursed capital" }),
+    )
+    .await;
+    assert_eq!(hits[0]["document_id"], travel["id"], "{hits:?}");
+    assert!(
+        hits[0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("180 euros")
+    );
+    assert!(hits[0]["score"].as_f64().expect("score") > 0.0);
+    let hits = search(&app, &token, json!({ "query": "refund delivery" })).await;
+    assert_eq!(titles(&hits)[0], "Refunds");
+    let hits = search(&app, &token, json!({ "query": "office closes christmas" })).await;
+    assert_eq!(hits[0]["document_id"], holidays["id"]);
+    assert_eq!(hits[0]["source"], url);
+
+    // Filters: knowledge base, document, metadata.
+    let only_handbook = search(
+        &app,
+        &token,
+        json!({ "query": "refund delivery receipts", "knowledge_base_ids": [handbook] }),
+    )
+    .await;
+    assert!(
+        only_handbook
+            .iter()
+            .all(|h| h["knowledge_base_id"] == handbook.as_str())
+    );
+    assert!(!only_handbook.is_empty());
+    let one_doc = search(
+        &app,
+        &token,
+        json!({ "query": "closes refund", "document_id": refunds["id"] }),
+    )
+    .await;
+    assert_eq!(titles(&one_doc), vec!["Refunds"]);
+    let support = search(
+        &app,
+        &token,
+        json!({ "query": "refund receipts office", "metadata": { "team": "support" } }),
+    )
+    .await;
+    assert!(!support.is_empty());
+    assert!(
+        support
+            .iter()
+            .all(|h| h["knowledge_base_id"] == faq.as_str()),
+        "{support:?}"
+    );
+
+    // Another organization sees none of it.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/orgs",
+            Some(json!({ "name": "Other", "slug": "other", "plan": "team",
+                          "owner": { "email": "o@other.test", "password": "other-password-1", "name": "O" } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, other, _) = app.sign_in("o@other.test", "other-password-1").await;
+    assert!(
+        search(
+            &app,
+            &other,
+            json!({ "query": "refund delivery hotel christmas" })
+        )
+        .await
+        .is_empty()
+    );
+    assert!(
+        search(
+            &app,
+            &other,
+            json!({ "query": "refund", "knowledge_base_ids": [faq] })
+        )
+        .await
+        .is_empty()
+    );
+    for path in [
+        format!("/api/v1/knowledge-bases/{faq}"),
+        format!("/api/v1/documents/{}", refunds["id"].as_str().expect("id")),
+    ] {
+        let (s, _) = app.call_as(Some(&other), Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (s, _) = app
+        .call_as(
+            Some(&other),
+            Method::DELETE,
+            &format!("/api/v1/documents/{}", refunds["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A viewer reads but does not write.
+    let (_, viewer) = add_user(&app, "v@example.test", "viewer").await;
+    assert!(
+        !search(&app, &viewer, json!({ "query": "refund" }))
+            .await
+            .is_empty()
+    );
+    let (s, _) = app
+        .call_as(
+            Some(&viewer),
+            Method::POST,
+            "/api/v1/knowledge-bases",
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Bad input changes nothing.
+    let docs_path = format!("/api/v1/knowledge-bases/{faq}/documents");
+    for (body, status, code) in [
+        (
+            json!({ "title": "x" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "title": "x", "content": "  " }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "title": "x", "content": "a", "content_type": "application/pdf" }),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+        ),
+        (
+            json!({ "title": "x", "content": "a", "url": url }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "title": "x", "content": "a", "metadata": { "Team": "x" } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "title": "x", "content": "a", "metadata": { "n": 3 } }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({ "url": "http://example.com/x" }),
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+        ),
+        (
+            json!({ "url": "ftp://127.0.0.1/x" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+    ] {
+        let (s, v) = app.call(Method::POST, &docs_path, Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert_eq!(v["code"], code, "{body}: {v}");
+    }
+    let (_, listed) = app.call(Method::GET, &docs_path, None).await;
+    assert_eq!(
+        listed["items"].as_array().expect("items").len(),
+        2,
+        "{listed}"
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/knowledge-bases",
+            Some(json!({ "name": "faq" })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("name_taken"))
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/knowledge/search",
+            Some(json!({ "query": "x", "limit": 500 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // An update re-chunks and re-indexes: the old text is gone.
+    let rid = refunds["id"].as_str().expect("id").to_string();
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/documents/{rid}"),
+            Some(json!({ "content": "Store credit is offered for returns after sixty days." })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["title"], "Refunds");
+    assert!(
+        search(
+            &app,
+            &token,
+            json!({ "query": "customers delivery", "document_id": rid })
+        )
+        .await
+        .is_empty()
+    );
+    let hits = search(&app, &token, json!({ "query": "store credit sixty days" })).await;
+    assert_eq!(hits[0]["document_id"], rid.as_str());
+    let (_, full) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/documents/{rid}?chunks=true"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        full["chunks"].as_array().expect("chunks").len(),
+        1,
+        "{full}"
+    );
+    assert!(
+        full["content"]
+            .as_str()
+            .expect("content")
+            .contains("sixty days")
+    );
+
+    // A restart keeps the index; a document the last run was deleting
+    // when it stopped (rows marked, index not yet changed) is finished.
+    app.stop().await;
+    {
+        let mut db = app.direct().await;
+        db.execute(&format!(
+            "UPDATE kb_documents SET state = 'deleting' WHERE id = '{}'",
+            holidays["id"].as_str().expect("id")
+        ))
+        .await
+        .expect("mark deleting");
+    }
+    app.start().await;
+    let token = app.token.clone();
+    assert!(
+        search(&app, &token, json!({ "query": "office closes christmas" }))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        titles(&search(&app, &token, json!({ "query": "hotel capital" })).await)[0],
+        "Travel"
+    );
+    let (s, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/documents/{}", holidays["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A lost index is rebuilt from the database on start.
+    app.stop().await;
+    std::fs::remove_dir_all(app.config.data_dir.join("knowledge").join("index")).expect("rm index");
+    app.start().await;
+    let token = app.token.clone();
+    assert_eq!(
+        titles(&search(&app, &token, json!({ "query": "hotel capital" })).await)[0],
+        "Travel"
+    );
+    assert_eq!(
+        titles(&search(&app, &token, json!({ "query": "store credit" })).await)[0],
+        "Refunds"
+    );
+    let (s, r) = app
+        .call(Method::POST, "/api/v1/knowledge/rebuild", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["documents"], 2, "{r}");
+
+    // Deleting a document, then a knowledge base, removes rows and index entries.
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/documents/{rid}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(
+        search(&app, &token, json!({ "query": "store credit sixty" }))
+            .await
+            .is_empty()
+    );
+    let (s, _) = app
+        .call(Method::DELETE, &format!("/api/v1/documents/{rid}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/knowledge-bases/{handbook}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(
+        search(&app, &token, json!({ "query": "hotel capital travellers" }))
+            .await
+            .is_empty()
+    );
+    let chunks = app
+        .store()
+        .tables()
+        .document_chunks(travel["id"].as_str().expect("id"))
+        .await
+        .expect("chunks");
+    assert!(chunks.is_empty(), "{chunks:?}");
+    let (_, audit) = app.call(Method::GET, "/api/v1/audit?limit=200", None).await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    for a in [
+        "knowledge_base.create",
+        "document.create",
+        "document.update",
+        "document.delete",
+        "knowledge_base.delete",
+        "knowledge.rebuild",
+    ] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn lexical_recall_at_5_on_the_labelled_set_is_at_least_0_8() {
+    let app = spawn_app_with(|_| {}).await;
+    let set: Value =
+        serde_json::from_str(include_str!("../data/knowledge_relevance.json")).expect("set");
+    let base = kb(&app, None, "handbook").await;
+    let mut ids = std::collections::HashMap::new();
+    for d in set["documents"].as_array().expect("documents") {
+        let v = doc(
+            &app,
+            &base,
+            json!({ "title": d["title"], "content": d["content"], "content_type": "text/markdown" }),
+        )
+        .await;
+        ids.insert(
+            d["title"].as_str().expect("title").to_string(),
+            v["id"].clone(),
+        );
+    }
+    let questions = set["questions"].as_array().expect("questions");
+    let mut found = 0;
+    let token = app.token.clone();
+    for q in questions {
+        let hits = search(&app, &token, json!({ "query": q["q"], "limit": 5 })).await;
+        let want = &ids[q["doc"].as_str().expect("doc")];
+        let phrase = q["phrase"].as_str().expect("phrase");
+        if hits.iter().any(|h| {
+            h["document_id"] == *want && h["text"].as_str().is_some_and(|t| t.contains(phrase))
+        }) {
+            found += 1;
+        } else {
+            eprintln!("missed: {} → {:?}", q["q"], titles(&hits));
+        }
+    }
+    let recall = found as f64 / questions.len() as f64;
+    eprintln!(
+        "lexical recall@5 = {recall:.3} ({found}/{})",
+        questions.len()
+    );
+    assert!(recall >= 0.8, "lexical recall@5 {recall:.3} < 0.8");
+}
+
+#[tokio::test]
+async fn memories_expire_are_purged_stay_with_their_agent_and_are_deleted_from_the_index() {
+    let app = spawn_app_with(|c| c.knowledge.purge_interval_seconds = 1).await;
+    let a = app
+        .create_id(json!({ "name": "alice", "role": "r", "model": "m" }))
+        .await;
+    let b = app
+        .create_id(json!({ "name": "bob", "role": "r", "model": "m" }))
+        .await;
+    let store = |agent: &str, body: Value| {
+        let path = format!("/api/v1/agents/{agent}/memories");
+        let app = &app;
+        async move {
+            let (s, v) = app.call(Method::POST, &path, Some(body)).await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            v
+        }
+    };
+    let fact = store(&a, json!({ "kind": "semantic", "content": "The customer Acme prefers invoices in euros", "importance": 0.9 })).await;
+    let how = store(
+        &a,
+        json!({ "kind": "procedural", "content": "To refund Acme, open the billing portal first" }),
+    )
+    .await;
+    let soon = store(&a, json!({ "kind": "episodic", "content": "Acme called about a late invoice", "ttl_seconds": 1 })).await;
+    let work = store(
+        &a,
+        json!({ "kind": "working", "content": "Acme draft reply in progress" }),
+    )
+    .await;
+    store(
+        &b,
+        json!({ "kind": "semantic", "content": "Acme is bob's secret customer" }),
+    )
+    .await;
+    assert_eq!(fact["importance"], 0.9);
+    assert!(fact["expires_at"].is_null());
+    // A working memory keeps 24 hours by default.
+    let expires = time::OffsetDateTime::parse(
+        work["expires_at"].as_str().expect("expires"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    let hours = (expires - time::OffsetDateTime::now_utc()).whole_minutes() as f64 / 60.0;
+    assert!((23.9..=24.0).contains(&hours), "{hours}");
+
+    let recall = |agent: String, q: &'static str| {
+        let app = &app;
+        async move {
+            let (s, v) = app
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/agents/{agent}/memories?q={q}"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["items"].as_array().expect("items").clone()
+        }
+    };
+    let hits = recall(a.clone(), "acme%20invoices%20euros").await;
+    assert_eq!(hits[0]["id"], fact["id"], "{hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| !h["content"].as_str().unwrap_or("").contains("bob"))
+    );
+    let (_, kinds) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{a}/memories?kind=procedural"),
+            None,
+        )
+        .await;
+    assert_eq!(kinds["items"].as_array().expect("items").len(), 1);
+    assert_eq!(kinds["items"][0]["id"], how["id"]);
+    let (s, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{a}/memories?kind=dream"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for bad in [
+        json!({ "kind": "dream", "content": "x" }),
+        json!({ "kind": "semantic", "content": "" }),
+        json!({ "kind": "semantic", "content": "x", "importance": 2 }),
+        json!({ "kind": "semantic", "content": "x", "ttl_seconds": 0 }),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/agents/{a}/memories"),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+    }
+
+    // Expired: never returned (search or list), then purged from the rows.
+    let sid = soon["id"].as_str().expect("id").to_string();
+    eventually("the 1 s memory expires", || {
+        let recall = recall(a.clone(), "late%20invoice%20called");
+        let sid = sid.clone();
+        async move { recall.await.iter().all(|h| h["id"] != sid.as_str()) }
+    })
+    .await;
+    let (_, list) = app
+        .call(Method::GET, &format!("/api/v1/agents/{a}/memories"), None)
+        .await;
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|m| m["id"] != sid.as_str())
+    );
+    assert_eq!(list["items"].as_array().expect("items").len(), 3, "{list}");
+    let org = crate::common::org_id(&app).await;
+    eventually("the purge job deletes the expired memory", || {
+        let (org, a, sid) = (org.clone(), a.clone(), sid.clone());
+        let app = &app;
+        async move {
+            app.store()
+                .tables()
+                .memory(&org, &a, &sid)
+                .await
+                .expect("read")
+                .is_none()
+        }
+    })
+    .await;
+
+    // Deleting removes it from the rows and the index; bob cannot delete alice's.
+    let fid = fact["id"].as_str().expect("id");
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/agents/{b}/memories/{fid}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/agents/{a}/memories/{fid}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(recall(a.clone(), "euros").await.is_empty());
+    assert!(
+        app.store()
+            .tables()
+            .memory(&org, &a, fid)
+            .await
+            .expect("read")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_agent_searches_only_its_knowledge_bases_and_remembers_across_tasks() {
+    let (llm, url) = FakeLlm::start(vec![
+        // Task 1: search, remember, finish.
+        tool_call(
+            "c1",
+            "knowledge__search",
+            json!({ "query": "refund window days" }),
+        ),
+        tool_call(
+            "c2",
+            "memory__store",
+            json!({ "kind": "semantic", "content": "Refund window for Acme orders is 30 days" }),
+        ),
+        tool_call("c3", "task__finish", json!({ "result": "done" })),
+        // Task 2: answers from what it recalled.
+        answer("30 days"),
+        tool_call("c4", "task__finish", json!({ "result": "30 days" })),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    let mine = kb(&app, None, "policies").await;
+    let secret = kb(&app, None, "board").await;
+    doc(
+        &app,
+        &mine,
+        json!({ "title": "Refunds", "content": "The refund window is 30 days from delivery." }),
+    )
+    .await;
+    doc(&app, &secret, json!({ "title": "Board", "content": "Refund window secret: the board extends it to 90 days." })).await;
+    // A knowledge base of another organization cannot be named.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(json!({ "name": "x", "knowledge": { "bases": ["0190d1a2-0000-7000-8000-000000000000"] } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let agent = running_agent(
+        &app,
+        "helper",
+        json!({ "knowledge": { "bases": [mine], "recall_memories": 3 } }),
+    )
+    .await;
+    let view = app.get(&agent).await;
+    assert_eq!(view["knowledge"]["bases"], json!([mine]));
+
+    let t1 = give(
+        &app,
+        &agent,
+        json!({ "instruction": "Find the refund window" }),
+    )
+    .await;
+    wait_task(&app, &t1, "succeeded").await;
+    // The search result the model was given: its base only.
+    let seen = llm.requests();
+    let given = serde_json::to_string(&seen[1].1["messages"]).expect("json");
+    assert!(given.contains("30 days from delivery"), "{given}");
+    assert!(!given.contains("90 days"), "{given}");
+    let (_, mems) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/memories"),
+            None,
+        )
+        .await;
+    let mems = mems["items"].as_array().expect("items").clone();
+    assert_eq!(mems.len(), 1, "{mems:?}");
+    assert_eq!(mems[0]["kind"], "semantic");
+    assert_eq!(mems[0]["source_task"], t1.as_str());
+
+    // The next task's context holds the memory, recalled by its instruction.
+    let t2 = give(
+        &app,
+        &agent,
+        json!({ "instruction": "How long is the refund window for Acme?" }),
+    )
+    .await;
+    wait_task(&app, &t2, "succeeded").await;
+    let seen = llm.requests();
+    let first = serde_json::to_string(&seen[3].1["messages"]).expect("json");
+    assert!(first.contains("What you remember"), "{first}");
+    assert!(
+        first.contains("Refund window for Acme orders is 30 days"),
+        "{first}"
+    );
+}
