@@ -441,10 +441,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.knowledge.overlap_tokens,
     )
     .map_err(anyhow::Error::msg)?;
+    let embedder = {
+        let e = &config.knowledge.embeddings;
+        if e.base_url.is_empty() {
+            None
+        } else {
+            let key = (!e.api_key_env.is_empty())
+                .then(|| std::env::var(&e.api_key_env).ok())
+                .flatten();
+            Some(
+                crate::knowledge::vector::Embedder::new(
+                    &e.base_url,
+                    &e.model,
+                    key,
+                    Duration::from_secs(e.timeout_seconds.max(1)),
+                )
+                .map_err(anyhow::Error::msg)
+                .context("the embeddings client")?,
+            )
+        }
+    };
     let (knowledge, knowledge_writer) = crate::knowledge::Knowledge::start(
         store.clone(),
         &config.data_dir.join("knowledge").join("index"),
         chunker,
+        embedder,
     )
     .await
     .context("starting the knowledge index")?;

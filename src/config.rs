@@ -95,6 +95,24 @@ pub struct KnowledgeConfig {
     pub working_ttl_hours: u64,
     /// How often expired memories are purged, in seconds.
     pub purge_interval_seconds: u64,
+    /// `[knowledge.embeddings]`: vector search, when configured.
+    pub embeddings: EmbeddingsConfig,
+}
+
+/// `[knowledge.embeddings]`: an OpenAI-compatible embeddings endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// Base URL (`https://api.openai.com/v1`, a local server's `…/v1`);
+    /// empty: no vector search, lexical only.
+    pub base_url: String,
+    /// Model name sent with each request.
+    pub model: String,
+    /// The control plane's environment variable holding the API key;
+    /// empty: none.
+    pub api_key_env: String,
+    /// Seconds an embeddings request may take.
+    pub timeout_seconds: u64,
 }
 
 /// `[tasks]`.
@@ -698,6 +716,19 @@ impl Config {
                 "knowledge.chunk_tokens",
                 "1-8192, and above knowledge.overlap_tokens",
             );
+        }
+        let e = &k.embeddings;
+        if !(e.base_url.is_empty()
+            || e.base_url.starts_with("http://")
+            || e.base_url.starts_with("https://"))
+        {
+            return bad(
+                "knowledge.embeddings.base_url",
+                "empty, or an http:// or https:// URL",
+            );
+        }
+        if !e.base_url.is_empty() && e.model.trim().is_empty() {
+            return bad("knowledge.embeddings.model", "the model to ask for");
         }
         for h in &k.fetch_hosts {
             if h.is_empty() || h.contains('/') || h.contains('@') {

@@ -60,3 +60,17 @@ CREATE TABLE memories (
 CREATE INDEX memories_agent ON memories (org_id, agent_id, id);
 CREATE INDEX memories_expiry ON memories (expires_at);
 CREATE INDEX memories_state ON memories (state);
+
+-- Embeddings of chunks and memories (when an embedding provider is
+-- configured): little-endian f32s, base64. The in-process vector index is
+-- built from these rows on start.
+CREATE TABLE kb_vectors (
+    id            VARCHAR(255) PRIMARY KEY,
+    org_id        VARCHAR(255) NOT NULL,
+    scope         VARCHAR(64) NOT NULL,
+    owner_id      VARCHAR(255) NOT NULL,
+    doc_id        VARCHAR(255),
+    expires_at    BIGINT,
+    vector        TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX kb_vectors_doc ON kb_vectors (doc_id);

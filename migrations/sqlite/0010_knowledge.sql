@@ -64,3 +64,17 @@ CREATE TABLE memories (
 CREATE INDEX memories_agent ON memories (org_id, agent_id, id);
 CREATE INDEX memories_expiry ON memories (expires_at);
 CREATE INDEX memories_state ON memories (state);
+
+-- Embeddings of chunks and memories (when an embedding provider is
+-- configured): little-endian f32s, base64. The in-process vector index is
+-- built from these rows on start.
+CREATE TABLE kb_vectors (
+    id            TEXT PRIMARY KEY,
+    org_id        TEXT NOT NULL,
+    scope         TEXT NOT NULL,
+    owner_id      TEXT NOT NULL,
+    doc_id        TEXT,
+    expires_at    INTEGER,
+    vector        TEXT NOT NULL
+);
+CREATE INDEX kb_vectors_doc ON kb_vectors (doc_id);

@@ -608,6 +608,9 @@ pub struct SearchIn {
     pub metadata: Option<Map<String, Value>>,
     /// How many results (default 10, at most 50).
     pub limit: Option<usize>,
+    /// `auto` (default: hybrid when embeddings are configured, else
+    /// lexical), `lexical`, `vector` or `hybrid`.
+    pub mode: Option<String>,
 }
 
 impl SearchIn {
@@ -662,9 +665,15 @@ async fn search(
     p: Principal,
     ApiJson(body): ApiJson<SearchIn>,
 ) -> Result<Response, ApiError> {
+    let mode = pick(&state, body.mode.as_deref())?;
     let q = body.into_query(p.org.as_str())?;
-    let hits = state.knowledge.search(q).await?;
-    Ok(Json(json!({ "items": hits, "mode": "lexical" })).into_response())
+    let hits = state.knowledge.search(q, mode).await?;
+    Ok(Json(json!({ "items": hits, "mode": mode })).into_response())
+}
+
+fn pick(state: &AppState, raw: Option<&str>) -> Result<knowledge::Mode, ApiError> {
+    knowledge::Mode::pick(raw, state.knowledge.has_vectors())
+        .map_err(|e| ApiError::invalid("mode", e))
 }
 
 async fn rebuild(State(state): State<AppState>, p: Principal) -> Result<Response, ApiError> {
@@ -681,6 +690,7 @@ async fn rebuild(State(state): State<AppState>, p: Principal) -> Result<Response
 struct MemoryParams {
     kind: Option<String>,
     q: Option<String>,
+    mode: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
 }
@@ -720,18 +730,24 @@ async fn list_memories(
     })?;
     let limit = page_limit(q.limit)?;
     if let Some(words) = q.q.as_deref() {
+        let mode = pick(&state, q.mode.as_deref())?;
         let hits = state
             .knowledge
-            .recall(MemoryQuery {
-                org: p.org.to_string(),
-                agent: agent.to_string(),
-                text: text("q", words, 2000)?,
-                kinds: kind.into_iter().collect(),
-                now: now(),
-                limit,
-            })
+            .recall(
+                MemoryQuery {
+                    org: p.org.to_string(),
+                    agent: agent.to_string(),
+                    text: text("q", words, 2000)?,
+                    kinds: kind.into_iter().collect(),
+                    now: now(),
+                    limit,
+                },
+                mode,
+            )
             .await?;
-        return Ok(Json(json!({ "items": hits, "next_cursor": null })).into_response());
+        return Ok(
+            Json(json!({ "items": hits, "next_cursor": null, "mode": mode })).into_response(),
+        );
     }
     let before = cursor(q.cursor.as_deref())?;
     let rows = state
@@ -826,7 +842,13 @@ async fn add_memory(
         state.config.knowledge.working_ttl_hours,
         now(),
     )?;
-    state.knowledge.store_memory(m.clone()).await?;
+    let a = audit(
+        &p,
+        "memory.create",
+        format!("memory:{}", m.id),
+        json!({ "agent_id": agent.as_str(), "kind": m.kind }),
+    );
+    state.knowledge.store_memory(m.clone(), Some(a)).await?;
     Ok((StatusCode::CREATED, Json(memory_json(&m))).into_response())
 }
 

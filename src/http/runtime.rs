@@ -619,7 +619,9 @@ async fn recall_for_task(
         now: cadre_actors::ports::SystemClock.now_ms(),
         limit: k.recall_memories as usize,
     };
-    match knowledge.recall(q).await {
+    let mode = crate::knowledge::Mode::pick(None, knowledge.has_vectors())
+        .unwrap_or(crate::knowledge::Mode::Lexical);
+    match knowledge.recall(q, mode).await {
         Ok(hits) => hits
             .into_iter()
             .map(|h| format!("[{}] {}", h.kind, h.content))
@@ -662,6 +664,7 @@ async fn knowledge_tool(
             .unwrap_or(default)
             .clamp(1, 20) as usize
     };
+    let mode = crate::knowledge::Mode::pick(None, knowledge.has_vectors())?;
     match tool {
         "knowledge.search" => {
             let k = knowledge_of(cadre, org, agent).await?;
@@ -671,14 +674,17 @@ async fn knowledge_tool(
                 );
             }
             let hits = knowledge
-                .search(crate::knowledge::index::ChunkQuery {
-                    org: org.to_string(),
-                    text: words(&args)?,
-                    kbs: k.bases,
-                    doc: None,
-                    meta: Vec::new(),
-                    limit: limit(&args, 5),
-                })
+                .search(
+                    crate::knowledge::index::ChunkQuery {
+                        org: org.to_string(),
+                        text: words(&args)?,
+                        kbs: k.bases,
+                        doc: None,
+                        meta: Vec::new(),
+                        limit: limit(&args, 5),
+                    },
+                    mode,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if hits.is_empty() {
@@ -713,7 +719,7 @@ async fn knowledge_tool(
                 m.source_task = Some(t.id);
             }
             knowledge
-                .store_memory(m.clone())
+                .store_memory(m.clone(), None)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!("remembered ({}, {})", m.kind, m.id))
@@ -725,14 +731,17 @@ async fn knowledge_tool(
                 None => Vec::new(),
             };
             let hits = knowledge
-                .recall(crate::knowledge::index::MemoryQuery {
-                    org: org.to_string(),
-                    agent: agent.to_string(),
-                    text: words(&args)?,
-                    kinds,
-                    now,
-                    limit: limit(&args, 5),
-                })
+                .recall(
+                    crate::knowledge::index::MemoryQuery {
+                        org: org.to_string(),
+                        agent: agent.to_string(),
+                        text: words(&args)?,
+                        kinds,
+                        now,
+                        limit: limit(&args, 5),
+                    },
+                    mode,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             if hits.is_empty() {

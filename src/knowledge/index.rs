@@ -342,14 +342,13 @@ impl Lexical {
         (!should.is_empty()).then(|| Box::new(BooleanQuery::new(should)) as Box<dyn Query>)
     }
 
-    /// The best chunks for `q`, best first.
-    pub fn search_chunks(&self, q: &ChunkQuery) -> Result<Vec<ChunkHit>, String> {
+    fn ids(&self, ids: &[String]) -> Box<dyn Query> {
+        self.any_of(self.f.id, ids)
+    }
+
+    fn chunk_filters(&self, q: &ChunkQuery) -> Vec<(Occur, Box<dyn Query>)> {
         let f = &self.f;
-        let Some(words) = self.words(&q.text, &[(f.body, 1.0), (f.title, 0.5)]) else {
-            return Ok(Vec::new());
-        };
         let mut must: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, words),
             (Occur::Must, self.exact(f.scope, "kb")),
             (Occur::Must, self.exact(f.org, &q.org)),
         ];
@@ -362,12 +361,14 @@ impl Lexical {
         for (k, v) in &q.meta {
             must.push((Occur::Must, self.exact(f.meta, &format!("{k}={v}"))));
         }
+        must
+    }
+
+    fn run_chunks(&self, query: BooleanQuery, limit: usize) -> Result<Vec<ChunkHit>, String> {
+        let f = &self.f;
         let searcher = self.reader.searcher();
         let top = searcher
-            .search(
-                &BooleanQuery::new(must),
-                &TopDocs::with_limit(q.limit.max(1)).order_by_score(),
-            )
+            .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
             .map_err(err)?;
         let text = |d: &TantivyDocument, field: Field| {
             d.get_first(field)
@@ -392,14 +393,39 @@ impl Lexical {
         Ok(hits)
     }
 
-    /// The most relevant live memories for `q`, best first.
-    pub fn search_memories(&self, q: &MemoryQuery) -> Result<Vec<MemoryHit>, String> {
+    /// The best chunks for `q` (BM25), best first.
+    pub fn search_chunks(&self, q: &ChunkQuery) -> Result<Vec<ChunkHit>, String> {
         let f = &self.f;
-        let Some(words) = self.words(&q.text, &[(f.body, 1.0)]) else {
+        let Some(words) = self.words(&q.text, &[(f.body, 1.0), (f.title, 0.5)]) else {
             return Ok(Vec::new());
         };
+        let mut must = self.chunk_filters(q);
+        must.push((Occur::Must, words));
+        self.run_chunks(BooleanQuery::new(must), q.limit)
+    }
+
+    /// The chunks of `ids` that pass `q`'s filters (a vector search's
+    /// hits, read back with their text), by id.
+    pub fn chunks_by_id(
+        &self,
+        ids: &[String],
+        q: &ChunkQuery,
+    ) -> Result<std::collections::HashMap<String, ChunkHit>, String> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut must = self.chunk_filters(q);
+        must.push((Occur::Must, self.ids(ids)));
+        Ok(self
+            .run_chunks(BooleanQuery::new(must), ids.len())?
+            .into_iter()
+            .map(|h| (h.chunk_id.clone(), h))
+            .collect())
+    }
+
+    fn memory_filters(&self, q: &MemoryQuery) -> Vec<(Occur, Box<dyn Query>)> {
+        let f = &self.f;
         let mut must: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, words),
             (Occur::Must, self.exact(f.scope, "mem")),
             (Occur::Must, self.exact(f.org, &q.org)),
             (Occur::Must, self.exact(f.agent, &q.agent)),
@@ -414,12 +440,14 @@ impl Lexical {
         if !q.kinds.is_empty() {
             must.push((Occur::Must, self.any_of(f.kind, &q.kinds)));
         }
+        must
+    }
+
+    fn run_memories(&self, query: BooleanQuery, limit: usize) -> Result<Vec<MemoryHit>, String> {
+        let f = &self.f;
         let searcher = self.reader.searcher();
         let top = searcher
-            .search(
-                &BooleanQuery::new(must),
-                &TopDocs::with_limit(q.limit.max(1)).order_by_score(),
-            )
+            .search(&query, &TopDocs::with_limit(limit.max(1)).order_by_score())
             .map_err(err)?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
@@ -442,6 +470,34 @@ impl Lexical {
             });
         }
         Ok(hits)
+    }
+
+    /// The most relevant live memories for `q` (BM25), best first.
+    pub fn search_memories(&self, q: &MemoryQuery) -> Result<Vec<MemoryHit>, String> {
+        let Some(words) = self.words(&q.text, &[(self.f.body, 1.0)]) else {
+            return Ok(Vec::new());
+        };
+        let mut must = self.memory_filters(q);
+        must.push((Occur::Must, words));
+        self.run_memories(BooleanQuery::new(must), q.limit)
+    }
+
+    /// The live memories of `ids` that pass `q`'s filters, by id.
+    pub fn memories_by_id(
+        &self,
+        ids: &[String],
+        q: &MemoryQuery,
+    ) -> Result<std::collections::HashMap<String, MemoryHit>, String> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut must = self.memory_filters(q);
+        must.push((Occur::Must, self.ids(ids)));
+        Ok(self
+            .run_memories(BooleanQuery::new(must), ids.len())?
+            .into_iter()
+            .map(|h| (h.id.clone(), h))
+            .collect())
     }
 
     /// Entries in the index (chunks and memories), as of the last reload.

@@ -11,14 +11,16 @@
 
 pub mod chunk;
 pub mod index;
+pub mod vector;
 
-use crate::store::{Chunk, Db, Document, KnowledgeBase, Memory};
+use crate::store::{Chunk, Db, Document, KnowledgeBase, Memory, VectorRow};
 use cadre_actors::Error;
 use cadre_actors::audit::AuditEntry;
 use index::{ChunkHit, ChunkQuery, Lexical, MemoryHit, MemoryQuery};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
+use vector::{Embedder, Entry, Vectors};
 
 /// Jobs the writer takes in one batch at most.
 const BATCH: usize = 64;
@@ -30,14 +32,23 @@ pub const KINDS: [&str; 4] = ["episodic", "semantic", "procedural", "working"];
 
 type Done<T> = oneshot::Sender<Result<T, Error>>;
 
+/// A document version to write: its row, chunks, their embeddings (none
+/// without a provider) and the audit entry.
+struct Put {
+    doc: Document,
+    chunks: Vec<Chunk>,
+    vectors: Vec<Vec<f32>>,
+    audit: AuditEntry,
+}
+
 /// What the writer is asked to do.
 enum Job {
     CreateKb(KnowledgeBase, AuditEntry, Done<()>),
     UpdateKb(KnowledgeBase, AuditEntry, Done<bool>),
     DeleteKb(String, String, AuditEntry, Done<bool>),
-    PutDocument(Box<(Document, Vec<Chunk>, AuditEntry)>, Done<bool>),
+    PutDocument(Box<Put>, Done<bool>),
     DeleteDocument(String, String, AuditEntry, Done<bool>),
-    StoreMemory(Memory, Done<()>),
+    StoreMemory(Memory, Option<Vec<f32>>, Option<AuditEntry>, Done<()>),
     DeleteMemories(Vec<String>, Option<AuditEntry>, Done<u64>),
     Rebuild(Done<Rebuilt>),
 }
@@ -76,7 +87,40 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 pub struct Knowledge {
     tx: mpsc::Sender<Job>,
     lexical: Arc<Lexical>,
+    vectors: Arc<Vectors>,
+    embedder: Option<Embedder>,
     chunker: chunk::Chunker,
+}
+
+/// How a search ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// BM25 only.
+    Lexical,
+    /// Embeddings only.
+    Vector,
+    /// Both, fused by reciprocal rank.
+    Hybrid,
+}
+
+impl Mode {
+    /// The mode `raw` asks for (`auto` or none: hybrid when embeddings are
+    /// configured, else lexical); `None` when it needs embeddings that
+    /// are not configured, or is not a mode.
+    pub fn pick(raw: Option<&str>, vectors: bool) -> Result<Mode, String> {
+        match raw {
+            None | Some("auto") => Ok(if vectors { Mode::Hybrid } else { Mode::Lexical }),
+            Some("lexical") => Ok(Mode::Lexical),
+            Some("vector" | "hybrid") if !vectors => Err(
+                "vector search needs an embedding provider ([knowledge.embeddings] base_url)"
+                    .into(),
+            ),
+            Some("vector") => Ok(Mode::Vector),
+            Some("hybrid") => Ok(Mode::Hybrid),
+            Some(other) => Err(format!("mode {other:?}: auto, lexical, vector or hybrid")),
+        }
+    }
 }
 
 impl std::fmt::Debug for Knowledge {
@@ -89,6 +133,7 @@ impl std::fmt::Debug for Knowledge {
 struct Writer {
     store: Arc<Db>,
     lexical: Arc<Lexical>,
+    vectors: Arc<Vectors>,
     w: Arc<Mutex<tantivy::IndexWriter>>,
 }
 
@@ -100,6 +145,7 @@ impl Knowledge {
         store: Arc<Db>,
         dir: &Path,
         chunker: chunk::Chunker,
+        embedder: Option<Embedder>,
     ) -> anyhow::Result<(Knowledge, tokio::task::JoinHandle<()>)> {
         let dir = dir.to_path_buf();
         let (lexical, fresh) = tokio::task::spawn_blocking(move || Lexical::open(&dir))
@@ -107,9 +153,11 @@ impl Knowledge {
             .map_err(anyhow::Error::msg)?;
         let lexical = Arc::new(lexical);
         let w = lexical.writer().map_err(anyhow::Error::msg)?;
+        let vectors = Arc::new(Vectors::default());
         let mut writer = Writer {
             store,
             lexical: lexical.clone(),
+            vectors: vectors.clone(),
             w: Arc::new(Mutex::new(w)),
         };
         if fresh {
@@ -119,6 +167,7 @@ impl Knowledge {
             }
         } else {
             writer.resume().await.map_err(anyhow::Error::msg)?;
+            writer.load_vectors().await.map_err(anyhow::Error::msg)?;
         }
         let (tx, rx) = mpsc::channel(1024);
         let task = tokio::spawn(writer.run(rx));
@@ -126,6 +175,8 @@ impl Knowledge {
             Knowledge {
                 tx,
                 lexical,
+                vectors,
+                embedder,
                 chunker,
             },
             task,
@@ -171,8 +222,42 @@ impl Knowledge {
         chunks: Vec<Chunk>,
         audit: AuditEntry,
     ) -> Result<bool, Error> {
-        self.ask(|d| Job::PutDocument(Box::new((doc, chunks, audit)), d))
-            .await
+        let texts: Vec<String> = chunks
+            .iter()
+            .map(|c| format!("{}\n{}", doc.title, c.text))
+            .collect();
+        let vectors = self.embed(&texts).await?.unwrap_or_default();
+        self.ask(|d| {
+            Job::PutDocument(
+                Box::new(Put {
+                    doc,
+                    chunks,
+                    vectors,
+                    audit,
+                }),
+                d,
+            )
+        })
+        .await
+    }
+
+    /// Whether vector search is configured.
+    pub fn has_vectors(&self) -> bool {
+        self.embedder.is_some()
+    }
+
+    /// Embeddings of `texts` (`None` when no provider is configured).
+    pub async fn embed(&self, texts: &[String]) -> Result<Option<Vec<Vec<f32>>>, Error> {
+        let Some(e) = &self.embedder else {
+            return Ok(None);
+        };
+        if texts.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let t0 = std::time::Instant::now();
+        let r = e.embed(texts).await.map_err(Error::Unavailable);
+        metrics::histogram!("cadre_embeddings_seconds").record(t0.elapsed().as_secs_f64());
+        r.map(Some)
     }
 
     /// Deletes a document (rows and index); whether it existed.
@@ -186,9 +271,13 @@ impl Knowledge {
         self.ask(|d| Job::DeleteDocument(org, id, audit, d)).await
     }
 
-    /// Stores a memory.
-    pub async fn store_memory(&self, m: Memory) -> Result<(), Error> {
-        self.ask(|d| Job::StoreMemory(m, d)).await
+    /// Stores a memory (with the audit entry of an operator's addition).
+    pub async fn store_memory(&self, m: Memory, audit: Option<AuditEntry>) -> Result<(), Error> {
+        let v = self
+            .embed(std::slice::from_ref(&m.content))
+            .await?
+            .and_then(|mut v| v.pop());
+        self.ask(|d| Job::StoreMemory(m, v, audit, d)).await
     }
 
     /// Deletes memories (rows and index); how many there were.
@@ -205,22 +294,147 @@ impl Knowledge {
         self.ask(Job::Rebuild).await
     }
 
-    /// The best chunks (BM25).
-    pub async fn search(&self, q: ChunkQuery) -> Result<Vec<ChunkHit>, Error> {
-        let lexical = self.lexical.clone();
-        tokio::task::spawn_blocking(move || lexical.search_chunks(&q))
-            .await
-            .map_err(unavailable)?
-            .map_err(unavailable)
+    /// The best chunks for `q`, ranked as `mode` says.
+    pub async fn search(&self, q: ChunkQuery, mode: Mode) -> Result<Vec<ChunkHit>, Error> {
+        let limit = q.limit.max(1);
+        let wide = (limit * 4).max(20);
+        let lexical = if mode == Mode::Vector {
+            Vec::new()
+        } else {
+            let (l, q) = (
+                self.lexical.clone(),
+                ChunkQuery {
+                    limit: wide,
+                    ..q.clone()
+                },
+            );
+            tokio::task::spawn_blocking(move || l.search_chunks(&q))
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?
+        };
+        if mode == Mode::Lexical {
+            return Ok(lexical.into_iter().take(limit).collect());
+        }
+        let Some(qv) = self
+            .embed(std::slice::from_ref(&q.text))
+            .await?
+            .and_then(|mut v| v.pop())
+        else {
+            return Ok(lexical.into_iter().take(limit).collect());
+        };
+        let (vectors, lex, qq) = (self.vectors.clone(), self.lexical.clone(), q.clone());
+        let near = tokio::task::spawn_blocking(move || {
+            let hits = vectors.search(&qq.org, qv, wide, |e| {
+                e.scope == "kb"
+                    && (qq.kbs.is_empty() || qq.kbs.contains(&e.owner))
+                    && qq.doc.as_ref().is_none_or(|d| e.doc.as_ref() == Some(d))
+            });
+            let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
+            lex.chunks_by_id(&ids, &qq).map(|found| {
+                hits.into_iter()
+                    .filter_map(|(id, sim)| {
+                        found
+                            .get(&id)
+                            .cloned()
+                            .map(|h| ChunkHit { score: sim, ..h })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        if mode == Mode::Vector {
+            return Ok(near.into_iter().take(limit).collect());
+        }
+        let fused = vector::fuse(&[
+            lexical.iter().map(|h| h.chunk_id.clone()).collect(),
+            near.iter().map(|h| h.chunk_id.clone()).collect(),
+        ]);
+        let mut by_id: std::collections::HashMap<String, ChunkHit> = lexical
+            .into_iter()
+            .chain(near)
+            .map(|h| (h.chunk_id.clone(), h))
+            .collect();
+        Ok(fused
+            .into_iter()
+            .take(limit)
+            .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
+            .collect())
     }
 
-    /// The most relevant live memories (BM25).
-    pub async fn recall(&self, q: MemoryQuery) -> Result<Vec<MemoryHit>, Error> {
-        let lexical = self.lexical.clone();
-        tokio::task::spawn_blocking(move || lexical.search_memories(&q))
-            .await
-            .map_err(unavailable)?
-            .map_err(unavailable)
+    /// The most relevant live memories, ranked as `mode` says.
+    pub async fn recall(&self, q: MemoryQuery, mode: Mode) -> Result<Vec<MemoryHit>, Error> {
+        let limit = q.limit.max(1);
+        let wide = (limit * 4).max(20);
+        let lexical = if mode == Mode::Vector {
+            Vec::new()
+        } else {
+            let (l, q) = (
+                self.lexical.clone(),
+                MemoryQuery {
+                    limit: wide,
+                    ..q.clone()
+                },
+            );
+            tokio::task::spawn_blocking(move || l.search_memories(&q))
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?
+        };
+        if mode == Mode::Lexical {
+            return Ok(lexical.into_iter().take(limit).collect());
+        }
+        let Some(qv) = self
+            .embed(std::slice::from_ref(&q.text))
+            .await?
+            .and_then(|mut v| v.pop())
+        else {
+            return Ok(lexical.into_iter().take(limit).collect());
+        };
+        let (vectors, lex, qq) = (self.vectors.clone(), self.lexical.clone(), q.clone());
+        let near = tokio::task::spawn_blocking(move || {
+            let hits = vectors.search(&qq.org, qv, wide, |e| {
+                e.scope == "mem" && e.owner == qq.agent && e.expires_at.is_none_or(|x| x > qq.now)
+            });
+            let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
+            lex.memories_by_id(&ids, &qq).map(|found| {
+                hits.into_iter()
+                    .filter_map(|(id, sim)| {
+                        found
+                            .get(&id)
+                            .cloned()
+                            .map(|h| MemoryHit { score: sim, ..h })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        if mode == Mode::Vector {
+            return Ok(near.into_iter().take(limit).collect());
+        }
+        let fused = vector::fuse(&[
+            lexical.iter().map(|h| h.id.clone()).collect(),
+            near.iter().map(|h| h.id.clone()).collect(),
+        ]);
+        let mut by_id: std::collections::HashMap<String, MemoryHit> = lexical
+            .into_iter()
+            .chain(near)
+            .map(|h| (h.id.clone(), h))
+            .collect();
+        Ok(fused
+            .into_iter()
+            .take(limit)
+            .filter_map(|(id, score)| by_id.remove(&id).map(|h| MemoryHit { score, ..h }))
+            .collect())
+    }
+
+    /// Vectors in the in-process index.
+    pub fn vectors(&self) -> usize {
+        self.vectors.len()
     }
 
     /// Entries in the index.
@@ -356,6 +570,8 @@ impl Writer {
             }
             Job::DeleteKb(org, id, audit, done) => {
                 let now = audit.at;
+                self.vectors
+                    .remove(Some(&org), |e| e.scope == "kb" && e.owner == id);
                 match t.delete_kb(&org, &id, now, &audit).await {
                     Ok(false) => {
                         let _ = done.send(Ok(false));
@@ -385,8 +601,35 @@ impl Writer {
                 }
             }
             Job::PutDocument(b, done) => {
-                let (doc, chunks, audit) = *b;
-                match t.put_document(&doc, &chunks, &audit).await {
+                let Put {
+                    doc,
+                    chunks,
+                    vectors: embedded,
+                    audit,
+                } = *b;
+                let rows: Vec<VectorRow> = chunks
+                    .iter()
+                    .zip(&embedded)
+                    .map(|(c, v)| VectorRow {
+                        id: c.id.clone(),
+                        org_id: c.org_id.clone(),
+                        scope: "kb".into(),
+                        owner_id: c.kb_id.clone(),
+                        doc_id: Some(c.doc_id.clone()),
+                        expires_at: None,
+                        vector: vector::encode(v),
+                    })
+                    .collect();
+                let put = t.put_document(&doc, &chunks, &rows, &audit).await;
+                if matches!(put, Ok(true)) {
+                    self.vectors.remove(Some(&doc.org_id), |e| {
+                        e.doc.as_deref() == Some(doc.id.as_str())
+                    });
+                    for (c, v) in chunks.iter().zip(embedded) {
+                        self.vectors.add(&doc.org_id, chunk_entry(c), v);
+                    }
+                }
+                match put {
                     Ok(false) => {
                         let _ = done.send(Ok(false));
                         None
@@ -425,7 +668,11 @@ impl Writer {
                         l.delete_doc(w, &id);
                         Ok(())
                     }) {
-                        Ok(()) => Some(step(vec![After::DropDocs(vec![id])], done, true)),
+                        Ok(()) => {
+                            self.vectors
+                                .remove(Some(&org), |e| e.doc.as_deref() == Some(id.as_str()));
+                            Some(step(vec![After::DropDocs(vec![id])], done, true))
+                        }
                         Err(e) => {
                             let _ = done.send(Err(unavailable(e)));
                             None
@@ -433,12 +680,24 @@ impl Writer {
                     },
                 }
             }
-            Job::StoreMemory(m, done) => match t.insert_memory(&m).await {
+            Job::StoreMemory(m, v, audit, done) => match t
+                .insert_memory(
+                    &m,
+                    v.as_ref().map(|v| memory_vector(&m, v)).as_ref(),
+                    audit.as_ref(),
+                )
+                .await
+            {
                 Err(e) => {
                     let _ = done.send(Err(unavailable(e)));
                     None
                 }
-                Ok(()) => match self.with_writer(|w, l| l.add_memory(w, &m)) {
+                Ok(()) => match self.with_writer(|w, l| {
+                    if let Some(v) = v {
+                        self.vectors.add(&m.org_id, memory_entry(&m), v);
+                    }
+                    l.add_memory(w, &m)
+                }) {
                     Ok(()) => Some(step(vec![After::MarkMemories(vec![m.id])], done, ())),
                     Err(e) => {
                         let _ = done.send(Err(unavailable(e)));
@@ -456,6 +715,8 @@ impl Writer {
                         for id in &ids {
                             l.delete_memory(w, id);
                         }
+                        self.vectors
+                            .remove(None, |e| e.scope == "mem" && ids.contains(&e.id));
                         Ok(())
                     }) {
                         Ok(()) => Some(step(vec![After::DropMemories(ids)], done, n)),
@@ -621,6 +882,44 @@ impl Writer {
         self.settle(after_all).await
     }
 
+    /// Builds the vector graphs from the stored embeddings.
+    async fn load_vectors(&self) -> Result<(), String> {
+        self.vectors.clear();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .store
+                .tables()
+                .vectors_page(&after, PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            let vectors = self.vectors.clone();
+            tokio::task::spawn_blocking(move || {
+                for r in page {
+                    if let Some(v) = vector::decode(&r.vector) {
+                        let org = r.org_id.clone();
+                        vectors.add(
+                            &org,
+                            Entry {
+                                id: r.id,
+                                scope: r.scope,
+                                owner: r.owner_id,
+                                doc: r.doc_id,
+                                expires_at: r.expires_at,
+                            },
+                            v,
+                        );
+                    }
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Empties the index and indexes every row again.
     async fn rebuild(&mut self) -> Result<Rebuilt, String> {
         self.with_writer(|w, l| l.clear(w))?;
@@ -632,6 +931,7 @@ impl Writer {
         }
         self.take_out_deleting(&mut after_all).await?;
         self.settle(after_all).await?;
+        self.load_vectors().await?;
         Ok(r)
     }
 }
@@ -671,6 +971,38 @@ pub fn spawn_purge(
             }
         }
     })
+}
+
+fn chunk_entry(c: &Chunk) -> Entry {
+    Entry {
+        id: c.id.clone(),
+        scope: "kb".into(),
+        owner: c.kb_id.clone(),
+        doc: Some(c.doc_id.clone()),
+        expires_at: None,
+    }
+}
+
+fn memory_entry(m: &Memory) -> Entry {
+    Entry {
+        id: m.id.clone(),
+        scope: "mem".into(),
+        owner: m.agent_id.clone(),
+        doc: None,
+        expires_at: m.expires_at,
+    }
+}
+
+fn memory_vector(m: &Memory, v: &[f32]) -> VectorRow {
+    VectorRow {
+        id: m.id.clone(),
+        org_id: m.org_id.clone(),
+        scope: "mem".into(),
+        owner_id: m.agent_id.clone(),
+        doc_id: None,
+        expires_at: m.expires_at,
+        vector: vector::encode(v),
+    }
 }
 
 /// SHA-256 of `text`, hex.

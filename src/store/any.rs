@@ -102,7 +102,7 @@ forward! {
     fn delete_kb(&self, org: &str, id: &str, now: i64, audit: &AuditEntry) -> Result<bool, StoreError>;
     fn kb(&self, org: &str, id: &str) -> Result<Option<KnowledgeBase>, StoreError>;
     fn kbs_page(&self, org: &str, after: &str, limit: i64) -> Result<Vec<KnowledgeBase>, StoreError>;
-    fn put_document(&self, doc: &Document, chunks: &[Chunk], audit: &AuditEntry) -> Result<bool, StoreError>;
+    fn put_document(&self, doc: &Document, chunks: &[Chunk], vectors: &[VectorRow], audit: &AuditEntry) -> Result<bool, StoreError>;
     fn mark_document_deleting(&self, org: &str, id: &str, now: i64, audit: &AuditEntry) -> Result<bool, StoreError>;
     fn mark_document_indexed(&self, id: &str, version: i64) -> Result<(), StoreError>;
     fn drop_document(&self, id: &str) -> Result<(), StoreError>;
@@ -110,13 +110,14 @@ forward! {
     fn documents_page(&self, org: &str, kb: &str, after: &str, limit: i64) -> Result<Vec<Document>, StoreError>;
     fn documents_in(&self, state: &str, after: &str, limit: i64) -> Result<Vec<Document>, StoreError>;
     fn document_chunks(&self, doc: &str) -> Result<Vec<Chunk>, StoreError>;
-    fn insert_memory(&self, m: &Memory) -> Result<(), StoreError>;
+    fn insert_memory(&self, m: &Memory, vector: Option<&VectorRow>, audit: Option<&AuditEntry>) -> Result<(), StoreError>;
     fn set_memories_state(&self, ids: &[String], state: &str, audit: Option<&AuditEntry>) -> Result<u64, StoreError>;
     fn drop_memories(&self, ids: &[String]) -> Result<(), StoreError>;
     fn memory(&self, org: &str, agent: &str, id: &str) -> Result<Option<Memory>, StoreError>;
     fn memories_by_id(&self, ids: &[String]) -> Result<Vec<Memory>, StoreError>;
     fn memories_page(&self, org: &str, agent: &str, kind: Option<&str>, before: Option<&str>, now: i64, limit: i64) -> Result<Vec<Memory>, StoreError>;
     fn memories_in(&self, state: &str, after: &str, limit: i64) -> Result<Vec<Memory>, StoreError>;
+    fn vectors_page(&self, after: &str, limit: i64) -> Result<Vec<VectorRow>, StoreError>;
     fn expired_memories(&self, now: i64, limit: i64) -> Result<Vec<String>, StoreError>;
     fn write_activity(&self, flush_id: i64, rows: &[&NewActivity], now: i64) -> Result<Flushed, StoreError>;
     fn activity_page(&self, org: &str, f: &ActivityFilter, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>, StoreError>;

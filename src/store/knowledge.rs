@@ -115,6 +115,42 @@ pub struct Memory {
     pub created_at: i64,
 }
 
+/// A stored embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRow {
+    /// The chunk's or memory's id.
+    pub id: String,
+    /// Organization.
+    pub org_id: String,
+    /// `kb` or `mem`.
+    pub scope: String,
+    /// Knowledge base or agent.
+    pub owner_id: String,
+    /// Document (chunks).
+    pub doc_id: Option<String>,
+    /// Memory expiry.
+    pub expires_at: Option<i64>,
+    /// Little-endian f32s, base64.
+    pub vector: String,
+}
+
+const VECTOR_COLUMNS: &str = "id, org_id, scope, owner_id, doc_id, expires_at, vector";
+
+fn vector_row<R: DecodeRow>(r: &R) -> Result<VectorRow, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    Ok(VectorRow {
+        id: r.cell("id").map_err(bad)?,
+        org_id: r.cell("org_id").map_err(bad)?,
+        scope: r.cell("scope").map_err(bad)?,
+        owner_id: r.cell("owner_id").map_err(bad)?,
+        doc_id: r.cell("doc_id").map_err(bad)?,
+        expires_at: r.cell("expires_at").map_err(bad)?,
+        vector: r.cell("vector").map_err(bad)?,
+    })
+}
+
 fn bad(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("unreadable knowledge row: {e}"))
 }
@@ -318,7 +354,7 @@ on_dialects! {
         /// Writes a document (new, or a new version of one) and its chunks,
         /// replacing the old chunks, in state `pending`; `false` when the
         /// document is being deleted (or the knowledge base is gone).
-        pub async fn put_document(&self, doc: &Document, chunks: &[Chunk], audit: &AuditEntry) -> Result<bool, StoreError> {
+        pub async fn put_document(&self, doc: &Document, chunks: &[Chunk], vectors: &[VectorRow], audit: &AuditEntry) -> Result<bool, StoreError> {
             let metadata = serde_json::Value::Object(doc.metadata.clone()).to_string();
             let metadata = metadata.as_str();
             retry(|| async move {
@@ -363,6 +399,8 @@ on_dialects! {
                         return Ok(false);
                     }
                     let sql = D::sql("DELETE FROM kb_chunks WHERE doc_id = ?");
+                    Self::run(&mut tx, sqlx::query(&sql).bind(doc.id.as_str())).await?;
+                    let sql = D::sql("DELETE FROM kb_vectors WHERE doc_id = ?");
                     Self::run(&mut tx, sqlx::query(&sql).bind(doc.id.as_str())).await?;
                 } else {
                     let sql = D::sql(&format!(
@@ -409,11 +447,52 @@ on_dialects! {
                     }
                     Self::run(&mut tx, Self::bind_all(sqlx::query(&sql), &args)).await?;
                 }
+                Self::insert_vectors(&mut tx, vectors).await?;
                 Self::audit_in(&mut tx, audit).await?;
                 tx.commit().await.map_err(at_commit)?;
                 Ok(true)
             })
             .await
+        }
+
+        /// Writes embeddings on `conn` (inside the caller's transaction).
+        async fn insert_vectors(conn: &mut D::Connection, vectors: &[VectorRow]) -> Result<(), super::server::Attempt> {
+            for batch in vectors.chunks(CHUNK_BATCH) {
+                let sql = D::sql(&format!(
+                    "INSERT INTO kb_vectors ({VECTOR_COLUMNS}) VALUES {}",
+                    placeholders(batch.len(), 7, None)
+                ));
+                let mut args = Vec::with_capacity(batch.len() * 7);
+                for v in batch {
+                    args.extend([
+                        Arg::Text(&v.id),
+                        Arg::Text(&v.org_id),
+                        Arg::Text(&v.scope),
+                        Arg::Text(&v.owner_id),
+                        Arg::MaybeText(v.doc_id.as_deref()),
+                        Arg::MaybeInt(v.expires_at),
+                        Arg::Text(&v.vector),
+                    ]);
+                }
+                Self::run(conn, Self::bind_all(sqlx::query(&sql), &args)).await?;
+            }
+            Ok(())
+        }
+
+        /// Stored embeddings after id `after`, in id order (the vector
+        /// index's start and rebuild).
+        pub async fn vectors_page(&self, after: &str, limit: i64) -> Result<Vec<VectorRow>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {VECTOR_COLUMNS} FROM kb_vectors WHERE id > ?{b} ORDER BY id{b} LIMIT ?",
+                b = D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(vector_row).collect()
         }
 
         /// Marks a document `deleting` with its audit entry; whether it
@@ -454,6 +533,8 @@ on_dialects! {
             retry(|| async move {
                 let mut tx = self.begin().await?;
                 let sql = D::sql("DELETE FROM kb_chunks WHERE doc_id = ?");
+                Self::run(&mut tx, sqlx::query(&sql).bind(id)).await?;
+                let sql = D::sql("DELETE FROM kb_vectors WHERE doc_id = ?");
                 Self::run(&mut tx, sqlx::query(&sql).bind(id)).await?;
                 let sql = D::sql("DELETE FROM kb_documents WHERE id = ? AND state = 'deleting'");
                 Self::run(&mut tx, sqlx::query(&sql).bind(id)).await?;
@@ -518,8 +599,9 @@ on_dialects! {
             rows.iter().map(chunk_row).collect()
         }
 
-        /// Writes a memory in state `pending`.
-        pub async fn insert_memory(&self, m: &Memory) -> Result<(), StoreError> {
+        /// Writes a memory in state `pending`, with its embedding if any and
+        /// the audit entry of an operator's addition.
+        pub async fn insert_memory(&self, m: &Memory, vector: Option<&VectorRow>, audit: Option<&AuditEntry>) -> Result<(), StoreError> {
             retry(|| async move {
                 let mut tx = self.begin().await?;
                 let sql = D::sql(&format!(
@@ -537,6 +619,10 @@ on_dialects! {
                     .bind("pending")
                     .bind(m.created_at);
                 Self::run(&mut tx, q).await?;
+                Self::insert_vectors(&mut tx, vector.map(std::slice::from_ref).unwrap_or(&[])).await?;
+                if let Some(a) = audit {
+                    Self::audit_in(&mut tx, a).await?;
+                }
                 tx.commit().await.map_err(at_commit)
             })
             .await
@@ -580,10 +666,16 @@ on_dialects! {
             retry(|| async move {
                 let mut tx = self.begin().await?;
                 for batch in ids.chunks(500) {
+                    let marks = vec!["?"; batch.len()].join(", ");
                     let sql = D::sql(&format!(
-                        "DELETE FROM memories WHERE state = 'deleting' AND id IN ({})",
-                        vec!["?"; batch.len()].join(", ")
+                        "DELETE FROM memories WHERE state = 'deleting' AND id IN ({marks})"
                     ));
+                    let mut q = sqlx::query(&sql);
+                    for id in batch {
+                        q = q.bind(id.as_str());
+                    }
+                    Self::run(&mut tx, q).await?;
+                    let sql = D::sql(&format!("DELETE FROM kb_vectors WHERE id IN ({marks})"));
                     let mut q = sqlx::query(&sql);
                     for id in batch {
                         q = q.bind(id.as_str());

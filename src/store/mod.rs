@@ -70,7 +70,7 @@ pub use identity::{
     AuditFilter, AuditRow, AuditSince, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
     UserChange, UserRecord,
 };
-pub use knowledge::{Chunk, Document, KnowledgeBase, Memory};
+pub use knowledge::{Chunk, Document, KnowledgeBase, Memory, VectorRow};
 pub use reads::HaltRow;
 pub use schedules::Schedule;
 pub use sqlite::{Checkpoints, Durability, SqlStore};

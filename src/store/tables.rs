@@ -54,6 +54,8 @@ pub(super) enum Arg<'a> {
     MaybeText(Option<&'a str>),
     /// A 64-bit integer.
     Int(i64),
+    /// A 64-bit integer or NULL.
+    MaybeInt(Option<i64>),
 }
 
 /// A statement built at run time: its text with `?` placeholders and the
@@ -201,6 +203,7 @@ on_dialects! {
                     Arg::Text(v) => query.bind(v),
                     Arg::MaybeText(v) => query.bind(v),
                     Arg::Int(v) => query.bind(v),
+                    Arg::MaybeInt(v) => query.bind(v),
                 };
             }
             query

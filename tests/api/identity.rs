@@ -57,6 +57,7 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", NOBODY)
         .replace("{command}", "start")
         .replace("{name}", "nobody")
+        .replace("{memory_id}", NOBODY)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1067,10 +1068,135 @@ async fn every_mutating_route_writes_an_audit_entry() {
     // Mutating routes that change no record: refresh rotation is recorded in
     // the session table itself (reuse is audited), chaos kills an actor, and
     // reported activity is itself the record of what agents did.
+    // Knowledge.
+    let (s, kb) = app
+        .call(
+            Method::POST,
+            "/api/v1/knowledge-bases",
+            Some(json!({ "name": "kb" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{kb}");
+    let kb = kb["id"].as_str().expect("id").to_string();
+    check(
+        Method::POST,
+        "/knowledge-bases",
+        "knowledge_base.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/knowledge-bases/{kb}"),
+        Some(json!({ "name": "kb2" })),
+    )
+    .await;
+    check(
+        Method::PATCH,
+        "/knowledge-bases/{id}",
+        "knowledge_base.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, d) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/knowledge-bases/{kb}/documents"),
+            Some(json!({ "title": "t", "content": "words" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let d = d["id"].as_str().expect("id").to_string();
+    check(
+        Method::POST,
+        "/knowledge-bases/{id}/documents",
+        "document.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::PUT,
+        &format!("/api/v1/documents/{d}"),
+        Some(json!({ "content": "more words" })),
+    )
+    .await;
+    check(
+        Method::PUT,
+        "/documents/{id}",
+        "document.update",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(Method::DELETE, &format!("/api/v1/documents/{d}"), None)
+        .await;
+    check(
+        Method::DELETE,
+        "/documents/{id}",
+        "document.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::DELETE,
+        &format!("/api/v1/knowledge-bases/{kb}"),
+        None,
+    )
+    .await;
+    check(
+        Method::DELETE,
+        "/knowledge-bases/{id}",
+        "knowledge_base.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(Method::POST, "/api/v1/knowledge/rebuild", None)
+        .await;
+    check(
+        Method::POST,
+        "/knowledge/rebuild",
+        "knowledge.rebuild",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let agent = app.create_id(json!({ "name": "rememberer" })).await;
+    let (s, m) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/memories"),
+            Some(json!({ "kind": "semantic", "content": "a fact" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    check(
+        Method::POST,
+        "/agents/{id}/memories",
+        "memory.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    app.call(
+        Method::DELETE,
+        &format!(
+            "/api/v1/agents/{agent}/memories/{}",
+            m["id"].as_str().expect("id")
+        ),
+        None,
+    )
+    .await;
+    check(
+        Method::DELETE,
+        "/agents/{id}/memories/{memory_id}",
+        "memory.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+
     let exempt = [
         ("POST", "/auth/refresh"),
         ("POST", "/admin/chaos/kill"),
         ("POST", "/activity"),
+        // A search is a read that takes its query as a body.
+        ("POST", "/knowledge/search"),
     ];
     let mutating: BTreeSet<(String, &str)> = routes
         .iter()
@@ -1389,6 +1515,7 @@ async fn bad_input_on_identity_endpoints_gets_a_stable_4xx() {
             || r.path.ends_with("/suspend")
             || r.path.ends_with("/resume")
             || r.path == "/agents/{id}/{command}"
+            || r.path == "/knowledge/rebuild"
         {
             continue; // no body
         }
