@@ -63,6 +63,24 @@ enum Cmd {
         #[command(subcommand)]
         command: ImageCmd,
     },
+    /// The knowledge index.
+    Knowledge {
+        #[command(subcommand)]
+        command: KnowledgeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KnowledgeCmd {
+    /// Empty the search index in the data directory and index every
+    /// document and memory of the database again (Cadre must not be
+    /// serving on this data directory; `POST /api/v1/knowledge/rebuild`
+    /// does the same while it is).
+    Rebuild {
+        /// A TOML file layered over the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +187,36 @@ async fn main() -> anyhow::Result<()> {
             ensure_data_dir(&config)?;
             let report = cadre::store::transfer::import(&url, &from).await?;
             println!("{report}");
+            Ok(())
+        }
+        Cmd::Knowledge {
+            command: KnowledgeCmd::Rebuild { config },
+        } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            ensure_data_dir(&config)?;
+            let store = std::sync::Arc::new(cadre::app::open_store(&config).await?);
+            let chunker = cadre::knowledge::chunk::Chunker::new(
+                config.knowledge.chunk_tokens,
+                config.knowledge.overlap_tokens,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let (knowledge, writer) = cadre::knowledge::Knowledge::start(
+                store.clone(),
+                &config.data_dir.join("knowledge").join("index"),
+                chunker,
+                None,
+            )
+            .await
+            .context("opening the knowledge index (is Cadre serving on this data directory?)")?;
+            let r = knowledge.rebuild().await?;
+            println!(
+                "rebuilt the knowledge index: {} documents ({} chunks), {} memories",
+                r.documents, r.chunks, r.memories
+            );
+            writer.abort();
+            let _ = writer.await;
+            store.close().await;
             Ok(())
         }
         Cmd::Runtime { config } => cadre::runtime::run(config.as_deref())

@@ -183,7 +183,8 @@ const NEVER: i64 = i64::MAX;
 impl Lexical {
     /// Opens the index in `dir`, creating it when missing; `true` when it
     /// was created (the caller then rebuilds it from the database). An
-    /// index of another schema (an older build) is replaced.
+    /// index of another schema (an older build) or one that cannot be read
+    /// is replaced.
     pub fn open(dir: &Path) -> Result<(Lexical, bool), String> {
         let (schema, f) = schema();
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -197,7 +198,18 @@ impl Lexical {
                 return Self::create(dir, schema, f).map(|l| (l, true));
             }
             Err(_) if fresh => return Self::create(dir, schema, f).map(|l| (l, true)),
-            Err(e) => return Err(err(e)),
+            // Derived data: an index that cannot be opened is replaced and
+            // rebuilt from the database (a held lock is not that: another
+            // process is using it).
+            Err(tantivy::TantivyError::LockFailure(..)) => {
+                return Err(err("the index is locked by another process"));
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "knowledge index unreadable; rebuilding it");
+                std::fs::remove_dir_all(dir).map_err(err)?;
+                std::fs::create_dir_all(dir).map_err(err)?;
+                return Self::create(dir, schema, f).map(|l| (l, true));
+            }
         };
         Self::with(index, f).map(|l| (l, false))
     }

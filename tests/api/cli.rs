@@ -171,3 +171,60 @@ async fn logs_are_json_lines_with_request_and_organization_fields() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn knowledge_rebuild_reindexes_the_database_into_a_new_index() {
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let mut app = crate::common::spawn_app().await;
+    let (s, kb) = app
+        .call(
+            Method::POST,
+            "/api/v1/knowledge-bases",
+            Some(json!({ "name": "kb" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{kb}");
+    let (s, d) = app
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/knowledge-bases/{}/documents",
+                kb["id"].as_str().expect("id")
+            ),
+            Some(json!({ "title": "Canoes", "content": "Canoe paddles hang in aisle four." })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    app.stop().await;
+    // An index damaged beyond opening: the command replaces it.
+    let index = app.config.data_dir.join("knowledge").join("index");
+    std::fs::write(index.join("meta.json"), "not json").expect("damage");
+    let mut cmd = cadre();
+    cmd.args(["knowledge", "rebuild"])
+        .env("CADRE_DATA_DIR", &app.config.data_dir);
+    if !app.config.database.url.is_empty() {
+        cmd.env("CADRE_DATABASE_URL", &app.config.database.url);
+    }
+    let out = cmd.output().expect("run cadre knowledge rebuild");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 documents (1 chunks), 0 memories"),
+        "{stdout}"
+    );
+    app.start().await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/knowledge/search",
+            Some(json!({ "query": "canoe paddles" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["items"][0]["document_id"], d["id"], "{v}");
+}

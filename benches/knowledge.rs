@@ -1,0 +1,285 @@
+//! Knowledge: indexing and lexical search at 10,000 documents.
+//!
+//! An in-process server on a real SQLite file in `$TMPDIR` (the embedded
+//! default). 10,000 synthetic documents of ~2 KB (Markdown, a heading and
+//! paragraphs of words drawn from a Zipf-like vocabulary of 5,000 words)
+//! are chunked (text-splitter, cl100k, 256 tokens) and written through the
+//! knowledge writer, 16 in flight, each durable in the database and
+//! committed to the index before it is answered. Then 2,000 queries of 2–5
+//! words (mixing frequent and rare words) are searched, one at a time:
+//! through the in-process handle (`Knowledge::search`, lexical) and over
+//! HTTP (`POST /api/v1/knowledge/search`, reqwest on the same machine).
+//!
+//! `cargo bench --bench knowledge` prints the figures; `-- --test` is the
+//! CI smoke run (tiny sizes, figures not measurements).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use cadre::knowledge::Mode;
+use cadre::knowledge::index::ChunkQuery;
+use cadre::store::{Document, KnowledgeBase};
+use cadre_actors::audit::AuditEntry;
+use cadre_actors::domain::{OrgId, Who};
+use std::time::Instant;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    /// A word index, frequent ones far more often (Zipf-like).
+    fn word(&mut self, vocab: usize) -> usize {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((vocab as f64).powf(u) as usize)
+            .saturating_sub(1)
+            .min(vocab - 1)
+    }
+}
+
+fn vocabulary(n: usize) -> Vec<String> {
+    const SYL: [&str; 24] = [
+        "ka", "lo", "mi", "ter", "van", "sor", "pel", "du", "rin", "bex", "tal", "nor", "qui",
+        "zam", "fo", "gre", "hal", "jun", "wex", "yor", "cle", "dra", "pu", "sen",
+    ];
+    (0..n)
+        .map(|i| {
+            let (a, b, c) = (i % 24, (i / 24) % 24, (i / 576) % 24);
+            format!("{}{}{}", SYL[a], SYL[b], SYL[c])
+        })
+        .collect()
+}
+
+fn document(rng: &mut Rng, vocab: &[String], bytes: usize) -> String {
+    let mut s = format!(
+        "# {} {}\n\n",
+        vocab[rng.word(vocab.len())],
+        vocab[rng.word(vocab.len())]
+    );
+    while s.len() < bytes {
+        for _ in 0..12 {
+            s.push_str(&vocab[rng.word(vocab.len())]);
+            s.push(' ');
+        }
+        s.push_str(".\n");
+        if rng.next().is_multiple_of(5) {
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let test = std::env::args().any(|a| a == "--test");
+    let (docs, queries) = if test { (200, 50) } else { (10_000, 2_000) };
+    if test {
+        println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(run(docs, queries));
+}
+
+async fn run(docs: usize, queries: usize) {
+    cadre::init_tls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = cadre::app::start(support::config(dir.path()))
+        .await
+        .expect("app starts");
+    let base = format!("http://{}", app.addr);
+    let org = app.store.tables().all_orgs().await.expect("orgs")[0]
+        .id
+        .clone();
+    let k = app.knowledge.clone();
+    let now = 1_800_000_000_000i64;
+    let audit = |what: &str| {
+        AuditEntry::new(
+            &OrgId(org.clone()),
+            &Who::system(),
+            what,
+            "bench".to_string(),
+            serde_json::json!({}),
+            now,
+        )
+    };
+    let kb = KnowledgeBase {
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: org.clone(),
+        name: "bench".into(),
+        description: String::new(),
+        created_by: "bench".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    k.create_kb(kb.clone(), audit("knowledge_base.create"))
+        .await
+        .expect("kb");
+    let vocab = vocabulary(5_000);
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let texts: Vec<String> = (0..docs)
+        .map(|_| document(&mut rng, &vocab, 2_000))
+        .collect();
+    let bytes: usize = texts.iter().map(String::len).sum();
+
+    // Index: chunk (on blocking threads) and write, 16 in flight.
+    let rss0 = rss_mib();
+    let t0 = Instant::now();
+    let mut chunks_total = 0usize;
+    let mut pending = Vec::new();
+    for (i, text) in texts.into_iter().enumerate() {
+        let (k, kb_id, org) = (k.clone(), kb.id.clone(), org.clone());
+        let a = audit("document.create");
+        pending.push(tokio::spawn(async move {
+            let mut doc = Document {
+                id: uuid::Uuid::now_v7().to_string(),
+                org_id: org,
+                kb_id,
+                title: format!("doc {i}"),
+                source: "upload".into(),
+                content_type: "text/markdown".into(),
+                metadata: Default::default(),
+                content_hash: cadre::knowledge::content_hash(&text),
+                bytes: text.len() as i64,
+                content: text,
+                chunk_count: 0,
+                version: 1,
+                state: "pending".into(),
+                created_by: "bench".into(),
+                created_at: now,
+                updated_at: now,
+            };
+            let chunker = k.chunker().clone();
+            let (ct, content) = (doc.content_type.clone(), doc.content.clone());
+            let pieces = tokio::task::spawn_blocking(move || chunker.split(&ct, &content))
+                .await
+                .expect("split");
+            let chunks = cadre::knowledge::chunk_rows(&doc, &pieces);
+            doc.chunk_count = chunks.len() as i64;
+            let n = chunks.len();
+            assert!(k.put_document(doc, chunks, a).await.expect("put"));
+            n
+        }));
+        if pending.len() == 16 {
+            chunks_total += pending.remove(0).await.expect("task");
+        }
+    }
+    for p in pending {
+        chunks_total += p.await.expect("task");
+    }
+    let index_s = t0.elapsed().as_secs_f64();
+    println!(
+        "index: {docs} documents ({:.1} MB, {chunks_total} chunks) in {index_s:.1} s: {:.0} documents/s",
+        bytes as f64 / 1e6,
+        docs as f64 / index_s
+    );
+    println!(
+        "  index on disk {:.1} MB, database {:.1} MB, RSS {:.0} → {:.0} MiB",
+        dir_bytes(&dir.path().join("knowledge")) as f64 / 1e6,
+        std::fs::metadata(dir.path().join("cadre.db"))
+            .map(|m| m.len())
+            .unwrap_or(0) as f64
+            / 1e6,
+        rss0,
+        rss_mib()
+    );
+
+    let mut rng = Rng(0xD1B54A32D192ED03);
+    let qs: Vec<String> = (0..queries)
+        .map(|_| {
+            let n = 2 + (rng.next() % 4) as usize;
+            (0..n)
+                .map(|_| vocab[rng.word(vocab.len())].clone())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+
+    // Search in-process, one at a time.
+    let mut lat = Vec::with_capacity(queries);
+    let mut empty = 0;
+    for q in &qs {
+        let t = Instant::now();
+        let hits = k
+            .search(
+                ChunkQuery {
+                    org: org.clone(),
+                    text: q.clone(),
+                    limit: 10,
+                    ..Default::default()
+                },
+                Mode::Lexical,
+            )
+            .await
+            .expect("search");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        empty += usize::from(hits.is_empty());
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "search in-process (lexical, top 10, {queries} queries, {empty} without hits): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+
+    // Over HTTP.
+    let client = reqwest::Client::new();
+    let token = support::login(&client, &base).await;
+    let mut lat = Vec::with_capacity(queries);
+    for q in &qs {
+        let t = Instant::now();
+        let resp = client
+            .post(format!("{base}/api/v1/knowledge/search"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "query": q, "limit": 10 }))
+            .send()
+            .await
+            .expect("search");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let _ = resp.bytes().await.expect("body");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "search over HTTP (lexical, top 10, {queries} queries): p50 {:.2} ms, p99 {:.2} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+    app.shutdown().await;
+}
