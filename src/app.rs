@@ -466,6 +466,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &config.data_dir.join("knowledge").join("index"),
         chunker,
         embedder,
+        config.knowledge.vector_index,
     )
     .await
     .context("starting the knowledge index")?;

@@ -95,6 +95,9 @@ pub struct KnowledgeConfig {
     pub working_ttl_hours: u64,
     /// How often expired memories are purged, in seconds.
     pub purge_interval_seconds: u64,
+    /// Where vectors are searched: `auto` (pgvector on a PostgreSQL
+    /// database that has it, else in process), `pgvector` or `hnsw`.
+    pub vector_index: crate::knowledge::VectorChoice,
     /// `[knowledge.embeddings]`: vector search, when configured.
     pub embeddings: EmbeddingsConfig,
 }

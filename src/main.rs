@@ -206,10 +206,11 @@ async fn main() -> anyhow::Result<()> {
                 &config.data_dir.join("knowledge").join("index"),
                 chunker,
                 None,
+                config.knowledge.vector_index,
             )
             .await
             .context("opening the knowledge index (is Cadre serving on this data directory?)")?;
-            let r = knowledge.rebuild().await?;
+            let r = knowledge.rebuild(None).await?;
             println!(
                 "rebuilt the knowledge index: {} documents ({} chunks), {} memories",
                 r.documents, r.chunks, r.memories

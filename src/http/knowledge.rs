@@ -1,6 +1,6 @@
 //! Knowledge bases, their documents, search, and agents' memories:
 //! `/knowledge-bases…`, `/documents/{id}`, `POST /knowledge/search`,
-//! `POST /knowledge/rebuild`, `/agents/{id}/memories…`. Changes go to the
+//! `POST /knowledge/rebuild`, `GET /knowledge/status`, `/agents/{id}/memories…`. Changes go to the
 //! knowledge writer (which persists them with their audit entries and
 //! indexes them before answering); reads come from the store and the index.
 
@@ -677,10 +677,24 @@ fn pick(state: &AppState, raw: Option<&str>) -> Result<knowledge::Mode, ApiError
 }
 
 async fn rebuild(State(state): State<AppState>, p: Principal) -> Result<Response, ApiError> {
-    let r = state.knowledge.rebuild().await?;
-    let a = audit(&p, "knowledge.rebuild", "knowledge:index".into(), json!(r));
-    state.store.tables().append_audit(&a).await?;
+    let a = audit(&p, "knowledge.rebuild", "knowledge:index".into(), json!({}));
+    let r = state.knowledge.rebuild(Some(a)).await?;
     Ok(Json(json!(r)).into_response())
+}
+
+/// `GET /knowledge/status`: what the index holds (every organization's:
+/// instance administrators only) and how it searches.
+async fn status(State(state): State<AppState>, _p: Principal) -> Result<Response, ApiError> {
+    let k = &state.knowledge;
+    Ok(Json(json!({
+        "lexical": { "engine": "tantivy", "entries": k.indexed() },
+        "vector": {
+            "embeddings": k.has_vectors(),
+            "index": k.vector_index(),
+            "entries": k.vectors().await?,
+        },
+    }))
+    .into_response())
 }
 
 // ---------- memories ----------
@@ -951,6 +965,12 @@ pub fn routes(r: Routes) -> Routes {
         "/knowledge/rebuild",
         Action::InstanceAdmin,
         post(rebuild),
+    )
+    .add(
+        Method::GET,
+        "/knowledge/status",
+        Action::InstanceAdmin,
+        get(status),
     )
     .add(
         Method::GET,

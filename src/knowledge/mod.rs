@@ -11,6 +11,7 @@
 
 pub mod chunk;
 pub mod index;
+pub mod pgvector;
 pub mod vector;
 
 use crate::store::{Chunk, Db, Document, KnowledgeBase, Memory, VectorRow};
@@ -20,7 +21,7 @@ use index::{ChunkHit, ChunkQuery, Lexical, MemoryHit, MemoryQuery};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
-use vector::{Embedder, Entry, Vectors};
+use vector::{Embedder, Entry, Gone, Near, VectorIndex, Vectors};
 
 /// Jobs the writer takes in one batch at most.
 const BATCH: usize = 64;
@@ -50,7 +51,7 @@ enum Job {
     DeleteDocument(String, String, AuditEntry, Done<bool>),
     StoreMemory(Memory, Option<Vec<f32>>, Option<AuditEntry>, Done<()>),
     DeleteMemories(Vec<String>, Option<AuditEntry>, Done<u64>),
-    Rebuild(Done<Rebuilt>),
+    Rebuild(Option<AuditEntry>, Done<Rebuilt>),
 }
 
 /// What a rebuild indexed.
@@ -87,9 +88,22 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
 pub struct Knowledge {
     tx: mpsc::Sender<Job>,
     lexical: Arc<Lexical>,
-    vectors: Arc<Vectors>,
+    vectors: VectorIndex,
     embedder: Option<Embedder>,
     chunker: chunk::Chunker,
+}
+
+/// Where vectors are searched (`[knowledge] vector_index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorChoice {
+    /// pgvector on a PostgreSQL database that has it (or lets Cadre
+    /// create it), else in process.
+    Auto,
+    /// pgvector, or Cadre does not start.
+    Pgvector,
+    /// In process (HNSW), on any database.
+    Hnsw,
 }
 
 /// How a search ranks.
@@ -133,7 +147,7 @@ impl std::fmt::Debug for Knowledge {
 struct Writer {
     store: Arc<Db>,
     lexical: Arc<Lexical>,
-    vectors: Arc<Vectors>,
+    vectors: VectorIndex,
     w: Arc<Mutex<tantivy::IndexWriter>>,
 }
 
@@ -146,14 +160,36 @@ impl Knowledge {
         dir: &Path,
         chunker: chunk::Chunker,
         embedder: Option<Embedder>,
+        choice: VectorChoice,
     ) -> anyhow::Result<(Knowledge, tokio::task::JoinHandle<()>)> {
+        let vectors = match (choice, store.postgres()) {
+            (VectorChoice::Hnsw, _) | (VectorChoice::Auto, None) => {
+                VectorIndex::Hnsw(Arc::new(Vectors::default()))
+            }
+            (VectorChoice::Pgvector, None) => {
+                anyhow::bail!("knowledge.vector_index = \"pgvector\" needs a PostgreSQL database")
+            }
+            (choice, Some(pool)) => match pgvector::PgVectors::open(pool)
+                .await
+                .map_err(anyhow::Error::msg)?
+            {
+                Some(p) => {
+                    tracing::info!(version = %p.version, "knowledge vectors are searched by pgvector");
+                    VectorIndex::Pg(Arc::new(p))
+                }
+                None if choice == VectorChoice::Pgvector => anyhow::bail!(
+                    "knowledge.vector_index = \"pgvector\": the extension is not installed in \
+                     this database and Cadre's login may not create it (CREATE EXTENSION vector)"
+                ),
+                None => VectorIndex::Hnsw(Arc::new(Vectors::default())),
+            },
+        };
         let dir = dir.to_path_buf();
         let (lexical, fresh) = tokio::task::spawn_blocking(move || Lexical::open(&dir))
             .await?
             .map_err(anyhow::Error::msg)?;
         let lexical = Arc::new(lexical);
         let w = lexical.writer().map_err(anyhow::Error::msg)?;
-        let vectors = Arc::new(Vectors::default());
         let mut writer = Writer {
             store,
             lexical: lexical.clone(),
@@ -289,9 +325,11 @@ impl Knowledge {
         self.ask(|d| Job::DeleteMemories(ids, audit, d)).await
     }
 
-    /// Empties the index and indexes every document and memory again.
-    pub async fn rebuild(&self) -> Result<Rebuilt, Error> {
-        self.ask(Job::Rebuild).await
+    /// Empties the index and indexes every document and memory again;
+    /// `audit` (an operator's request) is written after, with what was
+    /// indexed as its summary.
+    pub async fn rebuild(&self, audit: Option<AuditEntry>) -> Result<Rebuilt, Error> {
+        self.ask(|d| Job::Rebuild(audit, d)).await
     }
 
     /// The best chunks for `q`, ranked as `mode` says.
@@ -313,55 +351,21 @@ impl Knowledge {
                 .map_err(unavailable)?
                 .map_err(unavailable)?
         };
-        if mode == Mode::Lexical {
-            return Ok(lexical.into_iter().take(limit).collect());
-        }
-        let Some(qv) = self
-            .embed(std::slice::from_ref(&q.text))
-            .await?
-            .and_then(|mut v| v.pop())
-        else {
-            return Ok(lexical.into_iter().take(limit).collect());
+        let near = Near::Chunks {
+            kbs: q.kbs.clone(),
+            doc: q.doc.clone(),
         };
-        let (vectors, lex, qq) = (self.vectors.clone(), self.lexical.clone(), q.clone());
-        let near = tokio::task::spawn_blocking(move || {
-            let hits = vectors.search(&qq.org, qv, wide, |e| {
-                e.scope == "kb"
-                    && (qq.kbs.is_empty() || qq.kbs.contains(&e.owner))
-                    && qq.doc.as_ref().is_none_or(|d| e.doc.as_ref() == Some(d))
-            });
-            let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
-            lex.chunks_by_id(&ids, &qq).map(|found| {
-                hits.into_iter()
-                    .filter_map(|(id, sim)| {
-                        found
-                            .get(&id)
-                            .cloned()
-                            .map(|h| ChunkHit { score: sim, ..h })
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
-        if mode == Mode::Vector {
-            return Ok(near.into_iter().take(limit).collect());
-        }
-        let fused = vector::fuse(&[
-            lexical.iter().map(|h| h.chunk_id.clone()).collect(),
-            near.iter().map(|h| h.chunk_id.clone()).collect(),
-        ]);
-        let mut by_id: std::collections::HashMap<String, ChunkHit> = lexical
-            .into_iter()
-            .chain(near)
-            .map(|h| (h.chunk_id.clone(), h))
-            .collect();
-        Ok(fused
-            .into_iter()
-            .take(limit)
-            .filter_map(|(id, score)| by_id.remove(&id).map(|h| ChunkHit { score, ..h }))
-            .collect())
+        let hits = match self.nearest(mode, &q.org, &q.text, wide, near).await? {
+            None => return Ok(lexical.into_iter().take(limit).collect()),
+            Some(hits) => hits,
+        };
+        let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
+        let lex = self.lexical.clone();
+        let found = tokio::task::spawn_blocking(move || lex.chunks_by_id(&ids, &q))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        Ok(ranked(mode, limit, lexical, hits, found))
     }
 
     /// The most relevant live memories, ranked as `mode` says.
@@ -383,58 +387,58 @@ impl Knowledge {
                 .map_err(unavailable)?
                 .map_err(unavailable)?
         };
+        let near = Near::Memories {
+            agent: q.agent.clone(),
+            now: q.now,
+        };
+        let hits = match self.nearest(mode, &q.org, &q.text, wide, near).await? {
+            None => return Ok(lexical.into_iter().take(limit).collect()),
+            Some(hits) => hits,
+        };
+        let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
+        let lex = self.lexical.clone();
+        let found = tokio::task::spawn_blocking(move || lex.memories_by_id(&ids, &q))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        Ok(ranked(mode, limit, lexical, hits, found))
+    }
+
+    /// The nearest entries by embedding; `None` when `mode` is lexical or
+    /// no provider is configured.
+    async fn nearest(
+        &self,
+        mode: Mode,
+        org: &str,
+        text: &str,
+        k: usize,
+        near: Near,
+    ) -> Result<Option<Vec<(String, f32)>>, Error> {
         if mode == Mode::Lexical {
-            return Ok(lexical.into_iter().take(limit).collect());
+            return Ok(None);
         }
         let Some(qv) = self
-            .embed(std::slice::from_ref(&q.text))
+            .embed(&[text.to_string()])
             .await?
             .and_then(|mut v| v.pop())
         else {
-            return Ok(lexical.into_iter().take(limit).collect());
+            return Ok(None);
         };
-        let (vectors, lex, qq) = (self.vectors.clone(), self.lexical.clone(), q.clone());
-        let near = tokio::task::spawn_blocking(move || {
-            let hits = vectors.search(&qq.org, qv, wide, |e| {
-                e.scope == "mem" && e.owner == qq.agent && e.expires_at.is_none_or(|x| x > qq.now)
-            });
-            let ids: Vec<String> = hits.iter().map(|(id, _)| id.clone()).collect();
-            lex.memories_by_id(&ids, &qq).map(|found| {
-                hits.into_iter()
-                    .filter_map(|(id, sim)| {
-                        found
-                            .get(&id)
-                            .cloned()
-                            .map(|h| MemoryHit { score: sim, ..h })
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
-        if mode == Mode::Vector {
-            return Ok(near.into_iter().take(limit).collect());
-        }
-        let fused = vector::fuse(&[
-            lexical.iter().map(|h| h.id.clone()).collect(),
-            near.iter().map(|h| h.id.clone()).collect(),
-        ]);
-        let mut by_id: std::collections::HashMap<String, MemoryHit> = lexical
-            .into_iter()
-            .chain(near)
-            .map(|h| (h.id.clone(), h))
-            .collect();
-        Ok(fused
-            .into_iter()
-            .take(limit)
-            .filter_map(|(id, score)| by_id.remove(&id).map(|h| MemoryHit { score, ..h }))
-            .collect())
+        self.vectors
+            .search(org, qv, k, near)
+            .await
+            .map(Some)
+            .map_err(unavailable)
     }
 
-    /// Vectors in the in-process index.
-    pub fn vectors(&self) -> usize {
-        self.vectors.len()
+    /// Where vectors are searched: `hnsw` or `pgvector`.
+    pub fn vector_index(&self) -> &'static str {
+        self.vectors.name()
+    }
+
+    /// Vectors searchable.
+    pub async fn vectors(&self) -> Result<u64, Error> {
+        self.vectors.count().await.map_err(unavailable)
     }
 
     /// Entries in the index.
@@ -443,16 +447,79 @@ impl Knowledge {
     }
 }
 
+/// A hit ranked by its id and score.
+trait Hit {
+    fn key(&self) -> &str;
+    fn scored(self, score: f32) -> Self;
+}
+
+impl Hit for ChunkHit {
+    fn key(&self) -> &str {
+        &self.chunk_id
+    }
+    fn scored(self, score: f32) -> Self {
+        ChunkHit { score, ..self }
+    }
+}
+
+impl Hit for MemoryHit {
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn scored(self, score: f32) -> Self {
+        MemoryHit { score, ..self }
+    }
+}
+
+/// The vector hits (id, similarity) that are in the lexical index (which
+/// has what is live, with its text), alone (`vector`) or fused with the
+/// lexical ones (`hybrid`).
+fn ranked<H: Hit>(
+    mode: Mode,
+    limit: usize,
+    lexical: Vec<H>,
+    hits: Vec<(String, f32)>,
+    mut found: std::collections::HashMap<String, H>,
+) -> Vec<H> {
+    let near: Vec<H> = hits
+        .into_iter()
+        .filter_map(|(id, sim)| found.remove(&id).map(|h| h.scored(sim)))
+        .collect();
+    if mode == Mode::Vector {
+        return near.into_iter().take(limit).collect();
+    }
+    let fused = vector::fuse(&[
+        lexical.iter().map(|h| h.key().to_string()).collect(),
+        near.iter().map(|h| h.key().to_string()).collect(),
+    ]);
+    let mut by_id: std::collections::HashMap<String, H> = lexical
+        .into_iter()
+        .chain(near)
+        .map(|h| (h.key().to_string(), h))
+        .collect();
+    fused
+        .into_iter()
+        .take(limit)
+        .filter_map(|(id, score)| by_id.remove(&id).map(|h| h.scored(score)))
+        .collect()
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut jobs, BATCH).await > 0 {
             let mut steps = Vec::with_capacity(jobs.len());
             for job in jobs.drain(..) {
-                if let Job::Rebuild(done) = job {
+                if let Job::Rebuild(audit, done) = job {
                     // A rebuild commits on its own (after what came before).
                     self.finish(std::mem::take(&mut steps)).await;
-                    let r = self.rebuild().await.map_err(unavailable);
+                    let mut r = self.rebuild().await.map_err(unavailable);
+                    if let (Ok(built), Some(mut a)) = (&r, audit) {
+                        a.summary = serde_json::json!(built);
+                        if let Err(e) = self.store.tables().append_audit(&a).await {
+                            r = Err(unavailable(e));
+                        }
+                    }
                     let _ = done.send(r);
                     continue;
                 }
@@ -570,8 +637,7 @@ impl Writer {
             }
             Job::DeleteKb(org, id, audit, done) => {
                 let now = audit.at;
-                self.vectors
-                    .remove(Some(&org), |e| e.scope == "kb" && e.owner == id);
+                self.vectors.remove(Some(&org), &Gone::Kb(id.clone()));
                 match t.delete_kb(&org, &id, now, &audit).await {
                     Ok(false) => {
                         let _ = done.send(Ok(false));
@@ -622,11 +688,13 @@ impl Writer {
                     .collect();
                 let put = t.put_document(&doc, &chunks, &rows, &audit).await;
                 if matches!(put, Ok(true)) {
-                    self.vectors.remove(Some(&doc.org_id), |e| {
-                        e.doc.as_deref() == Some(doc.id.as_str())
-                    });
-                    for (c, v) in chunks.iter().zip(embedded) {
-                        self.vectors.add(&doc.org_id, chunk_entry(c), v);
+                    self.vectors
+                        .remove(Some(&doc.org_id), &Gone::Doc(doc.id.clone()));
+                    let items = chunks.iter().map(chunk_entry).zip(embedded).collect();
+                    // The rows are committed; an index that fails here is
+                    // filled from them on the next start.
+                    if let Err(e) = self.vectors.add(&doc.org_id, items).await {
+                        tracing::warn!(error = %e, doc = %doc.id, "indexing a document's vectors");
                     }
                 }
                 match put {
@@ -669,8 +737,7 @@ impl Writer {
                         Ok(())
                     }) {
                         Ok(()) => {
-                            self.vectors
-                                .remove(Some(&org), |e| e.doc.as_deref() == Some(id.as_str()));
+                            self.vectors.remove(Some(&org), &Gone::Doc(id.clone()));
                             Some(step(vec![After::DropDocs(vec![id])], done, true))
                         }
                         Err(e) => {
@@ -680,31 +747,28 @@ impl Writer {
                     },
                 }
             }
-            Job::StoreMemory(m, v, audit, done) => match t
-                .insert_memory(
-                    &m,
-                    v.as_ref().map(|v| memory_vector(&m, v)).as_ref(),
-                    audit.as_ref(),
-                )
-                .await
-            {
-                Err(e) => {
+            Job::StoreMemory(m, v, audit, done) => {
+                let vector = v.as_ref().map(|v| memory_vector(&m, v));
+                if let Err(e) = t.insert_memory(&m, vector.as_ref(), audit.as_ref()).await {
                     let _ = done.send(Err(unavailable(e)));
-                    None
+                    return None;
                 }
-                Ok(()) => match self.with_writer(|w, l| {
-                    if let Some(v) = v {
-                        self.vectors.add(&m.org_id, memory_entry(&m), v);
-                    }
-                    l.add_memory(w, &m)
-                }) {
+                if let Some(v) = v
+                    && let Err(e) = self
+                        .vectors
+                        .add(&m.org_id, vec![(memory_entry(&m), v)])
+                        .await
+                {
+                    tracing::warn!(error = %e, memory = %m.id, "indexing a memory's vector");
+                }
+                match self.with_writer(|w, l| l.add_memory(w, &m)) {
                     Ok(()) => Some(step(vec![After::MarkMemories(vec![m.id])], done, ())),
                     Err(e) => {
                         let _ = done.send(Err(unavailable(e)));
                         None
                     }
-                },
-            },
+                }
+            }
             Job::DeleteMemories(ids, audit, done) => {
                 match t.set_memories_state(&ids, "deleting", audit.as_ref()).await {
                     Err(e) => {
@@ -715,8 +779,7 @@ impl Writer {
                         for id in &ids {
                             l.delete_memory(w, id);
                         }
-                        self.vectors
-                            .remove(None, |e| e.scope == "mem" && ids.contains(&e.id));
+                        self.vectors.remove(None, &Gone::Memories(ids.clone()));
                         Ok(())
                     }) {
                         Ok(()) => Some(step(vec![After::DropMemories(ids)], done, n)),
@@ -727,7 +790,7 @@ impl Writer {
                     },
                 }
             }
-            Job::Rebuild(done) => {
+            Job::Rebuild(_, done) => {
                 let _ = done.send(Err(unavailable("a rebuild is not part of a batch")));
                 None
             }
@@ -882,9 +945,20 @@ impl Writer {
         self.settle(after_all).await
     }
 
-    /// Builds the vector graphs from the stored embeddings.
+    /// Builds the vector index from the stored embeddings: the graphs
+    /// in process, or fills pgvector's column where it is empty.
     async fn load_vectors(&self) -> Result<(), String> {
-        self.vectors.clear();
+        let vectors = match &self.vectors {
+            VectorIndex::Pg(p) => {
+                let n = p.fill().await?;
+                if n > 0 {
+                    tracing::info!(n, "pgvector: embeddings filled from kb_vectors");
+                }
+                return Ok(());
+            }
+            VectorIndex::Hnsw(v) => v.clone(),
+        };
+        vectors.clear();
         let mut after = String::new();
         loop {
             let page = self
@@ -895,22 +969,11 @@ impl Writer {
                 .map_err(|e| e.to_string())?;
             let Some(last) = page.last() else { break };
             after = last.id.clone();
-            let vectors = self.vectors.clone();
+            let vectors = vectors.clone();
             tokio::task::spawn_blocking(move || {
                 for r in page {
                     if let Some(v) = vector::decode(&r.vector) {
-                        let org = r.org_id.clone();
-                        vectors.add(
-                            &org,
-                            Entry {
-                                id: r.id,
-                                scope: r.scope,
-                                owner: r.owner_id,
-                                doc: r.doc_id,
-                                expires_at: r.expires_at,
-                            },
-                            v,
-                        );
+                        vectors.add(&r.org_id, vector::entry_of(&r), v);
                     }
                 }
             })
@@ -931,6 +994,9 @@ impl Writer {
         }
         self.take_out_deleting(&mut after_all).await?;
         self.settle(after_all).await?;
+        if let VectorIndex::Pg(p) = &self.vectors {
+            p.clear().await?;
+        }
         self.load_vectors().await?;
         Ok(r)
     }

@@ -235,6 +235,144 @@ impl Vectors {
     }
 }
 
+/// Which entries a vector search may return.
+#[derive(Debug, Clone)]
+pub enum Near {
+    /// Chunks of these knowledge bases (any, when empty), of one document
+    /// when given.
+    Chunks {
+        /// Knowledge bases.
+        kbs: Vec<String>,
+        /// Document.
+        doc: Option<String>,
+    },
+    /// An agent's memories, live at `now`.
+    Memories {
+        /// The agent.
+        agent: String,
+        /// Unix ms.
+        now: i64,
+    },
+}
+
+impl Near {
+    fn keeps(&self, e: &Entry) -> bool {
+        match self {
+            Near::Chunks { kbs, doc } => {
+                e.scope == "kb"
+                    && (kbs.is_empty() || kbs.contains(&e.owner))
+                    && doc.as_ref().is_none_or(|d| e.doc.as_ref() == Some(d))
+            }
+            Near::Memories { agent, now } => {
+                e.scope == "mem" && &e.owner == agent && e.expires_at.is_none_or(|x| x > *now)
+            }
+        }
+    }
+}
+
+/// What leaves the vector index.
+#[derive(Debug, Clone)]
+pub enum Gone {
+    /// A document's chunks.
+    Doc(String),
+    /// A knowledge base's chunks.
+    Kb(String),
+    /// Memories.
+    Memories(Vec<String>),
+}
+
+/// Where vectors are searched: the in-process graphs, or pgvector in the
+/// PostgreSQL database (see [`super::pgvector`]).
+#[derive(Debug, Clone)]
+pub enum VectorIndex {
+    /// HNSW graphs in this process, built from `kb_vectors` on start.
+    Hnsw(std::sync::Arc<Vectors>),
+    /// The `embedding` column of `kb_vectors`, searched by PostgreSQL.
+    Pg(std::sync::Arc<super::pgvector::PgVectors>),
+}
+
+/// The entry of a stored embedding.
+pub fn entry_of(r: &crate::store::VectorRow) -> Entry {
+    Entry {
+        id: r.id.clone(),
+        scope: r.scope.clone(),
+        owner: r.owner_id.clone(),
+        doc: r.doc_id.clone(),
+        expires_at: r.expires_at,
+    }
+}
+
+impl VectorIndex {
+    /// `hnsw` or `pgvector`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VectorIndex::Hnsw(_) => "hnsw",
+            VectorIndex::Pg(_) => "pgvector",
+        }
+    }
+
+    /// Adds entries of `org` whose rows are committed.
+    pub async fn add(&self, org: &str, items: Vec<(Entry, Vec<f32>)>) -> Result<(), String> {
+        match self {
+            VectorIndex::Hnsw(v) => {
+                let (v, org) = (v.clone(), org.to_string());
+                tokio::task::spawn_blocking(move || {
+                    for (e, x) in items {
+                        v.add(&org, e, x);
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+            VectorIndex::Pg(p) => {
+                let rows: Vec<(String, Vec<f32>)> =
+                    items.into_iter().map(|(e, v)| (e.id, v)).collect();
+                p.set(&rows).await
+            }
+        }
+    }
+
+    /// Takes entries out (of `org`, or of any). On pgvector a no-op: the
+    /// rows go in the transaction that deletes their chunk or memory.
+    pub fn remove(&self, org: Option<&str>, gone: &Gone) {
+        if let VectorIndex::Hnsw(v) = self {
+            match gone {
+                Gone::Doc(d) => v.remove(org, |e| e.doc.as_deref() == Some(d.as_str())),
+                Gone::Kb(kb) => v.remove(org, |e| e.scope == "kb" && &e.owner == kb),
+                Gone::Memories(ids) => v.remove(org, |e| e.scope == "mem" && ids.contains(&e.id)),
+            }
+        }
+    }
+
+    /// The `k` nearest entries of `org` that `near` admits: (id, cosine
+    /// similarity), nearest first.
+    pub async fn search(
+        &self,
+        org: &str,
+        query: Vec<f32>,
+        k: usize,
+        near: Near,
+    ) -> Result<Vec<(String, f32)>, String> {
+        match self {
+            VectorIndex::Hnsw(v) => {
+                let (v, org) = (v.clone(), org.to_string());
+                tokio::task::spawn_blocking(move || v.search(&org, query, k, |e| near.keeps(e)))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            VectorIndex::Pg(p) => p.search(org, &query, k, &near).await,
+        }
+    }
+
+    /// Entries searchable.
+    pub async fn count(&self) -> Result<u64, String> {
+        match self {
+            VectorIndex::Hnsw(v) => Ok(v.len() as u64),
+            VectorIndex::Pg(p) => p.count().await,
+        }
+    }
+}
+
 /// The embeddings client: an OpenAI-compatible `/embeddings` endpoint.
 #[derive(Debug, Clone)]
 pub struct Embedder {

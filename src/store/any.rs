@@ -246,6 +246,14 @@ impl Db {
         }
     }
 
+    /// PostgreSQL's pool, when it runs on PostgreSQL (pgvector).
+    pub fn postgres(&self) -> Option<sqlx::PgPool> {
+        match &self.ports {
+            Ports::Postgres(s) => Some(s.pool().clone()),
+            _ => None,
+        }
+    }
+
     /// SQLite's store, when it runs on SQLite (its own checks and tests).
     pub fn sqlite(&self) -> Option<&SqlStore> {
         match &self.ports {

@@ -265,6 +265,13 @@ pub struct ServerStore<D: Database> {
     pool: Pool<D>,
 }
 
+impl<D: Database> ServerStore<D> {
+    /// Its pool (the knowledge index's pgvector queries).
+    pub fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+}
+
 impl<D: Database> Clone for ServerStore<D> {
     fn clone(&self) -> Self {
         ServerStore {

@@ -4,8 +4,9 @@
 //! restarts (resumption, rebuild), memories with TTL, and an agent's
 //! runtime searching and remembering through its tools.
 
-use crate::common::{TestApp, add_user, eventually, spawn_app_with};
+use crate::common::{TestApp, add_user, eventually, spawn_app_with, test_backend, unavailable};
 use crate::tasks::{FakeLlm, answer, app_with_llm, give, running_agent, tool_call, wait_task};
+use cadre::store::backend::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -592,6 +593,22 @@ async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_sta
     .await;
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     let token = app.token.clone();
+    // Where the vectors are searched: pgvector on PostgreSQL (CI builds
+    // the extension; `auto` falls back to the graphs in process without
+    // it), in process on SQLite and MariaDB.
+    let (s, st) = app
+        .call(Method::GET, "/api/v1/knowledge/status", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    let index = st["vector"]["index"].as_str().unwrap_or("").to_string();
+    if test_backend() == Backend::Postgres && index != "pgvector" {
+        unavailable("the pgvector extension", &st);
+    }
+    if test_backend() != Backend::Postgres {
+        assert_eq!(index, "hnsw", "{st}");
+    }
+    assert_eq!(st["vector"]["entries"], 2, "{st}");
+    assert_eq!(st["vector"]["embeddings"], true, "{st}");
     // `auto` is hybrid once embeddings are configured.
     let (s, v) = app
         .call(
@@ -673,8 +690,22 @@ async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_sta
         .await;
     assert_eq!(hits["items"][0]["id"], m["id"], "{hits}");
 
-    // The graphs are rebuilt from the stored vectors on start.
+    // The index is rebuilt from the stored vectors on start: the graphs
+    // in process; pgvector's column where it is empty (here: all of it,
+    // as after an import or a crash between a write and its fill).
+    if index == "pgvector" {
+        app.direct()
+            .await
+            .execute("UPDATE kb_vectors SET embedding = NULL, dims = NULL")
+            .await
+            .expect("empty the embedding column");
+    }
     app.restart().await;
+    let (_, st) = app
+        .call(Method::GET, "/api/v1/knowledge/status", None)
+        .await;
+    // One chunk and one memory.
+    assert_eq!(st["vector"]["entries"], 2, "{st}");
     let near = search(
         &app,
         &token,
