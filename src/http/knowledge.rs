@@ -242,13 +242,14 @@ async fn delete_kb(
 
 // ---------- documents ----------
 
-/// A document: its text (`content`, with `content_type`), or a `url` the
-/// control plane fetches.
+/// A document: its text (`content`, with `content_type`), its bytes
+/// (`content_base64`: a PDF), or a `url` the control plane fetches.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DocIn {
     title: Option<String>,
     content: Option<String>,
+    content_base64: Option<String>,
     content_type: Option<String>,
     url: Option<String>,
     metadata: Option<Map<String, Value>>,
@@ -368,15 +369,26 @@ async fn document_text(
     body: &DocIn,
     old_title: Option<&str>,
 ) -> Result<(String, String, String, String), ApiError> {
-    let (source, kind, raw) = match (&body.content, &body.url) {
-        (Some(c), None) => {
-            let kind = match body.content_type.as_deref() {
-                None => "text/plain",
-                Some(t) => chunk::media_type(t).ok_or_else(|| unsupported(t))?,
-            };
-            ("upload".to_string(), kind, c.as_bytes().to_vec())
+    let declared = || match body.content_type.as_deref() {
+        None => Ok("text/plain"),
+        Some(t) => chunk::media_type(t).ok_or_else(|| unsupported(t)),
+    };
+    let (source, kind, raw) = match (&body.content, &body.content_base64, &body.url) {
+        (Some(c), None, None) => ("upload".to_string(), declared()?, c.as_bytes().to_vec()),
+        (None, Some(b), None) => {
+            use base64::Engine;
+            // Base64 is a third longer than what it holds: refuse a body
+            // past the limit before decoding it.
+            let max = state.config.knowledge.max_document_bytes;
+            if b.len() / 4 * 3 > max + 3 {
+                return Err(too_large(max));
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|e| ApiError::invalid("content_base64", format!("not base64: {e}")))?;
+            ("upload".to_string(), declared()?, raw)
         }
-        (None, Some(u)) => {
+        (None, None, Some(u)) => {
             if body.content_type.is_some() {
                 return Err(ApiError::invalid(
                     "content_type",
@@ -389,7 +401,8 @@ async fn document_text(
         _ => {
             return Err(ApiError::invalid(
                 "content",
-                "give either content (with content_type) or url",
+                "give one of content (text, with content_type), content_base64 \
+                 (bytes, e.g. a PDF, with content_type) or url",
             ));
         }
     };

@@ -1,5 +1,5 @@
 //! From an upload to chunks: the text of a document (plain text, Markdown,
-//! or HTML turned into Markdown-like text), split along its structure
+//! HTML turned into Markdown-like text, or the text of a PDF), split along its structure
 //! (headings, paragraphs, sentences) into pieces of at most `chunk_tokens`
 //! cl100k tokens that overlap by `overlap_tokens` (text-splitter).
 
@@ -8,7 +8,12 @@ use tiktoken_rs::CoreBPE;
 
 /// The content types a document may have (what an upload declares, or
 /// what a fetched URL answered).
-pub const CONTENT_TYPES: [&str; 3] = ["text/plain", "text/markdown", "text/html"];
+pub const CONTENT_TYPES: [&str; 4] = [
+    "text/plain",
+    "text/markdown",
+    "text/html",
+    "application/pdf",
+];
 
 /// A content type header's media type, lower case, if it is one we read.
 pub fn media_type(header: &str) -> Option<&'static str> {
@@ -22,6 +27,7 @@ pub fn media_type(header: &str) -> Option<&'static str> {
         "text/plain" | "" => Some("text/plain"),
         "text/markdown" | "text/x-markdown" => Some("text/markdown"),
         "text/html" | "application/xhtml+xml" => Some("text/html"),
+        "application/pdf" => Some("application/pdf"),
         _ => None,
     }
 }
@@ -32,9 +38,24 @@ pub fn extract(content_type: &str, raw: &[u8]) -> Result<String, String> {
         "text/html" => {
             html2text::from_read(raw, 200).map_err(|e| format!("the HTML could not be read: {e}"))
         }
+        "application/pdf" => pdf_text(raw),
         _ => {
             String::from_utf8(raw.to_vec()).map_err(|_| "the content is not UTF-8 text".to_string())
         }
+    }
+}
+
+/// The text of a PDF (its text layer; a scan without one has none).
+/// The parser panics on some malformed files: a panic is a refusal of the
+/// file, never of the process.
+fn pdf_text(raw: &[u8]) -> Result<String, String> {
+    if !raw.starts_with(b"%PDF-") {
+        return Err("the content is not a PDF (no %PDF- header)".into());
+    }
+    match std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem(raw)) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(e)) => Err(format!("the PDF could not be read: {e}")),
+        Err(_) => Err("the PDF could not be read (malformed)".into()),
     }
 }
 
@@ -98,7 +119,9 @@ impl Chunker {
     /// Splits a document's text; Markdown (and HTML, which arrives as
     /// Markdown-like text) along headings first.
     pub fn split(&self, content_type: &str, text: &str) -> Vec<Piece> {
-        let pieces: Vec<(usize, &str)> = if content_type == "text/plain" {
+        // A PDF's text has no markup: split as plain text.
+        let plain = matches!(content_type, "text/plain" | "application/pdf");
+        let pieces: Vec<(usize, &str)> = if plain {
             TextSplitter::new(self.config())
                 .chunk_indices(text)
                 .collect()

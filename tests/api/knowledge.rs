@@ -984,3 +984,126 @@ async fn an_agent_searches_only_its_knowledge_bases_and_remembers_across_tasks()
         "{first}"
     );
 }
+
+/// A minimal one-page PDF whose text layer holds `lines` (Helvetica, one
+/// line each), written object by object with a correct cross-reference
+/// table, as any PDF writer would.
+fn pdf(lines: &[&str]) -> Vec<u8> {
+    let mut content = String::from("BT /F1 12 Tf 72 720 Td 14 TL\n");
+    for l in lines {
+        content.push_str(&format!("({l}) Tj T*\n"));
+    }
+    content.push_str("ET\n");
+    let objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] \
+         /Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>"
+            .to_string(),
+        format!(
+            "<< /Length {} >>\nstream\n{content}endstream",
+            content.len()
+        ),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+            .to_string(),
+    ];
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+    }
+    let xref = out.len();
+    out.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for off in offsets {
+        out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+    }
+    out.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    out
+}
+
+#[tokio::test]
+async fn pdf_documents_are_read_by_upload_and_by_url_and_bad_ones_change_nothing() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let app = spawn_app_with(|c| c.knowledge.fetch_hosts = vec!["127.0.0.1".into()]).await;
+    let base = kb(&app, None, "manuals").await;
+    let file = pdf(&[
+        "Warehouse forklift manual",
+        "Charge the forklift battery every night before the morning shift.",
+    ]);
+    let up = doc(
+        &app,
+        &base,
+        json!({ "title": "Forklift", "content_base64": b64(&file), "content_type": "application/pdf" }),
+    )
+    .await;
+    assert_eq!(up["content_type"], "application/pdf", "{up}");
+    let token = app.token.clone();
+    let hits = search(&app, &token, json!({ "query": "forklift battery night" })).await;
+    assert_eq!(hits[0]["document_id"], up["id"], "{hits:?}");
+    assert!(
+        hits[0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("morning shift"),
+        "{hits:?}"
+    );
+
+    // By URL: the server's application/pdf is read the same way.
+    let served: &'static str =
+        String::leak(String::from_utf8(pdf(&["Loading dock opens at six."])).expect("ascii pdf"));
+    let url = page_server(served, "application/pdf").await;
+    let fetched = doc(&app, &base, json!({ "url": url })).await;
+    assert_eq!(fetched["content_type"], "application/pdf", "{fetched}");
+    let hits = search(&app, &token, json!({ "query": "loading dock six" })).await;
+    assert_eq!(hits[0]["document_id"], fetched["id"], "{hits:?}");
+
+    // Not a PDF, a broken one, bad base64, two bodies: 422, nothing added.
+    let mut broken = file.clone();
+    broken.truncate(file.len() / 2);
+    for (body, field) in [
+        (
+            json!({ "title": "x", "content_base64": b64(b"plain words"), "content_type": "application/pdf" }),
+            "content",
+        ),
+        (
+            json!({ "title": "x", "content_base64": b64(&broken), "content_type": "application/pdf" }),
+            "content",
+        ),
+        (
+            json!({ "title": "x", "content_base64": "%%%", "content_type": "application/pdf" }),
+            "content_base64",
+        ),
+        (
+            json!({ "title": "x", "content": "a", "content_base64": b64(b"a") }),
+            "content",
+        ),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/knowledge-bases/{base}/documents"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(v["field"], field, "{v}");
+    }
+    let (_, list) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/knowledge-bases/{base}/documents"),
+            None,
+        )
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+}
