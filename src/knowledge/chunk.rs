@@ -192,7 +192,11 @@ mod tests {
         assert!(!t.contains("<p>"));
         assert!(extract("text/plain", &[0xff, 0xfe, 0x00]).is_err());
         assert_eq!(media_type("text/html; charset=utf-8"), Some("text/html"));
-        assert_eq!(media_type("application/pdf"), None);
+        assert_eq!(media_type("application/pdf"), Some("application/pdf"));
+        assert_eq!(media_type("image/png"), None);
+        // Not a PDF, or a broken one: refused, never a panic.
+        assert!(extract("application/pdf", b"plain words").is_err());
+        assert!(extract("application/pdf", b"%PDF-1.4\n1 0 obj\n<<").is_err());
         assert!(Chunker::new(10, 10).is_err());
     }
 }
