@@ -307,7 +307,7 @@ async fn documents_are_chunked_searched_filtered_updated_and_deleted_per_organiz
             "invalid",
         ),
         (
-            json!({ "title": "x", "content": "a", "content_type": "application/pdf" }),
+            json!({ "title": "x", "content": "a", "content_type": "image/png" }),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_content_type",
         ),
