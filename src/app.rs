@@ -71,6 +71,10 @@ impl Running {
         self.purge.abort();
         self.knowledge_writer.abort();
         let _ = self.knowledge_writer.await;
+        // The in-process vector graphs are kept for the next start.
+        if let Err(e) = self.knowledge.save_vectors().await {
+            tracing::warn!(error = %e, "vector snapshot not written at shutdown; the next start rebuilds from the rows");
+        }
         // The actors' last events reach the queue before it closes.
         self.bridge.abort();
         self.retention.abort();
@@ -463,10 +467,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     let (knowledge, knowledge_writer) = crate::knowledge::Knowledge::start(
         store.clone(),
-        &config.data_dir.join("knowledge").join("index"),
+        &config.data_dir.join("knowledge"),
         chunker,
         embedder,
-        config.knowledge.vector_index,
+        crate::knowledge::VectorOptions {
+            index: config.knowledge.vector_index,
+            snapshot_every: Duration::from_secs(config.knowledge.vector_snapshot_seconds.max(1)),
+        },
     )
     .await
     .context("starting the knowledge index")?;

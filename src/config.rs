@@ -98,6 +98,9 @@ pub struct KnowledgeConfig {
     /// Where vectors are searched: `auto` (pgvector on a PostgreSQL
     /// database that has it, else in process), `pgvector` or `hnsw`.
     pub vector_index: crate::knowledge::VectorChoice,
+    /// How often, at most, a changed in-process vector graph is written
+    /// to its snapshot, in seconds (and always on shutdown).
+    pub vector_snapshot_seconds: u64,
     /// `[knowledge.embeddings]`: vector search, when configured.
     pub embeddings: EmbeddingsConfig,
 }

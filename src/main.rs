@@ -203,10 +203,15 @@ async fn main() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
             let (knowledge, writer) = cadre::knowledge::Knowledge::start(
                 store.clone(),
-                &config.data_dir.join("knowledge").join("index"),
+                &config.data_dir.join("knowledge"),
                 chunker,
                 None,
-                config.knowledge.vector_index,
+                cadre::knowledge::VectorOptions {
+                    index: config.knowledge.vector_index,
+                    snapshot_every: std::time::Duration::from_secs(
+                        config.knowledge.vector_snapshot_seconds.max(1),
+                    ),
+                },
             )
             .await
             .context("opening the knowledge index (is Cadre serving on this data directory?)")?;
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             );
             writer.abort();
             let _ = writer.await;
+            knowledge.save_vectors().await?;
             store.close().await;
             Ok(())
         }

@@ -705,6 +705,9 @@ async fn status(State(state): State<AppState>, _p: Principal) -> Result<Response
             "embeddings": k.has_vectors(),
             "index": k.vector_index(),
             "entries": k.vectors().await?,
+            // In process: how the graphs came up on start (read from
+            // their snapshots, added from the rows, taken out, refused).
+            "start": k.vector_start(),
         },
     }))
     .into_response())

@@ -12,12 +12,14 @@
 pub mod chunk;
 pub mod index;
 pub mod pgvector;
+mod snapshot;
 pub mod vector;
 
 use crate::store::{Chunk, Db, Document, KnowledgeBase, Memory, VectorRow};
 use cadre_actors::Error;
 use cadre_actors::audit::AuditEntry;
 use index::{ChunkHit, ChunkQuery, Lexical, MemoryHit, MemoryQuery};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -106,6 +108,16 @@ pub enum VectorChoice {
     Hnsw,
 }
 
+/// The vector index's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct VectorOptions {
+    /// Where vectors are searched.
+    pub index: VectorChoice,
+    /// How often, at most, a changed in-process graph is written to its
+    /// snapshot (and always when the writer stops).
+    pub snapshot_every: std::time::Duration,
+}
+
 /// How a search ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,23 +161,26 @@ struct Writer {
     lexical: Arc<Lexical>,
     vectors: VectorIndex,
     w: Arc<Mutex<tantivy::IndexWriter>>,
+    snapshot_every: std::time::Duration,
 }
 
 impl Knowledge {
-    /// Opens (or creates) the index in `dir`, finishes what a previous run
-    /// left pending (or rebuilds the index from the database when it was
-    /// missing), and starts the writer.
+    /// Opens (or creates) the indexes under `dir` (the lexical one in
+    /// `index/`, the vector snapshots in `vectors/`), finishes what a
+    /// previous run left pending (or rebuilds the lexical index from the
+    /// database when it was missing), reads the vector graphs back, and
+    /// starts the writer.
     pub async fn start(
         store: Arc<Db>,
         dir: &Path,
         chunker: chunk::Chunker,
         embedder: Option<Embedder>,
-        choice: VectorChoice,
+        options: VectorOptions,
     ) -> anyhow::Result<(Knowledge, tokio::task::JoinHandle<()>)> {
+        let in_process = || VectorIndex::Hnsw(Arc::new(Vectors::persistent(dir.join("vectors"))));
+        let choice = options.index;
         let vectors = match (choice, store.postgres()) {
-            (VectorChoice::Hnsw, _) | (VectorChoice::Auto, None) => {
-                VectorIndex::Hnsw(Arc::new(Vectors::default()))
-            }
+            (VectorChoice::Hnsw, _) | (VectorChoice::Auto, None) => in_process(),
             (VectorChoice::Pgvector, None) => {
                 anyhow::bail!("knowledge.vector_index = \"pgvector\" needs a PostgreSQL database")
             }
@@ -181,10 +196,10 @@ impl Knowledge {
                     "knowledge.vector_index = \"pgvector\": the extension is not installed in \
                      this database and Cadre's login may not create it (CREATE EXTENSION vector)"
                 ),
-                None => VectorIndex::Hnsw(Arc::new(Vectors::default())),
+                None => in_process(),
             },
         };
-        let dir = dir.to_path_buf();
+        let dir = dir.join("index");
         let (lexical, fresh) = tokio::task::spawn_blocking(move || Lexical::open(&dir))
             .await?
             .map_err(anyhow::Error::msg)?;
@@ -195,9 +210,12 @@ impl Knowledge {
             lexical: lexical.clone(),
             vectors: vectors.clone(),
             w: Arc::new(Mutex::new(w)),
+            snapshot_every: options.snapshot_every,
         };
         if fresh {
-            let r = writer.rebuild().await.map_err(anyhow::Error::msg)?;
+            // The lexical index was missing: it is built from the rows;
+            // the vector graphs come back from their snapshots.
+            let r = writer.rebuild(false).await.map_err(anyhow::Error::msg)?;
             if r != Rebuilt::default() {
                 tracing::info!(?r, "knowledge index rebuilt from the database");
             }
@@ -441,9 +459,35 @@ impl Knowledge {
         self.vectors.count().await.map_err(unavailable)
     }
 
+    /// How the in-process vector index came up (none on pgvector).
+    pub fn vector_start(&self) -> Option<vector::Started> {
+        match &self.vectors {
+            VectorIndex::Hnsw(v) => Some(v.started()),
+            VectorIndex::Pg(_) => None,
+        }
+    }
+
+    /// Writes the snapshot of every changed in-process graph (on
+    /// shutdown, after the writer stopped); how many were written.
+    pub async fn save_vectors(&self) -> Result<usize, Error> {
+        save_graphs(&self.vectors).await.map_err(unavailable)
+    }
+
     /// Entries in the index.
     pub fn indexed(&self) -> u64 {
         self.lexical.len()
+    }
+}
+
+async fn save_graphs(index: &VectorIndex) -> Result<usize, String> {
+    match index {
+        VectorIndex::Hnsw(v) => {
+            let v = v.clone();
+            tokio::task::spawn_blocking(move || v.save())
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        VectorIndex::Pg(_) => Ok(0),
     }
 }
 
@@ -507,13 +551,30 @@ fn ranked<H: Hit>(
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut jobs, BATCH).await > 0 {
+        // Snapshots are written here, between batches: the writer is what
+        // changes the graphs, so searches go on while one is written.
+        let mut snapshot = tokio::time::interval(self.snapshot_every);
+        snapshot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        snapshot.tick().await;
+        loop {
+            let got = tokio::select! {
+                n = rx.recv_many(&mut jobs, BATCH) => n,
+                _ = snapshot.tick() => {
+                    if let Err(e) = save_graphs(&self.vectors).await {
+                        tracing::warn!(%e, "vector snapshot not written; it is tried again later");
+                    }
+                    continue;
+                }
+            };
+            if got == 0 {
+                break;
+            }
             let mut steps = Vec::with_capacity(jobs.len());
             for job in jobs.drain(..) {
                 if let Job::Rebuild(audit, done) = job {
                     // A rebuild commits on its own (after what came before).
                     self.finish(std::mem::take(&mut steps)).await;
-                    let mut r = self.rebuild().await.map_err(unavailable);
+                    let mut r = self.rebuild(true).await.map_err(unavailable);
                     if let (Ok(built), Some(mut a)) = (&r, audit) {
                         a.summary = serde_json::json!(built);
                         if let Err(e) = self.store.tables().append_audit(&a).await {
@@ -528,6 +589,9 @@ impl Writer {
                 }
             }
             self.finish(steps).await;
+        }
+        if let Err(e) = save_graphs(&self.vectors).await {
+            tracing::warn!(%e, "vector snapshot not written at stop");
         }
     }
 
@@ -945,8 +1009,10 @@ impl Writer {
         self.settle(after_all).await
     }
 
-    /// Builds the vector index from the stored embeddings: the graphs
-    /// in process, or fills pgvector's column where it is empty.
+    /// Brings the vector index up from the stored embeddings: the graphs
+    /// in process from their snapshots, made to agree with `kb_vectors`
+    /// (or built from it where a snapshot is missing or damaged); on
+    /// pgvector, fills the column where it is empty.
     async fn load_vectors(&self) -> Result<(), String> {
         let vectors = match &self.vectors {
             VectorIndex::Pg(p) => {
@@ -958,33 +1024,67 @@ impl Writer {
             }
             VectorIndex::Hnsw(v) => v.clone(),
         };
-        vectors.clear();
+        let v = vectors.clone();
+        let (snapshot, rejected) = tokio::task::spawn_blocking(move || v.load_snapshots())
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = self.store.tables();
+        let mut rows: HashMap<String, HashSet<String>> = HashMap::new();
         let mut after = String::new();
         loop {
-            let page = self
-                .store
-                .tables()
-                .vectors_page(&after, PAGE)
+            let page = t
+                .vector_keys_page(&after, PAGE * 10)
                 .await
                 .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else { break };
-            after = last.id.clone();
-            let vectors = vectors.clone();
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (id, org) in page {
+                rows.entry(org).or_default().insert(id);
+            }
+        }
+        let v = vectors.clone();
+        let (missing, removed) = tokio::task::spawn_blocking(move || v.reconcile(&rows))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut database = 0;
+        for ids in missing.chunks(PAGE as usize * 4) {
+            let page = t.vectors_by_id(ids).await.map_err(|e| e.to_string())?;
+            let mut by_org: HashMap<String, Vec<(Entry, Vec<f32>)>> = HashMap::new();
+            for r in page {
+                if let Some(x) = vector::decode(&r.vector) {
+                    by_org
+                        .entry(r.org_id.clone())
+                        .or_default()
+                        .push((vector::entry_of(&r), x));
+                    database += 1;
+                }
+            }
+            let v = vectors.clone();
             tokio::task::spawn_blocking(move || {
-                for r in page {
-                    if let Some(v) = vector::decode(&r.vector) {
-                        vectors.add(&r.org_id, vector::entry_of(&r), v);
-                    }
+                for (org, items) in by_org {
+                    v.add_many(&org, items);
                 }
             })
             .await
             .map_err(|e| e.to_string())?;
         }
+        let started = vector::Started {
+            snapshot,
+            database,
+            removed,
+            rejected,
+        };
+        if started != vector::Started::default() {
+            tracing::info!(?started, "vector index in process is up");
+        }
+        vectors.set_started(started);
         Ok(())
     }
 
-    /// Empties the index and indexes every row again.
-    async fn rebuild(&mut self) -> Result<Rebuilt, String> {
+    /// Empties the lexical index and indexes every row again; with
+    /// `graphs`, the vector index too (its snapshots are dropped and it is
+    /// built from the stored embeddings alone).
+    async fn rebuild(&mut self, graphs: bool) -> Result<Rebuilt, String> {
         self.with_writer(|w, l| l.clear(w))?;
         let mut r = Rebuilt::default();
         let mut after_all = Vec::new();
@@ -994,8 +1094,16 @@ impl Writer {
         }
         self.take_out_deleting(&mut after_all).await?;
         self.settle(after_all).await?;
-        if let VectorIndex::Pg(p) = &self.vectors {
-            p.clear().await?;
+        if graphs {
+            match &self.vectors {
+                VectorIndex::Pg(p) => p.clear().await?,
+                VectorIndex::Hnsw(v) => {
+                    let v = v.clone();
+                    tokio::task::spawn_blocking(move || v.clear())
+                        .await
+                        .map_err(|e| e.to_string())??
+                }
+            }
         }
         self.load_vectors().await?;
         Ok(r)
@@ -1074,7 +1182,18 @@ fn memory_vector(m: &Memory, v: &[f32]) -> VectorRow {
 /// SHA-256 of `text`, hex.
 pub fn content_hash(text: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(d.as_ref())
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The rows of a document's chunks.

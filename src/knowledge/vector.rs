@@ -4,19 +4,26 @@
 //! organization so that no search ever walks another tenant's vectors.
 //!
 //! The vectors themselves are rows (`kb_vectors`, written in the same
-//! transaction as their chunk or memory); the graphs live in memory and
-//! are built from those rows on every start. A removed entry is a
+//! transaction as their chunk or memory). The graphs live in memory and
+//! are kept in the data dir as snapshots (see [`super::snapshot`]): on
+//! start each organization's graph is read from its snapshot when that is
+//! whole, then made to agree with the rows (entries whose row is gone are
+//! taken out, rows the snapshot lacks are added); without a usable
+//! snapshot the graph is built from the rows. A removed entry is a
 //! tombstone the search skips; a graph with more tombstones than live
 //! entries is rebuilt from its live ones.
 
 use hnsw_rs::anndists::dist::DistCosine;
 use hnsw_rs::hnsw::Hnsw;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// What an entry is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Chunk or memory id.
     pub id: String,
@@ -62,12 +69,16 @@ fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-struct Space {
-    graph: Hnsw<'static, f32, DistCosine>,
-    entries: Vec<Entry>,
-    vectors: Vec<Vec<f32>>,
-    by_id: HashMap<String, usize>,
-    dead: HashSet<usize>,
+/// One organization's graph. Data id `i` of the graph is `entries[i]`.
+pub(super) struct Space {
+    pub(super) graph: Hnsw<'static, f32, DistCosine>,
+    /// Dimensions of every vector in it (0 while empty).
+    pub(super) dims: usize,
+    pub(super) entries: Vec<Entry>,
+    pub(super) by_id: HashMap<String, usize>,
+    pub(super) dead: HashSet<usize>,
+    /// Changed since its snapshot was written (or read).
+    pub(super) changed: AtomicBool,
 }
 
 fn graph(expected: usize) -> Hnsw<'static, f32, DistCosine> {
@@ -75,85 +86,127 @@ fn graph(expected: usize) -> Hnsw<'static, f32, DistCosine> {
     Hnsw::new(16, expected.max(1024), 16, 200, DistCosine {})
 }
 
+/// Below this many, points go in one by one; above, on all cores.
+const PARALLEL: usize = 64;
+
 impl Space {
-    fn new() -> Space {
+    fn new(expected: usize) -> Space {
         Space {
-            graph: graph(0),
+            graph: graph(expected),
+            dims: 0,
             entries: Vec::new(),
-            vectors: Vec::new(),
             by_id: HashMap::new(),
             dead: HashSet::new(),
+            changed: AtomicBool::new(false),
         }
     }
 
-    fn add(&mut self, e: Entry, v: Vec<f32>) {
-        // A provider that changed its dimensions: the entry is not searchable
-        // by vector (lexically it still is) until a rebuild after a reindex.
-        if self
-            .vectors
-            .iter()
-            .find(|x| !x.is_empty())
-            .is_some_and(|x| x.len() != v.len())
-        {
-            tracing::warn!(id = %e.id, "embedding of other dimensions than the index; not added");
+    /// Adds (or replaces) entries; their vectors normalized already.
+    fn add(&mut self, items: Vec<(Entry, Vec<f32>)>) {
+        let mut points: Vec<(Vec<f32>, usize)> = Vec::with_capacity(items.len());
+        for (e, v) in items {
+            if self.dims == 0 {
+                self.dims = v.len();
+            }
+            // A provider that changed its dimensions: the entry is not
+            // searchable by vector (lexically it still is) until a rebuild
+            // after a reindex.
+            if v.is_empty() || v.len() != self.dims {
+                tracing::warn!(id = %e.id, "embedding of other dimensions than the index; not added");
+                continue;
+            }
+            if let Some(old) = self.by_id.remove(&e.id) {
+                self.dead.insert(old);
+            }
+            let n = self.entries.len();
+            self.by_id.insert(e.id.clone(), n);
+            self.entries.push(e);
+            points.push((v, n));
+        }
+        if points.is_empty() {
             return;
         }
-        if let Some(old) = self.by_id.remove(&e.id) {
-            self.dead.insert(old);
+        if points.len() >= PARALLEL {
+            let refs: Vec<(&Vec<f32>, usize)> = points.iter().map(|(v, n)| (v, *n)).collect();
+            self.graph.parallel_insert(&refs);
+        } else {
+            for (v, n) in &points {
+                self.graph.insert((v.as_slice(), *n));
+            }
         }
-        let n = self.entries.len();
-        self.graph.insert((v.as_slice(), n));
-        self.by_id.insert(e.id.clone(), n);
-        self.entries.push(e);
-        self.vectors.push(v);
+        self.changed.store(true, Ordering::Release);
     }
 
-    fn remove(&mut self, pred: &impl Fn(&Entry) -> bool) {
+    /// Tombstones the live entries `pred` picks; how many.
+    fn remove(&mut self, pred: &impl Fn(&Entry) -> bool) -> usize {
         let gone: Vec<usize> = self
             .by_id
             .values()
             .copied()
             .filter(|&i| pred(&self.entries[i]))
             .collect();
-        for i in gone {
+        for &i in &gone {
             self.by_id.remove(&self.entries[i].id);
             self.dead.insert(i);
+        }
+        if !gone.is_empty() {
+            self.changed.store(true, Ordering::Release);
         }
         if self.dead.len() > 64 && self.dead.len() > self.by_id.len() {
             self.compact();
         }
+        gone.len()
     }
 
-    /// A new graph of the live entries only.
+    /// A new graph of the live entries only (their vectors read back from
+    /// the old graph).
     fn compact(&mut self) {
-        let mut live: Vec<usize> = self.by_id.values().copied().collect();
-        live.sort_unstable();
-        let mut fresh = Space {
-            graph: graph(live.len()),
-            ..Space::new()
-        };
-        for i in live {
-            let e = std::mem::replace(
-                &mut self.entries[i],
-                Entry {
-                    id: String::new(),
-                    scope: String::new(),
-                    owner: String::new(),
-                    doc: None,
-                    expires_at: None,
-                },
-            );
-            let v = std::mem::take(&mut self.vectors[i]);
-            fresh.add(e, v);
+        let mut live: HashMap<usize, Vec<f32>> = HashMap::with_capacity(self.by_id.len());
+        let keep: HashSet<usize> = self.by_id.values().copied().collect();
+        for p in self.graph.get_point_indexation() {
+            let i = p.get_origin_id();
+            if keep.contains(&i) {
+                live.insert(i, p.get_v().to_vec());
+            }
         }
+        let mut order: Vec<usize> = live.keys().copied().collect();
+        order.sort_unstable();
+        let items: Vec<(Entry, Vec<f32>)> = order
+            .into_iter()
+            .filter_map(|i| {
+                let v = live.remove(&i)?;
+                Some((self.entries[i].clone(), v))
+            })
+            .collect();
+        let mut fresh = Space::new(items.len());
+        fresh.add(items);
+        fresh.changed.store(true, Ordering::Release);
         *self = fresh;
     }
+}
+
+/// How the in-process index came up on start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Started {
+    /// Entries read from snapshots.
+    pub snapshot: u64,
+    /// Entries added from stored rows (no snapshot, or newer than it).
+    pub database: u64,
+    /// Snapshot entries taken out because their row is gone.
+    pub removed: u64,
+    /// Snapshots refused (damaged, of another format) and rebuilt.
+    pub rejected: u64,
 }
 
 /// Every organization's graph.
 #[derive(Default)]
 pub struct Vectors {
     spaces: RwLock<HashMap<String, Space>>,
+    /// Where the snapshots are kept (none: in memory only).
+    dir: Option<PathBuf>,
+    started: Mutex<Started>,
+    /// One snapshot write at a time (the writer's, or the one at stop).
+    saving: Mutex<()>,
 }
 
 impl std::fmt::Debug for Vectors {
@@ -163,12 +216,29 @@ impl std::fmt::Debug for Vectors {
 }
 
 impl Vectors {
+    /// Graphs kept as snapshots in `dir`.
+    pub fn persistent(dir: PathBuf) -> Vectors {
+        Vectors {
+            dir: Some(dir),
+            ..Vectors::default()
+        }
+    }
+
     /// Adds (or replaces) an entry of `org`.
     pub fn add(&self, org: &str, e: Entry, v: Vec<f32>) {
+        self.add_many(org, vec![(e, v)]);
+    }
+
+    /// Adds (or replaces) entries of `org`, many at once on all cores.
+    pub fn add_many(&self, org: &str, items: Vec<(Entry, Vec<f32>)>) {
+        let items = items
+            .into_iter()
+            .map(|(e, v)| (e, normalized(v)))
+            .collect::<Vec<_>>();
         if let Ok(mut s) = self.spaces.write() {
             s.entry(org.to_string())
-                .or_insert_with(Space::new)
-                .add(e, normalized(v));
+                .or_insert_with(|| Space::new(items.len()))
+                .add(items);
         }
     }
 
@@ -183,10 +253,96 @@ impl Vectors {
         }
     }
 
-    /// Removes everything (a rebuild).
-    pub fn clear(&self) {
+    /// Removes everything, snapshots too (a rebuild from the rows).
+    pub fn clear(&self) -> Result<(), String> {
         if let Ok(mut s) = self.spaces.write() {
             s.clear();
+        }
+        match &self.dir {
+            Some(dir) => super::snapshot::remove_all(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads every whole snapshot (on start, before any entry is added);
+    /// entries read and snapshots refused.
+    pub fn load_snapshots(&self) -> (u64, u64) {
+        let Some(dir) = &self.dir else {
+            return (0, 0);
+        };
+        let (found, rejected) = super::snapshot::load(dir);
+        let mut n = 0;
+        if let Ok(mut s) = self.spaces.write() {
+            for (org, space) in found {
+                n += space.by_id.len() as u64;
+                s.insert(org, space);
+            }
+        }
+        (n, rejected)
+    }
+
+    /// Makes the graphs agree with the stored rows (`rows`: ids by
+    /// organization): entries without a row are taken out. Returns the
+    /// ids of the rows no graph holds, and how many were taken out.
+    pub fn reconcile(&self, rows: &HashMap<String, HashSet<String>>) -> (Vec<String>, u64) {
+        let mut missing = Vec::new();
+        let mut removed = 0;
+        let Ok(mut s) = self.spaces.write() else {
+            return (missing, removed);
+        };
+        let none = HashSet::new();
+        for (org, space) in s.iter_mut() {
+            let ids = rows.get(org).unwrap_or(&none);
+            removed += space.remove(&|e: &Entry| !ids.contains(&e.id)) as u64;
+        }
+        for (org, ids) in rows {
+            let held = s.get(org);
+            missing.extend(
+                ids.iter()
+                    .filter(|id| held.is_none_or(|sp| !sp.by_id.contains_key(*id)))
+                    .cloned(),
+            );
+        }
+        (missing, removed)
+    }
+
+    /// Writes the snapshot of every graph changed since its last one;
+    /// how many were written. Called by the knowledge writer (the one
+    /// that changes the graphs), so searches go on while it writes.
+    pub fn save(&self) -> Result<usize, String> {
+        let Some(dir) = &self.dir else {
+            return Ok(0);
+        };
+        let _one = self
+            .saving
+            .lock()
+            .map_err(|_| "vector snapshot lock poisoned".to_string())?;
+        let s = self
+            .spaces
+            .read()
+            .map_err(|_| "vector index lock poisoned".to_string())?;
+        let mut written = 0;
+        for (org, space) in s.iter() {
+            if !space.changed.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            if let Err(e) = super::snapshot::save(dir, org, space) {
+                space.changed.store(true, Ordering::Release);
+                return Err(e);
+            }
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// How this index came up.
+    pub fn started(&self) -> Started {
+        self.started.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    pub(super) fn set_started(&self, s: Started) {
+        if let Ok(mut x) = self.started.lock() {
+            *x = s;
         }
     }
 
@@ -219,18 +375,21 @@ impl Vectors {
             return Vec::new();
         };
         let q = normalized(query);
-        if space.vectors.first().is_some_and(|v| v.len() != q.len()) {
+        if space.dims != q.len() || space.by_id.is_empty() {
             return Vec::new();
         }
         let filter = |i: &usize| {
-            space.by_id.get(&space.entries[*i].id) == Some(i) && keep(&space.entries[*i])
+            space
+                .entries
+                .get(*i)
+                .is_some_and(|e| space.by_id.get(&e.id) == Some(i) && keep(e))
         };
         let ef = (k * 8).max(64);
         space
             .graph
             .search_filter(&q, k, ef, Some(&filter))
             .into_iter()
-            .map(|n| (space.entries[n.d_id].id.clone(), 1.0 - n.distance))
+            .filter_map(|n| Some((space.entries.get(n.d_id)?.id.clone(), 1.0 - n.distance)))
             .collect()
     }
 }
@@ -316,13 +475,9 @@ impl VectorIndex {
         match self {
             VectorIndex::Hnsw(v) => {
                 let (v, org) = (v.clone(), org.to_string());
-                tokio::task::spawn_blocking(move || {
-                    for (e, x) in items {
-                        v.add(&org, e, x);
-                    }
-                })
-                .await
-                .map_err(|e| e.to_string())
+                tokio::task::spawn_blocking(move || v.add_many(&org, items))
+                    .await
+                    .map_err(|e| e.to_string())
             }
             VectorIndex::Pg(p) => {
                 let rows: Vec<(String, Vec<f32>)> =

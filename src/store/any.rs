@@ -117,7 +117,8 @@ forward! {
     fn memories_by_id(&self, ids: &[String]) -> Result<Vec<Memory>, StoreError>;
     fn memories_page(&self, org: &str, agent: &str, kind: Option<&str>, before: Option<&str>, now: i64, limit: i64) -> Result<Vec<Memory>, StoreError>;
     fn memories_in(&self, state: &str, after: &str, limit: i64) -> Result<Vec<Memory>, StoreError>;
-    fn vectors_page(&self, after: &str, limit: i64) -> Result<Vec<VectorRow>, StoreError>;
+    fn vector_keys_page(&self, after: &str, limit: i64) -> Result<Vec<(String, String)>, StoreError>;
+    fn vectors_by_id(&self, ids: &[String]) -> Result<Vec<VectorRow>, StoreError>;
     fn expired_memories(&self, now: i64, limit: i64) -> Result<Vec<String>, StoreError>;
     fn write_activity(&self, flush_id: i64, rows: &[&NewActivity], now: i64) -> Result<Flushed, StoreError>;
     fn activity_page(&self, org: &str, f: &ActivityFilter, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>, StoreError>;

@@ -479,11 +479,12 @@ on_dialects! {
             Ok(())
         }
 
-        /// Stored embeddings after id `after`, in id order (the vector
-        /// index's start and rebuild).
-        pub async fn vectors_page(&self, after: &str, limit: i64) -> Result<Vec<VectorRow>, StoreError> {
+        /// (id, organization) of the stored embeddings after id `after`, in
+        /// id order, without the vectors (the in-process index's start
+        /// compares them with its snapshots).
+        pub async fn vector_keys_page(&self, after: &str, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
             let sql = D::sql(&format!(
-                "SELECT {VECTOR_COLUMNS} FROM kb_vectors WHERE id > ?{b} ORDER BY id{b} LIMIT ?",
+                "SELECT id, org_id FROM kb_vectors WHERE id > ?{b} ORDER BY id{b} LIMIT ?",
                 b = D::BYTES
             ));
             let rows = sqlx::query(&sql)
@@ -492,7 +493,25 @@ on_dialects! {
                 .fetch_all(&self.read)
                 .await
                 .map_err(unavailable)?;
-            rows.iter().map(vector_row).collect()
+            rows.iter()
+                .map(|r| Ok((r.cell("id").map_err(bad)?, r.cell("org_id").map_err(bad)?)))
+                .collect()
+        }
+
+        /// Stored embeddings by id (those that still exist).
+        pub async fn vectors_by_id(&self, ids: &[String]) -> Result<Vec<VectorRow>, StoreError> {
+            let mut out = Vec::with_capacity(ids.len());
+            for batch in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT {VECTOR_COLUMNS} FROM kb_vectors WHERE id IN ({})",
+                    vec!["?"; batch.len()].join(", ")
+                );
+                let args: Vec<&str> = batch.iter().map(String::as_str).collect();
+                for r in self.rows(&sql, &args).await? {
+                    out.push(vector_row(&r)?);
+                }
+            }
+            Ok(out)
         }
 
         /// Marks a document `deleting` with its audit entry; whether it

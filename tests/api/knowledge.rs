@@ -734,6 +734,148 @@ async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_sta
     assert_eq!(hits["items"], json!([]), "{hits}");
 }
 
+async fn status(app: &TestApp) -> Value {
+    let (s, st) = app
+        .call(Method::GET, "/api/v1/knowledge/status", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["vector"]["index"], "hnsw", "{st}");
+    st
+}
+
+/// Copies every file of `from` into `to` (both flat directories).
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("list") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn in_process_vector_graphs_are_kept_on_disk_and_agree_with_the_rows_after_a_crash() {
+    let (url, _) = embeddings_server().await;
+    let mut app = spawn_app_with(move |c| {
+        c.knowledge.embeddings.base_url = url;
+        c.knowledge.embeddings.model = "hashed-words".into();
+        // In process on every backend, PostgreSQL too.
+        c.knowledge.vector_index = cadre::knowledge::VectorChoice::Hnsw;
+    })
+    .await;
+    let token = app.token.clone();
+    let start = |st: &Value| st["vector"]["start"].clone();
+    let base = kb(&app, None, "notes").await;
+    let a = doc(
+        &app,
+        &base,
+        json!({ "title": "Kayaks", "content": "Kayak rentals need a deposit." }),
+    )
+    .await;
+    let b = doc(
+        &app,
+        &base,
+        json!({ "title": "Tents", "content": "Tent poles are repaired in two weeks." }),
+    )
+    .await;
+    let st = status(&app).await;
+    assert_eq!(
+        start(&st),
+        json!({ "snapshot": 0, "database": 0, "removed": 0, "rejected": 0 }),
+        "{st}"
+    );
+
+    // A clean stop writes the graph; the next start reads it and adds
+    // nothing from the rows.
+    let dir = app.config.data_dir.join("knowledge").join("vectors");
+    app.restart().await;
+    let st = status(&app).await;
+    assert_eq!(
+        start(&st),
+        json!({ "snapshot": 2, "database": 0, "removed": 0, "rejected": 0 }),
+        "{st}"
+    );
+    assert_eq!(st["vector"]["entries"], 2, "{st}");
+    let near = search(
+        &app,
+        &token,
+        json!({ "query": "tent poles repaired", "mode": "vector" }),
+    )
+    .await;
+    assert_eq!(near[0]["document_id"], b["id"], "{near:?}");
+
+    // A crash: the rows move on (one document added, one deleted) while
+    // the snapshot on disk stays as it was.
+    let kept = tempfile::tempdir().expect("tempdir");
+    copy_files(&dir, kept.path());
+    let c = doc(
+        &app,
+        &base,
+        json!({ "title": "Canoes", "content": "Canoe paddles hang in the boathouse." }),
+    )
+    .await;
+    let (s, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/documents/{}", a["id"].as_str().expect("id")),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    app.stop().await;
+    std::fs::remove_dir_all(&dir).expect("rm snapshots");
+    copy_files(kept.path(), &dir);
+    app.start().await;
+    let st = status(&app).await;
+    assert_eq!(
+        start(&st),
+        json!({ "snapshot": 2, "database": 1, "removed": 1, "rejected": 0 }),
+        "{st}"
+    );
+    assert_eq!(st["vector"]["entries"], 2, "{st}");
+    let near = search(
+        &app,
+        &token,
+        json!({ "query": "kayak deposit", "mode": "vector" }),
+    )
+    .await;
+    assert!(near.iter().all(|h| h["document_id"] != a["id"]), "{near:?}");
+    let near = search(
+        &app,
+        &token,
+        json!({ "query": "canoe paddles boathouse", "mode": "vector" }),
+    )
+    .await;
+    assert_eq!(near[0]["document_id"], c["id"], "{near:?}");
+
+    // A damaged snapshot (cut short on disk) is refused and the graph is
+    // built from the rows; the server starts and finds the same.
+    app.stop().await;
+    let mut cut = 0;
+    for e in std::fs::read_dir(&dir).expect("list") {
+        let p = e.expect("entry").path();
+        if p.to_string_lossy().ends_with(".hnsw.graph") {
+            let bytes = std::fs::read(&p).expect("read");
+            std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 1, "one organization, one graph");
+    app.start().await;
+    let st = status(&app).await;
+    assert_eq!(
+        start(&st),
+        json!({ "snapshot": 0, "database": 2, "removed": 0, "rejected": 1 }),
+        "{st}"
+    );
+    let near = search(
+        &app,
+        &token,
+        json!({ "query": "canoe paddles boathouse", "mode": "vector" }),
+    )
+    .await;
+    assert_eq!(near[0]["document_id"], c["id"], "{near:?}");
+}
+
 #[tokio::test]
 async fn memories_expire_are_purged_stay_with_their_agent_and_are_deleted_from_the_index() {
     let app = spawn_app_with(|c| c.knowledge.purge_interval_seconds = 1).await;
