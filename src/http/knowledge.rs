@@ -284,6 +284,17 @@ fn metadata(m: Option<Map<String, Value>>) -> Result<Map<String, Value>, ApiErro
     Ok(m)
 }
 
+/// One client for every fetch (its connection pool and TLS setup are
+/// reused), built on first use.
+fn fetch_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = crate::tools::http_client()?;
+    Ok(CLIENT.get_or_init(|| c))
+}
+
 /// Fetches `url` from an allowed host: (content type, body).
 async fn fetch(state: &AppState, url: &str) -> Result<(&'static str, Vec<u8>), ApiError> {
     let cfg = &state.config.knowledge;
@@ -308,7 +319,7 @@ async fn fetch(state: &AppState, url: &str) -> Result<(&'static str, Vec<u8>), A
         return Err(ApiError::invalid("url", "the url's host is ambiguous"));
     }
     let failed = |why: String| ApiError::new(StatusCode::BAD_GATEWAY, "fetch_failed", why);
-    let client = crate::tools::http_client().map_err(failed)?;
+    let client = fetch_client().map_err(failed)?;
     let mut resp = client
         .get(parsed)
         .timeout(std::time::Duration::from_secs(
