@@ -15,13 +15,22 @@
 //! built as a start without a snapshot builds them (batches of 500 on all
 //! cores), written as a snapshot, and read back as a start with one reads
 //! them; 1,000 queries compare the two graphs (same top 10) and time
-//! their searches.
+//! their searches. The same vectors then go into `kb_vectors` on a fresh
+//! PostgreSQL database with pgvector (`PgVectors::fill`, the HNSW index
+//! maintained as rows are filled), and the same queries are searched
+//! there. Both indexes' recall@10 is measured against an exact scan.
+//! PostgreSQL is `CADRE_TEST_POSTGRES_URL` (the tests' default otherwise);
+//! without it that part is skipped with a note, unless
+//! `CADRE_REQUIRE_SERVICES=1`.
 //!
 //! `cargo bench --bench knowledge` prints the figures; `-- --test` is the
 //! CI smoke run (tiny sizes, figures not measurements).
 
 #[path = "support/mod.rs"]
 mod support;
+
+#[path = "../tests/support/mod.rs"]
+mod db;
 
 use cadre::knowledge::Mode;
 use cadre::knowledge::index::ChunkQuery;
@@ -121,14 +130,51 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(run(docs, queries));
-    if test {
-        vectors(2_000, 32, 100);
+    let set = if test {
+        vectors(2_000, 32, 100)
     } else {
-        vectors(30_000, 256, 1_000);
-    }
+        vectors(30_000, 256, 1_000)
+    };
+    rt.block_on(pgvector(&set));
 }
 
-fn vectors(n: usize, dims: usize, queries: usize) {
+/// The vector set: points, queries, and each query's exact top 10.
+struct Set {
+    points: Vec<Vec<f32>>,
+    queries: Vec<Vec<f32>>,
+    exact: Vec<Vec<usize>>,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut ab, mut aa, mut bb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(f32::MIN_POSITIVE)
+}
+
+fn exact_top10(points: &[Vec<f32>], q: &[f32]) -> Vec<usize> {
+    let mut scored: Vec<(f32, usize)> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (cosine(p, q), i))
+        .collect();
+    scored.select_nth_unstable_by(9, |a, b| b.0.total_cmp(&a.0));
+    let mut top: Vec<(f32, usize)> = scored[..10].to_vec();
+    top.sort_by(|a, b| b.0.total_cmp(&a.0));
+    top.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Of the exact top 10, the share found.
+fn recall10(found: &[String], exact: &[usize]) -> f64 {
+    let want: std::collections::HashSet<String> =
+        exact.iter().map(|i| format!("c{i:06}")).collect();
+    found.iter().filter(|id| want.contains(*id)).count() as f64 / exact.len() as f64
+}
+
+fn vectors(n: usize, dims: usize, queries: usize) -> Set {
     use cadre::knowledge::vector::{Entry, Vectors};
     let mut rng = Rng(0xA0761D6478BD642F);
     let mut unit = move || (rng.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0;
@@ -176,9 +222,11 @@ fn vectors(n: usize, dims: usize, queries: usize) {
         dir_bytes(dir.path()) as f64 / 1e6,
         build_s / load_s
     );
+    let exact: Vec<Vec<usize>> = qs.iter().map(|q| exact_top10(&points, q)).collect();
     let mut same = 0usize;
+    let mut recall = 0f64;
     let mut lat = [Vec::with_capacity(queries), Vec::with_capacity(queries)];
-    for q in &qs {
+    for (q, want) in qs.iter().zip(&exact) {
         let mut tops = Vec::new();
         for (g, l) in [&built, &read].into_iter().zip(lat.iter_mut()) {
             let t = Instant::now();
@@ -190,22 +238,107 @@ fn vectors(n: usize, dims: usize, queries: usize) {
             l.push(t.elapsed().as_secs_f64() * 1000.0);
             tops.push(top);
         }
+        recall += recall10(&tops[0], want);
         same += usize::from(tops[0] == tops[1]);
     }
     for l in &mut lat {
         l.sort_by(|a, b| a.total_cmp(b));
     }
     println!(
-        "  search top 10 ({queries} queries): built p50 {:.2} ms p99 {:.2} ms; read back p50 {:.2} ms p99 {:.2} ms; same top 10 for {same}/{queries}",
+        "  search top 10 ({queries} queries): built p50 {:.2} ms p99 {:.2} ms; read back p50 {:.2} ms p99 {:.2} ms; same top 10 for {same}/{queries}; recall@10 against an exact scan {:.3}",
         pct(&lat[0], 0.5),
         pct(&lat[0], 0.99),
         pct(&lat[1], 0.5),
-        pct(&lat[1], 0.99)
+        pct(&lat[1], 0.99),
+        recall / queries as f64
     );
     assert_eq!(
         same, queries,
         "the read-back graph answers as the built one"
     );
+    Set {
+        points,
+        queries: qs,
+        exact,
+    }
+}
+
+async fn pgvector(set: &Set) {
+    use cadre::knowledge::pgvector::PgVectors;
+    use cadre::knowledge::vector::{Near, encode};
+    use cadre::store::backend::Backend;
+    let Some(admin) = db::server(
+        "CADRE_TEST_POSTGRES_URL",
+        db::POSTGRES_URL,
+        Backend::Postgres,
+    )
+    .await
+    else {
+        return;
+    };
+    db::on_fresh_database(Backend::Postgres, &admin, |url| async move {
+        let store = cadre::store::server::PgStore::connect(&url, 8)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        let pool = store.pool().clone();
+        for (b, batch) in set.points.chunks(1_000).enumerate() {
+            let ids: Vec<String> = (0..batch.len())
+                .map(|i| format!("c{:06}", b * 1_000 + i))
+                .collect();
+            let vecs: Vec<String> = batch.iter().map(|v| encode(v)).collect();
+            sqlx::query(
+                "INSERT INTO kb_vectors (id, org_id, scope, owner_id, vector) \
+                 SELECT id, 'org', 'kb', 'kb1', v FROM UNNEST($1::text[], $2::text[]) AS t(id, v)",
+            )
+            .bind(&ids)
+            .bind(&vecs)
+            .execute(&pool)
+            .await
+            .expect("insert");
+        }
+        let Some(pg) = PgVectors::open(pool).await.expect("open") else {
+            if std::env::var("CADRE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("the pgvector extension is not installed (CADRE_REQUIRE_SERVICES=1; run .ci/services)");
+            }
+            eprintln!("skipped: pgvector is not installed in this PostgreSQL");
+            return;
+        };
+        let t = Instant::now();
+        let filled = pg.fill().await.expect("fill");
+        let fill_s = t.elapsed().as_secs_f64();
+        assert_eq!(filled as usize, set.points.len());
+        let near = Near::Chunks {
+            kbs: Vec::new(),
+            doc: None,
+        };
+        let mut lat = Vec::with_capacity(set.queries.len());
+        let mut recall = 0f64;
+        for (q, want) in set.queries.iter().zip(&set.exact) {
+            let t = Instant::now();
+            let top: Vec<String> = pg
+                .search("org", q, 10, &near)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            recall += recall10(&top, want);
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "pgvector {} ({} × {}-d): fill and index {fill_s:.1} s; search top 10 ({} queries) p50 {:.2} ms p99 {:.2} ms; recall@10 against an exact scan {:.3}",
+            pg.version,
+            set.points.len(),
+            set.points[0].len(),
+            set.queries.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            recall / set.queries.len() as f64
+        );
+    })
+    .await;
 }
 
 async fn run(docs: usize, queries: usize) {
