@@ -20,8 +20,7 @@
 //! A snapshot is never the record: `kb_vectors` is. The start compares the
 //! two (see [`super::vector::Vectors::reconcile`]).
 
-use super::vector::{Entry, Space};
-use hnsw_rs::anndists::dist::DistCosine;
+use super::vector::{Entry, Space, UnitCosine};
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
@@ -246,12 +245,12 @@ fn read(dir: &Path, key: &str) -> Result<(String, Space, String), String> {
     Ok((m.org, space, m.basename))
 }
 
-fn load_graph(dir: &Path, basename: &str) -> anyhow::Result<Hnsw<'static, f32, DistCosine>> {
+fn load_graph(dir: &Path, basename: &str) -> anyhow::Result<Hnsw<'static, f32, UnitCosine>> {
     // The loaded graph borrows its loader for as long as it lives; the
     // loader is a few bytes per organization per start, so it is leaked
     // to give the graph the `'static` the index holds.
     let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, basename)));
-    loader.load_hnsw::<f32, DistCosine>()
+    loader.load_hnsw::<f32, UnitCosine>()
 }
 
 /// Deletes every snapshot file (a rebuild from the rows).

@@ -13,7 +13,7 @@
 //! tombstone the search skips; a graph with more tombstones than live
 //! entries is rebuilt from its live ones.
 
-use hnsw_rs::anndists::dist::DistCosine;
+use hnsw_rs::anndists::dist::Distance;
 use hnsw_rs::hnsw::Hnsw;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -69,9 +69,39 @@ fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
+/// The cosine distance of unit vectors (every vector is normalized before
+/// it reaches a graph or a search): 1 − a·b. The dot product runs in eight
+/// lanes, which the compiler turns into SIMD; anndists' own `DistCosine`
+/// sums three f64 products one after another, and computes norms that are
+/// 1 here. Its `DistDot` would do, but it `assert!`s that the distance is
+/// not negative, and rounding can make it so. This one clamps to 0 and
+/// never panics (vectors of unequal length are compared over the shorter
+/// one; the index never holds them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let (xa, xb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = xa
+            .remainder()
+            .iter()
+            .zip(xb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        let mut lanes = [0f32; 8];
+        for (x, y) in xa.zip(xb) {
+            for i in 0..8 {
+                lanes[i] += x[i] * y[i];
+            }
+        }
+        (1.0 - (lanes.iter().sum::<f32>() + tail)).max(0.0)
+    }
+}
+
 /// One organization's graph. Data id `i` of the graph is `entries[i]`.
 pub(super) struct Space {
-    pub(super) graph: Hnsw<'static, f32, DistCosine>,
+    pub(super) graph: Hnsw<'static, f32, UnitCosine>,
     /// Dimensions of every vector in it (0 while empty).
     pub(super) dims: usize,
     pub(super) entries: Vec<Entry>,
@@ -81,9 +111,9 @@ pub(super) struct Space {
     pub(super) changed: AtomicBool,
 }
 
-fn graph(expected: usize) -> Hnsw<'static, f32, DistCosine> {
+fn graph(expected: usize) -> Hnsw<'static, f32, UnitCosine> {
     // 16 links per node and ef_construction 200: the usual HNSW defaults.
-    Hnsw::new(16, expected.max(1024), 16, 200, DistCosine {})
+    Hnsw::new(16, expected.max(1024), 16, 200, UnitCosine)
 }
 
 /// Below this many, points go in one by one; above, on all cores.
@@ -652,6 +682,25 @@ mod tests {
             doc: Some(format!("doc-{id}")),
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn unit_cosine_is_one_minus_the_dot_product_and_never_negative() {
+        let d = UnitCosine;
+        let x = normalized((0..13).map(|i| i as f32 - 6.5).collect());
+        let neg: Vec<f32> = x.iter().map(|v| -v).collect();
+        assert!(d.eval(&x, &x).abs() < 1e-6);
+        assert!((d.eval(&x, &neg) - 2.0).abs() < 1e-5);
+        let (a, b) = (normalized(vec![1.0; 9]), {
+            let mut v = vec![0.0; 9];
+            v[8] = 1.0;
+            v
+        });
+        assert!((d.eval(&a, &b) - (1.0 - 1.0 / 3.0)).abs() < 1e-6, "the tail counts");
+        // Rounding puts a·a of a unit vector just above 1: clamped to 0.
+        let u = vec![0.6f32, 0.800_000_1];
+        assert!(u.iter().map(|v| v * v).sum::<f32>() > 1.0);
+        assert_eq!(d.eval(&u, &u), 0.0);
     }
 
     #[test]
