@@ -283,17 +283,8 @@ fn remove_files(dir: &Path, pick: impl Fn(&str) -> bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::super::vector::Vectors;
+    use super::super::vector::tests::e;
     use super::*;
-
-    fn e(id: &str, owner: &str) -> Entry {
-        Entry {
-            id: id.into(),
-            scope: "kb".into(),
-            owner: owner.into(),
-            doc: Some(format!("doc-{id}")),
-            expires_at: None,
-        }
-    }
 
     /// 200 entries of org `a` on a quarter circle, 3 of org `b`.
     fn filled(v: &Vectors) {

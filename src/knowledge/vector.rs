@@ -671,10 +671,11 @@ pub fn fuse(lists: &[Vec<String>]) -> Vec<(String, f32)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn e(id: &str, owner: &str) -> Entry {
+    /// A chunk entry of knowledge base `owner` (and document `doc-<id>`).
+    pub(in crate::knowledge) fn e(id: &str, owner: &str) -> Entry {
         Entry {
             id: id.into(),
             scope: "kb".into(),
@@ -696,7 +697,10 @@ mod tests {
             v[8] = 1.0;
             v
         });
-        assert!((d.eval(&a, &b) - (1.0 - 1.0 / 3.0)).abs() < 1e-6, "the tail counts");
+        assert!(
+            (d.eval(&a, &b) - (1.0 - 1.0 / 3.0)).abs() < 1e-6,
+            "the tail counts"
+        );
         // Rounding puts a·a of a unit vector just above 1: clamped to 0.
         let u = vec![0.6f32, 0.800_000_1];
         assert!(u.iter().map(|v| v * v).sum::<f32>() > 1.0);

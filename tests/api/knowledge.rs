@@ -529,14 +529,49 @@ async fn documents_are_chunked_searched_filtered_updated_and_deleted_per_organiz
     }
 }
 
-#[tokio::test]
-async fn recall_at_5_on_the_labelled_set_lexical_at_least_0_8_and_vector_and_hybrid_reported() {
-    let (url, _) = embeddings_server().await;
+/// An app whose embeddings come from the local server (its request count
+/// beside it), with `tweak` applied to its configuration too.
+async fn app_with_vectors(
+    tweak: impl FnOnce(&mut cadre::config::Config),
+) -> (TestApp, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (url, served) = embeddings_server().await;
     let app = spawn_app_with(move |c| {
         c.knowledge.embeddings.base_url = url;
         c.knowledge.embeddings.model = "hashed-words".into();
+        tweak(c);
     })
     .await;
+    (app, served)
+}
+
+/// Deletes document `d` (204).
+async fn delete_doc(app: &TestApp, d: &Value) {
+    let path = format!("/api/v1/documents/{}", d["id"].as_str().expect("id"));
+    let (s, v) = app.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+}
+
+/// A knowledge base with two documents, kayaks and tents.
+async fn kayaks_and_tents(app: &TestApp) -> (String, Value, Value) {
+    let base = kb(app, None, "notes").await;
+    let a = doc(
+        app,
+        &base,
+        json!({ "title": "Kayaks", "content": "Kayak rentals need a deposit." }),
+    )
+    .await;
+    let b = doc(
+        app,
+        &base,
+        json!({ "title": "Tents", "content": "Tent poles are repaired in two weeks." }),
+    )
+    .await;
+    (base, a, b)
+}
+
+#[tokio::test]
+async fn recall_at_5_on_the_labelled_set_lexical_at_least_0_8_and_vector_and_hybrid_reported() {
+    let (app, _) = app_with_vectors(|_| {}).await;
     let set: Value =
         serde_json::from_str(include_str!("../data/knowledge_relevance.json")).expect("set");
     let base = kb(&app, None, "handbook").await;
@@ -609,25 +644,8 @@ async fn recall_at_5_on_the_labelled_set_lexical_at_least_0_8_and_vector_and_hyb
 
 #[tokio::test]
 async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_start() {
-    let (url, served) = embeddings_server().await;
-    let mut app = spawn_app_with(move |c| {
-        c.knowledge.embeddings.base_url = url;
-        c.knowledge.embeddings.model = "hashed-words".into();
-    })
-    .await;
-    let base = kb(&app, None, "notes").await;
-    let a = doc(
-        &app,
-        &base,
-        json!({ "title": "Kayaks", "content": "Kayak rentals need a deposit." }),
-    )
-    .await;
-    let b = doc(
-        &app,
-        &base,
-        json!({ "title": "Tents", "content": "Tent poles are repaired in two weeks." }),
-    )
-    .await;
+    let (mut app, served) = app_with_vectors(|_| {}).await;
+    let (_, a, b) = kayaks_and_tents(&app).await;
     assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     let token = app.token.clone();
     // Where the vectors are searched: pgvector on PostgreSQL (CI builds
@@ -691,14 +709,7 @@ async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_sta
     );
 
     // Deleted: gone from the vector search too.
-    let (s, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/documents/{}", a["id"].as_str().expect("id")),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    delete_doc(&app, &a).await;
     let near = search(
         &app,
         &token,
@@ -771,13 +782,24 @@ async fn vector_search_is_per_organization_follows_deletes_and_is_rebuilt_on_sta
     assert_eq!(hits["items"], json!([]), "{hits}");
 }
 
-async fn status(app: &TestApp) -> Value {
+/// The in-process index came up as `start` says (entries read from
+/// snapshots, added from rows, taken out, snapshots refused) and holds
+/// `entries`; a vector search for `query` finds `first` first.
+async fn came_up(app: &TestApp, start: [u64; 4], entries: u64, query: &str, first: &Value) {
     let (s, st) = app
         .call(Method::GET, "/api/v1/knowledge/status", None)
         .await;
     assert_eq!(s, StatusCode::OK, "{st}");
     assert_eq!(st["vector"]["index"], "hnsw", "{st}");
-    st
+    let [snapshot, database, removed, rejected] = start;
+    assert_eq!(
+        st["vector"]["start"],
+        json!({ "snapshot": snapshot, "database": database, "removed": removed, "rejected": rejected }),
+        "{st}"
+    );
+    assert_eq!(st["vector"]["entries"], entries, "{st}");
+    let near = search(app, &app.token, json!({ "query": query, "mode": "vector" })).await;
+    assert_eq!(near[0]["document_id"], *first, "{near:?}");
 }
 
 /// Copies every file of `from` into `to` (both flat directories).
@@ -791,54 +813,18 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test]
 async fn in_process_vector_graphs_are_kept_on_disk_and_agree_with_the_rows_after_a_crash() {
-    let (url, _) = embeddings_server().await;
-    let mut app = spawn_app_with(move |c| {
-        c.knowledge.embeddings.base_url = url;
-        c.knowledge.embeddings.model = "hashed-words".into();
-        // In process on every backend, PostgreSQL too.
-        c.knowledge.vector_index = cadre::knowledge::VectorChoice::Hnsw;
-    })
-    .await;
-    let token = app.token.clone();
-    let start = |st: &Value| st["vector"]["start"].clone();
-    let base = kb(&app, None, "notes").await;
-    let a = doc(
-        &app,
-        &base,
-        json!({ "title": "Kayaks", "content": "Kayak rentals need a deposit." }),
-    )
-    .await;
-    let b = doc(
-        &app,
-        &base,
-        json!({ "title": "Tents", "content": "Tent poles are repaired in two weeks." }),
-    )
-    .await;
-    let st = status(&app).await;
-    assert_eq!(
-        start(&st),
-        json!({ "snapshot": 0, "database": 0, "removed": 0, "rejected": 0 }),
-        "{st}"
-    );
+    // In process on every backend, PostgreSQL too.
+    let (mut app, _) =
+        app_with_vectors(|c| c.knowledge.vector_index = cadre::knowledge::VectorChoice::Hnsw).await;
+    let (base, a, b) = kayaks_and_tents(&app).await;
+    let tents = "tent poles repaired";
+    came_up(&app, [0, 0, 0, 0], 2, tents, &b["id"]).await;
 
     // A clean stop writes the graph; the next start reads it and adds
     // nothing from the rows.
     let dir = app.config.data_dir.join("knowledge").join("vectors");
     app.restart().await;
-    let st = status(&app).await;
-    assert_eq!(
-        start(&st),
-        json!({ "snapshot": 2, "database": 0, "removed": 0, "rejected": 0 }),
-        "{st}"
-    );
-    assert_eq!(st["vector"]["entries"], 2, "{st}");
-    let near = search(
-        &app,
-        &token,
-        json!({ "query": "tent poles repaired", "mode": "vector" }),
-    )
-    .await;
-    assert_eq!(near[0]["document_id"], b["id"], "{near:?}");
+    came_up(&app, [2, 0, 0, 0], 2, tents, &b["id"]).await;
 
     // A crash: the rows move on (one document added, one deleted) while
     // the snapshot on disk stays as it was.
@@ -850,39 +836,20 @@ async fn in_process_vector_graphs_are_kept_on_disk_and_agree_with_the_rows_after
         json!({ "title": "Canoes", "content": "Canoe paddles hang in the boathouse." }),
     )
     .await;
-    let (s, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/documents/{}", a["id"].as_str().expect("id")),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    delete_doc(&app, &a).await;
     app.stop().await;
     std::fs::remove_dir_all(&dir).expect("rm snapshots");
     copy_files(kept.path(), &dir);
     app.start().await;
-    let st = status(&app).await;
-    assert_eq!(
-        start(&st),
-        json!({ "snapshot": 2, "database": 1, "removed": 1, "rejected": 0 }),
-        "{st}"
-    );
-    assert_eq!(st["vector"]["entries"], 2, "{st}");
+    let canoes = "canoe paddles boathouse";
+    came_up(&app, [2, 1, 1, 0], 2, canoes, &c["id"]).await;
     let near = search(
         &app,
-        &token,
+        &app.token,
         json!({ "query": "kayak deposit", "mode": "vector" }),
     )
     .await;
     assert!(near.iter().all(|h| h["document_id"] != a["id"]), "{near:?}");
-    let near = search(
-        &app,
-        &token,
-        json!({ "query": "canoe paddles boathouse", "mode": "vector" }),
-    )
-    .await;
-    assert_eq!(near[0]["document_id"], c["id"], "{near:?}");
 
     // A damaged snapshot (cut short on disk) is refused and the graph is
     // built from the rows; the server starts and finds the same.
@@ -898,19 +865,7 @@ async fn in_process_vector_graphs_are_kept_on_disk_and_agree_with_the_rows_after
     }
     assert_eq!(cut, 1, "one organization, one graph");
     app.start().await;
-    let st = status(&app).await;
-    assert_eq!(
-        start(&st),
-        json!({ "snapshot": 0, "database": 2, "removed": 0, "rejected": 1 }),
-        "{st}"
-    );
-    let near = search(
-        &app,
-        &token,
-        json!({ "query": "canoe paddles boathouse", "mode": "vector" }),
-    )
-    .await;
-    assert_eq!(near[0]["document_id"], c["id"], "{near:?}");
+    came_up(&app, [0, 2, 0, 1], 2, canoes, &c["id"]).await;
 }
 
 #[tokio::test]
