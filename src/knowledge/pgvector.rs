@@ -143,11 +143,19 @@ impl PgVectors {
         Ok(())
     }
 
-    /// Sets the embeddings of rows already written.
+    /// Sets the embeddings of rows already written. A new dimension
+    /// count's index is created first, so the rows are searched through it
+    /// from their commit on.
     pub async fn set(&self, rows: &[(String, Vec<f32>)]) -> Result<(), String> {
-        if rows.is_empty() {
-            return Ok(());
+        let dims: HashSet<usize> = rows.iter().map(|(_, v)| v.len()).collect();
+        for d in dims {
+            self.ensure_index(d).await?;
         }
+        self.update(rows).await.map(drop)
+    }
+
+    /// Writes the embeddings of `rows`; the dimension counts written.
+    async fn update(&self, rows: &[(String, Vec<f32>)]) -> Result<HashSet<usize>, String> {
         let mut dims = HashSet::new();
         let (mut ids, mut vecs, mut lens) = (
             Vec::with_capacity(rows.len()),
@@ -163,8 +171,8 @@ impl PgVectors {
             vecs.push(literal(v));
             lens.push(v.len() as i32);
         }
-        for d in dims {
-            self.ensure_index(d).await?;
+        if ids.is_empty() {
+            return Ok(dims);
         }
         sqlx::query(
             "UPDATE kb_vectors AS k SET embedding = v.e::vector, dims = v.d \
@@ -176,13 +184,19 @@ impl PgVectors {
         .execute(&self.pool)
         .await
         .map_err(text)?;
-        Ok(())
+        Ok(dims)
     }
 
-    /// Fills every row whose embedding column is empty; how many.
+    /// Fills every row whose embedding column is empty; how many (at
+    /// start, and in a rebuild after `clear`). A dimension count without an
+    /// index yet (a database that just gained the extension, an import)
+    /// gets it in one bulk build after its rows are filled, not one
+    /// insertion per row; one with an index keeps it up to date as rows
+    /// are filled.
     pub async fn fill(&self) -> Result<u64, String> {
         let mut after = String::new();
         let mut n = 0u64;
+        let mut dims = HashSet::new();
         loop {
             let page: Vec<(String, String)> = sqlx::query_as(
                 "SELECT id, vector FROM kb_vectors WHERE embedding IS NULL AND id > $1 \
@@ -200,7 +214,10 @@ impl PgVectors {
                 .filter_map(|(id, v)| decode(&v).map(|v| (id, v)))
                 .collect();
             n += rows.len() as u64;
-            self.set(&rows).await?;
+            dims.extend(self.update(&rows).await?);
+        }
+        for d in dims {
+            self.ensure_index(d).await?;
         }
         Ok(n)
     }
