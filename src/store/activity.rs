@@ -310,6 +310,120 @@ struct Hour<'a> {
     cost: i64,
 }
 
+impl Tables<sqlx::Sqlite> {
+    /// [`Tables::write_activity`] on SQLite: the same rows, written by
+    /// per-row statements on the writer connection's handle
+    /// ([`super::direct`]) in one transaction, so a flush is one hand-off
+    /// to SQLite's thread instead of one per statement.
+    pub async fn write_activity_direct(
+        &self,
+        flush_id: i64,
+        rows: &[&NewActivity],
+        now: i64,
+    ) -> Result<Flushed, StoreError> {
+        let mut conn = self.write.acquire().await.map_err(unavailable)?;
+        let flushed = super::direct::transaction(&mut conn, rows.len() * 2, |db| {
+            write_flush(db, flush_id, rows, now).map_err(super::direct::unavailable)
+        })
+        .await?;
+        Ok(flushed)
+    }
+}
+
+/// The statements of one SQLite flush (see [`Tables::write_activity`]).
+fn write_flush(
+    db: &rusqlite::Connection,
+    flush_id: i64,
+    rows: &[&NewActivity],
+    now: i64,
+) -> rusqlite::Result<Flushed> {
+    use rusqlite::{OptionalExtension, params};
+    let before: Option<i64> = db
+        .prepare_cached("SELECT first_id FROM activity_flushes WHERE id = ?")?
+        .query_row([flush_id], |r| r.get(0))
+        .optional()?;
+    if let Some(first_id) = before {
+        return Ok(Flushed {
+            first_id,
+            replayed: true,
+        });
+    }
+    let last: i64 = db
+        .prepare_cached(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'activity'), 0)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let first_id = last + 1;
+    if rows.is_empty() {
+        return Ok(Flushed {
+            first_id,
+            replayed: false,
+        });
+    }
+    let mut insert = db.prepare_cached(
+        "INSERT INTO activity (id, org_id, agent_id, kind, payload, at, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    for (id, r) in (first_id..).zip(rows) {
+        insert.execute(params![
+            id, r.org_id, r.agent_id, r.kind, r.payload, r.at, now
+        ])?;
+    }
+    let (calls, messages, convs, hours) = records(first_id, rows);
+    if !calls.is_empty() {
+        let mut st = db.prepare_cached(
+            "INSERT INTO tool_calls (agent_id, activity_id, tool_id, status) VALUES (?, ?, ?, ?)",
+        )?;
+        for (id, agent, t) in calls {
+            st.execute(params![agent, id, t.tool_id, t.status])?;
+        }
+    }
+    if !messages.is_empty() {
+        let mut st = db.prepare_cached(
+            "INSERT INTO messages (agent_id, conversation_id, activity_id) VALUES (?, ?, ?)",
+        )?;
+        for (id, agent, m) in messages {
+            st.execute(params![agent, m.conversation_id, id])?;
+        }
+    }
+    if !convs.is_empty() {
+        let mut st = db.prepare_cached(
+            "INSERT INTO conversations (org_id, agent_id, id, title, started_at, last_at, messages, tokens, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, id) DO UPDATE SET \
+               title = COALESCE(excluded.title, conversations.title), \
+               started_at = CASE WHEN excluded.started_at < conversations.started_at THEN excluded.started_at ELSE conversations.started_at END, \
+               last_at = CASE WHEN excluded.last_at > conversations.last_at THEN excluded.last_at ELSE conversations.last_at END, \
+               messages = conversations.messages + excluded.messages, \
+               tokens = conversations.tokens + excluded.tokens, \
+               recorded_at = excluded.recorded_at",
+        )?;
+        for ((agent, id), c) in convs {
+            st.execute(params![
+                c.org, agent, id, c.title, c.first, c.last, c.messages, c.tokens, now
+            ])?;
+        }
+    }
+    let mut st = db.prepare_cached(
+        "INSERT INTO activity_hours (agent_id, hour, kind, org_id, events, errors, tokens, cost_micros) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, hour, kind) DO UPDATE SET \
+           events = activity_hours.events + excluded.events, errors = activity_hours.errors + excluded.errors, \
+           tokens = activity_hours.tokens + excluded.tokens, cost_micros = activity_hours.cost_micros + excluded.cost_micros",
+    )?;
+    for ((agent, hour, kind), h) in hours {
+        st.execute(params![
+            agent, hour, kind, h.org, h.events, h.errors, h.tokens, h.cost
+        ])?;
+    }
+    let n = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    db.prepare_cached(
+        "INSERT INTO activity_flushes (id, first_id, count, at) VALUES (?, ?, ?, ?)",
+    )?
+    .execute(params![flush_id, first_id, n, now])?;
+    Ok(Flushed {
+        first_id,
+        replayed: false,
+    })
+}
+
 /// A flush's typed records (ids from `first_id` on): tool calls and
 /// messages as rows, conversations and hours added up.
 #[allow(clippy::type_complexity)]

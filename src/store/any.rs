@@ -16,6 +16,23 @@ use cadre_actors::ports::{GovStore, Store, StoreError};
 use cadre_actors::task::{TaskRecord, TaskState, TaskStep, TaskStore};
 use std::sync::Arc;
 
+impl AnyTables {
+    /// [`Tables::write_activity`] on this backend; on SQLite by direct
+    /// statements ([`Tables::write_activity_direct`]).
+    pub async fn write_activity(
+        &self,
+        flush_id: i64,
+        rows: &[&NewActivity],
+        now: i64,
+    ) -> Result<Flushed, StoreError> {
+        match self {
+            AnyTables::Sqlite(t) => t.write_activity_direct(flush_id, rows, now).await,
+            AnyTables::Postgres(t) => t.write_activity(flush_id, rows, now).await,
+            AnyTables::MySql(t) => t.write_activity(flush_id, rows, now).await,
+        }
+    }
+}
+
 /// The tables of whichever backend the store runs on.
 #[derive(Debug, Clone)]
 pub enum AnyTables {
@@ -120,7 +137,6 @@ forward! {
     fn vector_keys_page(&self, after: &str, limit: i64) -> Result<Vec<(String, String)>, StoreError>;
     fn vectors_by_id(&self, ids: &[String]) -> Result<Vec<VectorRow>, StoreError>;
     fn expired_memories(&self, now: i64, limit: i64) -> Result<Vec<String>, StoreError>;
-    fn write_activity(&self, flush_id: i64, rows: &[&NewActivity], now: i64) -> Result<Flushed, StoreError>;
     fn activity_page(&self, org: &str, f: &ActivityFilter, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>, StoreError>;
     fn activity_after(&self, org: &str, f: &ActivityFilter, after: i64, limit: i64) -> Result<Vec<ActivityRow>, StoreError>;
     fn last_activity_id(&self) -> Result<i64, StoreError>;

@@ -309,172 +309,119 @@ pub enum GovWork {
 }
 
 impl GovWork {
-    /// Runs on the writer's connection, inside its transaction. The first
-    /// statement is the only one that can be refused (a duplicate call id,
-    /// a lost compare-and-swap), and a refusal writes nothing.
-    pub(super) async fn apply(&self, conn: &mut sqlx::SqliteConnection) -> Result<Cas, StoreError> {
+    /// Runs on the writer's connection handle ([`super::direct`]), inside its
+    /// transaction. The first statement is the only one that can be refused
+    /// (a duplicate call id, a lost compare-and-swap), and a refusal writes
+    /// nothing.
+    pub(super) fn apply(&self, db: &rusqlite::Connection) -> Result<Cas, StoreError> {
         match self {
             GovWork::Insert(b) => {
                 let (a, audit) = &**b;
-                insert_approval_on(conn, a, audit)
-                    .await
-                    .map(|()| Cas::Applied)
+                insert_approval_direct(db, a, audit).map(|()| Cas::Applied)
             }
-            GovWork::Settle(s) => settle_rows(conn, &[&**s])
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::Unavailable("internal: no settlement".into())),
+            GovWork::Settle(s) => settle_direct(db, s),
         }
     }
 }
 
-async fn insert_approval_on(
-    conn: &mut sqlx::SqliteConnection,
+fn insert_approval_direct(
+    db: &rusqlite::Connection,
     a: &ApprovalRecord,
     audit: &AuditEntry,
 ) -> Result<(), StoreError> {
     let levels = serde_json::to_string(&a.levels).map_err(bad)?;
-    sqlx::query(
+    db.prepare_cached(
         "INSERT INTO approvals (id, org_id, agent_id, call_id, tool, args_hash, arguments, trigger, policy, levels, \
          level, state, requested_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
     )
-    .bind(&a.id)
-    .bind(a.org_id.as_str())
-    .bind(a.agent_id.as_str())
-    .bind(&a.call_id)
-    .bind(&a.tool)
-    .bind(&a.args_hash)
-    .bind(a.arguments.to_string())
-    .bind(&a.trigger)
-    .bind(&a.policy)
-    .bind(levels)
-    .bind(i64::from(a.level))
-    .bind(&a.requested_by)
-    .bind(a.created_at)
-    .bind(a.expires_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(classify)?;
-    insert_audit(conn, audit).await.map_err(unavailable)
+    .and_then(|mut st| {
+        st.execute(rusqlite::params![
+            a.id,
+            a.org_id.as_str(),
+            a.agent_id.as_str(),
+            a.call_id,
+            a.tool,
+            a.args_hash,
+            a.arguments.to_string(),
+            a.trigger,
+            a.policy,
+            levels,
+            i64::from(a.level),
+            a.requested_by,
+            a.created_at,
+            a.expires_at,
+        ])
+    })
+    .map_err(super::direct::classify)?;
+    super::direct::insert_audit(db, audit)
 }
 
-/// Settles a batch of approvals with one statement per table (sqlx-sqlite
-/// runs every statement as a round trip to its worker thread; per-row
-/// statements made those hand-offs the bottleneck of decision throughput).
-/// The compare-and-swap stays per row: the `UPDATE … RETURNING` names the
-/// rows that were still pending at the expected level, and only their
-/// votes, grants and audit entries are written. `None` when the batch
-/// cannot be done this way (fewer than two, or one approval twice).
-pub(super) async fn settle_many(
-    conn: &mut sqlx::SqliteConnection,
-    jobs: &[&Settle],
-) -> Option<Result<Vec<Cas>, StoreError>> {
-    let ids: std::collections::HashSet<&str> = jobs.iter().map(|s| s.rec.id.as_str()).collect();
-    if jobs.len() < 2 || ids.len() != jobs.len() {
-        return None;
-    }
-    Some(settle_rows(conn, jobs).await)
-}
-
-async fn settle_rows(
-    conn: &mut sqlx::SqliteConnection,
-    jobs: &[&Settle],
-) -> Result<Vec<Cas>, StoreError> {
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "WITH v(id, state, outcome, level, expires_at, decided_by, decided_at, comment, grant_id, from_level) AS (",
-    );
-    q.push_values(jobs, |mut b, s| {
-        let a = &s.rec;
-        b.push_bind(a.id.clone())
-            .push_bind(a.state.as_str())
-            .push_bind(a.outcome.map(i64::from))
-            .push_bind(i64::from(a.level))
-            .push_bind(a.expires_at)
-            .push_bind(a.decided_by.clone())
-            .push_bind(a.decided_at)
-            .push_bind(a.comment.clone())
-            .push_bind(a.grant_id.clone())
-            .push_bind(i64::from(s.from_level));
-    });
-    q.push(
-        ") UPDATE approvals SET state = v.state, outcome = v.outcome, level = v.level, \
-         expires_at = v.expires_at, decided_by = v.decided_by, decided_at = v.decided_at, \
-         comment = v.comment, grant_id = v.grant_id FROM v \
-         WHERE approvals.id = v.id AND approvals.state = 'pending' AND approvals.level = v.from_level \
-         RETURNING approvals.id",
-    );
-    let applied: std::collections::HashSet<String> = q
-        .build_query_scalar::<String>()
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?
-        .into_iter()
-        .collect();
-    let won: Vec<&&Settle> = jobs
-        .iter()
-        .filter(|s| applied.contains(&s.rec.id))
-        .collect();
-    let votes: Vec<(&str, &Vote)> = won
-        .iter()
-        .filter_map(|s| s.vote.as_ref().map(|v| (s.rec.id.as_str(), v)))
-        .collect();
-    if !votes.is_empty() {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) ",
-        );
-        q.push_values(&votes, |mut b, (id, v)| {
-            b.push_bind(id.to_string())
-                .push_bind(i64::from(v.level))
-                .push_bind(v.by.clone())
-                .push_bind(i64::from(v.approve))
-                .push_bind(v.comment.clone())
-                .push_bind(v.at);
-        });
-        q.build().execute(&mut *conn).await.map_err(unavailable)?;
-    }
-    let grants: Vec<&Grant> = won.iter().filter_map(|s| s.grant.as_ref()).collect();
-    if !grants.is_empty() {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) ",
-        );
-        q.push_values(&grants, |mut b, g| {
-            b.push_bind(g.id.clone())
-                .push_bind(g.org_id.0.clone())
-                .push_bind(g.agent_id.0.clone())
-                .push_bind(g.tool.clone())
-                .push_bind(g.args_hash.clone())
-                .push_bind(g.approval_id.clone())
-                .push_bind(g.granted_by.clone())
-                .push_bind(g.created_at)
-                .push_bind(g.expires_at);
-        });
-        q.build().execute(&mut *conn).await.map_err(unavailable)?;
-    }
-    if !won.is_empty() {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) ",
-        );
-        q.push_values(&won, |mut b, s| {
-            let a = &s.audit;
-            b.push_bind(a.org_id.0.clone())
-                .push_bind(a.actor.clone())
-                .push_bind(a.action.clone())
-                .push_bind(a.target.clone())
-                .push_bind(a.summary.to_string())
-                .push_bind(a.request_id.clone())
-                .push_bind(a.client.clone())
-                .push_bind(a.at);
-        });
-        q.build().execute(&mut *conn).await.map_err(unavailable)?;
-    }
-    Ok(jobs
-        .iter()
-        .map(|s| {
-            if applied.contains(&s.rec.id) {
-                Cas::Applied
-            } else {
-                Cas::Lost
-            }
+/// The compare-and-swap of one settlement: the row changes only while it is
+/// still pending at the level the decision was made at; only then are its
+/// vote, grant and audit entry written. Two settlements of one approval in
+/// a batch: the first wins, the second finds it settled.
+fn settle_direct(db: &rusqlite::Connection, s: &Settle) -> Result<Cas, StoreError> {
+    use super::direct::unavailable;
+    let a = &s.rec;
+    let changed = db
+        .prepare_cached(
+            "UPDATE approvals SET state = ?, outcome = ?, level = ?, expires_at = ?, decided_by = ?, \
+             decided_at = ?, comment = ?, grant_id = ? WHERE id = ? AND state = 'pending' AND level = ?",
+        )
+        .and_then(|mut st| {
+            st.execute(rusqlite::params![
+                a.state.as_str(),
+                a.outcome.map(i64::from),
+                i64::from(a.level),
+                a.expires_at,
+                a.decided_by,
+                a.decided_at,
+                a.comment,
+                a.grant_id,
+                a.id,
+                i64::from(s.from_level),
+            ])
         })
-        .collect())
+        .map_err(unavailable)?;
+    if changed == 0 {
+        return Ok(Cas::Lost);
+    }
+    if let Some(v) = &s.vote {
+        db.prepare_cached(
+            "INSERT INTO approval_votes (approval_id, level, user_id, approve, comment, at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .and_then(|mut st| {
+            st.execute(rusqlite::params![
+                a.id,
+                i64::from(v.level),
+                v.by,
+                i64::from(v.approve),
+                v.comment,
+                v.at,
+            ])
+        })
+        .map_err(unavailable)?;
+    }
+    if let Some(g) = &s.grant {
+        db.prepare_cached(
+            "INSERT INTO grants (id, org_id, agent_id, tool, args_hash, approval_id, granted_by, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .and_then(|mut st| {
+            st.execute(rusqlite::params![
+                g.id,
+                g.org_id.as_str(),
+                g.agent_id.as_str(),
+                g.tool,
+                g.args_hash,
+                g.approval_id,
+                g.granted_by,
+                g.created_at,
+                g.expires_at,
+            ])
+        })
+        .map_err(unavailable)?;
+    }
+    super::direct::insert_audit(db, &s.audit)?;
+    Ok(Cas::Applied)
 }

@@ -48,6 +48,7 @@ macro_rules! on_dialects {
 mod activity;
 mod any;
 pub mod backend;
+mod direct;
 mod governance;
 mod identity;
 mod knowledge;

@@ -390,6 +390,9 @@ impl SqlStore {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // An embedded connection cannot have gone away; the ping would be
+            // a round trip to its thread before every write.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .after_release(move |conn, _| {
                 let wal = wal.clone();

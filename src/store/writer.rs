@@ -164,7 +164,10 @@ impl Job {
             Job::Delete {
                 record, at, audit, ..
             } => Outcome::Unit(delete(conn, record, *at, audit).await),
-            Job::Gov { work, .. } => Outcome::Cas(work.apply(conn).await),
+            // Run on the connection's handle by `commit_batch`.
+            Job::Gov { .. } => Outcome::Cas(Err(StoreError::Unavailable(
+                "internal: approval work outside the batch".into(),
+            ))),
         }
     }
 }
@@ -193,7 +196,78 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// The approval work of a batch, in order.
+fn gov_work(batch: &[Job]) -> Vec<&super::governance::GovWork> {
+    batch
+        .iter()
+        .filter_map(|j| match j {
+            Job::Gov { work, .. } => Some(work),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs approval work on `db` in order. After a failure other than a
+/// refusal nothing more runs (the statement may have ended the
+/// transaction): `Err`, and the caller rolls back.
+fn apply_gov(
+    db: &rusqlite::Connection,
+    works: &[&super::governance::GovWork],
+) -> Result<Vec<Result<cadre_actors::ports::Cas, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(works.len());
+    for work in works {
+        let r = work.apply(db);
+        if let Err(e @ StoreError::Unavailable(_)) = &r {
+            return Err(e.clone());
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A batch of approval work only (what a stream of decisions queues): one
+/// transaction on the connection's handle, a single hand-off to SQLite's
+/// thread for the whole batch.
+async fn commit_gov(pool: &SqlitePool, batch: Vec<Job>) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            let e = unavailable(e);
+            batch.into_iter().for_each(|job| job.fail(e.clone()));
+            return;
+        }
+    };
+    let works = gov_work(&batch);
+    let result =
+        super::direct::transaction(&mut conn, works.len() * 4, |db| apply_gov(db, &works)).await;
+    drop(works);
+    drop(conn);
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                job.answer(Outcome::Cas(outcome));
+            }
+        }
+        Err(e) => {
+            // Rolled back: each job alone, so one bad job cannot fail its
+            // neighbours; a job alone is answered with its failure.
+            metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            if batch.len() == 1 {
+                batch.into_iter().for_each(|job| job.fail(e.clone()));
+                return;
+            }
+            for job in batch {
+                Box::pin(commit_batch(pool, vec![job])).await;
+            }
+        }
+    }
+}
+
 async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
+    if batch.iter().all(|j| matches!(j, Job::Gov { .. })) {
+        return commit_gov(pool, batch).await;
+    }
     let mut tx = match pool.begin().await {
         Ok(tx) => tx,
         Err(e) => {
@@ -207,49 +281,26 @@ async fn commit_batch(pool: &SqlitePool, batch: Vec<Job>) {
     // as a round trip to its worker thread, and per-row inserts made those
     // hand-offs the bottleneck of create throughput.
     let inserted = insert_many(&mut tx, &batch).await;
-    // Approval settlements likewise: one statement per table for the batch.
-    let settles: Vec<&super::governance::Settle> = batch
-        .iter()
-        .filter_map(|j| match j {
-            Job::Gov {
-                work: super::governance::GovWork::Settle(s),
-                ..
-            } => Some(&**s),
-            _ => None,
-        })
-        .collect();
-    let mut settled = match super::governance::settle_many(&mut tx, &settles).await {
-        Some(Ok(cas)) => Some(cas.into_iter()),
-        Some(Err(e)) => {
-            // Roll back and retry every job alone.
-            drop(settles);
-            let _ = tx.rollback().await;
-            metrics::counter!("cadre_store_flush_failures_total").increment(1);
-            tracing::warn!(error = %e, "batched approval settlement failed; retrying one by one");
-            for job in batch {
-                Box::pin(commit_batch(pool, vec![job])).await;
-            }
-            return;
-        }
-        None => None,
+    // Approval work on the connection's handle, in this transaction.
+    let gov = gov_work(&batch);
+    let gov_outcomes = if gov.is_empty() {
+        Vec::new()
+    } else {
+        // A failure marks every approval job failed: the batch is rolled
+        // back below and each job retried alone.
+        super::direct::within(&mut tx, gov.len() * 4, |db| apply_gov(db, &gov))
+            .await
+            .unwrap_or_else(|e| vec![Err(e); gov.len()])
     };
-    drop(settles);
+    let mut gov_outcomes = gov_outcomes.into_iter();
+    drop(gov);
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in &batch {
         outcomes.push(match (job, &inserted) {
             (Job::Insert { .. }, Some(result)) => Outcome::Unit(result.clone()),
-            (
-                Job::Gov {
-                    work: super::governance::GovWork::Settle(_),
-                    ..
-                },
-                _,
-            ) if settled.is_some() => Outcome::Cas(
-                settled
-                    .as_mut()
-                    .and_then(Iterator::next)
-                    .ok_or_else(|| StoreError::Unavailable("internal: settlement count".into())),
-            ),
+            (Job::Gov { .. }, _) => Outcome::Cas(gov_outcomes.next().unwrap_or_else(|| {
+                Err(StoreError::Unavailable("internal: approval count".into()))
+            })),
             _ => job.apply(&mut tx).await,
         });
     }
