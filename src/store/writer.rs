@@ -253,6 +253,7 @@ async fn commit_gov(pool: &SqlitePool, batch: Vec<Job>) {
             // Rolled back: each job alone, so one bad job cannot fail its
             // neighbours; a job alone is answered with its failure.
             metrics::counter!("cadre_store_flush_failures_total").increment(1);
+            tracing::warn!(error = %e, jobs = batch.len(), "approval batch failed; retrying one by one");
             if batch.len() == 1 {
                 batch.into_iter().for_each(|job| job.fail(e.clone()));
                 return;
