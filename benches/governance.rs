@@ -11,7 +11,14 @@
 //!   the outcome: p50 and p99.
 //! - http: pending approvals decided over HTTP by 64 concurrent clients
 //!   (reqwest in this process); decisions per second (each persisted before
-//!   its answer). `BENCH_C=256` changes the concurrency of http and direct.
+//!   its answer), and the rate counting until every decision's activity
+//!   event and audit copy are written (what a sustained load needs).
+//!   `BENCH_C=256` changes the concurrency of http and direct, `BENCH_N`
+//!   their decisions per round (20,000).
+//!
+//! Every scenario parks its calls first and waits until the parking's own
+//! feed rows are written, so the timed part does not share the machine
+//! with the setup's leftovers.
 //! - direct: the same decisions in-process, without HTTP (for the analysis).
 //! - wrk: the same decisions over HTTP from `wrk` (an external load
 //!   generator, `benches/wrk/decide.lua`) when it is installed; skipped
@@ -228,7 +235,7 @@ fn bench_decision(approve: bool) -> cadre_actors::approval::Decision {
 
 /// Decision → waiting caller resumed, in µs: (p50, p99).
 async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
-    let parked = park(p, from, n).await;
+    let parked = park_settled(p, from, n).await;
     let decider = bench_decider();
     let mut lat = Vec::with_capacity(parked.len());
     for (id, rx) in parked {
@@ -252,17 +259,108 @@ async fn resume_latency(p: &Parked, from: u64, n: u64) -> (f64, f64) {
     (pct(0.5), pct(0.99))
 }
 
-/// Pending approvals decided in-process (no HTTP) at concurrency 64: decisions/s.
-async fn direct_decisions(p: &Parked, from: u64, n: u64) -> f64 {
-    let parked = park(p, from, n).await;
-    rate(parked, |id| async move {
-        p.running
-            .cadre
-            .decide(&p.org, &id, bench_decision(true), bench_decider())
-            .await
-            .is_ok()
+/// Pending approvals decided in-process (no HTTP) at concurrency 64.
+async fn direct_decisions(p: &Parked, from: u64, n: u64) -> Round {
+    let parked = park_settled(p, from, n).await;
+    decided_round(p, n, || {
+        rate(parked, |id| async move {
+            p.running
+                .cadre
+                .decide(&p.org, &id, bench_decision(true), bench_decider())
+                .await
+                .is_ok()
+        })
     })
     .await
+}
+
+/// How many rows of `kind` the bench organization's feed holds.
+async fn feed_count(p: &Parked, kind: &str) -> i64 {
+    p.running
+        .store
+        .tables()
+        .activity_count(&p.org.0, Some(kind))
+        .await
+        .expect("activity count")
+}
+
+/// Waits until the feed holds at least `want` rows of each kind and the
+/// activity queue is written: how long that took.
+async fn feed_holds(p: &Parked, want: &[(&str, i64)]) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    for (kind, at_least) in want {
+        loop {
+            let n = feed_count(p, kind).await;
+            if n >= *at_least {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the feed never caught up: {n} of {at_least} {kind}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert!(
+        p.running.activity.flush(Duration::from_secs(60)).await,
+        "the activity queue was not written"
+    );
+    started.elapsed()
+}
+
+/// [`park`], then waits until the parking's own feed rows (each request's
+/// event and its audit copy) are written, so that the timed decisions do
+/// not share the machine with the setup's leftovers.
+async fn park_settled(
+    p: &Parked,
+    from: u64,
+    n: u64,
+) -> Vec<(
+    String,
+    tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
+)> {
+    let kinds = ["approval.requested", "audit.approval.request"];
+    let mut want = Vec::new();
+    for kind in kinds {
+        want.push((kind, feed_count(p, kind).await + n as i64));
+    }
+    let parked = park(p, from, n).await;
+    feed_holds(p, &want).await;
+    parked
+}
+
+/// One timed round of decisions.
+struct Round {
+    /// Decisions answered per second.
+    rate: f64,
+    /// Decisions per second counting until the feed holds every decision's
+    /// event and audit copy (what a sustained load must keep up with).
+    sustained: f64,
+    /// How long after the last answer the feed caught up, ms.
+    catch_up_ms: f64,
+}
+
+/// Times `decide` (which decides `n` approvals and answers decisions/s),
+/// then how long until their feed rows are written.
+async fn decided_round<F, Fut>(p: &Parked, n: u64, decide: F) -> Round
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let kinds = ["approval.approved", "audit.approval.approve"];
+    let mut want = Vec::new();
+    for kind in kinds {
+        want.push((kind, feed_count(p, kind).await + n as i64));
+    }
+    let rate = decide().await;
+    let catch_up = feed_holds(p, &want).await.as_secs_f64();
+    let decide_secs = n as f64 / rate;
+    Round {
+        rate,
+        sustained: n as f64 / (decide_secs + catch_up),
+        catch_up_ms: catch_up * 1e3,
+    }
 }
 
 /// Callers in flight for the decision scenarios: `BENCH_C`, else 64.
@@ -299,22 +397,24 @@ where
     n as f64 / secs
 }
 
-/// Pending approvals decided over HTTP at concurrency 64: decisions/s.
-async fn http_decisions(p: &Parked, from: u64, n: u64) -> f64 {
-    let parked = park(p, from, n).await;
+/// Pending approvals decided over HTTP at concurrency 64.
+async fn http_decisions(p: &Parked, from: u64, n: u64) -> Round {
+    let parked = park_settled(p, from, n).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()
         .expect("client");
     let (client, base, token) = (&client, &p.base, &p.token);
-    rate(parked, |id| async move {
-        client
-            .post(format!("{base}/api/v1/approvals/{id}/decide"))
-            .bearer_auth(token)
-            .json(&json!({ "decision": "approve" }))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+    decided_round(p, n, || {
+        rate(parked, |id| async move {
+            client
+                .post(format!("{base}/api/v1/approvals/{id}/decide"))
+                .bearer_auth(token)
+                .json(&json!({ "decision": "approve" }))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
     })
     .await
 }
@@ -331,7 +431,7 @@ async fn wrk_decisions(p: &Parked, from: u64, n: u64, secs: u64) -> Option<f64> 
     {
         return None;
     }
-    let parked = park(p, from, n).await;
+    let parked = park_settled(p, from, n).await;
     let ids = tempfile::NamedTempFile::new().expect("ids file");
     let list: Vec<&str> = parked.iter().map(|(id, _)| id.as_str()).collect();
     std::fs::write(ids.path(), list.join("\n")).expect("write ids");
@@ -375,6 +475,17 @@ async fn wrk_decisions(p: &Parked, from: u64, n: u64, secs: u64) -> Option<f64> 
     Some(decided as f64 / took)
 }
 
+/// Prints a scenario's medians: answered decisions/s, and the rate counting
+/// until the feed caught up.
+fn report(what: &str, rounds: Vec<Round>, target: &str) {
+    let sustained = median(rounds.iter().map(|r| r.sustained).collect());
+    let catch_up = median(rounds.iter().map(|r| r.catch_up_ms).collect());
+    println!(
+        "{what}: median {:.0} per second{target}; counting until every decision's event and audit copy are in the feed: median {sustained:.0} per second (the feed caught up {catch_up:.0} ms after the last answer)",
+        median(rounds.into_iter().map(|r| r.rate).collect()),
+    );
+}
+
 fn main() {
     cadre::init_tls();
     let test = std::env::args().any(|a| a == "--test");
@@ -388,7 +499,13 @@ fn main() {
     let (rounds, checks, resumes, decisions) = if test {
         (1, 10_000, 50, 200)
     } else {
-        (5, 5_000_000, 2_000, 20_000)
+        // `BENCH_N` changes the decisions per round of http and direct.
+        let n = std::env::var("BENCH_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(20_000);
+        (5, 5_000_000, 2_000, n)
     };
     if test {
         println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
@@ -439,18 +556,10 @@ fn main() {
             );
         }
         if !rates.is_empty() {
-            println!(
-                "approval decisions over HTTP, c={}: median {:.0} per second (target >= 10000)",
-                concurrency(),
-                median(rates)
-            );
+            report(&format!("approval decisions over HTTP, c={}", concurrency()), rates, " (target >= 10000)");
         }
         if !direct.is_empty() {
-            println!(
-                "approval decisions in-process (no HTTP), c={}: median {:.0} per second",
-                concurrency(),
-                median(direct)
-            );
+            report(&format!("approval decisions in-process (no HTTP), c={}", concurrency()), direct, "");
         }
         if !wrk.is_empty() {
             println!(
