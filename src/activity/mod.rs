@@ -241,9 +241,11 @@ pub fn row_of(ev: &Event) -> NewActivity {
 
 /// Records the actors' committed events (state changes, budget alerts,
 /// deletions) as activity, so streams carry them with resumable ids. The
-/// events are already durable in the agents' history; if this task ever
-/// falls behind the actors' broadcast it records a `stream.gap` event per
-/// organization it cannot name (and counts it), never a silent gap.
+/// events are already durable in the agents' history (an approval's in the
+/// approvals table and the audit log, whose copy the audit bridge puts on
+/// the stream); if this task ever falls behind the actors' broadcast it
+/// counts what it missed (`cadre_activity_bridge_lagged_total`) and logs a
+/// warning, never a silent gap.
 pub fn spawn_bridge(
     activity: Activity,
     mut events: broadcast::Receiver<Arc<Event>>,
