@@ -187,15 +187,14 @@ fn call(i: u64) -> ToolRequest {
     }
 }
 
-/// Parks `n` calls; returns their approval ids and outcome receivers.
-async fn park(
-    p: &Parked,
-    from: u64,
-    n: u64,
-) -> Vec<(
+/// Parked calls: their approval ids and outcome receivers.
+type ParkedCalls = Vec<(
     String,
     tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
-)> {
+)>;
+
+/// Parks `n` calls.
+async fn park(p: &Parked, from: u64, n: u64) -> ParkedCalls {
     use futures_util::StreamExt;
     futures_util::stream::iter(from..from + n)
         .map(|i| async move {
@@ -284,6 +283,15 @@ async fn feed_count(p: &Parked, kind: &str) -> i64 {
         .expect("activity count")
 }
 
+/// For each kind, the count the feed holds once `n` more rows of it came.
+async fn feed_targets<'k>(p: &Parked, kinds: &[&'k str], n: u64) -> Vec<(&'k str, i64)> {
+    let mut want = Vec::new();
+    for kind in kinds {
+        want.push((*kind, feed_count(p, kind).await + n as i64));
+    }
+    want
+}
+
 /// Waits until the feed holds at least `want` rows of each kind and the
 /// activity queue is written: how long that took.
 async fn feed_holds(p: &Parked, want: &[(&str, i64)]) -> Duration {
@@ -312,19 +320,8 @@ async fn feed_holds(p: &Parked, want: &[(&str, i64)]) -> Duration {
 /// [`park`], then waits until the parking's own feed rows (each request's
 /// event and its audit copy) are written, so that the timed decisions do
 /// not share the machine with the setup's leftovers.
-async fn park_settled(
-    p: &Parked,
-    from: u64,
-    n: u64,
-) -> Vec<(
-    String,
-    tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
-)> {
-    let kinds = ["approval.requested", "audit.approval.request"];
-    let mut want = Vec::new();
-    for kind in kinds {
-        want.push((kind, feed_count(p, kind).await + n as i64));
-    }
+async fn park_settled(p: &Parked, from: u64, n: u64) -> ParkedCalls {
+    let want = feed_targets(p, &["approval.requested", "audit.approval.request"], n).await;
     let parked = park(p, from, n).await;
     feed_holds(p, &want).await;
     parked
@@ -348,11 +345,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
-    let kinds = ["approval.approved", "audit.approval.approve"];
-    let mut want = Vec::new();
-    for kind in kinds {
-        want.push((kind, feed_count(p, kind).await + n as i64));
-    }
+    let want = feed_targets(p, &["approval.approved", "audit.approval.approve"], n).await;
     let rate = decide().await;
     let catch_up = feed_holds(p, &want).await.as_secs_f64();
     let decide_secs = n as f64 / rate;
@@ -373,13 +366,7 @@ fn concurrency() -> usize {
 }
 
 /// Runs `decide` on every parked approval, [`concurrency`] at a time: decisions/s.
-async fn rate<F, Fut>(
-    parked: Vec<(
-        String,
-        tokio::sync::oneshot::Receiver<cadre_actors::approval::Outcome>,
-    )>,
-    decide: F,
-) -> f64
+async fn rate<F, Fut>(parked: ParkedCalls, decide: F) -> f64
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = bool>,
