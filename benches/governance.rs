@@ -273,41 +273,47 @@ async fn direct_decisions(p: &Parked, from: u64, n: u64) -> Round {
     .await
 }
 
-/// How many rows of `kind` the bench organization's feed holds.
-async fn feed_count(p: &Parked, kind: &str) -> i64 {
+/// Where the feed ends now: the id its next rows come after.
+async fn feed_end(p: &Parked) -> i64 {
     p.running
         .store
         .tables()
-        .activity_count(&p.org.0, Some(kind))
+        .last_activity_id()
         .await
-        .expect("activity count")
+        .expect("last activity id")
 }
 
-/// For each kind, the count the feed holds once `n` more rows of it came.
-async fn feed_targets<'k>(p: &Parked, kinds: &[&'k str], n: u64) -> Vec<(&'k str, i64)> {
-    let mut want = Vec::new();
-    for kind in kinds {
-        want.push((*kind, feed_count(p, kind).await + n as i64));
-    }
-    want
-}
-
-/// Waits until the feed holds at least `want` rows of each kind and the
-/// activity queue is written: how long that took.
-async fn feed_holds(p: &Parked, want: &[(&str, i64)]) -> Duration {
+/// Reads the bench organization's feed after `after`, as a stream client
+/// would (each poll reads only rows it has not seen), until it has seen `n`
+/// rows of each of `kinds`; then waits until the activity queue is written.
+/// Answers how long that took.
+async fn feed_holds(p: &Parked, mut after: i64, kinds: &[&str], n: u64) -> Duration {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
-    for (kind, at_least) in want {
-        loop {
-            let n = feed_count(p, kind).await;
-            if n >= *at_least {
-                break;
+    let everything = cadre::store::ActivityFilter::default();
+    let mut seen = vec![0u64; kinds.len()];
+    while seen.iter().any(|&s| s < n) {
+        let rows = p
+            .running
+            .store
+            .tables()
+            .activity_after(&p.org.0, &everything, after, 1000)
+            .await
+            .expect("feed");
+        for r in &rows {
+            if let Some(i) = kinds.iter().position(|k| *k == r.kind) {
+                seen[i] += 1;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the feed never caught up: {n} of {at_least} {kind}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        match rows.last() {
+            Some(last) => after = last.id,
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the feed never caught up: {seen:?} of {n} each of {kinds:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
     }
     assert!(
@@ -321,9 +327,15 @@ async fn feed_holds(p: &Parked, want: &[(&str, i64)]) -> Duration {
 /// event and its audit copy) are written, so that the timed decisions do
 /// not share the machine with the setup's leftovers.
 async fn park_settled(p: &Parked, from: u64, n: u64) -> ParkedCalls {
-    let want = feed_targets(p, &["approval.requested", "audit.approval.request"], n).await;
+    let after = feed_end(p).await;
     let parked = park(p, from, n).await;
-    feed_holds(p, &want).await;
+    feed_holds(
+        p,
+        after,
+        &["approval.requested", "audit.approval.request"],
+        n,
+    )
+    .await;
     parked
 }
 
@@ -345,9 +357,16 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
-    let want = feed_targets(p, &["approval.approved", "audit.approval.approve"], n).await;
+    let after = feed_end(p).await;
     let rate = decide().await;
-    let catch_up = feed_holds(p, &want).await.as_secs_f64();
+    let catch_up = feed_holds(
+        p,
+        after,
+        &["approval.approved", "audit.approval.approve"],
+        n,
+    )
+    .await
+    .as_secs_f64();
     let decide_secs = n as f64 / rate;
     Round {
         rate,
