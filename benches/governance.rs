@@ -15,14 +15,14 @@
 //!   event and audit copy are written (what a sustained load needs).
 //!   `BENCH_C=256` changes the concurrency of http and direct, `BENCH_N`
 //!   their decisions per round (20,000).
-//!
-//! Every scenario parks its calls first and waits until the parking's own
-//! feed rows are written, so the timed part does not share the machine
-//! with the setup's leftovers.
 //! - direct: the same decisions in-process, without HTTP (for the analysis).
 //! - wrk: the same decisions over HTTP from `wrk` (an external load
 //!   generator, `benches/wrk/decide.lua`) when it is installed; skipped
 //!   with a note otherwise.
+//!
+//! Every scenario parks its calls first and waits until the parking's own
+//! feed rows are written, so the timed part does not share the machine
+//! with the setup's leftovers.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -375,13 +375,18 @@ where
     }
 }
 
-/// Callers in flight for the decision scenarios: `BENCH_C`, else 64.
-fn concurrency() -> usize {
-    std::env::var("BENCH_C")
+/// A positive count from the environment variable `name`, else `default`.
+fn env_count<T: std::str::FromStr + Default + PartialOrd>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|c| c.parse().ok())
-        .filter(|&c| c > 0)
-        .unwrap_or(64)
+        .filter(|c| *c > T::default())
+        .unwrap_or(default)
+}
+
+/// Callers in flight for the decision scenarios: `BENCH_C`, else 64.
+fn concurrency() -> usize {
+    env_count("BENCH_C", 64)
 }
 
 /// Runs `decide` on every parked approval, [`concurrency`] at a time: decisions/s.
@@ -506,12 +511,7 @@ fn main() {
         (1, 10_000, 50, 200)
     } else {
         // `BENCH_N` changes the decisions per round of http and direct.
-        let n = std::env::var("BENCH_N")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(20_000);
-        (5, 5_000_000, 2_000, n)
+        (5, 5_000_000, 2_000, env_count("BENCH_N", 20_000u64))
     };
     if test {
         println!("smoke run (tiny sizes): figures below are not measurements; see BENCHMARKS.md");
@@ -562,10 +562,12 @@ fn main() {
             );
         }
         if !rates.is_empty() {
-            report(&format!("approval decisions over HTTP, c={}", concurrency()), rates, " (target >= 10000)");
+            let what = format!("approval decisions over HTTP, c={}", concurrency());
+            report(&what, rates, " (target >= 10000)");
         }
         if !direct.is_empty() {
-            report(&format!("approval decisions in-process (no HTTP), c={}", concurrency()), direct, "");
+            let what = format!("approval decisions in-process (no HTTP), c={}", concurrency());
+            report(&what, direct, "");
         }
         if !wrk.is_empty() {
             println!(
