@@ -164,25 +164,9 @@ pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> anyhow::Resul
         }
     }
     let secret = random_text::<48>();
-    write_private(&path, secret.as_bytes())
+    crate::files::write_private(&path, secret.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(secret.into_bytes())
-}
-
-/// Writes a file readable by its owner only, atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Runtime-token secrets backed by aws-lc-rs.

@@ -8,6 +8,7 @@
 //! - [`store`]: the SQL store (the `Store` port plus historical reads).
 //! - [`deploy`]: deployment targets (the `Deployer` port).
 //! - [`auth`]: passwords, access tokens, runtime-token secrets.
+//! - [`files`]: the data directory and its files, private to the owner.
 //! - [`knowledge`]: knowledge bases, agents' memories, the search index.
 //! - [`protocol`] and [`runtime`]: the agent runtime and what it speaks.
 //!
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod cron;
 pub mod deploy;
+pub mod files;
 pub mod http;
 pub mod identity;
 pub mod knowledge;

@@ -56,22 +56,87 @@ impl Sealer {
     /// The instance's sealer: `CADRE_SECRETS_KEY` if set, else the key file
     /// under `data_dir` (created with a fresh random key when absent).
     pub fn load(data_dir: &Path) -> Result<Sealer, String> {
-        if let Ok(v) = std::env::var("CADRE_SECRETS_KEY")
-            && !v.is_empty()
-        {
-            let key = unhex(&v).ok_or("CADRE_SECRETS_KEY is not hex")?;
-            return Sealer::new(&key);
-        }
+        Sealer::load_for(data_dir, &[], false)
+    }
+
+    /// The instance's sealer, checked against what the database holds:
+    /// `stored` is one sealed secret per organization that has any,
+    /// `(organization, sealed value)`. A key is never generated while
+    /// sealed secrets exist (they could never be opened again), and a key
+    /// that does not open them refuses the start unless `allow_unreadable`
+    /// (then they are reported and stay unreadable until set again).
+    pub fn load_for(
+        data_dir: &Path,
+        stored: &[(String, String)],
+        allow_unreadable: bool,
+    ) -> Result<Sealer, String> {
         let path = data_dir.join("secrets.key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let key = unhex(&text).ok_or_else(|| format!("{} is not hex", path.display()))?;
-                Sealer::new(&key)
+        let from_env = std::env::var("CADRE_SECRETS_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let (sealer, source) = match from_env {
+            Some(v) => {
+                let key = unhex(&v).ok_or("CADRE_SECRETS_KEY is not hex")?;
+                (Sealer::new(&key)?, "CADRE_SECRETS_KEY".to_string())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let key =
+                        unhex(&text).ok_or_else(|| format!("{} is not hex", path.display()))?;
+                    (Sealer::new(&key)?, path.display().to_string())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !stored.is_empty() => {
+                    return Err(format!(
+                        "the database holds organization secrets of {} organization(s), but there \
+                         is no secrets key: {} is missing and CADRE_SECRETS_KEY is not set. Copy \
+                         the secrets.key of the instance that sealed them into the data directory \
+                         (an export needs it carried along), or set CADRE_SECRETS_KEY to it. A new \
+                         key is not generated: it could never open them. If the key is lost, set \
+                         CADRE_SECRETS_KEY to a new one (64 hex digits) and \
+                         CADRE_SECRETS__ALLOW_UNREADABLE=true, then set each secret again.",
+                        stored.len(),
+                        path.display()
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Sealer::generate(&path);
+                }
+                Err(e) => return Err(format!("reading {}: {e}", path.display())),
+            },
+        };
+        let unreadable: Vec<&str> = stored
+            .iter()
+            .filter(|(org, sealed)| sealer.open(org, sealed).is_err())
+            .map(|(org, _)| org.as_str())
+            .collect();
+        if !unreadable.is_empty() {
+            let what = format!(
+                "the secrets key from {source} does not open the organization secrets stored for \
+                 {} organization(s) ({}): the database was sealed with another key (an import \
+                 without its secrets.key?)",
+                unreadable.len(),
+                unreadable.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            );
+            if !allow_unreadable {
+                return Err(format!(
+                    "{what}. Put that key in place (secrets.key in the data directory, or \
+                     CADRE_SECRETS_KEY) and start again; to start anyway with those secrets \
+                     unreadable until each is set again, set CADRE_SECRETS__ALLOW_UNREADABLE=true."
+                ));
+            }
+            tracing::warn!("{what}; starting anyway (secrets.allow_unreadable): set them again");
+        }
+        Ok(sealer)
+    }
+
+    /// A fresh random key, written to `path` (0600).
+    fn generate(path: &Path) -> Result<Sealer, String> {
+        match std::fs::metadata(path) {
+            Ok(_) => Err(format!("{} exists; not replacing it", path.display())),
+            Err(_) => {
                 let mut key = [0u8; 32];
                 aws_lc_rs::rand::fill(&mut key).map_err(|_| "no randomness for a key")?;
-                crate::auth::write_private(&path, hex(&key).as_bytes())
+                crate::files::write_private(path, hex(&key).as_bytes())
                     .map_err(|e| format!("writing {}: {e}", path.display()))?;
                 tracing::warn!(
                     path = %path.display(),
@@ -80,7 +145,6 @@ impl Sealer {
                 );
                 Sealer::new(&key)
             }
-            Err(e) => Err(format!("reading {}: {e}", path.display())),
         }
     }
 

@@ -30,6 +30,20 @@ on_dialects! {
             row.cell("n").map_err(bad)
         }
 
+        /// One stored organization secret per organization that has any:
+        /// (organization, body). The start checks the secrets key opens them.
+        pub async fn secret_samples(&self) -> Result<Vec<(String, String)>, StoreError> {
+            let sql = format!(
+                "SELECT org_id, {} FROM gov_docs g WHERE kind = 'secret' AND name = \
+                 (SELECT MIN(name) FROM gov_docs h WHERE h.org_id = g.org_id AND h.kind = 'secret')",
+                D::json("body"),
+            );
+            let rows = sqlx::query(&sql).fetch_all(&self.read).await.map_err(unavailable)?;
+            rows.iter()
+                .map(|r| Ok((r.cell("org_id").map_err(bad)?, r.cell("body").map_err(bad)?)))
+                .collect()
+        }
+
         /// A live agent's id by its name (or its id) in an organization.
         pub async fn agent_id_by_name(
             &self,

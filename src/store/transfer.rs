@@ -395,13 +395,15 @@ pub static TABLES: &[Table] = &[
         ],
     },
     Table {
-        name: "login_throttle",
+        name: "login_locks",
         serial: None,
         columns: &[
             c("email", Text),
+            c("client", Text),
             c("failures", Int),
             c("lockouts", Int),
             c("locked_until", Int),
+            c("trusted_until", Int),
             c("updated_at", Int),
         ],
     },
@@ -756,7 +758,7 @@ pub async fn import(url: &str, dir: &Path) -> Result<ImportReport, TransferError
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), TransferError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    crate::files::private_dir(dir).map_err(io(dir))?;
     if std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         return Err(TransferError::NotEmptyDir(dir.to_path_buf()));
     }
@@ -934,7 +936,7 @@ where
             sql.push_str(&format!(" ORDER BY {}", quote(backend, serial)));
         }
         let path = dir.join(format!("{}.jsonl", table.name));
-        let file = std::fs::File::create(&path).map_err(io(&path))?;
+        let file = crate::files::create_private(&path).map_err(io(&path))?;
         let mut out = std::io::BufWriter::new(file);
         let mut rows = 0u64;
         let mut max_id = 0i64;
@@ -983,7 +985,8 @@ where
     let path = dir.join(MANIFEST);
     let text =
         serde_json::to_vec_pretty(&manifest).map_err(|e| io(&path)(std::io::Error::other(e)))?;
-    std::fs::write(&path, text).map_err(io(&path))?;
+    std::io::Write::write_all(&mut crate::files::create_private(&path).map_err(io(&path))?, &text)
+        .map_err(io(&path))?;
     Ok(manifest)
 }
 
