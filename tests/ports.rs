@@ -1212,17 +1212,23 @@ macro_rules! identity_suite {
         assert!(id.revoked_families(now).await.expect("revoked").contains(&"fam-u0".to_string()));
         assert!(id.update_user("other-org", m0, &change, now, &who("user.update", m0)).await.expect("update").is_none());
 
-        // Ten failed logins at once with a threshold of 5: two lock-outs.
+        // Ten failed logins at once from one address with a threshold of 5:
+        // that address is locked twice; the email-wide counter (threshold
+        // 100) counted all ten and locks nobody.
+        let limits = cadre::store::LoginLimits { threshold: 5, email_threshold: 100, base_ms: 1_000, max_ms: 60_000 };
         let fails = futures_util::future::join_all(
-            (0..10).map(|_| id.login_failed("victim@example.com", now, 5, 1_000, 60_000)),
+            (0..10).map(|_| id.login_failed("victim@example.com", "10.0.0.9", now, &limits)),
         )
         .await;
         let locks = fails.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
-        assert_eq!(locks, 2, "{fails:?}");
-        assert_eq!(s.scalar("SELECT lockouts FROM login_throttle WHERE email = 'victim@example.com'").await, 2);
-        assert!(id.locked_until("victim@example.com", now).await.expect("lock").is_some());
-        id.login_succeeded("victim@example.com").await.expect("success");
-        assert_eq!(id.locked_until("victim@example.com", now).await.expect("lock"), None);
+        // The fifth locks the address; each later one finds it locked.
+        assert_eq!(locks, 6, "{fails:?}");
+        assert_eq!(s.scalar("SELECT lockouts FROM login_locks WHERE email = 'victim@example.com' AND client = '10.0.0.9'").await, 2);
+        assert_eq!(s.scalar("SELECT failures FROM login_locks WHERE email = 'victim@example.com' AND client = ''").await, 10);
+        assert!(id.login_lock("victim@example.com", "10.0.0.9", now).await.expect("lock").is_some());
+        assert_eq!(id.login_lock("victim@example.com", "10.0.0.8", now).await.expect("lock"), None);
+        id.login_succeeded("victim@example.com", "10.0.0.9", now, now + 60_000).await.expect("success");
+        assert_eq!(id.login_lock("victim@example.com", "10.0.0.9", now).await.expect("lock"), None);
 
         // Keys: scopes kept, revocation idempotent, gone with their creator.
         let key = KeyRecord {

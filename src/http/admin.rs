@@ -1,4 +1,5 @@
-//! Operator tools: the chaos hook (only with `chaos.enabled = true`).
+//! Operator tools: the chaos hook (only with `chaos.enabled = true`) and
+//! the instance admin's unlock of an email's login locks.
 
 use super::error::{ApiError, ApiJson};
 use super::guard::Routes;
@@ -70,6 +71,34 @@ async fn kill(
         .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockRequest {
+    email: String,
+}
+
+/// What an unlock did.
+#[derive(serde::Serialize)]
+struct Unlocked {
+    email: String,
+    /// Whether a lock was in force.
+    was_locked: bool,
+}
+
+/// Lifts every login lock of an email (the instance admin's; audited).
+async fn unlock(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<UnlockRequest>,
+) -> Result<Response, ApiError> {
+    let email = super::input::email("email", &req.email)?;
+    let was_locked = state
+        .identity
+        .unlock(&email, &principal.org, principal.who())
+        .await?;
+    Ok(Json(Unlocked { email, was_locked }).into_response())
+}
+
 /// `/admin` routes.
 pub fn routes(r: Routes) -> Routes {
     r.add(
@@ -77,5 +106,11 @@ pub fn routes(r: Routes) -> Routes {
         "/admin/chaos/kill",
         Action::OrgOwner,
         post(kill),
+    )
+    .add(
+        Method::POST,
+        "/admin/unlock",
+        Action::InstanceAdmin,
+        post(unlock),
     )
 }

@@ -129,7 +129,8 @@ pub(super) async fn login(
     }
     let email = req.email.trim().to_lowercase();
     let now = SystemClock.now_ms();
-    if let Some(until) = state.store.tables().locked_until(&email, now).await? {
+    let client = ctx.client.to_string();
+    if let Some(until) = state.store.tables().login_lock(&email, &client, now).await? {
         return Ok(locked(until, now));
     }
     let user: Option<UserRecord> = state.store.tables().user_record_by_email(&email).await?;
@@ -144,7 +145,7 @@ pub(super) async fn login(
         .await
         .map_err(ApiError::internal)?;
     let Some(user) = user.filter(|_| ok) else {
-        return match state.identity.login_failed(&email).await? {
+        return match state.identity.login_failed(&email, &client).await? {
             Some(until) => Ok(locked(until, now)),
             None => Err(invalid_credentials()),
         };

@@ -5,24 +5,12 @@ use crate::identity::{Role, Scope};
 
 /// An email address, normalized to lower case.
 pub fn email(field: &str, raw: &str) -> Result<String, ApiError> {
-    let e = raw.trim().to_lowercase();
-    let ok = (3..=320).contains(&e.len())
-        && e.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.starts_with('.'))
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(e)
-    } else {
-        Err(ApiError::invalid(field, "not an email address"))
-    }
+    crate::identity::normalize_email(raw).map_err(|why| ApiError::invalid(field, why))
 }
 
 /// A new password: 8 to 1024 characters.
 pub fn password(field: &str, raw: &str) -> Result<String, ApiError> {
-    let n = raw.chars().count();
-    if !(8..=1024).contains(&n) {
-        return Err(ApiError::invalid(field, "must be 8 to 1024 characters"));
-    }
+    crate::identity::check_password(raw).map_err(|why| ApiError::invalid(field, why))?;
     Ok(raw.to_string())
 }
 

@@ -165,8 +165,13 @@ pub enum IdentityMsg {
     RevokeKey(OrgId, String, Who, Reply<KeyRecord>),
     /// Record a key's use.
     TouchKey(String, i64),
-    /// A failed login: answers the lock's end if this locked the email.
-    LoginFailed(String, Reply<Option<i64>>),
+    /// A failed login (email, client address): answers the end of the lock
+    /// the client now meets, if any.
+    LoginFailed(String, String, Reply<Option<i64>>),
+    /// An instance admin lifts every login lock of an email: answers
+    /// whether one was in force. Audited in the organization of the user
+    /// with that email, else in the given one (the admin's).
+    Unlock(String, OrgId, Who, Reply<bool>),
     /// A successful login: clears failures and starts a session.
     LoginSucceeded(String, UserRecord, Who, Reply<Session>),
     /// Rotates a refresh token.
@@ -580,8 +585,15 @@ impl IdentityState {
         user: UserRecord,
         by: Who,
     ) -> Result<Session, IdentityError> {
-        self.store.tables().login_succeeded(&email).await?;
         let now = self.now();
+        let trust_ms = i64::try_from(self.config.auth.trusted_client_days)
+            .unwrap_or(3650)
+            .saturating_mul(86_400_000);
+        let client = by.client.clone().unwrap_or_default();
+        self.store
+            .tables()
+            .login_succeeded(&email, &client, now, now.saturating_add(trust_ms))
+            .await?;
         let token = self.secrets.generate_token();
         let family = uuid::Uuid::now_v7().to_string();
         let org = OrgId(user.org_id.clone());
@@ -611,6 +623,25 @@ impl IdentityState {
             family,
             user_id: user.id,
         })
+    }
+
+    async fn unlock(&self, email: String, org: OrgId, by: Who) -> Result<bool, IdentityError> {
+        let org = match self.store.tables().user_record_by_email(&email).await? {
+            Some(user) => OrgId(user.org_id),
+            None => org,
+        };
+        let audit = self.audit(
+            &org,
+            &by,
+            "auth.unlock",
+            format!("login:{email}"),
+            serde_json::json!({ "email": email }),
+        );
+        Ok(self
+            .store
+            .tables()
+            .unlock_login(&email, self.now(), &audit)
+            .await?)
     }
 
     async fn refresh(&self, token: String) -> Result<Session, IdentityError> {
@@ -736,22 +767,25 @@ impl Actor for IdentityActor {
                     tracing::warn!(key = %id, error = %e, "could not record API key use");
                 }
             }
-            IdentityMsg::LoginFailed(email, r) => {
+            IdentityMsg::LoginFailed(email, client, r) => {
                 let a = &st.config.auth;
                 let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let limits = crate::store::LoginLimits {
+                    threshold: a.lockout_threshold,
+                    email_threshold: a.lockout_email_threshold,
+                    base_ms: ms(a.lockout_base_secs),
+                    max_ms: ms(a.lockout_max_secs),
+                };
                 let res = st
                     .store
                     .tables()
-                    .login_failed(
-                        &email,
-                        st.now(),
-                        a.lockout_threshold,
-                        ms(a.lockout_base_secs),
-                        ms(a.lockout_max_secs),
-                    )
+                    .login_failed(&email, &client, st.now(), &limits)
                     .await
                     .map_err(IdentityError::from);
                 let _ = r.send(res);
+            }
+            IdentityMsg::Unlock(email, org, by, r) => {
+                let _ = r.send(st.unlock(email, org, by).await);
             }
             IdentityMsg::LoginSucceeded(email, user, by, r) => {
                 let _ = r.send(st.login_succeeded(email, user, by).await);
@@ -979,8 +1013,18 @@ impl Identity {
     }
 
     /// See [`IdentityMsg::LoginFailed`].
-    pub async fn login_failed(&self, email: &str) -> Result<Option<i64>, IdentityError> {
-        self.call(|r| IdentityMsg::LoginFailed(email.to_string(), r))
+    pub async fn login_failed(
+        &self,
+        email: &str,
+        client: &str,
+    ) -> Result<Option<i64>, IdentityError> {
+        self.call(|r| IdentityMsg::LoginFailed(email.to_string(), client.to_string(), r))
+            .await
+    }
+
+    /// See [`IdentityMsg::Unlock`].
+    pub async fn unlock(&self, email: &str, org: &OrgId, by: Who) -> Result<bool, IdentityError> {
+        self.call(|r| IdentityMsg::Unlock(email.to_string(), org.clone(), by.clone(), r))
             .await
     }
 

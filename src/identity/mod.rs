@@ -10,6 +10,28 @@ pub use actor::{Identity, IdentityError, OrgChange};
 pub use directory::Directory;
 pub use policy::{Action, Denied, authorize};
 
+/// An email address normalized to lower case, or why it is not one. The
+/// API and the bootstrap owner of the configuration share this rule.
+pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
+    let e = raw.trim().to_lowercase();
+    let ok = (3..=320).contains(&e.len())
+        && e.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && !d.is_empty() && !d.starts_with('.') && !d.contains('@')
+        })
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok { Ok(e) } else { Err("not an email address") }
+}
+
+/// Whether `raw` may be a new password (8 to 1024 characters), or why not.
+/// The API and the bootstrap owner of the configuration share this rule.
+pub fn check_password(raw: &str) -> Result<(), &'static str> {
+    if (8..=1024).contains(&raw.chars().count()) {
+        Ok(())
+    } else {
+        Err("must be 8 to 1024 characters")
+    }
+}
+
 use cadre_actors::domain::{OrgId, Party, Who};
 use serde::Serialize;
 

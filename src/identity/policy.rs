@@ -40,8 +40,9 @@ pub enum Action {
     InstanceAdmin,
     /// Change the organization's tools, profiles and approval policies.
     GovernanceWrite,
-    /// Decide approvals and revoke grants (who exactly may is up to each
-    /// approval policy, checked by the approval actor).
+    /// Decide approvals and revoke grants: members and above, keys with
+    /// `approvals:decide` (who exactly may decide is up to each approval
+    /// policy, checked by the approval actor).
     ApprovalsDecide,
 }
 
@@ -69,7 +70,9 @@ impl Action {
             Action::ActivityWrite => (Role::Member, Scope::ActivityWrite),
             Action::OrgOwner => (Role::Owner, Scope::Admin),
             Action::GovernanceWrite => (Role::Admin, Scope::Admin),
-            Action::ApprovalsDecide => (Role::Viewer, Scope::AgentsWrite),
+            // A viewer never decides (docs/governance.md); a key needs the
+            // scope named for it, not `agents:write`.
+            Action::ApprovalsDecide => (Role::Member, Scope::ApprovalsDecide),
         })
     }
 }

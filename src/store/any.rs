@@ -90,13 +90,15 @@ forward! {
     fn revoked_families(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
     fn family_of(&self, hash: &str) -> Result<Option<String>, StoreError>;
     fn touch_key(&self, id: &str, at: i64) -> Result<(), StoreError>;
-    fn locked_until(&self, email: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
-    fn login_failed(&self, email: &str, now_ms: i64, threshold: u32, base_ms: i64, max_ms: i64) -> Result<Option<i64>, StoreError>;
-    fn login_succeeded(&self, email: &str) -> Result<(), StoreError>;
+    fn login_lock(&self, email: &str, client: &str, now_ms: i64) -> Result<Option<i64>, StoreError>;
+    fn login_failed(&self, email: &str, client: &str, now_ms: i64, limits: &LoginLimits) -> Result<Option<i64>, StoreError>;
+    fn login_succeeded(&self, email: &str, client: &str, now_ms: i64, trusted_until: i64) -> Result<(), StoreError>;
+    fn unlock_login(&self, email: &str, now_ms: i64, audit: &AuditEntry) -> Result<bool, StoreError>;
     fn insert_refresh(&self, t: &NewRefresh<'_>, audit: Option<&AuditEntry>) -> Result<(), StoreError>;
     fn rotate_refresh(&self, hash: &str, new_hash: &str, now_ms: i64, expires_ms: i64) -> Result<Rotation, StoreError>;
     fn revoke_refresh_family(&self, hash: &str, now_ms: i64, audit: impl Fn(&str, &str) -> AuditEntry) -> Result<Option<(String, String)>, StoreError>;
     fn org_count(&self) -> Result<i64, StoreError>;
+    fn secret_samples(&self) -> Result<Vec<(String, String)>, StoreError>;
     fn agent_id_by_name(&self, org: &str, name: &str) -> Result<Option<String>, StoreError>;
     fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError>;
     fn agent_state_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError>;

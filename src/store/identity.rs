@@ -241,6 +241,32 @@ fn key_cols<D: Dialect>() -> String {
     )
 }
 
+/// The login lock-out's settings (`[auth]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Failures of one client as one email that lock that pair.
+    pub threshold: u32,
+    /// Failures as one email over all clients that lock the email for the
+    /// clients it does not trust.
+    pub email_threshold: u32,
+    /// The first lock of a counter.
+    pub base_ms: i64,
+    /// Its longest lock.
+    pub max_ms: i64,
+}
+
+/// The lock a client meets: its own (`pair`: locked until, trusted until),
+/// else the email-wide one (`wide`) unless the client is trusted.
+fn lock_in_force((pair_until, trusted_until): (i64, i64), wide: i64, now_ms: i64) -> Option<i64> {
+    if pair_until > now_ms {
+        Some(pair_until)
+    } else if wide > now_ms && trusted_until <= now_ms {
+        Some(wide)
+    } else {
+        None
+    }
+}
+
 /// A new user.
 #[derive(Debug, Clone)]
 pub struct NewUser<'a> {
@@ -954,86 +980,184 @@ on_dialects! {
                 .map_err(unavailable)
         }
 
-        /// The lock of an email, if one is in force at `now_ms`: when it ends.
-        pub async fn locked_until(&self, email: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
-            let row = self.row(
-                "SELECT locked_until FROM login_throttle WHERE email = ?",
-                &[email],
-            )
-            .await?;
-            let until: Option<i64> = row.as_ref().map(|r| get(r, "locked_until")).transpose()?;
-            Ok(until.filter(|u| *u > now_ms))
+        /// The lock `client` meets signing in as `email` at `now_ms`, if one
+        /// is in force: when it ends. The email and client's own lock, else
+        /// the email-wide one unless the client is trusted (signed in to the
+        /// account before).
+        pub async fn login_lock(
+            &self,
+            email: &str,
+            client: &str,
+            now_ms: i64,
+        ) -> Result<Option<i64>, StoreError> {
+            let rows = self
+                .rows(
+                    "SELECT client, locked_until, trusted_until FROM login_locks \
+                     WHERE email = ? AND client IN ('', ?)",
+                    &[email, client],
+                )
+                .await?;
+            let mut pair = (0i64, 0i64);
+            let mut wide = 0i64;
+            for r in &rows {
+                let c: String = get(r, "client")?;
+                let until: i64 = get(r, "locked_until")?;
+                if c.is_empty() {
+                    wide = until;
+                } else {
+                    pair = (until, get(r, "trusted_until")?);
+                }
+            }
+            Ok(lock_in_force(pair, wide, now_ms))
         }
 
-        /// Counts a failed login for `email`; at `threshold` failures the email
-        /// is locked for `base_ms` doubled per earlier lock, at most `max_ms`.
-        /// Returns the lock's end if this failure locked it. Concurrent
-        /// failures are each counted: the email's row is created first, then
-        /// read under its lock.
+        /// Counts a failed login of `client` as `email`, for the pair and for
+        /// the email over all clients; a counter reaching its threshold locks
+        /// (for `base_ms` doubled per earlier lock of that counter, at most
+        /// `max_ms`) and starts again. Returns the lock `client` now meets,
+        /// if any. Concurrent failures are each counted: both rows are
+        /// created first, then read under their locks.
         pub async fn login_failed(
             &self,
             email: &str,
+            client: &str,
             now_ms: i64,
-            threshold: u32,
-            base_ms: i64,
-            max_ms: i64,
+            limits: &LoginLimits,
         ) -> Result<Option<i64>, StoreError> {
             retry(|| async move {
                 let mut tx = self.begin().await?;
                 let sql = D::sql(&format!(
-                    "INSERT INTO login_throttle (email, failures, lockouts, locked_until, updated_at) \
-                     VALUES (?, 0, 0, 0, ?) {}",
-                    D::keep_existing("email", "email")
+                    "INSERT INTO login_locks \
+                     (email, client, failures, lockouts, locked_until, trusted_until, updated_at) \
+                     VALUES (?, ?, 0, 0, 0, 0, ?), (?, '', 0, 0, 0, 0, ?) {}",
+                    D::keep_existing("email, client", "email")
                 ));
-                Self::run(&mut tx, sqlx::query(&sql).bind(email).bind(now_ms)).await?;
+                let query = sqlx::query(&sql)
+                    .bind(email)
+                    .bind(client)
+                    .bind(now_ms)
+                    .bind(email)
+                    .bind(now_ms);
+                Self::run(&mut tx, query).await?;
                 let sql = D::sql(&format!(
-                    "SELECT failures, lockouts FROM login_throttle WHERE email = ?{}",
+                    "SELECT client, failures, lockouts, locked_until, trusted_until FROM login_locks \
+                     WHERE email = ? AND client IN ('', ?) ORDER BY client{}",
                     D::FOR_UPDATE
                 ));
-                let row = sqlx::query(&sql)
+                let rows = sqlx::query(&sql)
                     .bind(email)
-                    .fetch_one(&mut *tx)
+                    .bind(client)
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(stmt)?;
-                let failures: i64 = get::<_, i64>(&row, "failures")? + 1;
-                let lockouts: i64 = get(&row, "lockouts")?;
-                let (failures, lockouts, until) = if failures >= i64::from(threshold) {
-                    let factor = 1i64
-                        .checked_shl(lockouts.clamp(0, 30) as u32)
-                        .unwrap_or(i64::MAX);
-                    let period = base_ms.saturating_mul(factor).min(max_ms);
-                    (0, lockouts + 1, now_ms + period)
-                } else {
-                    (failures, lockouts, 0)
-                };
-                let sql = D::sql(
-                    "UPDATE login_throttle SET failures = ?, lockouts = ?, \
-                     locked_until = CASE WHEN ? > 0 THEN ? ELSE locked_until END, updated_at = ? \
-                     WHERE email = ?",
-                );
-                let query = sqlx::query(&sql)
-                    .bind(failures)
-                    .bind(lockouts)
-                    .bind(until)
-                    .bind(until)
-                    .bind(now_ms)
-                    .bind(email);
-                Self::run(&mut tx, query).await?;
+                let mut pair = (0i64, 0i64);
+                let mut wide = 0i64;
+                for r in &rows {
+                    let c: String = get(r, "client")?;
+                    let threshold = if c.is_empty() {
+                        limits.email_threshold
+                    } else {
+                        limits.threshold
+                    };
+                    let failures: i64 = get::<_, i64>(r, "failures")? + 1;
+                    let lockouts: i64 = get(r, "lockouts")?;
+                    let mut until: i64 = get(r, "locked_until")?;
+                    let (failures, lockouts) = if failures >= i64::from(threshold) {
+                        let factor = 1i64
+                            .checked_shl(lockouts.clamp(0, 30) as u32)
+                            .unwrap_or(i64::MAX);
+                        until = now_ms + limits.base_ms.saturating_mul(factor).min(limits.max_ms);
+                        (0, lockouts + 1)
+                    } else {
+                        (failures, lockouts)
+                    };
+                    let sql = D::sql(
+                        "UPDATE login_locks SET failures = ?, lockouts = ?, locked_until = ?, \
+                         updated_at = ? WHERE email = ? AND client = ?",
+                    );
+                    let query = sqlx::query(&sql)
+                        .bind(failures)
+                        .bind(lockouts)
+                        .bind(until)
+                        .bind(now_ms)
+                        .bind(email)
+                        .bind(&c);
+                    Self::run(&mut tx, query).await?;
+                    if c.is_empty() {
+                        wide = until;
+                    } else {
+                        pair = (until, get(r, "trusted_until")?);
+                    }
+                }
                 tx.commit().await.map_err(at_commit)?;
-                Ok((until > 0).then_some(until))
+                Ok(lock_in_force(pair, wide, now_ms))
             })
             .await
         }
 
-        /// Forgets an email's failed logins after a successful one.
-        pub async fn login_succeeded(&self, email: &str) -> Result<(), StoreError> {
-            let sql = D::sql("DELETE FROM login_throttle WHERE email = ?");
+        /// After a successful login of `client` as `email`: the pair's
+        /// failures are forgotten and the client is trusted until
+        /// `trusted_until` (the email-wide counter is not reset: a guesser
+        /// elsewhere must not be helped by the owner's own sign-ins).
+        pub async fn login_succeeded(
+            &self,
+            email: &str,
+            client: &str,
+            now_ms: i64,
+            trusted_until: i64,
+        ) -> Result<(), StoreError> {
+            let sql = D::sql(&format!(
+                "INSERT INTO login_locks \
+                 (email, client, failures, lockouts, locked_until, trusted_until, updated_at) \
+                 VALUES (?, ?, 0, 0, 0, ?, ?) {} failures = 0, lockouts = 0, locked_until = 0, \
+                 trusted_until = {}, updated_at = {}",
+                D::upsert("email, client"),
+                D::inserted("trusted_until"),
+                D::inserted("updated_at"),
+            ));
             sqlx::query(&sql)
                 .bind(email)
+                .bind(client)
+                .bind(trusted_until)
+                .bind(now_ms)
                 .execute(&self.write)
                 .await
                 .map(|_| ())
                 .map_err(unavailable)
+        }
+
+        /// Lifts every lock of `email` (its own and each client's; trust is
+        /// kept), with its audit entry. Returns whether one was in force at
+        /// `now_ms`.
+        pub async fn unlock_login(
+            &self,
+            email: &str,
+            now_ms: i64,
+            audit: &AuditEntry,
+        ) -> Result<bool, StoreError> {
+            retry(|| async move {
+                let mut tx = self.begin().await?;
+                let sql = D::sql(&format!(
+                    "SELECT {} AS n FROM login_locks WHERE email = ? AND locked_until > ?",
+                    D::int("COUNT(*)")
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(email)
+                    .bind(now_ms)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(stmt)?;
+                let locked: i64 = get(&row, "n")?;
+                let sql = D::sql(
+                    "UPDATE login_locks SET failures = 0, lockouts = 0, locked_until = 0, \
+                     updated_at = ? WHERE email = ?",
+                );
+                Self::run(&mut tx, sqlx::query(&sql).bind(now_ms).bind(email)).await?;
+                Self::audit_in(&mut tx, audit).await?;
+                tx.commit().await.map_err(at_commit)?;
+                Ok(locked > 0)
+            })
+            .await
         }
 
         /// Stores a new refresh token (hash) in its family, with the login's audit entry.

@@ -68,7 +68,7 @@ pub use activity::{
 pub use any::{AnyTables, Db};
 pub use governance::ApprovalFilter;
 pub use identity::{
-    AuditFilter, AuditRow, AuditSince, KeyRecord, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
+    AuditFilter, AuditRow, AuditSince, KeyRecord, LoginLimits, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
     UserChange, UserRecord,
 };
 pub use knowledge::{Chunk, Document, KnowledgeBase, Memory, VectorRow};

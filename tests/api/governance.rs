@@ -1131,3 +1131,87 @@ async fn an_owner_sets_their_organizations_settings_but_not_its_plan_or_limits()
         "{audit}"
     );
 }
+
+/// Who may decide and revoke, end to end on a real request and grant: a
+/// viewer never (docs/governance.md), a key only with `approvals:decide`
+/// (a plain `agents:write` key neither decides nor revokes), and a refused
+/// revoke leaves the grant working.
+#[tokio::test]
+async fn only_deciders_decide_and_revoke_and_a_refusal_changes_nothing() {
+    let app = spawn_app().await;
+    put(
+        &app,
+        "/api/v1/approval-policies/echo",
+        policy(&["echo"], json!([level(&["owner", "admin", "member"], &[], 60, "deny")])),
+    )
+    .await;
+    let (_, viewer) = add_user(&app, "v@x.test", "viewer").await;
+    let key = async |scopes: &[&str]| {
+        let (s, k) = app
+            .call(
+                Method::POST,
+                "/api/v1/api-keys",
+                Some(json!({ "name": "k", "scopes": scopes })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{k}");
+        k["key"].as_str().expect("key").to_string()
+    };
+    let decide_key = key(&["approvals:decide"]).await;
+    let write_key = key(&["agents:write"]).await;
+    let id = scripted(
+        &app,
+        "asker",
+        "full_access",
+        &[
+            json!({ "tool": "echo", "arguments": { "n": 1 } }),
+            json!({ "tool": "echo", "arguments": { "n": 1 } }),
+        ],
+    )
+    .await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={id}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    let approve = json!({ "decision": "approve", "scope": { "type": "same_arguments", "for_seconds": 600 } });
+    for (who, token) in [("viewer", &viewer), ("agents:write key", &write_key)] {
+        let (s, v) = decide(&app, token, &aid, approve.clone()).await;
+        assert_eq!((s, &v["code"]), (StatusCode::FORBIDDEN, &json!("forbidden")), "{who}: {v}");
+    }
+    let (_, still) = app
+        .call(Method::GET, &format!("/api/v1/approvals/{aid}"), None)
+        .await;
+    assert_eq!(still["state"], "pending", "{still}");
+    let (s, v) = decide(&app, &decide_key, &aid, approve).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "approved", "{v}");
+    let grant = v["grant_id"].as_str().expect("grant").to_string();
+    // The grant lets the second identical call through.
+    let calls = app.tool_calls(&id, 2).await;
+    assert_eq!(calls[1]["status"], "ok", "{calls:?}");
+    for (who, token) in [("viewer", &viewer), ("agents:write key", &write_key)] {
+        let (s, v) = app
+            .call_as(
+                Some(token),
+                Method::DELETE,
+                &format!("/api/v1/grants/{grant}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{who}: {v}");
+    }
+    let (_, g) = app.call(Method::GET, "/api/v1/grants", None).await;
+    assert_eq!(g["items"][0]["id"], grant.as_str(), "{g}");
+    assert_eq!(g["items"][0]["live"], true, "a refused revoke changed the grant: {g}");
+    let (s, v) = app
+        .call_as(
+            Some(&decide_key),
+            Method::DELETE,
+            &format!("/api/v1/grants/{grant}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, g) = app.call(Method::GET, "/api/v1/grants", None).await;
+    assert_eq!(g["items"][0]["live"], false, "{g}");
+}

@@ -66,45 +66,148 @@ enum Expect {
     Forbidden,
 }
 
-/// The expected answer, written independently of the policy code: roles
-/// viewer < member < admin < owner; keys need the scope and never exceed
-/// their creator; instance administration is for the instance admin user only.
-fn expect(action: Action, caller: &str) -> Expect {
-    use Expect::*;
-    let rank = |c: &str| match c {
+/// Who may call each route, written by hand from README.md ("Roles, keys
+/// and the audit log", the route tables) and docs/governance.md, never from
+/// the policy code: the lowest role, and the scope an API key needs. Role
+/// `any` is every signed-in principal; `instance` is the instance admin
+/// user only (never a key). Scope `admin` means the key must hold `admin`
+/// itself; any other scope is also covered by `admin`.
+const DOCUMENTED: &[(&str, &str, &str)] = &[
+    ("GET /me", "any", ""),
+    // Instance administration.
+    ("POST /orgs", "instance", ""),
+    ("GET /orgs", "instance", ""),
+    ("GET /orgs/{id}", "instance", ""),
+    ("PATCH /orgs/{id}", "instance", ""),
+    ("POST /orgs/{id}/suspend", "instance", ""),
+    ("POST /orgs/{id}/resume", "instance", ""),
+    ("POST /knowledge/rebuild", "instance", ""),
+    ("POST /admin/unlock", "instance", ""),
+    ("GET /knowledge/status", "instance", ""),
+    // The organization.
+    ("GET /orgs/current", "viewer", "org:read"),
+    ("PATCH /orgs/current", "owner", "admin"),
+    // Users, keys, audit: admins.
+    ("POST /users", "admin", "users:write"),
+    ("GET /users", "admin", "users:read"),
+    ("GET /users/{id}", "admin", "users:read"),
+    ("PATCH /users/{id}", "admin", "users:write"),
+    ("DELETE /users/{id}", "admin", "users:write"),
+    ("POST /api-keys", "admin", "keys:write"),
+    ("GET /api-keys", "admin", "keys:read"),
+    ("DELETE /api-keys/{id}", "admin", "keys:write"),
+    ("GET /audit", "admin", "audit:read"),
+    ("GET /audit/export", "admin", "audit:read"),
+    // Agents: viewers read, members operate.
+    ("POST /agents", "member", "agents:write"),
+    ("GET /agents", "viewer", "agents:read"),
+    ("GET /agents/{id}", "viewer", "agents:read"),
+    ("PATCH /agents/{id}", "member", "agents:write"),
+    ("DELETE /agents/{id}", "member", "agents:write"),
+    ("GET /agents/{id}/history", "viewer", "agents:read"),
+    ("GET /agents/{id}/events", "viewer", "agents:read"),
+    ("GET /agents/{id}/logs", "viewer", "agents:read"),
+    ("GET /agents/{id}/config", "viewer", "agents:read"),
+    ("POST /agents/{id}/{command}", "member", "agents:write"),
+    // Activity.
+    ("POST /activity", "member", "activity:write"),
+    ("GET /activity", "viewer", "activity:read"),
+    ("GET /events", "viewer", "activity:read"),
+    ("GET /stream", "viewer", "activity:read"),
+    ("GET /agents/{id}/tool-calls", "viewer", "activity:read"),
+    ("GET /agents/{id}/conversations", "viewer", "activity:read"),
+    ("GET /agents/{id}/conversations/{conversation}/messages", "viewer", "activity:read"),
+    ("GET /agents/{id}/timeline", "viewer", "activity:read"),
+    // Operator tools: owners.
+    ("POST /admin/chaos/kill", "owner", "admin"),
+    ("POST /halt", "owner", "admin"),
+    ("DELETE /halt", "owner", "admin"),
+    ("GET /halt", "viewer", "agents:read"),
+    // Governance: everyone reads the catalog; admins change it.
+    ("GET /tools", "viewer", "agents:read"),
+    ("PUT /tools/{id}", "admin", "admin"),
+    ("DELETE /tools/{id}", "admin", "admin"),
+    ("GET /skills", "viewer", "agents:read"),
+    ("GET /profiles", "viewer", "agents:read"),
+    ("GET /profiles/{name}", "viewer", "agents:read"),
+    ("PUT /profiles/{name}", "admin", "admin"),
+    ("DELETE /profiles/{name}", "admin", "admin"),
+    ("GET /approval-policies", "viewer", "agents:read"),
+    ("PUT /approval-policies/{name}", "admin", "admin"),
+    ("DELETE /approval-policies/{name}", "admin", "admin"),
+    ("GET /secrets", "admin", "admin"),
+    ("PUT /secrets/{name}", "admin", "admin"),
+    ("DELETE /secrets/{name}", "admin", "admin"),
+    // Approvals: viewers read; members decide (a viewer never does) and
+    // revoke grants, keys with `approvals:decide`; admins withdraw.
+    ("GET /approvals", "viewer", "agents:read"),
+    ("GET /approvals/{id}", "viewer", "agents:read"),
+    ("POST /approvals/{id}/decide", "member", "approvals:decide"),
+    ("POST /approvals/{id}/cancel", "admin", "admin"),
+    ("GET /grants", "viewer", "agents:read"),
+    ("DELETE /grants/{id}", "member", "approvals:decide"),
+    // Knowledge: viewers read and search, members write.
+    ("POST /knowledge-bases", "member", "agents:write"),
+    ("GET /knowledge-bases", "viewer", "agents:read"),
+    ("GET /knowledge-bases/{id}", "viewer", "agents:read"),
+    ("PATCH /knowledge-bases/{id}", "member", "agents:write"),
+    ("DELETE /knowledge-bases/{id}", "member", "agents:write"),
+    ("POST /knowledge-bases/{id}/documents", "member", "agents:write"),
+    ("GET /knowledge-bases/{id}/documents", "viewer", "agents:read"),
+    ("GET /documents/{id}", "viewer", "agents:read"),
+    ("PUT /documents/{id}", "member", "agents:write"),
+    ("DELETE /documents/{id}", "member", "agents:write"),
+    ("POST /knowledge/search", "viewer", "agents:read"),
+    ("GET /agents/{id}/memories", "viewer", "agents:read"),
+    ("POST /agents/{id}/memories", "member", "agents:write"),
+    ("DELETE /agents/{id}/memories/{memory_id}", "member", "agents:write"),
+    // Tasks and schedules: viewers read, members give work.
+    ("POST /agents/{id}/tasks", "member", "agents:write"),
+    ("GET /agents/{id}/tasks", "viewer", "agents:read"),
+    ("GET /tasks/{id}", "viewer", "agents:read"),
+    ("GET /tasks/{id}/steps", "viewer", "agents:read"),
+    ("POST /tasks/{id}/cancel", "member", "agents:write"),
+    ("POST /tasks/{id}/replay", "member", "agents:write"),
+    ("POST /agents/{id}/schedules", "member", "agents:write"),
+    ("GET /agents/{id}/schedules", "viewer", "agents:read"),
+    ("GET /schedules/{id}", "viewer", "agents:read"),
+    ("PATCH /schedules/{id}", "member", "agents:write"),
+    ("DELETE /schedules/{id}", "member", "agents:write"),
+];
+
+/// A caller of the matrix: a user of a role (`instance` marks the instance
+/// admin), or an API key with its creator's role and its scopes.
+struct Caller {
+    name: &'static str,
+    role: &'static str,
+    instance_admin: bool,
+    key_scopes: Option<&'static [&'static str]>,
+}
+
+fn rank(role: &str) -> i32 {
+    match role {
         "viewer" => 0,
         "member" => 1,
         "admin" => 2,
-        "owner" | "other_owner" | "admin_key" | "read_key" => 3,
-        _ => -1,
-    };
-    let need = match action {
-        Action::Public | Action::Runtime | Action::Authenticated => return Allowed,
-        Action::InstanceAdmin => {
-            return if caller == "owner" {
-                Allowed
-            } else {
-                Forbidden
-            };
+        "owner" => 3,
+        other => panic!("no role {other}"),
+    }
+}
+
+/// The documented answer for `caller` on a route that needs `(role, scope)`.
+fn expect((role, scope): (&str, &str), caller: &Caller) -> Expect {
+    use Expect::*;
+    let allowed = match role {
+        "any" => true,
+        "instance" => caller.instance_admin && caller.key_scopes.is_none(),
+        need => {
+            rank(caller.role) >= rank(need)
+                && caller.key_scopes.is_none_or(|scopes| {
+                    scopes.contains(&scope) || (scope != "admin" && scopes.contains(&"admin"))
+                })
         }
-        Action::AgentsRead | Action::OrgRead | Action::ActivityRead | Action::ApprovalsDecide => 0,
-        Action::AgentsWrite | Action::ActivityWrite => 1,
-        Action::UsersRead
-        | Action::UsersWrite
-        | Action::KeysRead
-        | Action::KeysWrite
-        | Action::AuditRead
-        | Action::GovernanceWrite => 2,
-        Action::OrgOwner => 3,
     };
-    if caller == "read_key" && action != Action::AgentsRead {
-        return Forbidden;
-    }
-    if rank(caller) >= need {
-        Allowed
-    } else {
-        Forbidden
-    }
+    if allowed { Allowed } else { Forbidden }
 }
 
 #[tokio::test]
@@ -114,11 +217,16 @@ async fn authorization_matrix_covers_every_route_and_caller() {
     let (_, admin) = add_user(&app, "admin@x.test", "admin").await;
     let (_, member) = add_user(&app, "member@x.test", "member").await;
     let (_, viewer) = add_user(&app, "viewer@x.test", "viewer").await;
-    let (s, k) = add_key(&app, &app.token, &["agents:read"]).await;
-    assert_eq!(s, StatusCode::CREATED, "{k}");
-    let read_key = k["key"].as_str().expect("key").to_string();
-    let (_, k) = add_key(&app, &app.token, &["admin"]).await;
-    let admin_key = k["key"].as_str().expect("key").to_string();
+    let key = async |token: &str, scopes: &[&str]| {
+        let (s, k) = add_key(&app, token, scopes).await;
+        assert_eq!(s, StatusCode::CREATED, "{k}");
+        k["key"].as_str().expect("key").to_string()
+    };
+    let read_key = key(&app.token, &["agents:read"]).await;
+    let admin_key = key(&app.token, &["admin"]).await;
+    let decide_key = key(&app.token, &["approvals:decide"]).await;
+    let write_key = key(&app.token, &["agents:write"]).await;
+    let admins_admin_key = key(&admin, &["admin"]).await;
     let (_, other_owner) = other_org(&app, "other", "team").await;
     let (_, _, refresh) = app.sign_in(OWNER, PASSWORD).await;
     let now = jsonwebtoken::get_current_timestamp();
@@ -143,15 +251,48 @@ async fn authorization_matrix_covers_every_route_and_caller() {
             e.encode(claims(now + 600, "access", "cadre-api").to_string())
         )
     };
-    let good: Vec<(&str, &str)> = vec![
-        ("owner", &app.token),
-        ("admin", &admin),
-        ("member", &member),
-        ("viewer", &viewer),
-        ("read_key", &read_key),
-        ("admin_key", &admin_key),
-        ("other_owner", &other_owner),
+    let user = |name, role, instance_admin| Caller {
+        name,
+        role,
+        instance_admin,
+        key_scopes: None,
+    };
+    let key_of = |name, role, scopes| Caller {
+        name,
+        role,
+        instance_admin: false,
+        key_scopes: Some(scopes),
+    };
+    let good: Vec<(Caller, &str)> = vec![
+        (user("owner", "owner", true), &app.token),
+        (user("admin", "admin", false), &admin),
+        (user("member", "member", false), &member),
+        (user("viewer", "viewer", false), &viewer),
+        (user("other_owner", "owner", false), &other_owner),
+        (key_of("read_key", "owner", &["agents:read"]), &read_key),
+        (key_of("admin_key", "owner", &["admin"]), &admin_key),
+        (key_of("decide_key", "owner", &["approvals:decide"]), &decide_key),
+        (key_of("write_key", "owner", &["agents:write"]), &write_key),
+        (key_of("admins_admin_key", "admin", &["admin"]), &admins_admin_key),
     ];
+    // The table and the served routes are the same set: a new route needs
+    // its documented answer here.
+    let served: BTreeSet<String> = routes
+        .iter()
+        .filter(|r| !matches!(r.action, Action::Public | Action::Runtime))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let documented: BTreeSet<String> = DOCUMENTED.iter().map(|(r, _, _)| r.to_string()).collect();
+    assert_eq!(
+        served.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "served routes without a documented answer"
+    );
+    assert_eq!(
+        documented.difference(&served).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "documented routes that are not served"
+    );
     let bad: Vec<(&str, Option<&str>)> = vec![
         ("no token", None),
         ("garbage", Some("garbage")),
@@ -185,11 +326,17 @@ async fn authorization_matrix_covers_every_route_and_caller() {
             );
             cells += 1;
         }
-        for (name, token) in &good {
+        let need = DOCUMENTED
+            .iter()
+            .find(|(route, _, _)| *route == format!("{} {}", r.method, r.path))
+            .map(|(_, role, scope)| (*role, *scope))
+            .expect("documented");
+        for (caller, token) in &good {
+            let name = caller.name;
             let (s, v) = app
                 .call_as(Some(token), r.method.clone(), &path, body.clone())
                 .await;
-            match expect(r.action, name) {
+            match expect(need, caller) {
                 Expect::Forbidden => {
                     assert_eq!(
                         s,
@@ -371,6 +518,106 @@ async fn lockout_is_the_same_for_known_and_unknown_emails() {
     app.restart().await;
     let (s, _, _) = app.sign_in(OWNER, PASSWORD).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A sign-in from client address `from` (the app trusts 127.0.0.1 as its
+/// proxy, so `X-Forwarded-For` is the client).
+async fn sign_in_from(app: &TestApp, from: &str, email: &str, password: &str) -> StatusCode {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .expect("login")
+        .status()
+}
+
+/// The lock-out of README "Signing in": failures from one address lock that
+/// address only; many addresses together lock the email for addresses it
+/// never signed in from; the owner's own address stays open throughout;
+/// known and unknown emails answer alike; the instance admin unlocks.
+#[tokio::test]
+async fn an_attackers_failures_never_lock_the_owner_out_of_their_own_address() {
+    let app = spawn_app_with(|c| {
+        c.auth.jwt_secret = SECRET.into();
+        c.http.trusted_proxies = vec!["127.0.0.1".into()];
+        c.auth.lockout_threshold = 3;
+        c.auth.lockout_email_threshold = 7;
+    })
+    .await;
+    let home = "10.0.0.1";
+    assert_eq!(sign_in_from(&app, home, OWNER, PASSWORD).await, StatusCode::OK);
+    let ok = StatusCode::OK;
+    let no = StatusCode::UNAUTHORIZED;
+    let locked = StatusCode::TOO_MANY_REQUESTS;
+    // The same attack on the owner and on an email nobody has.
+    let mut seen = Vec::new();
+    for email in [OWNER, "nobody@nowhere.test"] {
+        let mut answers = Vec::new();
+        // One address: its third failure locks it, and only it.
+        for _ in 0..3 {
+            answers.push(sign_in_from(&app, "10.9.9.1", email, "wrong").await);
+        }
+        answers.push(sign_in_from(&app, "10.9.9.1", email, PASSWORD).await);
+        // More addresses: together they reach the email-wide limit (7).
+        for i in 2..6 {
+            answers.push(sign_in_from(&app, &format!("10.9.9.{i}"), email, "wrong").await);
+        }
+        // An address the owner never used is locked out now, even with the
+        // right password...
+        answers.push(sign_in_from(&app, "10.7.7.7", email, PASSWORD).await);
+        seen.push(answers);
+        // ...and the owner, from their own address, is not.
+        if email == OWNER {
+            assert_eq!(sign_in_from(&app, home, OWNER, PASSWORD).await, ok);
+        }
+    }
+    assert_eq!(
+        seen[0],
+        vec![no, no, locked, locked, no, no, no, locked, locked],
+        "the owner's answers"
+    );
+    let unknown: Vec<StatusCode> = seen[1].clone();
+    assert_eq!(
+        unknown,
+        vec![no, no, locked, locked, no, no, no, locked, locked],
+        "an unknown email answers as a known one"
+    );
+    // Only the instance admin unlocks; it is audited in the owner's organization.
+    let (_, admin) = add_user(&app, "admin@x.test", "admin").await;
+    let (s, v) = app
+        .call_as(
+            Some(&admin),
+            Method::POST,
+            "/api/v1/admin/unlock",
+            Some(json!({ "email": OWNER })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/admin/unlock",
+            Some(json!({ "email": "not an email" })),
+        )
+        .await;
+    assert_eq!((s, &v["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid")), "{v}");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/admin/unlock",
+            Some(json!({ "email": "Admin@Localhost" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({ "email": OWNER, "was_locked": true }));
+    assert_eq!(sign_in_from(&app, "10.7.7.7", OWNER, PASSWORD).await, ok);
+    assert_eq!(sign_in_from(&app, "10.9.9.1", OWNER, PASSWORD).await, ok);
+    let (_, audit) = app
+        .call(Method::GET, "/api/v1/audit?action=auth.unlock", None)
+        .await;
+    assert_eq!(audit["items"][0]["target"], format!("login:{OWNER}"), "{audit}");
 }
 
 async fn refresh(app: &TestApp, cookie: &str) -> (StatusCode, String, String) {
@@ -1155,6 +1402,21 @@ async fn every_mutating_route_writes_an_audit_entry() {
         Method::POST,
         "/knowledge/rebuild",
         "knowledge.rebuild",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/admin/unlock",
+            Some(json!({ "email": OWNER })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check(
+        Method::POST,
+        "/admin/unlock",
+        "auth.unlock",
         &home,
         &audit_actions(&app, &home).await,
     );
