@@ -25,6 +25,50 @@ const SHORT_ENV: &[(&str, &str)] = &[
     ("CADRE_BOOTSTRAP_PASSWORD", "auth.bootstrap_password"),
 ];
 
+/// What `cadre serve --help` lists after its options: every short
+/// environment variable with its key and shipped default, and the general
+/// rule for the others. Built from the tables above, so it cannot drift.
+pub fn env_help() -> String {
+    let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap_or_default();
+    let lookup = |path: &str| -> String {
+        let mut cur: Option<&toml::Value> = None;
+        let mut table = Some(&defaults);
+        for part in path.split('.') {
+            cur = table.and_then(|t| t.get(part));
+            table = cur.and_then(|v| v.as_table());
+        }
+        match cur {
+            Some(toml::Value::String(s)) if s.is_empty() => String::new(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        }
+    };
+    let mut out = String::from(
+        "Configuration: the built-in defaults (config/default.toml), then --config FILE, \
+         then environment variables.\n\nEnvironment variables (key, default):\n",
+    );
+    let explain = |key: &str| match key {
+        "database.url" => "sqlite://<data_dir>/cadre.db".to_string(),
+        "auth.jwt_secret" => "generated once into <data_dir>/jwt_secret".to_string(),
+        "auth.bootstrap_password" => "generated and printed once".to_string(),
+        other => lookup(other),
+    };
+    for (var, key) in SHORT_ENV {
+        out.push_str(&format!("  {var:<26} {key} ({})\n", explain(key)));
+    }
+    out.push_str(&format!(
+        "  {:<26} seals organization secrets (generated once into <data_dir>/secrets.key)\n",
+        "CADRE_SECRETS_KEY"
+    ));
+    out.push_str(
+        "  CADRE_<SECTION>__<KEY>     any other key, e.g. CADRE_HEALTH__INTERVAL_MS=500\n\
+         \nRelative paths are taken from the directory cadre serve starts in. \
+         Every key and its default: config/default.toml.",
+    );
+    out
+}
+
 /// A configuration error, naming the key or source at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -72,6 +116,17 @@ pub struct Config {
     pub llm: LlmConfig,
     /// `[knowledge]`: knowledge bases and agents' memories.
     pub knowledge: KnowledgeConfig,
+    /// `[secrets]`: the key that seals organization secrets.
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Start even when the secrets key does not open the organization
+    /// secrets the database holds (they stay unreadable until set again).
+    pub allow_unreadable: bool,
 }
 
 /// `[knowledge]`.
@@ -308,8 +363,15 @@ pub struct AuthConfig {
     pub token_ttl_secs: u64,
     /// Refresh-token lifetime.
     pub refresh_ttl_secs: u64,
-    /// Failed logins in a row that lock an email.
+    /// Failed logins of one client address as one email that lock that
+    /// client out of that email.
     pub lockout_threshold: u32,
+    /// Failed logins as one email from all client addresses together that
+    /// lock the email for the addresses it never signed in from.
+    pub lockout_email_threshold: u32,
+    /// Days a client address that signed in stays exempt from the
+    /// email-wide lock.
+    pub trusted_client_days: u64,
     /// First lock; each further lock doubles it up to `lockout_max_secs`.
     pub lockout_base_secs: u64,
     /// Longest lock.
@@ -622,6 +684,71 @@ impl LogConfig {
     }
 }
 
+/// The addresses a `host:port` listen setting stands for: an IP address
+/// as it is, a host name (`localhost`) resolved, IPv4 first.
+pub fn resolve_listen(raw: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(format!("{raw:?} has no port"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port"));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !name_ok {
+        return Err(format!("{host:?} is neither an IP address nor a host name"));
+    }
+    let mut addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(raw)
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{host:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// The level words a log filter accepts.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log.level` filter: comma-separated directives, each a level
+/// (`info`) or `target=level` (`cadre=debug`). The filter library reads an
+/// unknown bare word as a target name and logs nothing of it, so a typo
+/// such as `inf` would otherwise pass silently.
+pub fn check_log_filter(raw: &str) -> Result<(), String> {
+    let known = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    if raw.trim().is_empty() {
+        return Err(format!("empty; expected a level ({})", LOG_LEVELS.join(", ")));
+    }
+    for directive in raw.split(',') {
+        let d = directive.trim();
+        let ok = match d.split_once('=') {
+            None => known(d),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':' || b == b'-')
+                    && known(level)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "{d:?} is not a level ({}) or target=level",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
@@ -694,8 +821,62 @@ impl Config {
             let path = e.path().to_string();
             ConfigError(format!("{path}: {}", e.into_inner()))
         })?;
+        let cwd = std::env::current_dir()
+            .map_err(|e| ConfigError(format!("data_dir: the working directory is unreadable: {e}")))?;
+        let mut config = config;
+        config.absolutize(&cwd);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes every path of the configuration absolute against `cwd`, once,
+    /// at load: a relative `./data` must mean the same directory to the
+    /// server and to every process it starts elsewhere (a local runtime
+    /// runs in its agent's folder and is handed paths under `data_dir`).
+    pub fn absolutize(&mut self, cwd: &Path) {
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                // Lexically: `./data` becomes `<cwd>/data`, not `<cwd>/./data`.
+                let mut out = cwd.to_path_buf();
+                for part in p.components() {
+                    match part {
+                        std::path::Component::CurDir => {}
+                        std::path::Component::ParentDir => {
+                            out.pop();
+                        }
+                        other => out.push(other),
+                    }
+                }
+                out
+            }
+        };
+        let abs_str = |s: &mut String| {
+            if !s.is_empty() {
+                *s = abs(Path::new(s.as_str())).display().to_string();
+            }
+        };
+        self.data_dir = abs(&self.data_dir);
+        abs_str(&mut self.governance.catalog);
+        abs_str(&mut self.deploy.local.runtime_bin);
+        abs_str(&mut self.deploy.local.script_dir);
+        abs_str(&mut self.deploy.ssh.known_hosts);
+        abs_str(&mut self.deploy.ssh.runtime_bin);
+        abs_str(&mut self.deploy.docker.tls_ca);
+        abs_str(&mut self.deploy.docker.tls_cert);
+        abs_str(&mut self.deploy.docker.tls_key);
+        // `sqlite://relative.db` (or `sqlite:relative.db`), with any `?options`.
+        let url = &self.database.url;
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let (path, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+            if !path.is_empty() && path != ":memory:" && !Path::new(path).is_absolute() {
+                self.database.url = format!("sqlite://{}{query}", abs(Path::new(path)).display());
+            }
+        }
     }
 
     /// Loads from the process environment.
@@ -758,14 +939,35 @@ impl Config {
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return bad("governance.webhook.url", "an http:// or https:// URL");
         }
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            return bad("server.listen", "expected host:port, e.g. 127.0.0.1:8080");
+        if let Err(why) = resolve_listen(&self.server.listen) {
+            return bad(
+                "server.listen",
+                &format!("{why}; expected host:port, e.g. 127.0.0.1:8080 or localhost:8080"),
+            );
         }
-        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+        if !self.metrics.listen.is_empty()
+            && let Err(why) = resolve_listen(&self.metrics.listen)
+        {
             return bad(
                 "metrics.listen",
-                "expected host:port, e.g. 127.0.0.1:9090, or \"\" for server.listen",
+                &format!(
+                    "{why}; expected host:port, e.g. 127.0.0.1:9090, or \"\" for server.listen"
+                ),
             );
+        }
+        if let Err(why) = crate::identity::normalize_email(&self.auth.bootstrap_email) {
+            return bad("auth.bootstrap_email", why);
+        }
+        if !self.auth.bootstrap_password.is_empty()
+            && let Err(why) = crate::identity::check_password(&self.auth.bootstrap_password)
+        {
+            return bad(
+                "auth.bootstrap_password",
+                &format!("{why} (or \"\" to have one generated)"),
+            );
+        }
+        if let Err(why) = check_log_filter(&self.log.level) {
+            return bad("log.level", &why);
         }
         let url = &self.server.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
@@ -830,6 +1032,12 @@ impl Config {
         }
         if self.auth.lockout_threshold == 0 {
             return bad("auth.lockout_threshold", "must be at least 1");
+        }
+        if self.auth.lockout_email_threshold < self.auth.lockout_threshold {
+            return bad(
+                "auth.lockout_email_threshold",
+                "must be at least auth.lockout_threshold",
+            );
         }
         if self.auth.lockout_base_secs > self.auth.lockout_max_secs {
             return bad(
@@ -936,12 +1144,11 @@ impl Config {
         Ok(())
     }
 
-    /// The listen address (validated).
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    /// The listen addresses (validated): one for an IP address, each the
+    /// name resolves to for a host name (`localhost:8080`).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        resolve_listen(&self.server.listen)
+            .unwrap_or_else(|_| vec![SocketAddr::from(([127, 0, 0, 1], 8080))])
     }
 
     /// The database URL, defaulting to a file in the data directory.
@@ -951,6 +1158,16 @@ impl Config {
         } else {
             self.database.url.clone()
         }
+    }
+
+    /// The SQLite database file, when the database is SQLite on a file.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        let url = self.database_url();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = &rest[..rest.find('?').unwrap_or(rest.len())];
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
     }
 
     /// Whether the refresh cookie carries `Secure`.
@@ -1057,7 +1274,7 @@ mod tests {
             .expect_err("must fail");
         assert!(err.to_string().contains("database.url"), "{err}");
         for url in [
-            "sqlite://x.db",
+            "sqlite:///var/lib/cadre/x.db",
             "postgres://u@h/db",
             "mysql://u@h/db",
             "mariadb://u@h/db",
@@ -1065,6 +1282,72 @@ mod tests {
             let c = Config::load(None, env(&[("CADRE_DATABASE_URL", url)])).expect(url);
             assert_eq!(c.database_url(), url);
         }
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_once_at_load() {
+        let cwd = std::env::current_dir().expect("cwd");
+        let c = Config::load(
+            None,
+            env(&[
+                ("CADRE_DATA_DIR", "./data"),
+                ("CADRE_DEPLOY__LOCAL__RUNTIME_BIN", "bin/cadre"),
+                ("CADRE_DEPLOY__LOCAL__SCRIPT_DIR", "../scripts"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, cwd.join("data"));
+        assert_eq!(
+            c.deploy.local.runtime_bin,
+            cwd.join("bin/cadre").display().to_string()
+        );
+        let parent = cwd.parent().unwrap_or(&cwd).join("scripts");
+        assert_eq!(c.deploy.local.script_dir, parent.display().to_string());
+        assert_eq!(c.sqlite_file(), Some(cwd.join("data/cadre.db")));
+        // Empty means "the default", and stays empty.
+        assert_eq!(c.deploy.ssh.runtime_bin, "");
+        let c = Config::load(None, env(&[("CADRE_DATABASE_URL", "sqlite:db/x.db?mode=rwc")]))
+            .expect("valid");
+        assert_eq!(
+            c.database_url(),
+            format!("sqlite://{}?mode=rwc", cwd.join("db/x.db").display())
+        );
+    }
+
+    #[test]
+    fn start_settings_follow_the_apis_own_rules() {
+        // Host names listen as well as addresses.
+        let c = Config::load(None, env(&[("CADRE_LISTEN", "localhost:8080")])).expect("valid");
+        assert!(c.listen_addrs().iter().all(|a| a.port() == 8080 && a.ip().is_loopback()));
+        for (var, value, key) in [
+            ("CADRE_LISTEN", "localhost", "server.listen"),
+            ("CADRE_LISTEN", "local host:80", "server.listen"),
+            ("CADRE_LISTEN", "127.0.0.1:99999", "server.listen"),
+            ("CADRE_BOOTSTRAP_PASSWORD", "abc", "auth.bootstrap_password"),
+            ("CADRE_BOOTSTRAP_EMAIL", "admin", "auth.bootstrap_email"),
+            ("CADRE_BOOTSTRAP_EMAIL", "a b@x", "auth.bootstrap_email"),
+            ("CADRE_LOG__LEVEL", "verbose", "log.level"),
+            ("CADRE_LOG__LEVEL", "info,ractor=loud", "log.level"),
+            ("CADRE_LOG__LEVEL", "", "log.level"),
+        ] {
+            let err = Config::load(None, env(&[(var, value)]))
+                .expect_err(&format!("{var}={value} must be refused"));
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+        for level in ["debug", "info,ractor=warn", "cadre::http=trace,warn", "OFF"] {
+            Config::load(None, env(&[("CADRE_LOG__LEVEL", level)])).expect(level);
+        }
+    }
+
+    #[test]
+    fn serve_help_lists_every_short_variable_with_its_default() {
+        let help = env_help();
+        for (var, key) in SHORT_ENV {
+            assert!(help.contains(var) && help.contains(key), "{var}: {help}");
+        }
+        assert!(help.contains("127.0.0.1:8080"), "{help}");
+        assert!(help.contains("./data"), "{help}");
+        assert!(help.contains("CADRE_SECRETS_KEY"), "{help}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use cadre::config::Config;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -68,6 +68,17 @@ enum Cmd {
         #[command(subcommand)]
         command: KnowledgeCmd,
     },
+    /// Lift every login lock of an email (for an owner locked out of their
+    /// own account; `POST /api/v1/admin/unlock` does the same for an
+    /// instance admin who is signed in). Works while Cadre is serving.
+    Unlock {
+        /// A TOML file layered over the defaults (for `database.url`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The email whose locks are lifted.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,7 +113,7 @@ enum ImageCmd {
 /// `database.url` names another place.
 fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
     if config.database.url.is_empty() {
-        std::fs::create_dir_all(&config.data_dir)
+        cadre::files::secure_data_dir(&config.data_dir, config.sqlite_file().as_deref())
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     }
     Ok(())
@@ -138,7 +149,17 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    // Everything Cadre writes (the database and its WAL, the search index,
+    // exports, runtime logs) is its owner's only: see `cadre::files`.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // `cadre serve --help` lists the environment variables and defaults.
+    let help = cadre::config::env_help();
+    let command = Cli::command().mut_subcommand("serve", |s| s.after_help(help));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
         Cmd::Serve { config } => {
             let config = Config::from_env(config.as_deref())?;
             init_tracing(&config);
@@ -223,6 +244,35 @@ async fn main() -> anyhow::Result<()> {
             writer.abort();
             let _ = writer.await;
             knowledge.save_vectors().await?;
+            store.close().await;
+            Ok(())
+        }
+        Cmd::Unlock { config, email } => {
+            let config = Config::from_env(config.as_deref())?;
+            init_tracing(&config);
+            let email = cadre::identity::normalize_email(&email)
+                .map_err(|why| anyhow::anyhow!("--email: {why}"))?;
+            ensure_data_dir(&config)?;
+            let store = cadre::app::open_store(&config).await?;
+            let tables = store.tables();
+            let org = match tables.user_record_by_email(&email).await? {
+                Some(user) => user.org_id,
+                None => String::new(),
+            };
+            let now = cadre_actors::ports::Clock::now_ms(&cadre_actors::ports::SystemClock);
+            let audit = cadre_actors::audit::AuditEntry::new(
+                &cadre_actors::domain::OrgId(org),
+                &cadre_actors::domain::Who::system(),
+                "auth.unlock",
+                format!("login:{email}"),
+                serde_json::json!({ "email": email, "via": "cli" }),
+                now,
+            );
+            let was = tables.unlock_login(&email, now, &audit).await?;
+            println!(
+                "{email}: {}",
+                if was { "unlocked" } else { "was not locked" }
+            );
             store.close().await;
             Ok(())
         }
