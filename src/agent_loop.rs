@@ -180,9 +180,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the loop; `provider` is `None` when no model is configured
-    /// (tasks then fail with `no_model_provider`).
-    pub fn start(provider: Option<Provider>, kit: Kit, bus: Bus) -> Worker {
+    /// Starts the loop; `provider` is why there is none when no model can
+    /// be called (tasks then fail with `no_model_provider: <why>`).
+    pub fn start(provider: Result<Provider, String>, kit: Kit, bus: Bus) -> Worker {
         let (tx, mut rx) = mpsc::unbounded_channel::<TaskOrder>();
         let cancelled = Arc::new(Mutex::new(HashSet::new()));
         let c = cancelled.clone();
@@ -193,12 +193,8 @@ impl Worker {
                     continue;
                 }
                 let (state, result, error) = match &provider {
-                    None => (
-                        "failed",
-                        None,
-                        Some("no_model_provider: this runtime has no [llm] settings".to_string()),
-                    ),
-                    Some(p) => run(p, &kit, &bus, &task, &is_cancelled).await,
+                    Err(why) => ("failed", None, Some(format!("no_model_provider: {why}"))),
+                    Ok(p) => run(p, &kit, &bus, &task, &is_cancelled).await,
                 };
                 if !is_cancelled() {
                     eprintln!("cadre runtime: task {} {state}", task.id);

@@ -622,6 +622,7 @@ mod tests {
             max_output_tokens: 100,
             temperature: None,
             timeout_seconds: 5,
+            key_from: None,
         };
         Provider::new(settings, "m".into(), Some("sk-secret".into())).expect("provider")
     }

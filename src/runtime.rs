@@ -79,16 +79,20 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     };
     // The task loop, with the model provider of `llm` (its key comes from
     // the environment, never from the file).
+    let key = std::env::var("CADRE_LLM_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     let provider = match &config.llm {
-        Some(s) => Some(
-            crate::llm::Provider::new(
-                s.clone(),
-                config.model.clone(),
-                std::env::var("CADRE_LLM_API_KEY").ok(),
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
+        Some(s) => match (&key, &s.key_from) {
+            (None, Some(from)) => {
+                let why = format!("no API key for the model provider: {from} is not set");
+                eprintln!("cadre runtime: {why}; tasks will fail");
+                Err(why)
+            }
+            _ => Ok(crate::llm::Provider::new(s.clone(), config.model.clone(), key)
+                .map_err(anyhow::Error::msg)?),
+        },
+        None => Err("this runtime has no [llm] settings".to_string()),
     };
     // MCP servers start with the runtime; their tools are announced to the
     // control plane on every connection (it adds the new ones to the
@@ -119,9 +123,10 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let max_backoff = Duration::from_millis(config.heartbeat_interval_ms)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     eprintln!(
-        "cadre runtime: agent {} starting (pid {})",
+        "cadre runtime: agent {} starting (pid {}), control plane at {}",
         config.agent_id,
-        std::process::id()
+        std::process::id(),
+        config.connect_url
     );
     loop {
         let end = tokio::select! {
@@ -137,7 +142,10 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
                 return Ok(());
             }
             SessionEnd::Reconnect(why) => {
-                eprintln!("cadre runtime: disconnected ({why}); retrying in {backoff:?}");
+                eprintln!(
+                    "cadre runtime: no connection to {} ({why}); retrying in {backoff:?}",
+                    config.connect_url
+                );
                 tokio::select! {
                     _ = term.recv() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}

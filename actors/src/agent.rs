@@ -260,8 +260,13 @@ pub enum AgentMsg {
         /// Answer.
         reply: RpcReplyPort<Result<String>>,
     },
-    /// Health timer (also sent by a deployer that saw the deployment die).
+    /// Health timer.
     Tick,
+    /// A deployer saw the runtime exit (a local child's exit, the engine's
+    /// `die` event): its status is checked at once, and a runtime that is
+    /// gone is recovered at once (under the usual back-off) instead of after
+    /// `failure_threshold` probes.
+    Exited,
     /// A probe finished.
     ProbeDone(std::result::Result<DeploymentStatus, DeployError>),
     /// A background operation finished.
@@ -331,6 +336,14 @@ pub struct AgentState {
     op: u64,
     ticker: Option<(JoinHandle<()>, Duration)>,
     probe_in_flight: bool,
+    /// Another probe is due as soon as the one in flight is done (an exit
+    /// was reported while it ran, so what it saw may be stale).
+    probe_again: bool,
+    /// The deployer's start call returned: until then a stopped runtime is
+    /// the start's own business (a restart stops the old one first).
+    start_returned: bool,
+    /// What went wrong last, carried into the recovery and give-up reasons.
+    last_problem: Option<String>,
     failures: u32,
     recoveries: u32,
     recovering: bool,
@@ -500,6 +513,10 @@ impl AgentState {
         self.rec = next;
         if entered_starting {
             self.starting_since = Instant::now();
+            // The start timeout holds whatever the probe interval (a 10 min
+            // interval must not make a 60 s start timeout 10 min long).
+            let timeout = self.ctx.settings.start_timeout + Duration::from_millis(5);
+            myself.send_after(timeout, || AgentMsg::Tick);
         }
         self.publish(transitions, event);
         self.sync_ticker(myself);
@@ -578,6 +595,7 @@ impl AgentState {
     }
 
     fn start_op(&mut self, myself: &ActorRef<AgentMsg>, restart: bool) {
+        self.start_returned = false;
         let deployer = self.ctx.deployer.clone();
         match self.rec.deployment_ref.clone() {
             Some(dep) => self.spawn_op(myself, async move {
@@ -669,6 +687,9 @@ impl Actor for AgentActor {
             op: 0,
             ticker: None,
             probe_in_flight: false,
+            probe_again: false,
+            start_returned: false,
+            last_problem: None,
             failures: 0,
             recoveries: 0,
             recovering: false,
@@ -807,6 +828,12 @@ async fn handle_msg(
         AgentMsg::Tick => {
             expire_holds(st);
             tick(&myself, st)
+        }
+        AgentMsg::Exited => {
+            let starting = st.rec.state == State::Starting;
+            if st.rec.state.is_supervised() && (st.start_returned || !starting) {
+                probe(&myself, st);
+            }
         }
         AgentMsg::ProbeDone(status) => Box::pin(probe_done(&myself, st, status)).await,
         AgentMsg::OpDone { op, result } => {
@@ -1379,36 +1406,65 @@ fn tick(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
             if st.starting_since.elapsed() > st.ctx.settings.start_timeout
                 && !st.probe_in_flight =>
         {
-            // Reuse the probe path so that a slow start is handled like a failed one.
+            // Reuse the probe path so that a slow start is handled like a
+            // failed one, with what the runtime printed as its reason (why
+            // it could not connect, typically).
             st.probe_in_flight = true;
-            let _ = myself.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(
-                "runtime did not say hello in time".into(),
-            ))));
-        }
-        State::Running | State::Degraded => {
-            if st.probe_in_flight {
-                return;
-            }
-            let Some(dep) = st.rec.deployment_ref.clone() else {
-                return;
-            };
-            st.probe_in_flight = true;
+            let waited = st.ctx.settings.start_timeout;
             let deployer = st.ctx.deployer.clone();
+            let dep = st.rec.deployment_ref.clone();
             let me = myself.clone();
-            let limit = st.interval().max(Duration::from_millis(100));
             tokio::spawn(async move {
-                let started = Instant::now();
-                let status = match tokio::time::timeout(limit, deployer.status(&dep)).await {
-                    Ok(s) => s,
-                    Err(_) => Ok(DeploymentStatus::Stopped("status check timed out".into())),
-                };
-                metrics::histogram!("cadre_probe_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                let _ = me.cast(AgentMsg::ProbeDone(status));
+                let mut why = format!(
+                    "runtime did not say hello within {} s",
+                    waited.as_secs_f64()
+                );
+                if let Some(dep) = dep {
+                    let tail = tokio::time::timeout(Duration::from_secs(5), deployer.logs(&dep, 3));
+                    if let Ok(Ok(tail)) = tail.await
+                        && !tail.trim().is_empty()
+                    {
+                        why.push_str("; its log ends: ");
+                        why.push_str(&crate::domain::clip_tail(&tail.replace('\n', " | "), 600));
+                    }
+                }
+                let _ = me.cast(AgentMsg::ProbeDone(Ok(DeploymentStatus::Stopped(why))));
             });
         }
+        // A runtime that exits before its hello is noticed at the next tick
+        // on targets that report no exits themselves.
+        State::Starting if st.start_returned => probe(myself, st),
+        State::Running | State::Degraded => probe(myself, st),
         _ => {}
     }
+}
+
+/// Asks the deployer for the runtime's status (one check at a time; one
+/// asked for meanwhile runs right after).
+fn probe(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
+    if st.probe_in_flight {
+        st.probe_again = true;
+        return;
+    }
+    let Some(dep) = st.rec.deployment_ref.clone() else {
+        return;
+    };
+    st.probe_in_flight = true;
+    let deployer = st.ctx.deployer.clone();
+    let me = myself.clone();
+    let limit = st.interval().max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let status = match tokio::time::timeout(limit, deployer.status(&dep)).await {
+            Ok(s) => s,
+            Err(_) => Err(DeployError {
+                target: "any",
+                message: "status check timed out".into(),
+            }),
+        };
+        metrics::histogram!("cadre_probe_duration_seconds").record(started.elapsed().as_secs_f64());
+        let _ = me.cast(AgentMsg::ProbeDone(status));
+    });
 }
 
 async fn probe_done(
@@ -1417,23 +1473,45 @@ async fn probe_done(
     status: std::result::Result<DeploymentStatus, DeployError>,
 ) {
     st.probe_in_flight = false;
+    if std::mem::take(&mut st.probe_again) && st.rec.state.is_supervised() {
+        // What this probe saw may predate the exit that asked for another.
+        probe(myself, st);
+    }
     let state = st.rec.state;
     if !matches!(state, State::Running | State::Degraded | State::Starting) {
         return;
     }
     let stale_after = Settings::stale_after(st.interval());
-    let problem = match &status {
-        Ok(DeploymentStatus::Running) if st.last_seen.elapsed() <= stale_after => None,
-        Ok(DeploymentStatus::Running) => Some(format!(
-            "no heartbeat for {} ms",
-            st.last_seen.elapsed().as_millis()
-        )),
-        Ok(DeploymentStatus::Stopped(why)) => Some(format!("runtime not running: {why}")),
-        Ok(DeploymentStatus::Missing) => Some("deployment missing".to_string()),
-        Err(e) => Some(format!("status check failed: {e}")),
+    // `gone`: the deployer knows the runtime is not running (it exited, or
+    // its deployment is missing), so there is nothing to wait out. A stale
+    // heartbeat or a failed status check may pass: those wait for
+    // `failure_threshold` probes in a row.
+    let (problem, gone) = match &status {
+        Ok(DeploymentStatus::Running)
+            if state == State::Starting || st.last_seen.elapsed() <= stale_after =>
+        {
+            (None, false)
+        }
+        Ok(DeploymentStatus::Running) => (
+            Some(format!(
+                "no heartbeat for {} ms",
+                st.last_seen.elapsed().as_millis()
+            )),
+            false,
+        ),
+        Ok(DeploymentStatus::Stopped(why)) => (Some(format!("runtime not running: {why}")), true),
+        Ok(DeploymentStatus::Missing) => (Some("deployment missing".to_string()), true),
+        Err(e) => (Some(format!("status check failed: {e}")), false),
     };
     metrics::counter!("cadre_probes_total", "ok" => if problem.is_none() { "true" } else { "false" }).increment(1);
     match problem {
+        // Alive but not yet said hello: the start timeout decides (now, if
+        // its deadline passed while this probe ran).
+        None if state == State::Starting => {
+            if st.starting_since.elapsed() > st.ctx.settings.start_timeout {
+                tick(myself, st);
+            }
+        }
         None => {
             st.failures = 0;
             let since = *st.healthy_since.get_or_insert_with(Instant::now);
@@ -1452,6 +1530,7 @@ async fn probe_done(
         Some(why) => {
             st.failures = st.failures.saturating_add(1);
             st.healthy_since = None;
+            st.last_problem = Some(why.clone());
             let mut next = st.rec.clone();
             let mut tr = Vec::new();
             let trigger = if state == State::Starting {
@@ -1464,7 +1543,9 @@ async fn probe_done(
                 return;
             }
             let threshold = st.health().failure_threshold;
-            if (state == State::Starting || st.failures >= threshold) && !st.recovery_pending {
+            if (state == State::Starting || gone || st.failures >= threshold)
+                && !st.recovery_pending
+            {
                 schedule_recovery(myself, st).await;
             }
         }
@@ -1477,11 +1558,14 @@ async fn schedule_recovery(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     if st.recoveries >= settings.max_recoveries {
         let mut next = st.rec.clone();
         let mut tr = Vec::new();
-        let reason = format!(
+        let mut reason = format!(
             "restart limit reached: {} auto-recoveries without {} s healthy",
             st.recoveries,
             settings.recovery_reset_after.as_secs()
         );
+        if let Some(last) = &st.last_problem {
+            reason.push_str(&format!("; last failure: {last}"));
+        }
         st.apply(
             &mut next,
             Trigger::GiveUp,
@@ -1499,7 +1583,13 @@ async fn schedule_recovery(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
         }
         return;
     }
-    let delay = settings.recovery_backoff.delay(st.recoveries);
+    // The first recovery runs at once (the failure is already known: an
+    // exit, a failed start or `failure_threshold` failed probes), later
+    // ones back off from `backoff_base` doubling to `backoff_max`.
+    let delay = match st.recoveries {
+        0 => Duration::ZERO,
+        n => settings.recovery_backoff.delay(n - 1),
+    };
     st.recovery_pending = true;
     st.recovery_generation += 1;
     let generation = st.recovery_generation;
@@ -1514,10 +1604,13 @@ async fn recover(myself: &ActorRef<AgentMsg>, st: &mut AgentState) {
     let mut next = st.rec.clone();
     let mut tr = Vec::new();
     let attempt = st.recoveries + 1;
-    let reason = format!(
-        "auto-recovery attempt {attempt} after {} failed probes",
-        st.failures
-    );
+    let reason = match &st.last_problem {
+        Some(last) => format!("auto-recovery attempt {attempt} after: {last}"),
+        None => format!(
+            "auto-recovery attempt {attempt} after {} failed probes",
+            st.failures
+        ),
+    };
     st.apply(
         &mut next,
         Trigger::Recover,
@@ -1582,7 +1675,9 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
             let _ = st.commit(myself, next, tr, None, None).await;
         }
         OpResult::Started(Ok(())) => {
-            // Running only once the runtime says hello.
+            // Running only once the runtime says hello; from now on a
+            // stopped runtime is a failed start.
+            st.start_returned = true;
         }
         OpResult::Started(Err(e)) if st.rec.state == State::Starting => {
             metrics::counter!("cadre_deployer_errors_total", "op" => "start").increment(1);

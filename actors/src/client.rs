@@ -293,13 +293,14 @@ impl Cadre {
         self.ctx.registry.agent_any_org(id).map(|h| h.org)
     }
 
-    /// Probes an agent's deployment now, instead of at its next health tick
-    /// (a deployer saw the deployment die). False if the agent is unknown.
-    pub fn probe_now(&self, org: &OrgId, id: &AgentId) -> bool {
+    /// A deployer saw an agent's runtime exit: its status is checked now and
+    /// a runtime that is gone is recovered at once. False if the agent is
+    /// unknown.
+    pub fn runtime_exited(&self, org: &OrgId, id: &AgentId) -> bool {
         self.ctx
             .registry
             .agent(org, id)
-            .is_some_and(|h| h.actor.cast(AgentMsg::Tick).is_ok())
+            .is_some_and(|h| h.actor.cast(AgentMsg::Exited).is_ok())
     }
 
     /// A runtime's hello.

@@ -857,3 +857,13 @@ pub fn rfc3339(ms: i64) -> String {
         Err(_) => String::new(),
     }
 }
+
+/// The last `max` characters of `text`, marked with `…` when cut (log
+/// tails quoted in a state reason stay readable and bounded).
+pub fn clip_tail(text: &str, max: usize) -> String {
+    let n = text.chars().count();
+    if n <= max {
+        return text.to_string();
+    }
+    format!("…{}", text.chars().skip(n - max).collect::<String>())
+}

@@ -194,6 +194,12 @@ impl Generator<'_> {
             .as_millis() as u64,
         };
         let mut config = super::runtime_config(&req, self.connect_url, Some(self.llm), None);
+        // Deployed by hand, the key is whatever runtime.env holds.
+        if let Some(llm) = config.llm.as_mut()
+            && llm.key_from.is_some()
+        {
+            llm.key_from = Some("CADRE_LLM_API_KEY (runtime.env)".into());
+        }
         config.governed = Some(Governed {
             profile: self.profile.clone(),
             skills: self.skills.clone(),
@@ -359,6 +365,7 @@ mod tests {
             temperature: None,
             timeout_seconds: 60,
             stream: false,
+            key_from: None,
         }
     }
 

@@ -6,6 +6,13 @@
 //! must not stop the agents. The pid file lets a new control plane re-attach;
 //! the runtime reconnects by itself. Every operation is idempotent and
 //! serialized per deployment.
+//!
+//! A runtime this process started is waited for by a task of its own from
+//! the moment it is spawned: it is reaped as soon as it exits (no zombie
+//! lingers until someone probes), and its exit is reported at once
+//! ([`LocalDeployer::on_exit`]) with its status and the end of its log, so
+//! a runtime that cannot start is known to have failed when it exits, not
+//! when the start timeout runs out.
 
 use super::SealedEnv;
 use async_trait::async_trait;
@@ -18,8 +25,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
+use tokio::process::Command;
+use tokio::sync::{Mutex, watch};
+
+/// Lines of a runtime's log quoted when it exits.
+const EXIT_LOG_LINES: usize = 5;
+/// Characters of those lines at most (a log line can be long).
+const EXIT_LOG_CHARS: usize = 600;
+
+/// Called with the deployment (the agent id) when a runtime exits.
+pub type ExitHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What the runtime reads at start (`runtime.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +106,12 @@ pub struct LlmSettings {
     /// Ask for streamed responses (forwarded live as task events).
     #[serde(default)]
     pub stream: bool,
+    /// Where the API key comes from (`CADRE_LLM_API_KEY` in the runtime's
+    /// environment is filled from it), so a runtime started without one
+    /// fails its tasks with `no_model_provider` naming it instead of asking
+    /// the provider without a key. `None`: the provider needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_from: Option<String>,
 }
 
 impl From<&crate::config::LlmConfig> for LlmSettings {
@@ -102,6 +123,12 @@ impl From<&crate::config::LlmConfig> for LlmSettings {
             temperature: c.temperature,
             timeout_seconds: c.timeout_seconds,
             stream: c.stream,
+            key_from: (!c.api_key_env.is_empty()).then(|| {
+                format!(
+                    "the control plane's environment variable {} (llm.api_key_env)",
+                    c.api_key_env
+                )
+            }),
         }
     }
 }
@@ -122,13 +149,38 @@ impl LlmSettings {
             temperature: spec.temperature.or(self.temperature),
             timeout_seconds: spec.timeout_seconds.unwrap_or(self.timeout_seconds),
             stream: spec.stream.unwrap_or(self.stream),
+            key_from: match &spec.api_key_secret {
+                Some(name) => Some(format!(
+                    "the organization secret {name} (llm.api_key_secret)"
+                )),
+                None => self.key_from.clone(),
+            },
         }
     }
 }
 
 #[derive(Default)]
 struct Slot {
-    child: Option<Child>,
+    /// The runtime this process started, while it may still run.
+    child: Option<Started>,
+    /// Why the last runtime this process started is gone.
+    exited: Option<String>,
+}
+
+/// A runtime started by this process: its pid, and its exit once reaped
+/// (by the task that waits for it).
+struct Started {
+    pid: i32,
+    /// Where its output begins in `runtime.log` (earlier runs' lines are
+    /// not its reason).
+    log_from: u64,
+    exit: watch::Receiver<Option<std::process::ExitStatus>>,
+}
+
+impl Started {
+    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        *self.exit.borrow()
+    }
 }
 
 /// The local deployer.
@@ -141,6 +193,7 @@ pub struct LocalDeployer {
     llm: Option<(LlmSettings, Option<String>)>,
     sealer: Option<crate::secrets::Sealer>,
     slots: DashMap<String, Arc<Mutex<Slot>>>,
+    on_exit: Arc<std::sync::OnceLock<ExitHook>>,
 }
 
 impl std::fmt::Debug for LocalDeployer {
@@ -194,7 +247,14 @@ impl LocalDeployer {
             script_dir: None,
             llm: None,
             sealer: None,
+            on_exit: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Calls `hook` with the deployment whenever a runtime this process
+    /// started exits (set once, after the actors that want to hear it exist).
+    pub fn on_exit(&self, hook: ExitHook) {
+        let _ = self.on_exit.set(hook);
     }
 
     /// Runtimes call this provider, with this API key (handed over in their
@@ -262,10 +322,15 @@ impl LocalDeployer {
 
     /// The pid of the live runtime, if any (our child, or one re-attached by pid file).
     fn live_pid(slot: &mut Slot, dir: &Path) -> Option<i32> {
-        if let Some(child) = slot.child.as_mut() {
-            match child.try_wait() {
-                Ok(None) => return child.id().map(|p| p as i32),
-                _ => slot.child = None,
+        if let Some(started) = slot.child.as_ref() {
+            match started.exit_status() {
+                None => return Some(started.pid),
+                Some(status) => {
+                    slot.exited = Some(exit_reason(status, dir, started.log_from));
+                    slot.child = None;
+                    // Its pid may belong to another process by now.
+                    return None;
+                }
             }
         }
         Self::pid_from_file(dir).filter(|p| pid_is_our_runtime(*p, dir))
@@ -284,17 +349,52 @@ impl LocalDeployer {
             }
             if Instant::now() >= deadline {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                if let Some(child) = slot.child.as_mut() {
-                    let _ = child.wait().await;
+                if let Some(started) = slot.child.take() {
+                    // Its waiting task reaps it.
+                    let mut exit = started.exit;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        exit.wait_for(|e| e.is_some()),
+                    )
+                    .await;
                 }
-                slot.child = None;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Stopped on purpose: not a failure to report.
+        slot.exited = None;
         let _ = std::fs::remove_file(dir.join("runtime.pid"));
         Ok(())
     }
+}
+
+/// Why a runtime is gone: its exit status and the last lines of its log
+/// (what it printed before it exited, e.g. that it could not read its config).
+fn exit_reason(status: std::process::ExitStatus, dir: &Path, log_from: u64) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("runtime exited with status {code}"),
+        (None, Some(sig)) => format!(
+            "runtime killed by signal {sig} ({})",
+            Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")
+        ),
+        _ => format!("runtime exited: {status}"),
+    };
+    let bytes = std::fs::read(dir.join("runtime.log")).unwrap_or_default();
+    let from = usize::try_from(log_from).unwrap_or(0).min(bytes.len());
+    let tail = tail_lines(&String::from_utf8_lossy(&bytes[from..]), EXIT_LOG_LINES);
+    if tail.is_empty() {
+        return format!("{how}; its log is empty");
+    }
+    let tail = cadre_actors::domain::clip_tail(&tail.replace('\n', " | "), EXIT_LOG_CHARS);
+    format!("{how}; its log ends: {tail}")
+}
+
+/// The last `n` lines of `text` (fewer if it has fewer), joined by `\n`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].join("\n")
 }
 
 #[async_trait]
@@ -302,8 +402,10 @@ impl Deployer for LocalDeployer {
     async fn provision(&self, req: &DeployRequest) -> Result<String, DeployError> {
         let deployment = req.agent_id.to_string();
         let dir = self.dir(&deployment)?;
-        tokio::fs::create_dir_all(&dir)
+        let path = dir.clone();
+        tokio::task::spawn_blocking(move || crate::files::private_dir(&path))
             .await
+            .map_err(|e| err(e.to_string()))?
             .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
         Ok(deployment)
     }
@@ -324,8 +426,8 @@ impl Deployer for LocalDeployer {
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| err(e.to_string()))?;
         let env = serde_json::to_vec(&sealed).map_err(|e| err(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
-            crate::auth::write_private(&dir.join("runtime.json"), &bytes)?;
-            crate::auth::write_private(&dir.join("runtime.env.sealed"), &env)
+            crate::files::write_private(&dir.join("runtime.json"), &bytes)?;
+            crate::files::write_private(&dir.join("runtime.env.sealed"), &env)
         })
         .await
         .map_err(|e| err(e.to_string()))?
@@ -343,16 +445,14 @@ impl Deployer for LocalDeployer {
         if !config.exists() {
             return Err(err("not deployed: runtime.json missing"));
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("runtime.log"))
+        let log = crate::files::append_private(&dir.join("runtime.log"))
             .map_err(|e| err(format!("opening runtime.log: {e}")))?;
+        let log_from = log.metadata().map(|m| m.len()).unwrap_or(0);
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
         let mut cmd = Command::new(&self.runtime_bin);
         cmd.env_remove("CADRE_LLM_API_KEY");
         cmd.envs(self.runtime_env(&dir)?);
-        let child = cmd
+        let mut child = cmd
             .arg("runtime")
             .arg("--config")
             .arg(&config)
@@ -366,11 +466,32 @@ impl Deployer for LocalDeployer {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| err(format!("spawning {}: {e}", self.runtime_bin.display())))?;
-        if let Some(pid) = child.id() {
-            std::fs::write(dir.join("runtime.pid"), pid.to_string())
-                .map_err(|e| err(format!("writing pid file: {e}")))?;
-        }
-        slot.child = Some(child);
+        let pid = child.id().map(|p| p as i32).unwrap_or_default();
+        // Waited for from now on, whatever happens below: reaped the moment
+        // it exits, and its exit reported.
+        let (tx, exit) = watch::channel(None);
+        let hook = self.on_exit.clone();
+        let name = deployment.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            if let Ok(status) = status {
+                let _ = tx.send(Some(status));
+            } else {
+                // Cannot be waited for (should not happen): report it gone.
+                let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(0)));
+            }
+            if let Some(hook) = hook.get() {
+                hook(&name);
+            }
+        });
+        slot.exited = None;
+        slot.child = Some(Started {
+            pid,
+            log_from,
+            exit,
+        });
+        crate::files::write_private(&dir.join("runtime.pid"), pid.to_string().as_bytes())
+            .map_err(|e| err(format!("writing pid file: {e}")))?;
         Ok(())
     }
 
@@ -404,17 +525,13 @@ impl Deployer for LocalDeployer {
         }
         let slot = self.slot(deployment);
         let mut slot = slot.lock().await;
-        if let Some(child) = slot.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            slot.child = None;
-            return Ok(DeploymentStatus::Stopped(format!(
-                "runtime exited: {status}"
-            )));
-        }
         Ok(match Self::live_pid(&mut slot, &dir) {
             Some(_) => DeploymentStatus::Running,
-            None => DeploymentStatus::Stopped("runtime process not found".into()),
+            None => DeploymentStatus::Stopped(
+                slot.exited
+                    .clone()
+                    .unwrap_or_else(|| "runtime process not found".into()),
+            ),
         })
     }
 
@@ -423,7 +540,6 @@ impl Deployer for LocalDeployer {
         let text = tokio::fs::read_to_string(dir.join("runtime.log"))
             .await
             .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+        Ok(tail_lines(&text, lines))
     }
 }

@@ -83,12 +83,13 @@ async fn running_with_budget(app: &TestApp, name: &str, tokens: u64) -> String {
     app.command(&id, "deploy").await;
     app.wait_state(&id, "running").await;
     // The test speaks for the runtime from here on: the real one would
-    // reconnect after a restart and supersede the test's connection.
-    // (Probes are 10 minutes apart, so nobody notices it is gone.)
+    // reconnect and supersede the test's connection. It is frozen, not
+    // killed: a runtime that exits is recovered at once, while a frozen one
+    // is a live process whose probes are 10 minutes apart.
     if let Some(pid) = app.runtime_pid(&id) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
+            nix::sys::signal::Signal::SIGSTOP,
         );
     }
     id

@@ -72,7 +72,7 @@ pub fn test_backend() -> Backend {
 impl ServerDatabase {
     /// A fresh database on the server of `backend`; the server must be
     /// there (the run asked for it by name).
-    async fn create(backend: Backend) -> ServerDatabase {
+    pub async fn create(backend: Backend) -> ServerDatabase {
         use sqlx::{Connection, Executor};
         let (var, default) = match backend {
             Backend::Postgres => ("CADRE_TEST_POSTGRES_URL", support::POSTGRES_URL),
@@ -103,7 +103,7 @@ impl ServerDatabase {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         support::with_database(&self.admin, &self.name)
     }
 
@@ -404,10 +404,11 @@ impl TestApp {
             if s == StatusCode::OK && v["state"] == state {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "waiting for {state}, agent is {v}"
-            );
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.agent_dir(id).join("runtime.log"))
+                    .unwrap_or_default();
+                panic!("waiting for {state}, agent is {v}\nits runtime.log:\n{log}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1057,3 +1057,23 @@ async fn streamed_responses_are_forwarded_as_task_events_and_recorded_whole() {
         .await;
     }
 }
+
+/// `llm.api_key_env` naming a variable the control plane does not have: the
+/// model is never asked without a key; the task fails with
+/// `no_model_provider` naming the variable to set.
+#[tokio::test]
+async fn an_unset_api_key_variable_fails_tasks_naming_it() {
+    const UNSET: &str = "CADRE_TEST_NEVER_SET_API_KEY";
+    assert!(std::env::var(UNSET).is_err());
+    let (llm, url) = FakeLlm::start(vec![]).await;
+    let app = app_with_llm(&url, |c| c.llm.api_key_env = UNSET.into()).await;
+    let agent = running_agent(&app, "keyless", json!({})).await;
+    let tid = give(&app, &agent, json!({ "instruction": "Say hello" })).await;
+    let failed = wait_task(&app, &tid, "failed").await;
+    let why = failed["error"].as_str().expect("error");
+    assert!(
+        why.starts_with("no_model_provider:") && why.contains(UNSET) && why.contains("llm.api_key_env"),
+        "{failed}"
+    );
+    assert!(llm.requests().is_empty(), "the provider was asked without a key");
+}
