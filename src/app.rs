@@ -134,10 +134,75 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// Gauges that stay at 0 until something happens are reported from the
+/// start, so a (re)started process shows every gauge of docs/metrics.md;
+/// `increment(0)` leaves a value another app of this process set alone.
+fn announce_gauges() {
+    for transport in ["sse", "websocket"] {
+        metrics::gauge!("cadre_stream_clients", "transport" => transport).increment(0.0);
+    }
+    for actor in ["agent", "tenant", "approvals"] {
+        metrics::gauge!("cadre_mailbox_inflight", "actor" => actor).increment(0.0);
+    }
+    for gauge in [
+        "cadre_store_write_queue",
+        "cadre_activity_queue_rows",
+        "cadre_agents_live",
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+}
+
+/// Opens listeners for runtimes on addresses of this host (a container
+/// network's gateway), once per address, serving only their connect route
+/// until `closing`: on the server's own port when it is free there, else on
+/// any.
+fn runtime_door(
+    state: AppState,
+    port: u16,
+    closing: watch::Receiver<bool>,
+) -> crate::deploy::docker::RuntimeDoor {
+    let open: Arc<tokio::sync::Mutex<std::collections::HashMap<std::net::IpAddr, SocketAddr>>> =
+        Arc::default();
+    Arc::new(move |ip| {
+        let (state, open, mut closing) = (state.clone(), open.clone(), closing.clone());
+        Box::pin(async move {
+            let mut open = open.lock().await;
+            if let Some(addr) = open.get(&ip) {
+                return Ok(*addr);
+            }
+            let listener = match tokio::net::TcpListener::bind((ip, port)).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind((ip, 0))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let router = crate::http::runtime_router(state);
+            tokio::spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .await;
+                if let Err(e) = served {
+                    tracing::warn!(%addr, error = %e, "the runtimes' listener stopped");
+                }
+            });
+            tracing::info!(%addr, "listening for runtimes in containers");
+            open.insert(ip, addr);
+            Ok(addr)
+        })
+    })
+}
+
 /// Opens the store `database.url` names (SQLite in the data directory by
 /// default, or a PostgreSQL or MySQL/MariaDB server) and applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Db> {
-    std::fs::create_dir_all(&config.data_dir)
+    crate::files::secure_data_dir(&config.data_dir, config.sqlite_file().as_deref())
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let durability = if config.database.synchronous == "full" {
         Durability::Full
@@ -225,17 +290,38 @@ async fn bootstrap(store: &Db, config: &Config) -> anyhow::Result<()> {
 /// Starts the control plane.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
+    // The recorder first: nothing recorded before it is installed is kept.
+    let _ = prometheus();
+    announce_gauges();
     let store = Arc::new(open_store(&config).await?);
     bootstrap(&store, &config)
         .await
         .context("bootstrapping the first owner")?;
-    let sealer = crate::secrets::Sealer::load(&config.data_dir)
+    let sealer = {
+        // One stored secret per organization: the key must open them.
+        let stored: Vec<(String, String)> = store
+            .tables()
+            .secret_samples()
+            .await
+            .context("reading stored secrets")?
+            .into_iter()
+            .filter_map(|(org, body)| {
+                let doc: cadre_actors::governance::SecretDoc = serde_json::from_str(&body).ok()?;
+                Some((org, doc.sealed))
+            })
+            .collect();
+        crate::secrets::Sealer::load_for(
+            &config.data_dir,
+            &stored,
+            config.secrets.allow_unreadable,
+        )
         .map_err(anyhow::Error::msg)
-        .context("loading the secrets key")?;
+        .context("loading the secrets key")?
+    };
     let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &config.data_dir)?;
     let jwt = Arc::new(JwtKeys::new(&secret, config.auth.token_ttl_secs));
 
-    let listener = tokio::net::TcpListener::bind(config.listen_addr())
+    let listener = tokio::net::TcpListener::bind(config.listen_addrs().as_slice())
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
@@ -261,7 +347,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let llm = crate::deploy::LlmSettings::from(&config.llm);
     let llm_key = (!config.llm.api_key_env.is_empty())
         .then(|| std::env::var(&config.llm.api_key_env).ok())
-        .flatten();
+        .flatten()
+        .filter(|k| !k.is_empty());
+    if !config.llm.api_key_env.is_empty() && llm_key.is_none() {
+        tracing::warn!(
+            variable = %config.llm.api_key_env,
+            "llm.api_key_env names {}, which is not set: tasks of agents without a key of \
+             their own (llm.api_key_secret) fail with no_model_provider until it is set and \
+             Cadre restarted",
+            config.llm.api_key_env
+        );
+    }
     // Governance: the catalog, then every kill switch and live grant, before
     // any actor can be asked about a tool call.
     let gov = Arc::new(cadre_actors::governance::Governance::new(
@@ -294,11 +390,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     };
     let docker = Arc::new(
-        crate::deploy::DockerDeployer::new(config.deploy.docker.clone(), &connect_url)
+        crate::deploy::DockerDeployer::new(config.deploy.docker.clone(), &connect_url, addr)
             .with_llm(llm.clone(), llm_key.clone())
             .with_sealer(sealer.clone()),
     );
-    let local = LocalDeployer::new(
+    let local = Arc::new(LocalDeployer::new(
         config.data_dir.join("agents"),
         runtime_bin,
         connect_url.clone(),
@@ -309,7 +405,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .then(|| PathBuf::from(&config.deploy.local.script_dir)),
     )
     .with_llm(llm.clone(), llm_key.clone())
-    .with_sealer(sealer.clone());
+    .with_sealer(sealer.clone()));
     let ssh = crate::deploy::ssh::SshDeployer::new(
         config.deploy.ssh.clone(),
         &connect_url,
@@ -344,7 +440,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         llm_for(),
     )
     .map_err(anyhow::Error::msg)?;
-    let deployer = crate::deploy::Targets::new(Arc::new(local), docker.clone())
+    let deployer = crate::deploy::Targets::new(local.clone(), docker.clone())
         .with(DeployTarget::Ssh, Arc::new(ssh))
         .with(DeployTarget::Fly, Arc::new(fly))
         .with(DeployTarget::Railway, Arc::new(railway));
@@ -428,15 +524,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks: store.tasks(),
     });
     let cadre = Cadre::start(ctx).await.context("starting the actor tree")?;
-    // A container that dies is probed at once, not at its next health tick.
+    // A runtime that exits (a local child, a container that dies) is
+    // checked at once and recovered at once, not after its probes fail.
     let docker_watch = {
         let cadre = cadre.clone();
         docker.watch(move |org, agent| {
             let org = cadre_actors::domain::OrgId(org.to_string());
             let agent = cadre_actors::domain::AgentId(agent.to_string());
-            cadre.probe_now(&org, &agent);
+            cadre.runtime_exited(&org, &agent);
         })
     };
+    {
+        let cadre = cadre.clone();
+        local.on_exit(Arc::new(move |agent: &str| {
+            let agent = cadre_actors::domain::AgentId(agent.to_string());
+            if let Some(org) = cadre.org_of(&agent) {
+                cadre.runtime_exited(&org, &agent);
+            }
+        }));
+    }
     let scheduler = crate::schedule::Scheduler::start(store.clone(), cadre.clone())
         .await
         .context("starting the scheduler")?;
@@ -498,6 +604,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiters,
         activity: activity.clone(),
     });
+    docker.with_door(runtime_door(state.clone(), addr.port(), closing.subscribe()));
     let routes = crate::http::api_routes(&state).specs().to_vec();
     let (metrics_addr, metrics_server) = if config.metrics.listen.is_empty() {
         (None, None)

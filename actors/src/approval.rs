@@ -564,6 +564,9 @@ impl Actor for ApprovalActor {
         for rec in pending {
             st.park(&myself, rec);
         }
+        // Reported from the start, none pending included (a restarted
+        // process shows every documented gauge).
+        st.gauge();
         Ok(st)
     }
 

@@ -10,6 +10,17 @@
 //! so a remote engine works as well as the local one and nothing is written
 //! into the image or the volume.
 //!
+//! Where a containerised runtime dials: `deploy.docker.connect_url` when
+//! set; on the host network, the server's own URL; off it, a public URL as
+//! it is, or, when the server listens on every interface, the host through
+//! `host.docker.internal`. With the shipped defaults (the server on
+//! 127.0.0.1, containers on `bridge`) none of these is reachable from a
+//! container, so Cadre opens a listener for runtimes (their connect route
+//! only) on the network's gateway address, an address of this host that
+//! the network's containers reach, and tells them that one
+//! ([`DockerDeployer::with_door`]). A deploy that cannot be given a
+//! reachable address is refused, saying which setting to change.
+//!
 //! Every container carries the labels `cadre.managed`, `cadre.org` and
 //! `cadre.agent`. [`DockerDeployer::watch`] follows the engine's event
 //! stream for those containers, so a container that dies is probed at once
@@ -32,6 +43,7 @@ use cadre_actors::ports::{DeployError, DeployRequest, Deployer, DeploymentStatus
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
@@ -97,11 +109,26 @@ pub async fn connect(cfg: &DockerDeployConfig) -> Result<Docker, String> {
         .map_err(|e| format!("engine at {host} does not answer: {}", engine_message(&e)))
 }
 
+/// Opens (once per address) a listener for runtimes on an address of this
+/// host, serving only their connect route; answers where it listens.
+pub type RuntimeDoor = Arc<
+    dyn Fn(IpAddr) -> futures_util::future::BoxFuture<'static, Result<SocketAddr, String>>
+        + Send
+        + Sync,
+>;
+
 /// The Docker deployer.
 pub struct DockerDeployer {
     cfg: DockerDeployConfig,
     engine: OnceCell<Docker>,
-    connect_url: String,
+    /// Where containers dial when it is known without the engine.
+    connect_url: Option<String>,
+    /// The server's own connect URL (for messages).
+    server_url: String,
+    /// Opens a listener on the container network's gateway.
+    door: std::sync::OnceLock<RuntimeDoor>,
+    /// The URL through the door, once opened.
+    door_url: Mutex<Option<String>>,
     llm: Option<(LlmSettings, Option<String>)>,
     sealer: Option<crate::secrets::Sealer>,
     locks: DashMap<String, Arc<Mutex<()>>>,
@@ -141,19 +168,110 @@ pub fn container_connect_url(cfg: &DockerDeployConfig, server_url: &str) -> Stri
     }
 }
 
+/// Whether a URL's host is a loopback address (or `localhost`).
+fn loopback_host(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The gateway of a network's first IPv4 subnet: the one the engine names,
+/// else the subnet's first address (where the engine puts it; the default
+/// `bridge` network names none).
+fn gateway_of(network: &bollard::models::NetworkInspect) -> Option<IpAddr> {
+    let configs = network.ipam.as_ref()?.config.as_ref()?;
+    for c in configs {
+        if let Some(g) = c.gateway.as_deref().and_then(|g| g.parse::<IpAddr>().ok())
+            && g.is_ipv4()
+        {
+            return Some(g);
+        }
+        if let Some(net) = c.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()) {
+            return net.hosts().next().map(IpAddr::V4);
+        }
+    }
+    None
+}
+
 impl DockerDeployer {
     /// A deployer for the engine `cfg` names (connected on first use, so a
     /// control plane without Docker still starts); its runtimes dial
-    /// `server_url` (see [`container_connect_url`]).
-    pub fn new(cfg: DockerDeployConfig, server_url: &str) -> DockerDeployer {
+    /// `server_url` when a container can reach it (see the module's doc),
+    /// the server listening on `listen`.
+    pub fn new(cfg: DockerDeployConfig, server_url: &str, listen: SocketAddr) -> DockerDeployer {
+        let connect_url = if !cfg.connect_url.is_empty() || cfg.network == "host" {
+            Some(container_connect_url(&cfg, server_url))
+        } else if !loopback_host(server_url) {
+            Some(server_url.to_string())
+        } else if listen.ip().is_unspecified() {
+            Some(container_connect_url(&cfg, server_url))
+        } else {
+            None
+        };
         DockerDeployer {
-            connect_url: container_connect_url(&cfg, server_url),
+            connect_url,
+            server_url: server_url.to_string(),
+            door: std::sync::OnceLock::new(),
+            door_url: Mutex::new(None),
             cfg,
             engine: OnceCell::new(),
             llm: None,
             sealer: None,
             locks: DashMap::new(),
         }
+    }
+
+    /// How a listener for runtimes is opened on a container network's
+    /// gateway, when the server's own address is loopback only (set once,
+    /// when the HTTP layer exists).
+    pub fn with_door(&self, door: RuntimeDoor) {
+        let _ = self.door.set(door);
+    }
+
+    /// The URL a container on `cfg.network` dials: known up front, or
+    /// through a listener on the network's gateway (opened once).
+    async fn reachable_url(&self, docker: &Docker) -> Result<String, DeployError> {
+        if let Some(url) = &self.connect_url {
+            return Ok(url.clone());
+        }
+        let mut opened = self.door_url.lock().await;
+        if let Some(url) = opened.as_ref() {
+            return Ok(url.clone());
+        }
+        let network = &self.cfg.network;
+        let advice = format!(
+            "the control plane listens on loopback only ({}), which containers on network \
+             {network:?} cannot reach: set deploy.docker.connect_url to a URL they can reach, \
+             or server.listen to an address of theirs, or deploy.docker.network = \"host\"",
+            self.server_url
+        );
+        let info = docker
+            .inspect_network(
+                network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| err(format!("{advice} (inspecting the network: {})", engine_message(&e))))?;
+        let gateway = gateway_of(&info)
+            .ok_or_else(|| err(format!("{advice} (the network names no IPv4 gateway)")))?;
+        let door = self
+            .door
+            .get()
+            .ok_or_else(|| err(format!("{advice} (no listener can be opened here)")))?;
+        let addr = door(gateway).await.map_err(|e| {
+            err(format!(
+                "{advice} (listening on the network's gateway {gateway} failed: {e}; a remote \
+                 engine's gateway is not an address of this host)"
+            ))
+        })?;
+        let url = format!("ws://{addr}/api/v1/runtime/connect");
+        tracing::info!(%network, %url, "containers reach the control plane through its gateway");
+        *opened = Some(url.clone());
+        Ok(url)
     }
 
     /// Runtimes call this provider, with this API key.
@@ -393,9 +511,10 @@ impl Deployer for DockerDeployer {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let docker = self.engine().await?;
+        let connect_url = self.reachable_url(docker).await?;
         let config = super::runtime_config(
             req,
-            &self.connect_url,
+            &connect_url,
             self.llm.as_ref().map(|(s, _)| s),
             None,
         );

@@ -825,6 +825,15 @@ const MAX_LOG_LINES: usize = 5000;
 
 /// The last lines of the agent's runtime log, read from its target (the
 /// engine's log for a container, the log file for a local process).
+/// `GET /agents/{id}/logs`.
+#[derive(serde::Serialize)]
+struct AgentLogs<'a> {
+    agent_id: &'a str,
+    /// Lines in `text`.
+    lines: usize,
+    text: &'a str,
+}
+
 async fn logs(
     State(state): State<AppState>,
     principal: Principal,
@@ -844,10 +853,13 @@ async fn logs(
     };
     let id = agent_id(&id)?;
     let text = state.cadre.agent_logs(&principal.org, &id, lines).await?;
-    Ok(
-        axum::Json(serde_json::json!({ "agent_id": id.as_str(), "lines": lines, "text": text }))
-            .into_response(),
-    )
+    Ok(axum::Json(AgentLogs {
+        agent_id: id.as_str(),
+        // What came back, not what was asked for.
+        lines: text.lines().count(),
+        text: &text,
+    })
+    .into_response())
 }
 
 async fn patch(

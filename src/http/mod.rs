@@ -118,6 +118,23 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Only the runtimes' connect route (`/api/v1/runtime/connect`), for a
+/// listener on an address that containers can reach while the API itself
+/// listens on loopback only: nothing else of the API is served there.
+pub fn runtime_router(state: AppState) -> Router {
+    let api = runtime::routes(guard::Routes::new(state.clone())).into_router();
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::context,
+        ))
+        .with_state(state)
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }

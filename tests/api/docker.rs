@@ -56,6 +56,82 @@ async fn docker_app() -> TestApp {
     .await
 }
 
+/// With the shipped `[deploy.docker]` defaults (the `bridge` network, no
+/// `connect_url`) and the server on loopback, as `cadre serve` starts: the
+/// container is told an address of the control plane it can reach, the
+/// agent runs, its logs are what the runtime printed (the URL it dials
+/// among them), and a container killed from outside is recovered at once,
+/// not after `failure_threshold` probes a minute apart.
+#[tokio::test]
+async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once() {
+    let Some(docker) = engine().await else { return };
+    let app = spawn_app_with(|c| {
+        c.deploy.docker.image = IMAGE.into();
+        c.deploy.docker.stop_grace_ms = 2000;
+    })
+    .await;
+    let shipped = cadre::config::Config::load(None, Vec::new()).expect("defaults");
+    assert_eq!(app.config.deploy.docker.network, shipped.deploy.docker.network);
+    assert_eq!(app.config.deploy.docker.connect_url, shipped.deploy.docker.connect_url);
+    assert!(app.addr.ip().is_loopback());
+    let id = app
+        .create_id(json!({
+            "name": "bridged", "role": "r", "model": "m",
+            "deployment": { "target": "docker" },
+            "health": { "interval_ms": 60000, "failure_threshold": 5 },
+        }))
+        .await;
+    let (s, v) = app.command(&id, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let v = app.wait_state(&id, "running").await;
+    assert_eq!(v["state_reason"], Value::Null, "{v}");
+    let name = container(&id);
+    let info = inspect(&docker, &name).await.expect("container exists");
+    assert_eq!(
+        info.host_config.and_then(|h| h.network_mode).as_deref(),
+        Some("bridge")
+    );
+
+    // The logs are the runtime's own output, and `lines` counts them.
+    let (s, logs) = app
+        .call(Method::GET, &format!("/api/v1/agents/{id}/logs?lines=50"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{logs}");
+    let text = logs["text"].as_str().expect("text");
+    assert!(
+        text.contains(&format!("agent {id} starting")) && text.contains("control plane at ws://"),
+        "{logs}"
+    );
+    assert_eq!(logs["lines"].as_u64(), Some(text.lines().count() as u64), "{logs}");
+    assert!(logs["lines"].as_u64() < Some(50), "{logs}");
+
+    // `docker kill`: known from the engine's die event, recovered at once
+    // (five failed probes a minute apart would take five minutes).
+    let killed = std::time::Instant::now();
+    docker
+        .kill_container(&name, None::<bollard::query_parameters::KillContainerOptions>)
+        .await
+        .expect("kill");
+    eventually("the killed container's agent to be recovered", || async {
+        let v = app.get(&id).await;
+        v["state"] == "running" && v["restart_count"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(50),
+        "recovered after {:?}",
+        killed.elapsed()
+    );
+    let history = app.history(&id).await;
+    assert!(
+        history.iter().any(|h| h["to"] == "starting"
+            && h["reason"].as_str().is_some_and(|r| r.contains("exit code 137"))),
+        "the recovery names the container's exit: {history:?}"
+    );
+    app.command(&id, "destroy").await;
+    app.wait_state(&id, "ready").await;
+}
+
 fn container(id: &str) -> String {
     format!("cadre-{id}")
 }

@@ -11,12 +11,15 @@ mod dashboard;
 mod databases;
 mod docker;
 mod errors;
+mod first_contact;
+mod gauges;
 mod governance;
 mod identity;
 mod knowledge;
 mod lifecycle;
 mod metrics;
 mod schedules;
+mod served;
 mod ssh;
 #[path = "../support/mod.rs"]
 mod support;
