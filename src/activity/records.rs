@@ -170,6 +170,21 @@ fn text(
     }
 }
 
+/// An identifier (a conversation, tool or call id): [`text`] without any
+/// control character, refused as names are, so a NUL or a line break never
+/// reaches a filter, a log line or the dashboard.
+fn ident(
+    m: &Fields<'_>,
+    name: &'static str,
+    required: bool,
+) -> Result<Option<String>, Invalid> {
+    let value = text(m, name, MAX_ID, required)?;
+    if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+        return Err(invalid(name, "must not contain control characters"));
+    }
+    Ok(value)
+}
+
 fn count(m: &Fields<'_>, name: &'static str) -> Result<i64, Invalid> {
     match field(m, name) {
         None => Ok(0),
@@ -202,7 +217,7 @@ pub fn parse(
         return Err(invalid("payload", format!("a {kind} payload is an object")));
     };
     if kind == MESSAGE {
-        let conversation_id = text(&m, "conversation_id", MAX_ID, true)?.unwrap_or_default();
+        let conversation_id = ident(&m, "conversation_id", true)?.unwrap_or_default();
         one_of(&m, "role", &ROLES)?;
         // Valid JSON starting with a quote is a string.
         if !field(&m, "content").is_some_and(|c| c.get().starts_with('"')) {
@@ -217,8 +232,8 @@ pub fn parse(
         });
         return Ok(Some((record, None)));
     }
-    let tool_id = text(&m, "tool_id", MAX_ID, true)?.unwrap_or_default();
-    text(&m, "call_id", MAX_ID, false)?;
+    let tool_id = ident(&m, "tool_id", true)?.unwrap_or_default();
+    ident(&m, "call_id", false)?;
     text(&m, "result_summary", MAX_SUMMARY, false)?;
     let status = one_of(&m, "status", &STATUSES)?;
     count(&m, "duration_ms")?;
@@ -343,6 +358,17 @@ mod tests {
     fn bad_records_name_the_field() {
         let bad = |kind: &str, p: Value| parse(kind, &p.to_string(), &[]).unwrap_err().field;
         assert_eq!(bad(TOOL_CALL, json!({"status": "ok"})), "tool_id");
+        for id in ["a\u{0}b", "line\nbreak", "tab\tbed", "\u{1b}[31m"] {
+            assert_eq!(bad(TOOL_CALL, json!({"tool_id": id, "status": "ok"})), "tool_id");
+            assert_eq!(
+                bad(TOOL_CALL, json!({"tool_id": "t", "call_id": id, "status": "ok"})),
+                "call_id"
+            );
+            assert_eq!(
+                bad(MESSAGE, json!({"conversation_id": id, "role": "user", "content": "hi"})),
+                "conversation_id"
+            );
+        }
         assert_eq!(
             bad(TOOL_CALL, json!({"tool_id": "t", "status": "maybe"})),
             "status"

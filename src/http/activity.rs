@@ -37,6 +37,8 @@ use tokio::sync::broadcast;
 pub const MAX_BATCH: usize = 5000;
 /// Bytes of one event's payload.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// How far ahead of the server's clock an event's `at` may be.
+pub const MAX_AHEAD_MS: i64 = 10 * 60 * 1000;
 /// Rows per database page when a stream catches up.
 const REPLAY_PAGE: i64 = 500;
 
@@ -118,6 +120,17 @@ pub fn to_row(
         Some(t) => input::time(&field("at"), t)?,
         None => now,
     };
+    // A time far ahead would never age out (retention counts from it) and
+    // would sort above everything real; a clock a little fast is allowed.
+    if at > now.saturating_add(MAX_AHEAD_MS) {
+        return Err(ApiError::invalid(
+            &field("at"),
+            format!(
+                "at most {} minutes ahead of the server's clock",
+                MAX_AHEAD_MS / 60_000
+            ),
+        ));
+    }
     let (record, payload) = match records::parse(&ev.kind, &payload, redact) {
         Ok(None) => (None, payload),
         Ok(Some((record, stored))) => {
@@ -518,7 +531,7 @@ fn json_page<T: serde::Serialize>(rows: Vec<T>, limit: usize, key: impl Fn(&T) -
 }
 
 fn cursor_id(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
-    raw.map(|c| event_id(c, "cursor")).transpose()
+    input::numeric_cursor(raw)
 }
 
 fn time_param(raw: Option<String>, what: &str) -> Result<Option<i64>, ApiError> {

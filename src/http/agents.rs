@@ -699,7 +699,9 @@ async fn list(
         .transpose()?;
     let query = ListQuery {
         state: filter,
-        cursor: params.cursor.map(AgentId),
+        cursor: Some(super::input::cursor(params.cursor.as_deref())?)
+            .filter(|c| !c.is_empty())
+            .map(AgentId),
         limit: page_limit(params.limit)?,
     };
     let page = state.cadre.list_agents(&principal.org, query).await?;
@@ -942,12 +944,7 @@ async fn command(
 }
 
 fn cursor_id(cursor: Option<&str>) -> Result<i64, ApiError> {
-    match cursor {
-        None => Ok(0),
-        Some(c) => c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "invalid cursor")
-        }),
-    }
+    Ok(super::input::numeric_cursor(cursor)?.unwrap_or(0))
 }
 
 fn page_json<T: serde::Serialize>(

@@ -96,7 +96,28 @@ pub fn path_id(what: &str, raw: &str) -> Result<String, ApiError> {
     }
 }
 
-/// A text cursor (an id): at most 64 safe characters.
+/// A numeric cursor (a row id): the text rule of [`cursor`], then a
+/// non-negative number.
+pub fn numeric_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let text = cursor(raw)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "invalid cursor",
+            )
+        })
+}
+
+/// A text cursor (an id): at most 64 safe characters. Every list's cursor
+/// goes through this one rule.
 pub fn cursor(raw: Option<&str>) -> Result<String, ApiError> {
     match raw {
         None => Ok(String::new()),

@@ -178,6 +178,32 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Answers 413 at once when a request declares (`Content-Length`) a body
+/// larger than `server.max_body_bytes`, instead of waiting for a body that
+/// would be refused anyway (or for the request timeout, when none comes).
+async fn declared_size(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let mut resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is too large (at most {limit} bytes, server.max_body_bytes)"),
+        )
+        .into_response();
+        // The body is not read: the connection cannot carry another request.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    next.run(req).await
+}
+
 /// Answers `503 request_timeout` when a request takes longer than
 /// `http.request_timeout_ms` (a slow client's body included). Work an actor
 /// already accepted goes on; only the wait ends, so the caller should read
@@ -318,7 +344,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(middleware::from_fn(track))
-        .layer(DefaultBodyLimit::max(body_limit));
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(body_limit, declared_size));
     if !state.config.http.cors_origins.is_empty() {
         let origins: Vec<axum::http::HeaderValue> = state
             .config

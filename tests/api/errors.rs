@@ -306,3 +306,82 @@ async fn chaos_hook_is_off_by_default_and_liveness_endpoints_answer() {
     assert!(text.contains("cadre_http_requests_total"), "{text}");
     assert!(text.contains("cadre_mailbox_inflight"), "{text}");
 }
+
+/// README "Rough edges": a body declared too large is refused at once, not
+/// after the request timeout; identifiers with control characters, an
+/// activity time far ahead and an oversized cursor are refused as names
+/// are, and nothing is written.
+#[tokio::test]
+async fn edge_inputs_are_refused_at_once_and_change_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let agent = app
+        .create_id(json!({ "name": "edges", "role": "r", "model": "m" }))
+        .await;
+
+    // A Content-Length over the limit with no body: 413 at once.
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+        app.token
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("answered before the request timeout")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(agent_count(&app).await, 1);
+
+    // Identifiers with control characters, and a time far ahead.
+    let (_, before) = app
+        .call(Method::GET, &format!("/api/v1/activity?agent={agent}"), None)
+        .await;
+    let ahead = (time::OffsetDateTime::now_utc() + time::Duration::days(3650))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    for (event, field) in [
+        (
+            json!({ "agent_id": agent, "kind": "message", "payload": { "conversation_id": "c\u{0}1", "role": "user", "content": "hi" } }),
+            "events[0].payload.conversation_id",
+        ),
+        (
+            json!({ "agent_id": agent, "kind": "tool_call", "payload": { "tool_id": "files.read\nrm", "status": "ok" } }),
+            "events[0].payload.tool_id",
+        ),
+        (
+            json!({ "agent_id": agent, "kind": "note", "at": ahead }),
+            "events[0].at",
+        ),
+    ] {
+        let (s, v) = app
+            .call(Method::POST, "/api/v1/activity", Some(json!({ "events": [event] })))
+            .await;
+        assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        assert_eq!(v["field"], field, "{v}");
+    }
+    let (_, after) = app
+        .call(Method::GET, &format!("/api/v1/activity?agent={agent}"), None)
+        .await;
+    assert_eq!(before["items"], after["items"], "nothing was written");
+
+    // One cursor rule for every list: 64 safe characters at most.
+    let long = "a".repeat(5000);
+    for path in [
+        format!("/api/v1/agents?cursor={long}"),
+        format!("/api/v1/agents/{agent}/history?cursor={long}"),
+        format!("/api/v1/activity?cursor={long}"),
+        format!("/api/v1/users?cursor={long}"),
+        format!("/api/v1/approvals?cursor={long}"),
+        format!("/api/v1/knowledge-bases?cursor={long}"),
+    ] {
+        let (s, v) = app.call(Method::GET, &path, None).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+}
