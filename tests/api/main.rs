@@ -8,6 +8,7 @@ mod cli;
 mod cloud;
 mod common;
 mod dashboard;
+mod docs;
 mod databases;
 mod docker;
 mod errors;
