@@ -110,6 +110,46 @@ impl Period {
         }
     }
 
+    /// Its first day after it (the start of the next period).
+    pub fn end(&self) -> jiff::civil::Date {
+        let span = match self.kind {
+            PeriodKind::Daily => jiff::Span::new().days(1),
+            PeriodKind::Weekly => jiff::Span::new().weeks(1),
+            PeriodKind::Monthly => jiff::Span::new().months(1),
+        };
+        self.start.checked_add(span).unwrap_or(self.start)
+    }
+
+    /// The parts a chart of the period shows, as `[start, end)` unix ms in
+    /// `tz`: its hours for a day (23 or 25 on a day clocks change), its days
+    /// for a week or a month.
+    pub fn parts(&self, tz: &jiff::tz::TimeZone) -> Vec<(i64, i64)> {
+        let midnight = |d: jiff::civil::Date| {
+            tz.to_ambiguous_zoned(d.to_datetime(jiff::civil::Time::midnight()))
+                .compatible()
+                .map(|z| z.timestamp().as_millisecond())
+                .unwrap_or(0)
+        };
+        let (from, to) = (midnight(self.start), midnight(self.end()));
+        match self.kind {
+            PeriodKind::Daily => (0..)
+                .map(|h| from + h * 3_600_000)
+                .take_while(|s| *s < to)
+                .map(|s| (s, (s + 3_600_000).min(to)))
+                .collect(),
+            _ => {
+                let mut out = Vec::new();
+                let mut day = self.start;
+                while day < self.end() {
+                    let next = day.tomorrow().unwrap_or(self.end());
+                    out.push((midnight(day), midnight(next)));
+                    day = next;
+                }
+                out
+            }
+        }
+    }
+
     /// Whether `self` began after `other` (same kind), or is of another kind.
     fn replaces(&self, other: &Period) -> bool {
         self.kind != other.kind || self.start > other.start
@@ -351,6 +391,25 @@ mod tests {
 
     fn p(s: &str) -> Period {
         Period::parse(s).unwrap_or_else(|| panic!("bad period {s}"))
+    }
+
+    #[test]
+    fn a_period_is_charted_by_its_hours_or_days_in_its_time_zone() {
+        let oslo = jiff::tz::TimeZone::get("Europe/Oslo").expect("tz");
+        let date = |y, m, d| jiff::civil::Date::new(y, m, d).expect("date");
+        let month = Period::containing(date(2026, 2, 10), PeriodKind::Monthly);
+        let parts = month.parts(&oslo);
+        assert_eq!(parts.len(), 28);
+        // 2026-02-01 00:00 in Oslo is 2026-01-31 23:00 UTC.
+        assert_eq!(parts[0].0, 1_769_900_400_000);
+        assert!(parts.windows(2).all(|w| w[0].1 == w[1].0));
+        let week = Period::containing(date(2026, 12, 9), PeriodKind::Weekly);
+        assert_eq!(week.parts(&jiff::tz::TimeZone::UTC).len(), 7);
+        // The day clocks go forward has 23 hours.
+        let spring = Period::containing(date(2026, 3, 29), PeriodKind::Daily);
+        let hours = spring.parts(&oslo);
+        assert_eq!(hours.len(), 23);
+        assert_eq!(hours[22].1 - hours[0].0, 23 * 3_600_000);
     }
 
     #[test]

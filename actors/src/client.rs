@@ -283,6 +283,11 @@ impl Cadre {
         self.ctx.tenancy.period(org, self.ctx.clock.now_ms())
     }
 
+    /// An organization's standing (time zone, limits), as the actors judge it.
+    pub fn standing(&self, org: &OrgId) -> crate::tenancy::OrgStanding {
+        self.ctx.tenancy.get(org)
+    }
+
     /// Whether `id` is a live agent of `org` (no database read).
     pub fn has_agent(&self, org: &OrgId, id: &AgentId) -> bool {
         self.ctx.registry.agent(org, id).is_some()

@@ -16,6 +16,7 @@ pub mod input;
 pub mod knowledge;
 pub mod runtime;
 pub mod schedules;
+mod spend;
 pub mod state;
 pub mod tasks;
 
@@ -323,6 +324,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = tasks::routes(r);
     let r = schedules::routes(r);
     let r = knowledge::routes(r);
+    let r = spend::routes(r);
     admin::routes(r)
 }
 

@@ -99,6 +99,7 @@ forward! {
     fn revoke_refresh_family(&self, hash: &str, now_ms: i64, audit: impl Fn(&str, &str) -> AuditEntry) -> Result<Option<(String, String)>, StoreError>;
     fn org_count(&self) -> Result<i64, StoreError>;
     fn secret_samples(&self) -> Result<Vec<(String, String)>, StoreError>;
+    fn spend_slots(&self, org: &str, agent: Option<&str>, from: i64, to: i64) -> Result<Vec<(i64, i64, i64)>, StoreError>;
     fn agent_id_by_name(&self, org: &str, name: &str) -> Result<Option<String>, StoreError>;
     fn agent_exists(&self, org: &str, agent: &str) -> Result<bool, StoreError>;
     fn agent_state_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError>;

@@ -44,6 +44,42 @@ on_dialects! {
                 .collect()
         }
 
+        /// Tokens and micro-dollars of counted usage reports in `[from, to)`
+        /// by quarter hour (its start, unix ms), of an organization or of one
+        /// of its agents. Quarter hours because every time zone's midnight
+        /// falls on one: the caller adds them up into the days (or hours) of
+        /// a budget period in its organization's time zone.
+        pub async fn spend_slots(
+            &self,
+            org: &str,
+            agent: Option<&str>,
+            from: i64,
+            to: i64,
+        ) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+            let sql = format!(
+                "SELECT at - (at % 900000) AS slot, {} AS tokens, {} AS cost FROM usage_reports \
+                 WHERE org_id = ? AND at >= ? AND at < ?{} GROUP BY at - (at % 900000)",
+                D::int("SUM(tokens)"),
+                D::int("SUM(cost_micros)"),
+                if agent.is_some() { " AND agent_id = ?" } else { "" },
+            );
+            let sql = D::sql(&sql);
+            let mut query = sqlx::query(&sql).bind(org).bind(from).bind(to);
+            if let Some(a) = agent {
+                query = query.bind(a);
+            }
+            let rows = query.fetch_all(&self.read).await.map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.cell("slot").map_err(bad)?,
+                        r.cell("tokens").map_err(bad)?,
+                        r.cell("cost").map_err(bad)?,
+                    ))
+                })
+                .collect()
+        }
+
         /// A live agent's id by its name (or its id) in an organization.
         pub async fn agent_id_by_name(
             &self,

@@ -647,12 +647,18 @@ on_dialects! {
                 // The report's key first: of two concurrent writes of one report,
                 // the second waits on the first's row and then meets its key.
                 if let Some(charge) = w.usage {
-                    let sql =
-                        D::sql("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)");
+                    let sql = D::sql(
+                        "INSERT INTO usage_reports \
+                         (agent_id, report_id, at, org_id, tokens, cost_micros) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    );
                     let query = sqlx::query(&sql)
                         .bind(rec.id.as_str())
                         .bind(charge.report_id)
-                        .bind(rec.updated_at);
+                        .bind(rec.updated_at)
+                        .bind(rec.org_id.as_str())
+                        .bind(to_i64(charge.tokens))
+                        .bind(to_i64(charge.cost_micros));
                     match Self::run(&mut tx, query).await {
                         Ok(_) => {}
                         Err(e) if unique_violation(&e) => return Ok(WriteOutcome::Duplicate),

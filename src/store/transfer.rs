@@ -526,7 +526,14 @@ pub static TABLES: &[Table] = &[
     Table {
         name: "usage_reports",
         serial: None,
-        columns: &[c("agent_id", Text), c("report_id", Text), c("at", Int)],
+        columns: &[
+            c("agent_id", Text),
+            c("report_id", Text),
+            c("at", Int),
+            c("org_id", Text),
+            c("tokens", Int),
+            c("cost_micros", Int),
+        ],
     },
 ];
 

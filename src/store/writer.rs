@@ -571,10 +571,16 @@ async fn write(
         return Err(StoreError::Fenced);
     }
     if let Some(charge) = usage {
-        sqlx::query("INSERT INTO usage_reports (agent_id, report_id, at) VALUES (?, ?, ?)")
+        sqlx::query(
+            "INSERT INTO usage_reports (agent_id, report_id, at, org_id, tokens, cost_micros) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
             .bind(rec.id.as_str())
             .bind(charge.report_id)
             .bind(rec.updated_at)
+            .bind(rec.org_id.as_str())
+            .bind(i64::try_from(charge.tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(charge.cost_micros).unwrap_or(i64::MAX))
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;

@@ -86,6 +86,7 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /knowledge/status", "instance", ""),
     // The organization.
     ("GET /orgs/current", "viewer", "org:read"),
+    ("GET /orgs/current/spend", "viewer", "org:read"),
     ("PATCH /orgs/current", "owner", "admin"),
     // Users, keys, audit: admins.
     ("POST /users", "admin", "users:write"),
@@ -108,6 +109,7 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /agents/{id}/events", "viewer", "agents:read"),
     ("GET /agents/{id}/logs", "viewer", "agents:read"),
     ("GET /agents/{id}/config", "viewer", "agents:read"),
+    ("GET /agents/{id}/spend", "viewer", "agents:read"),
     ("POST /agents/{id}/{command}", "member", "agents:write"),
     // Activity.
     ("POST /activity", "member", "activity:write"),
