@@ -860,3 +860,200 @@ async fn the_dashboard_is_served_with_a_same_origin_policy() {
     let body = r.text().await.expect("body");
     assert_eq!(body, cadre::http::dashboard::PAGE);
 }
+
+/// As an operator reads it: agents by name wherever a person reads them
+/// (overview, approvals, task, audit log; ids only in links and on hover),
+/// an agent's page says what it waits on and why it is in its state, and
+/// draws its day and its spend against its budget; intervals in human
+/// units. In the light theme, the dark one and on a phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_and_spend() {
+    let app = spawn_app().await;
+    let Some(b) = browser().await else {
+        return;
+    };
+    // Echo waits for an owner.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            "/api/v1/approval-policies/echo",
+            Some(json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 600 }] })),
+        )
+        .await;
+    assert!(s.is_success(), "{v}");
+    // Two agents created in the same moment: their ids share a prefix.
+    let mut ids = Vec::new();
+    for name in ["alpha-bot", "beta-bot"] {
+        let id = app
+            .create_id(json!({
+                "name": name, "role": "r", "model": "gpt-4o", "profile": "full_access",
+                "budget": { "monthly_cost_usd": 1.0 },
+                "health": { "interval_ms": 30000 },
+            }))
+            .await;
+        app.script(
+            &id,
+            &[
+                json!({ "model_call": { "model": "gpt-4o", "input_tokens": 40000, "max_output_tokens": 100, "output_tokens": 100 } }),
+                json!({ "tool": "echo", "arguments": { "from": name } }),
+            ],
+        );
+        let (s, v) = app.command(&id, "deploy").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        ids.push(id);
+    }
+    let (alpha, beta) = (ids[0].clone(), ids[1].clone());
+    for id in &ids {
+        app.approvals(&format!("state=pending&agent_id={id}"), 1).await;
+    }
+    // Its day: tool calls reported this hour, one of them failed.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/activity",
+            Some(json!({ "events": [
+                { "agent_id": alpha, "kind": "tool_call", "payload": { "tool_id": "files.read", "status": "ok", "tokens": 120, "cost_usd": 0.002 } },
+                { "agent_id": alpha, "kind": "tool_call", "payload": { "tool_id": "files.read", "status": "error", "tokens": 30 } },
+            ] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    b.sign_in(&app, "admin@localhost").await;
+    // The overview: activity names its agents; the organization's spend.
+    b.wait_for(&format!("#recent [data-agent-link='{alpha}']")).await;
+    let recent = b.text("#recent").await;
+    assert!(recent.contains("alpha-bot"), "{recent}");
+    assert!(!recent.contains(&alpha[..8]), "an id where a name belongs: {recent}");
+    b.wait_for("#org-spend-chart").await;
+    b.shot("overview-named").await;
+
+    // The inbox says which agent asks, by name.
+    b.go("#/approvals", "#h-approvals").await;
+    b.wait_for(&format!("[data-approval] [data-agent-link='{beta}']")).await;
+    let inbox = b.text("#approvals").await;
+    assert!(inbox.contains("alpha-bot") && inbox.contains("beta-bot"), "{inbox}");
+    assert!(!inbox.contains(&alpha[..8]) && !inbox.contains(&beta[..8]), "{inbox}");
+    let hover = b
+        .wait_for(&format!("[data-agent-link='{alpha}']"))
+        .await
+        .attr("title")
+        .await
+        .expect("title");
+    assert_eq!(hover.as_deref(), Some(alpha.as_str()), "the id is on hover");
+
+    // The agent's page: what it waits on, with the way to decide.
+    b.client
+        .goto(&app.url(&format!("/#/agents/{alpha}")))
+        .await
+        .expect("agent page");
+    let waiting = b.text("#agent-approvals").await;
+    assert!(waiting.contains("echo"), "{waiting}");
+    b.wait_for("#agent-approvals a[href='#/approvals']").await;
+    assert_eq!(b.text("#health-every").await, "every 30 s");
+    // Its day: this hour's bar holds the two calls, one failed.
+    let hour = time::OffsetDateTime::now_utc().hour();
+    let bar = b
+        .wait_for(&format!("#day-events [data-slot='{hour}']"))
+        .await;
+    assert!(
+        bar.attr("data-value").await.expect("value").is_some_and(|v| v.parse::<i64>().unwrap_or(0) >= 2),
+        "this hour's events"
+    );
+    let tip = b
+        .client
+        .execute(
+            &format!("return document.querySelector(\"#day-events [data-slot='{hour}'] title\").textContent;"),
+            vec![],
+        )
+        .await
+        .expect("tip");
+    assert!(tip.as_str().is_some_and(|t| t.contains("1 failed")), "{tip}");
+    // Its spend against its budget: the model call's 40,100 tokens.
+    let chart = b.wait_for("#agent-spend-chart[data-unit='usd']").await;
+    let spent: f64 = chart
+        .attr("data-spent")
+        .await
+        .expect("spent")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let (_, api_spend) = app
+        .call(Method::GET, &format!("/api/v1/agents/{alpha}/spend"), None)
+        .await;
+    assert!(spent > 0.0, "{api_spend}");
+    assert_eq!(json!(spent), api_spend["cost_usd"], "the chart draws the API's figure");
+    assert_eq!(chart.attr("data-limit").await.expect("limit").as_deref(), Some("1"));
+    b.wait_for("#agent-spend-chart line.budget").await;
+    b.shot("agent-page").await;
+    b.client
+        .execute("document.getElementById('agent-spend-chart').scrollIntoView(); return true;", vec![])
+        .await
+        .expect("scroll");
+    b.shot("agent-charts").await;
+
+    // Decided, it no longer waits; the audit log says who, by name.
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={alpha}"), 1)
+        .await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{}/decide", pending[0]["id"].as_str().expect("id")),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    b.wait_for("#agent-approvals[hidden]").await;
+    b.go("#/audit", "#h-audit").await;
+    b.wait_for("[data-audit] .who").await;
+    let audit = b.text("#main table").await;
+    assert!(audit.contains("Owner (admin@localhost)"), "{audit}");
+    assert!(audit.contains("alpha-bot"), "{audit}");
+    assert!(!audit.contains("user:"), "{audit}");
+
+    // A phone: the charts fit the screen.
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.client
+        .goto(&app.url(&format!("/#/agents/{alpha}")))
+        .await
+        .expect("agent page");
+    b.wait_for("#agent-spend-chart").await;
+    let overflow = b
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .expect("width");
+    assert!(overflow.as_i64().is_some_and(|o| o <= 0), "overflows by {overflow}");
+    b.shot("agent-charts-phone").await;
+    let errors = b.script_errors().await;
+    assert!(errors.is_empty(), "JavaScript errors in the console: {errors:?}");
+    drop(b);
+
+    // The dark theme draws them readable too: bars in the theme's colours.
+    let Some(dark) = browser_with(&["--force-dark-mode"]).await else {
+        return;
+    };
+    dark.sign_in(&app, "admin@localhost").await;
+    dark.client
+        .goto(&app.url(&format!("/#/agents/{alpha}")))
+        .await
+        .expect("agent page");
+    dark.wait_for("#day-events rect.bar").await;
+    dark.client
+        .execute("document.getElementById('agent-spend-chart').scrollIntoView(); return true;", vec![])
+        .await
+        .expect("scroll");
+    let fill = dark
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('#day-events rect.bar')).fill;",
+            vec![],
+        )
+        .await
+        .expect("fill");
+    assert_eq!(fill, json!("rgb(126, 161, 255)"), "the dark theme's accent");
+    dark.shot("agent-charts-dark").await;
+}
