@@ -93,8 +93,11 @@ mod tests {
 
     #[test]
     fn the_page_fetches_nothing_from_elsewhere() {
+        // The SVG namespace is a name the charts are created in, never
+        // fetched; any other URL would be.
+        let page = PAGE.replace("\"http://www.w3.org/2000/svg\"", "\"svg-namespace\"");
         for needle in ["http://", "https://", "//cdn", "@import", "src=\""] {
-            assert!(!PAGE.contains(needle), "the dashboard names {needle}");
+            assert!(!page.contains(needle), "the dashboard names {needle}");
         }
     }
 }

@@ -272,3 +272,78 @@ async fn a_runtime_that_crashes_at_once_is_noticed_with_its_reason_and_reaped() 
     })
     .await;
 }
+
+/// Organization secrets are sealed with the instance's key. A start whose
+/// key cannot open them (an export imported without its secrets.key, a
+/// wrong key) is refused, saying what to do, unless told to proceed; and no
+/// key is ever generated over sealed secrets.
+#[tokio::test]
+async fn a_start_whose_key_cannot_open_the_stored_secrets_is_refused() {
+    let mut app = crate::common::spawn_app().await;
+    app.put_secret("openai", "sk-test-123").await;
+
+    // The README's move: export, import elsewhere, forget secrets.key.
+    if test_backend() == Backend::Sqlite {
+        let moved = tempfile::tempdir().expect("tempdir");
+        let run = |args: &[&str], data: &Path| {
+            let out = Command::new(env!("CARGO_BIN_EXE_cadre"))
+                .args(args)
+                .env("CADRE_DATA_DIR", data)
+                .env_remove("CADRE_SECRETS_KEY")
+                .env_remove("CADRE_DATABASE_URL")
+                .env("CADRE_LISTEN", "127.0.0.1:0")
+                .output()
+                .expect("cadre");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let export = moved.path().join("export");
+        let export_arg = export.display().to_string();
+        let (ok, err) = run(&["export", "--out", &export_arg], &app.config.data_dir);
+        assert!(ok, "{err}");
+        let data = moved.path().join("data");
+        let (ok, err) = run(&["import", "--from", &export_arg], &data);
+        assert!(ok, "{err}");
+        let (ok, err) = run(&["serve"], &data);
+        assert!(!ok, "cadre serve started without the key of its secrets");
+        assert!(
+            err.contains("no secrets key") && err.contains("secrets.key") && err.contains("CADRE_SECRETS_KEY"),
+            "{err}"
+        );
+        assert!(!data.join("secrets.key").exists(), "a key was generated over sealed secrets");
+    }
+
+    app.stop().await;
+    let key_file = app.config.data_dir.join("secrets.key");
+    let right = std::fs::read(&key_file).expect("the key");
+    std::fs::remove_file(&key_file).expect("remove");
+    let err = cadre::app::start(app.config.clone())
+        .await
+        .err()
+        .expect("refused without its key");
+    assert!(format!("{err:#}").contains("no secrets key"), "{err:#}");
+    assert!(!key_file.exists(), "a key was generated over sealed secrets");
+
+    // A wrong key: refused, unless told to proceed.
+    std::fs::write(&key_file, "ab".repeat(32)).expect("wrong key");
+    let err = cadre::app::start(app.config.clone())
+        .await
+        .err()
+        .expect("refused with a wrong key");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("does not open") && text.contains("CADRE_SECRETS__ALLOW_UNREADABLE"),
+        "{text}"
+    );
+    let mut told = app.config.clone();
+    told.secrets.allow_unreadable = true;
+    let running = cadre::app::start(told).await.expect("starts when told to");
+    running.shutdown().await;
+
+    // The right key back: it starts and the secret is there.
+    std::fs::write(&key_file, right).expect("right key");
+    app.start().await;
+    let (_, list) = app
+        .call(reqwest::Method::GET, "/api/v1/secrets", None)
+        .await;
+    assert_eq!(list["items"][0]["name"], "openai", "{list}");
+}
