@@ -97,12 +97,15 @@ struct Parked {
     conn: u64,
     base: String,
     token: String,
+    /// The frozen real runtime, killed at the end.
+    frozen: Option<i32>,
     _dir: tempfile::TempDir,
 }
 
 /// An in-process server with one agent whose runtime connection is ours
-/// (its real runtime is stopped; probes are off for the run), and a policy
-/// that sends `echo` to its owner.
+/// (its real runtime is frozen, not killed: a runtime that exits is
+/// replaced at once, and its replacement would take the connection back;
+/// probes are off for the run), and a policy that sends `echo` to its owner.
 async fn parked_server() -> Parked {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = config(dir.path());
@@ -148,12 +151,13 @@ async fn parked_server() -> Parked {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let agent_dir = c.data_dir.join("agents").join(&agent.0);
-    if let Ok(pid) = std::fs::read_to_string(agent_dir.join("runtime.pid"))
-        && let Ok(pid) = pid.trim().parse::<i32>()
-    {
+    let frozen = std::fs::read_to_string(agent_dir.join("runtime.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok());
+    if let Some(pid) = frozen {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
+            nix::sys::signal::Signal::SIGSTOP,
         );
     }
     let rc: serde_json::Value = serde_json::from_str(
@@ -173,6 +177,7 @@ async fn parked_server() -> Parked {
         conn,
         base,
         token,
+        frozen,
         _dir: dir,
     }
 }
@@ -576,6 +581,12 @@ fn main() {
             );
         } else if run("wrk") {
             println!("approval decisions from wrk: skipped, wrk is not installed");
+        }
+        if let Some(pid) = p.frozen {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         p.running.shutdown().await;
     });

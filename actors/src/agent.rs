@@ -1538,6 +1538,12 @@ async fn probe_done(
             } else {
                 Trigger::ProbeFailed
             };
+            // The server's log says it too, in the agent's span.
+            if state == State::Starting {
+                tracing::warn!(reason = %why, "the runtime did not start");
+            } else {
+                tracing::warn!(reason = %why, failures = st.failures, "health probe failed");
+            }
             st.apply(&mut next, trigger, Some(why), &Who::system(), &mut tr);
             if !tr.is_empty() && st.commit(myself, next, tr, None, None).await.is_err() {
                 return;

@@ -619,6 +619,23 @@ where
     }
 }
 
+/// Polls `f` until it gives a value (or fails after [`LIMIT`]), and
+/// returns that value.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A service this machine lacks: fails the test under
 /// `CADRE_REQUIRE_SERVICES=1` (CI), else says what is skipped.
 pub fn unavailable(what: &str, e: impl std::fmt::Display) {

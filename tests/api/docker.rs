@@ -132,6 +132,55 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
     app.wait_state(&id, "ready").await;
 }
 
+/// A container told a URL nothing answers at: its logs are what the
+/// runtime printed, why it cannot connect and where it dials included, and
+/// when the start times out the agent's reason quotes them.
+#[tokio::test]
+async fn a_runtime_that_cannot_connect_says_where_it_dials_in_its_logs_and_reason() {
+    let Some(_docker) = engine().await else { return };
+    let app = spawn_app_with(|c| {
+        c.deploy.docker.image = IMAGE.into();
+        c.deploy.docker.stop_grace_ms = 1000;
+        // Port 9 (discard): nothing listens there.
+        c.deploy.docker.connect_url = "ws://127.0.0.1:9/api/v1/runtime/connect".into();
+        c.health.start_timeout_ms = 4000;
+    })
+    .await;
+    let id = app
+        .create_id(json!({
+            "name": "lost", "role": "r", "model": "m",
+            "deployment": { "target": "docker" },
+        }))
+        .await;
+    let (s, v) = app.command(&id, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let logs = eventually_some("the runtime's failed dials in its logs", || async {
+        let (_, logs) = app
+            .call(Method::GET, &format!("/api/v1/agents/{id}/logs"), None)
+            .await;
+        logs["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("no connection to ws://127.0.0.1:9/api/v1/runtime/connect"))
+            .then_some(logs)
+    })
+    .await;
+    assert_eq!(
+        logs["lines"].as_u64(),
+        logs["text"].as_str().map(|t| t.lines().count() as u64),
+        "{logs}"
+    );
+    let reason = eventually_some("the start to time out with the runtime's words", || async {
+        let v = app.get(&id).await;
+        v["state_reason"]
+            .as_str()
+            .filter(|r| r.contains("did not say hello"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(reason.contains("no connection to ws://127.0.0.1:9"), "{reason}");
+    app.command(&id, "destroy").await;
+}
+
 fn container(id: &str) -> String {
     format!("cadre-{id}")
 }

@@ -5,86 +5,33 @@
 //! reaped; and the modes of everything Cadre writes.
 
 use crate::common::test_backend;
-use crate::served::Served;
+use crate::served::{Api, Served};
 use cadre::store::backend::Backend;
-use serde_json::{Value, json};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The README's curl flow, as HTTP calls: sign in, create the README's
-/// agent, deploy it. Returns the token and the agent's id.
-async fn readme_flow(client: &reqwest::Client, base: &str, password: &str) -> (String, String) {
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .header("content-type", "application/json")
-        .body(json!({ "email": "admin@localhost", "password": password }).to_string())
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login json");
-    let token = login["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no access_token: {login}"))
-        .to_string();
-    let created: Value = client
-        .post(format!("{base}/api/v1/agents"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(r#"{"name":"support","role":"answers tickets","model":"gpt-4o","budget":{"monthly_cost_usd":50}}"#)
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("create json");
-    let id = created["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id: {created}"))
-        .to_string();
-    let deploy = client
-        .post(format!("{base}/api/v1/agents/{id}/deploy"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("deploy");
-    assert_eq!(deploy.status(), reqwest::StatusCode::ACCEPTED);
-    (token, id)
-}
-
-async fn agent(client: &reqwest::Client, base: &str, token: &str, id: &str) -> Value {
-    client
-        .get(format!("{base}/api/v1/agents/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("get agent")
-        .json()
-        .await
-        .expect("agent json")
-}
-
-/// Polls the agent until `done` holds for it, or fails with its last view.
-async fn wait_agent(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = agent(client, base, token, id).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The README's curl flow, as HTTP calls with its bodies: sign in, create
+/// the README's agent, deploy it. Returns the signed-in API and the id.
+async fn readme_flow(base: &str, password: &str) -> (Api, String) {
+    let api = Api::sign_in(base, "admin@localhost", password).await;
+    let (s, created) = api
+        .call(
+            Method::POST,
+            "/api/v1/agents",
+            Some(r#"{"name":"support","role":"answers tickets","model":"gpt-4o","budget":{"monthly_cost_usd":50}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let (s, v) = api
+        .call(Method::POST, &format!("/api/v1/agents/{id}/deploy"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    (api, id)
 }
 
 fn mode(path: &Path) -> u32 {
@@ -131,14 +78,12 @@ async fn the_readme_flow_from_an_empty_directory_reaches_running() {
     // No model key in this shell: said at start, naming the variable.
     let warned = server.wait_line("llm.api_key_env names OPENAI_API_KEY");
     assert!(warned.contains("no_model_provider"), "{warned}");
-    cadre::init_tls();
-    let client = reqwest::Client::new();
-    let base = "http://localhost:8080";
-    let (token, id) = readme_flow(&client, base, &password).await;
-    let v = wait_agent(&client, base, &token, &id, Duration::from_secs(60), |v| {
-        v["state"] == "running"
-    })
-    .await;
+    let (api, id) = readme_flow("http://localhost:8080", &password).await;
+    let v = api
+        .wait(&format!("/api/v1/agents/{id}"), Duration::from_secs(60), |v| {
+            v["state"] == "running"
+        })
+        .await;
     assert_eq!(v["state_reason"], Value::Null, "{v}");
     // The runtime was handed absolute paths and runs in its own folder.
     let agent_dir = dir.path().join("data/agents").join(&id);
@@ -172,13 +117,10 @@ async fn the_readme_flow_from_an_empty_directory_reaches_running() {
     assert_private_tree(&dir.path().join("backup"));
 
     // Stopped through the API, the runtime exits and is reaped.
-    let stop = client
-        .post(format!("{base}/api/v1/agents/{id}/stop"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("stop");
-    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    let (s, v) = api
+        .call(Method::POST, &format!("/api/v1/agents/{id}/stop"), None)
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     crate::common::eventually("the stopped runtime is gone, not a zombie", || async {
         server.children().is_empty()
     })
@@ -214,14 +156,12 @@ async fn a_runtime_that_crashes_at_once_is_noticed_with_its_reason_and_reaped() 
     let mut server = Served::start(dir.path(), &["--config", "cadre.toml"]);
     let password = server.generated_password();
     let base = server.base();
-    cadre::init_tls();
-    let client = reqwest::Client::new();
     let deployed = Instant::now();
-    let (token, id) = readme_flow(&client, &base, &password).await;
-    let v = wait_agent(&client, &base, &token, &id, Duration::from_secs(60), |v| {
-        v["state"] == "degraded"
-    })
-    .await;
+    let (api, id) = readme_flow(&base, &password).await;
+    let agent = format!("/api/v1/agents/{id}");
+    let v = api
+        .wait(&agent, Duration::from_secs(60), |v| v["state"] == "degraded")
+        .await;
     assert!(
         deployed.elapsed() < Duration::from_secs(30),
         "noticed after {:?}, not when the runtime exited",
@@ -231,19 +171,13 @@ async fn a_runtime_that_crashes_at_once_is_noticed_with_its_reason_and_reaped() 
     assert!(reason.contains("exited with status 3"), "{v}");
     assert!(reason.contains("cannot open ./nowhere.json"), "{v}");
     // Recovered at once, not after five failed probes 30 s apart.
-    wait_agent(&client, &base, &token, &id, Duration::from_secs(60), |v| {
+    api.wait(&agent, Duration::from_secs(60), |v| {
         v["restart_count"].as_u64().unwrap_or(0) >= 1
     })
     .await;
-    let history: Value = client
-        .get(format!("{base}/api/v1/agents/{id}/history"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("history")
-        .json()
-        .await
-        .expect("history json");
+    let (_, history) = api
+        .call(Method::GET, &format!("{agent}/history"), None)
+        .await;
     let reasons: Vec<&str> = history["items"]
         .as_array()
         .expect("items")
@@ -262,11 +196,7 @@ async fn a_runtime_that_crashes_at_once_is_noticed_with_its_reason_and_reaped() 
         server.children().iter().all(|(_, state)| *state != 'Z')
     })
     .await;
-    let _ = client
-        .post(format!("{base}/api/v1/agents/{id}/stop"))
-        .bearer_auth(&token)
-        .send()
-        .await;
+    api.call(Method::POST, &format!("{agent}/stop"), None).await;
     crate::common::eventually("nothing is left of the runtimes", || async {
         server.children().is_empty()
     })

@@ -4,8 +4,8 @@
 //! nothing of that). A separate process, because metrics are process-wide:
 //! an app restarted inside the test binary would still show the old values.
 
-use crate::common::{ServerDatabase, eventually, test_backend};
-use crate::served::Served;
+use crate::common::{ServerDatabase, test_backend};
+use crate::served::{Api, Served};
 use cadre::store::backend::Backend;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -38,59 +38,6 @@ fn series(text: &str, names: &[String]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
-    }
-}
-
-async fn sign_in(base: &str) -> Client {
-    cadre::init_tls();
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "email": "admin@localhost", "password": "gauge-test-password" }))
-        .send()
-        .await
-        .expect("login");
-    assert!(resp.status().is_success(), "{}", resp.status());
-    let v: Value = resp.json().await.expect("json");
-    let token = v["access_token"].as_str().expect("token").to_string();
-    Client {
-        http,
-        base: base.to_string(),
-        token,
-    }
-}
-
 #[tokio::test]
 async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart() {
     let gauges = documented_gauges();
@@ -115,51 +62,52 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
         .unwrap_or_default();
     let mut server = Served::start_with(dir.path(), &["--config", "cadre.toml"], &env);
     let base = server.base();
-    let c = sign_in(&base).await;
+    let c = Api::sign_in(&base, "admin@localhost", "gauge-test-password").await;
+    let ok = |(s, v): (reqwest::StatusCode, Value)| {
+        assert!(s.is_success(), "{s} {v}");
+        v
+    };
     use reqwest::Method;
 
     // Something for every gauge to count: an agent that runs and waits on a
     // human for a tool call, an organization budget with a limit.
-    c.call(
+    ok(c.call(
         Method::PUT,
         "/api/v1/approval-policies/echo",
-        Some(json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 3600 }] })),
+        Some(&json!({ "tools": ["echo"], "levels": [{ "approvers": { "roles": ["owner"] }, "timeout_seconds": 3600 }] }).to_string()),
     )
-    .await;
-    let agent = c
+    .await);
+    let agent = ok(c
         .call(
             Method::POST,
             "/api/v1/agents",
-            Some(json!({ "name": "asker", "role": "r", "model": "m", "profile": "full_access" })),
+            Some(&json!({ "name": "asker", "role": "r", "model": "m", "profile": "full_access" }).to_string()),
         )
-        .await;
+        .await);
     let id = agent["id"].as_str().expect("id").to_string();
     std::fs::write(
         dir.path().join("scripts").join(format!("{id}.jsonl")),
         json!({ "tool": "echo", "arguments": { "n": 1 } }).to_string() + "\n",
     )
     .expect("script");
-    c.call(Method::POST, &format!("/api/v1/agents/{id}/deploy"), None)
-        .await;
-    eventually("the agent waits on a human", || async {
-        let v = c
-            .call(Method::GET, "/api/v1/approvals?state=pending", None)
-            .await;
+    ok(c.call(Method::POST, &format!("/api/v1/agents/{id}/deploy"), None)
+        .await);
+    c.wait("/api/v1/approvals?state=pending", Duration::from_secs(60), |v| {
         v["items"].as_array().is_some_and(|a| a.len() == 1)
     })
     .await;
-    let org = c.call(Method::GET, "/api/v1/me", None).await["org"]["id"]
+    let org = ok(c.call(Method::GET, "/api/v1/me", None).await)["org"]["id"]
         .as_str()
         .expect("org")
         .to_string();
-    c.call(
+    ok(c.call(
         Method::PATCH,
         &format!("/api/v1/orgs/{org}"),
-        Some(json!({ "limits": { "monthly_tokens": 1000 } })),
+        Some(&json!({ "limits": { "monthly_tokens": 1000 } }).to_string()),
     )
-    .await;
+    .await);
 
-    let before = series(&c.metrics().await, &gauges);
+    let before = series(&c.text("/metrics").await, &gauges);
     for g in &gauges {
         assert!(
             before.keys().any(|s| s.split('{').next() == Some(g.as_str())),
@@ -171,13 +119,13 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
 
     server.restart();
     let base = server.base();
-    let c = sign_in(&base).await;
+    let c = Api::sign_in(&base, "admin@localhost", "gauge-test-password").await;
     // The runtime reconnects and asks again, joining its request: then the
     // process is where it was, and so must every gauge be.
     let mut after = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
-        after = series(&c.metrics().await, &gauges);
+        after = series(&c.text("/metrics").await, &gauges);
         if after == before {
             break;
         }

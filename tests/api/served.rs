@@ -183,3 +183,89 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// The API of a served process, signed in as a user.
+pub struct Api {
+    http: reqwest::Client,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The access token.
+    pub token: String,
+}
+
+impl Api {
+    /// Signs in as the README does: `POST /api/v1/auth/login
+    /// {"email","password"}`.
+    pub async fn sign_in(base: &str, email: &str, password: &str) -> Api {
+        cadre::init_tls();
+        let http = reqwest::Client::new();
+        let login: Value = http
+            .post(format!("{base}/api/v1/auth/login"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "email": email, "password": password }).to_string())
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("login json");
+        let token = login["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {login}"))
+            .to_string();
+        Api {
+            http,
+            base: base.to_string(),
+            token,
+        }
+    }
+
+    /// A request with the token and an optional JSON body (sent as the
+    /// text given, so a test can send the README's bodies byte for byte).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The body of `GET path` as text (`/metrics`).
+    pub async fn text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Polls `GET path` until `done` holds for its body, or fails with the
+    /// last one.
+    pub async fn wait(&self, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, v) = self.call(reqwest::Method::GET, path, None).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting on {path}: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
