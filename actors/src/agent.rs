@@ -1682,8 +1682,13 @@ async fn op_done(myself: &ActorRef<AgentMsg>, st: &mut AgentState, result: OpRes
         }
         OpResult::Started(Ok(())) => {
             // Running only once the runtime says hello; from now on a
-            // stopped runtime is a failed start.
+            // stopped runtime is a failed start. One look now: a runtime
+            // that exited before this answer arrived (its exit report was
+            // the start's business then) is a failed start already.
             st.start_returned = true;
+            if st.rec.state == State::Starting {
+                probe(myself, st);
+            }
         }
         OpResult::Started(Err(e)) if st.rec.state == State::Starting => {
             metrics::counter!("cadre_deployer_errors_total", "op" => "start").increment(1);
