@@ -381,14 +381,29 @@ fn exit_reason(status: std::process::ExitStatus, dir: &Path, log_from: u64) -> S
         ),
         _ => format!("runtime exited: {status}"),
     };
-    let bytes = std::fs::read(dir.join("runtime.log")).unwrap_or_default();
-    let from = usize::try_from(log_from).unwrap_or(0).min(bytes.len());
-    let tail = tail_lines(&String::from_utf8_lossy(&bytes[from..]), EXIT_LOG_LINES);
+    let tail = tail_lines(&String::from_utf8_lossy(&log_since(dir, log_from)), EXIT_LOG_LINES);
     if tail.is_empty() {
         return format!("{how}; its log is empty");
     }
     let tail = cadre_actors::domain::clip_tail(&tail.replace('\n', " | "), EXIT_LOG_CHARS);
     format!("{how}; its log ends: {tail}")
+}
+
+/// What `runtime.log` holds from `offset` on, its last 64 KiB at most (the
+/// log grows across runs; only this run's end is wanted).
+fn log_since(dir: &Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(dir.join("runtime.log")) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = offset.max(len.saturating_sub(MAX)).min(len);
+    let mut out = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_ok() {
+        let _ = f.take(MAX).read_to_end(&mut out);
+    }
+    out
 }
 
 /// The last `n` lines of `text` (fewer if it has fewer), joined by `\n`.
@@ -477,8 +492,9 @@ impl Deployer for LocalDeployer {
             if let Ok(status) = status {
                 let _ = tx.send(Some(status));
             } else {
-                // Cannot be waited for (should not happen): report it gone.
-                let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(0)));
+                // Cannot be waited for (should not happen): report it gone,
+                // as status 255 rather than a success it was not.
+                let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(0xff00)));
             }
             if let Some(hook) = hook.get() {
                 hook(&name);
