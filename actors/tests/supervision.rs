@@ -208,14 +208,61 @@ async fn health_failures_degrade_then_recover() {
     let id = running_agent(&h, "h").await;
     let starts = h.deployer.starts.load(Ordering::SeqCst);
     h.deployer.crash(id.as_str());
-    h.wait_state(&id, State::Degraded, LIMIT).await;
-    h.wait_state(&id, State::Running, LIMIT).await;
+    // A runtime the deployer reports gone is recovered at once: `degraded`
+    // may be too short to be polled, the history keeps it.
+    wait_until("the crashed runtime is replaced", LIMIT, || {
+        h.store.history(&id).iter().any(|t| t.to == State::Degraded)
+            && h.store.history(&id).last().map(|t| t.to) == Some(State::Running)
+    })
+    .await;
     let view = h.cadre.get_agent(&h.org, &id).await.expect("get");
     assert_eq!(view.view().restart_count, 1);
     assert!(h.deployer.starts.load(Ordering::SeqCst) > starts);
     let history = h.store.history(&id);
     let tail: Vec<_> = history.iter().rev().take(3).map(|t| t.to).collect();
     assert_eq!(tail, vec![State::Running, State::Starting, State::Degraded]);
+}
+
+/// What the deployer cannot tell (a failed status check) waits for
+/// `failure_threshold` failed probes; what it knows (the runtime is gone)
+/// is recovered at once, whatever the threshold.
+#[tokio::test]
+async fn a_failed_check_waits_for_the_threshold_but_a_known_exit_does_not() {
+    let h = start(fast_settings()).await;
+    let mut s = spec("t");
+    s.health.failure_threshold = Some(1000);
+    let snap = h.create(s).await;
+    let id = snap.id.clone();
+    h.cmd(&id, Command::Deploy).await.expect("deploy");
+    h.wait_state(&id, State::Running, LIMIT).await;
+    h.deployer.fail_status.store(true, Ordering::SeqCst);
+    h.wait_state(&id, State::Degraded, LIMIT).await;
+    let checks = h.deployer.status_checks.load(Ordering::SeqCst);
+    wait_until("ten more failed checks", LIMIT, || {
+        h.deployer.status_checks.load(Ordering::SeqCst) >= checks + 10
+    })
+    .await;
+    let view = h.cadre.get_agent(&h.org, &id).await.expect("get");
+    assert_eq!(view.view().restart_count, 0, "recovered before the threshold");
+    assert!(
+        view.view()
+            .state_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("status check failed")),
+        "{:?}",
+        view.view().state_reason
+    );
+    // Now the deployer knows: the runtime is gone. No threshold to wait out.
+    h.deployer.fail_status.store(false, Ordering::SeqCst);
+    h.deployer.crash(id.as_str());
+    wait_until("the gone runtime is recovered", LIMIT, || {
+        h.store.history(&id).iter().any(|t| {
+            t.to == State::Starting
+                && t.reason.as_deref().is_some_and(|r| r.contains("fake runtime not running"))
+        })
+    })
+    .await;
+    h.wait_state(&id, State::Running, LIMIT).await;
 }
 
 #[tokio::test]

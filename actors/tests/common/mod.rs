@@ -249,6 +249,10 @@ pub struct FakeDeployer {
     tokens: Mutex<HashMap<String, (OrgId, AgentId, String, u64)>>,
     runtimes: Mutex<HashMap<String, FakeRuntime>>,
     pub starts: std::sync::atomic::AtomicU32,
+    /// Status checks fail (the deployer cannot tell how the runtime is).
+    pub fail_status: AtomicBool,
+    /// Status checks made.
+    pub status_checks: std::sync::atomic::AtomicU32,
 }
 
 impl FakeDeployer {
@@ -367,6 +371,13 @@ impl Deployer for FakeDeployer {
         Ok(())
     }
     async fn status(&self, dep: &str) -> Result<DeploymentStatus, DeployError> {
+        self.status_checks.fetch_add(1, Ordering::SeqCst);
+        if self.fail_status.load(Ordering::SeqCst) {
+            return Err(DeployError {
+                target: "fake",
+                message: "cannot reach the host".into(),
+            });
+        }
         let runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
         Ok(match runtimes.get(dep) {
             Some(rt) if rt.alive.load(Ordering::SeqCst) && !rt.task.is_finished() => {
