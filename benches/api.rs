@@ -228,6 +228,7 @@ async fn kill_replacement(sizes: &Sizes) -> (f64, f64) {
             budget: Default::default(),
             profile: None,
             runtime: Default::default(),
+            job: Default::default(),
         };
         ids.push(
             cadre

@@ -160,6 +160,10 @@ pub struct TaskOrder {
     pub replay: Vec<Value>,
     /// Memories recalled for it (put in its context).
     pub memories: Vec<String>,
+    /// The system prompt the control plane composed (`None`: [`SYSTEM`]).
+    pub system: Option<String>,
+    /// The tools to offer, by id (`None`: every tool this runtime has).
+    pub tools: Option<Vec<String>>,
 }
 
 /// What tools need besides the file system.
@@ -301,7 +305,8 @@ pub fn builtin_tools() -> Vec<ToolSpec> {
     ]
 }
 
-const SYSTEM: &str = "You are an agent of an organization, working on one task. Use the tools \
+/// The system prompt when the control plane sends none (an older server).
+pub const SYSTEM: &str = "You are an agent of an organization, working on one task. Use the tools \
                       to do it; call task__finish with the result when done.";
 
 /// Runs one task to its end: (state, result, error).
@@ -317,6 +322,13 @@ async fn run(
     let started = Instant::now();
     let mut tools = builtin_tools();
     tools.extend(kit.mcp.specs());
+    // In the order the control plane lists them (its `/prompt` shows it).
+    if let Some(offered) = &task.tools {
+        let mut by_id: std::collections::HashMap<String, ToolSpec> =
+            tools.into_iter().map(|t| (t.tool.clone(), t)).collect();
+        tools = offered.iter().filter_map(|id| by_id.remove(id)).collect();
+    }
+    let system = task.system.as_deref().unwrap_or(SYSTEM);
     let mut user = task.instruction.clone();
     if !task.input.is_null() {
         user.push_str(&format!("\n\nInput:\n{}", task.input));
@@ -387,7 +399,7 @@ async fn run(
                 task.limits.max_tokens
             ));
         }
-        let body = p.body(SYSTEM, &turns, &tools);
+        let body = p.body(system, &turns, &tools);
         let text = body.to_string();
         // Four bytes a token: a cautious estimate for the reservation, which
         // is settled to the provider's own count afterwards.

@@ -249,6 +249,8 @@ async fn bootstrap(store: &Db, config: &Config) -> anyhow::Result<()> {
         activity_retention_days: None,
         timezone: "UTC".into(),
         budget_period: "monthly".into(),
+        instructions: None,
+        delegation: "chart".into(),
     };
     let user_id = uuid::Uuid::now_v7().to_string();
     let owner = crate::store::NewUser {
@@ -310,13 +312,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 Some((org, doc.sealed))
             })
             .collect();
-        crate::secrets::Sealer::load_for(
-            &config.data_dir,
-            &stored,
-            config.secrets.allow_unreadable,
-        )
-        .map_err(anyhow::Error::msg)
-        .context("loading the secrets key")?
+        crate::secrets::Sealer::load_for(&config.data_dir, &stored, config.secrets.allow_unreadable)
+            .map_err(anyhow::Error::msg)
+            .context("loading the secrets key")?
     };
     let secret = crate::auth::load_or_create_secret(&config.auth.jwt_secret, &config.data_dir)?;
     let jwt = Arc::new(JwtKeys::new(&secret, config.auth.token_ttl_secs));
@@ -394,18 +392,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .with_llm(llm.clone(), llm_key.clone())
             .with_sealer(sealer.clone()),
     );
-    let local = Arc::new(LocalDeployer::new(
-        config.data_dir.join("agents"),
-        runtime_bin,
-        connect_url.clone(),
-        Duration::from_millis(config.deploy.local.stop_grace_ms),
-    )
-    .with_script_dir(
-        (!config.deploy.local.script_dir.is_empty())
-            .then(|| PathBuf::from(&config.deploy.local.script_dir)),
-    )
-    .with_llm(llm.clone(), llm_key.clone())
-    .with_sealer(sealer.clone()));
+    let local = Arc::new(
+        LocalDeployer::new(
+            config.data_dir.join("agents"),
+            runtime_bin,
+            connect_url.clone(),
+            Duration::from_millis(config.deploy.local.stop_grace_ms),
+        )
+        .with_script_dir(
+            (!config.deploy.local.script_dir.is_empty())
+                .then(|| PathBuf::from(&config.deploy.local.script_dir)),
+        )
+        .with_llm(llm.clone(), llm_key.clone())
+        .with_sealer(sealer.clone()),
+    );
     let ssh = crate::deploy::ssh::SshDeployer::new(
         config.deploy.ssh.clone(),
         &connect_url,
@@ -604,7 +604,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         limiters,
         activity: activity.clone(),
     });
-    docker.with_door(runtime_door(state.clone(), addr.port(), closing.subscribe()));
+    docker.with_door(runtime_door(
+        state.clone(),
+        addr.port(),
+        closing.subscribe(),
+    ));
     let routes = crate::http::api_routes(&state).specs().to_vec();
     let (metrics_addr, metrics_server) = if config.metrics.listen.is_empty() {
         (None, None)

@@ -725,7 +725,10 @@ const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"]
 pub fn check_log_filter(raw: &str) -> Result<(), String> {
     let known = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
     if raw.trim().is_empty() {
-        return Err(format!("empty; expected a level ({})", LOG_LEVELS.join(", ")));
+        return Err(format!(
+            "empty; expected a level ({})",
+            LOG_LEVELS.join(", ")
+        ));
     }
     for directive in raw.split(',') {
         let d = directive.trim();
@@ -821,8 +824,11 @@ impl Config {
             let path = e.path().to_string();
             ConfigError(format!("{path}: {}", e.into_inner()))
         })?;
-        let cwd = std::env::current_dir()
-            .map_err(|e| ConfigError(format!("data_dir: the working directory is unreadable: {e}")))?;
+        let cwd = std::env::current_dir().map_err(|e| {
+            ConfigError(format!(
+                "data_dir: the working directory is unreadable: {e}"
+            ))
+        })?;
         let mut config = config;
         config.absolutize(&cwd);
         config.validate()?;
@@ -1306,8 +1312,11 @@ mod tests {
         assert_eq!(c.sqlite_file(), Some(cwd.join("data/cadre.db")));
         // Empty means "the default", and stays empty.
         assert_eq!(c.deploy.ssh.runtime_bin, "");
-        let c = Config::load(None, env(&[("CADRE_DATABASE_URL", "sqlite:db/x.db?mode=rwc")]))
-            .expect("valid");
+        let c = Config::load(
+            None,
+            env(&[("CADRE_DATABASE_URL", "sqlite:db/x.db?mode=rwc")]),
+        )
+        .expect("valid");
         assert_eq!(
             c.database_url(),
             format!("sqlite://{}?mode=rwc", cwd.join("db/x.db").display())
@@ -1318,7 +1327,11 @@ mod tests {
     fn start_settings_follow_the_apis_own_rules() {
         // Host names listen as well as addresses.
         let c = Config::load(None, env(&[("CADRE_LISTEN", "localhost:8080")])).expect("valid");
-        assert!(c.listen_addrs().iter().all(|a| a.port() == 8080 && a.ip().is_loopback()));
+        assert!(
+            c.listen_addrs()
+                .iter()
+                .all(|a| a.port() == 8080 && a.ip().is_loopback())
+        );
         for (var, value, key) in [
             ("CADRE_LISTEN", "localhost", "server.listen"),
             ("CADRE_LISTEN", "local host:80", "server.listen"),

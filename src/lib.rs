@@ -27,6 +27,7 @@ pub mod identity;
 pub mod knowledge;
 pub mod llm;
 pub mod mcp;
+pub mod prompt;
 pub mod protocol;
 pub mod runtime;
 pub mod schedule;

@@ -280,6 +280,13 @@ pub enum ServerMessage {
         /// `knowledge.recall_memories` is set), for the task's context.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         memories: Vec<String>,
+        /// The system prompt, composed by the control plane (absent from
+        /// an older server: the runtime's generic one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+        /// The tools to offer the model, by catalog id (absent: all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tools: Option<Vec<String>>,
     },
     /// Stop working on this task: an operator cancelled it.
     CancelTask {

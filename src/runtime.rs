@@ -89,8 +89,10 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
                 eprintln!("cadre runtime: {why}; tasks will fail");
                 Err(why)
             }
-            _ => Ok(crate::llm::Provider::new(s.clone(), config.model.clone(), key)
-                .map_err(anyhow::Error::msg)?),
+            _ => Ok(
+                crate::llm::Provider::new(s.clone(), config.model.clone(), key)
+                    .map_err(anyhow::Error::msg)?,
+            ),
         },
         None => Err("this runtime has no [llm] settings".to_string()),
     };
@@ -251,8 +253,8 @@ async fn session(
                         }
                     }
                     Ok(ServerMessage::Stop { reason }) => return SessionEnd::Exit(reason),
-                    Ok(ServerMessage::Task { task_id, instruction, input, limits, replay, memories }) => {
-                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits, replay, memories });
+                    Ok(ServerMessage::Task { task_id, instruction, input, limits, replay, memories, system, tools }) => {
+                        tasks.worker.submit(crate::agent_loop::TaskOrder { id: task_id, instruction, input, limits, replay, memories, system, tools });
                     }
                     Ok(ServerMessage::CancelTask { task_id }) => {
                         eprintln!("cadre runtime: task {task_id} cancelled");

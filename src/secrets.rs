@@ -115,7 +115,12 @@ impl Sealer {
                  {} organization(s) ({}): the database was sealed with another key (an import \
                  without its secrets.key?)",
                 unreadable.len(),
-                unreadable.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                unreadable
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             if !allow_unreadable {
                 return Err(format!(

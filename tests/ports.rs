@@ -1089,6 +1089,8 @@ macro_rules! identity_suite {
             activity_retention_days: None,
             timezone: "Europe/Paris".into(),
             budget_period: "monthly".into(),
+            instructions: None,
+            delegation: "chart".into(),
         };
         let user = |uid: &'static str, email: &'static str, role: &'static str| NewUser {
             id: uid,
@@ -1262,10 +1264,10 @@ macro_rules! identity_suite {
 
         // Organization changes; usage sums come back as integers.
         assert!(id
-            .update_org("org-i", Some("enterprise"), Some(r#"{"max_agents":9}"#), Some(Some(30)), (None, Some("weekly")), &who("org.update", "org:org-i"))
+            .update_org("org-i", Some("enterprise"), Some(r#"{"max_agents":9}"#), Some(Some(30)), cadre::store::OrgSettings { budget_period: Some("weekly"), ..Default::default() }, &who("org.update", "org:org-i"))
             .await
             .expect("update org"));
-        assert!(!id.update_org("nope", Some("x"), None, None, (None, None), &who("org.update", "org:nope")).await.expect("update org"));
+        assert!(!id.update_org("nope", Some("x"), None, None, cadre::store::OrgSettings::default(), &who("org.update", "org:nope")).await.expect("update org"));
         let got = id.org("org-i").await.expect("org").expect("there");
         assert_eq!((got.plan.as_str(), got.activity_retention_days, got.budget_period.as_str(), got.timezone.as_str()), ("enterprise", Some(30), "weekly", "Europe/Paris"));
         assert!(id.set_org_suspended("org-i", Some(now), &who("org.suspend", "org:org-i")).await.expect("suspend"));
@@ -1350,6 +1352,8 @@ macro_rules! activity_suite {
             activity_retention_days: Some(400),
             timezone: "UTC".into(),
             budget_period: "monthly".into(),
+            instructions: None,
+            delegation: "chart".into(),
         };
         let owner = NewUser {
             id: "u-keep",
@@ -1362,7 +1366,7 @@ macro_rules! activity_suite {
             now: 1,
         };
         t.create_org(&keep, &owner, &audit("org.create", "org:org-keep")).await.expect("org");
-        assert!(t.update_org("org-keep", None, None, Some(Some(400)), (None, None), &audit("org.update", "org:org-keep")).await.expect("retention"));
+        assert!(t.update_org("org-keep", None, None, Some(Some(400)), cadre::store::OrgSettings::default(), &audit("org.update", "org:org-keep")).await.expect("retention"));
         let audits = s.scalar("SELECT COUNT(*) FROM audit_log").await;
         let ev = |org: &str, agent: Option<&str>, kind: &str, payload: serde_json::Value, at: i64, record: Option<Record>| NewActivity {
             org_id: org.into(),

@@ -32,6 +32,8 @@ async fn store_with(checkpoints: Checkpoints) -> (SqlStore, tempfile::TempDir, O
         activity_retention_days: None,
         timezone: "UTC".into(),
         budget_period: "monthly".into(),
+        instructions: None,
+        delegation: "chart".into(),
     };
     let owner = NewUser {
         id: "u",
@@ -99,6 +101,7 @@ fn record(org: &OrgId, name: &str) -> AgentRecord {
             budget: BudgetLimits::default(),
             profile: None,
             runtime: Default::default(),
+            job: Default::default(),
         },
         state: State::Draft,
         state_reason: None,

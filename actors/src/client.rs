@@ -11,7 +11,7 @@ use crate::approval::{
     ApprovalMsg, ApprovalRecord, Decider, Decision, Doc, NewRequest, Outcome, Ticket,
 };
 use crate::context::Ctx;
-use crate::domain::{AgentId, AgentPatch, AgentSnapshot, AgentSpec, OrgId, Who};
+use crate::domain::{AgentId, AgentPatch, AgentSnapshot, AgentSpec, Manager, OrgId, Who};
 use crate::error::{Error, Result};
 use crate::governance::{Governance, Grant, HaltScope, Verdict};
 use crate::lifecycle::Command;
@@ -74,6 +74,9 @@ pub enum ToolAnswer {
 pub struct Cadre {
     ctx: Arc<Ctx>,
     root: ActorRef<RootMsg>,
+    /// Per organization: held while a change of `reports_to` is checked
+    /// and made, so two concurrent changes cannot close a cycle together.
+    chart: Arc<dashmap::DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Cadre {
@@ -86,7 +89,11 @@ impl Cadre {
     /// Starts the tree: the root hydrates every organization from the store.
     pub async fn start(ctx: Arc<Ctx>) -> std::result::Result<Cadre, ractor::SpawnErr> {
         let (root, _) = Actor::spawn(None, RootSupervisor, ctx.clone()).await?;
-        Ok(Cadre { ctx, root })
+        Ok(Cadre {
+            ctx,
+            root,
+            chart: Arc::default(),
+        })
     }
 
     /// The shared context.
@@ -196,6 +203,11 @@ impl Cadre {
         .await
     }
 
+    /// Every agent of the organization (its read index: what a list shows).
+    pub async fn all_agents(&self, org: &OrgId) -> Result<Vec<Arc<AgentSnapshot>>> {
+        self.tenant_call(org, TenantMsg::All).await
+    }
+
     /// One agent.
     pub async fn get_agent(&self, org: &OrgId, id: &AgentId) -> Result<Arc<AgentSnapshot>> {
         self.agent_call(org, id, AgentMsg::Get).await
@@ -223,7 +235,10 @@ impl Cadre {
         .await?
     }
 
-    /// A configuration change.
+    /// A configuration change. A new manager that is an agent must be one
+    /// of the organization's, and the new link must close no cycle
+    /// (`reports_to_cycle`, naming it); changes of `reports_to` are made
+    /// one at a time per organization.
     pub async fn patch_agent(
         &self,
         org: &OrgId,
@@ -231,6 +246,36 @@ impl Cadre {
         patch: AgentPatch,
         by: Who,
     ) -> Result<Arc<AgentSnapshot>> {
+        let _held = match &patch.reports_to {
+            Some(Some(Manager::Agent(m))) => {
+                let lock = self.chart.entry(org.clone()).or_default().clone();
+                let held = lock.lock_owned().await;
+                let all = self.all_agents(org).await?;
+                if !all.iter().any(|s| s.id.as_str() == m) {
+                    return Err(Error::Invalid(format!(
+                        "reports_to.agent: no agent {m} in this organization"
+                    )));
+                }
+                if let Some(path) = crate::chart::cycle(&all, id, m) {
+                    let name = |a: &AgentId| {
+                        all.iter()
+                            .find(|s| &s.id == a)
+                            .map(|s| s.view().name)
+                            .unwrap_or_else(|| a.to_string())
+                    };
+                    let names: Vec<String> = path.iter().map(name).collect();
+                    return Err(Error::Conflict(
+                        "reports_to_cycle",
+                        format!(
+                            "reports_to would close a cycle in the org chart: {}",
+                            names.join(" → ")
+                        ),
+                    ));
+                }
+                Some(held)
+            }
+            _ => None,
+        };
         self.agent_call(org, id, |reply| AgentMsg::Patch {
             patch: Box::new(patch.clone()),
             by: by.clone(),
@@ -317,7 +362,43 @@ impl Cadre {
         .await?
     }
 
-    /// Gives `task` (state `queued`) to its agent: answered once it is stored.
+    /// Refuses new work for `id` while its manager (an agent) is stopped,
+    /// in error or halted: `manager_unavailable`, naming the manager.
+    pub async fn manager_available(&self, org: &OrgId, id: &AgentId) -> Result<()> {
+        let me = self.get_agent(org, id).await?;
+        let Some(Manager::Agent(m)) = &me.reports_to else {
+            return Ok(());
+        };
+        let m = AgentId(m.clone());
+        // A manager deleted since is no manager.
+        let Ok(boss) = self.get_agent(org, &m).await else {
+            return Ok(());
+        };
+        let why = if crate::chart::blocks_reports(&boss) {
+            Some(boss.state.as_str().to_string())
+        } else {
+            // The organization's and the instance's switches halt the
+            // reports themselves; the manager's own switch halts its team.
+            self.ctx
+                .gov
+                .halted(org, &m)
+                .filter(|scope| *scope == "agent")
+                .map(|_| "halted by its kill switch".to_string())
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => Err(Error::Conflict(
+                "manager_unavailable",
+                format!(
+                    "its manager {} ({m}) is {why}: its reports start no new work until it runs",
+                    boss.view().name
+                ),
+            )),
+        }
+    }
+
+    /// Gives `task` (state `queued`) to its agent: answered once it is
+    /// stored. Refused while the agent's manager is unavailable.
     pub async fn submit_task(
         &self,
         org: &OrgId,
@@ -325,6 +406,7 @@ impl Cadre {
         task: crate::task::TaskRecord,
         by: &Who,
     ) -> Result<crate::task::TaskRecord> {
+        self.manager_available(org, id).await?;
         let task = Box::new(task);
         self.agent_call(org, id, |reply| AgentMsg::SubmitTask {
             task: task.clone(),

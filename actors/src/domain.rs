@@ -168,6 +168,41 @@ pub struct AgentSpec {
     pub profile: Option<String>,
     /// How its runtime works: model provider settings and MCP servers.
     pub runtime: RuntimeSpec,
+    /// Its job description, persona and manager.
+    pub job: Job,
+}
+
+/// Who an agent reports to: another agent of its organization or a person.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Manager {
+    /// An agent (its id).
+    Agent(String),
+    /// A user (their id).
+    User(String),
+}
+
+/// What makes an agent an employee beyond its tools: the job it is told,
+/// how it speaks, and who it reports to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Its job description (free text, part of every system prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Tone and language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+    /// Its manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports_to: Option<Manager>,
+}
+
+impl Job {
+    /// Whether nothing is set (stored as NULL).
+    pub fn is_default(&self) -> bool {
+        *self == Job::default()
+    }
 }
 
 /// The agent's own model provider settings; every field left out takes
@@ -448,6 +483,12 @@ pub struct AgentPatch {
     pub railway: Option<RailwaySpec>,
     /// New knowledge settings (replace the old ones).
     pub knowledge: Option<KnowledgeSpec>,
+    /// New instructions; `Some(None)` clears them.
+    pub instructions: Option<Option<String>>,
+    /// New persona; `Some(None)` clears it.
+    pub persona: Option<Option<String>>,
+    /// New manager; `Some(None)` removes it.
+    pub reports_to: Option<Option<Manager>>,
 }
 
 impl AgentPatch {
@@ -521,6 +562,23 @@ impl AgentPatch {
         if let Some(k) = &self.knowledge {
             put("knowledge", serde_json::to_value(k));
         }
+        // Long texts are summarized by their size: the version history
+        // keeps them whole.
+        let size = |t: &Option<String>| {
+            serde_json::json!(
+                t.as_ref()
+                    .map(|t| format!("{} characters", t.chars().count()))
+            )
+        };
+        if let Some(i) = &self.instructions {
+            put("instructions", Ok(size(i)));
+        }
+        if let Some(p) = &self.persona {
+            put("persona", Ok(size(p)));
+        }
+        if let Some(r) = &self.reports_to {
+            put("reports_to", serde_json::to_value(r));
+        }
         serde_json::Value::Object(m)
     }
 
@@ -592,6 +650,15 @@ impl AgentPatch {
         }
         if let Some(k) = &self.knowledge {
             s.runtime.knowledge = k.clone();
+        }
+        if let Some(i) = &self.instructions {
+            s.job.instructions = i.clone();
+        }
+        if let Some(p) = &self.persona {
+            s.job.persona = p.clone();
+        }
+        if let Some(r) = &self.reports_to {
+            s.job.reports_to = r.clone();
         }
         s
     }
@@ -749,6 +816,15 @@ pub struct AgentView {
     /// Knowledge bases it reads, memories it recalls.
     #[serde(default)]
     pub knowledge: KnowledgeSpec,
+    /// Its job description.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Tone and language.
+    #[serde(default)]
+    pub persona: Option<String>,
+    /// Its manager: `{"agent": id}`, `{"user": id}` or null.
+    #[serde(default)]
+    pub reports_to: Option<Manager>,
     /// Usage.
     pub usage: UsageView,
     /// RFC 3339.
@@ -794,6 +870,9 @@ impl AgentView {
             llm: rec.spec.runtime.llm.clone(),
             mcp_servers: rec.spec.runtime.mcp_servers.clone(),
             knowledge: rec.spec.runtime.knowledge.clone(),
+            instructions: rec.spec.job.instructions.clone(),
+            persona: rec.spec.job.persona.clone(),
+            reports_to: rec.spec.job.reports_to.clone(),
             usage: UsageView {
                 tokens: rec.usage.tokens,
                 cost_usd: micros_to_usd(rec.usage.cost_micros),
@@ -816,6 +895,8 @@ pub struct AgentSnapshot {
     pub id: AgentId,
     /// Its state (list filters).
     pub state: State,
+    /// Its manager (the org chart, without parsing the view).
+    pub reports_to: Option<Manager>,
     /// `serde_json` rendering of the view.
     pub json: Box<str>,
 }
@@ -829,6 +910,7 @@ impl AgentSnapshot {
         Arc::new(AgentSnapshot {
             id: view.id,
             state: view.state,
+            reports_to: view.reports_to,
             json: json.into_boxed_str(),
         })
     }

@@ -24,6 +24,7 @@ pub mod agent;
 pub mod approval;
 pub mod audit;
 pub mod budget;
+pub mod chart;
 pub mod client;
 pub mod context;
 pub mod domain;

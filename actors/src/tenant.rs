@@ -88,6 +88,8 @@ pub enum TenantMsg {
         /// Answer.
         reply: RpcReplyPort<ListPage>,
     },
+    /// Every agent of the read index, by id (the org chart).
+    All(RpcReplyPort<Vec<Arc<AgentSnapshot>>>),
     /// An agent committed a change (sent by the agent before it answers its caller,
     /// so a list after a write sees the write).
     Changed(Arc<AgentSnapshot>),
@@ -573,6 +575,9 @@ impl Actor for TenantSupervisor {
             }
             TenantMsg::List { query, reply } => {
                 let _ = reply.send(st.list(&query));
+            }
+            TenantMsg::All(reply) => {
+                let _ = reply.send(st.index.values().cloned().collect());
             }
             TenantMsg::Changed(snap) => {
                 if st.children.contains_key(&snap.id) {

@@ -243,7 +243,11 @@ async fn a_failed_check_waits_for_the_threshold_but_a_known_exit_does_not() {
     })
     .await;
     let view = h.cadre.get_agent(&h.org, &id).await.expect("get");
-    assert_eq!(view.view().restart_count, 0, "recovered before the threshold");
+    assert_eq!(
+        view.view().restart_count,
+        0,
+        "recovered before the threshold"
+    );
     assert!(
         view.view()
             .state_reason
@@ -258,7 +262,9 @@ async fn a_failed_check_waits_for_the_threshold_but_a_known_exit_does_not() {
     wait_until("the gone runtime is recovered", LIMIT, || {
         h.store.history(&id).iter().any(|t| {
             t.to == State::Starting
-                && t.reason.as_deref().is_some_and(|r| r.contains("fake runtime not running"))
+                && t.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("fake runtime not running"))
         })
     })
     .await;

@@ -173,13 +173,12 @@ fn text(
 /// An identifier (a conversation, tool or call id): [`text`] without any
 /// control character, refused as names are, so a NUL or a line break never
 /// reaches a filter, a log line or the dashboard.
-fn ident(
-    m: &Fields<'_>,
-    name: &'static str,
-    required: bool,
-) -> Result<Option<String>, Invalid> {
+fn ident(m: &Fields<'_>, name: &'static str, required: bool) -> Result<Option<String>, Invalid> {
     let value = text(m, name, MAX_ID, required)?;
-    if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+    if value
+        .as_deref()
+        .is_some_and(|v| v.chars().any(char::is_control))
+    {
         return Err(invalid(name, "must not contain control characters"));
     }
     Ok(value)
@@ -359,13 +358,22 @@ mod tests {
         let bad = |kind: &str, p: Value| parse(kind, &p.to_string(), &[]).unwrap_err().field;
         assert_eq!(bad(TOOL_CALL, json!({"status": "ok"})), "tool_id");
         for id in ["a\u{0}b", "line\nbreak", "tab\tbed", "\u{1b}[31m"] {
-            assert_eq!(bad(TOOL_CALL, json!({"tool_id": id, "status": "ok"})), "tool_id");
             assert_eq!(
-                bad(TOOL_CALL, json!({"tool_id": "t", "call_id": id, "status": "ok"})),
+                bad(TOOL_CALL, json!({"tool_id": id, "status": "ok"})),
+                "tool_id"
+            );
+            assert_eq!(
+                bad(
+                    TOOL_CALL,
+                    json!({"tool_id": "t", "call_id": id, "status": "ok"})
+                ),
                 "call_id"
             );
             assert_eq!(
-                bad(MESSAGE, json!({"conversation_id": id, "role": "user", "content": "hi"})),
+                bad(
+                    MESSAGE,
+                    json!({"conversation_id": id, "role": "user", "content": "hi"})
+                ),
                 "conversation_id"
             );
         }

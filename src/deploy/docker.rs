@@ -190,7 +190,11 @@ fn gateway_of(network: &bollard::models::NetworkInspect) -> Option<IpAddr> {
         {
             return Some(g);
         }
-        if let Some(net) = c.subnet.as_deref().and_then(|s| s.parse::<ipnet::Ipv4Net>().ok()) {
+        if let Some(net) = c
+            .subnet
+            .as_deref()
+            .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok())
+        {
             return net.hosts().next().map(IpAddr::V4);
         }
     }
@@ -255,7 +259,12 @@ impl DockerDeployer {
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await
-            .map_err(|e| err(format!("{advice} (inspecting the network: {})", engine_message(&e))))?;
+            .map_err(|e| {
+                err(format!(
+                    "{advice} (inspecting the network: {})",
+                    engine_message(&e)
+                ))
+            })?;
         let gateway = gateway_of(&info)
             .ok_or_else(|| err(format!("{advice} (the network names no IPv4 gateway)")))?;
         let door = self
@@ -512,12 +521,8 @@ impl Deployer for DockerDeployer {
         let _guard = lock.lock().await;
         let docker = self.engine().await?;
         let connect_url = self.reachable_url(docker).await?;
-        let config = super::runtime_config(
-            req,
-            &connect_url,
-            self.llm.as_ref().map(|(s, _)| s),
-            None,
-        );
+        let config =
+            super::runtime_config(req, &connect_url, self.llm.as_ref().map(|(s, _)| s), None);
         let config = serde_json::to_string(&config).map_err(|e| err(e.to_string()))?;
         let server_key = self.llm.as_ref().and_then(|(_, k)| k.as_deref());
         let secrets = SealedEnv::of(req)

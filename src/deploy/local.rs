@@ -377,11 +377,16 @@ fn exit_reason(status: std::process::ExitStatus, dir: &Path, log_from: u64) -> S
         (Some(code), _) => format!("runtime exited with status {code}"),
         (None, Some(sig)) => format!(
             "runtime killed by signal {sig} ({})",
-            Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")
+            Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown")
         ),
         _ => format!("runtime exited: {status}"),
     };
-    let tail = tail_lines(&String::from_utf8_lossy(&log_since(dir, log_from)), EXIT_LOG_LINES);
+    let tail = tail_lines(
+        &String::from_utf8_lossy(&log_since(dir, log_from)),
+        EXIT_LOG_LINES,
+    );
     if tail.is_empty() {
         return format!("{how}; its log is empty");
     }
@@ -494,7 +499,9 @@ impl Deployer for LocalDeployer {
             } else {
                 // Cannot be waited for (should not happen): report it gone,
                 // as status 255 rather than a success it was not.
-                let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(0xff00)));
+                let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(
+                    0xff00,
+                )));
             }
             if let Some(hook) = hook.get() {
                 hook(&name);

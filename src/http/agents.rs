@@ -17,8 +17,8 @@ use cadre_actors::agent::DeleteOutcome;
 use cadre_actors::budget::{BudgetLimits, PeriodKind};
 use cadre_actors::domain::{
     AgentId, AgentPatch, AgentSnapshot, AgentSpec, DeployTarget, DockerSpec, FlySpec,
-    HealthOverrides, KnowledgeSpec, LlmSpec, McpServerSpec, OrgId, RailwaySpec, RuntimeSpec,
-    SshSpec,
+    HealthOverrides, Job, KnowledgeSpec, LlmSpec, Manager, McpServerSpec, OrgId, RailwaySpec,
+    RuntimeSpec, SshSpec,
 };
 use cadre_actors::lifecycle::{Command, State as AgentState};
 use cadre_actors::tenant::ListQuery;
@@ -28,6 +28,10 @@ use std::sync::Arc;
 const MAX_NAME: usize = 200;
 const MAX_ROLE: usize = 4000;
 const MAX_MODEL: usize = 200;
+/// Instructions (an agent's or an organization's), in bytes.
+pub(super) const MAX_INSTRUCTIONS: usize = 32 * 1024;
+/// A persona, in bytes.
+const MAX_PERSONA: usize = 4 * 1024;
 const MAX_INTERVAL_MS: u64 = 24 * 3600 * 1000;
 const MAX_COST_USD: f64 = 1e12;
 const DEFAULT_PAGE: usize = 50;
@@ -125,6 +129,9 @@ struct CreateAgent {
     llm: Option<LlmSpec>,
     mcp_servers: Option<Vec<McpServerSpec>>,
     knowledge: Option<KnowledgeSpec>,
+    instructions: Option<String>,
+    persona: Option<String>,
+    reports_to: Option<Manager>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +150,12 @@ struct PatchAgent {
     llm: Option<LlmSpec>,
     mcp_servers: Option<Vec<McpServerSpec>>,
     knowledge: Option<KnowledgeSpec>,
+    #[serde(default, deserialize_with = "nullable")]
+    instructions: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    persona: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    reports_to: Option<Option<Manager>>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +195,82 @@ pub(super) fn text(field: &str, value: &str, max: usize) -> Result<String, ApiEr
 
 fn opt_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
     value.map(|v| text(field, v, max)).transpose()
+}
+
+/// Free text of up to `max` bytes (a job description, a handbook): kept as
+/// written but for surrounding white space; no control characters but
+/// line breaks and tabs.
+fn long(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "must not be empty (null removes it)",
+        ));
+    }
+    if v.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {max} bytes ({} given)", v.len()),
+        ));
+    }
+    if v.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// Instructions (an agent's or an organization's).
+pub(super) fn long_text(field: &str, value: &str) -> Result<String, ApiError> {
+    long(field, value, MAX_INSTRUCTIONS)
+}
+
+/// A manager as given: an id of the right shape (whether it exists is
+/// checked against the organization by [`known_manager`]).
+fn manager(m: Manager) -> Result<Manager, ApiError> {
+    let (field, id) = match &m {
+        Manager::Agent(id) => ("reports_to.agent", id),
+        Manager::User(id) => ("reports_to.user", id),
+    };
+    let ok = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if !ok {
+        return Err(ApiError::invalid(field, format!("{id:?} is not an id")));
+    }
+    Ok(match m {
+        Manager::Agent(id) => Manager::Agent(id.to_ascii_lowercase()),
+        Manager::User(id) => Manager::User(id.to_ascii_lowercase()),
+    })
+}
+
+/// The manager exists in the caller's organization: an agent of it, or a
+/// user of it.
+fn known_manager(state: &AppState, org: &OrgId, m: &Manager) -> Result<(), ApiError> {
+    match m {
+        Manager::Agent(id) if !state.cadre.has_agent(org, &AgentId(id.clone())) => {
+            Err(ApiError::invalid(
+                "reports_to.agent",
+                format!("no agent {id} in this organization"),
+            ))
+        }
+        Manager::User(id)
+            if state
+                .identity
+                .directory()
+                .user(id)
+                .is_none_or(|u| &u.org != org) =>
+        {
+            Err(ApiError::invalid(
+                "reports_to.user",
+                format!("no user {id} in this organization"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn target(name: &str) -> Result<DeployTarget, ApiError> {
@@ -582,6 +671,17 @@ impl CreateAgent {
                     .transpose()?
                     .unwrap_or_default(),
             },
+            job: Job {
+                instructions: self
+                    .instructions
+                    .map(|i| long_text("instructions", &i))
+                    .transpose()?,
+                persona: self
+                    .persona
+                    .map(|p| long("persona", &p, MAX_PERSONA))
+                    .transpose()?,
+                reports_to: self.reports_to.map(manager).transpose()?,
+            },
         })
     }
 }
@@ -626,6 +726,18 @@ impl PatchAgent {
             fly: dep.fly.map(fly_spec).transpose()?,
             railway: dep.railway.map(railway_spec).transpose()?,
             knowledge: self.knowledge.map(knowledge_spec).transpose()?,
+            instructions: self
+                .instructions
+                .map(|i| i.map(|i| long_text("instructions", &i)).transpose())
+                .transpose()?,
+            persona: self
+                .persona
+                .map(|p| p.map(|p| long("persona", &p, MAX_PERSONA)).transpose())
+                .transpose()?,
+            reports_to: self
+                .reports_to
+                .map(|m| m.map(manager).transpose())
+                .transpose()?,
         })
     }
 }
@@ -665,6 +777,9 @@ async fn create(
     ApiJson(body): ApiJson<CreateAgent>,
 ) -> Result<Response, ApiError> {
     let spec = body.into_spec()?;
+    if let Some(m) = &spec.job.reports_to {
+        known_manager(&state, &principal.org, m)?;
+    }
     known_profile(&state, &principal.org, spec.profile.as_deref())?;
     known_secrets(&state, &principal.org, &spec.runtime)?;
     known_bases(&state, &principal.org, &spec.runtime.knowledge).await?;
@@ -872,6 +987,15 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let id = agent_id(&id)?;
     let patch = body.into_patch()?;
+    if let Some(Some(m)) = &patch.reports_to {
+        if *m == Manager::Agent(id.to_string()) {
+            return Err(ApiError::invalid(
+                "reports_to.agent",
+                "an agent cannot report to itself",
+            ));
+        }
+        known_manager(&state, &principal.org, m)?;
+    }
     if let Some(p) = &patch.profile {
         known_profile(&state, &principal.org, p.as_deref())?;
     }
@@ -894,6 +1018,52 @@ async fn patch(
         .patch_agent(&principal.org, &id, patch, principal.who())
         .await?;
     Ok(agent_response(StatusCode::OK, &snap))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptParams {
+    /// `task` (the default) or `chat`.
+    mode: Option<String>,
+}
+
+/// `GET /agents/{id}/prompt`: the system prompt and tools the agent's
+/// next task (or conversation) would be sent, composed now.
+async fn prompt(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<PromptParams>,
+) -> Result<Response, ApiError> {
+    use crate::prompt::Mode;
+    let id = agent_id(&id)?;
+    let mode = match params.mode.as_deref() {
+        None | Some("task") => Mode::Task,
+        Some("chat") => Mode::Chat,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("mode must be task or chat, not {other:?}"),
+            ));
+        }
+    };
+    let p = crate::prompt::prompt_for(
+        &state.cadre,
+        state.identity.directory(),
+        &state.store,
+        &principal.org,
+        &id,
+        mode,
+    )
+    .await?;
+    Ok(axum::Json(serde_json::json!({
+        "agent_id": id.as_str(),
+        "mode": mode,
+        "system": p.system,
+        "tools": p.tools,
+    }))
+    .into_response())
 }
 
 async fn delete(
@@ -1075,6 +1245,12 @@ pub fn routes(r: Routes) -> Routes {
             "/agents/{id}/config",
             Action::AgentsRead,
             get(config_file),
+        )
+        .add(
+            Method::GET,
+            "/agents/{id}/prompt",
+            Action::PromptRead,
+            get(prompt),
         )
         .add(
             Method::POST,

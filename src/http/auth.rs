@@ -130,7 +130,12 @@ pub(super) async fn login(
     let email = req.email.trim().to_lowercase();
     let now = SystemClock.now_ms();
     let client = ctx.client.to_string();
-    if let Some(until) = state.store.tables().login_lock(&email, &client, now).await? {
+    if let Some(until) = state
+        .store
+        .tables()
+        .login_lock(&email, &client, now)
+        .await?
+    {
         return Ok(locked(until, now));
     }
     let user: Option<UserRecord> = state.store.tables().user_record_by_email(&email).await?;

@@ -42,6 +42,8 @@ fn org_json(state: &AppState, row: &OrgRow) -> Value {
         "activity_retention_default": row.activity_retention_days.is_none(),
         "timezone": row.timezone,
         "budget_period": row.budget_period,
+        "instructions": row.instructions,
+        "delegation": row.delegation,
     })
 }
 
@@ -215,6 +217,11 @@ pub(super) struct PatchOrg {
     timezone: Option<String>,
     /// `daily`, `weekly` or `monthly`.
     budget_period: Option<String>,
+    /// The handbook every agent of it is told; `null` removes it.
+    #[serde(default, deserialize_with = "super::agents::nullable")]
+    instructions: Option<Option<String>>,
+    /// `chart` (down the org chart and to peers) or `any`.
+    delegation: Option<String>,
 }
 
 /// Activity retention an organization may set: a day to ten years.
@@ -239,6 +246,9 @@ pub(super) struct PatchOwnOrg {
     activity_retention_days: Option<Option<u32>>,
     timezone: Option<String>,
     budget_period: Option<String>,
+    #[serde(default, deserialize_with = "super::agents::nullable")]
+    instructions: Option<Option<String>>,
+    delegation: Option<String>,
 }
 
 /// `PATCH /orgs/current`: the owner's settings of their own organization.
@@ -250,10 +260,12 @@ pub(super) async fn patch_own_org(
     if body.activity_retention_days.is_none()
         && body.timezone.is_none()
         && body.budget_period.is_none()
+        && body.instructions.is_none()
+        && body.delegation.is_none()
     {
         return Err(ApiError::invalid(
             "timezone",
-            "nothing to change: give timezone, budget_period and/or activity_retention_days",
+            "nothing to change: give timezone, budget_period, instructions, delegation and/or activity_retention_days",
         ));
     }
     let org = p.org.clone();
@@ -263,6 +275,8 @@ pub(super) async fn patch_own_org(
         activity_retention_days: body.activity_retention_days,
         timezone: body.timezone,
         budget_period: body.budget_period,
+        instructions: body.instructions,
+        delegation: body.delegation,
     };
     update_org(&state, &p, &org, body).await
 }
@@ -317,18 +331,37 @@ async fn update_org(
         && body.activity_retention_days.is_none()
         && body.timezone.is_none()
         && budget_period.is_none()
+        && body.instructions.is_none()
+        && body.delegation.is_none()
     {
         return Err(ApiError::invalid(
             "plan",
-            "nothing to change: give plan, limits, activity_retention_days, timezone and/or budget_period",
+            "nothing to change: give plan, limits, activity_retention_days, timezone, budget_period, instructions and/or delegation",
         ));
     }
+    if let Some(d) = &body.delegation
+        && !matches!(d.as_str(), "chart" | "any")
+    {
+        return Err(ApiError::invalid(
+            "delegation",
+            "chart (down the org chart and to peers with the same manager) or any",
+        ));
+    }
+    let instructions = body
+        .instructions
+        .map(|i| {
+            i.map(|t| super::agents::long_text("instructions", &t))
+                .transpose()
+        })
+        .transpose()?;
     let change = crate::identity::OrgChange {
         plan,
         limits: body.limits,
         activity_retention_days: body.activity_retention_days,
         timezone: body.timezone,
         budget_period,
+        instructions,
+        delegation: body.delegation,
     };
     let row = state.identity.update_org(org, change, p.who()).await?;
     // Lowered monthly limits take effect at once.

@@ -7,6 +7,7 @@ pub mod activity;
 pub mod admin;
 pub mod agents;
 pub mod auth;
+mod chart;
 pub mod dashboard;
 pub mod error;
 mod governance;
@@ -325,6 +326,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = schedules::routes(r);
     let r = knowledge::routes(r);
     let r = spend::routes(r);
+    let r = chart::routes(r);
     admin::routes(r)
 }
 

@@ -52,6 +52,7 @@ async fn connect(
         knowledge: state.knowledge.clone(),
         working_ttl_hours: state.config.knowledge.working_ttl_hours,
         store: state.store.clone(),
+        dir: state.identity.directory().clone(),
         activity: state.activity.clone(),
         shutdown: state.shutdown.clone(),
         limits: state.config.tasks.default_limits,
@@ -70,6 +71,7 @@ struct Session {
     knowledge: crate::knowledge::Knowledge,
     working_ttl_hours: u64,
     store: std::sync::Arc<crate::store::Db>,
+    dir: std::sync::Arc<crate::identity::Directory>,
     activity: crate::activity::Activity,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Limits of tasks that agents give each other.
@@ -105,6 +107,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
         knowledge,
         working_ttl_hours,
         store,
+        dir,
         activity,
         mut shutdown,
         limits,
@@ -191,6 +194,15 @@ async fn serve(mut socket: WebSocket, session: Session) {
                             _ => Vec::new(),
                         };
                         let memories = recall_for_task(&cadre, &knowledge, &org, &agent, &t.instruction).await;
+                        // Composed as the task leaves: a later change of the
+                        // agent's instructions reaches the next task, not this one.
+                        let prompt = match crate::prompt::prompt_for(&cadre, &dir, &store, &org, &agent, crate::prompt::Mode::Task).await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = send(&mut socket, &error("unavailable", e.to_string())).await;
+                                return;
+                            }
+                        };
                         ServerMessage::Task {
                             task_id: t.id,
                             instruction: t.instruction,
@@ -198,6 +210,8 @@ async fn serve(mut socket: WebSocket, session: Session) {
                             limits: t.limits,
                             replay,
                             memories,
+                            system: Some(prompt.system),
+                            tools: Some(prompt.tools),
                         }
                     }
                     TaskOrder::Cancel(task_id) => ServerMessage::CancelTask { task_id },
@@ -360,8 +374,9 @@ async fn serve(mut socket: WebSocket, session: Session) {
                 to,
                 message,
             }) => {
+                let rule = dir.org(&org).map(|o| o.row.delegation).unwrap_or_default();
                 let (task_id, why) = match agent_message(
-                    &cadre, &store, &org, &agent, limits, &call_id, &task_id, &to, &message,
+                    &cadre, &store, &org, &agent, limits, &call_id, &task_id, &to, &message, &rule,
                 )
                 .await
                 {
@@ -546,6 +561,7 @@ async fn agent_message(
     from_task: &str,
     to: &str,
     message: &str,
+    rule: &str,
 ) -> Result<String, String> {
     let id = crate::derived_uuid(&format!("message\n{org}\n{from}\n{call_id}"));
     if let Ok(Some(t)) = store.tables().task(org.as_str(), &id).await {
@@ -563,6 +579,17 @@ async fn agent_message(
         .ok_or_else(|| format!("no agent named {to:?} in this organization"))?;
     if target == from.as_str() {
         return Err("an agent cannot message itself".into());
+    }
+    // The organization's delegation rule: `chart` (the default) lets an
+    // agent give work down the chart and to peers with the same manager.
+    if rule != "any" {
+        let all = cadre.all_agents(org).await.map_err(|e| e.to_string())?;
+        if !cadre_actors::chart::may_delegate(&all, from, &AgentId(target.clone())) {
+            return Err(format!(
+                "{to:?} is neither below you in the org chart nor a peer with your manager; \
+                 the organization's delegation rule (chart) allows only those"
+            ));
+        }
     }
     let mut task = cadre_actors::task::TaskRecord::queued(
         org.as_str(),

@@ -136,6 +136,10 @@ pub struct OrgChange {
     pub timezone: Option<String>,
     /// New budget period.
     pub budget_period: Option<cadre_actors::budget::PeriodKind>,
+    /// New instructions (`Some(None)`: none).
+    pub instructions: Option<Option<String>>,
+    /// New delegation rule (`chart` or `any`).
+    pub delegation: Option<String>,
 }
 
 /// Messages of the identity actor.
@@ -225,6 +229,8 @@ impl IdentityState {
             activity_retention_days: None,
             timezone: "UTC".into(),
             budget_period: "monthly".into(),
+            instructions: None,
+            delegation: "chart".into(),
         };
         let user_id = uuid::Uuid::now_v7().to_string();
         let owner = NewUser {
@@ -266,6 +272,8 @@ impl IdentityState {
             activity_retention_days: retention,
             timezone,
             budget_period,
+            instructions,
+            delegation,
         } = change;
         let limits_json = limits
             .map(|l| serde_json::to_string(&l))
@@ -281,6 +289,15 @@ impl IdentityState {
         if let Some(p) = budget_period {
             summary["budget_period"] = serde_json::json!(p.as_str());
         }
+        if let Some(d) = &delegation {
+            summary["delegation"] = serde_json::json!(d);
+        }
+        if let Some(i) = &instructions {
+            summary["instructions"] = serde_json::json!(
+                i.as_ref()
+                    .map(|t| format!("{} characters", t.chars().count()))
+            );
+        }
         let audit = self.audit(&org, &by, "org.update", format!("org:{org}"), summary);
         if !self
             .store
@@ -290,7 +307,12 @@ impl IdentityState {
                 plan.as_deref(),
                 limits_json.as_deref(),
                 retention.map(|d| d.map(i64::from)),
-                (timezone.as_deref(), budget_period.map(|p| p.as_str())),
+                crate::store::OrgSettings {
+                    timezone: timezone.as_deref(),
+                    budget_period: budget_period.map(|p| p.as_str()),
+                    instructions: instructions.as_ref().map(|i| i.as_deref()),
+                    delegation: delegation.as_deref(),
+                },
                 &audit,
             )
             .await?

@@ -19,7 +19,11 @@ pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
             !l.is_empty() && !d.is_empty() && !d.starts_with('.') && !d.contains('@')
         })
         && !e.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok { Ok(e) } else { Err("not an email address") }
+    if ok {
+        Ok(e)
+    } else {
+        Err("not an email address")
+    }
 }
 
 /// Whether `raw` may be a new password (8 to 1024 characters), or why not.

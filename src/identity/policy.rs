@@ -16,6 +16,9 @@ pub enum Action {
     Authenticated,
     /// Read agents.
     AgentsRead,
+    /// Read what an agent's model is told (its composed prompt, which
+    /// carries the organization's instructions): members and above.
+    PromptRead,
     /// Create, change, operate, delete agents.
     AgentsWrite,
     /// Read the organization and its usage.
@@ -60,6 +63,7 @@ impl Action {
             }
             Action::AgentsRead => (Role::Viewer, Scope::AgentsRead),
             Action::AgentsWrite => (Role::Member, Scope::AgentsWrite),
+            Action::PromptRead => (Role::Member, Scope::AgentsRead),
             Action::OrgRead => (Role::Viewer, Scope::OrgRead),
             Action::UsersRead => (Role::Admin, Scope::UsersRead),
             Action::UsersWrite => (Role::Admin, Scope::UsersWrite),

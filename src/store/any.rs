@@ -80,7 +80,7 @@ forward! {
     fn last_audit_id(&self) -> Result<i64, StoreError>;
     fn append_audit(&self, a: &AuditEntry) -> Result<(), StoreError>;
     fn create_org(&self, org: &OrgRow, owner: &NewUser<'_>, audit: &AuditEntry) -> Result<(), StoreError>;
-    fn update_org(&self, id: &str, plan: Option<&str>, limits: Option<&str>, retention: Option<Option<i64>>, zone: (Option<&str>, Option<&str>), audit: &AuditEntry) -> Result<bool, StoreError>;
+    fn update_org(&self, id: &str, plan: Option<&str>, limits: Option<&str>, retention: Option<Option<i64>>, settings: OrgSettings<'_>, audit: &AuditEntry) -> Result<bool, StoreError>;
     fn set_org_suspended(&self, id: &str, at: Option<i64>, audit: &AuditEntry) -> Result<bool, StoreError>;
     fn create_user(&self, user: &NewUser<'_>, max_users: Option<u64>, audit: &AuditEntry) -> Result<(), StoreError>;
     fn update_user(&self, org: &str, id: &str, change: &UserChange, now_ms: i64, audit: &AuditEntry) -> Result<Option<UserRecord>, StoreError>;

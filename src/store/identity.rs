@@ -44,6 +44,23 @@ pub struct OrgRow {
     pub timezone: String,
     /// `daily`, `weekly` or `monthly`: the period of the organization's limits.
     pub budget_period: String,
+    /// What every agent of it must know and obey (part of each system prompt).
+    pub instructions: Option<String>,
+    /// Whom its agents may give work: `chart` or `any`.
+    pub delegation: String,
+}
+
+/// How an organization runs, as `update_org` changes it (`None`: as is).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrgSettings<'a> {
+    /// IANA time zone.
+    pub timezone: Option<&'a str>,
+    /// `daily`, `weekly` or `monthly`.
+    pub budget_period: Option<&'a str>,
+    /// Its instructions (`Some(None)`: none).
+    pub instructions: Option<Option<&'a str>>,
+    /// `chart` or `any`.
+    pub delegation: Option<&'a str>,
 }
 
 /// A user row (without the password hash unless asked).
@@ -179,6 +196,8 @@ where
         activity_retention_days: get(r, "activity_retention_days")?,
         timezone: get(r, "timezone")?,
         budget_period: get(r, "budget_period")?,
+        instructions: get(r, "instructions")?,
+        delegation: get(r, "delegation")?,
     })
 }
 
@@ -221,7 +240,7 @@ where
 fn org_cols<D: Dialect>() -> String {
     format!(
         "id, name, slug, plan, {}, suspended_at, created_at, activity_retention_days, timezone, \
-         budget_period",
+         budget_period, instructions, delegation",
         D::json("limits")
     )
 }
@@ -717,7 +736,7 @@ on_dialects! {
             plan: Option<&str>,
             limits: Option<&str>,
             retention: Option<Option<i64>>,
-            zone: (Option<&str>, Option<&str>),
+            settings: OrgSettings<'_>,
             audit: &AuditEntry,
         ) -> Result<bool, StoreError> {
             retry(|| async move {
@@ -725,8 +744,9 @@ on_dialects! {
                 let sql = D::sql(&format!(
                     "UPDATE orgs SET plan = COALESCE(?, plan), limits = COALESCE(?{}, limits), \
                      activity_retention_days = CASE WHEN ? THEN ? ELSE activity_retention_days END, \
-                     timezone = COALESCE(?, timezone), budget_period = COALESCE(?, budget_period) \
-                     WHERE id = ?",
+                     timezone = COALESCE(?, timezone), budget_period = COALESCE(?, budget_period), \
+                     instructions = CASE WHEN ? THEN ? ELSE instructions END, \
+                     delegation = COALESCE(?, delegation) WHERE id = ?",
                     D::JSON
                 ));
                 let query = sqlx::query(&sql)
@@ -734,8 +754,11 @@ on_dialects! {
                     .bind(limits)
                     .bind(retention.is_some())
                     .bind(retention.flatten())
-                    .bind(zone.0)
-                    .bind(zone.1)
+                    .bind(settings.timezone)
+                    .bind(settings.budget_period)
+                    .bind(settings.instructions.is_some())
+                    .bind(settings.instructions.flatten())
+                    .bind(settings.delegation)
                     .bind(id);
                 if Self::run(&mut tx, query).await? == 0 {
                     return Ok(false);

@@ -68,8 +68,8 @@ pub use activity::{
 pub use any::{AnyTables, Db};
 pub use governance::ApprovalFilter;
 pub use identity::{
-    AuditFilter, AuditRow, AuditSince, KeyRecord, LoginLimits, NewRefresh, NewUser, OrgRow, OrgUsage, Rotation,
-    UserChange, UserRecord,
+    AuditFilter, AuditRow, AuditSince, KeyRecord, LoginLimits, NewRefresh, NewUser, OrgRow,
+    OrgSettings, OrgUsage, Rotation, UserChange, UserRecord,
 };
 pub use knowledge::{Chunk, Document, KnowledgeBase, Memory, VectorRow};
 pub use reads::HaltRow;

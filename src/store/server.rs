@@ -388,9 +388,10 @@ fn agent_columns<D: Dialect>() -> String {
         "id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, \
          usage_cost_micros, usage_period, {}, deployment_ref, runtime_token_hash, epoch, \
-         created_at, updated_at, profile, budget_period, {}",
+         created_at, updated_at, profile, budget_period, {}, {}",
         D::flag("usage_warned"),
-        D::json("runtime")
+        D::json("runtime"),
+        D::json("job")
     )
 }
 
@@ -563,12 +564,13 @@ on_dialects! {
                 .bind(rec.spec.profile.as_deref())
                 .bind(rec.spec.budget.period.as_str())
                 .bind(runtime_json(&rec.spec.runtime))
+                .bind(super::sqlite::job_json(&rec.spec.job))
         }
     }
 }
 
 /// The columns [`ServerStore::bind_spec`] binds, in its order.
-const SPEC_COLUMNS: [&str; 21] = [
+const SPEC_COLUMNS: [&str; 22] = [
     "name",
     "role",
     "model",
@@ -590,6 +592,7 @@ const SPEC_COLUMNS: [&str; 21] = [
     "profile",
     "budget_period",
     "runtime",
+    "job",
 ];
 
 on_dialects! {
@@ -619,11 +622,11 @@ on_dialects! {
                         ins.max_agents.unwrap_or(0)
                     ))));
                 }
-                let marks = vec!["?"; SPEC_COLUMNS.len() - 1].join(", ");
+                let marks = vec!["?"; SPEC_COLUMNS.len() - 2].join(", ");
                 let sql = D::sql(&format!(
-                    "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{})",
+                    "INSERT INTO agents (id, org_id, epoch, created_at, {}) VALUES (?, ?, ?, ?, {marks}, ?{json}, ?{json})",
                     SPEC_COLUMNS.join(", "),
-                    D::JSON
+                    json = D::JSON
                 ));
                 let query = sqlx::query(&sql)
                     .bind(rec.id.as_str())
@@ -668,7 +671,7 @@ on_dialects! {
                 let set: Vec<String> = SPEC_COLUMNS
                     .iter()
                     .map(|c| {
-                        let json = if *c == "runtime" { D::JSON } else { "" };
+                        let json = if matches!(*c, "runtime" | "job") { D::JSON } else { "" };
                         format!("{c} = ?{json}")
                     })
                     .collect();

@@ -90,10 +90,18 @@ pub(super) fn classify(e: sqlx::Error) -> StoreError {
     unavailable(e)
 }
 
+/// An agent's job (instructions, persona, manager) as stored: NULL when
+/// none is set.
+pub(super) fn job_json(j: &cadre_actors::domain::Job) -> Option<String> {
+    (!j.is_default())
+        .then(|| serde_json::to_string(j).ok())
+        .flatten()
+}
+
 pub(super) const AGENT_COLUMNS: &str = "id, org_id, name, role, model, target, health_interval_ms, \
     health_failure_threshold, budget_tokens, budget_cost_micros, state, state_reason, restart_count, \
     usage_tokens, usage_cost_micros, usage_period, usage_warned, deployment_ref, runtime_token_hash, \
-    epoch, created_at, updated_at, profile, budget_period, runtime";
+    epoch, created_at, updated_at, profile, budget_period, runtime, job";
 
 /// An `agents` row in column order ([`AGENT_COLUMNS`]). Deserializable from
 /// a JSON array too, which is how hydration reads whole pages at once.
@@ -123,6 +131,7 @@ pub(super) struct AgentRow(
     i64,
     Option<String>,
     String,
+    Option<String>,
     Option<String>,
 );
 
@@ -159,6 +168,7 @@ impl AgentRow {
             row.cell(22)?,
             row.cell(23)?,
             row.cell(24)?,
+            row.cell(25)?,
         ))
     }
 
@@ -189,6 +199,7 @@ impl AgentRow {
             profile,
             budget_period,
             runtime,
+            job,
         ) = self;
         let bad = |what: String| StoreError::Unavailable(format!("bad agent row {id}: {what}"));
         Ok(AgentRecord {
@@ -212,6 +223,11 @@ impl AgentRow {
                 runtime: match runtime {
                     Some(r) => serde_json::from_str(&r)
                         .map_err(|e| bad(format!("bad runtime settings: {e}")))?,
+                    None => Default::default(),
+                },
+                job: match job {
+                    Some(j) => serde_json::from_str(&j)
+                        .map_err(|e| bad(format!("bad job settings: {e}")))?,
                     None => Default::default(),
                 },
             },

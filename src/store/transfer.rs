@@ -93,6 +93,8 @@ pub static TABLES: &[Table] = &[
             c("activity_retention_days", Int),
             c("timezone", Text),
             c("budget_period", Text),
+            c("instructions", Text),
+            c("delegation", Text),
         ],
     },
     Table {
@@ -141,6 +143,7 @@ pub static TABLES: &[Table] = &[
             c("profile", Text),
             c("budget_period", Text),
             c("runtime", Json),
+            c("job", Json),
         ],
     },
     Table {
@@ -992,8 +995,11 @@ where
     let path = dir.join(MANIFEST);
     let text =
         serde_json::to_vec_pretty(&manifest).map_err(|e| io(&path)(std::io::Error::other(e)))?;
-    std::io::Write::write_all(&mut crate::files::create_private(&path).map_err(io(&path))?, &text)
-        .map_err(io(&path))?;
+    std::io::Write::write_all(
+        &mut crate::files::create_private(&path).map_err(io(&path))?,
+        &text,
+    )
+    .map_err(io(&path))?;
     Ok(manifest)
 }
 

@@ -423,7 +423,7 @@ async fn insert_rows(
         "INSERT INTO agents (id, org_id, name, role, model, target, health_interval_ms, health_failure_threshold, \
          budget_tokens, budget_cost_micros, state, state_reason, restart_count, usage_tokens, usage_cost_micros, \
          usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at, \
-         profile, budget_period, runtime) ",
+         profile, budget_period, runtime, job) ",
     );
     agents.push_values(rows, |mut b, (rec, _, _)| {
         b.push_bind(rec.id.as_str())
@@ -450,7 +450,8 @@ async fn insert_rows(
             .push_bind(rec.updated_at)
             .push_bind(rec.spec.profile.as_deref())
             .push_bind(rec.spec.budget.period.as_str())
-            .push_bind(runtime_json(&rec.spec.runtime));
+            .push_bind(runtime_json(&rec.spec.runtime))
+            .push_bind(super::sqlite::job_json(&rec.spec.job));
     });
     agents.build().execute(&mut *conn).await?;
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -538,8 +539,8 @@ async fn write(
         "UPDATE agents SET name = ?, role = ?, model = ?, target = ?, health_interval_ms = ?, \
          health_failure_threshold = ?, budget_tokens = ?, budget_cost_micros = ?, state = ?, state_reason = ?, \
          restart_count = ?, usage_tokens = ?, usage_cost_micros = ?, usage_period = ?, usage_warned = ?, \
-         deployment_ref = ?, runtime_token_hash = ?, updated_at = ?, profile = ?, budget_period = ?, runtime = ? \
-         WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
+         deployment_ref = ?, runtime_token_hash = ?, updated_at = ?, profile = ?, budget_period = ?, runtime = ?, \
+         job = ? WHERE id = ? AND epoch = ? AND deleted_at IS NULL",
     )
     .bind(&rec.spec.name)
     .bind(rec.spec.role.as_deref())
@@ -562,6 +563,7 @@ async fn write(
     .bind(rec.spec.profile.as_deref())
     .bind(rec.spec.budget.period.as_str())
     .bind(runtime_json(&rec.spec.runtime))
+    .bind(super::sqlite::job_json(&rec.spec.job))
     .bind(rec.id.as_str())
     .bind(rec.epoch)
     .execute(&mut *conn)
@@ -575,15 +577,15 @@ async fn write(
             "INSERT INTO usage_reports (agent_id, report_id, at, org_id, tokens, cost_micros) \
              VALUES (?, ?, ?, ?, ?, ?)",
         )
-            .bind(rec.id.as_str())
-            .bind(charge.report_id)
-            .bind(rec.updated_at)
-            .bind(rec.org_id.as_str())
-            .bind(i64::try_from(charge.tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(charge.cost_micros).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+        .bind(rec.id.as_str())
+        .bind(charge.report_id)
+        .bind(rec.updated_at)
+        .bind(rec.org_id.as_str())
+        .bind(i64::try_from(charge.tokens).unwrap_or(i64::MAX))
+        .bind(i64::try_from(charge.cost_micros).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
         // The organization's spend survives the agent's deletion, so an
         // organization cannot reset its month by deleting agents.
         sqlx::query(

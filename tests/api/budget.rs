@@ -284,7 +284,9 @@ async fn spend_is_shown_across_the_period_against_the_budget() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let mut ws = connect_as_runtime(&app, &token_of(&app, &id)).await.expect("connects");
+    let mut ws = connect_as_runtime(&app, &token_of(&app, &id))
+        .await
+        .expect("connects");
     assert_eq!(usage(&mut ws, "r1", 1000).await["counted"], true);
     assert_eq!(usage(&mut ws, "r2", 3000).await["counted"], true);
     // A report sent twice counts once, here as in the budget.
@@ -297,24 +299,43 @@ async fn spend_is_shown_across_the_period_against_the_budget() {
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(v["unit"], "day");
     assert_eq!(v["timezone"], "UTC");
-    assert_eq!(v["period"], format!("{:04}-{:02}", now.year(), u8::from(now.month())));
+    assert_eq!(
+        v["period"],
+        format!("{:04}-{:02}", now.year(), u8::from(now.month()))
+    );
     let parts = v["parts"].as_array().expect("parts");
     assert_eq!(parts.len(), usize::from(now.month().length(now.year())));
     let today = parts
         .iter()
-        .position(|p| p["start"].as_str().is_some_and(|s| s.starts_with(&now.date().to_string())))
+        .position(|p| {
+            p["start"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&now.date().to_string()))
+        })
         .expect("today is a part");
     assert_eq!(parts[today]["tokens"], 4000, "{v}");
     // 4,000 gpt-4o input tokens at 2.50 USD per million.
     assert_eq!(parts[today]["cost_usd"], 0.01, "{v}");
-    let others: i64 = parts.iter().map(|p| p["tokens"].as_i64().unwrap_or(0)).sum::<i64>() - 4000;
+    let others: i64 = parts
+        .iter()
+        .map(|p| p["tokens"].as_i64().unwrap_or(0))
+        .sum::<i64>()
+        - 4000;
     assert_eq!(others, 0, "{v}");
-    assert_eq!((v["tokens"].clone(), v["cost_usd"].clone()), (json!(4000), json!(0.01)));
-    assert_eq!(v["budget"], json!({ "tokens": 1_000_000, "cost_usd": 10.0 }));
+    assert_eq!(
+        (v["tokens"].clone(), v["cost_usd"].clone()),
+        (json!(4000), json!(0.01))
+    );
+    assert_eq!(
+        v["budget"],
+        json!({ "tokens": 1_000_000, "cost_usd": 10.0 })
+    );
 
     // The organization's, with its limit.
     org_limits(&app, json!({ "monthly_tokens": 50_000 })).await;
-    let (s, o) = app.call(Method::GET, "/api/v1/orgs/current/spend", None).await;
+    let (s, o) = app
+        .call(Method::GET, "/api/v1/orgs/current/spend", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{o}");
     assert_eq!(o["tokens"], 4000, "{o}");
     assert_eq!(o["budget"]["tokens"], 50_000, "{o}");
@@ -335,7 +356,11 @@ async fn spend_is_shown_across_the_period_against_the_budget() {
     assert_eq!(v["parts"].as_array().map(Vec::len), Some(24), "{v}");
     assert_eq!(v["tokens"], 4000, "{v}");
     let (s, _) = app
-        .call(Method::GET, "/api/v1/agents/00000000-0000-7000-8000-000000000000/spend", None)
+        .call(
+            Method::GET,
+            "/api/v1/agents/00000000-0000-7000-8000-000000000000/spend",
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }

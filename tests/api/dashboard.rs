@@ -904,7 +904,8 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
     }
     let (alpha, beta) = (ids[0].clone(), ids[1].clone());
     for id in &ids {
-        app.approvals(&format!("state=pending&agent_id={id}"), 1).await;
+        app.approvals(&format!("state=pending&agent_id={id}"), 1)
+            .await;
     }
     // Its day: tool calls reported this hour, one of them failed.
     let (s, v) = app
@@ -921,19 +922,30 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
 
     b.sign_in(&app, "admin@localhost").await;
     // The overview: activity names its agents; the organization's spend.
-    b.wait_for(&format!("#recent [data-agent-link='{alpha}']")).await;
+    b.wait_for(&format!("#recent [data-agent-link='{alpha}']"))
+        .await;
     let recent = b.text("#recent").await;
     assert!(recent.contains("alpha-bot"), "{recent}");
-    assert!(!recent.contains(&alpha[..8]), "an id where a name belongs: {recent}");
+    assert!(
+        !recent.contains(&alpha[..8]),
+        "an id where a name belongs: {recent}"
+    );
     b.wait_for("#org-spend-chart").await;
     b.shot("overview-named").await;
 
     // The inbox says which agent asks, by name.
     b.go("#/approvals", "#h-approvals").await;
-    b.wait_for(&format!("[data-approval] [data-agent-link='{beta}']")).await;
+    b.wait_for(&format!("[data-approval] [data-agent-link='{beta}']"))
+        .await;
     let inbox = b.text("#approvals").await;
-    assert!(inbox.contains("alpha-bot") && inbox.contains("beta-bot"), "{inbox}");
-    assert!(!inbox.contains(&alpha[..8]) && !inbox.contains(&beta[..8]), "{inbox}");
+    assert!(
+        inbox.contains("alpha-bot") && inbox.contains("beta-bot"),
+        "{inbox}"
+    );
+    assert!(
+        !inbox.contains(&alpha[..8]) && !inbox.contains(&beta[..8]),
+        "{inbox}"
+    );
     let hover = b
         .wait_for(&format!("[data-agent-link='{alpha}']"))
         .await
@@ -957,7 +969,10 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         .wait_for(&format!("#day-events [data-slot='{hour}']"))
         .await;
     assert!(
-        bar.attr("data-value").await.expect("value").is_some_and(|v| v.parse::<i64>().unwrap_or(0) >= 2),
+        bar.attr("data-value")
+            .await
+            .expect("value")
+            .is_some_and(|v| v.parse::<i64>().unwrap_or(0) >= 2),
         "this hour's events"
     );
     let tip = b
@@ -968,7 +983,10 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         )
         .await
         .expect("tip");
-    assert!(tip.as_str().is_some_and(|t| t.contains("1 failed")), "{tip}");
+    assert!(
+        tip.as_str().is_some_and(|t| t.contains("1 failed")),
+        "{tip}"
+    );
     // Its spend against its budget: the model call's 40,100 tokens.
     let chart = b.wait_for("#agent-spend-chart[data-unit='usd']").await;
     let spent: f64 = chart
@@ -981,12 +999,22 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         .call(Method::GET, &format!("/api/v1/agents/{alpha}/spend"), None)
         .await;
     assert!(spent > 0.0, "{api_spend}");
-    assert_eq!(json!(spent), api_spend["cost_usd"], "the chart draws the API's figure");
-    assert_eq!(chart.attr("data-limit").await.expect("limit").as_deref(), Some("1"));
+    assert_eq!(
+        json!(spent),
+        api_spend["cost_usd"],
+        "the chart draws the API's figure"
+    );
+    assert_eq!(
+        chart.attr("data-limit").await.expect("limit").as_deref(),
+        Some("1")
+    );
     b.wait_for("#agent-spend-chart line.budget").await;
     b.shot("agent-page").await;
     b.client
-        .execute("document.getElementById('agent-spend-chart').scrollIntoView(); return true;", vec![])
+        .execute(
+            "document.getElementById('agent-spend-chart').scrollIntoView(); return true;",
+            vec![],
+        )
         .await
         .expect("scroll");
     b.shot("agent-charts").await;
@@ -998,7 +1026,10 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
     let (s, v) = app
         .call(
             Method::POST,
-            &format!("/api/v1/approvals/{}/decide", pending[0]["id"].as_str().expect("id")),
+            &format!(
+                "/api/v1/approvals/{}/decide",
+                pending[0]["id"].as_str().expect("id")
+            ),
             Some(json!({ "decision": "approve" })),
         )
         .await;
@@ -1026,10 +1057,16 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         )
         .await
         .expect("width");
-    assert!(overflow.as_i64().is_some_and(|o| o <= 0), "overflows by {overflow}");
+    assert!(
+        overflow.as_i64().is_some_and(|o| o <= 0),
+        "overflows by {overflow}"
+    );
     b.shot("agent-charts-phone").await;
     let errors = b.script_errors().await;
-    assert!(errors.is_empty(), "JavaScript errors in the console: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "JavaScript errors in the console: {errors:?}"
+    );
     drop(b);
 
     // The dark theme draws them readable too: bars in the theme's colours.
@@ -1043,7 +1080,10 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         .expect("agent page");
     dark.wait_for("#day-events rect.bar").await;
     dark.client
-        .execute("document.getElementById('agent-spend-chart').scrollIntoView(); return true;", vec![])
+        .execute(
+            "document.getElementById('agent-spend-chart').scrollIntoView(); return true;",
+            vec![],
+        )
         .await
         .expect("scroll");
     let fill = dark

@@ -71,8 +71,14 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
     })
     .await;
     let shipped = cadre::config::Config::load(None, Vec::new()).expect("defaults");
-    assert_eq!(app.config.deploy.docker.network, shipped.deploy.docker.network);
-    assert_eq!(app.config.deploy.docker.connect_url, shipped.deploy.docker.connect_url);
+    assert_eq!(
+        app.config.deploy.docker.network,
+        shipped.deploy.docker.network
+    );
+    assert_eq!(
+        app.config.deploy.docker.connect_url,
+        shipped.deploy.docker.connect_url
+    );
     assert!(app.addr.ip().is_loopback());
     let id = app
         .create_id(json!({
@@ -94,7 +100,11 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
 
     // The logs are the runtime's own output, and `lines` counts them.
     let (s, logs) = app
-        .call(Method::GET, &format!("/api/v1/agents/{id}/logs?lines=50"), None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{id}/logs?lines=50"),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{logs}");
     let text = logs["text"].as_str().expect("text");
@@ -102,14 +112,21 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
         text.contains(&format!("agent {id} starting")) && text.contains("control plane at ws://"),
         "{logs}"
     );
-    assert_eq!(logs["lines"].as_u64(), Some(text.lines().count() as u64), "{logs}");
+    assert_eq!(
+        logs["lines"].as_u64(),
+        Some(text.lines().count() as u64),
+        "{logs}"
+    );
     assert!(logs["lines"].as_u64() < Some(50), "{logs}");
 
     // `docker kill`: known from the engine's die event, recovered at once
     // (five failed probes a minute apart would take five minutes).
     let killed = std::time::Instant::now();
     docker
-        .kill_container(&name, None::<bollard::query_parameters::KillContainerOptions>)
+        .kill_container(
+            &name,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
         .await
         .expect("kill");
     eventually("the killed container's agent to be recovered", || async {
@@ -125,7 +142,9 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
     let history = app.history(&id).await;
     assert!(
         history.iter().any(|h| h["to"] == "starting"
-            && h["reason"].as_str().is_some_and(|r| r.contains("exit code 137"))),
+            && h["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("exit code 137"))),
         "the recovery names the container's exit: {history:?}"
     );
     app.command(&id, "destroy").await;
@@ -137,7 +156,9 @@ async fn a_docker_agent_runs_with_the_shipped_defaults_and_is_recovered_at_once(
 /// when the start times out the agent's reason quotes them.
 #[tokio::test]
 async fn a_runtime_that_cannot_connect_says_where_it_dials_in_its_logs_and_reason() {
-    let Some(_docker) = engine().await else { return };
+    let Some(_docker) = engine().await else {
+        return;
+    };
     let app = spawn_app_with(|c| {
         c.deploy.docker.image = IMAGE.into();
         c.deploy.docker.stop_grace_ms = 1000;
@@ -177,7 +198,10 @@ async fn a_runtime_that_cannot_connect_says_where_it_dials_in_its_logs_and_reaso
             .map(str::to_string)
     })
     .await;
-    assert!(reason.contains("no connection to ws://127.0.0.1:9"), "{reason}");
+    assert!(
+        reason.contains("no connection to ws://127.0.0.1:9"),
+        "{reason}"
+    );
     app.command(&id, "destroy").await;
 }
 

@@ -41,7 +41,12 @@ fn methods(words: &str) -> Vec<String> {
 /// The `(METHOD, path)` pairs of a table row: either `METHOD /path` in
 /// backticks in its first cell, or a method cell then a cell of paths.
 fn routes_of_row(row: &str) -> Vec<(String, String)> {
-    let cells: Vec<&str> = row.trim().trim_matches('|').split('|').map(str::trim).collect();
+    let cells: Vec<&str> = row
+        .trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
     let ticked = |cell: &str| -> Vec<String> {
         cell.split('`')
             .enumerate()

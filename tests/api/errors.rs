@@ -320,7 +320,9 @@ async fn edge_inputs_are_refused_at_once_and_change_nothing() {
         .await;
 
     // A Content-Length over the limit with no body: 413 at once.
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
     let head = format!(
         "POST /api/v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
@@ -341,7 +343,11 @@ async fn edge_inputs_are_refused_at_once_and_change_nothing() {
 
     // Identifiers with control characters, and a time far ahead.
     let (_, before) = app
-        .call(Method::GET, &format!("/api/v1/activity?agent={agent}"), None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/activity?agent={agent}"),
+            None,
+        )
         .await;
     let ahead = (time::OffsetDateTime::now_utc() + time::Duration::days(3650))
         .format(&time::format_description::well_known::Rfc3339)
@@ -361,13 +367,21 @@ async fn edge_inputs_are_refused_at_once_and_change_nothing() {
         ),
     ] {
         let (s, v) = app
-            .call(Method::POST, "/api/v1/activity", Some(json!({ "events": [event] })))
+            .call(
+                Method::POST,
+                "/api/v1/activity",
+                Some(json!({ "events": [event] })),
+            )
             .await;
         assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
         assert_eq!(v["field"], field, "{v}");
     }
     let (_, after) = app
-        .call(Method::GET, &format!("/api/v1/activity?agent={agent}"), None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/activity?agent={agent}"),
+            None,
+        )
         .await;
     assert_eq!(before["items"], after["items"], "nothing was written");
 

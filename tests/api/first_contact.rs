@@ -50,7 +50,12 @@ fn assert_private_tree(root: &Path) {
         let meta = std::fs::symlink_metadata(&p).expect("metadata");
         if meta.is_dir() {
             assert_eq!(mode(&p), 0o700, "{} is not 0700", p.display());
-            stack.extend(std::fs::read_dir(&p).expect("read_dir").flatten().map(|e| e.path()));
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("read_dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
         } else if meta.is_file() {
             assert_eq!(mode(&p), 0o600, "{} is not 0600", p.display());
         }
@@ -80,9 +85,11 @@ async fn the_readme_flow_from_an_empty_directory_reaches_running() {
     assert!(warned.contains("no_model_provider"), "{warned}");
     let (api, id) = readme_flow("http://localhost:8080", &password).await;
     let v = api
-        .wait(&format!("/api/v1/agents/{id}"), Duration::from_secs(60), |v| {
-            v["state"] == "running"
-        })
+        .wait(
+            &format!("/api/v1/agents/{id}"),
+            Duration::from_secs(60),
+            |v| v["state"] == "running",
+        )
         .await;
     assert_eq!(v["state_reason"], Value::Null, "{v}");
     // The runtime was handed absolute paths and runs in its own folder.
@@ -96,7 +103,13 @@ async fn the_readme_flow_from_an_empty_directory_reaches_running() {
     // Everything under ./data is the owner's only: the database and its
     // WAL and SHM, the keys, the search index, the agent's files.
     let data = dir.path().join("data");
-    for f in ["cadre.db", "cadre.db-wal", "cadre.db-shm", "jwt_secret", "secrets.key"] {
+    for f in [
+        "cadre.db",
+        "cadre.db-wal",
+        "cadre.db-shm",
+        "jwt_secret",
+        "secrets.key",
+    ] {
         assert!(data.join(f).exists(), "{f} missing");
     }
     assert_private_tree(&data);
@@ -160,7 +173,9 @@ async fn a_runtime_that_crashes_at_once_is_noticed_with_its_reason_and_reaped() 
     let (api, id) = readme_flow(&base, &password).await;
     let agent = format!("/api/v1/agents/{id}");
     let v = api
-        .wait(&agent, Duration::from_secs(60), |v| v["state"] == "degraded")
+        .wait(&agent, Duration::from_secs(60), |v| {
+            v["state"] == "degraded"
+        })
         .await;
     assert!(
         deployed.elapsed() < Duration::from_secs(30),
@@ -224,7 +239,10 @@ async fn a_start_whose_key_cannot_open_the_stored_secrets_is_refused() {
                 .env("CADRE_LISTEN", "127.0.0.1:0")
                 .output()
                 .expect("cadre");
-            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         };
         let export = moved.path().join("export");
         let export_arg = export.display().to_string();
@@ -236,10 +254,15 @@ async fn a_start_whose_key_cannot_open_the_stored_secrets_is_refused() {
         let (ok, err) = run(&["serve"], &data);
         assert!(!ok, "cadre serve started without the key of its secrets");
         assert!(
-            err.contains("no secrets key") && err.contains("secrets.key") && err.contains("CADRE_SECRETS_KEY"),
+            err.contains("no secrets key")
+                && err.contains("secrets.key")
+                && err.contains("CADRE_SECRETS_KEY"),
             "{err}"
         );
-        assert!(!data.join("secrets.key").exists(), "a key was generated over sealed secrets");
+        assert!(
+            !data.join("secrets.key").exists(),
+            "a key was generated over sealed secrets"
+        );
     }
 
     app.stop().await;
@@ -251,7 +274,10 @@ async fn a_start_whose_key_cannot_open_the_stored_secrets_is_refused() {
         .err()
         .expect("refused without its key");
     assert!(format!("{err:#}").contains("no secrets key"), "{err:#}");
-    assert!(!key_file.exists(), "a key was generated over sealed secrets");
+    assert!(
+        !key_file.exists(),
+        "a key was generated over sealed secrets"
+    );
 
     // A wrong key: refused, unless told to proceed.
     std::fs::write(&key_file, "ab".repeat(32)).expect("wrong key");

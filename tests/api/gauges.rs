@@ -17,8 +17,7 @@ fn documented_gauges() -> Vec<String> {
     doc.lines()
         .filter_map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            (cells.len() > 3 && cells[2] == "gauge")
-                .then(|| cells[1].trim_matches('`').to_string())
+            (cells.len() > 3 && cells[2] == "gauge").then(|| cells[1].trim_matches('`').to_string())
         })
         .collect()
 }
@@ -89,7 +88,10 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
         .call(
             Method::POST,
             "/api/v1/agents",
-            Some(&json!({ "name": "asker", "role": "r", "model": "m", "profile": "full_access" }).to_string()),
+            Some(
+                &json!({ "name": "asker", "role": "r", "model": "m", "profile": "full_access" })
+                    .to_string(),
+            ),
         )
         .await);
     let id = agent["id"].as_str().expect("id").to_string();
@@ -98,11 +100,15 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
         json!({ "tool": "echo", "arguments": { "n": 1 } }).to_string() + "\n",
     )
     .expect("script");
-    ok(c.call(Method::POST, &format!("/api/v1/agents/{id}/deploy"), None)
-        .await);
-    c.wait("/api/v1/approvals?state=pending", Duration::from_secs(60), |v| {
-        v["items"].as_array().is_some_and(|a| a.len() == 1)
-    })
+    ok(
+        c.call(Method::POST, &format!("/api/v1/agents/{id}/deploy"), None)
+            .await,
+    );
+    c.wait(
+        "/api/v1/approvals?state=pending",
+        Duration::from_secs(60),
+        |v| v["items"].as_array().is_some_and(|a| a.len() == 1),
+    )
     .await;
     let org = ok(c.call(Method::GET, "/api/v1/me", None).await)["org"]["id"]
         .as_str()
@@ -132,7 +138,9 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
     assert!(idle(&before), "never idle: {before:#?}");
     for g in &gauges {
         assert!(
-            before.keys().any(|s| s.split('{').next() == Some(g.as_str())),
+            before
+                .keys()
+                .any(|s| s.split('{').next() == Some(g.as_str())),
             "{g} is documented but not reported: {before:#?}"
         );
     }
@@ -159,7 +167,10 @@ async fn every_documented_gauge_is_reported_and_holds_its_value_after_a_restart(
         .filter(|s| before.get(*s) != after.get(*s))
         .map(|s| format!("{s}: {:?} before, {:?} after", before.get(s), after.get(s)))
         .collect();
-    assert!(differ.is_empty(), "gauges changed by a restart: {differ:#?}");
+    assert!(
+        differ.is_empty(),
+        "gauges changed by a restart: {differ:#?}"
+    );
     drop(server);
     drop(database);
 }

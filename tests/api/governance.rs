@@ -1142,7 +1142,10 @@ async fn only_deciders_decide_and_revoke_and_a_refusal_changes_nothing() {
     put(
         &app,
         "/api/v1/approval-policies/echo",
-        policy(&["echo"], json!([level(&["owner", "admin", "member"], &[], 60, "deny")])),
+        policy(
+            &["echo"],
+            json!([level(&["owner", "admin", "member"], &[], 60, "deny")]),
+        ),
     )
     .await;
     let (_, viewer) = add_user(&app, "v@x.test", "viewer").await;
@@ -1173,10 +1176,15 @@ async fn only_deciders_decide_and_revoke_and_a_refusal_changes_nothing() {
         .approvals(&format!("state=pending&agent_id={id}"), 1)
         .await;
     let aid = pending[0]["id"].as_str().expect("id").to_string();
-    let approve = json!({ "decision": "approve", "scope": { "type": "same_arguments", "for_seconds": 600 } });
+    let approve =
+        json!({ "decision": "approve", "scope": { "type": "same_arguments", "for_seconds": 600 } });
     for (who, token) in [("viewer", &viewer), ("agents:write key", &write_key)] {
         let (s, v) = decide(&app, token, &aid, approve.clone()).await;
-        assert_eq!((s, &v["code"]), (StatusCode::FORBIDDEN, &json!("forbidden")), "{who}: {v}");
+        assert_eq!(
+            (s, &v["code"]),
+            (StatusCode::FORBIDDEN, &json!("forbidden")),
+            "{who}: {v}"
+        );
     }
     let (_, still) = app
         .call(Method::GET, &format!("/api/v1/approvals/{aid}"), None)
@@ -1202,7 +1210,10 @@ async fn only_deciders_decide_and_revoke_and_a_refusal_changes_nothing() {
     }
     let (_, g) = app.call(Method::GET, "/api/v1/grants", None).await;
     assert_eq!(g["items"][0]["id"], grant.as_str(), "{g}");
-    assert_eq!(g["items"][0]["live"], true, "a refused revoke changed the grant: {g}");
+    assert_eq!(
+        g["items"][0]["live"], true,
+        "a refused revoke changed the grant: {g}"
+    );
     let (s, v) = app
         .call_as(
             Some(&decide_key),

@@ -109,6 +109,10 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /agents/{id}/events", "viewer", "agents:read"),
     ("GET /agents/{id}/logs", "viewer", "agents:read"),
     ("GET /agents/{id}/config", "viewer", "agents:read"),
+    // What the model is told carries the organization's handbook: not a
+    // viewer's (docs/employees.md).
+    ("GET /agents/{id}/prompt", "member", "agents:read"),
+    ("GET /org-chart", "viewer", "agents:read"),
     ("GET /agents/{id}/spend", "viewer", "agents:read"),
     ("POST /agents/{id}/{command}", "member", "agents:write"),
     // Activity.
@@ -118,7 +122,11 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /stream", "viewer", "activity:read"),
     ("GET /agents/{id}/tool-calls", "viewer", "activity:read"),
     ("GET /agents/{id}/conversations", "viewer", "activity:read"),
-    ("GET /agents/{id}/conversations/{conversation}/messages", "viewer", "activity:read"),
+    (
+        "GET /agents/{id}/conversations/{conversation}/messages",
+        "viewer",
+        "activity:read",
+    ),
     ("GET /agents/{id}/timeline", "viewer", "activity:read"),
     // Operator tools: owners.
     ("POST /admin/chaos/kill", "owner", "admin"),
@@ -154,15 +162,27 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /knowledge-bases/{id}", "viewer", "agents:read"),
     ("PATCH /knowledge-bases/{id}", "member", "agents:write"),
     ("DELETE /knowledge-bases/{id}", "member", "agents:write"),
-    ("POST /knowledge-bases/{id}/documents", "member", "agents:write"),
-    ("GET /knowledge-bases/{id}/documents", "viewer", "agents:read"),
+    (
+        "POST /knowledge-bases/{id}/documents",
+        "member",
+        "agents:write",
+    ),
+    (
+        "GET /knowledge-bases/{id}/documents",
+        "viewer",
+        "agents:read",
+    ),
     ("GET /documents/{id}", "viewer", "agents:read"),
     ("PUT /documents/{id}", "member", "agents:write"),
     ("DELETE /documents/{id}", "member", "agents:write"),
     ("POST /knowledge/search", "viewer", "agents:read"),
     ("GET /agents/{id}/memories", "viewer", "agents:read"),
     ("POST /agents/{id}/memories", "member", "agents:write"),
-    ("DELETE /agents/{id}/memories/{memory_id}", "member", "agents:write"),
+    (
+        "DELETE /agents/{id}/memories/{memory_id}",
+        "member",
+        "agents:write",
+    ),
     // Tasks and schedules: viewers read, members give work.
     ("POST /agents/{id}/tasks", "member", "agents:write"),
     ("GET /agents/{id}/tasks", "viewer", "agents:read"),
@@ -273,9 +293,15 @@ async fn authorization_matrix_covers_every_route_and_caller() {
         (user("other_owner", "owner", false), &other_owner),
         (key_of("read_key", "owner", &["agents:read"]), &read_key),
         (key_of("admin_key", "owner", &["admin"]), &admin_key),
-        (key_of("decide_key", "owner", &["approvals:decide"]), &decide_key),
+        (
+            key_of("decide_key", "owner", &["approvals:decide"]),
+            &decide_key,
+        ),
         (key_of("write_key", "owner", &["agents:write"]), &write_key),
-        (key_of("admins_admin_key", "admin", &["admin"]), &admins_admin_key),
+        (
+            key_of("admins_admin_key", "admin", &["admin"]),
+            &admins_admin_key,
+        ),
     ];
     // The table and the served routes are the same set: a new route needs
     // its documented answer here.
@@ -549,7 +575,10 @@ async fn an_attackers_failures_never_lock_the_owner_out_of_their_own_address() {
     })
     .await;
     let home = "10.0.0.1";
-    assert_eq!(sign_in_from(&app, home, OWNER, PASSWORD).await, StatusCode::OK);
+    assert_eq!(
+        sign_in_from(&app, home, OWNER, PASSWORD).await,
+        StatusCode::OK
+    );
     let ok = StatusCode::OK;
     let no = StatusCode::UNAUTHORIZED;
     let locked = StatusCode::TOO_MANY_REQUESTS;
@@ -604,7 +633,11 @@ async fn an_attackers_failures_never_lock_the_owner_out_of_their_own_address() {
             Some(json!({ "email": "not an email" })),
         )
         .await;
-    assert_eq!((s, &v["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid")), "{v}");
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid")),
+        "{v}"
+    );
     let (s, v) = app
         .call(
             Method::POST,
@@ -619,7 +652,11 @@ async fn an_attackers_failures_never_lock_the_owner_out_of_their_own_address() {
     let (_, audit) = app
         .call(Method::GET, "/api/v1/audit?action=auth.unlock", None)
         .await;
-    assert_eq!(audit["items"][0]["target"], format!("login:{OWNER}"), "{audit}");
+    assert_eq!(
+        audit["items"][0]["target"],
+        format!("login:{OWNER}"),
+        "{audit}"
+    );
 }
 
 async fn refresh(app: &TestApp, cookie: &str) -> (StatusCode, String, String) {

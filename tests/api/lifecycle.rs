@@ -124,7 +124,9 @@ async fn sigkill_of_the_runtime_degrades_then_recovers() {
         .map(|t| t["reason"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(
-        reasons.iter().any(|r| r.contains("killed by signal 9 (SIGKILL)")),
+        reasons
+            .iter()
+            .any(|r| r.contains("killed by signal 9 (SIGKILL)")),
         "the reason says how the runtime ended: {reasons:?}"
     );
 }

@@ -187,7 +187,7 @@ pub(crate) async fn app_with_llm(
 }
 
 /// The policy that parks every `files.write` until an owner decides.
-async fn park_writes(app: &TestApp) {
+pub(crate) async fn park_writes(app: &TestApp) {
     let (s, v) = app
         .call(
             Method::PUT,
@@ -1072,8 +1072,13 @@ async fn an_unset_api_key_variable_fails_tasks_naming_it() {
     let failed = wait_task(&app, &tid, "failed").await;
     let why = failed["error"].as_str().expect("error");
     assert!(
-        why.starts_with("no_model_provider:") && why.contains(UNSET) && why.contains("llm.api_key_env"),
+        why.starts_with("no_model_provider:")
+            && why.contains(UNSET)
+            && why.contains("llm.api_key_env"),
         "{failed}"
     );
-    assert!(llm.requests().is_empty(), "the provider was asked without a key");
+    assert!(
+        llm.requests().is_empty(),
+        "the provider was asked without a key"
+    );
 }

@@ -120,6 +120,7 @@ pub fn agent_record(
             budget: BudgetLimits::default(),
             profile: None,
             runtime: Default::default(),
+            job: Default::default(),
         },
         state: cadre_actors::lifecycle::State::Draft,
         state_reason: None,

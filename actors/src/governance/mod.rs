@@ -361,6 +361,18 @@ impl OrgGov {
     pub fn tool(&self, id: &str) -> Option<&ToolDef> {
         self.index.get(id).map(|&i| &self.tools[i as usize])
     }
+
+    /// The tools `profile` can allow (now or after an approval), in catalog
+    /// order: what a model working under it is offered. A tool the profile
+    /// denies outright is left out, and so are the `http.*` tools when the
+    /// profile names no host they may reach. Every call is still judged.
+    pub fn offered<'a>(&'a self, profile: &'a Profile) -> impl Iterator<Item = &'a ToolDef> + 'a {
+        self.tools.iter().enumerate().filter_map(move |(i, t)| {
+            let go = matches!(profile.verdicts.get(i), Some(engine::Static::Go { .. }));
+            let reachable = !t.id.starts_with("http.") || !profile.def.http_hosts.is_empty();
+            (go && reachable).then_some(t)
+        })
+    }
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);

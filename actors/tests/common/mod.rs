@@ -485,6 +485,7 @@ pub fn spec(name: &str) -> AgentSpec {
         budget: BudgetLimits::default(),
         profile: None,
         runtime: Default::default(),
+        job: Default::default(),
     }
 }
 

@@ -1,0 +1,489 @@
+//! Agents as employees: the job and the company's handbook reach the model
+//! (through a real `cadre runtime` and a local server that records what it
+//! is sent), the tools offered follow the profile, and the org chart:
+//! managers, cycles, a stopped manager holding its reports, delegation
+//! along the chart.
+
+use crate::common::{TestApp, add_user, spawn_app};
+use crate::tasks::{
+    FakeLlm, answer, app_with_llm, give, park_writes, running_agent, tool_call, wait_task,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The system prompt of a recorded chat-completions request.
+fn system(req: &Value) -> String {
+    assert_eq!(req["messages"][0]["role"], "system", "{req}");
+    req["messages"][0]["content"]
+        .as_str()
+        .expect("system text")
+        .to_string()
+}
+
+/// The prompt without its clock line (the minute may turn between two
+/// compositions).
+fn timeless(prompt: &str) -> String {
+    prompt
+        .lines()
+        .filter(|l| !l.starts_with("It is "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn patch(app: &TestApp, agent: &str, body: Value) -> (StatusCode, Value) {
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/agents/{agent}"),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_handbook_and_the_job_reach_the_model_and_a_change_reaches_the_next_task_only() {
+    let (llm, url) = FakeLlm::start(vec![
+        answer("done 1"),
+        tool_call(
+            "call_w",
+            "files__write",
+            json!({ "path": "a.txt", "content": "x" }),
+        ),
+        answer("done 2"),
+        answer("done 3"),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    park_writes(&app).await;
+    let (s, org) = app
+        .call(
+            Method::PATCH,
+            "/api/v1/orgs/current",
+            Some(json!({ "instructions": "HANDBOOK: never share customer data.", "timezone": "Europe/Berlin" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{org}");
+    assert_eq!(org["instructions"], "HANDBOOK: never share customer data.");
+    let agent = running_agent(
+        &app,
+        "ada",
+        json!({ "role": "billing clerk", "instructions": "JOB-V1: reconcile the invoices.", "persona": "Terse, in English." }),
+    )
+    .await;
+    let view = app.get(&agent).await;
+    assert_eq!(view["instructions"], "JOB-V1: reconcile the invoices.");
+    assert_eq!(view["persona"], "Terse, in English.");
+
+    let t1 = give(&app, &agent, json!({ "instruction": "first" })).await;
+    wait_task(&app, &t1, "succeeded").await;
+    let first = system(&llm.requests()[0].1);
+    let at = |needle: &str| {
+        first
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} is not in the system prompt:\n{first}"))
+    };
+    // In the documented order: handbook, role, instructions, persona, the
+    // time in the organization's zone, the task rules.
+    let order = [
+        at("HANDBOOK: never share customer data."),
+        at("billing clerk"),
+        at("JOB-V1: reconcile the invoices."),
+        at("Terse, in English."),
+        at("Europe/Berlin"),
+        at("task__finish"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{first}");
+
+    // What an operator audits is what the model was sent.
+    let (s, p) = app
+        .call(Method::GET, &format!("/api/v1/agents/{agent}/prompt"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(
+        timeless(p["system"].as_str().expect("system")),
+        timeless(&first)
+    );
+    let offered: Vec<String> = llm.requests()[0].1["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .map(|n| n.replace("__", "."))
+        .collect();
+    assert_eq!(p["tools"], json!(offered));
+
+    // A change while a task runs: the running task keeps its prompt, the
+    // next one gets the new one.
+    let t2 = give(&app, &agent, json!({ "instruction": "second" })).await;
+    wait_task(&app, &t2, "waiting_approval").await;
+    let (s, v) = patch(
+        &app,
+        &agent,
+        json!({ "instructions": "JOB-V2: chase the late payers." }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={agent}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{aid}/decide"),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_task(&app, &t2, "succeeded").await;
+    let t3 = give(&app, &agent, json!({ "instruction": "third" })).await;
+    wait_task(&app, &t3, "succeeded").await;
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 4);
+    for (i, r) in reqs.iter().enumerate().take(3).skip(1) {
+        let s = system(&r.1);
+        assert!(
+            s.contains("JOB-V1") && !s.contains("JOB-V2"),
+            "request {i}: {s}"
+        );
+    }
+    let last = system(&reqs[3].1);
+    assert!(
+        last.contains("JOB-V2") && !last.contains("JOB-V1"),
+        "{last}"
+    );
+    // Removing the instructions removes them from the prompt.
+    let (s, v) = patch(&app, &agent, json!({ "instructions": null })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["instructions"], Value::Null);
+    let (_, p) = app
+        .call(Method::GET, &format!("/api/v1/agents/{agent}/prompt"), None)
+        .await;
+    assert!(
+        !p["system"].as_str().unwrap_or("JOB").contains("JOB"),
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn the_model_is_offered_only_what_the_profile_can_allow_and_a_call_outside_it_is_refused() {
+    let (llm, url) = FakeLlm::start(vec![
+        tool_call("call_s", "shell__exec", json!({ "command": "touch pwned" })),
+        answer("could not"),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    let agent = running_agent(&app, "reader", json!({ "profile": "read_only" })).await;
+    let t = give(&app, &agent, json!({ "instruction": "look around" })).await;
+    wait_task(&app, &t, "succeeded").await;
+    let reqs = llm.requests();
+    let tools: Vec<&str> = reqs[0].1["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    // read_only (config/governance.toml): reading skills, no side effect
+    // but reading; no http host is named, so no http tool either.
+    for absent in [
+        "shell__exec",
+        "files__write",
+        "files__delete",
+        "http__get",
+        "http__request",
+        "agent__message",
+    ] {
+        assert!(!tools.contains(&absent), "{absent} offered: {tools:?}");
+    }
+    for present in ["files__read", "files__list", "task__finish"] {
+        assert!(tools.contains(&present), "{present} not offered: {tools:?}");
+    }
+    // The model called shell.exec anyway: judged and refused, not run.
+    let (_, steps) = app
+        .call(Method::GET, &format!("/api/v1/tasks/{t}/steps"), None)
+        .await;
+    assert_eq!(steps["items"][1]["body"]["tool"], "shell.exec", "{steps}");
+    assert_eq!(steps["items"][1]["body"]["decision"], "deny", "{steps}");
+    assert_eq!(app.workspace_file(&agent, "pwned"), None);
+    // A viewer may read the agent but not what its model is told.
+    let (_, viewer) = add_user(&app, "viewer@example.com", "viewer").await;
+    let (s, v) = app
+        .call_as(
+            Some(&viewer),
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/prompt"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}
+
+#[tokio::test]
+async fn bad_job_and_manager_input_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let boss = app
+        .create_id(json!({ "name": "boss", "role": "lead", "model": "m" }))
+        .await;
+    let worker = app
+        .create_id(
+            json!({ "name": "worker", "role": "r", "model": "m", "reports_to": { "agent": boss } }),
+        )
+        .await;
+    let before = app.get(&worker).await;
+    let big = "x".repeat(32 * 1024 + 1);
+    let cases = [
+        (json!({ "instructions": big }), "instructions"),
+        (json!({ "instructions": "   " }), "instructions"),
+        (json!({ "instructions": "a\u{0}b" }), "instructions"),
+        (json!({ "persona": "p".repeat(5000) }), "persona"),
+        (
+            json!({ "reports_to": { "agent": "00000000-0000-0000-0000-000000000000" } }),
+            "reports_to.agent",
+        ),
+        (
+            json!({ "reports_to": { "user": "00000000-0000-0000-0000-000000000000" } }),
+            "reports_to.user",
+        ),
+        (
+            json!({ "reports_to": { "agent": "boss" } }),
+            "reports_to.agent",
+        ),
+        (
+            json!({ "reports_to": { "agent": worker } }),
+            "reports_to.agent",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = patch(&app, &worker, body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    for body in [
+        json!({ "reports_to": { "robot": boss } }),
+        json!({ "reports_to": "boss" }),
+        json!({ "reports_to": { "agent": boss, "user": boss } }),
+    ] {
+        let (s, v) = patch(&app, &worker, body.clone()).await;
+        assert!(s.is_client_error(), "{body}: {s} {v}");
+        assert!(v["code"].is_string(), "{body}: {v}");
+    }
+    // A cycle: boss → worker → boss, named.
+    let (s, v) = patch(&app, &boss, json!({ "reports_to": { "agent": worker } })).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "reports_to_cycle");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("boss → worker → boss")),
+        "{v}"
+    );
+    assert_eq!(app.get(&worker).await, before);
+    assert_eq!(app.get(&boss).await["reports_to"], Value::Null);
+    // An organization's instructions are bounded the same way.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            "/api/v1/orgs/current",
+            Some(json!({ "instructions": "y".repeat(32 * 1024 + 1) })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            "/api/v1/orgs/current",
+            Some(json!({ "delegation": "sideways" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (_, org) = app.call(Method::GET, "/api/v1/orgs/current", None).await;
+    assert_eq!(org["instructions"], Value::Null);
+    assert_eq!(org["delegation"], "chart");
+    // An unknown mode of the prompt.
+    let (s, v) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{worker}/prompt?mode=poem"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn the_org_chart_shows_the_tree_and_a_stopped_or_halted_manager_holds_its_reports() {
+    let app = spawn_app().await;
+    let (owner_id, _) = {
+        let (_, me) = app.call(Method::GET, "/api/v1/me", None).await;
+        (me["id"].as_str().expect("me").to_string(), ())
+    };
+    let lead = app
+        .create_id(json!({ "name": "lead", "role": "head of support", "model": "m", "reports_to": { "user": owner_id } }))
+        .await;
+    let a = app
+        .create_id(
+            json!({ "name": "a", "role": "triage", "model": "m", "reports_to": { "agent": lead } }),
+        )
+        .await;
+    let b = app
+        .create_id(json!({ "name": "b", "role": "refunds", "model": "m" }))
+        .await;
+    let (s, v) = patch(&app, &b, json!({ "reports_to": { "agent": a } })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["reports_to"], json!({ "agent": a }));
+    let loner = app
+        .create_id(json!({ "name": "loner", "role": "r", "model": "m" }))
+        .await;
+
+    let (s, chart) = app.call(Method::GET, "/api/v1/org-chart", None).await;
+    assert_eq!(s, StatusCode::OK, "{chart}");
+    assert_eq!(chart["agents"], 4);
+    let roots = chart["roots"].as_array().expect("roots");
+    assert_eq!(roots.len(), 2, "{chart}");
+    let person = &roots[0];
+    assert_eq!(person["type"], "user");
+    assert_eq!(person["id"], owner_id.as_str());
+    assert_eq!(person["reports"][0]["id"], lead.as_str());
+    assert_eq!(person["reports"][0]["reports"][0]["id"], a.as_str());
+    assert_eq!(
+        person["reports"][0]["reports"][0]["reports"][0]["name"],
+        "b"
+    );
+    assert_eq!(
+        person["reports"][0]["reports"][0]["reports"][0]["state"],
+        "draft"
+    );
+    assert_eq!(roots[1]["id"], loner.as_str());
+    assert_eq!(roots[1]["reports"], json!([]));
+
+    // A stopped manager holds its reports' new work.
+    for id in [&lead, &a] {
+        let (s, v) = app.command(id, "deploy").await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        app.wait_state(id, "running").await;
+    }
+    let task = |agent: String| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/api/v1/agents/{agent}/tasks"),
+                Some(json!({ "instruction": "work" })),
+            )
+            .await
+        }
+    };
+    let (s, v) = task(a.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = app.command(&lead, "stop").await;
+    assert!(s.is_success(), "{v}");
+    app.wait_state(&lead, "stopped").await;
+    let (s, v) = task(a.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "manager_unavailable");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("lead")),
+        "{v}"
+    );
+    // Only the direct manager counts: b's manager is a, which runs.
+    let (s, v) = task(b.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Back at work: its reports take work again.
+    let (s, v) = app.command(&lead, "start").await;
+    assert!(s.is_success(), "{v}");
+    app.wait_state(&lead, "running").await;
+    let (s, v) = task(a.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Halting the manager holds them too.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/halt",
+            Some(json!({ "scope": "agent", "agent_id": lead, "reason": "audit" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = task(a.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "manager_unavailable");
+}
+
+#[tokio::test]
+async fn agents_give_work_down_the_chart_but_not_up_unless_the_org_allows_it() {
+    // Each agent has a model server of its own, so their scripts do not
+    // interleave.
+    let (_lead_llm, lead_url) = FakeLlm::start(vec![
+        tool_call(
+            "m1",
+            "agent__message",
+            json!({ "agent": "report", "message": "file the report" }),
+        ),
+        answer("delegated"),
+        answer("the lead did it"),
+    ])
+    .await;
+    let (_report_llm, report_url) = FakeLlm::start(vec![
+        tool_call(
+            "m2",
+            "agent__message",
+            json!({ "agent": "lead", "message": "do my work" }),
+        ),
+        answer("refused"),
+        tool_call(
+            "m3",
+            "agent__message",
+            json!({ "agent": "lead", "message": "do my work, please" }),
+        ),
+        answer("sent up"),
+    ])
+    .await;
+    let app = app_with_llm(&lead_url, |_| {}).await;
+    // full_access: messages to other agents need no approval.
+    let lead = running_agent(&app, "lead", json!({ "profile": "full_access" })).await;
+    let report = running_agent(
+        &app,
+        "report",
+        json!({ "profile": "full_access", "reports_to": { "agent": lead }, "llm": { "base_url": report_url } }),
+    )
+    .await;
+    let steps = |t: String| {
+        let app = &app;
+        async move {
+            let (_, steps) = app
+                .call(Method::GET, &format!("/api/v1/tasks/{t}/steps"), None)
+                .await;
+            steps["items"][1]["body"]["result"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    // Down: the report gets the task, and tries to hand it up: refused.
+    let t = give(&app, &lead, json!({ "instruction": "delegate" })).await;
+    wait_task(&app, &t, "succeeded").await;
+    let sent = steps(t.clone()).await;
+    assert!(sent.starts_with("sent:"), "{sent}");
+    let (_, tasks) = app
+        .call(Method::GET, &format!("/api/v1/agents/{report}/tasks"), None)
+        .await;
+    let delegated = tasks["items"][0]["id"].as_str().expect("id").to_string();
+    wait_task(&app, &delegated, "succeeded").await;
+    let up = steps(delegated).await;
+    assert!(up.contains("org chart"), "{up}");
+    let (_, lead_tasks) = app
+        .call(Method::GET, &format!("/api/v1/agents/{lead}/tasks"), None)
+        .await;
+    assert_eq!(lead_tasks["items"].as_array().map(Vec::len), Some(1));
+    // The organization allows any delegation: up is sent.
+    let (s, v) = app
+        .call(
+            Method::PATCH,
+            "/api/v1/orgs/current",
+            Some(json!({ "delegation": "any" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t = give(&app, &report, json!({ "instruction": "again" })).await;
+    wait_task(&app, &t, "succeeded").await;
+    let sent = steps(t).await;
+    assert!(sent.starts_with("sent:"), "{sent}");
+}
