@@ -472,6 +472,8 @@ async fn run(
                 "response": raw,
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,
+                // What the model said, for the task's conversation.
+                "text": reply.text,
             }),
             used,
             latency,
@@ -498,7 +500,10 @@ async fn run(
                     task.limits.max_seconds, call.tool
                 ));
             };
-            bus.step(&task.id, seq, "tool", step, 0, 0);
+            // The step's latency is how long the tool ran; how long it
+            // waited for a person is `waited_ms` in its body.
+            let ran = step["ran_ms"].as_u64().unwrap_or(0);
+            bus.step(&task.id, seq, "tool", step, 0, ran);
             if finish.is_some() {
                 finished = finish;
             }
@@ -533,6 +538,9 @@ async fn tool_call(
     };
     let t0 = Instant::now();
     let answer = bus.ask(call_id.clone(), &task.id, ask).await;
+    // Judged (and, when parked, decided by a person): the wait ends here.
+    let waited = t0.elapsed();
+    let t1 = Instant::now();
     let mut finish = None;
     let (decision, content, approval_id, decided_by, comment) = match answer {
         Some(ServerMessage::ToolDecision {
@@ -593,6 +601,8 @@ async fn tool_call(
         "comment": comment,
         "result": content,
         "latency_ms": t0.elapsed().as_millis() as u64,
+        "waited_ms": waited.as_millis() as u64,
+        "ran_ms": t1.elapsed().as_millis() as u64,
     });
     (content, step, finish)
 }

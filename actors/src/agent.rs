@@ -2082,21 +2082,41 @@ async fn task_report(
                     serde_json::json!(crate::domain::micros_to_usd(micros)),
                 );
             }
-            store.add_step(&step).await?;
+            // A step sent again (a reconnect) was told already.
+            if !store.add_step(&step).await? {
+                return Ok(t);
+            }
             let b = &step.body;
-            events.send(
-                "task.step",
-                serde_json::json!({
-                    "task_id": step.task_id,
-                    "seq": step.seq,
-                    "kind": step.kind,
-                    "tokens": step.tokens,
-                    "latency_ms": step.latency_ms,
-                    "tool": b.get("tool"),
-                    "decision": b.get("decision"),
-                    "approval_id": b.get("approval_id"),
-                }),
-            );
+            let clip = |k: &str| {
+                b.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(|s| s.chars().take(4096).collect::<String>())
+            };
+            // What the activity tables record of it: a tool call with its
+            // arguments, outcome and times; a model step's text (the task's
+            // conversation), with the instruction on its first.
+            let mut detail = serde_json::json!({
+                "task_id": step.task_id,
+                "seq": step.seq,
+                "kind": step.kind,
+                "tokens": step.tokens,
+                "latency_ms": step.latency_ms,
+                "tool": b.get("tool"),
+                "decision": b.get("decision"),
+                "approval_id": b.get("approval_id"),
+            });
+            if step.kind == "tool" {
+                detail["call_id"] = serde_json::json!(b.get("call_id"));
+                detail["arguments"] = b.get("arguments").cloned().unwrap_or_default();
+                detail["result"] = serde_json::json!(clip("result"));
+                detail["waited_ms"] = serde_json::json!(b.get("waited_ms"));
+            } else {
+                detail["text"] = serde_json::json!(clip("text"));
+                detail["instruction"] =
+                    serde_json::json!(t.instruction.chars().take(4096).collect::<String>());
+                detail["cost_usd"] = serde_json::json!(b.get("cost_usd"));
+            }
+            events.send("task.step", detail);
             Ok(t)
         }
         TaskReport::Delta { task_id, seq, text } => {

@@ -232,8 +232,8 @@ pub trait TaskStore: Send + Sync + 'static {
         audit: Option<&crate::audit::AuditEntry>,
     ) -> Result<(), StoreError>;
     /// Records a step; a step whose `(task_id, seq)` exists already is left
-    /// as it was (a runtime re-sending after a reconnect).
-    async fn add_step(&self, step: &TaskStep) -> Result<(), StoreError>;
+    /// as it was (a runtime re-sending after a reconnect): `false` then.
+    async fn add_step(&self, step: &TaskStep) -> Result<bool, StoreError>;
     /// The agent's tasks that are not finished, oldest first.
     async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError>;
 }

@@ -239,6 +239,97 @@ pub fn row_of(ev: &Event) -> NewActivity {
     }
 }
 
+/// The typed records an actor event also is: a task's tool step is a
+/// `tool_call` (its arguments' secrets redacted), a model step is the
+/// task's conversation (`conversation_id` = the task id, titled by its
+/// instruction): the instruction as the user's message on the first step,
+/// then what the model said.
+pub fn records_of(ev: &Event, redact_keys: &[String]) -> Vec<NewActivity> {
+    let Event::Task {
+        org_id,
+        agent_id,
+        kind,
+        detail: d,
+        at,
+    } = ev
+    else {
+        return Vec::new();
+    };
+    if kind != "task.step" {
+        return Vec::new();
+    }
+    let task = d["task_id"].as_str().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut push = |kind: &str, payload: serde_json::Value| {
+        let text = payload.to_string();
+        match records::parse(kind, &text, redact_keys) {
+            Ok(Some((record, redacted))) => out.push(NewActivity {
+                org_id: org_id.0.clone(),
+                agent_id: Some(agent_id.0.clone()),
+                kind: kind.to_string(),
+                payload: redacted.unwrap_or(text),
+                at: *at,
+                record: Some(record),
+            }),
+            // The runtime's step was stored as it came; a record that
+            // cannot be made of it is said, not hidden.
+            other => tracing::warn!(task, ?other, "a task step made no activity record"),
+        }
+    };
+    if d["kind"] == "tool" {
+        let result = d["result"].as_str().unwrap_or_default();
+        let status = match d["decision"].as_str() {
+            Some("allow" | "simulate") if result.starts_with("error: ") => "error",
+            Some("allow" | "simulate") => "ok",
+            Some("deny") => "denied",
+            _ => "timeout",
+        };
+        push(
+            records::TOOL_CALL,
+            serde_json::json!({
+                "tool_id": d["tool"],
+                "call_id": d["call_id"],
+                "arguments": d["arguments"],
+                "result_summary": result,
+                "status": status,
+                "duration_ms": d["latency_ms"],
+                "waited_ms": d["waited_ms"],
+                "approval_id": d["approval_id"],
+                "task_id": task,
+            }),
+        );
+    } else {
+        let title = d["instruction"].as_str().unwrap_or_default();
+        let title: String = title.chars().take(200).collect();
+        if d["seq"] == 1 {
+            push(
+                records::MESSAGE,
+                serde_json::json!({
+                    "conversation_id": task,
+                    "role": "user",
+                    "content": d["instruction"],
+                    "title": title,
+                    "task_id": task,
+                }),
+            );
+        }
+        if let Some(text) = d["text"].as_str().filter(|t| !t.is_empty()) {
+            push(
+                records::MESSAGE,
+                serde_json::json!({
+                    "conversation_id": task,
+                    "role": "assistant",
+                    "content": text,
+                    "title": title,
+                    "tokens": d["tokens"],
+                    "task_id": task,
+                }),
+            );
+        }
+    }
+    out
+}
+
 /// Records the actors' committed events (state changes, budget alerts,
 /// deletions) as activity, so streams carry them with resumable ids. The
 /// events are already durable in the agents' history (an approval's in the
@@ -264,10 +355,15 @@ pub fn spawn_bridge(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
+            let keys = activity.redact_keys().to_vec();
             let mut rows = vec![row_of(&first)];
+            rows.extend(records_of(&first, &keys));
             while rows.len() < 512 {
                 match events.try_recv() {
-                    Ok(e) => rows.push(row_of(&e)),
+                    Ok(e) => {
+                        rows.push(row_of(&e));
+                        rows.extend(records_of(&e, &keys));
+                    }
                     _ => break,
                 }
             }

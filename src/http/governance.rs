@@ -319,12 +319,13 @@ async fn list_approvals(
     ApiQuery(q): ApiQuery<ApprovalParams>,
 ) -> Result<Response, ApiError> {
     if let Some(s) = &q.state
+        && s != "decided"
         && cadre_actors::approval::ApprovalState::parse(s).is_none()
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            "state: one of pending, approved, denied, expired, cancelled",
+            "state: one of pending, approved, denied, expired, cancelled, decided (all but pending)",
         ));
     }
     let limit = super::agents::page_limit(q.limit)?;

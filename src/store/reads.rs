@@ -263,8 +263,12 @@ on_dialects! {
                 "SELECT {} FROM approvals WHERE org_id = ?",
                 approval_columns::<D>()
             );
+            // `decided`: every state but `pending` (the inbox's history).
+            let decided = f.state.as_deref() == Some("decided");
+            let state = if decided { Some("pending") } else { f.state.as_deref() };
             for (given, clause) in [
-                (f.state.is_some(), " AND state = ?"),
+                (decided, " AND state <> ?"),
+                (f.state.is_some() && !decided, " AND state = ?"),
                 (f.agent.is_some(), " AND agent_id = ?"),
                 (f.tool.is_some(), " AND tool = ?"),
             ] {
@@ -278,8 +282,11 @@ on_dialects! {
             sql.push_str(&format!(" ORDER BY id{} DESC LIMIT ?", D::BYTES));
             let sql = D::sql(&sql);
             let mut query = sqlx::query(&sql).bind(org);
-            for v in [&f.state, &f.agent, &f.tool, &f.before].into_iter().flatten() {
-                query = query.bind(v.as_str());
+            for v in [state, f.agent.as_deref(), f.tool.as_deref(), f.before.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                query = query.bind(v);
             }
             let rows = query
                 .bind(limit)

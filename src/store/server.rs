@@ -1237,13 +1237,15 @@ on_dialects! {
                 .await
         }
 
-        async fn add_step(&self, st: &TaskStep) -> Result<(), StoreError> {
+        async fn add_step(&self, st: &TaskStep) -> Result<bool, StoreError> {
             retry(|| async move {
+                // A plain insert: its key's violation is how a step sent
+                // again is told apart (MySQL's upsert counts a kept row as
+                // changed under CLIENT_FOUND_ROWS).
                 let sql = D::sql(&format!(
                     "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
-                     VALUES (?, ?, ?, ?{}, ?, ?, ?) {}",
+                     VALUES (?, ?, ?, ?{}, ?, ?, ?)",
                     D::JSON,
-                    D::keep_existing("task_id, seq", "seq")
                 ));
                 let query = sqlx::query(&sql)
                     .bind(st.task_id.as_str())
@@ -1253,7 +1255,11 @@ on_dialects! {
                     .bind(i64::try_from(st.tokens).unwrap_or(i64::MAX))
                     .bind(i64::try_from(st.latency_ms).unwrap_or(i64::MAX))
                     .bind(st.at);
-                query.execute(&self.pool).await.map(|_| ()).map_err(stmt)
+                match query.execute(&self.pool).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if unique_violation(&e) => Ok(false),
+                    Err(e) => Err(stmt(e)),
+                }
             })
             .await
         }

@@ -122,8 +122,8 @@ impl TaskStore for SqlStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn add_step(&self, s: &TaskStep) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn add_step(&self, s: &TaskStep) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO task_steps (task_id, seq, kind, body, tokens, latency_ms, at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, seq) DO NOTHING",
         )
@@ -137,7 +137,7 @@ impl TaskStore for SqlStore {
         .execute(self.write_pool())
         .await
         .map_err(unavailable)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn open_tasks(&self, org: &str, agent: &str) -> Result<Vec<TaskRecord>, StoreError> {

@@ -149,8 +149,22 @@ impl Browser {
     }
 
     /// The text of the first element matching `css`, once there is one.
+    /// Read by the page itself: a live page redraws its lists, and an
+    /// element found before a redraw would be stale by the time it is read.
     async fn text(&self, css: &str) -> String {
-        self.wait_for(css).await.text().await.expect(css)
+        let deadline = Instant::now() + LIMIT;
+        let read =
+            format!("const e = document.querySelector({css:?}); return e ? e.innerText : null;");
+        loop {
+            if let Ok(Value::String(t)) = self.client.execute(&read, vec![]).await {
+                return t;
+            }
+            if Instant::now() > deadline {
+                let page = self.client.source().await.unwrap_or_default();
+                panic!("no {css} on the page; page: {page}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Replaces the value of the input matching `css` with `text`.
@@ -460,6 +474,17 @@ async fn the_dashboard_signs_in_deploys_live_and_approves_in_a_real_browser() {
         .call(Method::GET, "/api/v1/approvals?state=approved", None)
         .await;
     assert_eq!(decided["items"][0]["comment"], "go ahead", "{decided}");
+    // The inbox keeps it below, decided: by whom, with the comment.
+    let aid = decided["items"][0]["id"].as_str().expect("id").to_string();
+    b.wait_for(&format!("#approvals-decided tr[data-decided='{aid}']"))
+        .await;
+    let row = b
+        .text(&format!("#approvals-decided tr[data-decided='{aid}']"))
+        .await;
+    assert!(
+        row.contains("approved") && row.contains("go ahead") && row.contains("files.write"),
+        "{row}"
+    );
 
     // Users: change a member's role, then remove them.
     let (member, _) = add_user(&app, "member@x.test", "member").await;
@@ -1096,4 +1121,50 @@ async fn the_dashboard_names_agents_says_what_they_wait_on_and_draws_their_day_a
         .expect("fill");
     assert_eq!(fill, json!("rgb(126, 161, 255)"), "the dark theme's accent");
     dark.shot("agent-charts-dark").await;
+}
+
+/// The org chart page: people and agents as a tree, states live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_org_chart_page_draws_the_tree_and_follows_states_live() {
+    let app = spawn_app().await;
+    let Some(b) = browser().await else {
+        return;
+    };
+    let (_, me) = app.call(Method::GET, "/api/v1/me", None).await;
+    let me = me["id"].as_str().expect("me").to_string();
+    let lead = app
+        .create_id(json!({ "name": "lead-bot", "role": "head of support", "model": "m", "reports_to": { "user": me } }))
+        .await;
+    let worker = app
+        .create_id(json!({ "name": "worker-bot", "role": "triage", "model": "m", "reports_to": { "agent": lead } }))
+        .await;
+    let (s, v) = app.command(&lead, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    app.wait_state(&lead, "running").await;
+
+    b.sign_in(&app, "admin@localhost").await;
+    b.go("#/chart", "#h-chart").await;
+    // The person at the top, the lead below them, the worker below it.
+    let nested =
+        format!("#chart li[data-node='{me}'] li[data-node='{lead}'] li[data-node='{worker}']");
+    b.wait_for(&nested).await;
+    let lead_text = b.text(&format!("li[data-node='{lead}'] > span")).await;
+    assert!(
+        lead_text.contains("lead-bot")
+            && lead_text.contains("head of support")
+            && lead_text.contains("running"),
+        "{lead_text}"
+    );
+    let worker_text = b.text(&format!("li[data-node='{worker}'] > span")).await;
+    assert!(worker_text.contains("draft"), "{worker_text}");
+    b.shot("org-chart").await;
+    // Stopped elsewhere: the page follows.
+    let (s, v) = app.command(&lead, "stop").await;
+    assert!(s.is_success(), "{v}");
+    eventually("the chart shows the lead stopped", || async {
+        b.text(&format!("li[data-node='{lead}'] > span"))
+            .await
+            .contains("stopped")
+    })
+    .await;
 }

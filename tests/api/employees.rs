@@ -487,3 +487,125 @@ async fn agents_give_work_down_the_chart_but_not_up_unless_the_org_allows_it() {
     let sent = steps(t).await;
     assert!(sent.starts_with("sent:"), "{sent}");
 }
+
+#[tokio::test]
+async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_wait_apart() {
+    let (_llm, url) = FakeLlm::start(vec![
+        tool_call(
+            "call_w",
+            "files__write",
+            json!({ "path": "notes.txt", "content": "hello", "api_key": "sk-SECRET" }),
+        ),
+        tool_call("call_l", "files__list", json!({})),
+        answer("all filed"),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    park_writes(&app).await;
+    let agent = running_agent(&app, "clerk", json!({})).await;
+    let t = give(&app, &agent, json!({ "instruction": "File the notes" })).await;
+    wait_task(&app, &t, "waiting_approval").await;
+    // A person takes their time: the step must say it waited, apart from
+    // how long the write ran.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={agent}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{aid}/decide"),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_task(&app, &t, "succeeded").await;
+
+    let (_, steps) = app
+        .call(Method::GET, &format!("/api/v1/tasks/{t}/steps"), None)
+        .await;
+    let write = &steps["items"][1];
+    assert_eq!(write["body"]["tool"], "files.write", "{steps}");
+    let waited = write["body"]["waited_ms"].as_u64().expect("waited_ms");
+    assert!(waited >= 1500, "{write}");
+    assert!(
+        write["latency_ms"].as_u64().expect("latency") < 1500,
+        "{write}"
+    );
+
+    // Exactly the two tool calls, newest first, with secrets redacted.
+    let calls = crate::common::eventually_some("two tool calls recorded", || async {
+        let (_, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/agents/{agent}/tool-calls"),
+                None,
+            )
+            .await;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= 2).then_some(items)
+    })
+    .await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["tool_id"], "files.list");
+    assert_eq!(calls[0]["status"], "ok");
+    assert_eq!(calls[1]["tool_id"], "files.write");
+    assert_eq!(calls[1]["status"], "ok");
+    assert_eq!(calls[1]["arguments"]["path"], "notes.txt");
+    assert_eq!(calls[1]["arguments"]["api_key"], "[redacted]");
+    assert!(
+        calls[1]["result_summary"]
+            .as_str()
+            .is_some_and(|r| r.contains("wrote 5 bytes")),
+        "{}",
+        calls[1]
+    );
+    // The task's conversation: the instruction, then what the model said.
+    let convs = crate::common::eventually_some("the task's conversation", || async {
+        let (_, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/agents/{agent}/conversations"),
+                None,
+            )
+            .await;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (items.first().is_some_and(|c| c["messages"] == 2)).then_some(items)
+    })
+    .await;
+    assert_eq!(convs.len(), 1, "{convs:?}");
+    assert_eq!(convs[0]["id"], t.as_str());
+    assert_eq!(convs[0]["title"], "File the notes");
+    let (_, msgs) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/conversations/{t}/messages"),
+            None,
+        )
+        .await;
+    let said: Vec<(&str, &str)> = msgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [("user", "File the notes"), ("assistant", "all filed")]
+    );
+    let (_, day) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/timeline"),
+            None,
+        )
+        .await;
+    assert_eq!(day["totals"]["tool_calls"], 2, "{day}");
+    assert_eq!(day["totals"]["messages"], 2, "{day}");
+}

@@ -817,12 +817,12 @@ impl cadre_actors::task::TaskStore for MemTasks {
             .insert(task.id.clone(), task.clone());
         Ok(())
     }
-    async fn add_step(&self, step: &cadre_actors::task::TaskStep) -> Result<(), StoreError> {
-        self.steps
+    async fn add_step(&self, step: &cadre_actors::task::TaskStep) -> Result<bool, StoreError> {
+        Ok(self
+            .steps
             .lock()
             .expect("lock")
-            .insert((step.task_id.clone(), step.seq));
-        Ok(())
+            .insert((step.task_id.clone(), step.seq)))
     }
     async fn open_tasks(
         &self,
