@@ -109,28 +109,12 @@ pub fn compose(parts: &Parts, mode: Mode) -> String {
         section("How you communicate", p);
     }
     if !parts.skills.is_empty() {
-        let list: Vec<String> = parts
-            .skills
-            .iter()
-            .map(|(id, d)| match d.is_empty() {
-                true => format!("- {id}"),
-                false => format!("- {id}: {d}"),
-            })
-            .collect();
-        section("Your skills", &list.join("\n"));
+        section("Your skills", &bullets(&parts.skills));
     }
     if !parts.bases.is_empty() {
-        let list: Vec<String> = parts
-            .bases
-            .iter()
-            .map(|(n, d)| match d.is_empty() {
-                true => format!("- {n}"),
-                false => format!("- {n}: {d}"),
-            })
-            .collect();
         section(
             "Knowledge bases you may search (knowledge__search)",
-            &list.join("\n"),
+            &bullets(&parts.bases),
         );
     }
     if parts.manager.is_some() || !parts.reports.is_empty() {
@@ -155,6 +139,18 @@ pub fn compose(parts: &Parts, mode: Mode) -> String {
         },
     );
     out
+}
+
+/// `- name: description` lines (`- name` without one).
+fn bullets(items: &[(String, String)]) -> String {
+    let lines: Vec<String> = items
+        .iter()
+        .map(|(n, d)| match d.is_empty() {
+            true => format!("- {n}"),
+            false => format!("- {n}: {d}"),
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// `now_ms` written out in time zone `tz` (UTC when unknown).

@@ -6,7 +6,8 @@
 
 use crate::common::{TestApp, add_user, spawn_app};
 use crate::tasks::{
-    FakeLlm, answer, app_with_llm, give, park_writes, running_agent, tool_call, wait_task,
+    FakeLlm, answer, app_with_llm, approve_pending, give, park_writes, running_agent, tool_call,
+    wait_task,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -122,18 +123,7 @@ async fn the_handbook_and_the_job_reach_the_model_and_a_change_reaches_the_next_
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let pending = app
-        .approvals(&format!("state=pending&agent_id={agent}"), 1)
-        .await;
-    let aid = pending[0]["id"].as_str().expect("id");
-    let (s, v) = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/approvals/{aid}/decide"),
-            Some(json!({ "decision": "approve" })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    approve_pending(&app, &agent).await;
     wait_task(&app, &t2, "succeeded").await;
     let t3 = give(&app, &agent, json!({ "instruction": "third" })).await;
     wait_task(&app, &t3, "succeeded").await;
@@ -508,18 +498,7 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
     // A person takes their time: the step must say it waited, apart from
     // how long the write ran.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let pending = app
-        .approvals(&format!("state=pending&agent_id={agent}"), 1)
-        .await;
-    let aid = pending[0]["id"].as_str().expect("id");
-    let (s, v) = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/approvals/{aid}/decide"),
-            Some(json!({ "decision": "approve" })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    approve_pending(&app, &agent).await;
     wait_task(&app, &t, "succeeded").await;
 
     let (_, steps) = app

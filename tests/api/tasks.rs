@@ -198,6 +198,25 @@ pub(crate) async fn park_writes(app: &TestApp) {
     assert!(s.is_success(), "{v}");
 }
 
+/// Approves the agent's one pending approval (waiting for it); its id.
+pub(crate) async fn approve_pending(app: &TestApp, agent: &str) -> String {
+    let aid = app
+        .approvals(&format!("state=pending&agent_id={agent}"), 1)
+        .await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{aid}/decide"),
+            Some(json!({ "decision": "approve" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    aid
+}
+
 /// Creates an agent named `name` (`developer` profile, model `m`, plus
 /// `extra` fields), deploys it and waits until it runs.
 pub(crate) async fn running_agent(app: &TestApp, name: &str, extra: Value) -> String {
@@ -634,20 +653,7 @@ async fn a_task_waiting_for_approval_finishes_after_a_control_plane_restart() {
     // The same runtime process reconnects to the new server and asks its
     // question again; the reloaded approval answers it.
     app.restart().await;
-    let aid = app
-        .approvals(&format!("state=pending&agent_id={agent}"), 1)
-        .await[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let (s, v) = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/approvals/{aid}/decide"),
-            Some(json!({ "decision": "approve" })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    approve_pending(&app, &agent).await;
     let done = wait_task(&app, &tid, "succeeded").await;
     assert_eq!(done["result"], "kept");
     assert_eq!(app.runtime_pid(&agent), pid, "the same process finished it");
