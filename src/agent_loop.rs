@@ -329,8 +329,11 @@ async fn run(
         tools = offered.iter().filter_map(|id| by_id.remove(id)).collect();
     }
     let system = task.system.as_deref().unwrap_or(SYSTEM);
+    // A conversation's turn: the earlier messages as turns (the control
+    // plane bounded them), the person's new message last.
+    let history = chat_history(&task.input);
     let mut user = task.instruction.clone();
-    if !task.input.is_null() {
+    if history.is_none() && !task.input.is_null() {
         user.push_str(&format!("\n\nInput:\n{}", task.input));
     }
     if !task.memories.is_empty() {
@@ -339,7 +342,15 @@ async fn run(
             user.push_str(&format!("\n- {m}"));
         }
     }
-    let mut turns = vec![Turn::User(user)];
+    let mut turns = history.unwrap_or_default();
+    match turns.last_mut() {
+        // A message whose answer never came: the new one joins it.
+        Some(Turn::User(t)) => {
+            t.push_str("\n\n");
+            t.push_str(&user);
+        }
+        _ => turns.push(Turn::User(user)),
+    }
     let mut seq = 0u32;
     let mut model_calls = 0u32;
     let mut tokens = 0u64;
@@ -517,6 +528,38 @@ async fn run(
         }
         turns.push(Turn::Results(results));
     }
+}
+
+/// The turns of a conversation's earlier messages (`input.history`:
+/// `[{"role": "user"|"assistant", "content"}]`), consecutive turns of one
+/// side joined (providers want them alternating); `None` for a task.
+fn chat_history(input: &Value) -> Option<Vec<Turn>> {
+    input.get("conversation_id")?;
+    let mut turns: Vec<Turn> = Vec::new();
+    for m in input["history"].as_array().into_iter().flatten() {
+        let text = m["content"].as_str().unwrap_or_default().to_string();
+        match (m["role"].as_str(), turns.last_mut()) {
+            (Some("user"), Some(Turn::User(t))) => {
+                t.push_str("\n\n");
+                t.push_str(&text);
+            }
+            (Some("user"), _) => turns.push(Turn::User(text)),
+            (Some("assistant"), Some(Turn::Assistant { text: Some(t), .. })) => {
+                t.push_str("\n\n");
+                t.push_str(&text);
+            }
+            (Some("assistant"), _) => turns.push(Turn::Assistant {
+                text: Some(text),
+                calls: Vec::new(),
+            }),
+            _ => {}
+        }
+    }
+    // A conversation starts with the person.
+    if matches!(turns.first(), Some(Turn::Assistant { .. })) {
+        turns.insert(0, Turn::User("(the conversation so far)".into()));
+    }
+    Some(turns)
 }
 
 /// Asks for one tool call and runs it when allowed: (what the model is

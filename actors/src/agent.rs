@@ -2105,6 +2105,10 @@ async fn task_report(
                 "decision": b.get("decision"),
                 "approval_id": b.get("approval_id"),
             });
+            // A conversation's turn runs as a task of the conversation.
+            if let Some(c) = t.input.get("conversation_id") {
+                detail["conversation_id"] = c.clone();
+            }
             if step.kind == "tool" {
                 detail["call_id"] = serde_json::json!(b.get("call_id"));
                 detail["arguments"] = b.get("arguments").cloned().unwrap_or_default();

@@ -7,3 +7,6 @@ ALTER TABLE orgs ADD COLUMN instructions TEXT;
 -- Whom an agent may give work with `agent.message`: `chart` (down the
 -- org chart and to peers with the same manager) or `any` agent.
 ALTER TABLE orgs ADD COLUMN delegation TEXT NOT NULL DEFAULT 'chart';
+-- A conversation is found by its id within its organization (people
+-- write to `/conversations/{id}/messages`).
+CREATE INDEX conversations_by_id ON conversations (org_id, id);

@@ -259,6 +259,9 @@ pub fn records_of(ev: &Event, redact_keys: &[String]) -> Vec<NewActivity> {
         return Vec::new();
     }
     let task = d["task_id"].as_str().unwrap_or_default();
+    // A task is a conversation of its own; a chat turn belongs to its chat.
+    let chat = d["conversation_id"].as_str();
+    let conversation = chat.unwrap_or(task);
     let mut out = Vec::new();
     let mut push = |kind: &str, payload: serde_json::Value| {
         let text = payload.to_string();
@@ -299,31 +302,41 @@ pub fn records_of(ev: &Event, redact_keys: &[String]) -> Vec<NewActivity> {
             }),
         );
     } else {
-        let title = d["instruction"].as_str().unwrap_or_default();
-        let title: String = title.chars().take(200).collect();
+        // A chat was titled when it was opened; a task by its instruction.
+        let titled = |mut m: serde_json::Value| {
+            if chat.is_none() {
+                m["title"] = serde_json::json!(
+                    d["instruction"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                );
+            }
+            m
+        };
         if d["seq"] == 1 {
             push(
                 records::MESSAGE,
-                serde_json::json!({
-                    "conversation_id": task,
+                titled(serde_json::json!({
+                    "conversation_id": conversation,
                     "role": "user",
                     "content": d["instruction"],
-                    "title": title,
                     "task_id": task,
-                }),
+                })),
             );
         }
         if let Some(text) = d["text"].as_str().filter(|t| !t.is_empty()) {
             push(
                 records::MESSAGE,
-                serde_json::json!({
-                    "conversation_id": task,
+                titled(serde_json::json!({
+                    "conversation_id": conversation,
                     "role": "assistant",
                     "content": text,
-                    "title": title,
                     "tokens": d["tokens"],
                     "task_id": task,
-                }),
+                })),
             );
         }
     }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agents;
 pub mod auth;
 mod chart;
+mod chat;
 pub mod dashboard;
 pub mod error;
 mod governance;
@@ -327,6 +328,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = knowledge::routes(r);
     let r = spend::routes(r);
     let r = chart::routes(r);
+    let r = chat::routes(r);
     admin::routes(r)
 }
 

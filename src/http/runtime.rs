@@ -196,7 +196,11 @@ async fn serve(mut socket: WebSocket, session: Session) {
                         let memories = recall_for_task(&cadre, &knowledge, &org, &agent, &t.instruction).await;
                         // Composed as the task leaves: a later change of the
                         // agent's instructions reaches the next task, not this one.
-                        let prompt = match crate::prompt::prompt_for(&cadre, &dir, &store, &org, &agent, crate::prompt::Mode::Task).await {
+                        let mode = match t.input.get("conversation_id") {
+                            Some(_) => crate::prompt::Mode::Chat,
+                            None => crate::prompt::Mode::Task,
+                        };
+                        let prompt = match crate::prompt::prompt_for(&cadre, &dir, &store, &org, &agent, mode).await {
                             Ok(p) => p,
                             Err(e) => {
                                 let _ = send(&mut socket, &error("unavailable", e.to_string())).await;

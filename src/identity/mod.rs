@@ -83,6 +83,8 @@ pub enum Scope {
     AgentsWrite,
     /// Decide approvals.
     ApprovalsDecide,
+    /// Talk to agents (conversations).
+    Chat,
     /// Read activity.
     ActivityRead,
     /// Report activity.
@@ -105,10 +107,11 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 12] = [
+    pub const ALL: [Scope; 13] = [
         Scope::AgentsRead,
         Scope::AgentsWrite,
         Scope::ApprovalsDecide,
+        Scope::Chat,
         Scope::ActivityRead,
         Scope::ActivityWrite,
         Scope::AuditRead,
@@ -126,6 +129,7 @@ impl Scope {
             Scope::AgentsRead => "agents:read",
             Scope::AgentsWrite => "agents:write",
             Scope::ApprovalsDecide => "approvals:decide",
+            Scope::Chat => "chat",
             Scope::ActivityRead => "activity:read",
             Scope::ActivityWrite => "activity:write",
             Scope::AuditRead => "audit:read",
@@ -147,7 +151,9 @@ impl Scope {
     pub fn min_role(self) -> Role {
         match self {
             Scope::AgentsRead | Scope::ActivityRead | Scope::OrgRead => Role::Viewer,
-            Scope::AgentsWrite | Scope::ActivityWrite | Scope::ApprovalsDecide => Role::Member,
+            Scope::AgentsWrite | Scope::ActivityWrite | Scope::ApprovalsDecide | Scope::Chat => {
+                Role::Member
+            }
             Scope::AuditRead
             | Scope::UsersRead
             | Scope::UsersWrite

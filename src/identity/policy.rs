@@ -47,6 +47,8 @@ pub enum Action {
     /// `approvals:decide` (who exactly may decide is up to each approval
     /// policy, checked by the approval actor).
     ApprovalsDecide,
+    /// Talk to an agent: members and above, keys with `chat`.
+    Chat,
 }
 
 /// Why a request was refused.
@@ -77,6 +79,7 @@ impl Action {
             // A viewer never decides (docs/governance.md); a key needs the
             // scope named for it, not `agents:write`.
             Action::ApprovalsDecide => (Role::Member, Scope::ApprovalsDecide),
+            Action::Chat => (Role::Member, Scope::Chat),
         })
     }
 }

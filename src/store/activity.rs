@@ -838,6 +838,25 @@ on_dialects! {
             self.fetch(&q).await?.iter().map(conversation_row).collect()
         }
 
+        /// The agent a conversation of the organization belongs to.
+        pub async fn conversation_agent(
+            &self,
+            org: &str,
+            id: &str,
+        ) -> Result<Option<String>, StoreError> {
+            let row = self
+                .row(
+                    "SELECT agent_id FROM conversations WHERE id = ? AND org_id = ?",
+                    &[id, org],
+                )
+                .await?;
+            row.as_ref()
+                .map(|r| -> Result<String, StoreError> {
+                    r.cell("agent_id").map_err(bad("conversation"))
+                })
+                .transpose()
+        }
+
         /// One conversation of an agent.
         pub async fn conversation(
             &self,

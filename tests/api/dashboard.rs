@@ -1168,3 +1168,50 @@ async fn the_org_chart_page_draws_the_tree_and_follows_states_live() {
     })
     .await;
 }
+
+/// The agent page's chat: the reply streams in, a tool call and its wait
+/// for approval show inline, the answer ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_page_talks_with_the_agent_and_shows_its_tool_calls_and_approval_waits() {
+    let (_llm, url) = FakeLlm::start(vec![
+        tool_call(
+            "call_w",
+            "files__write",
+            json!({ "path": "chat.txt", "content": "hi" }),
+        ),
+        crate::tasks::answer("Saved it for you."),
+    ])
+    .await;
+    let app = app_with_llm(&url, |c| c.llm.stream = true).await;
+    let Some(b) = browser().await else {
+        return;
+    };
+    crate::tasks::park_writes(&app).await;
+    let id = crate::tasks::running_agent(&app, "chatty", json!({})).await;
+    b.sign_in(&app, "admin@localhost").await;
+    b.client
+        .goto(&app.url(&format!("/#/agents/{id}")))
+        .await
+        .expect("open the agent");
+    b.wait_for("#h-agent").await;
+    b.fill("#chat-input", "Please save a note").await;
+    b.click("#chat-form button[type=submit]").await;
+    b.wait_for("#chat-log li[data-role='user']").await;
+    // The write waits for a person: said inline, with the way to the inbox.
+    b.wait_for("#chat-log li[data-role='waiting'] a[href='#/approvals']")
+        .await;
+    crate::tasks::approve_pending(&app, &id).await;
+    eventually("the reply arrives in the chat", || async {
+        b.text("#chat-log li[data-role='assistant']")
+            .await
+            .contains("Saved it for you.")
+    })
+    .await;
+    let tool = b.text("#chat-log li[data-role='tool']").await;
+    assert!(
+        tool.contains("files.write") && tool.contains("allow"),
+        "{tool}"
+    );
+    assert_eq!(app.workspace_file(&id, "chat.txt").as_deref(), Some("hi"));
+    b.shot("agent-chat").await;
+}

@@ -588,3 +588,297 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
     assert_eq!(day["totals"]["tool_calls"], 2, "{day}");
     assert_eq!(day["totals"]["messages"], 2, "{day}");
 }
+
+/// Reads a Server-Sent Events response until its `done` or `error` event:
+/// (event name, data) in order; `on` sees each as it comes.
+async fn sse_until_done(
+    mut resp: reqwest::Response,
+    mut on: impl AsyncFnMut(&str, &Value),
+) -> Vec<(String, Value)> {
+    let mut seen = Vec::new();
+    let mut buf = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no end: {seen:?}");
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(60), resp.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("stream");
+        let Some(chunk) = chunk else { return seen };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = n.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if name.is_empty() {
+                continue;
+            }
+            let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            on(&name, &data).await;
+            let end = name == "done" || name == "error";
+            seen.push((name, data));
+            if end {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_person_talks_to_a_running_agent_which_answers_with_the_conversation_and_its_tools() {
+    let (llm, url) = FakeLlm::start(vec![
+        answer("Hello, I am ada."),
+        tool_call(
+            "call_w",
+            "files__write",
+            json!({ "path": "memo.txt", "content": "remember" }),
+        ),
+        answer("Written down."),
+    ])
+    .await;
+    let app = app_with_llm(&url, |c| c.llm.stream = true).await;
+    park_writes(&app).await;
+    let agent = running_agent(
+        &app,
+        "ada",
+        json!({ "instructions": "JOB: greet visitors." }),
+    )
+    .await;
+    let (s, conv) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/conversations"),
+            Some(json!({ "title": "First day" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{conv}");
+    let cid = conv["id"].as_str().expect("id").to_string();
+
+    // Answered when complete.
+    let (s, reply) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/conversations/{cid}/messages"),
+            Some(json!({ "content": "Who are you?" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    assert_eq!(reply["content"], "Hello, I am ada.");
+    assert_eq!(reply["conversation_id"], cid.as_str());
+    let first = &llm.requests()[0].1;
+    let sys = system(first);
+    assert!(
+        sys.contains("conversation with a person") && sys.contains("JOB: greet visitors."),
+        "{sys}"
+    );
+    assert_eq!(first["messages"][1]["content"], "Who are you?");
+
+    // Streamed: the tool call waits for a person, the stream says so; the
+    // approval lets it finish.
+    let resp = app
+        .client
+        .post(app.url(&format!("/api/v1/conversations/{cid}/messages")))
+        .bearer_auth(&app.token)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "content": "Write it down, please." }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let app_ref = &app;
+    let agent_ref = &agent;
+    let events = sse_until_done(resp, async |name: &str, _data: &Value| {
+        if name == "waiting_approval" {
+            approve_pending(app_ref, agent_ref).await;
+        }
+    })
+    .await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"accepted"), "{events:?}");
+    assert!(names.contains(&"waiting_approval"), "{events:?}");
+    assert!(names.contains(&"tool"), "{events:?}");
+    assert!(names.contains(&"delta"), "{events:?}");
+    let (last, done) = events.last().expect("events");
+    assert_eq!(last, "done", "{events:?}");
+    assert_eq!(done["content"], "Written down.");
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "delta")
+        .filter_map(|(_, d)| d["text"].as_str())
+        .collect();
+    assert!(streamed.contains("Written down."), "{streamed}");
+    // The second reply was given the conversation so far.
+    let second = &llm.requests()[1].1;
+    let said: Vec<(&str, &str)> = second["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .skip(1)
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("user", "Who are you?"),
+            ("assistant", "Hello, I am ada."),
+            ("user", "Write it down, please.")
+        ]
+    );
+    assert_eq!(
+        app.workspace_file(&agent, "memo.txt").as_deref(),
+        Some("remember")
+    );
+
+    // Kept: the conversation with its title and every message; the tool
+    // call with the others.
+    let msgs = crate::common::eventually_some("the chat's five messages", || async {
+        let (_, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/agents/{agent}/conversations/{cid}/messages"),
+                None,
+            )
+            .await;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= 5).then_some(items)
+    })
+    .await;
+    let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
+    assert_eq!(msgs[4]["content"], "Written down.");
+    let (_, convs) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/conversations"),
+            None,
+        )
+        .await;
+    let chat = convs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|c| c["id"] == cid.as_str())
+        .cloned()
+        .expect("the chat is listed");
+    assert_eq!(chat["title"], "First day");
+    let (_, calls) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/tool-calls"),
+            None,
+        )
+        .await;
+    assert_eq!(calls["items"][0]["tool_id"], "files.write", "{calls}");
+}
+
+#[tokio::test]
+async fn talking_to_an_agent_that_cannot_answer_or_to_another_orgs_conversation_is_refused() {
+    let app = spawn_app().await;
+    let draft = app
+        .create_id(json!({ "name": "idle", "role": "r", "model": "m" }))
+        .await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{draft}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "agent_not_running");
+    let agent = app
+        .create_id(json!({ "name": "talker", "role": "r", "model": "m" }))
+        .await;
+    let (s, v) = app.command(&agent, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    app.wait_state(&agent, "running").await;
+    let (s, conv) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{conv}");
+    let cid = conv["id"].as_str().expect("id").to_string();
+    let path = format!("/api/v1/conversations/{cid}/messages");
+    for (body, status) in [
+        (json!({ "content": "" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "content": "x".repeat(32 * 1024 + 1) }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({ "text": "hi" }), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (s, v) = app.call(Method::POST, &path, Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["code"].is_string(), "{v}");
+    }
+    for bad in [
+        "00000000-0000-0000-0000-000000000000",
+        "not-a-conversation",
+        "x%20y",
+    ] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/conversations/{bad}/messages"),
+                Some(json!({ "content": "hi" })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{bad}: {v}");
+    }
+    // Another organization's people cannot see it, let alone write to it.
+    let (_, other) = crate::identity::other_org(&app, "b-org", "team").await;
+    let (s, v) = app
+        .call_as(
+            Some(&other),
+            Method::POST,
+            &path,
+            Some(json!({ "content": "hi" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // A viewer may not talk.
+    let (_, viewer) = add_user(&app, "v@x.test", "viewer").await;
+    let (s, _) = app
+        .call_as(
+            Some(&viewer),
+            Method::POST,
+            &path,
+            Some(json!({ "content": "hi" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A stopped agent does not answer; nothing was given it.
+    let (s, v) = app.command(&agent, "stop").await;
+    assert!(s.is_success(), "{v}");
+    app.wait_state(&agent, "stopped").await;
+    let (s, v) = app
+        .call(Method::POST, &path, Some(json!({ "content": "hi" })))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "agent_not_running");
+    let (_, tasks) = app
+        .call(Method::GET, &format!("/api/v1/agents/{agent}/tasks"), None)
+        .await;
+    assert_eq!(tasks["items"], json!([]), "{tasks}");
+}

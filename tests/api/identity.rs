@@ -28,7 +28,7 @@ async fn add_key(app: &TestApp, token: &str, scopes: &[&str]) -> (StatusCode, Va
 }
 
 /// A second organization (instance admin creates it); returns id and its owner's token.
-async fn other_org(app: &TestApp, slug: &str, plan: &str) -> (String, String) {
+pub(crate) async fn other_org(app: &TestApp, slug: &str, plan: &str) -> (String, String) {
     let email = format!("owner@{slug}.test");
     let (s, v) = app
         .call(
@@ -113,6 +113,8 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     // viewer's (docs/employees.md).
     ("GET /agents/{id}/prompt", "member", "agents:read"),
     ("GET /org-chart", "viewer", "agents:read"),
+    ("POST /agents/{id}/conversations", "member", "chat"),
+    ("POST /conversations/{id}/messages", "member", "chat"),
     ("GET /agents/{id}/spend", "viewer", "agents:read"),
     ("POST /agents/{id}/{command}", "member", "agents:write"),
     // Activity.
