@@ -137,6 +137,7 @@ async fn create(store: &dyn Store, rec: &AgentRecord) {
             created: &created,
             audit: &audit,
             max_agents: Some(10_000_000),
+            version: &db::first_version(rec),
         })
         .await
         .expect("insert");

@@ -180,8 +180,33 @@ pub async fn gather(
     org: &OrgId,
     agent: &AgentId,
     now_ms: i64,
+    version: Option<u32>,
 ) -> Result<Parts, cadre_actors::Error> {
-    let view = cadre.get_agent(org, agent).await?.view();
+    let mut view = cadre.get_agent(org, agent).await?.view();
+    // A task of an older version (a replay of an earlier run) is told what
+    // the agent was then.
+    if let Some(n) = version {
+        let found = store
+            .tables()
+            .versions_page(Some(org.as_str()), agent.as_str(), i64::from(n) + 1, 1)
+            .await
+            .map_err(|e| cadre_actors::Error::Unavailable(e.to_string()))?;
+        if let Some(v) = found.into_iter().find(|v| v.n == n) {
+            let d = &v.definition;
+            let text = |k: &str| {
+                d.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            };
+            view.role = text("role");
+            view.instructions = text("instructions");
+            view.persona = text("persona");
+            view.profile = text("profile");
+            if let Ok(k) = serde_json::from_value(d["knowledge"].clone()) {
+                view.knowledge = k;
+            }
+        }
+    }
     let org_row = dir.org(org).map(|e| e.row);
     let gov = cadre.governance().org(org);
     let profile_name = view
@@ -258,18 +283,19 @@ pub async fn gather(
     })
 }
 
-/// The prompt `agent` gets now for `mode`.
+/// The prompt `agent` gets now for `mode`, as its definition's `version`
+/// was (`None`: as it is).
 pub async fn prompt_for(
     cadre: &Cadre,
     dir: &crate::identity::Directory,
     store: &crate::store::Db,
-    org: &OrgId,
-    agent: &AgentId,
+    (org, agent): (&OrgId, &AgentId),
     mode: Mode,
+    version: Option<u32>,
 ) -> Result<Prompt, cadre_actors::Error> {
     use cadre_actors::ports::Clock;
     let now = cadre_actors::ports::SystemClock.now_ms();
-    let parts = gather(cadre, dir, store, org, agent, now).await?;
+    let parts = gather(cadre, dir, store, org, agent, now, version).await?;
     Ok(Prompt {
         system: compose(&parts, mode),
         tools: parts.tools,

@@ -165,6 +165,7 @@ async fn insert<S: Store>(
             created: &support::created(),
             audit: &audit,
             max_agents: max,
+            version: &support::first_version(rec),
         })
         .await
 }
@@ -190,6 +191,7 @@ async fn charge<S: Store>(
                 org_period: Period::parse("2026-11").expect("period"),
             }),
             audit: None,
+            versions: &[],
         })
         .await
 }
@@ -201,6 +203,7 @@ fn plain_write(rec: &AgentRecord) -> AgentWrite<'_> {
         event: None,
         usage: None,
         audit: None,
+        versions: &[],
     }
 }
 
@@ -257,6 +260,7 @@ async fn agents_claims_fencing_and_pages<S: Store>(s: &Subject<S>) {
                 event: Some(&event),
                 usage: None,
                 audit: Some(&change),
+                versions: &[],
             })
             .await,
         Ok(WriteOutcome::Written)

@@ -80,11 +80,20 @@ fn limited<'a>(
         "agent.create",
         &format!("agent:{}", record.id),
     )));
+    let version = Box::leak(Box::new(cadre_actors::domain::AgentVersion {
+        agent_id: record.id.clone(),
+        org_id: record.org_id.clone(),
+        n: 1,
+        definition: cadre_actors::domain::definition(&record.spec),
+        by: "system".into(),
+        at: 1,
+    }));
     AgentInsert {
         record,
         created,
         audit,
         max_agents,
+        version,
     }
 }
 
@@ -189,6 +198,7 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         event: None,
         usage: None,
         audit: None,
+        versions: &[],
     };
     assert_eq!(store.write_agent(w).await, Err(StoreError::Fenced));
     assert_eq!(
@@ -209,6 +219,7 @@ async fn writes_from_a_replaced_incarnation_are_fenced() {
         event: None,
         usage: None,
         audit: None,
+        versions: &[],
     };
     assert_eq!(store.write_agent(w).await, Ok(WriteOutcome::Written));
     assert_eq!(
@@ -251,6 +262,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         event: None,
         usage: Some(charge),
         audit: None,
+        versions: &[],
     };
     let mut double = rec.clone();
     double.usage = double.usage.add(10, 0);
@@ -260,6 +272,7 @@ async fn usage_reports_count_once_even_in_one_batch() {
         event: None,
         usage: Some(charge),
         audit: None,
+        versions: &[],
     };
     let (a, b) = tokio::join!(store.write_agent(w), store.write_agent(w2));
     let outcomes = [a.expect("a"), b.expect("b")];

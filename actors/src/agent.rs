@@ -252,6 +252,18 @@ pub enum AgentMsg {
         /// Answer.
         reply: RpcReplyPort<Result<UsageAck>>,
     },
+    /// A person opens a conversation with the agent: refused unless it
+    /// runs; audited (`agent.conversation_open`) once accepted.
+    OpenConversation {
+        /// The conversation's id.
+        id: String,
+        /// Its title.
+        title: Option<String>,
+        /// Who opens it.
+        by: Who,
+        /// Answer.
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// The last lines of the deployment's log (read by a spawned task, so
     /// a slow target never holds up the actor).
     Logs {
@@ -357,6 +369,11 @@ pub struct AgentState {
     gov: Option<Box<GovState>>,
     /// Unfinished tasks, loaded on first use.
     tasks: Option<Box<crate::task::TaskBook>>,
+    /// The newest version of its definition, loaded on first use (`Some(None)`:
+    /// it has none yet, an agent from before versions).
+    version: Option<Option<Box<crate::domain::AgentVersion>>>,
+    /// Versions the next commit writes (set by a change of the definition).
+    new_versions: Vec<crate::domain::AgentVersion>,
 }
 
 impl AgentState {
@@ -366,6 +383,15 @@ impl AgentState {
 
     fn health(&self) -> HealthView {
         health_of(&self.rec, &self.ctx.settings)
+    }
+
+    /// The newest version of the agent's definition (loaded on first use).
+    async fn version(&mut self) -> Result<Option<&crate::domain::AgentVersion>> {
+        if self.version.is_none() {
+            let latest = self.ctx.store.latest_version(&self.rec.id).await?;
+            self.version = Some(latest.map(Box::new));
+        }
+        Ok(self.version.as_ref().and_then(|v| v.as_deref()))
     }
 
     fn interval(&self) -> Duration {
@@ -479,12 +505,14 @@ impl AgentState {
     ) -> Result<WriteOutcome> {
         next.updated_at = self.now();
         let audit = audit.or_else(|| AuditEntry::for_transitions(&next, &transitions));
+        let versions = std::mem::take(&mut self.new_versions);
         let write = AgentWrite {
             record: &next,
             transitions: &transitions,
             event: event.as_ref(),
             usage,
             audit: audit.as_ref(),
+            versions: &versions,
         };
         let outcome = match self.ctx.store.write_agent(write).await {
             Ok(o) => o,
@@ -498,6 +526,9 @@ impl AgentState {
         };
         if outcome == WriteOutcome::Duplicate {
             return Ok(outcome);
+        }
+        if let Some(v) = versions.into_iter().last() {
+            self.version = Some(Some(Box::new(v)));
         }
         if let Some(c) = usage {
             let org = &next.org_id;
@@ -703,6 +734,8 @@ impl Actor for AgentActor {
             next_conn: 1,
             gov: None,
             tasks: None,
+            version: None,
+            new_versions: Vec::new(),
         })
     }
 
@@ -807,6 +840,34 @@ async fn handle_msg(
             let _ = reply.send(r);
         }
         AgentMsg::Halt { scope, by } => Box::pin(halt(&myself, st, scope, &by)).await,
+        AgentMsg::OpenConversation {
+            id,
+            title,
+            by,
+            reply,
+        } => {
+            let r = if matches!(st.rec.state, State::Running | State::Degraded) {
+                let audit = st.audit(
+                    &by,
+                    "conversation_open",
+                    serde_json::json!({ "conversation_id": id, "title": title }),
+                );
+                let next = st.rec.clone();
+                st.commit_audited(&myself, next, Vec::new(), None, None, Some(audit))
+                    .await
+                    .map(|_| ())
+            } else {
+                Err(Error::Conflict(
+                    "agent_not_running",
+                    format!(
+                        "{} is {}: only a running agent can talk (deploy or start it first)",
+                        st.rec.spec.name,
+                        st.rec.state.as_str()
+                    ),
+                ))
+            };
+            let _ = reply.send(r);
+        }
         AgentMsg::Logs { lines, reply } => match st.rec.deployment_ref.clone() {
             Some(dep) => {
                 let deployer = st.ctx.deployer.clone();
@@ -1151,9 +1212,40 @@ async fn patch_agent(
     let event = st
         .over_budget(&next, org_spent)
         .and_then(|over| stop_for_budget(st, &mut next, &mut tr, over, org_spent));
-    let audit = st.audit(by, "update", patch.summary());
-    st.commit_audited(myself, next, tr, event, None, Some(audit))
-        .await?;
+    let mut summary = patch.summary();
+    // A change of what defines its behaviour is a new version.
+    let before = crate::domain::definition(&st.rec.spec);
+    let after = crate::domain::definition(&next.spec);
+    if before != after {
+        st.version().await?;
+        let latest = st.version.as_ref().and_then(|v| v.as_deref());
+        let mut n = latest.map_or(0, |v| v.n);
+        let mut versions = Vec::new();
+        let version = |n: u32, definition, by: String, at| crate::domain::AgentVersion {
+            agent_id: st.rec.id.clone(),
+            org_id: st.rec.org_id.clone(),
+            n,
+            definition,
+            by,
+            at,
+        };
+        // An agent from before versions (or whose last version is not what
+        // it was): what it was becomes a version first.
+        if latest.is_none_or(|v| v.definition != before) {
+            n += 1;
+            versions.push(version(n, before, "system".into(), st.rec.updated_at));
+        }
+        n += 1;
+        versions.push(version(n, after, by.to_text(), st.now()));
+        summary["version"] = serde_json::json!(n);
+        st.new_versions = versions;
+    }
+    let audit = st.audit(by, "update", summary);
+    let committed = st
+        .commit_audited(myself, next, tr, event, None, Some(audit))
+        .await;
+    st.new_versions.clear();
+    committed?;
     match st.rec.state {
         State::Updating => {
             st.recovery_pending = false;
@@ -1973,6 +2065,11 @@ async fn submit_task(
     by: &Who,
 ) -> Result<crate::task::TaskRecord> {
     task.created_at = st.now();
+    // The version it runs with: the definition's newest, unless given (a
+    // replay keeps its original's).
+    if task.version.is_none() {
+        task.version = st.version().await?.map(|v| v.n);
+    }
     let max = st.ctx.settings.max_open_tasks;
     let audit = AuditEntry::new(
         &st.rec.org_id,

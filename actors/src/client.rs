@@ -213,6 +213,27 @@ impl Cadre {
         self.agent_call(org, id, AgentMsg::Get).await
     }
 
+    /// Opens conversation `conversation` with a running agent (audited);
+    /// `agent_not_running` otherwise, `manager_unavailable` while its
+    /// manager holds it.
+    pub async fn open_conversation(
+        &self,
+        org: &OrgId,
+        id: &AgentId,
+        conversation: &str,
+        title: Option<String>,
+        by: Who,
+    ) -> Result<()> {
+        self.manager_available(org, id).await?;
+        self.agent_call(org, id, |reply| AgentMsg::OpenConversation {
+            id: conversation.to_string(),
+            title: title.clone(),
+            by: by.clone(),
+            reply,
+        })
+        .await?
+    }
+
     /// The last `lines` lines of an agent's deployment log.
     pub async fn agent_logs(&self, org: &OrgId, id: &AgentId, lines: usize) -> Result<String> {
         self.agent_call(org, id, |reply| AgentMsg::Logs { lines, reply })

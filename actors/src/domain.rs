@@ -664,6 +664,43 @@ impl AgentPatch {
     }
 }
 
+/// What defines an agent's behaviour: the fields a version keeps (its
+/// name, target, health and manager are not part of it).
+pub fn definition(spec: &AgentSpec) -> serde_json::Value {
+    serde_json::json!({
+        "role": spec.role,
+        "instructions": spec.job.instructions,
+        "persona": spec.job.persona,
+        "model": spec.model,
+        "llm": spec.runtime.llm,
+        "profile": spec.profile,
+        "knowledge": spec.runtime.knowledge,
+        "mcp_servers": spec.runtime.mcp_servers,
+        "budget": {
+            "monthly_tokens": spec.budget.monthly_tokens,
+            "monthly_cost_micros": spec.budget.monthly_cost_micros,
+            "period": spec.budget.period.as_str(),
+        },
+    })
+}
+
+/// One immutable, numbered version of an agent's definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentVersion {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its organization.
+    pub org_id: OrgId,
+    /// 1, 2, … in the order they were made.
+    pub n: u32,
+    /// [`definition`] as it became.
+    pub definition: serde_json::Value,
+    /// Who made the change (`user:<id>`, `system`, …).
+    pub by: String,
+    /// When (unix ms).
+    pub at: i64,
+}
+
 /// The persisted agent: everything needed to rebuild its actor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentRecord {

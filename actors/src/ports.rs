@@ -51,6 +51,10 @@ pub struct AgentWrite<'a> {
     pub usage: Option<Charge<'a>>,
     /// The audit entry of the change, written in the same transaction.
     pub audit: Option<&'a AuditEntry>,
+    /// New versions of the agent's definition the change made (none, or
+    /// the one before it too when the agent had none yet), in the same
+    /// transaction.
+    pub versions: &'a [crate::domain::AgentVersion],
 }
 
 /// A priced usage report.
@@ -80,6 +84,8 @@ pub struct AgentInsert<'a> {
     /// Most live agents the organization may have (`None` = unlimited); the
     /// store refuses the insert with `LimitReached` in the same transaction.
     pub max_agents: Option<u64>,
+    /// The agent's first version.
+    pub version: &'a crate::domain::AgentVersion,
 }
 
 /// Durable storage of critical state. Every method returns only after the
@@ -92,6 +98,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes an agent atomically, fenced by `record.epoch`.
     async fn write_agent(&self, write: AgentWrite<'_>) -> Result<WriteOutcome, StoreError>;
+    /// The newest version of an agent's definition, if it has any.
+    async fn latest_version(
+        &self,
+        agent: &AgentId,
+    ) -> Result<Option<crate::domain::AgentVersion>, StoreError>;
 
     /// Marks an agent deleted (with its audit entry), fenced by `record.epoch`.
     async fn delete_agent(

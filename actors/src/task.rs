@@ -122,6 +122,11 @@ pub struct TaskRecord {
     /// For a replay: the first step run live (earlier ones are the
     /// parent's, copied when the branch is stored).
     pub from_step: Option<u32>,
+    /// The version of its agent's definition it runs with (set by the
+    /// agent's actor when it is given the task; a replay keeps its
+    /// original's unless told otherwise). `None`: an agent from before
+    /// versions.
+    pub version: Option<u32>,
 }
 
 impl TaskRecord {
@@ -152,6 +157,7 @@ impl TaskRecord {
             runner_pid: None,
             parent_id: None,
             from_step: None,
+            version: None,
         }
     }
 }

@@ -308,6 +308,7 @@ impl TenantState {
                 event: Some(&event),
                 usage: None,
                 audit: AuditEntry::for_transitions(&rec, &transitions).as_ref(),
+                versions: &[],
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -369,6 +370,14 @@ impl TenantState {
             by: by.to_text(),
             at: now,
         };
+        let version = crate::domain::AgentVersion {
+            agent_id: record.id.clone(),
+            org_id: self.org.clone(),
+            n: 1,
+            definition: crate::domain::definition(&record.spec),
+            by: by.to_text(),
+            at: now,
+        };
         let audit = AuditEntry::new(
             &self.org,
             &by,
@@ -391,6 +400,7 @@ impl TenantState {
                     created: &created,
                     audit: &audit,
                     max_agents,
+                    version: &version,
                 })
                 .await;
             let mut msg = TenantMsg::Inserted {

@@ -1052,9 +1052,9 @@ async fn prompt(
         &state.cadre,
         state.identity.directory(),
         &state.store,
-        &principal.org,
-        &id,
+        (&principal.org, &id),
         mode,
+        None,
     )
     .await?;
     Ok(axum::Json(serde_json::json!({

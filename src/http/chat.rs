@@ -79,20 +79,25 @@ async fn open(
     let body: Open = if body.iter().all(u8::is_ascii_whitespace) {
         Open::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
+        // As the JSON extractor answers: malformed 400, wrong shape 422.
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",
                 e.to_string(),
-            )
+            ),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
         })?
     };
     let title = body
         .title
         .map(|t| super::agents::text("title", &t, 200))
         .transpose()?;
-    ready(&state, &p.org, &agent).await?;
     let conversation = uuid::Uuid::now_v7().to_string();
+    state
+        .cadre
+        .open_conversation(&p.org, &agent, &conversation, title.clone(), p.who())
+        .await?;
     let who = p.who().to_text();
     // Opened: a system line that starts the conversation's record (the
     // conversation exists, titled, before its first message), answered once

@@ -21,6 +21,7 @@ pub mod schedules;
 mod spend;
 pub mod state;
 pub mod tasks;
+mod versions;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -329,6 +330,7 @@ pub fn api_routes(state: &AppState) -> guard::Routes {
     let r = spend::routes(r);
     let r = chart::routes(r);
     let r = chat::routes(r);
+    let r = versions::routes(r);
     admin::routes(r)
 }
 

@@ -200,7 +200,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
                             Some(_) => crate::prompt::Mode::Chat,
                             None => crate::prompt::Mode::Task,
                         };
-                        let prompt = match crate::prompt::prompt_for(&cadre, &dir, &store, &org, &agent, mode).await {
+                        let prompt = match crate::prompt::prompt_for(&cadre, &dir, &store, (&org, &agent), mode, t.version).await {
                             Ok(p) => p,
                             Err(e) => {
                                 let _ = send(&mut socket, &error("unavailable", e.to_string())).await;

@@ -35,6 +35,7 @@ pub fn task_json(t: &TaskRecord) -> Value {
         "finished_at": t.finished_at.map(rfc3339),
         "parent_id": t.parent_id,
         "from_step": t.from_step,
+        "version": t.version,
     })
 }
 
@@ -259,6 +260,9 @@ struct EditsIn {
 struct ReplayIn {
     from_step: u32,
     edits: Option<EditsIn>,
+    /// The version of the agent's definition to run with: `"original"`
+    /// (the default: the original run's), `"current"`, or a number.
+    version: Option<Value>,
 }
 
 /// Starts a branch of a task: the recorded steps before `from_step` (a
@@ -296,7 +300,42 @@ async fn replay(
         Some(i) => instruction("edits.instruction", &i)?,
         None => parent.instruction.clone(),
     };
+    let version = match body.version {
+        None => parent.version,
+        Some(Value::String(s)) if s == "original" => parent.version,
+        // Set by the agent's actor to its newest.
+        Some(Value::String(s)) if s == "current" => None,
+        Some(Value::Number(n)) => {
+            let n = n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::invalid("version", "a version number (1, 2, …)"))?;
+            let known = state
+                .store
+                .tables()
+                .versions_page(Some(p.org.as_str()), &parent.agent_id, i64::from(n) + 1, 1)
+                .await
+                .map_err(ApiError::internal)?
+                .first()
+                .is_some_and(|v| v.n == n);
+            if !known {
+                return Err(ApiError::invalid(
+                    "version",
+                    format!("the agent has no version {n}"),
+                ));
+            }
+            Some(n)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "version",
+                "\"original\", \"current\" or a version number",
+            ));
+        }
+    };
     let task = TaskRecord {
+        version,
         parent_id: Some(parent.id.clone()),
         from_step: Some(from),
         ..TaskRecord::queued(

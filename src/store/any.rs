@@ -148,6 +148,7 @@ forward! {
     fn conversations_page(&self, org: &str, agent: &str, before: Option<i64>, limit: i64) -> Result<Vec<ConversationRow>, StoreError>;
     fn conversation(&self, org: &str, agent: &str, id: &str) -> Result<Option<ConversationRow>, StoreError>;
     fn conversation_agent(&self, org: &str, id: &str) -> Result<Option<String>, StoreError>;
+    fn versions_page(&self, org: Option<&str>, agent: &str, before: i64, limit: i64) -> Result<Vec<cadre_actors::domain::AgentVersion>, StoreError>;
     fn messages_page(&self, org: &str, agent: &str, conversation: &str, after: Option<i64>, limit: i64) -> Result<Vec<MessageRow>, StoreError>;
     fn timeline(&self, org: &str, agent: &str, from: i64) -> Result<Timeline, StoreError>;
     fn expire_activity(&self, now: i64, default_days: u32, batch: u32) -> Result<Expired, StoreError>;

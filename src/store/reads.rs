@@ -9,7 +9,7 @@ use super::tables::Tables;
 use super::tasks::task_row;
 use super::{DecodeRow, EventRow, HistoryRow};
 use cadre_actors::approval::{ApprovalRecord, ApprovalState, Vote};
-use cadre_actors::domain::{AgentId, OrgId, rfc3339};
+use cadre_actors::domain::{AgentId, AgentVersion, OrgId, rfc3339};
 use cadre_actors::governance::{Grant, HaltScope};
 use cadre_actors::ports::{GovDoc, StoreError};
 use cadre_actors::task::{TaskRecord, TaskState, TaskStep};
@@ -23,6 +23,46 @@ pub type HaltRow = (String, String, Option<String>, Option<String>, String, i64)
 
 on_dialects! {
     impl<D> Tables<D> {
+        /// An agent's versions with numbers below `before`, newest first
+        /// (of the organization `org` when given).
+        pub async fn versions_page(
+            &self,
+            org: Option<&str>,
+            agent: &str,
+            before: i64,
+            limit: i64,
+        ) -> Result<Vec<AgentVersion>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT agent_id, {n} AS n, org_id, {}, by_who, at FROM agent_versions \
+                 WHERE agent_id = ? AND (? IS NULL OR org_id = ?) AND n < ? ORDER BY n DESC LIMIT ?",
+                D::json("definition"),
+                n = D::int("n"),
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(agent)
+                .bind(org)
+                .bind(org)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| {
+                    let n: i64 = r.cell("n").map_err(bad)?;
+                    let definition: String = r.cell("definition").map_err(bad)?;
+                    Ok(AgentVersion {
+                        agent_id: AgentId(r.cell("agent_id").map_err(bad)?),
+                        org_id: OrgId(r.cell("org_id").map_err(bad)?),
+                        n: u32::try_from(n).map_err(bad)?,
+                        definition: serde_json::from_str(&definition).map_err(bad)?,
+                        by: r.cell("by_who").map_err(bad)?,
+                        at: r.cell("at").map_err(bad)?,
+                    })
+                })
+                .collect()
+        }
+
         /// Number of organizations.
         pub async fn org_count(&self) -> Result<i64, StoreError> {
             let sql = format!("SELECT {} AS n FROM orgs", D::int("COUNT(*)"));

@@ -483,6 +483,25 @@ on_dialects! {
                 .map_err(stmt)
         }
 
+        async fn insert_version(
+            conn: &mut D::Connection,
+            v: &cadre_actors::domain::AgentVersion,
+        ) -> Result<(), Attempt> {
+            let sql = D::sql(&format!(
+                "INSERT INTO agent_versions (agent_id, n, org_id, definition, by_who, at) \
+                 VALUES (?, ?, ?, ?{}, ?, ?)",
+                D::JSON
+            ));
+            let query = sqlx::query(&sql)
+                .bind(v.agent_id.as_str())
+                .bind(i64::from(v.n))
+                .bind(v.org_id.as_str())
+                .bind(v.definition.to_string())
+                .bind(v.by.as_str())
+                .bind(v.at);
+            Self::run(conn, query).await.map(|_| ()).map_err(stmt)
+        }
+
         async fn insert_transition(
             conn: &mut D::Connection,
             rec: &AgentRecord,
@@ -638,6 +657,7 @@ on_dialects! {
                     .map_err(stmt_classify)?;
                 Self::insert_transition(&mut tx, rec, ins.created).await?;
                 Self::insert_audit(&mut tx, ins.audit).await?;
+                Self::insert_version(&mut tx, ins.version).await?;
                 tx.commit().await.map_err(at_commit)
                     })
                 .await
@@ -717,10 +737,23 @@ on_dialects! {
                 if let Some(a) = w.audit {
                     Self::insert_audit(&mut tx, a).await?;
                 }
+                for v in w.versions {
+                    Self::insert_version(&mut tx, v).await?;
+                }
                 tx.commit().await.map_err(at_commit)?;
                 Ok(WriteOutcome::Written)
                     })
                 .await
+        }
+
+        async fn latest_version(
+            &self,
+            agent: &cadre_actors::domain::AgentId,
+        ) -> Result<Option<cadre_actors::domain::AgentVersion>, StoreError> {
+            self.tables()
+                .versions_page(None, agent.as_str(), i64::MAX, 1)
+                .await
+                .map(|mut v| v.pop())
         }
 
         async fn delete_agent(
@@ -1168,7 +1201,7 @@ on_dialects! {
             retry(|| async move {
                 let mut tx = self.begin().await?;
                 let sql = D::sql(&format!(
-                    "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tasks ({}) VALUES (?, ?, ?, ?, ?{j}, ?, ?, ?, ?{j}, ?, ?, ?, ?, ?, ?, ?, ?)",
                     super::tasks::COLUMNS,
                     j = D::JSON
                 ));
@@ -1188,7 +1221,8 @@ on_dialects! {
                     .bind(t.finished_at)
                     .bind(t.runner_pid.map(i64::from))
                     .bind(t.parent_id.as_deref())
-                    .bind(t.from_step.map(i64::from));
+                    .bind(t.from_step.map(i64::from))
+                    .bind(t.version.map(i64::from));
                 Self::run(&mut tx, query).await.map_err(stmt_classify)?;
                 // A replay starts with copies of its parent's steps before from_step.
                 if let (Some(parent), Some(from)) = (&t.parent_id, t.from_step) {

@@ -505,6 +505,7 @@ impl Store for SqlStore {
             created: ins.created.clone(),
             audit: ins.audit.clone(),
             max_agents: ins.max_agents,
+            version: ins.version.clone(),
             done,
         })
         .await
@@ -524,9 +525,20 @@ impl Store for SqlStore {
                 )
             }),
             audit: w.audit.cloned(),
+            versions: w.versions.to_vec(),
             done,
         })
         .await
+    }
+
+    async fn latest_version(
+        &self,
+        agent: &cadre_actors::domain::AgentId,
+    ) -> Result<Option<cadre_actors::domain::AgentVersion>, StoreError> {
+        self.tables()
+            .versions_page(None, agent.as_str(), i64::MAX, 1)
+            .await
+            .map(|mut v| v.pop())
     }
 
     async fn delete_agent(

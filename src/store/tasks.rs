@@ -8,7 +8,7 @@ use cadre_actors::ports::StoreError;
 use cadre_actors::task::{TaskLimits, TaskRecord, TaskState, TaskStep, TaskStore};
 
 pub(super) const COLUMNS: &str = "id, org_id, agent_id, instruction, input, state, result, error, limits, \
-                       created_by, created_at, started_at, finished_at, runner_pid, parent_id, from_step";
+                       created_by, created_at, started_at, finished_at, runner_pid, parent_id, from_step, version";
 
 fn bad(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("unreadable task row: {e}"))
@@ -45,6 +45,10 @@ where
             .cell::<Option<i64>, _>("from_step")
             .map_err(bad)?
             .and_then(|s| u32::try_from(s).ok()),
+        version: r
+            .cell::<Option<i64>, _>("version")
+            .map_err(bad)?
+            .and_then(|s| u32::try_from(s).ok()),
     })
 }
 
@@ -57,7 +61,7 @@ impl TaskStore for SqlStore {
     async fn insert_task(&self, t: &TaskRecord, audit: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.write_pool().begin().await.map_err(unavailable)?;
         sqlx::query(&format!(
-            "INSERT INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO tasks ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&t.id)
         .bind(&t.org_id)
@@ -75,6 +79,7 @@ impl TaskStore for SqlStore {
         .bind(t.runner_pid.map(i64::from))
         .bind(&t.parent_id)
         .bind(t.from_step.map(i64::from))
+        .bind(t.version.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;

@@ -196,6 +196,18 @@ pub static TABLES: &[Table] = &[
         ],
     },
     Table {
+        name: "agent_versions",
+        serial: None,
+        columns: &[
+            c("agent_id", Text),
+            c("n", Int),
+            c("org_id", Text),
+            c("definition", Json),
+            c("by_who", Text),
+            c("at", Int),
+        ],
+    },
+    Table {
         name: "agent_transitions",
         serial: Some("id"),
         columns: &[
@@ -514,6 +526,7 @@ pub static TABLES: &[Table] = &[
             c("runner_pid", Int),
             c("parent_id", Text),
             c("from_step", Int),
+            c("version", Int),
         ],
     },
     Table {

@@ -18,7 +18,7 @@ use super::identity::insert_audit;
 use super::sqlite::{classify, insert_transition, unavailable};
 use super::to_i64;
 use cadre_actors::audit::AuditEntry;
-use cadre_actors::domain::{AgentEvent, AgentRecord, Transition};
+use cadre_actors::domain::{AgentEvent, AgentRecord, AgentVersion, Transition};
 use cadre_actors::ports::{Charge, StoreError, WriteOutcome};
 use sqlx::{SqliteConnection, SqlitePool};
 use std::collections::BTreeMap;
@@ -41,6 +41,8 @@ pub enum Job {
         audit: AuditEntry,
         /// The organization's agent limit.
         max_agents: Option<u64>,
+        /// Its first version.
+        version: AgentVersion,
         /// Answer.
         done: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -57,6 +59,8 @@ pub enum Job {
         usage: Option<(String, u64, u64, cadre_actors::budget::Period)>,
         /// Audit entry.
         audit: Option<AuditEntry>,
+        /// New versions of its definition.
+        versions: Vec<AgentVersion>,
         /// Answer.
         done: oneshot::Sender<Result<WriteOutcome, StoreError>>,
     },
@@ -136,14 +140,16 @@ impl Job {
                 created,
                 audit,
                 max_agents,
+                version,
                 ..
-            } => Outcome::Unit(insert(conn, (record, created, audit), *max_agents).await),
+            } => Outcome::Unit(insert(conn, (record, created, audit, version), *max_agents).await),
             Job::Write {
                 record,
                 transitions,
                 event,
                 usage,
                 audit,
+                versions,
                 ..
             } => Outcome::Write(
                 write(
@@ -158,6 +164,7 @@ impl Job {
                         org_period: *period,
                     }),
                     audit.as_ref(),
+                    versions,
                 )
                 .await,
             ),
@@ -351,10 +358,11 @@ async fn insert_many(conn: &mut SqliteConnection, batch: &[Job]) -> Option<Resul
             created,
             audit,
             max_agents,
+            version,
             ..
         } = job
         {
-            jobs.push((record, created, audit));
+            jobs.push((record, created, audit, version));
             let e = per_org.entry(record.org_id.as_str()).or_insert((0, None));
             e.0 += 1;
             e.1 = match (e.1, *max_agents) {
@@ -404,8 +412,36 @@ async fn count_agents(
     Ok(done.rows_affected() == 1)
 }
 
-/// A new agent: record, creation entry, audit entry.
-type NewAgent<'a> = (&'a AgentRecord, &'a Transition, &'a AuditEntry);
+/// A new agent: record, creation entry, audit entry, first version.
+type NewAgent<'a> = (
+    &'a AgentRecord,
+    &'a Transition,
+    &'a AuditEntry,
+    &'a AgentVersion,
+);
+
+/// Inserts versions of agents' definitions.
+async fn insert_versions<'a>(
+    conn: &mut SqliteConnection,
+    versions: impl Iterator<Item = &'a AgentVersion>,
+) -> Result<(), sqlx::Error> {
+    let versions: Vec<&AgentVersion> = versions.collect();
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO agent_versions (agent_id, n, org_id, definition, by_who, at) ",
+    );
+    q.push_values(versions, |mut b, v| {
+        b.push_bind(v.agent_id.as_str())
+            .push_bind(i64::from(v.n))
+            .push_bind(v.org_id.as_str())
+            .push_bind(v.definition.to_string())
+            .push_bind(&v.by)
+            .push_bind(v.at);
+    });
+    q.build().execute(&mut *conn).await.map(|_| ())
+}
 
 /// An agent's runtime settings as stored: NULL for the defaults.
 fn runtime_json(r: &cadre_actors::domain::RuntimeSpec) -> Option<String> {
@@ -425,7 +461,7 @@ async fn insert_rows(
          usage_period, usage_warned, deployment_ref, runtime_token_hash, epoch, created_at, updated_at, \
          profile, budget_period, runtime, job) ",
     );
-    agents.push_values(rows, |mut b, (rec, _, _)| {
+    agents.push_values(rows, |mut b, (rec, _, _, _)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(&rec.spec.name)
@@ -457,7 +493,7 @@ async fn insert_rows(
     let mut history = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO agent_transitions (agent_id, org_id, from_state, to_state, reason, by_who, at) ",
     );
-    history.push_values(rows, |mut b, (rec, t, _)| {
+    history.push_values(rows, |mut b, (rec, t, _, _)| {
         b.push_bind(rec.id.as_str())
             .push_bind(rec.org_id.as_str())
             .push_bind(t.from.map(|s| s.as_str()))
@@ -470,7 +506,7 @@ async fn insert_rows(
     let mut audit = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO audit_log (org_id, actor, action, target, summary, request_id, client, at) ",
     );
-    audit.push_values(rows, |mut b, (_, _, a)| {
+    audit.push_values(rows, |mut b, (_, _, a, _)| {
         b.push_bind(a.org_id.as_str())
             .push_bind(&a.actor)
             .push_bind(&a.action)
@@ -480,7 +516,8 @@ async fn insert_rows(
             .push_bind(a.client.as_deref())
             .push_bind(a.at);
     });
-    audit.build().execute(&mut *conn).await.map(|_| ())
+    audit.build().execute(&mut *conn).await?;
+    insert_versions(conn, rows.iter().map(|r| r.3)).await
 }
 
 async fn insert(
@@ -521,6 +558,7 @@ async fn write(
     event: Option<&AgentEvent>,
     usage: Option<Charge<'_>>,
     audit: Option<&AuditEntry>,
+    versions: &[AgentVersion],
 ) -> Result<WriteOutcome, StoreError> {
     // Decide duplicates before writing anything (see the module docs).
     if let Some(report) = usage.map(|c| c.report_id) {
@@ -623,6 +661,9 @@ async fn write(
     if let Some(a) = audit {
         insert_audit(conn, a).await.map_err(unavailable)?;
     }
+    insert_versions(conn, versions.iter())
+        .await
+        .map_err(unavailable)?;
     Ok(WriteOutcome::Written)
 }
 

@@ -882,3 +882,195 @@ async fn talking_to_an_agent_that_cannot_answer_or_to_another_orgs_conversation_
         .await;
     assert_eq!(tasks["items"], json!([]), "{tasks}");
 }
+
+#[tokio::test]
+async fn every_change_of_what_an_agent_is_makes_a_version_that_can_be_compared_and_restored() {
+    let app = spawn_app().await;
+    let agent = app
+        .create_id(
+            json!({ "name": "ver", "role": "clerk", "model": "m1", "instructions": "V1 text" }),
+        )
+        .await;
+    let versions = |q: &'static str| {
+        let app = &app;
+        let agent = agent.clone();
+        async move {
+            let (s, v) = app
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/agents/{agent}/versions{q}"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let v = versions("").await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["items"][0]["n"], 1);
+    assert_eq!(v["items"][0]["definition"]["instructions"], "V1 text");
+    // Two changes of its definition; a rename is not one.
+    let (s, _) = patch(
+        &app,
+        &agent,
+        json!({ "instructions": "V2 text", "persona": "Calm" }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = patch(
+        &app,
+        &agent,
+        json!({ "model": "m2", "budget": { "monthly_tokens": 5000 } }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = patch(&app, &agent, json!({ "name": "renamed" })).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = versions("").await;
+    let ns: Vec<u64> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["n"].as_u64())
+        .collect();
+    assert_eq!(ns, [3, 2, 1], "{v}");
+    assert!(
+        v["items"][0]["by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("user:")),
+        "{v}"
+    );
+    // Paging.
+    let page = versions("?limit=2").await;
+    assert_eq!(page["next_cursor"], "2", "{page}");
+    let rest = versions("?cursor=2").await;
+    assert_eq!(rest["items"][0]["n"], 1, "{rest}");
+    // One version, and what changed between two.
+    let (s, two) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/versions/2"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{two}");
+    assert_eq!(two["definition"]["persona"], "Calm");
+    let (_, d) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/versions/3/diff"),
+            None,
+        )
+        .await;
+    let fields: Vec<&str> = d["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["budget", "model"], "{d}");
+    let (_, d) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/versions/3/diff?to=1"),
+            None,
+        )
+        .await;
+    let fields: Vec<&str> = d["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["budget", "instructions", "model", "persona"],
+        "{d}"
+    );
+    // Restoring version 1 is itself a change: version 4, with 1's definition.
+    let (s, a) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/versions/1/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!(a["instructions"], "V1 text");
+    assert_eq!(a["persona"], Value::Null);
+    assert_eq!(a["model"], "m1");
+    assert_eq!(a["name"], "renamed");
+    let v = versions("").await;
+    assert_eq!(v["items"][0]["n"], 4);
+    let (_, one) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/agents/{agent}/versions/1"),
+            None,
+        )
+        .await;
+    assert_eq!(v["items"][0]["definition"], one["definition"]);
+    // Unknown versions and agents.
+    for path in [
+        format!("/api/v1/agents/{agent}/versions/9"),
+        format!("/api/v1/agents/{agent}/versions/0"),
+        format!("/api/v1/agents/{agent}/versions/x"),
+        "/api/v1/agents/00000000-0000-0000-0000-000000000000/versions".to_string(),
+    ] {
+        let (s, v) = app.call(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+    }
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/versions/9/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(versions("").await["items"][0]["n"], 4);
+}
+
+#[tokio::test]
+async fn a_task_records_its_version_and_a_replay_runs_with_the_originals_unless_told() {
+    let (llm, url) = FakeLlm::start(vec![answer("one"), answer("two"), answer("three")]).await;
+    let app = app_with_llm(&url, |_| {}).await;
+    let agent = running_agent(&app, "replayer", json!({ "instructions": "JOB-V1" })).await;
+    let t1 = give(&app, &agent, json!({ "instruction": "go" })).await;
+    let done = wait_task(&app, &t1, "succeeded").await;
+    assert_eq!(done["version"], 1, "{done}");
+    let (s, v) = patch(&app, &agent, json!({ "instructions": "JOB-V2" })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let replay = |body: Value| {
+        let app = &app;
+        let t1 = t1.clone();
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/api/v1/tasks/{t1}/replay"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // The original's version by default: told what the agent was then.
+    let (s, r) = replay(json!({ "from_step": 1 })).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["version"], 1, "{r}");
+    wait_task(&app, r["id"].as_str().expect("id"), "succeeded").await;
+    let sys = system(&llm.requests()[1].1);
+    assert!(sys.contains("JOB-V1") && !sys.contains("JOB-V2"), "{sys}");
+    // Told otherwise: the current one.
+    let (s, r) = replay(json!({ "from_step": 1, "version": "current" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let r = wait_task(&app, r["id"].as_str().expect("id"), "succeeded").await;
+    assert_eq!(r["version"], 2, "{r}");
+    let sys = system(&llm.requests()[2].1);
+    assert!(sys.contains("JOB-V2") && !sys.contains("JOB-V1"), "{sys}");
+    // A version it never had.
+    for bad in [json!(9), json!(0), json!("latest"), json!(true)] {
+        let (s, v) = replay(json!({ "from_step": 1, "version": bad })).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+    }
+}

@@ -58,6 +58,7 @@ fn concrete(path: &str) -> String {
         .replace("{command}", "start")
         .replace("{name}", "nobody")
         .replace("{memory_id}", NOBODY)
+        .replace("{n}", "1")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,6 +114,10 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     // viewer's (docs/employees.md).
     ("GET /agents/{id}/prompt", "member", "agents:read"),
     ("GET /org-chart", "viewer", "agents:read"),
+    ("GET /agents/{id}/versions", "viewer", "agents:read"),
+    ("GET /agents/{id}/versions/{n}", "viewer", "agents:read"),
+    ("GET /agents/{id}/versions/{n}/diff", "viewer", "agents:read"),
+    ("POST /agents/{id}/versions/{n}/restore", "member", "agents:write"),
     ("POST /agents/{id}/conversations", "member", "chat"),
     ("POST /conversations/{id}/messages", "member", "chat"),
     ("GET /agents/{id}/spend", "viewer", "agents:read"),
@@ -1490,6 +1495,63 @@ async fn every_mutating_route_writes_an_audit_entry() {
         Method::DELETE,
         "/agents/{id}/memories/{memory_id}",
         "memory.delete",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+
+    // A conversation with a running agent, a message, a restored version.
+    let talker = app
+        .create_id(json!({ "name": "talker", "role": "r", "model": "m" }))
+        .await;
+    let (s, v) = app.command(&talker, "deploy").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    app.wait_state(&talker, "running").await;
+    let (s, c) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{talker}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    check(
+        Method::POST,
+        "/agents/{id}/conversations",
+        "agent.conversation_open",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    // Its reply fails (no model here) but the message was given as a task.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!(
+                "/api/v1/conversations/{}/messages",
+                c["id"].as_str().expect("id")
+            ),
+            Some(json!({ "content": "hello" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check(
+        Method::POST,
+        "/conversations/{id}/messages",
+        "task.create",
+        &home,
+        &audit_actions(&app, &home).await,
+    );
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{talker}/versions/1/restore"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check(
+        Method::POST,
+        "/agents/{id}/versions/{n}/restore",
+        "agent.update",
         &home,
         &audit_actions(&app, &home).await,
     );

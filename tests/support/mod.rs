@@ -135,6 +135,20 @@ pub fn agent_record(
 }
 
 /// The history entry of a new agent.
+/// The first version of `rec`'s definition, as a create writes it.
+pub fn first_version(
+    rec: &cadre_actors::domain::AgentRecord,
+) -> cadre_actors::domain::AgentVersion {
+    cadre_actors::domain::AgentVersion {
+        agent_id: rec.id.clone(),
+        org_id: rec.org_id.clone(),
+        n: 1,
+        definition: cadre_actors::domain::definition(&rec.spec),
+        by: "system".into(),
+        at: 1,
+    }
+}
+
 pub fn created() -> cadre_actors::domain::Transition {
     cadre_actors::domain::Transition {
         from: None,

@@ -103,6 +103,13 @@ impl Store for MemStore {
         Ok(())
     }
 
+    async fn latest_version(
+        &self,
+        _agent: &AgentId,
+    ) -> Result<Option<cadre_actors::domain::AgentVersion>, StoreError> {
+        Ok(None)
+    }
+
     async fn write_agent(&self, w: AgentWrite<'_>) -> Result<WriteOutcome, StoreError> {
         let delay = self.write_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
