@@ -188,6 +188,9 @@ pub struct NewRequest {
     pub trigger: String,
     /// The deciding policy.
     pub policy: Arc<Policy>,
+    /// The people up the agent's org chart, nearest first (for levels that
+    /// name its manager).
+    pub managers: Vec<String>,
 }
 
 /// What a request gets back.
@@ -701,7 +704,17 @@ fn request(
         arguments: req.arguments.clone(),
         trigger: req.trigger.clone(),
         policy: req.policy.name.clone(),
-        levels: req.policy.def.levels.clone(),
+        levels: req
+            .policy
+            .def
+            .levels
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                l.approvers.resolve_manager(&req.managers);
+                l
+            })
+            .collect(),
         level: 0,
         state: ApprovalState::Pending,
         outcome: None,

@@ -64,6 +64,48 @@ pub fn chain_above(all: &[Arc<AgentSnapshot>], agent: &AgentId) -> Vec<AgentId> 
     out
 }
 
+/// The people up the chart from `agent`, nearest first, each once: for
+/// each node above it (its manager, their manager, …) the person it is,
+/// or for an agent the first person above that agent.
+pub fn people_above(all: &[Arc<AgentSnapshot>], agent: &AgentId) -> Vec<String> {
+    let by_id: HashMap<&str, &AgentSnapshot> = all.iter().map(|s| (s.id.as_str(), &**s)).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut at = by_id.get(agent.as_str()).and_then(|s| s.reports_to.clone());
+    // Each step goes one node up; a chart of n agents has at most n + 1.
+    for _ in 0..=all.len() {
+        let Some(node) = at else { break };
+        let (person, next) = match &node {
+            Manager::User(u) => (Some(u.clone()), None),
+            Manager::Agent(a) => {
+                let up = by_id.get(a.as_str()).and_then(|s| s.reports_to.clone());
+                // The first person above this agent.
+                let mut look = up.clone();
+                let mut person = None;
+                for _ in 0..=all.len() {
+                    match look {
+                        Some(Manager::User(u)) => {
+                            person = Some(u);
+                            break;
+                        }
+                        Some(Manager::Agent(b)) => {
+                            look = by_id.get(b.as_str()).and_then(|s| s.reports_to.clone());
+                        }
+                        None => break,
+                    }
+                }
+                (person, up)
+            }
+        };
+        if let Some(p) = person
+            && !out.contains(&p)
+        {
+            out.push(p);
+        }
+        at = next;
+    }
+    out
+}
+
 /// Whether `from` may give `to` work under the default delegation rule:
 /// down the chart (any agent below it) or to a peer with the same manager
 /// (two agents that report to no one are peers).
@@ -164,6 +206,19 @@ mod tests {
         assert!(!may("dev1", "cfo"));
         assert!(!may("ops", "ceo"));
         assert!(!may("ceo", "ops"));
+    }
+
+    #[test]
+    fn the_people_above_are_each_node_as_a_person_nearest_first() {
+        let mut all = chart();
+        // ceo reports to the person u0; ops to u1.
+        all[0] = agent("ceo", State::Running, Some(Manager::User("u0".into())));
+        let people = |a: &str| people_above(&all, &AgentId(a.into()));
+        // dev1 → cto → ceo → u0: every agent above has u0 above it.
+        assert_eq!(people("dev1"), ["u0"]);
+        assert_eq!(people("ops"), ["u1"]);
+        assert!(people("loner").is_empty());
+        assert!(people("nobody").is_empty());
     }
 
     #[test]

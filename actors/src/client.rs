@@ -556,6 +556,17 @@ impl Cadre {
             }
             Verdict::NeedsApproval { policy, trigger } => (policy, trigger),
         };
+        // Levels that name the agent's manager need the chart.
+        let managers = if policy
+            .def
+            .levels
+            .iter()
+            .any(|l| l.approvers.manager.is_some())
+        {
+            crate::chart::people_above(&self.all_agents(org).await?, id)
+        } else {
+            Vec::new()
+        };
         let req = NewRequest {
             agent_id: id.clone(),
             call_id: call.call_id.clone(),
@@ -564,6 +575,7 @@ impl Cadre {
             arguments: call.arguments.clone(),
             trigger,
             policy,
+            managers,
         };
         let ticket = self
             .approvals_call(org, |reply| ApprovalMsg::Request {

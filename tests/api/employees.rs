@@ -1074,3 +1074,112 @@ async fn a_task_records_its_version_and_a_replay_runs_with_the_originals_unless_
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
     }
 }
+
+#[tokio::test]
+async fn an_approval_can_name_the_agents_manager_and_escalates_up_the_chart() {
+    let (_llm, url) = FakeLlm::start(vec![
+        tool_call(
+            "w1",
+            "files__write",
+            json!({ "path": "a.txt", "content": "1" }),
+        ),
+        answer("written"),
+        tool_call("d1", "files__delete", json!({ "path": "a.txt" })),
+        answer("deleted"),
+    ])
+    .await;
+    let app = app_with_llm(&url, |_| {}).await;
+    let (boss, boss_token) = add_user(&app, "boss@x.test", "member").await;
+    let (_, other) = add_user(&app, "other@x.test", "member").await;
+    for (name, body) in [
+        (
+            "writes",
+            json!({ "tools": ["files.write"], "levels": [{ "approvers": { "manager": 1 }, "timeout_seconds": 600 }] }),
+        ),
+        (
+            "deletes",
+            json!({ "tools": ["files.delete"], "levels": [
+                { "approvers": { "manager": 1 }, "timeout_seconds": 1, "on_timeout": "escalate" },
+                { "approvers": { "manager": 2 }, "timeout_seconds": 600 }
+            ] }),
+        ),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::PUT,
+                &format!("/api/v1/approval-policies/{name}"),
+                Some(body),
+            )
+            .await;
+        assert!(s.is_success(), "{v}");
+    }
+    // worker → lead (an agent) → boss (a person).
+    let lead = app
+        .create_id(
+            json!({ "name": "lead", "role": "r", "model": "m", "reports_to": { "user": boss } }),
+        )
+        .await;
+    let worker = running_agent(&app, "worker", json!({ "reports_to": { "agent": lead } })).await;
+    let decide = |aid: String, token: String| {
+        let app = &app;
+        async move {
+            app.call_as(
+                Some(&token),
+                Method::POST,
+                &format!("/api/v1/approvals/{aid}/decide"),
+                Some(json!({ "decision": "approve" })),
+            )
+            .await
+        }
+    };
+    // Its manager is the person above its manager agent: only they decide.
+    let t = give(&app, &worker, json!({ "instruction": "write" })).await;
+    wait_task(&app, &t, "waiting_approval").await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={worker}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        pending[0]["approvers"]["users"],
+        json!([boss]),
+        "{}",
+        pending[0]
+    );
+    let (s, v) = decide(aid.clone(), other.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = decide(aid.clone(), app.token.clone()).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "the owner is not its manager: {v}"
+    );
+    let (s, v) = decide(aid, boss_token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_task(&app, &t, "succeeded").await;
+    // Nobody answers in time: one step up the chart, where no other person
+    // stands, so the owners decide and the manager no longer does.
+    let t = give(&app, &worker, json!({ "instruction": "delete" })).await;
+    wait_task(&app, &t, "waiting_approval").await;
+    let pending = app
+        .approvals(&format!("state=pending&agent_id={worker}"), 1)
+        .await;
+    let aid = pending[0]["id"].as_str().expect("id").to_string();
+    let escalated = crate::common::eventually_some("the request escalates", || async {
+        let (_, a) = app
+            .call(Method::GET, &format!("/api/v1/approvals/{aid}"), None)
+            .await;
+        (a["level"] == 1).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        escalated["approvers"]["roles"],
+        json!(["owner"]),
+        "{escalated}"
+    );
+    let (s, v) = decide(aid.clone(), boss_token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = decide(aid, app.token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_task(&app, &t, "succeeded").await;
+    assert_eq!(app.workspace_file(&worker, "a.txt"), None);
+}

@@ -116,8 +116,16 @@ const DOCUMENTED: &[(&str, &str, &str)] = &[
     ("GET /org-chart", "viewer", "agents:read"),
     ("GET /agents/{id}/versions", "viewer", "agents:read"),
     ("GET /agents/{id}/versions/{n}", "viewer", "agents:read"),
-    ("GET /agents/{id}/versions/{n}/diff", "viewer", "agents:read"),
-    ("POST /agents/{id}/versions/{n}/restore", "member", "agents:write"),
+    (
+        "GET /agents/{id}/versions/{n}/diff",
+        "viewer",
+        "agents:read",
+    ),
+    (
+        "POST /agents/{id}/versions/{n}/restore",
+        "member",
+        "agents:write",
+    ),
     ("POST /agents/{id}/conversations", "member", "chat"),
     ("POST /conversations/{id}/messages", "member", "chat"),
     ("GET /agents/{id}/spend", "viewer", "agents:read"),

@@ -507,6 +507,7 @@ mod tests {
                 approvers: Approvers {
                     roles: vec!["admin".into()],
                     users: vec![],
+                    manager: None,
                 },
                 required: 1,
                 timeout_seconds: 60,

@@ -31,7 +31,8 @@ impl OnTimeout {
     }
 }
 
-/// Who may decide: any user with one of `roles`, or one of `users` (ids).
+/// Who may decide: any user with one of `roles`, or one of `users` (ids),
+/// or the agent's manager.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Approvers {
@@ -41,9 +42,30 @@ pub struct Approvers {
     /// User ids.
     #[serde(default)]
     pub users: Vec<String>,
+    /// The person this many steps up the org chart from the requesting
+    /// agent: 1 is its manager (the manager user, or the person above a
+    /// manager agent), 2 the next person above, … When the chart has no
+    /// such person, the organization's owners decide. Resolved into
+    /// `users` when the request is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<u32>,
 }
 
 impl Approvers {
+    /// Names the person `managers[manager - 1]` (the people up the
+    /// requesting agent's chart, nearest first), or the owners when there
+    /// is none.
+    pub fn resolve_manager(&mut self, managers: &[String]) {
+        let Some(k) = self.manager else {
+            return;
+        };
+        match managers.get(k.saturating_sub(1) as usize) {
+            Some(person) => self.users.push(person.clone()),
+            None if !self.roles.iter().any(|r| r == "owner") => self.roles.push("owner".into()),
+            None => {}
+        }
+    }
+
     /// Whether a user with `role` and `user_id` may decide.
     pub fn allows(&self, user_id: &str, role: &str) -> bool {
         role != "viewer"
@@ -118,8 +140,18 @@ impl PolicyDef {
         }
         for (i, l) in self.levels.iter().enumerate() {
             let at = format!("levels[{i}]");
-            if l.approvers.roles.is_empty() && l.approvers.users.is_empty() {
-                return Err(format!("{at}.approvers: name at least one role or user"));
+            if l.approvers.roles.is_empty()
+                && l.approvers.users.is_empty()
+                && l.approvers.manager.is_none()
+            {
+                return Err(format!(
+                    "{at}.approvers: name at least one role, user or manager"
+                ));
+            }
+            if l.approvers.manager.is_some_and(|k| !(1..=10).contains(&k)) {
+                return Err(format!(
+                    "{at}.approvers.manager: 1 (the agent's manager) to 10 steps up the org chart"
+                ));
             }
             if let Some(r) = l
                 .approvers

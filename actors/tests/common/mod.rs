@@ -788,6 +788,7 @@ pub fn test_governance() -> Arc<cadre_actors::governance::Governance> {
             approvers: Approvers {
                 roles: vec!["admin".into()],
                 users: vec![],
+                manager: None,
             },
             required: 1,
             timeout_seconds: 60,
