@@ -166,11 +166,12 @@ struct ListParams {
     limit: Option<usize>,
 }
 
+/// `?cursor=&limit=` of a paged list.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PageParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
+pub(super) struct PageParams {
+    pub(super) cursor: Option<String>,
+    pub(super) limit: Option<usize>,
 }
 
 pub(super) fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {

@@ -103,12 +103,7 @@ fn value_id(v: &Value) -> Option<String> {
     v.get("id").and_then(Value::as_str).map(String::from)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PageParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
+use super::agents::PageParams;
 
 // ---------- knowledge bases ----------
 

@@ -17,12 +17,7 @@ use cadre_actors::domain::{AgentId, AgentPatch, AgentVersion, OrgId, rfc3339};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PageParams {
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
+use super::agents::PageParams;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

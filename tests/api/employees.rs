@@ -31,6 +31,32 @@ fn timeless(prompt: &str) -> String {
         .join("\n")
 }
 
+/// Opens a conversation with `agent` (titled); its id.
+async fn open_chat(app: &TestApp, agent: &str, title: &str) -> String {
+    let (s, conv) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{agent}/conversations"),
+            Some(json!({ "title": title })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{conv}");
+    conv["id"].as_str().expect("id").to_string()
+}
+
+/// Says `content` in conversation `cid` and waits for the whole reply.
+async fn say(app: &TestApp, cid: &str, content: &str) -> Value {
+    let (s, reply) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/conversations/{cid}/messages"),
+            Some(json!({ "content": content })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{reply}");
+    reply
+}
+
 async fn patch(app: &TestApp, agent: &str, body: Value) -> (StatusCode, Value) {
     app.call(
         Method::PATCH,
@@ -479,7 +505,7 @@ async fn agents_give_work_down_the_chart_but_not_up_unless_the_org_allows_it() {
 }
 
 #[tokio::test]
-async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_wait_apart() {
+async fn a_task_and_a_chat_land_in_the_activity_tables_exactly_with_a_steps_wait_apart() {
     let (_llm, url) = FakeLlm::start(vec![
         tool_call(
             "call_w",
@@ -488,6 +514,7 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
         ),
         tool_call("call_l", "files__list", json!({})),
         answer("all filed"),
+        answer("Nothing else today."),
     ])
     .await;
     let app = app_with_llm(&url, |_| {}).await;
@@ -512,6 +539,10 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
         write["latency_ms"].as_u64().expect("latency") < 1500,
         "{write}"
     );
+    // And one chat.
+    let cid = open_chat(&app, &agent, "check-in").await;
+    let reply = say(&app, &cid, "Anything else?").await;
+    assert_eq!(reply["content"], "Nothing else today.");
 
     // Exactly the two tool calls, newest first, with secrets redacted.
     let calls = crate::common::eventually_some("two tool calls recorded", || async {
@@ -550,12 +581,16 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
             )
             .await;
         let items = v["items"].as_array().cloned().unwrap_or_default();
-        (items.first().is_some_and(|c| c["messages"] == 2)).then_some(items)
+        let full = |id: &str, n: i64| items.iter().any(|c| c["id"] == id && c["messages"] == n);
+        (full(&t, 2) && full(&cid, 3)).then_some(items)
     })
     .await;
-    assert_eq!(convs.len(), 1, "{convs:?}");
-    assert_eq!(convs[0]["id"], t.as_str());
-    assert_eq!(convs[0]["title"], "File the notes");
+    // Exactly the task's and the chat's, the chat started last.
+    assert_eq!(convs.len(), 2, "{convs:?}");
+    assert_eq!(convs[0]["id"], cid.as_str());
+    assert_eq!(convs[0]["title"], "check-in");
+    assert_eq!(convs[1]["id"], t.as_str());
+    assert_eq!(convs[1]["title"], "File the notes");
     let (_, msgs) = app
         .call(
             Method::GET,
@@ -585,8 +620,10 @@ async fn a_tasks_own_tool_calls_and_words_land_in_the_activity_tables_with_its_w
             None,
         )
         .await;
+    // Two tool calls; the task's two messages and the chat's three (its
+    // opening line, the question, the answer).
     assert_eq!(day["totals"]["tool_calls"], 2, "{day}");
-    assert_eq!(day["totals"]["messages"], 2, "{day}");
+    assert_eq!(day["totals"]["messages"], 5, "{day}");
 }
 
 /// Reads a Server-Sent Events response until its `done` or `error` event:
@@ -651,25 +688,10 @@ async fn a_person_talks_to_a_running_agent_which_answers_with_the_conversation_a
         json!({ "instructions": "JOB: greet visitors." }),
     )
     .await;
-    let (s, conv) = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/agents/{agent}/conversations"),
-            Some(json!({ "title": "First day" })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{conv}");
-    let cid = conv["id"].as_str().expect("id").to_string();
+    let cid = open_chat(&app, &agent, "First day").await;
 
     // Answered when complete.
-    let (s, reply) = app
-        .call(
-            Method::POST,
-            &format!("/api/v1/conversations/{cid}/messages"),
-            Some(json!({ "content": "Who are you?" })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{reply}");
+    let reply = say(&app, &cid, "Who are you?").await;
     assert_eq!(reply["content"], "Hello, I am ada.");
     assert_eq!(reply["conversation_id"], cid.as_str());
     let first = &llm.requests()[0].1;
