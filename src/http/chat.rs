@@ -34,8 +34,8 @@ const MAX_MESSAGE: usize = 32 * 1024;
 /// The earlier messages a reply is given, estimated at four bytes a token:
 /// the newest that fit (docs/employees.md).
 pub const HISTORY_TOKENS: usize = 8_000;
-/// Earlier messages read to choose from.
-const HISTORY_READ: i64 = 500;
+/// Earlier turns read to choose from.
+const HISTORY_READ: u32 = 250;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -148,43 +148,39 @@ async fn open(
     Ok(resp)
 }
 
-/// The earlier messages a reply is given: the newest that fit in
-/// [`HISTORY_TOKENS`] (system lines left out), oldest first, and how many
-/// were dropped.
+/// The earlier messages a reply is given: the conversation's earlier
+/// turns (each reply's task: the person's message, the agent's answer),
+/// the newest that fit in [`HISTORY_TOKENS`], oldest first, and how many
+/// were dropped. Read from the tasks, which are committed before their
+/// reply is answered (the activity tables catch up a moment later).
 async fn history(
     state: &AppState,
     org: &OrgId,
     agent: &AgentId,
     conversation: &str,
 ) -> Result<(Vec<Value>, usize), ApiError> {
+    let tasks = state
+        .store
+        .tables()
+        .conversation_tasks(org.as_str(), agent.as_str(), conversation, HISTORY_READ)
+        .await
+        .map_err(ApiError::internal)?;
+    // Newest first: (assistant, user) per turn.
     let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let page = state
-            .store
-            .tables()
-            .messages_page(org.as_str(), agent.as_str(), conversation, after, 200)
-            .await
-            .map_err(ApiError::internal)?;
-        let n = page.len();
-        after = page.last().map(|m| m.id);
-        all.extend(
-            page.into_iter()
-                .filter(|m| m.role == "user" || m.role == "assistant"),
-        );
-        if n < 200 || all.len() as i64 >= HISTORY_READ {
-            break;
+    for t in &tasks {
+        if let Some(answer) = t.result.as_deref().filter(|r| !r.is_empty()) {
+            all.push(("assistant", answer));
         }
+        all.push(("user", t.instruction.as_str()));
     }
     let mut kept = Vec::new();
     let mut budget = HISTORY_TOKENS * 4;
-    for m in all.iter().rev() {
-        let size = m.content.as_str().map_or(0, str::len);
-        if size > budget {
+    for (role, content) in &all {
+        if content.len() > budget {
             break;
         }
-        budget -= size;
-        kept.push(json!({ "role": m.role, "content": m.content }));
+        budget -= content.len();
+        kept.push(json!({ "role": role, "content": content }));
     }
     let dropped = all.len() - kept.len();
     kept.reverse();
@@ -350,7 +346,23 @@ async fn say(
                 loop {
                     let ev = match events.recv().await {
                         Ok(ev) => ev,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed events: the task's state says whether
+                            // the end was among them.
+                            let t = st.store.tables().task(org.as_str(), &task_id).await;
+                            let Ok(Some(t)) = t else { continue };
+                            if !t.state.is_final() {
+                                continue;
+                            }
+                            let name = if t.state == cadre_actors::task::TaskState::Succeeded {
+                                "done"
+                            } else {
+                                "error"
+                            };
+                            let reply = reply_of(&st, &org, &conversation, &task_id).await;
+                            let out = SseEvent::default().event(name).data(reply.to_string());
+                            return Some((Ok(out), (None, events, true)));
+                        }
                         Err(_) => return None,
                     };
                     let Some((name, data)) = said(&ev, &task_id) else {

@@ -110,6 +110,7 @@ forward! {
     fn grants_page(&self, org: &str, before: Option<&str>, limit: i64) -> Result<Vec<(Grant, Option<i64>)>, StoreError>;
     fn halt_rows(&self) -> Result<Vec<HaltRow>, StoreError>;
     fn task(&self, org: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    fn conversation_tasks(&self, org: &str, agent: &str, conversation: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
     fn tasks_page(&self, org: &str, agent: &str, state: Option<TaskState>, before: Option<&str>, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
     fn task_steps(&self, task: &str, after: u32, limit: u32) -> Result<Vec<TaskStep>, StoreError>;
     fn save_schedule(&self, s: &Schedule, audit: Option<&AuditEntry>) -> Result<(), StoreError>;

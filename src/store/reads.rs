@@ -397,6 +397,33 @@ on_dialects! {
             row.as_ref().map(task_row).transpose()
         }
 
+        /// The newest `limit` tasks of a conversation with an agent (its
+        /// replies: their input names it), newest first.
+        pub async fn conversation_tasks(
+            &self,
+            org: &str,
+            agent: &str,
+            conversation: &str,
+            limit: u32,
+        ) -> Result<Vec<TaskRecord>, StoreError> {
+            let sql = D::sql(&format!(
+                "SELECT {} FROM tasks WHERE org_id = ? AND agent_id = ? AND {} = ? \
+                 ORDER BY id{b} DESC LIMIT ?",
+                task_columns::<D>(),
+                D::json_text("input", "conversation_id"),
+                b = D::BYTES
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(org)
+                .bind(agent)
+                .bind(conversation)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(task_row).collect()
+        }
+
         /// A page of an agent's tasks, newest first, with ids below `before`.
         pub async fn tasks_page(
             &self,
