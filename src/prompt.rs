@@ -111,11 +111,14 @@ pub fn compose(parts: &Parts, mode: Mode) -> String {
     if !parts.skills.is_empty() {
         section("Your skills", &bullets(&parts.skills));
     }
+    // A tool is named only when the model is offered it.
+    let offered = |id: &str| parts.tools.iter().any(|t| t == id);
     if !parts.bases.is_empty() {
-        section(
-            "Knowledge bases you may search (knowledge__search)",
-            &bullets(&parts.bases),
-        );
+        let title = match offered("knowledge.search") {
+            true => "Knowledge bases you may search (knowledge__search)",
+            false => "Knowledge bases of yours (your profile offers no search tool)",
+        };
+        section(title, &bullets(&parts.bases));
     }
     if parts.manager.is_some() || !parts.reports.is_empty() {
         let mut body = match &parts.manager {
@@ -123,8 +126,12 @@ pub fn compose(parts: &Parts, mode: Mode) -> String {
             None => "You report to no one in the organization chart.".to_string(),
         };
         if !parts.reports.is_empty() {
+            let how = match offered("agent.message") {
+                true => " (you may give them work with agent__message)",
+                false => "",
+            };
             body.push_str(&format!(
-                "\nYour reports (you may give them work with agent__message): {}.",
+                "\nYour reports{how}: {}.",
                 parts.reports.join("; ")
             ));
         }
@@ -343,6 +350,26 @@ mod tests {
             at("call task__finish"),
         ];
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{p}");
+    }
+
+    #[test]
+    fn a_tool_is_named_only_when_it_is_offered() {
+        let mut p = parts();
+        let without = compose(&p, Mode::Task);
+        assert!(!without.contains("agent__message"), "{without}");
+        assert!(!without.contains("knowledge__search"), "{without}");
+        assert!(
+            without.contains("Your reports: the agent bob (triage)."),
+            "{without}"
+        );
+        p.tools
+            .extend(["agent.message".to_string(), "knowledge.search".to_string()]);
+        let with = compose(&p, Mode::Task);
+        assert!(
+            with.contains("give them work with agent__message"),
+            "{with}"
+        );
+        assert!(with.contains("search (knowledge__search)"), "{with}");
     }
 
     #[test]
