@@ -63,6 +63,11 @@ on_dialects! {
                 .collect()
         }
 
+        /// An agent's newest version, if it has any.
+        pub async fn latest_version(&self, agent: &str) -> Result<Option<AgentVersion>, StoreError> {
+            Ok(self.versions_page(None, agent, i64::MAX, 1).await?.pop())
+        }
+
         /// Number of organizations.
         pub async fn org_count(&self) -> Result<i64, StoreError> {
             let sql = format!("SELECT {} AS n FROM orgs", D::int("COUNT(*)"));

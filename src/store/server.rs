@@ -750,10 +750,7 @@ on_dialects! {
             &self,
             agent: &cadre_actors::domain::AgentId,
         ) -> Result<Option<cadre_actors::domain::AgentVersion>, StoreError> {
-            self.tables()
-                .versions_page(None, agent.as_str(), i64::MAX, 1)
-                .await
-                .map(|mut v| v.pop())
+            self.tables().latest_version(agent.as_str()).await
         }
 
         async fn delete_agent(

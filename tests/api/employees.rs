@@ -31,6 +31,17 @@ fn timeless(prompt: &str) -> String {
         .join("\n")
 }
 
+/// The items of the list at `path` once it holds at least `n` (what the
+/// activity bridge records lands a moment after the work).
+async fn at_least(app: &TestApp, path: &str, n: usize) -> Vec<Value> {
+    crate::common::eventually_some(&format!("{n} items at {path}"), || async {
+        let (_, v) = app.call(Method::GET, path, None).await;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        (items.len() >= n).then_some(items)
+    })
+    .await
+}
+
 /// Opens a conversation with `agent` (titled); its id.
 async fn open_chat(app: &TestApp, agent: &str, title: &str) -> String {
     let (s, conv) = app
@@ -545,18 +556,7 @@ async fn a_task_and_a_chat_land_in_the_activity_tables_exactly_with_a_steps_wait
     assert_eq!(reply["content"], "Nothing else today.");
 
     // Exactly the two tool calls, newest first, with secrets redacted.
-    let calls = crate::common::eventually_some("two tool calls recorded", || async {
-        let (_, v) = app
-            .call(
-                Method::GET,
-                &format!("/api/v1/agents/{agent}/tool-calls"),
-                None,
-            )
-            .await;
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        (items.len() >= 2).then_some(items)
-    })
-    .await;
+    let calls = at_least(&app, &format!("/api/v1/agents/{agent}/tool-calls"), 2).await;
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0]["tool_id"], "files.list");
     assert_eq!(calls[0]["status"], "ok");
@@ -771,17 +771,11 @@ async fn a_person_talks_to_a_running_agent_which_answers_with_the_conversation_a
 
     // Kept: the conversation with its title and every message; the tool
     // call with the others.
-    let msgs = crate::common::eventually_some("the chat's five messages", || async {
-        let (_, v) = app
-            .call(
-                Method::GET,
-                &format!("/api/v1/agents/{agent}/conversations/{cid}/messages"),
-                None,
-            )
-            .await;
-        let items = v["items"].as_array().cloned().unwrap_or_default();
-        (items.len() >= 5).then_some(items)
-    })
+    let msgs = at_least(
+        &app,
+        &format!("/api/v1/agents/{agent}/conversations/{cid}/messages"),
+        5,
+    )
     .await;
     let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
     assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
